@@ -1,0 +1,82 @@
+"""tornado_cfgpush: push per-tenant configuration changes to browsers.
+
+Plugin author's guide
+=====================
+
+An *event source* tells the server that a tenant's configuration changed. The filesystem
+watcher is one (the built-in plugin ``filesystem``); yours can watch a database, a queue or
+an API. A source is any object with a ``name`` and an ``async run(emit)`` method::
+
+    import asyncio
+    from tornado_cfgpush import hookimpl
+
+    class Ticker:
+        name = "ticker"
+
+        async def run(self, emit):
+            # Runs until it is cancelled at shutdown.
+            while True:
+                event_id = await emit({"tenant_id": "acme", "change_type": "modified",
+                                       "path": "clock.json"})
+                await asyncio.sleep(60)
+
+    @hookimpl
+    def cfgpush_register_sources(settings):
+        return [Ticker()]
+
+Publish it as a distribution with an entry point in the ``cfgpush`` group::
+
+    [options.entry_points]
+    cfgpush =
+        ticker = cfgpush_ticker
+
+The rules the server keeps for you:
+
+* ``emit(payload)`` is a coroutine function. It validates ``payload`` against the
+  ``ConfigChanged`` schema (:mod:`tornado_cfgpush.schemas`), publishes it and returns the
+  new ``event_id``. A bad payload raises :class:`marshmallow.ValidationError` and reaches
+  no client. ``source`` defaults to your source's ``name``.
+* A ``run`` that raises is logged with the source's name and restarted with exponential
+  backoff; it never takes the other sources or the server down. A ``run`` that returns
+  is finished and is not restarted.
+* ``run`` is cancelled at shutdown: let :class:`asyncio.CancelledError` propagate.
+* A source that may have lost events (its own queue overflowed, it restarted) can
+  define ``manifest(tenant_id)`` returning ``{path: checksum}`` for the tenant's files,
+  so clients that must resynchronise fetch only what differs.
+* A source that needs time to start (connect, scan) can expose ``started``, an
+  :class:`asyncio.Event` it sets once changes from then on are reported; ``/readyz``
+  and ``CfgPush.wait_started()`` wait for it.
+* Plugins are blocked by name like pytest's ``-p no:NAME``:
+  ``cfgpush-serve --disable-plugin NAME``; the built-in ``filesystem`` source too.
+
+Every hook is specified, with its arguments, in :mod:`tornado_cfgpush.hookspecs`.
+"""
+from __future__ import annotations
+
+from typing import Any, Awaitable, Callable, Protocol, runtime_checkable
+
+import pluggy
+
+__version__ = "0.1.0"
+
+PROJECT_NAME = "cfgpush"
+"""The pluggy project name and the entry-point group third-party plugins register in."""
+
+hookimpl = pluggy.HookimplMarker(PROJECT_NAME)
+"""Marks a function as an implementation of a ``cfgpush_*`` hook."""
+
+Emit = Callable[[dict[str, Any]], Awaitable[str]]
+"""``await emit(payload)`` validates, publishes and returns the event id."""
+
+
+@runtime_checkable
+class EventSource(Protocol):
+    """What ``cfgpush_register_sources`` returns a list of."""
+
+    name: str
+
+    async def run(self, emit: Emit) -> None:  # pragma: no cover - a protocol
+        ...
+
+
+__all__ = ["EventSource", "Emit", "hookimpl", "__version__", "PROJECT_NAME"]

@@ -1,0 +1,150 @@
+"""The service and its lifecycle: ``CfgPush`` (hub, broker, sources), ``make_app``, ``serve``.
+
+``CfgPush`` knows nothing of the HTTP server that serves it, so tests run it under
+pytest-tornado's ``http_server`` and the CLI under its own ``HTTPServer``.
+"""
+from __future__ import annotations
+
+import asyncio
+import gc
+import logging
+import signal
+import socket
+from typing import Any
+
+from pluggy import PluginManager
+from tornado import httpserver, netutil, web
+
+from .broker import Broker
+from .broker.memory import MemoryBroker
+from .handlers import default_handlers
+from .handlers.health import NotFoundHandler
+from .hub import Hub
+from .plugins import get_plugin_manager
+from .schemas import config_changed_schema
+from .settings import Settings
+from .sources.runner import SourceRunner
+
+log = logging.getLogger("cfgpush")
+
+
+class CfgPush:
+    """One node's service: validate -> publish -> deliver, for every source."""
+
+    def __init__(self, settings: Settings, plugin_manager: PluginManager | None = None,
+                 broker: Broker | None = None):
+        self.settings = settings
+        self.pm = plugin_manager if plugin_manager is not None else get_plugin_manager(settings.disabled_plugins)
+        self.hub = Hub(heartbeat_interval=settings.heartbeat_interval, heartbeat_timeout=settings.heartbeat_timeout)
+        self.broker = broker if broker is not None else MemoryBroker(
+            self.hub.deliver, history_size=settings.history_size, history_ttl=settings.history_ttl)
+        self.runner: SourceRunner | None = None
+
+    @property
+    def sources(self) -> list:
+        return self.runner.sources if self.runner else []
+
+    async def start(self) -> None:
+        await self.broker.start()
+        sources = [s for found in self.pm.hook.cfgpush_register_sources(settings=self.settings) for s in found or ()]
+        names = [s.name for s in sources]
+        duplicates = {n for n in names if names.count(n) > 1}
+        if duplicates:
+            raise ValueError(f"two event sources share the name(s): {', '.join(sorted(duplicates))}")
+        self.runner = SourceRunner(sources, self.publish)
+        self.runner.start()
+        self.hub.start()
+        log.info("sources running: %s", ", ".join(names) or "none")
+
+    async def stop(self) -> None:
+        self.hub.stop()
+        self.hub.close_all()
+        if self.runner is not None:
+            await self.runner.stop()
+        await self.broker.stop()
+
+    async def publish(self, payload: dict[str, Any], source: str | None = None) -> str:
+        """The one path of every event: schema, then broker (which delivers).
+
+        Raises ``marshmallow.ValidationError`` for a bad payload; nothing is published then.
+        """
+        fields = config_changed_schema.load(payload)
+        if source is not None:
+            fields.setdefault("source", source)
+        return await self.broker.publish(fields)
+
+    async def wait_started(self, timeout: float = 10.0) -> None:
+        """Wait until every source that exposes ``started`` has set it."""
+        events = [s.started for s in self.sources if isinstance(getattr(s, "started", None), asyncio.Event)]
+        await asyncio.wait_for(asyncio.gather(*(e.wait() for e in events)), timeout)
+
+    def manifest(self, tenant_id: str) -> dict[str, str] | None:
+        """``{path: checksum}`` of the tenant's files from the first source that can list them."""
+        for source in self.sources:
+            lister = getattr(source, "manifest", None)
+            if lister is not None:
+                found = lister(tenant_id)
+                if found is not None:
+                    return found
+        return None
+
+
+def make_app(core: CfgPush, **tornado_settings: Any) -> web.Application:
+    settings = {
+        "websocket_max_message_size": core.settings.max_message_size,
+        "default_handler_class": NotFoundHandler,
+        **tornado_settings,
+    }
+    app = web.Application(default_handlers(core), **settings)
+    app.cfgpush = core
+    return app
+
+
+def log_request(handler: web.RequestHandler) -> None:
+    """Access log without the query string: it may carry tokens."""
+    status = handler.get_status()
+    level = logging.INFO if status < 400 else logging.WARNING if status < 500 else logging.ERROR
+    request = handler.request
+    logging.getLogger("tornado.access").log(
+        level, "%d %s %s (%s) %.2fms", status, request.method, request.path, request.remote_ip,
+        1000.0 * request.request_time())
+
+
+def bind(settings: Settings) -> list[socket.socket]:
+    """Bind before anything starts, so a taken port fails fast and cleanly."""
+    return netutil.bind_sockets(settings.port, settings.host, family=socket.AF_UNSPEC)
+
+
+async def serve(settings: Settings, plugin_manager: PluginManager | None = None,
+                stop: asyncio.Event | None = None, sockets: list[socket.socket] | None = None) -> None:
+    """Run until SIGTERM/SIGINT (or ``stop`` is set); then close clients with 1001 and return."""
+    stop = stop or asyncio.Event()
+    loop = asyncio.get_running_loop()
+    for signum in (signal.SIGTERM, signal.SIGINT):
+        loop.add_signal_handler(signum, stop.set)
+    sockets = sockets if sockets is not None else bind(settings)
+    core = CfgPush(settings, plugin_manager)
+    await core.start()
+    server = httpserver.HTTPServer(make_app(core, log_function=log_request))
+    server.add_sockets(sockets)
+    for sock in sockets:
+        host, port = sock.getsockname()[:2]
+        shown = f"[{host}]" if ":" in host else host
+        log.info("listening on http://%s:%d (WebSocket ws://%s:%d/ws?tenant_id=...)", shown, port, shown, port)
+    # Everything allocated so far lives as long as the process: keep it out of the
+    # collector's generations, so collections do not rescan it during broadcasts.
+    gc.collect()
+    gc.freeze()
+    try:
+        await stop.wait()
+    finally:
+        log.info("shutting down: closing clients (1001), stopping sources")
+        server.stop()
+        drain = settings.drain_timeout
+        try:
+            await asyncio.wait_for(core.stop(), drain)
+            await asyncio.wait_for(server.close_all_connections(), drain)
+        except asyncio.TimeoutError:
+            log.warning("shutdown took longer than %.1f s; exiting anyway", drain)
+        for signum in (signal.SIGTERM, signal.SIGINT):
+            loop.remove_signal_handler(signum)

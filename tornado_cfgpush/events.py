@@ -1,0 +1,71 @@
+"""The ``Event`` value and its one-time encodings.
+
+An event is encoded when it is published, once: the JSON text of ``{"ConfigChanged": {...}}``
+and, lazily, the WebSocket frame that carries it. Every connection of the tenant is then
+written the very same bytes (DESIGN.md: encoding per recipient doubles the CPU per delivery).
+"""
+from __future__ import annotations
+
+import json
+import struct
+from typing import Any
+
+from .schemas import EVENT_ID_RE
+
+_compact = json.JSONEncoder(separators=(",", ":"), ensure_ascii=False, allow_nan=False).encode
+
+
+def encode_json(value: Any) -> str:
+    """The one JSON form the server writes: compact, UTF-8, no NaN."""
+    return _compact(value)
+
+
+def text_frame(payload: bytes) -> bytes:
+    """A complete, unmasked, final WebSocket text frame (RFC 6455 section 5.2)."""
+    n = len(payload)
+    if n < 126:
+        return struct.pack("!BB", 0x81, n) + payload
+    if n <= 0xFFFF:
+        return struct.pack("!BBH", 0x81, 126, n) + payload
+    return struct.pack("!BBQ", 0x81, 127, n) + payload
+
+
+# A server ping with an empty payload: the same two bytes for every connection.
+PING_FRAME = b"\x89\x00"
+
+
+def parse_event_id(event_id: str) -> tuple[int, int]:
+    """``"<epoch>-<seq>"`` as a tuple that orders events of one tenant.
+
+    Both the embedded broker's ids and Redis stream ids have this form.
+    """
+    if not isinstance(event_id, str) or not EVENT_ID_RE.match(event_id):
+        raise ValueError(f"not an event id: {event_id!r}")
+    epoch, seq = event_id.split("-")
+    return int(epoch), int(seq)
+
+
+class Event:
+    """One published configuration change of one tenant."""
+
+    __slots__ = ("tenant_id", "event_id", "body", "text", "_frame")
+
+    def __init__(self, event_id: str, body: dict[str, Any]):
+        self.tenant_id: str = body["tenant_id"]
+        self.event_id = event_id
+        # PROTOCOL.md field order: tenant_id, change_type, event_id, then the rest.
+        self.body = {"tenant_id": body["tenant_id"], "change_type": body["change_type"], "event_id": event_id}
+        self.body.update((k, v) for k, v in body.items() if k not in self.body)
+        self.text = encode_json({"ConfigChanged": self.body})
+        self._frame: bytes | None = None
+
+    @property
+    def ws_frame(self) -> bytes:
+        """The WebSocket frame for this event, built on first use and then shared."""
+        frame = self._frame
+        if frame is None:
+            frame = self._frame = text_frame(self.text.encode("utf-8"))
+        return frame
+
+    def __repr__(self) -> str:
+        return f"Event({self.event_id!r}, {self.body!r})"

@@ -1,0 +1,17 @@
+"""HTTP and WebSocket handlers; ``default_handlers(core)`` lists the routes."""
+from __future__ import annotations
+
+from typing import TYPE_CHECKING
+
+from .health import HealthHandler
+from .ws import ConfigWebSocket
+
+if TYPE_CHECKING:  # pragma: no cover
+    from ..app import CfgPush
+
+
+def default_handlers(core: "CfgPush") -> list[tuple]:
+    return [
+        (r"/ws", ConfigWebSocket, {"core": core}),
+        (r"/healthz", HealthHandler),
+    ]

@@ -1,0 +1,232 @@
+"""marshmallow schemas: the one place where outside input is judged.
+
+* the tenant id rule (PROTOCOL.md section 1), used by every edge;
+* ``ConfigChangedSchema``: what a source's ``emit`` (and later the publish API) accepts;
+* ``ClientMessageSchema``: what a client may send over ``/ws``.
+
+Unknown fields are refused everywhere (marshmallow's default ``RAISE``; set again on every
+``Nested``, where the default does not reach).
+"""
+from __future__ import annotations
+
+import json
+import re
+from datetime import datetime, timezone
+from typing import Any
+
+from marshmallow import (
+    RAISE,
+    Schema,
+    ValidationError,
+    fields,
+    post_load,
+    validate,
+    validates_schema,
+)
+
+TENANT_ID_MAX = 64
+_TENANT_ID_CHARS = re.compile(r"[A-Za-z0-9._-]+\Z")
+_TENANT_ID_FIRST = re.compile(r"[A-Za-z0-9]")
+EVENT_ID_RE = re.compile(r"[0-9]{1,20}-[0-9]{1,20}\Z")
+CHECKSUM_RE = re.compile(r"sha256:[0-9a-f]{64}\Z")
+CHANGE_TYPES = ("created", "modified", "deleted", "moved")
+PATH_MAX = 1024
+META_MAX_BYTES = 4096
+
+
+def tenant_id_error(value: Any) -> str | None:
+    """Why ``value`` is not a valid tenant id, or None when it is.
+
+    The single tenant-id rule: 1 to 64 characters of ``A-Z a-z 0-9 . _ -``, starting with a
+    letter or digit. Tenant ids become path segments and Redis key parts, so nothing else
+    (no ``/``, no ``..`` at the start, no spaces, no control or non-ASCII characters) passes.
+    """
+    if not isinstance(value, str):
+        return "must be a string"
+    if not value:
+        return "must not be empty"
+    if len(value) > TENANT_ID_MAX:
+        return f"must be at most {TENANT_ID_MAX} characters"
+    if not _TENANT_ID_FIRST.match(value):
+        return "must start with a letter or digit"
+    if not _TENANT_ID_CHARS.match(value):
+        return "may contain only A-Z, a-z, 0-9, '.', '_' and '-'"
+    return None
+
+
+def is_valid_tenant_id(value: Any) -> bool:
+    return tenant_id_error(value) is None
+
+
+def path_error(value: str) -> str | None:
+    """Why ``value`` is not a tenant-relative ``/``-separated path, or None when it is."""
+    if not value:
+        return "must not be empty"
+    if len(value) > PATH_MAX:
+        return f"must be at most {PATH_MAX} characters"
+    if value.startswith("/") or "\\" in value:
+        return "must be relative and '/'-separated"
+    if any(ord(c) < 0x20 or c == "\x7f" for c in value):
+        return "must not contain control characters"
+    if any(part in ("", ".", "..") for part in value.split("/")):
+        return "must not contain empty, '.' or '..' segments"
+    return None
+
+
+class TenantId(fields.String):
+    """A string field holding to the tenant-id rule."""
+
+    def _deserialize(self, value, attr, data, **kwargs):
+        problem = tenant_id_error(value)
+        if problem:
+            raise ValidationError(f"tenant_id {problem}.")
+        return value
+
+
+class RelativePath(fields.String):
+    def _deserialize(self, value, attr, data, **kwargs):
+        value = super()._deserialize(value, attr, data, **kwargs)
+        problem = path_error(value)
+        if problem:
+            raise ValidationError(f"path {problem}.")
+        return value
+
+
+class EventId(fields.String):
+    def _deserialize(self, value, attr, data, **kwargs):
+        value = super()._deserialize(value, attr, data, **kwargs)
+        if not EVENT_ID_RE.match(value):
+            raise ValidationError("event_id must look like '<digits>-<digits>'.")
+        return value
+
+
+class JsonScalar(fields.Raw):
+    """A JSON scalar: string (at most 128 characters), number, boolean or null."""
+
+    def _deserialize(self, value, attr, data, **kwargs):
+        if isinstance(value, str) and len(value) <= 128:
+            return value
+        if value is None or isinstance(value, (bool, int, float)):
+            return value
+        raise ValidationError("must be a JSON scalar (string of at most 128 characters, number, boolean or null).")
+
+
+def _json_pointer_list() -> fields.List:
+    return fields.List(
+        fields.String(validate=validate.Regexp(r"(/[^\x00-\x1f]*)?\Z", error="must be a JSON Pointer.")),
+        load_default=list,
+        validate=validate.Length(max=1000),
+    )
+
+
+class DiffSchema(Schema):
+    """What changed in a structured file, as JSON Pointers (RFC 6901), never values."""
+
+    added = _json_pointer_list()
+    removed = _json_pointer_list()
+    changed = _json_pointer_list()
+
+
+class ConfigChangedSchema(Schema):
+    """The inside of ``ConfigChanged`` without ``event_id``: what ``emit`` accepts."""
+
+    tenant_id = TenantId(required=True)
+    change_type = fields.String(
+        required=True,
+        validate=validate.OneOf(CHANGE_TYPES, error="must be one of: " + ", ".join(CHANGE_TYPES) + "."),
+    )
+    path = RelativePath(allow_none=True)
+    checksum = fields.String(
+        allow_none=True,
+        validate=validate.Regexp(CHECKSUM_RE, error="must be 'sha256:' and 64 lowercase hex digits."),
+    )
+    timestamp = fields.AwareDateTime(format="iso")
+    source = fields.String(validate=validate.Length(min=1, max=64))
+    meta = fields.Dict(keys=fields.String(), values=fields.Raw())
+    diff = fields.Nested(DiffSchema, unknown=RAISE)
+
+    @validates_schema
+    def _consistent(self, data, **kwargs):
+        if data.get("change_type") == "deleted" and data.get("checksum") is not None:
+            raise ValidationError("a deleted file has no checksum (null).", "checksum")
+        if data.get("change_type") == "moved" and not data.get("path"):
+            raise ValidationError("a moved event needs the new path.", "path")
+        if "meta" in data:
+            try:
+                encoded = json.dumps(data["meta"], allow_nan=False)
+            except (TypeError, ValueError) as exc:
+                raise ValidationError(f"meta must be JSON-serialisable ({exc}).", "meta") from None
+            if len(encoded) > META_MAX_BYTES:
+                raise ValidationError(f"meta must encode to at most {META_MAX_BYTES} bytes.", "meta")
+
+    @post_load
+    def _normalise(self, data, **kwargs):
+        when = data.get("timestamp") or datetime.now(timezone.utc)
+        data["timestamp"] = format_timestamp(when)
+        if data["change_type"] == "deleted":
+            data["checksum"] = None
+        return data
+
+
+def format_timestamp(when: datetime) -> str:
+    """UTC, ISO 8601, millisecond precision, ``Z`` suffix (PROTOCOL.md's example form)."""
+    when = when.astimezone(timezone.utc)
+    return when.strftime("%Y-%m-%dT%H:%M:%S.") + f"{when.microsecond // 1000:03d}Z"
+
+
+class PingSchema(Schema):
+    id = JsonScalar()
+
+
+class AckSchema(Schema):
+    event_id = EventId(required=True)
+
+
+class ClientMessageSchema(Schema):
+    """A client frame, externally tagged: exactly one of ``Ping`` or ``Ack``."""
+
+    Ping = fields.Nested(PingSchema, unknown=RAISE, allow_none=True)
+    Ack = fields.Nested(AckSchema, unknown=RAISE)
+
+    @validates_schema(pass_original=True)
+    def _exactly_one(self, data, original, **kwargs):
+        if not isinstance(original, dict) or len(original) != 1:
+            raise ValidationError("expected exactly one message type: Ping or Ack.")
+
+
+config_changed_schema = ConfigChangedSchema()
+client_message_schema = ClientMessageSchema()
+
+
+def parse_client_message(text: str) -> tuple[str, dict]:
+    """Parse one client text frame into ``(type, body)``.
+
+    ``"Ping"`` (JSON string) and bare ``Ping`` become ``("Ping", {})``. Raises
+    ``ValidationError`` with a message fit to send back in an ``Error``.
+    """
+    if text == "Ping":
+        return "Ping", {}
+    try:
+        message = json.loads(text)
+    except ValueError:
+        raise ValidationError("not JSON: expected \"Ping\", {\"Ping\": {...}} or {\"Ack\": {...}}.") from None
+    if message == "Ping":
+        return "Ping", {}
+    if not isinstance(message, dict):
+        raise ValidationError("expected \"Ping\", {\"Ping\": {...}} or {\"Ack\": {...}}.")
+    loaded = client_message_schema.load(message)
+    (kind, body), = loaded.items()
+    return kind, body or {}
+
+
+def flatten_messages(messages: Any) -> str:
+    """One line from marshmallow's nested ``messages``, for an ``Error`` or a log line."""
+    if isinstance(messages, dict):
+        parts = []
+        for key, value in messages.items():
+            inner = flatten_messages(value)
+            parts.append(inner if key == "_schema" else f"{key}: {inner}")
+        return "; ".join(parts)
+    if isinstance(messages, list):
+        return " ".join(flatten_messages(m) for m in messages)
+    return str(messages)

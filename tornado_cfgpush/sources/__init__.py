@@ -1,0 +1,1 @@
+"""Built-in event sources (each one a plugin module, registered by name)."""

@@ -1,0 +1,373 @@
+"""The default event source: a tenant's configuration is a folder (or one file) on disk.
+
+Layout: tenant ``T`` is the folder ``<config-dir>/T/`` (recursive; ``path`` is relative to
+it, ``/``-separated) or the single file ``<config-dir>/T.<ext>`` (``path`` is the file name).
+
+The way a change travels here::
+
+    watchdog observer thread --call_soon_threadsafe--> loop: _on_fs_event
+      -> _schedule(path)       debounce: one timer per file, restarted by every event,
+                               fired at the latest ``max_delay`` after the first one
+      -> _settle(path)         sha256 of the content against what was last reported:
+                               created / modified / deleted / moved, or nothing
+      -> queue -> run() -> emit(payload)
+
+Comparing checksums instead of trusting event kinds is what makes one save one event
+whatever the editor does (in place, truncate and write, temp file and rename), and a save
+that changes no byte (or a ``touch``) no event at all.
+"""
+from __future__ import annotations
+
+import asyncio
+import errno
+import hashlib
+import logging
+import os
+import stat
+from pathlib import Path
+from typing import Any
+
+from watchdog.events import FileSystemEvent, FileSystemEventHandler
+from watchdog.observers import Observer
+from watchdog.observers.polling import PollingObserver
+
+from .. import Emit, hookimpl
+from ..schemas import path_error, tenant_id_error
+
+log = logging.getLogger("cfgpush.sources.filesystem")
+
+SOURCE_NAME = "filesystem"
+INOTIFY_WATCHES = "/proc/sys/fs/inotify/max_user_watches"
+POLL_INTERVAL = 1.0
+
+# Editors' temporary, swap, lock and backup files: never configuration.
+_IGNORED_SUFFIXES = (
+    "~", ".swp", ".swo", ".swx", ".swpx", ".tmp", ".temp", ".bak", ".orig", ".rej",
+    ".part", ".crdownload", "___jb_tmp___", "___jb_old___", ".kate-swp",
+)
+_IGNORED_NAMES = {"4913"}  # vim probes whether it may create files in the folder
+
+
+def is_ignored_name(name: str) -> bool:
+    """True for names that are never configuration: dotfiles, editors' temp/backup files."""
+    return (
+        name.startswith(".")
+        or name in _IGNORED_NAMES
+        or (name.startswith("#") and name.endswith("#"))
+        or name.endswith(_IGNORED_SUFFIXES)
+    )
+
+
+def sha256_of(path: str) -> str:
+    with open(path, "rb") as f:
+        return "sha256:" + hashlib.file_digest(f, "sha256").hexdigest()
+
+
+def inotify_watch_limit() -> int | None:
+    try:
+        with open(INOTIFY_WATCHES) as f:
+            return int(f.read().strip())
+    except (OSError, ValueError):
+        return None
+
+
+def count_directories(root: Path) -> int:
+    return 1 + sum(len(dirs) for _, dirs, _ in os.walk(root))
+
+
+def choose_observer_kind(directories: int, watch_limit: int | None) -> str:
+    """``"inotify"`` unless the folder needs more watches than the kernel allows.
+
+    watchdog swallows a failed watch below the root silently (that subtree would give no
+    events), so the count is checked before starting rather than trusting the start.
+    """
+    if watch_limit is not None and directories >= watch_limit:
+        return "polling"
+    return "inotify"
+
+
+def _watch_limit_message(directories: int, limit: int | None) -> str:
+    return (
+        f"inotify watch limit reached (fs.inotify.max_user_watches = {limit}, the config folder has "
+        f"{directories} directories): raise it, e.g. `sysctl fs.inotify.max_user_watches=524288` "
+        f"(persist it in /etc/sysctl.d/); falling back to polling every {POLL_INTERVAL:g} s"
+    )
+
+
+class _ToLoop(FileSystemEventHandler):
+    """Runs on the observer thread: hands every event to the loop, does nothing else."""
+
+    def __init__(self, loop: asyncio.AbstractEventLoop, callback):
+        self._loop = loop
+        self._callback = callback
+
+    def dispatch(self, event: FileSystemEvent) -> None:
+        try:
+            self._loop.call_soon_threadsafe(self._callback, event)
+        except RuntimeError:  # loop closed during shutdown
+            pass
+
+
+class FilesystemSource:
+    name = SOURCE_NAME
+
+    def __init__(self, config_dir: Path | str, debounce: float = 0.05, *, max_delay: float | None = None,
+                 polling: bool = False):
+        self.config_dir = Path(config_dir)
+        self.debounce = debounce
+        # A file written continuously still reports, at least this often.
+        self.max_delay = max_delay if max_delay is not None else max(1.0, 20 * debounce)
+        self.force_polling = polling
+        self.observer_kind = ""
+        self.root = ""
+        self._known: dict[str, str] = {}  # absolute path -> checksum last reported
+        self._pending: dict[str, tuple[float, asyncio.TimerHandle]] = {}
+        self._moved_from: dict[str, str] = {}  # destination -> source of a rename in flight
+        self._queue: asyncio.Queue[dict[str, Any]] | None = None
+        self._buffer: list[FileSystemEvent] | None = None  # events held while scanning
+        self._refused_tenants: set[str] = set()
+        self._ran_before = False
+        self._loop: asyncio.AbstractEventLoop | None = None
+        # Set once watching and the initial scan are done: changes from then on are reported.
+        self.started = asyncio.Event()
+
+    # -- the source contract --------------------------------------------------------------
+
+    async def run(self, emit: Emit) -> None:
+        root = self.config_dir.resolve()
+        if not root.is_dir():
+            raise FileNotFoundError(f"config folder {str(self.config_dir)!r} does not exist or is not a folder")
+        self.root = str(root)
+        self.started.clear()
+        self._loop = loop = asyncio.get_running_loop()
+        self._queue = asyncio.Queue()
+        self._buffer = []
+        observer = await loop.run_in_executor(None, self._start_observer, loop)
+        try:
+            scanned = await loop.run_in_executor(None, self._scan_tree, self.root)
+            rescan = self._ran_before
+            self._ran_before = True
+            if rescan:
+                # Restarted after a crash: report what changed while no one was watching.
+                for path in set(scanned) | set(self._known):
+                    self._settle_to(path, scanned.get(path))
+            else:
+                self._known = scanned
+            buffered, self._buffer = self._buffer, None
+            for event in buffered:
+                self._on_fs_event(event)
+            log.info("watching %s (%s, %d files, debounce %.0f ms)", self.root, self.observer_kind,
+                     len(self._known), self.debounce * 1000)
+            self.started.set()
+            while True:
+                payload = await self._queue.get()
+                await emit(payload)
+        finally:
+            for _, handle in self._pending.values():
+                handle.cancel()
+            self._pending.clear()
+            observer.stop()
+            await loop.run_in_executor(None, observer.join)
+
+    def manifest(self, tenant_id: str) -> dict[str, str] | None:
+        """``{path: checksum}`` of every file of ``tenant_id`` as last reported."""
+        if not self.root:
+            return None
+        found = {}
+        for path, checksum in self._known.items():
+            target = self._classify(path)
+            if target is not None and target[0] == tenant_id:
+                found[target[1]] = checksum
+        return found
+
+    # -- watching -----------------------------------------------------------------------------
+
+    def _start_observer(self, loop: asyncio.AbstractEventLoop):
+        """On a worker thread: scheduling recursive watches walks the whole tree."""
+        handler = _ToLoop(loop, self._on_fs_event)
+        kind = "polling" if self.force_polling else None
+        if kind is None:
+            directories = count_directories(Path(self.root))
+            limit = inotify_watch_limit()
+            kind = choose_observer_kind(directories, limit)
+            if kind == "polling":
+                log.warning(_watch_limit_message(directories, limit))
+        if kind == "inotify":
+            observer = Observer()
+            try:
+                observer.schedule(handler, self.root, recursive=True)
+                observer.start()
+            except OSError as exc:
+                if exc.errno not in (errno.ENOSPC, errno.EMFILE):
+                    raise
+                log.warning(_watch_limit_message(count_directories(Path(self.root)), inotify_watch_limit()))
+                kind = "polling"
+        if kind == "polling":
+            observer = PollingObserver(timeout=POLL_INTERVAL)
+            observer.schedule(handler, self.root, recursive=True)
+            observer.start()
+        self.observer_kind = kind
+        return observer
+
+    def _scan_tree(self, top: str) -> dict[str, str]:
+        """Checksums of every trackable file under ``top`` (links out of the root excluded)."""
+        found = {}
+        for dirpath, dirnames, filenames in os.walk(top):
+            dirnames[:] = [d for d in dirnames if not is_ignored_name(d)]
+            for name in filenames:
+                path = os.path.join(dirpath, name)
+                if self._classify(path) is not None:
+                    checksum = self._checksum(path)
+                    if checksum is not None:
+                        found[path] = checksum
+        return found
+
+    def _on_fs_event(self, event: FileSystemEvent) -> None:
+        if self._buffer is not None:
+            self._buffer.append(event)
+            return
+        kind = event.event_type
+        if kind in ("opened", "closed_no_write"):
+            return
+        src = os.fsdecode(event.src_path)
+        dest = os.fsdecode(event.dest_path) if kind == "moved" else ""
+        if event.is_directory:
+            self._on_directory_event(kind, src, dest)
+            return
+        if kind != "moved":
+            self._schedule(src)
+            return
+        if src in self._known and self._same_tenant(src, dest):
+            # A rename inside a tenant: one `moved` event when the destination settles.
+            self._moved_from[dest] = src
+            self._cancel(src)
+        else:
+            self._schedule(src)
+        self._schedule(dest)
+
+    def _on_directory_event(self, kind: str, src: str, dest: str) -> None:
+        if kind in ("deleted", "moved"):
+            prefix = src.rstrip(os.sep) + os.sep
+            for path in [p for p in self._known if p.startswith(prefix)]:
+                self._schedule(path)
+        if kind in ("created", "moved"):
+            # Files written right after mkdir may only show as Created on the folder.
+            top = dest or src
+            if os.path.isdir(top) and self._inside_root(top):
+                for dirpath, dirnames, filenames in os.walk(top):
+                    dirnames[:] = [d for d in dirnames if not is_ignored_name(d)]
+                    for name in filenames:
+                        self._schedule(os.path.join(dirpath, name))
+
+    # -- debounce -----------------------------------------------------------------------------
+
+    def _schedule(self, path: str) -> None:
+        if self._classify(path) is None:
+            return
+        loop = self._loop
+        now = loop.time()
+        pending = self._pending.get(path)
+        if pending is None:
+            first = now
+        else:
+            first = pending[0]
+            pending[1].cancel()
+        when = min(now + self.debounce, first + self.max_delay)
+        self._pending[path] = (first, loop.call_at(when, self._settle, path))
+
+    def _cancel(self, path: str) -> None:
+        pending = self._pending.pop(path, None)
+        if pending is not None:
+            pending[1].cancel()
+
+    def _settle(self, path: str) -> None:
+        self._pending.pop(path, None)
+        self._settle_to(path, self._checksum(path))
+
+    def _settle_to(self, path: str, checksum: str | None) -> None:
+        """Compare the file's state with what was last reported; queue the difference."""
+        target = self._classify(path)
+        moved_from = self._moved_from.pop(path, None)
+        if target is None:
+            return
+        tenant_id, rel = target
+        previous = self._known.get(path)
+        if checksum is None:
+            if previous is not None:
+                del self._known[path]
+                self._report(tenant_id, "deleted", rel, None)
+            return
+        self._known[path] = checksum
+        if moved_from is not None:
+            if moved_from in self._known and not os.path.lexists(moved_from):
+                del self._known[moved_from]
+                old = self._classify(moved_from)
+                self._report(tenant_id, "moved", rel, checksum, meta={"old_path": old[1]} if old else None)
+                return
+            self._schedule(moved_from)  # not a plain rename after all: settle it on its own
+        if previous is None:
+            self._report(tenant_id, "created", rel, checksum)
+        elif previous != checksum:
+            self._report(tenant_id, "modified", rel, checksum)
+
+    def _report(self, tenant_id: str, change_type: str, rel: str, checksum: str | None,
+                meta: dict | None = None) -> None:
+        payload: dict[str, Any] = {"tenant_id": tenant_id, "change_type": change_type, "path": rel,
+                                   "checksum": checksum}
+        if meta:
+            payload["meta"] = meta
+        self._queue.put_nowait(payload)
+
+    # -- paths ----------------------------------------------------------------------------------
+
+    def _inside_root(self, path: str) -> bool:
+        return path == self.root or path.startswith(self.root + os.sep)
+
+    def _classify(self, path: str) -> tuple[str, str] | None:
+        """``(tenant_id, path relative to the tenant)`` for a trackable file, else None."""
+        if not self._inside_root(path) or path == self.root:
+            return None
+        parts = path[len(self.root) + 1:].split(os.sep)
+        if any(is_ignored_name(part) for part in parts):
+            return None
+        if len(parts) == 1:
+            stem, dot, _ = parts[0].rpartition(".")
+            if not dot:
+                return None
+            tenant_id, rel = stem, parts[0]
+        else:
+            tenant_id, rel = parts[0], "/".join(parts[1:])
+        if tenant_id_error(tenant_id):
+            if tenant_id not in self._refused_tenants:
+                self._refused_tenants.add(tenant_id)
+                log.warning("ignoring %r: %r is not a valid tenant id (%s)", path, tenant_id,
+                            tenant_id_error(tenant_id))
+            return None
+        if path_error(rel):
+            return None
+        return tenant_id, rel
+
+    def _same_tenant(self, a: str, b: str) -> bool:
+        ta, tb = self._classify(a), self._classify(b)
+        return ta is not None and tb is not None and ta[0] == tb[0]
+
+    def _checksum(self, path: str) -> str | None:
+        """The content's checksum, or None when it is not a regular file inside the root."""
+        try:
+            real = os.path.realpath(path)
+            if not self._inside_root(real):
+                log.debug("not following %s: it leads outside the config folder", path)
+                return None
+            if not stat.S_ISREG(os.stat(real).st_mode):
+                return None
+            return sha256_of(real)
+        except FileNotFoundError:
+            return None
+        except OSError as exc:
+            log.warning("cannot read %s: %s", path, exc)
+            return None
+
+
+@hookimpl
+def cfgpush_register_sources(settings) -> list[FilesystemSource]:
+    return [FilesystemSource(settings.config_dir, settings.debounce_ms / 1000)]

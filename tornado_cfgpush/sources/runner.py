@@ -1,0 +1,96 @@
+"""Runs every event source under supervision: a crash is logged and restarted with backoff.
+
+A source never takes another source or the server down. Each gets its own ``emit``, bound
+to its name, so logs and counters say which source an event or a rejection came from.
+"""
+from __future__ import annotations
+
+import asyncio
+import logging
+import random
+import time
+from typing import Any, Awaitable, Callable
+
+from marshmallow import ValidationError
+
+from .. import EventSource
+from ..schemas import flatten_messages
+
+log = logging.getLogger("cfgpush.sources")
+
+Publish = Callable[[dict[str, Any], str], Awaitable[str]]
+
+
+class SourceRunner:
+    def __init__(
+        self,
+        sources: list[EventSource],
+        publish: Publish,
+        *,
+        backoff_initial: float = 0.5,
+        backoff_max: float = 30.0,
+        on_restart: Callable[[EventSource], Awaitable[None]] | None = None,
+    ):
+        self.sources = sources
+        self._publish = publish
+        self.backoff_initial = backoff_initial
+        self.backoff_max = backoff_max
+        self._on_restart = on_restart
+        self._tasks: dict[str, asyncio.Task] = {}
+        self.restarts: dict[str, int] = {s.name: 0 for s in sources}
+        self.rejected: dict[str, int] = {s.name: 0 for s in sources}
+        self.running: set[str] = set()
+
+    def emit_for(self, source: EventSource):
+        name = source.name
+
+        async def emit(payload: dict[str, Any]) -> str:
+            """Validate ``payload``, publish it, return its event id (see the plugin guide)."""
+            try:
+                return await self._publish(payload, name)
+            except ValidationError as exc:
+                self.rejected[name] = self.rejected.get(name, 0) + 1
+                log.warning("source %s: invalid event refused: %s", name, flatten_messages(exc.messages))
+                raise
+
+        return emit
+
+    def start(self) -> None:
+        for source in self.sources:
+            self._tasks[source.name] = asyncio.create_task(self._supervise(source), name=f"source:{source.name}")
+
+    async def stop(self) -> None:
+        tasks = list(self._tasks.values())
+        for task in tasks:
+            task.cancel()
+        await asyncio.gather(*tasks, return_exceptions=True)
+        self._tasks.clear()
+
+    async def _supervise(self, source: EventSource) -> None:
+        name = source.name
+        emit = self.emit_for(source)
+        delay = self.backoff_initial
+        while True:
+            started = time.monotonic()
+            self.running.add(name)
+            try:
+                await source.run(emit)
+            except asyncio.CancelledError:
+                self.running.discard(name)
+                raise
+            except Exception:
+                self.running.discard(name)
+                # A source that ran for a while before failing starts again from the short delay.
+                if time.monotonic() - started > self.backoff_max:
+                    delay = self.backoff_initial
+                wait = random.uniform(delay / 2, delay)
+                self.restarts[name] = self.restarts.get(name, 0) + 1
+                log.exception("source %s crashed; restarting in %.1f s", name, wait)
+                await asyncio.sleep(wait)
+                delay = min(delay * 2, self.backoff_max)
+                if self._on_restart is not None:
+                    await self._on_restart(source)
+                continue
+            self.running.discard(name)
+            log.info("source %s finished", name)
+            return
