@@ -175,7 +175,7 @@ def format_timestamp(when: datetime) -> str:
 
 
 class PingSchema(Schema):
-    id = JsonScalar()
+    id = JsonScalar(allow_none=True)
 
 
 class AckSchema(Schema):
