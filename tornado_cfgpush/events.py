@@ -34,6 +34,22 @@ def text_frame(payload: bytes) -> bytes:
 PING_FRAME = b"\x89\x00"
 
 
+def sse_message(kind: str, data_json: str, event_id: str | None = None) -> bytes:
+    """One Server-Sent Events message (PROTOCOL.md section 3). ``data_json`` is one line:
+    the compact JSON encoding escapes every newline inside strings."""
+    head = f"id: {event_id}\n" if event_id else ""
+    return f"{head}event: {kind}\ndata: {data_json}\n\n".encode("utf-8")
+
+
+def http_chunk(data: bytes) -> bytes:
+    """``data`` as one chunk of an HTTP/1.1 chunked body, so it can be prepared once too."""
+    return b"%x\r\n%s\r\n" % (len(data), data)
+
+
+SSE_PING = b": ping\n\n"
+SSE_PING_CHUNK = http_chunk(SSE_PING)
+
+
 def parse_event_id(event_id: str) -> tuple[int, int]:
     """``"<epoch>-<seq>"`` as a tuple that orders events of one tenant.
 
@@ -48,7 +64,7 @@ def parse_event_id(event_id: str) -> tuple[int, int]:
 class Event:
     """One published configuration change of one tenant."""
 
-    __slots__ = ("tenant_id", "event_id", "body", "text", "_frame")
+    __slots__ = ("tenant_id", "event_id", "body", "text", "_frame", "_sse")
 
     def __init__(self, event_id: str, body: dict[str, Any]):
         self.tenant_id: str = body["tenant_id"]
@@ -58,6 +74,7 @@ class Event:
         self.body.update((k, v) for k, v in body.items() if k not in self.body)
         self.text = encode_json({"ConfigChanged": self.body})
         self._frame: bytes | None = None
+        self._sse: tuple[bytes, bytes] | None = None
 
     @property
     def ws_frame(self) -> bytes:
@@ -66,6 +83,14 @@ class Event:
         if frame is None:
             frame = self._frame = text_frame(self.text.encode("utf-8"))
         return frame
+
+    def sse(self, chunked: bool) -> bytes:
+        """The SSE message for this event, plain or as an HTTP chunk; built once, shared."""
+        pair = self._sse
+        if pair is None:
+            plain = sse_message("ConfigChanged", encode_json(self.body), self.event_id)
+            pair = self._sse = (plain, http_chunk(plain))
+        return pair[1] if chunked else pair[0]
 
     def __repr__(self) -> str:
         return f"Event({self.event_id!r}, {self.body!r})"

@@ -31,6 +31,8 @@ class Settings:
     history_ttl: float = 600.0
     # How long a graceful shutdown may take before the process exits anyway.
     drain_timeout: float = 5.0
+    # Bearer token for the operations API (/api/v1/tenants/...); None: that API is off.
+    admin_token: str | None = field(default=None, repr=False)
     # Extra, plugin-owned settings (name -> value); never interpreted by the core.
     extra: dict = field(default_factory=dict, hash=False, compare=False)
 

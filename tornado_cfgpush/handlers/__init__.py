@@ -4,6 +4,8 @@ from __future__ import annotations
 from typing import TYPE_CHECKING
 
 from .health import HealthHandler
+from .sse import EventStreamHandler
+from .tenants import TenantStatusHandler
 from .ws import ConfigWebSocket
 
 if TYPE_CHECKING:  # pragma: no cover
@@ -13,5 +15,7 @@ if TYPE_CHECKING:  # pragma: no cover
 def default_handlers(core: "CfgPush") -> list[tuple]:
     return [
         (r"/ws", ConfigWebSocket, {"core": core}),
+        (r"/events", EventStreamHandler, {"core": core}),
         (r"/healthz", HealthHandler),
+        (r"/api/v1/tenants/([^/]*)", TenantStatusHandler, {"core": core}),
     ]

@@ -1,0 +1,96 @@
+"""``/events``: Server-Sent Events, the same subscription as ``/ws`` in another framing.
+
+PROTOCOL.md section 3: ``id:``, ``event:`` and ``data:`` lines, ``: ping`` comments every
+heartbeat interval, resume from ``Last-Event-ID``. Once the headers are out, events are
+written as prepared bytes (pre-chunked for HTTP/1.1) through the same path as WebSocket
+frames, so one SSE client costs what a WebSocket client costs.
+"""
+from __future__ import annotations
+
+import asyncio
+import logging
+import time
+from typing import TYPE_CHECKING, Any
+
+from tornado import web
+
+from ..events import SSE_PING, SSE_PING_CHUNK, Event, encode_json, http_chunk, sse_message
+from .base import JsonErrorsMixin, Refused
+from .subscription import SubscriptionMixin, refuse_with_log
+
+if TYPE_CHECKING:  # pragma: no cover
+    from ..app import CfgPush
+
+log = logging.getLogger("cfgpush.sse")
+
+
+class EventStreamHandler(SubscriptionMixin, JsonErrorsMixin, web.RequestHandler):
+    transport = "sse"
+
+    def initialize(self, core: "CfgPush") -> None:
+        self.init_subscription(core)
+        self._chunked = True
+        self._done: asyncio.Future | None = None
+
+    @property
+    def last_seen(self) -> float:
+        # SSE clients cannot speak; a dead peer shows up as a failed write or a closed
+        # socket, never as silence. The heartbeat sweep only pings them.
+        return time.monotonic()
+
+    async def get(self) -> None:
+        try:
+            self.read_subscription_query(since_header=self.request.headers.get("Last-Event-ID"))
+        except Refused as refused:
+            refuse_with_log(self, refused)
+            return
+        self.set_header("Content-Type", "text/event-stream; charset=utf-8")
+        self.set_header("Cache-Control", "no-cache")
+        self.set_header("X-Accel-Buffering", "no")  # nginx: do not buffer the stream
+        self._done = asyncio.get_running_loop().create_future()
+        await self.flush()  # the headers, through Tornado; the body from here on is ours
+        connection = self.request.connection
+        # Tornado decides whether the body is chunked (HTTP/1.1) or delimited by the close
+        # (HTTP/1.0); prepared messages must be framed the same way.
+        self._chunked = getattr(connection, "_chunking_output", True)
+        stream = getattr(connection, "stream", None)
+        if stream is None or not await self.subscribe(stream):
+            self.finish()
+            return
+        try:
+            await self._done
+        finally:
+            self.forget()
+
+    def frame_event(self, event: Event) -> bytes:
+        return event.sse(self._chunked)
+
+    def frame_message(self, kind: str, body: Any, event_id: str | None = None) -> bytes:
+        message = sse_message(kind, encode_json(body), event_id)
+        return http_chunk(message) if self._chunked else message
+
+    def send_ping(self) -> None:
+        self.send_bytes(SSE_PING_CHUNK if self._chunked else SSE_PING)
+
+    def _end(self) -> None:
+        self.forget()
+        if self._done is not None and not self._done.done():
+            self._done.set_result(None)
+
+    def close_going_away(self) -> None:
+        """End the stream cleanly (the final chunk); EventSource clients reconnect."""
+        self._end()
+        if not self._finished:
+            self.finish()
+
+    def close_slow(self) -> None:
+        self._end()
+        stream = self.request.connection.stream if hasattr(self.request.connection, "stream") else None
+        if stream is not None:
+            stream.close()  # nothing after the backlog could reach it: free it now
+
+    def close_dead(self) -> None:  # never called: last_seen is always now
+        self.close_slow()
+
+    def on_connection_close(self) -> None:
+        self._end()

@@ -1,0 +1,158 @@
+"""What ``/ws`` and ``/events`` share: one subscribe sequence and one delivery path.
+
+The framings differ (a WebSocket frame, an SSE message); everything else is here: the query
+rules, register-then-catch-up, Welcome, replay or Resync, the live events held back during
+the catch-up, and writing prepared bytes with the backlog bound.
+"""
+from __future__ import annotations
+
+import itertools
+import logging
+from typing import TYPE_CHECKING, Any
+
+from tornado import web
+from tornado.iostream import IOStream, StreamClosedError
+
+from ..broker import BrokerUnavailable
+from ..events import Event, parse_event_id
+from ..hub import BacklogFull, write_bytes
+from ..schemas import EVENT_ID_RE
+from .base import Refused, single_query_argument, tenant_from_query
+
+if TYPE_CHECKING:  # pragma: no cover
+    from ..app import CfgPush
+
+log = logging.getLogger("cfgpush.subscription")
+_ids = itertools.count(1)
+
+
+def _number(value: float) -> int | float:
+    """``5`` rather than ``5.0`` on the wire, as in PROTOCOL.md."""
+    return int(value) if float(value).is_integer() else value
+
+
+class SubscriptionMixin:
+    """A connection of one tenant in the hub. Subclasses frame messages and close."""
+
+    transport = ""
+    core: "CfgPush"
+    request: Any
+
+    def init_subscription(self, core: "CfgPush") -> None:
+        self.core = core
+        self.tenant_id = ""
+        self.acked: str | None = None
+        self.conn_id = f"{self.transport}-{next(_ids)}"
+        self._since: str | None = None
+        self._want_manifest = False
+        self._stream: IOStream | None = None
+        self._pending: list[Event] | None = None  # live events held back while catching up
+
+    # -- framing, per transport -------------------------------------------------------------------
+
+    def frame_event(self, event: Event) -> bytes:
+        raise NotImplementedError
+
+    def frame_message(self, kind: str, body: dict[str, Any], event_id: str | None = None) -> bytes:
+        raise NotImplementedError
+
+    def close_slow(self) -> None:
+        raise NotImplementedError
+
+    # -- request ----------------------------------------------------------------------------------
+
+    def read_subscription_query(self, since_header: str | None = None) -> None:
+        """``tenant_id``, ``last_event_id`` (or the SSE header) and ``manifest``; or ``Refused``."""
+        self.tenant_id = tenant_from_query(self)
+        since = single_query_argument(self, "last_event_id")
+        if since is None and since_header:
+            since = since_header
+        if since is not None and not EVENT_ID_RE.match(since):
+            raise Refused(400, "last_event_id must look like '<digits>-<digits>'")
+        self._since = since
+        self._want_manifest = single_query_argument(self, "manifest") in ("1", "true")
+
+    # -- the subscribe sequence -------------------------------------------------------------------
+
+    async def subscribe(self, stream: IOStream) -> bool:
+        """Register, catch up, send Welcome and the backlog; False when it could not."""
+        self._stream = stream
+        # Register first and hold live events back: whatever is published while the
+        # catch-up is computed is sent after it, without gap or duplicate.
+        self._pending = []
+        self.core.hub.add(self)
+        try:
+            catchup = await self.core.broker.catch_up(self.tenant_id, self._since)
+        except BrokerUnavailable as exc:
+            log.warning("%s tenant %s: broker unavailable at subscribe: %s", self.conn_id, self.tenant_id, exc)
+            self.forget()
+            return False
+        if self._stream is None or self._stream.closed():
+            self.forget()
+            return False
+        welcome: dict[str, Any] = {
+            "tenant_id": self.tenant_id,
+            "last_event_id": catchup.last_event_id,
+            "heartbeat_interval": _number(self.core.settings.heartbeat_interval),
+            "protocol": 1,
+        }
+        manifest = self.core.manifest(self.tenant_id) if (self._want_manifest or catchup.resync) else None
+        if self._want_manifest and manifest is not None:
+            welcome["manifest"] = manifest
+        # The SSE id of Welcome is where a reconnecting EventSource resumes: the client's own
+        # id while a replay follows, the newest id otherwise.
+        resume_from = self._since if (self._since and not catchup.resync) else catchup.last_event_id
+        self.send_bytes(self.frame_message("Welcome", welcome, resume_from))
+        if catchup.resync:
+            self.send_resync(catchup.last_event_id, catchup.resync, manifest)
+        else:
+            for event in catchup.events:
+                self.send_bytes(self.frame_event(event))
+        pending, self._pending = self._pending, None
+        newest = parse_event_id(catchup.last_event_id) if catchup.last_event_id else None
+        for event in pending:
+            if newest is None or parse_event_id(event.event_id) > newest:
+                self.send_bytes(self.frame_event(event))
+        log.debug("%s subscribed: tenant %s from %s", self.conn_id, self.tenant_id, self.request.remote_ip)
+        return True
+
+    def send_resync(self, last_event_id: str | None, reason: str, manifest: dict | None) -> None:
+        body: dict[str, Any] = {"tenant_id": self.tenant_id, "last_event_id": last_event_id, "reason": reason}
+        if manifest is not None:
+            body["manifest"] = manifest
+        self.send_bytes(self.frame_message("Resync", body, last_event_id))
+
+    # -- delivery -----------------------------------------------------------------------------------
+
+    def deliver(self, event: Event) -> None:
+        if self._pending is not None:
+            self._pending.append(event)
+        else:
+            self.send_bytes(self.frame_event(event))
+
+    def send_bytes(self, data: bytes) -> None:
+        """Prepared bytes to the peer; a failure touches this connection only."""
+        stream = self._stream
+        if stream is None:
+            return
+        try:
+            write_bytes(stream, data, self.core.settings.max_backlog_bytes)
+        except StreamClosedError:
+            log.info("%s tenant %s: send failed, peer gone", self.conn_id, self.tenant_id)
+            self.forget()
+        except BacklogFull:
+            log.warning("%s tenant %s: unsent backlog over %d bytes, closing (1013)",
+                        self.conn_id, self.tenant_id, self.core.settings.max_backlog_bytes)
+            self.core.hub.slow_closes += 1
+            self.forget()
+            self.close_slow()
+
+    def forget(self) -> None:
+        """Leave the hub now (idempotent); nothing more is written."""
+        self.core.hub.remove(self)
+        self._stream = None
+
+
+def refuse_with_log(handler: web.RequestHandler, refused: Refused) -> None:
+    log.info("refused %s: %s %s (%s)", handler.request.path, refused.status, refused.reason, handler.request.remote_ip)
+    handler.refuse(refused)

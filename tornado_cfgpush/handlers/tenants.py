@@ -1,0 +1,64 @@
+"""``GET /api/v1/tenants/<id>``: a tenant's connections and convergence (admin token)."""
+from __future__ import annotations
+
+import hmac
+from typing import TYPE_CHECKING
+
+from tornado import web
+
+from ..schemas import tenant_id_error
+from .base import JsonErrorsMixin, Refused
+
+if TYPE_CHECKING:  # pragma: no cover
+    from ..app import CfgPush
+
+
+def bearer_token(handler: web.RequestHandler) -> str | None:
+    header = handler.request.headers.get("Authorization", "")
+    scheme, _, token = header.partition(" ")
+    if scheme.lower() != "bearer" or not token.strip():
+        return None
+    return token.strip()
+
+
+def check_token(handler: web.RequestHandler, expected: str | None, what: str) -> None:
+    """Refuse unless the request bears ``expected``, compared in constant time."""
+    if not expected:
+        raise Refused(403, f"the {what} API is disabled on this server (no {what} token configured)")
+    given = bearer_token(handler)
+    if given is None:
+        handler.set_header("WWW-Authenticate", 'Bearer realm="cfgpush"')
+        raise Refused(401, f"{what} token required (Authorization: Bearer <token>)")
+    if not hmac.compare_digest(given.encode("utf-8"), expected.encode("utf-8")):
+        handler.set_header("WWW-Authenticate", 'Bearer realm="cfgpush", error="invalid_token"')
+        raise Refused(401, f"wrong {what} token")
+
+
+class TenantStatusHandler(JsonErrorsMixin, web.RequestHandler):
+    def initialize(self, core: "CfgPush") -> None:
+        self.core = core
+
+    async def get(self, tenant_id: str) -> None:
+        try:
+            check_token(self, self.core.settings.admin_token, "admin")
+            problem = tenant_id_error(tenant_id)
+            if problem:
+                raise Refused(400, f"tenant_id {problem}")
+        except Refused as refused:
+            self.refuse(refused)
+            return
+        catchup = await self.core.broker.catch_up(tenant_id, None)
+        newest = catchup.last_event_id
+        conns = self.core.hub.connections(tenant_id)
+        by_transport: dict[str, int] = {}
+        for conn in conns:
+            by_transport[conn.transport] = by_transport.get(conn.transport, 0) + 1
+        self.set_header("Cache-Control", "no-store")
+        self.finish({
+            "tenant_id": tenant_id,
+            "connections": len(conns),
+            "connections_by_transport": by_transport,
+            "last_event_id": newest,
+            # Clients that acknowledged the newest event; with no event yet, all are current.
+            "converged": len(conns) if newest is None else sum(1 for c in conns if c.acked == newest),
+        })
