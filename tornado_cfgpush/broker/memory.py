@@ -22,6 +22,17 @@ from . import (
 )
 
 
+_last_epoch = 0
+
+
+def _new_epoch(clock: Callable[[], float]) -> int:
+    """Milliseconds since 1970, and never the same twice in one process (two brokers
+    started within a millisecond, as tests do, must not accept each other's ids)."""
+    global _last_epoch
+    _last_epoch = max(int(clock() * 1000), _last_epoch + 1)
+    return _last_epoch
+
+
 class _TenantLog:
     __slots__ = ("seq", "history", "last_by_path")
 
@@ -61,7 +72,7 @@ class MemoryBroker(Broker):
         self.history_size = history_size
         self.history_ttl = history_ttl
         self._clock = clock
-        self.epoch = int(clock() * 1000)
+        self.epoch = _new_epoch(clock)
         self._tenants: dict[str, _TenantLog] = {}
 
     async def publish(self, fields: dict[str, Any]) -> str:
