@@ -28,6 +28,10 @@ from .sources.runner import SourceRunner
 log = logging.getLogger("cfgpush")
 
 
+class StartupError(Exception):
+    """The service could not start (a plugin's hook raised, say); the message says why."""
+
+
 class CfgPush:
     """One node's service: validate -> publish -> deliver, for every source."""
 
@@ -124,7 +128,21 @@ async def serve(settings: Settings, plugin_manager: PluginManager | None = None,
         loop.add_signal_handler(signum, stop.set)
     sockets = sockets if sockets is not None else bind(settings)
     core = CfgPush(settings, plugin_manager)
-    await core.start()
+    try:
+        await core.start()
+    except Exception as exc:
+        # A plugin refusing its own settings in cfgpush_register_sources (or two sources
+        # sharing a name) is a start-up error like a bad flag: it used to escape as a
+        # traceback from asyncio.run. Undo what started; the CLI reports it in one line.
+        try:
+            await core.stop()
+        except Exception:
+            log.exception("while stopping after a failed start")
+        for sock in sockets:
+            sock.close()
+        for signum in (signal.SIGTERM, signal.SIGINT):
+            loop.remove_signal_handler(signum)
+        raise StartupError(f"start-up failed: {type(exc).__name__}: {exc}") from exc
     server = httpserver.HTTPServer(make_app(core, log_function=log_request))
     server.add_sockets(sockets)
     for sock in sockets:

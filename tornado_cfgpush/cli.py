@@ -151,7 +151,7 @@ def main(argv: Sequence[str] | None = None, environ: dict[str, str] | None = Non
         if "filesystem" not in settings.disabled_plugins and not settings.config_dir.is_dir():
             raise UsageError(f"--config-dir: folder {str(settings.config_dir)!r} does not exist "
                              "(create it, or point --config-dir / CFGPUSH_CONFIG_DIR elsewhere)")
-        from .app import bind, serve
+        from .app import StartupError, bind, serve
         try:
             sockets = bind(settings)
         except OSError as exc:
@@ -161,7 +161,11 @@ def main(argv: Sequence[str] | None = None, environ: dict[str, str] | None = Non
         return 2
     configure_logging(settings.log_level)
     logging.getLogger("cfgpush").info("cfgpush %s starting with %s", __version__, _shown(settings))
-    asyncio.run(serve(settings, pm, sockets=sockets))
+    try:
+        asyncio.run(serve(settings, pm, sockets=sockets))
+    except StartupError as exc:  # after logging started, still one line and status 2
+        print(f"{PROG}: error: {exc}", file=sys.stderr)
+        return 2
     return 0
 
 

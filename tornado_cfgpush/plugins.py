@@ -33,12 +33,11 @@ class CfgPushPluginManager(pluggy.PluginManager):
 
 
 def _entry_points() -> list[tuple[metadata.EntryPoint, metadata.Distribution]]:
-    found = []
-    for dist in metadata.distributions():
-        for ep in dist.entry_points:
-            if ep.group == ENTRY_POINT_GROUP:
-                found.append((ep, dist))
-    return found
+    # metadata.entry_points() keeps one copy of each distribution (the first on sys.path).
+    # Walking metadata.distributions() ourselves saw a distribution twice when its metadata
+    # sits both in site-packages and on another sys.path entry (say a build's *.egg-info in
+    # the working folder) and reported its plugin as clashing with itself.
+    return [(ep, ep.dist) for ep in metadata.entry_points(group=ENTRY_POINT_GROUP)]
 
 
 def known_plugin_names() -> set[str]:
@@ -62,11 +61,18 @@ def get_plugin_manager(disabled: Iterable[str] = (), *, load_entry_points: bool 
         pm.set_blocked(name)
     for name, module_name in BUILTIN_PLUGINS.items():
         if not pm.is_blocked(name):
-            pm.register(importlib.import_module(module_name), name=name)
+            # Named like an entry point's failure: a bare ImportError or pluggy error would
+            # not say which plugin to disable.
+            label = f"built-in plugin {name!r} ({module_name})"
+            try:
+                module = importlib.import_module(module_name)
+            except Exception as exc:
+                raise PluginError(f"{label} failed to import: {type(exc).__name__}: {exc}") from exc
+            _register(pm, module, name, label)
             pm.origins[name] = ("tornado_cfgpush", __version__)
     for name, plugin in extra_plugins:
         if not pm.is_blocked(name):
-            pm.register(plugin, name=name)
+            _register(pm, plugin, name, f"plugin {name!r}")
             pm.origins[name] = ("(registered in process)", "")
     if load_entry_points:
         for ep, dist in _entry_points():
@@ -79,16 +85,20 @@ def get_plugin_manager(disabled: Iterable[str] = (), *, load_entry_points: bool 
                 plugin = ep.load()
             except Exception as exc:
                 raise PluginError(f"{label} failed to import: {type(exc).__name__}: {exc}") from exc
-            try:
-                pm.register(plugin, name=ep.name)
-            except Exception as exc:
-                raise PluginError(f"{label} could not be registered: {exc}") from exc
+            _register(pm, plugin, ep.name, label)
             pm.origins[ep.name] = (dist.metadata["Name"], dist.version)
     try:
         pm.check_pending()
     except pluggy.PluginValidationError as exc:
         raise PluginError(f"plugin {pm.get_name(exc.plugin)!r}: {exc}") from exc
     return pm
+
+
+def _register(pm: CfgPushPluginManager, plugin: object, name: str, label: str) -> None:
+    try:
+        pm.register(plugin, name=name)
+    except Exception as exc:  # ValueError (name or object taken), PluginValidationError
+        raise PluginError(f"{label} could not be registered: {exc}") from exc
 
 
 def describe_plugins(pm: CfgPushPluginManager) -> list[dict]:

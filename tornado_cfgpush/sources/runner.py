@@ -69,7 +69,10 @@ class SourceRunner:
     async def _supervise(self, source: EventSource) -> None:
         name = source.name
         emit = self.emit_for(source)
-        delay = self.backoff_initial
+        # The delay reads backoff_initial/backoff_max at each failure, not when the task
+        # starts: changing them on a running runner (a test shortening the backoff after
+        # start-up) used to leave the first delay at the old value.
+        delay = 0.0  # no failure yet
         while True:
             started = time.monotonic()
             self.running.add(name)
@@ -82,12 +85,12 @@ class SourceRunner:
                 self.running.discard(name)
                 # A source that ran for a while before failing starts again from the short delay.
                 if time.monotonic() - started > self.backoff_max:
-                    delay = self.backoff_initial
+                    delay = 0.0
+                delay = min(delay * 2 if delay else self.backoff_initial, self.backoff_max)
                 wait = random.uniform(delay / 2, delay)
                 self.restarts[name] = self.restarts.get(name, 0) + 1
                 log.exception("source %s crashed; restarting in %.1f s", name, wait)
                 await asyncio.sleep(wait)
-                delay = min(delay * 2, self.backoff_max)
                 if self._on_restart is not None:
                     await self._on_restart(source)
                 continue

@@ -1,0 +1,339 @@
+"""``cfgpush-serve`` as a user runs it: the real command in a subprocess, real sockets and files.
+
+Every process is read by threads (no pipe can fill up and block it) and killed at teardown.
+"""
+from __future__ import annotations
+
+import importlib.util
+import json
+import os
+import re
+import signal
+import socket
+import subprocess
+import sys
+import threading
+import time
+from importlib import metadata
+from pathlib import Path
+
+import pytest
+
+from tornado_cfgpush import __version__
+
+from .conftest import REQUIRE_SERVICES, wait_for
+from .wsclient import Client
+
+SCRIPT = Path(sys.executable).with_name("cfgpush-serve")
+COMMAND = [str(SCRIPT)] if SCRIPT.exists() else [sys.executable, "-m", "tornado_cfgpush.cli"]
+ERROR_PREFIX = "cfgpush-serve: error:"
+LISTENING = r"listening on http://127\.0\.0\.1:(\d+) "
+# Waits are generous: two cores, and other test runs beside this one.
+START_TIMEOUT = 60.0
+RUN_TIMEOUT = 60.0
+
+
+def clean_env(**extra: str) -> dict[str, str]:
+    """The test's environment without any CFGPUSH_* variable, plus ``extra``."""
+    env = {k: v for k, v in os.environ.items() if not k.startswith("CFGPUSH_")}
+    env.update(extra)
+    return env
+
+
+def run_cli(*args: str, cwd: Path, env: dict[str, str] | None = None) -> subprocess.CompletedProcess:
+    return subprocess.run(COMMAND + list(args), cwd=cwd, env=env if env is not None else clean_env(),
+                          stdin=subprocess.DEVNULL, capture_output=True, text=True, timeout=RUN_TIMEOUT)
+
+
+def ticker_installed() -> bool:
+    return importlib.util.find_spec("cfgpush_ticker") is not None
+
+
+def need_ticker() -> None:
+    if not ticker_installed():
+        message = "the example plugin is not installed (pip install ./plugins/cfgpush-ticker)"
+        if REQUIRE_SERVICES:
+            pytest.fail(message + "; CFGPUSH_REQUIRE_SERVICES=1 forbids skipping")
+        pytest.skip(message)
+
+
+class Server:
+    """A running ``cfgpush-serve``; its stderr (the log) is collected line by line."""
+
+    def __init__(self, args: list[str], cwd: Path, env: dict[str, str]):
+        self.proc = subprocess.Popen(COMMAND + args, cwd=cwd, env=env, stdin=subprocess.DEVNULL,
+                                     stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+        self.log: list[str] = []
+        self.out: list[str] = []
+        self._readers = [threading.Thread(target=self._pump, args=(stream, lines), daemon=True)
+                         for stream, lines in ((self.proc.stderr, self.log), (self.proc.stdout, self.out))]
+        for reader in self._readers:
+            reader.start()
+
+    @staticmethod
+    def _pump(stream, lines: list[str]) -> None:
+        for line in stream:
+            lines.append(line.rstrip("\n"))
+
+    def text(self) -> str:
+        return "\n".join(self.log)
+
+    def find(self, pattern: str) -> re.Match | None:
+        for line in list(self.log):
+            found = re.search(pattern, line)
+            if found:
+                return found
+        return None
+
+    async def wait_log(self, pattern: str, timeout: float = START_TIMEOUT) -> re.Match:
+        """The first log line matching ``pattern``; fails early if the process ends first."""
+        def seen() -> bool:
+            if self.find(pattern):
+                return True
+            if self.proc.poll() is not None:
+                self.join()
+                if self.find(pattern):
+                    return True
+                raise AssertionError(f"cfgpush-serve exited with {self.proc.returncode} before logging "
+                                     f"{pattern!r}; its log:\n{self.text()}")
+            return False
+
+        try:
+            await wait_for(seen, timeout)
+        except AssertionError as exc:
+            if "exited" in str(exc):
+                raise
+            raise AssertionError(f"no log line {pattern!r} within {timeout} s; the log:\n{self.text()}") from None
+        return self.find(pattern)
+
+    async def wait_exit(self, timeout: float) -> int:
+        await wait_for(lambda: self.proc.poll() is not None, timeout)
+        self.join()
+        return self.proc.returncode
+
+    def join(self) -> None:
+        for reader in self._readers:
+            reader.join(timeout=10)
+
+    def kill(self) -> None:
+        if self.proc.poll() is None:
+            self.proc.kill()
+        self.proc.wait(timeout=30)
+        self.join()
+        self.proc.stdout.close()
+        self.proc.stderr.close()
+
+
+@pytest.fixture
+def start(tmp_path):
+    """``start(*args, **env)`` -> a running ``Server`` in ``tmp_path``; killed at teardown."""
+    servers: list[Server] = []
+
+    def _start(*args: str, **env: str) -> Server:
+        server = Server(list(args), tmp_path, clean_env(**env))
+        servers.append(server)
+        return server
+
+    yield _start
+    for server in servers:
+        server.kill()
+
+
+@pytest.fixture
+def taken_port():
+    """A port some other program listens on."""
+    sock = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
+    sock.bind(("127.0.0.1", 0))
+    sock.listen()
+    yield sock.getsockname()[1]
+    sock.close()
+
+
+def listed(result: subprocess.CompletedProcess) -> dict[str, dict]:
+    assert result.returncode == 0, result.stderr
+    return {entry["name"]: entry for entry in json.loads(result.stdout)}
+
+
+# -- informational flags ------------------------------------------------------------------------
+
+def test_version(tmp_path):
+    result = run_cli("--version", cwd=tmp_path)
+    assert result.returncode == 0, result.stderr
+    assert result.stdout == f"cfgpush-serve {__version__}\n"
+
+
+def test_plugins_lists_builtin_and_installed_plugins(tmp_path):
+    plugins = listed(run_cli("--plugins", cwd=tmp_path))
+    assert plugins["filesystem"] == {"name": "filesystem", "distribution": "tornado_cfgpush",
+                                     "version": __version__, "hooks": ["cfgpush_register_sources"]}
+    if ticker_installed():
+        assert plugins["ticker"] == {"name": "ticker", "distribution": "cfgpush-ticker",
+                                     "version": metadata.version("cfgpush-ticker"),
+                                     "hooks": ["cfgpush_register_sources"]}
+    else:
+        assert "ticker" not in plugins
+
+
+def test_installed_ticker_is_listed(tmp_path):
+    need_ticker()
+    assert "ticker" in listed(run_cli("--plugins", cwd=tmp_path))
+    assert "ticker" not in listed(run_cli("--plugins", "--disable-plugin", "ticker", cwd=tmp_path))
+
+
+def test_disable_plugin_flag_removes_it(tmp_path):
+    plugins = listed(run_cli("--plugins", "--disable-plugin", "filesystem", cwd=tmp_path))
+    assert "filesystem" not in plugins
+
+
+@pytest.mark.parametrize("variable", ["CFGPUSH_DISABLE_PLUGIN", "CFGPUSH_DISABLE_PLUGINS"])
+def test_disable_plugin_environment_removes_it(tmp_path, variable):
+    names = "filesystem,ticker" if ticker_installed() else "filesystem"
+    plugins = listed(run_cli("--plugins", cwd=tmp_path, env=clean_env(**{variable: names})))
+    assert plugins == {}
+
+
+def test_flags_win_over_environment(tmp_path):
+    # Neither bad variable is even read when its flag is given.
+    env = clean_env(CFGPUSH_PORT="notaport", CFGPUSH_DISABLE_PLUGIN="nosuch")
+    plugins = listed(run_cli("--plugins", "--port", "0", "--disable-plugin", "filesystem", cwd=tmp_path, env=env))
+    assert "filesystem" not in plugins
+
+
+# -- errors: status 2, one line, no traceback --------------------------------------------------------
+
+ERRORS = {
+    "bad port flag": (["--port", "70000"], {}, "--port: port must be from 0 to 65535, not 70000"),
+    "bad port env": ([], {"CFGPUSH_PORT": "http"}, "CFGPUSH_PORT: port must be a whole number, not 'http'"),
+    "missing config folder": (["--config-dir", "{tmp}/nowhere"], {}, "--config-dir: folder '{tmp}/nowhere' does not exist"),
+    "missing default config folder": (None, {}, "--config-dir: folder 'config' does not exist"),
+    "unknown plugin": (["--disable-plugin", "nosuch"], {}, "unknown plugin 'nosuch' (known: "),
+    "unknown plugin env": ([], {"CFGPUSH_DISABLE_PLUGIN": "filesystem,nosuch"}, "unknown plugin 'nosuch'"),
+    "unknown flag": (["--bogus"], {}, "unrecognized arguments: --bogus"),
+    "bad log level": (["--log-level", "LOUD"], {}, "--log-level: log level must be one of DEBUG, INFO, WARNING, ERROR, not 'LOUD'"),
+    "bad heartbeat": (["--heartbeat-interval", "10", "--heartbeat-timeout", "5"], {}, "heartbeat_timeout must be at least heartbeat_interval"),
+    "bad heartbeat env": ([], {"CFGPUSH_HEARTBEAT_INTERVAL": "-1"}, "CFGPUSH_HEARTBEAT_INTERVAL: heartbeat interval must be a positive number"),
+    "port taken": (["--port", "{port}"], {}, "cannot listen on 127.0.0.1:{port}: "),
+}
+
+
+def assert_one_error_line(result: subprocess.CompletedProcess, expected: str) -> None:
+    assert result.returncode == 2, (result.returncode, result.stderr)
+    assert "Traceback" not in result.stderr
+    lines = result.stderr.splitlines()
+    assert len(lines) == 1, result.stderr
+    assert lines[0].startswith(ERROR_PREFIX + " "), lines[0]
+    assert expected in lines[0], lines[0]
+    assert result.stdout == ""
+
+
+@pytest.mark.parametrize("case", list(ERRORS))
+def test_bad_input_exits_2_with_one_line(tmp_path, config_dir, taken_port, case):
+    args, env, expected = ERRORS[case]
+    fill = {"tmp": str(tmp_path), "port": str(taken_port)}
+    cwd = tmp_path
+    if args is None:
+        args = []  # the default, ./config, is missing from an empty folder
+        cwd = tmp_path / "empty"
+        cwd.mkdir()
+    else:
+        args = ["--config-dir", str(config_dir)] + [a.format(**fill) for a in args]
+    result = run_cli(*args, cwd=cwd, env=clean_env(**env))
+    assert_one_error_line(result, expected.format(**fill))
+
+
+def test_plugin_whose_import_fails_stops_start_up(tmp_path, config_dir):
+    site = tmp_path / "site"
+    info = site / "cfgpush_test_explosive-1.0.dist-info"
+    info.mkdir(parents=True)
+    (info / "METADATA").write_text("Metadata-Version: 2.1\nName: cfgpush-test-explosive\nVersion: 1.0\n")
+    (info / "entry_points.txt").write_text("[cfgpush]\nexplosive = cfgpush_test_explosive\n")
+    (site / "cfgpush_test_explosive.py").write_text('raise RuntimeError("no database driver")\n')
+    env = clean_env(PYTHONPATH=str(site))
+    result = run_cli("--config-dir", str(config_dir), cwd=tmp_path, env=env)
+    assert_one_error_line(result, "plugin 'explosive' (entry point 'cfgpush_test_explosive' of "
+                                  "cfgpush-test-explosive 1.0) failed to import: RuntimeError: no database driver")
+    # Blocked, it is never imported.
+    assert "explosive" not in listed(run_cli("--plugins", "--disable-plugin", "explosive", cwd=tmp_path, env=env))
+
+
+def test_plugin_refusing_its_settings_stops_start_up(tmp_path, config_dir):
+    need_ticker()
+    result = run_cli("--config-dir", str(config_dir), "--port", "0", cwd=tmp_path,
+                     env=clean_env(CFGPUSH_TICKER_INTERVAL="soon"))
+    assert result.returncode == 2, result.stderr
+    assert "Traceback" not in result.stderr
+    last = result.stderr.splitlines()[-1]
+    assert last == (f"{ERROR_PREFIX} start-up failed: ValueError: "
+                    "CFGPUSH_TICKER_INTERVAL must be a positive number of seconds, not 'soon'")
+
+
+# -- serving --------------------------------------------------------------------------------------
+
+@pytest.mark.gen_test(timeout=120)
+async def test_serves_and_pushes_a_file_edit(start, config_dir):
+    # The environment asks for port 1 and ERROR-only logs; the flags win.
+    server = start("--port", "0", "--log-level", "INFO", "--config-dir", str(config_dir),
+                   CFGPUSH_PORT="1", CFGPUSH_LOG_LEVEL="ERROR")
+    port = int((await server.wait_log(LISTENING)).group(1))
+    assert port not in (0, 1)
+    running = (await server.wait_log(r"sources running: (.*)$")).group(1)
+    assert set(running.split(", ")) == ({"filesystem", "ticker"} if ticker_installed() else {"filesystem"})
+    await server.wait_log(r"watching .* files")  # the filesystem source reports from now on
+
+    client = await Client.open(f"ws://127.0.0.1:{port}/ws", "acme")
+    try:
+        assert (await client.expect("Welcome", timeout=10))["tenant_id"] == "acme"
+        (config_dir / "acme" / "app.json").write_text('{"a": 2}')
+        event = await client.expect("ConfigChanged", timeout=15)
+        assert (event["tenant_id"], event["path"], event["source"]) == ("acme", "app.json", "filesystem")
+    finally:
+        client.close()
+    assert "Traceback" not in server.text()
+
+
+@pytest.mark.gen_test(timeout=120)
+async def test_installed_ticker_reaches_its_tenant(start, config_dir):
+    need_ticker()
+    server = start("--port", "0", "--config-dir", str(config_dir),
+                   CFGPUSH_TICKER_TENANT="globex", CFGPUSH_TICKER_INTERVAL="0.2")
+    port = int((await server.wait_log(LISTENING)).group(1))
+    client = await Client.open(f"ws://127.0.0.1:{port}/ws", "globex")
+    try:
+        await client.expect("Welcome", timeout=10)
+        event = await client.expect("ConfigChanged", timeout=15)
+        assert (event["tenant_id"], event["change_type"], event["path"], event["source"]) == \
+            ("globex", "modified", "ticker.json", "ticker")
+        tick = event["meta"]["tick"]
+        following = await client.expect("ConfigChanged", timeout=15)
+        assert following["meta"]["tick"] == tick + 1
+    finally:
+        client.close()
+
+
+@pytest.mark.parametrize("signum", [signal.SIGTERM, signal.SIGINT], ids=["SIGTERM", "SIGINT"])
+@pytest.mark.gen_test(timeout=120)
+async def test_signal_closes_clients_with_1001_and_exits_0(start, config_dir, signum):
+    drain = 5.0
+    server = start("--port", "0", "--config-dir", str(config_dir), "--drain-timeout", str(drain))
+    port = int((await server.wait_log(LISTENING)).group(1))
+    clients = [await Client.open(f"ws://127.0.0.1:{port}/ws", tenant) for tenant in ("acme", "acme", "globex")]
+    try:
+        for client in clients:
+            await client.expect("Welcome", timeout=10)
+        server.proc.send_signal(signum)
+        sent = time.monotonic()
+        for client in clients:
+            closed = await client.closed(timeout=drain + 5)
+            assert closed.code == 1001, closed
+        # Within the drain limit, plus time for the interpreter to exit on a busy machine.
+        status = await server.wait_exit(timeout=drain + 5)
+        took = time.monotonic() - sent
+    finally:
+        for client in clients:
+            client.close()
+    assert status == 0, server.text()
+    assert took < drain + 5
+    log = server.text()
+    assert "shutting down" in log
+    assert "exiting anyway" not in log
+    assert "Traceback" not in log
