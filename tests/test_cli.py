@@ -18,6 +18,7 @@ from importlib import metadata
 from pathlib import Path
 
 import pytest
+from tornado.httpclient import AsyncHTTPClient
 
 from tornado_cfgpush import __version__
 
@@ -213,6 +214,9 @@ ERRORS = {
     "bad heartbeat": (["--heartbeat-interval", "10", "--heartbeat-timeout", "5"], {}, "heartbeat_timeout must be at least heartbeat_interval"),
     "bad heartbeat env": ([], {"CFGPUSH_HEARTBEAT_INTERVAL": "-1"}, "CFGPUSH_HEARTBEAT_INTERVAL: heartbeat interval must be a positive number"),
     "port taken": (["--port", "{port}"], {}, "cannot listen on 127.0.0.1:{port}: "),
+    "short admin token": (["--admin-token", "short"], {}, "--admin-token: admin token must be at least 8 characters"),
+    "missing secret file": ([], {"CFGPUSH_ADMIN_TOKEN_FILE": "{tmp}/no-such-file"},
+                            "CFGPUSH_ADMIN_TOKEN_FILE: cannot read '{tmp}/no-such-file': No such file or directory"),
 }
 
 
@@ -237,6 +241,7 @@ def test_bad_input_exits_2_with_one_line(tmp_path, config_dir, taken_port, case)
         cwd.mkdir()
     else:
         args = ["--config-dir", str(config_dir)] + [a.format(**fill) for a in args]
+    env = {name: value.format(**fill) for name, value in env.items()}
     result = run_cli(*args, cwd=cwd, env=clean_env(**env))
     assert_one_error_line(result, expected.format(**fill))
 
@@ -289,6 +294,27 @@ async def test_serves_and_pushes_a_file_edit(start, config_dir):
     finally:
         client.close()
     assert "Traceback" not in server.text()
+
+
+@pytest.mark.gen_test(timeout=120)
+async def test_admin_token_from_a_file_is_used_and_never_logged(start, config_dir, tmp_path):
+    secret = "file-borne-admin-token"
+    token_file = tmp_path / "admin-token"
+    token_file.write_text(secret + "\n")  # as `echo token > file` leaves it
+    server = start("--port", "0", "--config-dir", str(config_dir), CFGPUSH_ADMIN_TOKEN_FILE=str(token_file))
+    port = int((await server.wait_log(LISTENING)).group(1))
+    client = AsyncHTTPClient(force_instance=True)
+    try:
+        url = f"http://127.0.0.1:{port}/api/v1/tenants/acme"
+        ok = await client.fetch(url, headers={"Authorization": f"Bearer {secret}"})
+        assert json.loads(ok.body)["tenant_id"] == "acme"
+        refused = await client.fetch(url + "?token=" + secret, raise_error=False)
+        assert refused.code == 401
+    finally:
+        client.close()
+    await server.wait_log(r"401 GET /api/v1/tenants/acme")
+    assert "<redacted>" in server.text()
+    assert secret not in server.text()
 
 
 @pytest.mark.gen_test(timeout=120)

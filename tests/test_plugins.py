@@ -257,6 +257,11 @@ class CrashingSource:
     def __init__(self) -> None:
         self.armed = asyncio.Event()
         self.runs: list[float] = []
+        self.serves = ["crash-tenant"]
+
+    def tenants(self) -> list[str]:
+        """The tenants whose clients must resynchronise when it restarts."""
+        return self.serves
 
     async def run(self, emit) -> None:
         await self.armed.wait()
@@ -386,6 +391,38 @@ async def test_crashing_source_is_restarted_with_backoff_and_harms_no_one(
     assert len(crashes) >= 4
     assert crashes[0].levelno == logging.ERROR
     assert str(crashes[0].exc_info[1]) == "boom #1"
+
+
+@pytest.mark.gen_test(timeout=30)
+async def test_restarted_source_makes_its_tenants_clients_resync(connect, core, plugin):
+    core.runner.backoff_initial, core.runner.backoff_max = 0.05, 0.05
+    plugin.crasher.serves = ["acme"]
+    acme = await connect("acme")
+    globex = await connect("globex")
+    await acme.expect("Welcome")
+    await globex.expect("Welcome")
+    newest = await plugin.scripted.emit(VALID)
+    assert (await acme.expect("ConfigChanged"))["event_id"] == newest
+    plugin.crasher.armed.set()
+    resync = await acme.expect("Resync", timeout=10)
+    assert (resync["reason"], resync["last_event_id"]) == ("source_gap", newest)
+    assert "app.json" in resync["manifest"]  # the filesystem source lists the tenant's files
+    await globex.expect_nothing(0.3)
+
+
+@pytest.mark.gen_test(timeout=30)
+async def test_emit_gap_resyncs_the_named_tenants_only(connect, core, plugin):
+    acme = await connect("acme")
+    globex = await connect("globex")
+    await acme.expect("Welcome")
+    await globex.expect("Welcome")
+    await plugin.scripted.emit.gap(["globex"])
+    resync = await globex.expect("Resync")
+    assert (resync["tenant_id"], resync["reason"], resync["last_event_id"]) == ("globex", "source_gap", None)
+    await acme.expect_nothing(0.3)
+    await plugin.scripted.emit.gap()  # None: every tenant
+    assert (await acme.expect("Resync"))["reason"] == "source_gap"
+    assert (await globex.expect("Resync"))["reason"] == "source_gap"
 
 
 @pytest.mark.gen_test(timeout=30)

@@ -40,9 +40,12 @@ The rules the server keeps for you:
   backoff; it never takes the other sources or the server down. A ``run`` that returns
   is finished and is not restarted.
 * ``run`` is cancelled at shutdown: let :class:`asyncio.CancelledError` propagate.
-* A source that may have lost events (its own queue overflowed, it restarted) can
-  define ``manifest(tenant_id)`` returning ``{path: checksum}`` for the tenant's files,
-  so clients that must resynchronise fetch only what differs.
+* A source that may have lost events (its own queue overflowed, say) calls
+  ``await emit.gap(tenant_ids)`` (None: any tenant); their clients get ``Resync`` with
+  reason ``source_gap``. A crashed and restarted source does so by itself, for the
+  tenants its optional ``tenants()`` method names (all connected tenants without it).
+* A source that can list a tenant's files defines ``manifest(tenant_id)`` returning
+  ``{path: checksum}``; ``Resync`` carries it, so clients refetch only what differs.
 * A source that needs time to start (connect, scan) can expose ``started``, an
   :class:`asyncio.Event` it sets once changes from then on are reported; ``/readyz``
   and ``CfgPush.wait_started()`` wait for it.
@@ -66,7 +69,8 @@ hookimpl = pluggy.HookimplMarker(PROJECT_NAME)
 """Marks a function as an implementation of a ``cfgpush_*`` hook."""
 
 Emit = Callable[[dict[str, Any]], Awaitable[str]]
-"""``await emit(payload)`` validates, publishes and returns the event id."""
+"""``await emit(payload)`` validates, publishes and returns the event id; the object a
+source receives also has ``await emit.gap(tenant_ids=None)`` (see the guide above)."""
 
 
 @runtime_checkable

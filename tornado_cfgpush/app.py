@@ -10,12 +10,12 @@ import gc
 import logging
 import signal
 import socket
-from typing import Any
+from typing import Any, Iterable
 
 from pluggy import PluginManager
 from tornado import httpserver, netutil, web
 
-from .broker import Broker
+from .broker import Broker, BrokerUnavailable
 from .broker.memory import MemoryBroker
 from .handlers import default_handlers
 from .handlers.health import NotFoundHandler
@@ -55,7 +55,7 @@ class CfgPush:
         duplicates = {n for n in names if names.count(n) > 1}
         if duplicates:
             raise ValueError(f"two event sources share the name(s): {', '.join(sorted(duplicates))}")
-        self.runner = SourceRunner(sources, self.publish)
+        self.runner = SourceRunner(sources, self.publish, gap=self.source_gap)
         self.runner.start()
         self.hub.start()
         log.info("sources running: %s", ", ".join(names) or "none")
@@ -76,6 +76,22 @@ class CfgPush:
         if source is not None:
             fields.setdefault("source", source)
         return await self.broker.publish(fields)
+
+    async def source_gap(self, tenant_ids: Iterable[str] | None, source: str) -> None:
+        """``Resync`` (``source_gap``) to the clients of ``tenant_ids`` (None: every tenant)."""
+        targets = list(self.hub.tenants()) if tenant_ids is None else sorted(set(tenant_ids))
+        for tenant_id in targets:
+            if not self.hub.connection_count(tenant_id):
+                continue
+            try:
+                newest = (await self.broker.catch_up(tenant_id, None)).last_event_id
+            except BrokerUnavailable:
+                newest = None  # still tell them: a reload is what they need either way
+            manifest = self.manifest(tenant_id)
+            for conn in self.hub.connections(tenant_id):
+                conn.notify_gap(newest, manifest)
+            log.info("sent Resync (source_gap from %s) to %d clients of tenant %s",
+                     source, self.hub.connection_count(tenant_id), tenant_id)
 
     async def wait_started(self, timeout: float = 10.0) -> None:
         """Wait until every source that exposes ``started`` has set it."""
@@ -143,6 +159,11 @@ async def serve(settings: Settings, plugin_manager: PluginManager | None = None,
         for signum in (signal.SIGTERM, signal.SIGINT):
             loop.remove_signal_handler(signum)
         raise StartupError(f"start-up failed: {type(exc).__name__}: {exc}") from exc
+    try:
+        # Listen once the sources report changes: "listening" then means "nothing is missed".
+        await core.wait_started(timeout=settings.drain_timeout * 6)
+    except asyncio.TimeoutError:
+        log.warning("some sources have not started yet; listening anyway")
     server = httpserver.HTTPServer(make_app(core, log_function=log_request))
     server.add_sockets(sockets)
     for sock in sockets:

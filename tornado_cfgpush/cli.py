@@ -60,6 +60,15 @@ def _log_level(text: str) -> str:
     return text.upper()
 
 
+def _secret(what: str) -> Callable[[str], str]:
+    def parse(text: str) -> str:
+        text = text.strip()
+        if len(text) < 8:
+            raise ValueError(f"{what} must be at least 8 characters")
+        return text
+    return parse
+
+
 def _names(text: str) -> list[str]:
     return [n.strip() for n in text.split(",") if n.strip()]
 
@@ -79,7 +88,10 @@ SETTING_FLAGS: dict[str, tuple[str, Callable[[str], Any], str]] = {
     "--history-size": ("history_size", _int_in(0, None, "history size"), "events kept per tenant for resume"),
     "--history-ttl": ("history_ttl", _positive_float("history ttl"), "seconds an event is kept for resume"),
     "--drain-timeout": ("drain_timeout", _positive_float("drain timeout"), "seconds a graceful shutdown may take"),
+    "--admin-token": ("admin_token", _secret("admin token"), "bearer token for /api/v1/tenants/<id> (off without it)"),
 }
+# Settings that are secrets: never logged, and readable from a file named by CFGPUSH_<FLAG>_FILE.
+SECRET_FIELDS = {"admin_token"}
 
 
 def env_name(flag: str) -> str:
@@ -114,6 +126,12 @@ def settings_from(args: argparse.Namespace, environ: dict[str, str]) -> Settings
         origin = flag
         if given is None and env_name(flag) in environ:
             given, origin = environ[env_name(flag)], env_name(flag)
+        elif given is None and field in SECRET_FIELDS and env_name(flag) + "_FILE" in environ:
+            origin = env_name(flag) + "_FILE"
+            try:
+                given = Path(environ[origin]).read_text()
+            except OSError as exc:
+                raise UsageError(f"{origin}: cannot read {environ[origin]!r}: {exc.strerror or exc}") from None
         if given is not None:
             try:
                 values[field] = parse(given)
@@ -171,6 +189,9 @@ def main(argv: Sequence[str] | None = None, environ: dict[str, str] | None = Non
 
 def _shown(settings: Settings) -> str:
     shown = {f.name: getattr(settings, f.name) for f in dataclasses.fields(settings) if f.name != "extra"}
+    for name in SECRET_FIELDS:
+        if shown.get(name):
+            shown[name] = "<redacted>"
     shown["config_dir"] = str(settings.config_dir)
     return json.dumps(shown)
 

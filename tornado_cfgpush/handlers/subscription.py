@@ -13,7 +13,7 @@ from typing import TYPE_CHECKING, Any
 from tornado import web
 from tornado.iostream import IOStream, StreamClosedError
 
-from ..broker import BrokerUnavailable
+from ..broker import SOURCE_GAP, BrokerUnavailable
 from ..events import Event, parse_event_id
 from ..hub import BacklogFull, write_bytes
 from ..schemas import EVENT_ID_RE
@@ -47,6 +47,7 @@ class SubscriptionMixin:
         self._want_manifest = False
         self._stream: IOStream | None = None
         self._pending: list[Event] | None = None  # live events held back while catching up
+        self._held_gap: tuple[str | None, dict | None] | None = None  # a source_gap during it
 
     # -- framing, per transport -------------------------------------------------------------------
 
@@ -104,7 +105,7 @@ class SubscriptionMixin:
         resume_from = self._since if (self._since and not catchup.resync) else catchup.last_event_id
         self.send_bytes(self.frame_message("Welcome", welcome, resume_from))
         if catchup.resync:
-            self.send_resync(catchup.last_event_id, catchup.resync, manifest)
+            self.send_resync(catchup.last_event_id, manifest, reason=catchup.resync)
         else:
             for event in catchup.events:
                 self.send_bytes(self.frame_event(event))
@@ -113,10 +114,20 @@ class SubscriptionMixin:
         for event in pending:
             if newest is None or parse_event_id(event.event_id) > newest:
                 self.send_bytes(self.frame_event(event))
+        if self._held_gap is not None:
+            self.send_resync(*self._held_gap, reason=SOURCE_GAP)
+            self._held_gap = None
         log.debug("%s subscribed: tenant %s from %s", self.conn_id, self.tenant_id, self.request.remote_ip)
         return True
 
-    def send_resync(self, last_event_id: str | None, reason: str, manifest: dict | None) -> None:
+    def notify_gap(self, last_event_id: str | None, manifest: dict | None) -> None:
+        """A source lost events: ``Resync`` now, or right after Welcome when subscribing."""
+        if self._pending is not None:
+            self._held_gap = (last_event_id, manifest)
+        else:
+            self.send_resync(last_event_id, manifest, reason=SOURCE_GAP)
+
+    def send_resync(self, last_event_id: str | None, manifest: dict | None, *, reason: str) -> None:
         body: dict[str, Any] = {"tenant_id": self.tenant_id, "last_event_id": last_event_id, "reason": reason}
         if manifest is not None:
             body["manifest"] = manifest

@@ -9,7 +9,7 @@ import asyncio
 import logging
 import random
 import time
-from typing import Any, Awaitable, Callable
+from typing import Any, Awaitable, Callable, Iterable
 
 from marshmallow import ValidationError
 
@@ -19,6 +19,43 @@ from ..schemas import flatten_messages
 log = logging.getLogger("cfgpush.sources")
 
 Publish = Callable[[dict[str, Any], str], Awaitable[str]]
+Gap = Callable[[Iterable[str] | None, str], Awaitable[None]]
+
+
+class SourceEmit:
+    """What a source's ``run`` receives.
+
+    ``await emit(payload)`` validates, publishes and returns the event id (or raises
+    ``marshmallow.ValidationError``); ``await emit.gap(tenant_ids)`` says the source may have
+    lost events of those tenants (None: of any tenant), and their clients get ``Resync``
+    with reason ``source_gap``.
+    """
+
+    __slots__ = ("source_name", "_runner")
+
+    def __init__(self, runner: "SourceRunner", source_name: str):
+        self._runner = runner
+        self.source_name = source_name
+
+    async def __call__(self, payload: dict[str, Any]) -> str:
+        name = self.source_name
+        try:
+            return await self._runner._publish(payload, name)
+        except ValidationError as exc:
+            self._runner.rejected[name] = self._runner.rejected.get(name, 0) + 1
+            log.warning("source %s: invalid event refused: %s", name, flatten_messages(exc.messages))
+            raise
+
+    async def gap(self, tenant_ids: Iterable[str] | None = None) -> None:
+        log.warning("source %s reports lost events (tenants: %s)", self.source_name,
+                    "all" if tenant_ids is None else ", ".join(sorted(tenant_ids)) or "none")
+        await self._runner._gap(tenant_ids, self.source_name)
+
+
+def tenants_of(source: EventSource) -> Iterable[str] | None:
+    """The tenants a source serves, when it can say (optional ``tenants()``), else None."""
+    lister = getattr(source, "tenants", None)
+    return lister() if callable(lister) else None
 
 
 class SourceRunner:
@@ -27,33 +64,22 @@ class SourceRunner:
         sources: list[EventSource],
         publish: Publish,
         *,
+        gap: Gap | None = None,
         backoff_initial: float = 0.5,
         backoff_max: float = 30.0,
-        on_restart: Callable[[EventSource], Awaitable[None]] | None = None,
     ):
         self.sources = sources
         self._publish = publish
+        self._gap = gap if gap is not None else _no_gap
         self.backoff_initial = backoff_initial
         self.backoff_max = backoff_max
-        self._on_restart = on_restart
         self._tasks: dict[str, asyncio.Task] = {}
         self.restarts: dict[str, int] = {s.name: 0 for s in sources}
         self.rejected: dict[str, int] = {s.name: 0 for s in sources}
         self.running: set[str] = set()
 
-    def emit_for(self, source: EventSource):
-        name = source.name
-
-        async def emit(payload: dict[str, Any]) -> str:
-            """Validate ``payload``, publish it, return its event id (see the plugin guide)."""
-            try:
-                return await self._publish(payload, name)
-            except ValidationError as exc:
-                self.rejected[name] = self.rejected.get(name, 0) + 1
-                log.warning("source %s: invalid event refused: %s", name, flatten_messages(exc.messages))
-                raise
-
-        return emit
+    def emit_for(self, source: EventSource) -> SourceEmit:
+        return SourceEmit(self, source.name)
 
     def start(self) -> None:
         for source in self.sources:
@@ -91,9 +117,13 @@ class SourceRunner:
                 self.restarts[name] = self.restarts.get(name, 0) + 1
                 log.exception("source %s crashed; restarting in %.1f s", name, wait)
                 await asyncio.sleep(wait)
-                if self._on_restart is not None:
-                    await self._on_restart(source)
+                # What happened while it was down is unknown: its clients must resynchronise.
+                await self._gap(tenants_of(source), name)
                 continue
             self.running.discard(name)
             log.info("source %s finished", name)
             return
+
+
+async def _no_gap(tenant_ids: Iterable[str] | None, source_name: str) -> None:
+    return None
