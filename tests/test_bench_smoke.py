@@ -16,3 +16,11 @@ def test_fanout_benchmark_runs_and_accounts_for_every_delivery(tmp_path):
     for impl in ("seed", "cfgpush"):
         assert [r["deliveries"] for r in result["results"][impl]] == [60]
     assert "less server CPU per delivery" in done.stdout
+
+
+def test_resume_benchmark_runs():
+    script = SCRIPT.parent / "bench_resume.py"
+    done = subprocess.run([sys.executable, str(script), "--events", "50", "--rounds", "1"],
+                          capture_output=True, text=True, timeout=120)
+    assert done.returncode == 0, done.stderr
+    assert "replay of 50 events" in done.stdout
