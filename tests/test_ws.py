@@ -357,3 +357,31 @@ def test_an_event_is_encoded_once():
     assert event.ws_frame is event.ws_frame
     assert event.text == '{"ConfigChanged":{"tenant_id":"acme","change_type":"modified","event_id":"1-1","path":"a.json"}}'
     assert event.ws_frame == b"\x81" + bytes([len(event.text)]) + event.text.encode()
+
+
+@pytest.mark.gen_test
+async def test_readyz_when_sources_have_started(http_client, http_url):
+    response = await http_client.fetch(f"{http_url}/readyz")
+    assert json.loads(response.body) == {"status": "ready"}
+
+
+class _Stuck:
+    """A source that never gets to report changes."""
+
+    name = "stuck"
+
+    def __init__(self):
+        self.started = asyncio.Event()
+
+    async def run(self, emit):
+        await asyncio.Event().wait()
+
+
+@pytest.mark.gen_test
+async def test_readyz_is_503_with_the_reason_while_a_source_starts(http_client, http_url, core):
+    # Added after start-up (the core fixture waits for every source to start).
+    core.runner.sources.append(_Stuck())
+    core.runner.running.add("stuck")
+    response = await http_client.fetch(f"{http_url}/readyz", raise_error=False)
+    assert response.code == 503
+    assert json.loads(response.body) == {"status": "not ready", "reasons": ["source stuck is starting"]}

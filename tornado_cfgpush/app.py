@@ -93,6 +93,24 @@ class CfgPush:
             log.info("sent Resync (source_gap from %s) to %d clients of tenant %s",
                      source, self.hub.connection_count(tenant_id), tenant_id)
 
+    def not_ready_reasons(self) -> list[str]:
+        """Why this node should not get traffic yet (empty: ready)."""
+        reasons = []
+        broker = self.broker.readiness()
+        if broker:
+            reasons.append(broker)
+        if self.runner is None:
+            reasons.append("not started")
+            return reasons
+        for source in self.runner.sources:
+            started = getattr(source, "started", None)
+            if source.name not in self.runner.running:
+                if source.name not in self.runner.finished:
+                    reasons.append(f"source {source.name} is not running (restarting after a crash)")
+            elif isinstance(started, asyncio.Event) and not started.is_set():
+                reasons.append(f"source {source.name} is starting")
+        return reasons
+
     async def wait_started(self, timeout: float = 10.0) -> None:
         """Wait until every source that exposes ``started`` has set it."""
         events = [s.started for s in self.sources if isinstance(getattr(s, "started", None), asyncio.Event)]

@@ -3,7 +3,7 @@ from __future__ import annotations
 
 from typing import TYPE_CHECKING
 
-from .health import HealthHandler
+from .health import HealthHandler, ReadyHandler
 from .sse import EventStreamHandler
 from .tenants import TenantStatusHandler
 from .ws import ConfigWebSocket
@@ -17,5 +17,6 @@ def default_handlers(core: "CfgPush") -> list[tuple]:
         (r"/ws", ConfigWebSocket, {"core": core}),
         (r"/events", EventStreamHandler, {"core": core}),
         (r"/healthz", HealthHandler),
+        (r"/readyz", ReadyHandler, {"core": core}),
         (r"/api/v1/tenants/([^/]*)", TenantStatusHandler, {"core": core}),
     ]

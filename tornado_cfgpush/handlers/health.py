@@ -1,15 +1,36 @@
-"""``/healthz``: 200 while the process serves (PROTOCOL.md section 5)."""
+"""``/healthz`` and ``/readyz`` (PROTOCOL.md section 5)."""
 from __future__ import annotations
+
+from typing import TYPE_CHECKING
 
 from tornado import web
 
 from .base import JsonErrorsMixin
+
+if TYPE_CHECKING:  # pragma: no cover
+    from ..app import CfgPush
 
 
 class HealthHandler(JsonErrorsMixin, web.RequestHandler):
     def get(self) -> None:
         self.set_header("Cache-Control", "no-store")
         self.finish({"status": "ok"})
+
+
+class ReadyHandler(JsonErrorsMixin, web.RequestHandler):
+    """200 when the broker is reachable and every source has started, else 503 and why."""
+
+    def initialize(self, core: "CfgPush") -> None:
+        self.core = core
+
+    def get(self) -> None:
+        reasons = self.core.not_ready_reasons()
+        self.set_header("Cache-Control", "no-store")
+        if reasons:
+            self.set_status(503)
+            self.finish({"status": "not ready", "reasons": reasons})
+        else:
+            self.finish({"status": "ready"})
 
 
 class NotFoundHandler(JsonErrorsMixin, web.RequestHandler):

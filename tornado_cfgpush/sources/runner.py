@@ -77,6 +77,7 @@ class SourceRunner:
         self.restarts: dict[str, int] = {s.name: 0 for s in sources}
         self.rejected: dict[str, int] = {s.name: 0 for s in sources}
         self.running: set[str] = set()
+        self.finished: set[str] = set()  # sources whose run returned: done, not failing
 
     def emit_for(self, source: EventSource) -> SourceEmit:
         return SourceEmit(self, source.name)
@@ -121,6 +122,7 @@ class SourceRunner:
                 await self._gap(tenants_of(source), name)
                 continue
             self.running.discard(name)
+            self.finished.add(name)
             log.info("source %s finished", name)
             return
 
