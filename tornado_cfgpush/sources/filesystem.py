@@ -27,11 +27,13 @@ import stat
 from pathlib import Path
 from typing import Any
 
+from marshmallow import ValidationError
 from watchdog.events import FileSystemEvent, FileSystemEventHandler
 from watchdog.observers import Observer
 from watchdog.observers.polling import PollingObserver
 
 from .. import Emit, hookimpl
+from .. import structured
 from ..schemas import path_error, tenant_id_error
 
 log = logging.getLogger("cfgpush.sources.filesystem")
@@ -46,6 +48,35 @@ _IGNORED_SUFFIXES = (
     ".part", ".crdownload", "___jb_tmp___", "___jb_old___", ".kate-swp",
 )
 _IGNORED_NAMES = {"4913"}  # vim probes whether it may create files in the folder
+
+
+# Parsed structured files are kept to compute `diff`; their raw sizes may add up to this.
+MAX_KEPT_DOCUMENT_BYTES = 64 * 1024 * 1024
+_NO_DOC = object()  # not structured, too large, or did not parse: no diff
+_RESCAN = object()  # queued when events may have been lost: rescan, then Resync the tenants
+
+# watchdog reports a kernel queue overflow (IN_Q_OVERFLOW) only in this log record (its
+# handler is internal to the emitter): the record is how a source learns it lost events.
+_WATCHDOG_INOTIFY_LOGGER = "watchdog.observers.inotify_c"
+_OVERFLOW_MESSAGE = "Inotify queue overflowed"
+
+
+class _OverflowWatch(logging.Filter):
+    """Tells every running filesystem source when watchdog logs a queue overflow."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.listeners: set[Any] = set()
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        if record.getMessage().startswith(_OVERFLOW_MESSAGE):
+            for listener in list(self.listeners):
+                listener()
+        return True
+
+
+_overflow_watch = _OverflowWatch()
+logging.getLogger(_WATCHDOG_INOTIFY_LOGGER).addFilter(_overflow_watch)
 
 
 def is_ignored_name(name: str) -> bool:
@@ -121,9 +152,16 @@ class FilesystemSource:
         self.observer_kind = ""
         self.root = ""
         self._known: dict[str, str] = {}  # absolute path -> checksum last reported
+        # absolute path -> (parsed document, raw size) of structured files, for `diff`
+        self._docs: dict[str, tuple[Any, int]] = {}
+        self._docs_bytes = 0
         self._pending: dict[str, tuple[float, asyncio.TimerHandle]] = {}
         self._moved_from: dict[str, str] = {}  # destination -> source of a rename in flight
-        self._queue: asyncio.Queue[dict[str, Any]] | None = None
+        self._queue: asyncio.Queue[dict[str, Any]] | None = None  # None while not running
+        # Payloads a run settled but did not get out (it was cancelled or crashed in emit, or
+        # they were still queued): their checksums are already in _known, so the next run's
+        # rescan would not see them as changes. The next run emits them first.
+        self._unsent: list[dict[str, Any]] = []
         self._buffer: list[FileSystemEvent] | None = None  # events held while scanning
         self._refused_tenants: set[str] = set()
         self._ran_before = False
@@ -142,17 +180,31 @@ class FilesystemSource:
         self._loop = loop = asyncio.get_running_loop()
         self._queue = asyncio.Queue()
         self._buffer = []
-        observer = await loop.run_in_executor(None, self._start_observer, loop)
+        starting = loop.run_in_executor(None, self._start_observer, loop)
         try:
+            observer = await asyncio.shield(starting)
+        except asyncio.CancelledError:
+            # Cancelled while the watcher starts on its thread: stop it once it has started.
+            starting.add_done_callback(lambda f: f.cancelled() or f.exception() or f.result().stop())
+            raise
+        overflowed = lambda: loop.call_soon_threadsafe(self._on_overflow)  # noqa: E731
+        _overflow_watch.listeners.add(overflowed)
+        in_flight: dict[str, Any] | None = None
+        try:
+            # First what an earlier run settled but did not get out (see _unsent).
+            for payload in self._unsent:
+                self._queue.put_nowait(payload)
+            self._unsent = []
             scanned = await loop.run_in_executor(None, self._scan_tree, self.root)
             rescan = self._ran_before
             self._ran_before = True
             if rescan:
                 # Restarted after a crash: report what changed while no one was watching.
-                for path in set(scanned) | set(self._known):
-                    self._settle_to(path, scanned.get(path))
+                self._settle_all(scanned)
             else:
-                self._known = scanned
+                self._known = {path: state[0] for path, state in scanned.items()}
+                for path, (_, doc, size) in scanned.items():
+                    self._remember_doc(path, doc, size)
             buffered, self._buffer = self._buffer, None
             for event in buffered:
                 self._on_fs_event(event)
@@ -161,8 +213,32 @@ class FilesystemSource:
             self.started.set()
             while True:
                 payload = await self._queue.get()
-                await emit(payload)
+                if payload is _RESCAN:
+                    # The kernel dropped events: compare the whole tree, then tell the
+                    # clients their view may have missed something in between.
+                    self._settle_all(await loop.run_in_executor(None, self._scan_tree, self.root))
+                    await emit.gap(self.tenants())
+                    continue
+                in_flight = payload
+                try:
+                    await emit(payload)
+                except ValidationError:
+                    in_flight = None  # refused by the schema: sending it again cannot help
+                    raise
+                in_flight = None
         finally:
+            # Stopped: fs events still on their way from the observer thread are dropped from
+            # now on, and the next run's rescan finds their changes. Settled after this point,
+            # they would update _known and be queued to no one: lost for good.
+            queue, self._queue = self._queue, None
+            # Keep what was settled but not surely emitted (the payload in flight when emit
+            # raised or was cancelled, the queued ones) for the next run, as its rescan cannot
+            # see them. Re-sending one that did go out is harmless: the broker drops a created/
+            # modified/deleted identical to the previous event of its path.
+            _overflow_watch.listeners.discard(overflowed)
+            unsent = [in_flight] if in_flight is not None else []
+            queued = [queue.get_nowait() for _ in range(queue.qsize())]
+            self._unsent = unsent + [p for p in queued if p is not _RESCAN]
             for _, handle in self._pending.values():
                 handle.cancel()
             self._pending.clear()
@@ -180,7 +256,21 @@ class FilesystemSource:
                 found[target[1]] = checksum
         return found
 
+    def tenants(self) -> list[str]:
+        """The tenants with files here: whose clients resync when this source restarts."""
+        return sorted({t[0] for t in map(self._classify, self._known) if t is not None})
+
     # -- watching -----------------------------------------------------------------------------
+
+    def _on_overflow(self) -> None:
+        if self._queue is not None:
+            log.warning("the kernel's inotify queue overflowed: rescanning %s "
+                        "(raise fs.inotify.max_queued_events if this recurs)", self.root)
+            self._queue.put_nowait(_RESCAN)
+
+    def _settle_all(self, scanned: dict[str, tuple[str, Any, int]]) -> None:
+        for path in sorted(set(scanned) | set(self._known)):
+            self._settle_to(path, scanned.get(path))
 
     def _start_observer(self, loop: asyncio.AbstractEventLoop):
         """On a worker thread: scheduling recursive watches walks the whole tree."""
@@ -209,20 +299,22 @@ class FilesystemSource:
         self.observer_kind = kind
         return observer
 
-    def _scan_tree(self, top: str) -> dict[str, str]:
-        """Checksums of every trackable file under ``top`` (links out of the root excluded)."""
+    def _scan_tree(self, top: str) -> dict[str, tuple[str, Any, int]]:
+        """The state (see ``_read``) of every trackable file under ``top``."""
         found = {}
         for dirpath, dirnames, filenames in os.walk(top):
             dirnames[:] = [d for d in dirnames if not is_ignored_name(d)]
             for name in filenames:
                 path = os.path.join(dirpath, name)
                 if self._classify(path) is not None:
-                    checksum = self._checksum(path)
-                    if checksum is not None:
-                        found[path] = checksum
+                    state = self._read(path)
+                    if state is not None:
+                        found[path] = state
         return found
 
     def _on_fs_event(self, event: FileSystemEvent) -> None:
+        if self._queue is None:
+            return  # not running (stopping or stopped): the next run rescans
         if self._buffer is not None:
             self._buffer.append(event)
             return
@@ -282,9 +374,9 @@ class FilesystemSource:
 
     def _settle(self, path: str) -> None:
         self._pending.pop(path, None)
-        self._settle_to(path, self._checksum(path))
+        self._settle_to(path, self._read(path))
 
-    def _settle_to(self, path: str, checksum: str | None) -> None:
+    def _settle_to(self, path: str, state: tuple[str, Any, int] | None) -> None:
         """Compare the file's state with what was last reported; queue the difference."""
         target = self._classify(path)
         moved_from = self._moved_from.pop(path, None)
@@ -292,7 +384,15 @@ class FilesystemSource:
             return
         tenant_id, rel = target
         previous = self._known.get(path)
+        checksum = state[0] if state is not None else None
+        old_doc = self._forget_doc(path)
+        if state is not None:
+            self._remember_doc(path, state[1], state[2])
         if checksum is None:
+            if moved_from is not None:
+                # Renamed on before it settled (a -> b -> c): its own file, the rename's source,
+                # must still be settled, or it stays known (in manifests) and is never deleted.
+                self._schedule(moved_from)
             if previous is not None:
                 del self._known[path]
                 self._report(tenant_id, "deleted", rel, None)
@@ -301,22 +401,48 @@ class FilesystemSource:
         if moved_from is not None:
             if moved_from in self._known and not os.path.lexists(moved_from):
                 del self._known[moved_from]
+                self._forget_doc(moved_from)
                 old = self._classify(moved_from)
                 self._report(tenant_id, "moved", rel, checksum, meta={"old_path": old[1]} if old else None)
                 return
             self._schedule(moved_from)  # not a plain rename after all: settle it on its own
         if previous is None:
+            twin = self._vanished_twin(path, tenant_id, checksum)
+            if twin is not None:
+                del self._known[twin[0]]
+                self._forget_doc(twin[0])
+                self._report(tenant_id, "moved", rel, checksum, meta={"old_path": twin[1]})
+                return
             self._report(tenant_id, "created", rel, checksum)
         elif previous != checksum:
-            self._report(tenant_id, "modified", rel, checksum)
+            new_doc = state[1]
+            diff = structured.diff(old_doc, new_doc) if old_doc is not _NO_DOC and new_doc is not _NO_DOC else None
+            self._report(tenant_id, "modified", rel, checksum, diff=diff)
 
     def _report(self, tenant_id: str, change_type: str, rel: str, checksum: str | None,
-                meta: dict | None = None) -> None:
+                meta: dict | None = None, diff: dict | None = None) -> None:
         payload: dict[str, Any] = {"tenant_id": tenant_id, "change_type": change_type, "path": rel,
                                    "checksum": checksum}
         if meta:
             payload["meta"] = meta
+        if diff is not None:
+            payload["diff"] = diff
         self._queue.put_nowait(payload)
+
+    # -- parsed documents, for `diff` -----------------------------------------------------------
+
+    def _remember_doc(self, path: str, doc: Any, size: int) -> None:
+        if doc is _NO_DOC or self._docs_bytes + size > MAX_KEPT_DOCUMENT_BYTES:
+            return
+        self._docs[path] = (doc, size)
+        self._docs_bytes += size
+
+    def _forget_doc(self, path: str) -> Any:
+        kept = self._docs.pop(path, None)
+        if kept is None:
+            return _NO_DOC
+        self._docs_bytes -= kept[1]
+        return kept[0]
 
     # -- paths ----------------------------------------------------------------------------------
 
@@ -347,20 +473,55 @@ class FilesystemSource:
             return None
         return tenant_id, rel
 
+    def _vanished_twin(self, path: str, tenant_id: str, checksum: str) -> tuple[str, str] | None:
+        """``(absolute, relative path)`` of a known file of the tenant with this very content
+        that is gone from disk: the source of a rename that watchdog did not pair.
+
+        A file renamed into a folder made just before (``mkdir new && mv a.json new/``), whose
+        watch was not in place yet, shows up as Created here and, 0.5 s later (watchdog holds
+        an unpaired IN_MOVED_FROM that long), as Deleted there. Reporting it as ``moved`` is
+        what the rename was; were it a deletion and an unrelated creation of the same bytes,
+        ``moved`` leaves the client in exactly the same state. Linear in the known files, and
+        only for files that appear.
+        """
+        for other, known in self._known.items():
+            if known == checksum and other != path and not os.path.lexists(other):
+                target = self._classify(other)
+                if target is not None and target[0] == tenant_id:
+                    return other, target[1]
+        return None
+
     def _same_tenant(self, a: str, b: str) -> bool:
         ta, tb = self._classify(a), self._classify(b)
         return ta is not None and tb is not None and ta[0] == tb[0]
 
-    def _checksum(self, path: str) -> str | None:
-        """The content's checksum, or None when it is not a regular file inside the root."""
+    def _read(self, path: str) -> tuple[str, Any, int] | None:
+        """``(checksum, parsed document or _NO_DOC, size)``, or None when ``path`` is not a
+        regular file of its own tenant.
+
+        Links are followed only when they stay in the tenant they are found in: a link out
+        of the config folder, or into another tenant, would hand one tenant's content (its
+        checksum, its keys) to another's clients.
+        """
         try:
             real = os.path.realpath(path)
-            if not self._inside_root(real):
-                log.debug("not following %s: it leads outside the config folder", path)
+            own = self._classify(path)
+            target = self._classify(real) if self._inside_root(real) else None
+            if own is None or target is None or target[0] != own[0]:
+                if real != path:
+                    log.debug("not following %s: it leads outside its tenant", path)
                 return None
-            if not stat.S_ISREG(os.stat(real).st_mode):
+            info = os.stat(real)
+            if not stat.S_ISREG(info.st_mode):
                 return None
-            return sha256_of(real)
+            if info.st_size <= structured.MAX_PARSED_BYTES and structured.parser_for(path) is not None:
+                with open(real, "rb") as f:
+                    data = f.read(structured.MAX_PARSED_BYTES + 1)
+                if len(data) > structured.MAX_PARSED_BYTES:  # it grew since the stat
+                    return sha256_of(real), _NO_DOC, 0
+                ok, doc = structured.parse(path, data)
+                return "sha256:" + hashlib.sha256(data).hexdigest(), doc if ok else _NO_DOC, len(data)
+            return sha256_of(real), _NO_DOC, 0
         except FileNotFoundError:
             return None
         except OSError as exc:
