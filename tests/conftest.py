@@ -34,6 +34,19 @@ def need_program(name: str) -> str:
 
 
 @pytest.fixture
+def redis_server(io_loop):
+    """A private redis-server on a free port, killed at teardown (tests/redisserver.py)."""
+    from .redisserver import RedisServer
+
+    server = RedisServer(need_program("redis-server"))
+    try:
+        io_loop.run_sync(server.start, timeout=60)
+        yield server
+    finally:
+        server.cleanup()
+
+
+@pytest.fixture
 def config_dir(tmp_path):
     root = tmp_path / "config"
     (root / "acme").mkdir(parents=True)
@@ -111,3 +124,21 @@ async def wait_for(predicate, timeout: float = 5.0, interval: float = 0.01) -> N
         if loop.time() > deadline:
             raise AssertionError(f"condition not met within {timeout} s: {predicate}")
         await asyncio.sleep(interval)  # wait-ok: polling a condition under a deadline
+
+
+@pytest.fixture
+def start(tmp_path):
+    """``start(*args, **env)`` -> a running ``cfgpush-serve`` (tests/serveproc.py) in
+    ``tmp_path``; killed at teardown."""
+    from .serveproc import Server, clean_env
+
+    servers: list[Server] = []
+
+    def _start(*args: str, **env: str) -> Server:
+        server = Server(list(args), tmp_path, clean_env(**env))
+        servers.append(server)
+        return server
+
+    yield _start
+    for server in servers:
+        server.kill()

@@ -11,7 +11,7 @@ import json
 from dataclasses import dataclass
 from urllib.parse import urlencode
 
-from tornado.httpclient import AsyncHTTPClient, HTTPClientError, HTTPRequest
+from tornado.httpclient import AsyncHTTPClient, HTTPRequest
 
 
 @dataclass

@@ -1,7 +1,6 @@
 """Resume: nothing missed, nothing twice, or an explicit Resync (PROTOCOL.md section 2)."""
 import asyncio
 import itertools
-import time
 
 import pytest
 from hypothesis import HealthCheck, given, settings as hsettings, strategies as st

@@ -4,7 +4,6 @@ import os
 
 import pytest
 
-from .conftest import wait_for
 from .rawws import RawWebSocket
 
 

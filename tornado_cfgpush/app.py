@@ -15,7 +15,7 @@ from typing import Any, Iterable
 from pluggy import PluginManager
 from tornado import httpserver, netutil, web
 
-from .broker import Broker, BrokerUnavailable
+from .broker import HISTORY_EXPIRED, SOURCE_GAP, Broker, BrokerUnavailable
 from .broker.memory import MemoryBroker
 from .handlers import default_handlers
 from .handlers.health import NotFoundHandler
@@ -40,9 +40,27 @@ class CfgPush:
         self.settings = settings
         self.pm = plugin_manager if plugin_manager is not None else get_plugin_manager(settings.disabled_plugins)
         self.hub = Hub(heartbeat_interval=settings.heartbeat_interval, heartbeat_timeout=settings.heartbeat_timeout)
-        self.broker = broker if broker is not None else MemoryBroker(
-            self.hub.deliver, history_size=settings.history_size, history_ttl=settings.history_ttl)
+        self.broker = broker if broker is not None else self._make_broker()
         self.runner: SourceRunner | None = None
+        self._tasks: set[asyncio.Task] = set()  # Resyncs started from the broker's callbacks
+
+    def _make_broker(self) -> Broker:
+        settings = self.settings
+        if not settings.broker:
+            return MemoryBroker(self.hub.deliver, history_size=settings.history_size,
+                                history_ttl=settings.history_ttl)
+        from .broker.redis import RedisBroker  # redis-py is an optional dependency
+
+        return RedisBroker(self.hub.deliver, settings.broker, history_size=settings.history_size,
+                           history_ttl=settings.history_ttl, tenants=self.hub.tenants,
+                           on_gap=self._history_lost)
+
+    def _history_lost(self, tenant_id: str) -> None:
+        """The shared history dropped events before this node delivered them (an outage
+        longer than the history): its clients of that tenant must reload."""
+        task = asyncio.ensure_future(self.source_gap([tenant_id], "broker", reason=HISTORY_EXPIRED))
+        self._tasks.add(task)
+        task.add_done_callback(self._tasks.discard)
 
     @property
     def sources(self) -> list:
@@ -61,6 +79,9 @@ class CfgPush:
         log.info("sources running: %s", ", ".join(names) or "none")
 
     async def stop(self) -> None:
+        for task in list(self._tasks):
+            task.cancel()
+        await asyncio.gather(*self._tasks, return_exceptions=True)
         self.hub.stop()
         self.hub.close_all()
         if self.runner is not None:
@@ -77,8 +98,8 @@ class CfgPush:
             fields.setdefault("source", source)
         return await self.broker.publish(fields)
 
-    async def source_gap(self, tenant_ids: Iterable[str] | None, source: str) -> None:
-        """``Resync`` (``source_gap``) to the clients of ``tenant_ids`` (None: every tenant)."""
+    async def source_gap(self, tenant_ids: Iterable[str] | None, source: str, reason: str = SOURCE_GAP) -> None:
+        """``Resync`` (``source_gap`` by default) to the clients of ``tenant_ids`` (None: every tenant)."""
         targets = list(self.hub.tenants()) if tenant_ids is None else sorted(set(tenant_ids))
         for tenant_id in targets:
             if not self.hub.connection_count(tenant_id):
@@ -89,9 +110,9 @@ class CfgPush:
                 newest = None  # still tell them: a reload is what they need either way
             manifest = self.manifest(tenant_id)
             for conn in self.hub.connections(tenant_id):
-                conn.notify_gap(newest, manifest)
-            log.info("sent Resync (source_gap from %s) to %d clients of tenant %s",
-                     source, self.hub.connection_count(tenant_id), tenant_id)
+                conn.notify_gap(newest, manifest, reason)
+            log.info("sent Resync (%s from %s) to %d clients of tenant %s",
+                     reason, source, self.hub.connection_count(tenant_id), tenant_id)
 
     def not_ready_reasons(self) -> list[str]:
         """Why this node should not get traffic yet (empty: ready)."""

@@ -9,12 +9,14 @@ from __future__ import annotations
 import argparse
 import asyncio
 import dataclasses
+import importlib.util
 import json
 import logging
 import os
 import sys
 from pathlib import Path
 from typing import Any, Callable, NoReturn, Sequence
+from urllib.parse import urlsplit, urlunsplit
 
 from . import __version__
 from .plugins import PluginError, describe_plugins, get_plugin_manager, known_plugin_names
@@ -69,6 +71,24 @@ def _secret(what: str) -> Callable[[str], str]:
     return parse
 
 
+def _broker_url(text: str) -> str:
+    scheme = urlsplit(text).scheme
+    if scheme not in ("redis", "rediss", "unix"):
+        raise ValueError(f"broker must be a redis://, rediss:// or unix:// URL, not {redact_url(text)!r}")
+    if importlib.util.find_spec("redis") is None:
+        raise ValueError("a Redis broker needs redis-py: pip install 'tornado_cfgpush[redis]'")
+    return text
+
+
+def redact_url(url: str) -> str:
+    """``url`` without its password, for logs and error messages."""
+    parts = urlsplit(url)
+    if parts.password is None:
+        return url
+    netloc = parts.netloc.replace(":" + parts.password + "@", ":<redacted>@", 1)
+    return urlunsplit(parts._replace(netloc=netloc))
+
+
 def _names(text: str) -> list[str]:
     return [n.strip() for n in text.split(",") if n.strip()]
 
@@ -88,6 +108,8 @@ SETTING_FLAGS: dict[str, tuple[str, Callable[[str], Any], str]] = {
     "--history-size": ("history_size", _int_in(0, None, "history size"), "events kept per tenant for resume"),
     "--history-ttl": ("history_ttl", _positive_float("history ttl"), "seconds an event is kept for resume"),
     "--drain-timeout": ("drain_timeout", _positive_float("drain timeout"), "seconds a graceful shutdown may take"),
+    "--broker": ("broker", _broker_url, "redis://host:port/db (or rediss://, unix://) to share events between nodes; "
+                 "the embedded broker without it"),
     "--admin-token": ("admin_token", _secret("admin token"), "bearer token for /api/v1/tenants/<id> (off without it)"),
 }
 # Settings that are secrets: never logged, and readable from a file named by CFGPUSH_<FLAG>_FILE.
@@ -192,6 +214,8 @@ def _shown(settings: Settings) -> str:
     for name in SECRET_FIELDS:
         if shown.get(name):
             shown[name] = "<redacted>"
+    if settings.broker:
+        shown["broker"] = redact_url(settings.broker)
     shown["config_dir"] = str(settings.config_dir)
     return json.dumps(shown)
 

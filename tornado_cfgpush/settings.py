@@ -31,6 +31,9 @@ class Settings:
     history_ttl: float = 600.0
     # How long a graceful shutdown may take before the process exits anyway.
     drain_timeout: float = 5.0
+    # Where events are published and kept: None for the embedded broker (one process),
+    # or a redis:// / rediss:// / unix:// URL to share them between nodes.
+    broker: str | None = field(default=None, repr=False)
     # Bearer token for the operations API (/api/v1/tenants/...); None: that API is off.
     admin_token: str | None = field(default=None, repr=False)
     # Extra, plugin-owned settings (name -> value); never interpreted by the core.

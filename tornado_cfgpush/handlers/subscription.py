@@ -47,7 +47,7 @@ class SubscriptionMixin:
         self._want_manifest = False
         self._stream: IOStream | None = None
         self._pending: list[Event] | None = None  # live events held back while catching up
-        self._held_gap: tuple[str | None, dict | None] | None = None  # a source_gap during it
+        self._held_gap: tuple[str | None, dict | None, str] | None = None  # a gap during it
 
     # -- framing, per transport -------------------------------------------------------------------
 
@@ -115,17 +115,18 @@ class SubscriptionMixin:
             if newest is None or parse_event_id(event.event_id) > newest:
                 self.send_bytes(self.frame_event(event))
         if self._held_gap is not None:
-            self.send_resync(*self._held_gap, reason=SOURCE_GAP)
+            last_event_id, manifest, reason = self._held_gap
             self._held_gap = None
+            self.send_resync(last_event_id, manifest, reason=reason)
         log.debug("%s subscribed: tenant %s from %s", self.conn_id, self.tenant_id, self.request.remote_ip)
         return True
 
-    def notify_gap(self, last_event_id: str | None, manifest: dict | None) -> None:
-        """A source lost events: ``Resync`` now, or right after Welcome when subscribing."""
+    def notify_gap(self, last_event_id: str | None, manifest: dict | None, reason: str = SOURCE_GAP) -> None:
+        """Events may be lost: ``Resync`` now, or right after Welcome when subscribing."""
         if self._pending is not None:
-            self._held_gap = (last_event_id, manifest)
+            self._held_gap = (last_event_id, manifest, reason)
         else:
-            self.send_resync(last_event_id, manifest, reason=SOURCE_GAP)
+            self.send_resync(last_event_id, manifest, reason=reason)
 
     def send_resync(self, last_event_id: str | None, manifest: dict | None, *, reason: str) -> None:
         body: dict[str, Any] = {"tenant_id": self.tenant_id, "last_event_id": last_event_id, "reason": reason}

@@ -14,11 +14,13 @@ from typing import Any, Awaitable, Callable, Iterable
 from marshmallow import ValidationError
 
 from .. import EventSource
+from ..broker import BrokerUnavailable
 from ..schemas import flatten_messages
 
 log = logging.getLogger("cfgpush.sources")
 
 Publish = Callable[[dict[str, Any], str], Awaitable[str]]
+EMIT_RETRY_FIRST, EMIT_RETRY_MAX = 0.1, 5.0
 Gap = Callable[[Iterable[str] | None, str], Awaitable[None]]
 
 
@@ -39,12 +41,25 @@ class SourceEmit:
 
     async def __call__(self, payload: dict[str, Any]) -> str:
         name = self.source_name
-        try:
-            return await self._runner._publish(payload, name)
-        except ValidationError as exc:
-            self._runner.rejected[name] = self._runner.rejected.get(name, 0) + 1
-            log.warning("source %s: invalid event refused: %s", name, flatten_messages(exc.messages))
-            raise
+        runner = self._runner
+        delay = EMIT_RETRY_FIRST
+        deadline = time.monotonic() + runner.emit_retry_limit
+        while True:
+            try:
+                return await runner._publish(payload, name)
+            except ValidationError as exc:
+                runner.rejected[name] = runner.rejected.get(name, 0) + 1
+                log.warning("source %s: invalid event refused: %s", name, flatten_messages(exc.messages))
+                raise
+            except BrokerUnavailable as exc:
+                # A shared broker's outage is usually short: wait it out (jittered, bounded)
+                # rather than crash the source and resync every client. Past the bound the
+                # error propagates: the source restarts and its clients resynchronise.
+                if time.monotonic() + delay > deadline:
+                    raise
+                log.warning("source %s: broker unavailable (%s); retrying in %.1f s", name, exc, delay)
+                await asyncio.sleep(random.uniform(delay / 2, delay))
+                delay = min(delay * 2, EMIT_RETRY_MAX)
 
     async def gap(self, tenant_ids: Iterable[str] | None = None) -> None:
         log.warning("source %s reports lost events (tenants: %s)", self.source_name,
@@ -67,12 +82,14 @@ class SourceRunner:
         gap: Gap | None = None,
         backoff_initial: float = 0.5,
         backoff_max: float = 30.0,
+        emit_retry_limit: float = 60.0,
     ):
         self.sources = sources
         self._publish = publish
         self._gap = gap if gap is not None else _no_gap
         self.backoff_initial = backoff_initial
         self.backoff_max = backoff_max
+        self.emit_retry_limit = emit_retry_limit  # seconds emit waits out a broker outage
         self._tasks: dict[str, asyncio.Task] = {}
         self.restarts: dict[str, int] = {s.name: 0 for s in sources}
         self.rejected: dict[str, int] = {s.name: 0 for s in sources}

@@ -1,0 +1,344 @@
+"""The scale-out broker: history in Redis Streams, fan-out over Redis pub/sub.
+
+Per tenant, the stream ``<prefix>{<tenant>}:history`` holds the events; its entry ids
+(``<ms>-<seq>``) are the event ids, the same on every node. Each entry also records the id
+of the entry before it (``p``), so a reader can tell "nothing is missing between my id and
+the oldest entry left" from "something was trimmed" or "this id never existed". The hash
+``<prefix>{<tenant>}:paths`` is the idempotence record (path -> state and id), and every
+event is announced on the channel ``<prefix>events``, to every node.
+
+One delivery path: a node's clients get events from pub/sub (its own publications too),
+in stream order. ``_cursor`` holds, per tenant, the newest id this node has delivered, so
+whatever overlaps (a stream read after a reconnect, pub/sub messages in flight) is
+delivered once. A pub/sub outage loses messages; after each (re)subscription the listener
+reads the streams from the cursors.
+
+A flushed or restarted Redis (without persistence) forgets the streams: ids clients hold
+are then answered as ``unknown_event_id`` (or ``history_expired`` once the new streams
+are trimmed). There is no epoch. Tested on Redis 7.0; uses nothing newer than 6.2
+(exclusive ranges, ``MINID``).
+"""
+from __future__ import annotations
+
+import asyncio
+import json
+import logging
+import random
+from typing import Any, Callable, Iterable
+
+import redis.asyncio as aioredis
+from redis.asyncio.retry import Retry
+from redis.backoff import NoBackoff
+from redis.exceptions import ConnectionError as RedisConnectionError, RedisError
+from redis.exceptions import TimeoutError as RedisTimeoutError
+
+from ..events import Event, encode_json, parse_event_id
+from . import HISTORY_EXPIRED, UNKNOWN_EVENT_ID, Broker, BrokerUnavailable, Catchup, Deliver
+from .memory import _dedupe_key
+
+log = logging.getLogger("cfgpush.broker.redis")
+
+# Dedupe, append, trim and announce in one atomic step: a publish is all or nothing, and
+# stream order is pub/sub order. Returns the new id, or the earlier id of an equal event.
+# KEYS: history stream, paths hash. ARGV: body (JSON), path, state ("" = not comparable),
+# old path of a move, history size, history ttl (ms), channel.
+PUBLISH = """
+local path, state = ARGV[2], ARGV[3]
+if state ~= '' then
+  local previous = redis.call('HGET', KEYS[2], path)
+  if previous then
+    local cut = string.find(previous, ' ', 1, true)
+    if string.sub(previous, 1, cut - 1) == state then return string.sub(previous, cut + 1) end
+  end
+end
+local last = redis.call('XREVRANGE', KEYS[1], '+', '-', 'COUNT', 1)[1]
+local id = redis.call('XADD', KEYS[1], 'MAXLEN', '~', ARGV[5], '*', 'p', last and last[1] or '0-0', 'e', ARGV[1])
+local ms = tonumber(string.match(id, '^%d+'))
+redis.call('XTRIM', KEYS[1], 'MINID', '~', string.format('%d', math.max(ms - tonumber(ARGV[6]), 0)))
+if path ~= '' then
+  if state == '' then redis.call('HDEL', KEYS[2], path) else redis.call('HSET', KEYS[2], path, state .. ' ' .. id) end
+  if ARGV[4] ~= '' then redis.call('HSET', KEYS[2], ARGV[4], 'deleted ' .. id) end
+end
+redis.call('PUBLISH', ARGV[7], id .. ' ' .. ARGV[1])
+return id
+"""
+
+# A consistent view of one stream: newest id, oldest entry, the entries after ARGV[1]
+# (at most ARGV[2] of them, "" = all) and Redis's clock in ms (the stream ids' clock).
+READ = """
+local newest = redis.call('XREVRANGE', KEYS[1], '+', '-', 'COUNT', 1)[1]
+local first = redis.call('XRANGE', KEYS[1], '-', '+', 'COUNT', 1)[1]
+local after = {}
+if ARGV[1] ~= '' then
+  local range = {'XRANGE', KEYS[1], '(' .. ARGV[1], '+'}
+  if ARGV[2] ~= '' then range[5], range[6] = 'COUNT', ARGV[2] end
+  after = redis.call(unpack(range))
+end
+local t = redis.call('TIME')
+return {newest and newest[1] or false, first or false, after, t[1] .. string.format('%03d', math.floor(t[2] / 1000))}
+"""
+
+ZERO = (0, 0)  # "before the first entry": the predecessor recorded in a stream's first entry
+MAX_ID = 2**64 - 1  # Redis stream ids are two unsigned 64-bit numbers
+IDLE_PING = 5.0  # seconds of pub/sub silence before we ask whether the connection lives
+BACKOFF_FIRST, BACKOFF_MAX = 0.1, 5.0
+
+
+def _fmt(event_id: tuple[int, int]) -> str:
+    return f"{event_id[0]}-{event_id[1]}"
+
+
+def _entry(raw: list) -> tuple[tuple[int, int], tuple[int, int], str]:
+    """A stream entry ``[id, [field, value, ...]]`` as (id, predecessor's id, body JSON)."""
+    entry_id, flat = raw
+    fields = dict(zip(flat[::2], flat[1::2]))
+    return parse_event_id(entry_id), parse_event_id(fields["p"]), fields["e"]
+
+
+class RedisBroker(Broker):
+    def __init__(
+        self,
+        deliver: Deliver,
+        url: str,
+        *,
+        history_size: int = 1000,
+        history_ttl: float = 600.0,
+        key_prefix: str = "cfgpush:",
+        tenants: Callable[[], Iterable[str]] | None = None,
+        on_gap: Callable[[str], Any] | None = None,
+        socket_timeout: float = 2.0,
+    ):
+        """``tenants()``: the tenants this node has clients for (default: every tenant it has
+        delivered to); after a pub/sub outage only they are caught up. ``on_gap(tenant_id)``
+        is called when events this node's clients needed were trimmed before it could
+        deliver them (an outage longer than the history): tell them to resync."""
+        super().__init__(deliver)
+        if history_size < 1:
+            raise ValueError("history_size must be at least 1")
+        self.history_size = history_size
+        self.history_ttl = history_ttl
+        self.key_prefix = key_prefix
+        self.channel = f"{key_prefix}events"
+        self._tenants = tenants
+        self._on_gap = on_gap
+        # Short timeouts and no retries: redis-py's Redis(...) retries 10 times (about a
+        # minute against a stalled server), and a retried publish could append twice.
+        # Callers get BrokerUnavailable within seconds instead.
+        self._timeout = socket_timeout
+        options = dict(decode_responses=True, socket_timeout=socket_timeout,
+                       socket_connect_timeout=socket_timeout, retry=Retry(NoBackoff(), 0))
+        self._redis = aioredis.from_url(url, **options)
+        # The listener's own pool: its reconnects never disturb (or borrow) command connections.
+        self._listener_redis = aioredis.from_url(url, **options)
+        self._publish = self._redis.register_script(PUBLISH)
+        self._read = self._redis.register_script(READ)
+        self._cursor: dict[str, tuple[int, int]] = {}
+        self._unready: str | None = "redis: not connected yet"
+        self._listener: asyncio.Task | None = None
+        self._first_attempt = asyncio.Event()
+        self._stopped = False
+
+    def _key(self, tenant_id: str, kind: str) -> str:
+        # The tenant in braces: both keys of a script hash to one Redis Cluster slot.
+        return f"{self.key_prefix}{{{tenant_id}}}:{kind}"
+
+    # -- lifecycle ----------------------------------------------------------------------------
+
+    async def start(self) -> None:
+        """Subscribe; when Redis is down, log it, report not ready and keep trying."""
+        self._listener = asyncio.ensure_future(self._listen())
+        await self._first_attempt.wait()
+        if self._unready:
+            log.warning("starting without Redis (%s); retrying in the background", self._unready)
+
+    async def stop(self) -> None:
+        self._stopped = True
+        if self._listener is not None:
+            self._listener.cancel()
+            try:
+                await self._listener
+            except asyncio.CancelledError:
+                pass
+            self._listener = None
+        await self._listener_redis.aclose()
+        await self._redis.aclose()
+
+    def readiness(self) -> str | None:
+        return self._unready
+
+    # -- publish and catch-up -------------------------------------------------------------------
+
+    async def publish(self, fields: dict[str, Any]) -> str:
+        tenant_id = fields["tenant_id"]
+        old_path = (fields.get("meta") or {}).get("old_path")
+        moved_from = old_path if fields["change_type"] == "moved" and isinstance(old_path, str) else ""
+        try:
+            return await self._publish(
+                keys=[self._key(tenant_id, "history"), self._key(tenant_id, "paths")],
+                args=[encode_json(fields), fields.get("path") or "", _dedupe_key(fields) or "", moved_from,
+                      self.history_size, int(self.history_ttl * 1000), self.channel])
+        except RedisError as exc:
+            # Timeouts are ambiguous (the script may have run): a retry of a checksummed event
+            # is then deduplicated; nothing is ever half-published, the script being atomic.
+            raise BrokerUnavailable(f"redis unavailable: {exc}") from exc
+
+    async def _read_stream(self, tenant_id: str, after: str, count: int | None):
+        try:
+            newest, first, entries, now_ms = await self._read(
+                keys=[self._key(tenant_id, "history")], args=[after, "" if count is None else count])
+        except RedisError as exc:
+            raise BrokerUnavailable(f"redis unavailable: {exc}") from exc
+        return newest, _entry(first) if first else None, [_entry(e) for e in entries], int(now_ms)
+
+    async def catch_up(self, tenant_id: str, since: str | None) -> Catchup:
+        try:
+            since_id = parse_event_id(since) if since is not None else None
+        except ValueError:
+            since_id = None
+        valid = since_id is not None and since_id[0] < MAX_ID and since_id[1] <= MAX_ID
+        after = _fmt(since_id) if valid else ""
+        for attempt in (1, 2):
+            newest, first, entries, now_ms = await self._read_stream(tenant_id, after, self.history_size + 1)
+            newest_id = parse_event_id(newest) if newest else None
+            cursor = self._cursor.get(tenant_id)
+            # The cursor is ahead of what we read when another subscriber's answer, read later,
+            # set it: events up to it are then never delivered here, held back for us or not.
+            # Read again, so this answer covers them too.
+            if cursor is None or newest_id is None or cursor <= newest_id or attempt == 2:
+                break
+        await self._sync(tenant_id, newest_id)
+        if since is None or (valid and since_id == newest_id):
+            return Catchup(newest)
+        if not valid or newest_id is None or since_id > newest_id:
+            return Catchup(newest, resync=UNKNOWN_EVENT_ID)
+        next_id, prev_id, _ = entries[0]  # not empty: since_id < newest_id, an entry
+        if prev_id != since_id:
+            # ``since`` is not the entry before the next one: it never existed, or what
+            # followed it was trimmed. Only below the oldest entry, with something trimmed
+            # before that entry, can it have been an entry.
+            first_id, first_prev, _ = first
+            trimmed_before = since_id < first_id and first_prev != ZERO
+            return Catchup(newest, resync=HISTORY_EXPIRED if trimmed_before else UNKNOWN_EVENT_ID)
+        # The exact bounds of the embedded broker; the stream's own trimming is approximate.
+        if len(entries) > self.history_size or next_id[0] < now_ms - self.history_ttl * 1000:
+            return Catchup(newest, resync=HISTORY_EXPIRED)
+        return Catchup(newest, [Event(_fmt(i), json.loads(body)) for i, _, body in entries])
+
+    async def _sync(self, tenant_id: str, newest_id: tuple[int, int] | None) -> None:
+        """Make this node's deliveries reach what a subscriber was just told is the newest,
+        so nothing up to it can reach that subscriber later, live, a second time."""
+        cursor = self._cursor.get(tenant_id)
+        if cursor is None:
+            # Nothing delivered here yet: every connection of the tenant is subscribing now,
+            # each filtering its held events by its own newest id.
+            self._cursor[tenant_id] = newest_id or ZERO
+        elif newest_id is not None and cursor < newest_id:
+            await self._fill(tenant_id)
+
+    async def _fill(self, tenant_id: str) -> None:
+        """Deliver what the stream holds after this node's cursor, in order."""
+        cursor = self._cursor[tenant_id]
+        _, _, entries, _ = await self._read_stream(tenant_id, _fmt(cursor), None)
+        self._deliver_entries(tenant_id, cursor, entries)
+
+    def _deliver_entries(self, tenant_id: str, cursor: tuple[int, int], entries: list) -> None:
+        gap = bool(entries) and entries[0][1] != cursor
+        for event_id, _, body in entries:
+            if event_id > self._cursor.get(tenant_id, ZERO):  # parse only what is new here
+                self._deliver(event_id, json.loads(body))
+        if gap:
+            log.warning("tenant %s: events after %s were trimmed before this node delivered them",
+                        tenant_id, _fmt(cursor))
+            if self._on_gap is not None:
+                self._on_gap(tenant_id)
+
+    def _deliver(self, event_id: tuple[int, int], fields: dict[str, Any]) -> None:
+        """The one way into ``deliver``: in order, once per node."""
+        tenant_id = fields["tenant_id"]
+        if self._stopped or event_id <= self._cursor.get(tenant_id, ZERO):
+            return
+        self._cursor[tenant_id] = event_id
+        try:
+            self.deliver(Event(_fmt(event_id), fields))
+        except Exception:  # a delivery bug must not stop the listener
+            log.exception("tenant %s: delivering %s failed", tenant_id, _fmt(event_id))
+
+    # -- the pub/sub listener ---------------------------------------------------------------------
+
+    async def _listen(self) -> None:
+        """Subscribe, catch up from the streams, read; on any failure start over, backing off."""
+        delay = BACKOFF_FIRST
+        while True:
+            pubsub = self._listener_redis.pubsub()
+            try:
+                await pubsub.subscribe(self.channel)
+                # After the confirmation every publication reaches us; what came before is
+                # read from the streams, and the overlap is dropped by the cursors.
+                confirmation = await pubsub.get_message(timeout=self._timeout)
+                if not confirmation or confirmation["type"] != "subscribe":
+                    raise RedisTimeoutError(f"no confirmation of SUBSCRIBE: {confirmation!r}")
+                if self._unready:
+                    # Back from an outage: idle command connections may predate a Redis restart,
+                    # and redis-py would only find out by failing a command on each.
+                    await self._redis.connection_pool.disconnect(inuse_connections=False)
+                await self._catch_up_all()
+                if self._unready:
+                    log.info("subscribed to %s", self.channel)
+                self._unready = None
+                delay = BACKOFF_FIRST
+                self._first_attempt.set()
+                await self._read_messages(pubsub)
+            except (RedisError, OSError, BrokerUnavailable) as exc:
+                if self._unready is None:
+                    log.warning("redis pub/sub lost: %s; reconnecting", exc)
+                else:
+                    log.debug("redis still unreachable: %s", exc)
+                self._unready = f"redis unreachable: {exc}"
+            except Exception as exc:  # a bug (a malformed entry, say): log it, but keep serving
+                log.exception("redis listener failed; restarting it")
+                self._unready = f"redis listener failed: {exc!r}"
+            finally:
+                await pubsub.aclose()
+            self._first_attempt.set()
+            await asyncio.sleep(delay * random.uniform(0.5, 1.0))
+            delay = min(delay * 2, BACKOFF_MAX)
+
+    async def _catch_up_all(self) -> None:
+        """Deliver what was published while we were not subscribed."""
+        if self._tenants is not None:
+            wanted = set(self._tenants())
+            for tenant_id in [t for t in self._cursor if t not in wanted]:
+                del self._cursor[tenant_id]  # no clients here: nothing to catch up, nothing to keep
+        for tenant_id in list(self._cursor):
+            await self._fill(tenant_id)
+
+    async def _read_messages(self, pubsub) -> None:
+        loop = asyncio.get_running_loop()
+        heard = loop.time()
+        pinged = False
+        while True:
+            # Bounded reads: a silent connection (a partition, a stalled server) is noticed
+            # by an unanswered PING, not after TCP keepalive gives up.
+            message = await pubsub.get_message(timeout=1.0)
+            if message is None:
+                silent = loop.time() - heard
+                if pinged and silent > IDLE_PING + self._timeout:
+                    raise RedisTimeoutError(f"no answer to PING for {silent:.1f} s")
+                if not pinged and silent > IDLE_PING:
+                    await pubsub.ping()
+                    pinged = True
+                continue
+            heard, pinged = loop.time(), False
+            if message["type"] == "message":
+                self._on_message(message["data"])
+            elif message["type"] == "subscribe":
+                # redis-py reconnected and re-subscribed by itself (a client built with retries
+                # does so silently): messages may have been lost in between.
+                raise RedisConnectionError("re-subscribed after a reconnect; catching up")
+
+    def _on_message(self, data: str) -> None:
+        try:
+            event_id, body = data.split(" ", 1)
+            self._deliver(parse_event_id(event_id), json.loads(body))
+        except (ValueError, KeyError, TypeError):
+            log.warning("ignoring a malformed message on %s: %.200r", self.channel, data)
