@@ -111,9 +111,10 @@ SETTING_FLAGS: dict[str, tuple[str, Callable[[str], Any], str]] = {
     "--broker": ("broker", _broker_url, "redis://host:port/db (or rediss://, unix://) to share events between nodes; "
                  "the embedded broker without it"),
     "--admin-token": ("admin_token", _secret("admin token"), "bearer token for /api/v1/tenants/<id> (off without it)"),
+    "--publish-token": ("publish_token", _secret("publish token"), "bearer token for POST /api/v1/events (off without it)"),
 }
 # Settings that are secrets: never logged, and readable from a file named by CFGPUSH_<FLAG>_FILE.
-SECRET_FIELDS = {"admin_token"}
+SECRET_FIELDS = {"admin_token", "publish_token"}
 
 
 def env_name(flag: str) -> str:

@@ -36,6 +36,8 @@ class Settings:
     broker: str | None = field(default=None, repr=False)
     # Bearer token for the operations API (/api/v1/tenants/...); None: that API is off.
     admin_token: str | None = field(default=None, repr=False)
+    # Bearer token of the publish API (POST /api/v1/events); None: that API is off.
+    publish_token: str | None = field(default=None, repr=False)
     # Extra, plugin-owned settings (name -> value); never interpreted by the core.
     extra: dict = field(default_factory=dict, hash=False, compare=False)
 

@@ -4,6 +4,7 @@ from __future__ import annotations
 from typing import TYPE_CHECKING
 
 from .health import HealthHandler, ReadyHandler
+from .publish import PublishHandler
 from .sse import EventStreamHandler
 from .tenants import TenantStatusHandler
 from .ws import ConfigWebSocket
@@ -19,4 +20,5 @@ def default_handlers(core: "CfgPush") -> list[tuple]:
         (r"/healthz", HealthHandler),
         (r"/readyz", ReadyHandler, {"core": core}),
         (r"/api/v1/tenants/([^/]*)", TenantStatusHandler, {"core": core}),
+        (r"/api/v1/events", PublishHandler, {"core": core}),
     ]

@@ -21,8 +21,11 @@ def bearer_token(handler: web.RequestHandler) -> str | None:
     return token.strip()
 
 
-def check_token(handler: web.RequestHandler, expected: str | None, what: str) -> None:
-    """Refuse unless the request bears ``expected``, compared in constant time."""
+def check_token(handler: web.RequestHandler, expected: str | None, what: str, wrong_status: int = 401) -> None:
+    """Refuse unless the request bears ``expected``, compared in constant time.
+
+    Missing: 401. Wrong: ``wrong_status`` (the publish API answers 403, PROTOCOL.md section 4).
+    """
     if not expected:
         raise Refused(403, f"the {what} API is disabled on this server (no {what} token configured)")
     given = bearer_token(handler)
@@ -31,7 +34,7 @@ def check_token(handler: web.RequestHandler, expected: str | None, what: str) ->
         raise Refused(401, f"{what} token required (Authorization: Bearer <token>)")
     if not hmac.compare_digest(given.encode("utf-8"), expected.encode("utf-8")):
         handler.set_header("WWW-Authenticate", 'Bearer realm="cfgpush", error="invalid_token"')
-        raise Refused(401, f"wrong {what} token")
+        raise Refused(wrong_status, f"wrong {what} token")
 
 
 class TenantStatusHandler(JsonErrorsMixin, web.RequestHandler):

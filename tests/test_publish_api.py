@@ -1,0 +1,115 @@
+"""``POST /api/v1/events`` (PROTOCOL.md section 4): the same schema and path as every source."""
+import json
+
+import pytest
+from tornado.httpclient import HTTPRequest
+
+from tornado_cfgpush.app import CfgPush
+from tornado_cfgpush.plugins import get_plugin_manager
+
+TOKEN = "publish-token-123"
+CHECKSUM = "sha256:" + "b" * 64
+
+
+async def post(http_client, http_url, body, token=TOKEN, content_type="application/json"):
+    headers = {"Content-Type": content_type}
+    if token is not None:
+        headers["Authorization"] = f"Bearer {token}"
+    data = body if isinstance(body, (bytes, str)) else json.dumps(body)
+    response = await http_client.fetch(HTTPRequest(f"{http_url}/api/v1/events", method="POST", body=data,
+                                                   headers=headers), raise_error=False)
+    return response.code, json.loads(response.body)
+
+
+@pytest.mark.settings(publish_token=TOKEN)
+@pytest.mark.gen_test
+async def test_published_event_reaches_the_tenant_and_is_idempotent(http_client, http_url, connect):
+    client = await connect("acme")
+    other = await connect("globex")
+    await client.expect("Welcome")
+    await other.expect("Welcome")
+    body = {"tenant_id": "acme", "change_type": "modified", "path": "billing/limits.json", "checksum": CHECKSUM}
+    code, answer = await post(http_client, http_url, body)
+    assert code == 202
+    event = await client.expect("ConfigChanged")
+    assert event["event_id"] == answer["event_id"]
+    assert (event["path"], event["checksum"], event["source"]) == ("billing/limits.json", CHECKSUM, "api")
+    # The same (tenant, path, checksum) again: a no-op answering the earlier id.
+    assert await post(http_client, http_url, body) == (202, answer)
+    await client.expect_nothing()
+    await other.expect_nothing(0.05)
+
+
+@pytest.mark.settings(publish_token=TOKEN)
+@pytest.mark.parametrize("body, fields", [
+    ({"change_type": "modified"}, {"tenant_id": ["Missing data for required field."]}),
+    ({"tenant_id": "../etc", "change_type": "modified"}, {"tenant_id": ["tenant_id must start with a letter or digit."]}),
+    ({"tenant_id": "acme", "change_type": "exploded"}, {"change_type": ["must be one of: created, modified, deleted, moved."]}),
+    ({"tenant_id": "acme", "change_type": "modified", "event_id": "1-1"}, {"event_id": ["Unknown field."]}),
+    ({"tenant_id": "acme", "change_type": "modified", "checksum": "md5:x"},
+     {"checksum": ["must be 'sha256:' and 64 lowercase hex digits."]}),
+    ({"tenant_id": "acme", "change_type": "modified", "path": "/etc/passwd"}, {"path": ["path must be relative and '/'-separated."]}),
+])
+@pytest.mark.gen_test
+async def test_schema_errors_are_400_per_field_and_publish_nothing(http_client, http_url, connect, core, body, fields):
+    client = await connect("acme")
+    await client.expect("Welcome")
+    code, answer = await post(http_client, http_url, body)
+    assert code == 400
+    assert answer["fields"] == fields
+    await client.expect_nothing(0.1)
+    assert (await core.broker.catch_up("acme", None)).last_event_id is None
+
+
+@pytest.mark.settings(publish_token=TOKEN)
+@pytest.mark.parametrize("body, content_type, code, fragment", [
+    (b"{not json", "application/json", 400, "the body is not JSON"),
+    (b"[1, 2]", "application/json", 400, "must be a JSON object"),
+    (b"tenant_id=acme", "application/x-www-form-urlencoded", 415, "must be JSON"),
+    (b" " * (64 * 1024 + 1), "application/json", 413, "at most"),
+])
+@pytest.mark.gen_test
+async def test_bad_bodies(http_client, http_url, core, body, content_type, code, fragment):
+    got, answer = await post(http_client, http_url, body, content_type=content_type)
+    assert got == code
+    assert fragment in answer["error"]
+
+
+@pytest.mark.settings(publish_token=TOKEN)
+@pytest.mark.parametrize("token, code", [(None, 401), ("wrong-token-1", 403), (TOKEN + "x", 403)])
+@pytest.mark.gen_test
+async def test_tokens(http_client, http_url, core, token, code):
+    got, answer = await post(http_client, http_url, {"tenant_id": "acme", "change_type": "modified"}, token=token)
+    assert got == code
+    assert TOKEN not in json.dumps(answer)
+
+
+@pytest.mark.gen_test
+async def test_without_a_publish_token_configured_the_api_is_off(http_client, http_url, core):
+    got, answer = await post(http_client, http_url, {"tenant_id": "acme", "change_type": "modified"})
+    assert got == 403
+    assert "disabled" in answer["error"]
+
+
+@pytest.fixture
+def core(io_loop, settings, request):
+    """With ``redis_server`` requested, the service publishes through that private Redis."""
+    if "redis_server" in request.fixturenames:
+        settings = settings.replace(broker=request.getfixturevalue("redis_server").url)
+    service = CfgPush(settings, get_plugin_manager(load_entry_points=False))
+    io_loop.run_sync(service.start)
+    io_loop.run_sync(service.wait_started)
+    yield service
+    io_loop.run_sync(service.stop)
+
+
+@pytest.mark.settings(publish_token=TOKEN)
+@pytest.mark.gen_test(timeout=60)
+async def test_broker_unreachable_is_503_and_nothing_half_published(redis_server, http_client, http_url, core):
+    body = {"tenant_id": "acme", "change_type": "modified", "path": "a.json", "checksum": CHECKSUM}
+    code, first = await post(http_client, http_url, body)
+    assert code == 202
+    redis_server.kill()
+    code, answer = await post(http_client, http_url, {**body, "checksum": "sha256:" + "c" * 64})
+    assert code == 503
+    assert "nothing was published" in answer["error"]
