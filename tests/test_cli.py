@@ -20,6 +20,7 @@ from tornado_cfgpush import __version__
 
 from .conftest import REQUIRE_SERVICES
 from .serveproc import COMMAND, ERROR_PREFIX, LISTENING, clean_env
+from .sseclient import SSEClient
 from .wsclient import Client
 
 RUN_TIMEOUT = 60.0
@@ -245,20 +246,24 @@ async def test_signal_closes_clients_with_1001_and_exits_0(start, config_dir, si
     server = start("--port", "0", "--config-dir", str(config_dir), "--drain-timeout", str(drain))
     port = int((await server.wait_log(LISTENING)).group(1))
     clients = [await Client.open(f"ws://127.0.0.1:{port}/ws", tenant) for tenant in ("acme", "acme", "globex")]
+    stream = await SSEClient.open(f"http://127.0.0.1:{port}", "acme")
     try:
         for client in clients:
             await client.expect("Welcome", timeout=10)
+        await stream.expect("Welcome", timeout=10)
         server.proc.send_signal(signum)
         sent = time.monotonic()
         for client in clients:
             closed = await client.closed(timeout=drain + 5)
             assert closed.code == 1001, closed
+        assert (await stream.ended(timeout=drain + 5)).code == 200  # ended cleanly, not cut
         # Within the drain limit, plus time for the interpreter to exit on a busy machine.
         status = await server.wait_exit(timeout=drain + 5)
         took = time.monotonic() - sent
     finally:
         for client in clients:
             client.close()
+        stream.close()
     assert status == 0, server.text()
     assert took < drain + 5
     log = server.text()
