@@ -18,6 +18,8 @@ ENTRY_POINT_GROUP = PROJECT_NAME
 # Built-in plugins: name -> module. Blocked by name like any other plugin.
 BUILTIN_PLUGINS: dict[str, str] = {
     "filesystem": "tornado_cfgpush.sources.filesystem",
+    # The subscriber check (cfgpush_authorize, trylast): JWT when a key is configured.
+    "jwt": "tornado_cfgpush.auth",
 }
 
 

@@ -142,7 +142,7 @@ class ConfigChangedSchema(Schema):
     )
     timestamp = fields.AwareDateTime(format="iso")
     source = fields.String(validate=validate.Length(min=1, max=64))
-    meta = fields.Dict(keys=fields.String(), values=fields.Raw())
+    meta = fields.Dict(keys=fields.String(), values=fields.Raw(allow_none=True))  # any JSON, null too
     diff = fields.Nested(DiffSchema, unknown=RAISE)
 
     @validates_schema
@@ -151,6 +151,11 @@ class ConfigChangedSchema(Schema):
             raise ValidationError("a deleted file has no checksum (null).", "checksum")
         if data.get("change_type") == "moved" and not data.get("path"):
             raise ValidationError("a moved event needs the new path.", "path")
+        if "timestamp" in data:
+            try:  # year 1 with a positive offset is before year 1 in UTC
+                data["timestamp"].astimezone(timezone.utc)
+            except (OverflowError, ValueError):
+                raise ValidationError("timestamp is out of range.", "timestamp") from None
         if "meta" in data:
             try:
                 encoded = json.dumps(data["meta"], allow_nan=False)
@@ -182,16 +187,23 @@ class AckSchema(Schema):
     event_id = EventId(required=True)
 
 
+class RefreshSchema(Schema):
+    """A newer token for the same tenant, before the current one expires (tornado_cfgpush.auth)."""
+
+    token = fields.String(required=True, validate=validate.Length(min=1, max=16 * 1024))
+
+
 class ClientMessageSchema(Schema):
-    """A client frame, externally tagged: exactly one of ``Ping`` or ``Ack``."""
+    """A client frame, externally tagged: exactly one of ``Ping``, ``Ack`` or ``Refresh``."""
 
     Ping = fields.Nested(PingSchema, unknown=RAISE, allow_none=True)
     Ack = fields.Nested(AckSchema, unknown=RAISE)
+    Refresh = fields.Nested(RefreshSchema, unknown=RAISE)
 
     @validates_schema(pass_original=True)
     def _exactly_one(self, data, original, **kwargs):
         if not isinstance(original, dict) or len(original) != 1:
-            raise ValidationError("expected exactly one message type: Ping or Ack.")
+            raise ValidationError("expected exactly one message type: Ping, Ack or Refresh.")
 
 
 config_changed_schema = ConfigChangedSchema()

@@ -1,20 +1,36 @@
-"""What every cfgpush HTTP handler shares: JSON errors, and refusing with a reason."""
+"""What every cfgpush HTTP handler shares: JSON errors, refusing with a reason, no token in
+a log line; and what ``/ws`` and ``/events`` check before they serve anyone (``AdmissionMixin``):
+query-string size, Origin, authorization (``cfgpush_authorize``), connection limits.
+"""
 from __future__ import annotations
 
-from typing import Any
+import logging
+import time
+from typing import TYPE_CHECKING, Any, Callable
 
 from tornado import web
+from tornado.ioloop import IOLoop
 
+from ..auth import Decision, auth_enabled, bearer, matches_any, origin_allowed, redact_uri
+from ..limits import LimitReached, Slot
 from ..schemas import tenant_id_error
+
+if TYPE_CHECKING:  # pragma: no cover
+    from ..app import CfgPush
+
+log = logging.getLogger("cfgpush.auth")
+app_log = logging.getLogger("tornado.application")
+gen_log = logging.getLogger("tornado.general")
 
 
 class Refused(Exception):
     """Refuse a request before any work, with a status and a human-readable reason."""
 
-    def __init__(self, status: int, reason: str):
+    def __init__(self, status: int, reason: str, headers: dict[str, str] | None = None):
         super().__init__(reason)
         self.status = status
         self.reason = reason
+        self.headers = headers or {}
 
 
 class JsonErrorsMixin:
@@ -35,7 +51,23 @@ class JsonErrorsMixin:
         self.clear()
         self.set_status(refused.status)
         self.set_header("Content-Type", "application/json; charset=UTF-8")
+        for name, value in getattr(refused, "headers", {}).items():
+            self.set_header(name, value)
         self.finish({"error": refused.reason})
+
+    # Tornado's access and error logs name the request by its URI, whose query string may
+    # carry a token (?token=): never write it (SECURITY.md).
+    def _request_summary(self: web.RequestHandler) -> str:
+        return f"{self.request.method} {redact_uri(self.request.uri or '')} ({self.request.remote_ip})"
+
+    def log_exception(self: web.RequestHandler, typ: Any, value: Any, tb: Any) -> None:
+        """Tornado's, less the ``repr`` of the request (its URI, with the query string)."""
+        if isinstance(value, web.HTTPError):
+            if value.log_message:
+                args = [value.status_code, self._request_summary()] + list(value.args)
+                gen_log.warning("%d %s: " + value.log_message, *args)
+        else:
+            app_log.error("Uncaught exception %s", self._request_summary(), exc_info=(typ, value, tb))
 
 
 def single_query_argument(handler: web.RequestHandler, name: str) -> str | None:
@@ -60,3 +92,101 @@ def tenant_from_query(handler: web.RequestHandler) -> str:
     if problem:
         raise Refused(400, f"tenant_id {problem}")
     return tenant_id
+
+
+def check_query_size(handler: web.RequestHandler, limit: int) -> None:
+    """``Refused(414)`` when the query string is longer than ``limit`` bytes."""
+    if len(handler.request.query) > limit:
+        raise Refused(414, f"the query string must be at most {limit} bytes")
+
+
+class AdmissionMixin:
+    """What ``/ws`` and ``/events`` check before serving, in this order, after the tenant id:
+    Origin (403), authorization (401/403, ``cfgpush_authorize``), connection limits (429/503).
+
+    The connection then holds a slot (given back by ``leave``, exactly once, however it ends)
+    and, when its token expires, a timer that ends it (``on_token_expired``) unless a
+    ``Refresh`` moved the expiry.
+    """
+
+    core: "CfgPush"
+    request: Any
+    auth: Decision | None = None
+    _slot: Slot | None = None
+    _expiry: object | None = None
+
+    # Tornado's check_origin / cross_origin_protection consult this for cross-site requests.
+    def check_trusted_origin(self, origin: str) -> bool:
+        return origin_allowed(origin, self.core.settings.allowed_origins)
+
+    def admit(self, tenant_id: str) -> None:
+        """Origin, token, limits; or ``Refused``. Takes a slot on success."""
+        if self._check_cross_origin(self.check_trusted_origin) is not None:  # type: ignore[attr-defined]
+            raise Refused(403, "Origin not allowed")
+        decision = self.authorize_request(tenant_id)
+        if not decision.allowed:
+            headers = {}
+            if decision.status == 401:
+                headers["WWW-Authenticate"] = 'Bearer realm="cfgpush", error="invalid_token"'
+            elif decision.status == 503:
+                headers["Retry-After"] = "5"
+            raise Refused(decision.status, decision.reason, headers)
+        try:
+            self._slot = self.core.limits.acquire(self.request.remote_ip or "", tenant_id)
+        except LimitReached as limit:
+            log.warning("refused %s (%s): %s limit reached, tenant %s", self.request.path,
+                        self.request.remote_ip, limit.scope, tenant_id)
+            raise Refused(limit.status, limit.reason, {"Retry-After": "1" if limit.status == 429 else "5"}) from None
+        self.auth = decision
+
+    def authorize_request(self, tenant_id: str) -> Decision:
+        settings = self.core.settings
+        header_token = bearer(self.request)
+        if settings.admin_token and matches_any(header_token, [settings.admin_token]):
+            return Decision.allow(subject="admin")  # the dashboard, for any tenant
+        raw = self.request.query_arguments.get("token")
+        if raw and len(raw) > 1:
+            raise Refused(400, "token must be given once")
+        query_token = raw[0].decode("utf-8", "replace") if raw else None
+        if query_token and header_token and query_token != header_token:
+            raise Refused(400, "give the token once: in ?token= or in the Authorization header")
+        return self.decide(tenant_id, query_token or header_token or None)
+
+    def decide(self, tenant_id: str, token: str | None) -> Decision:
+        """The ``cfgpush_authorize`` hook's answer; a plugin error refuses (503), never allows."""
+        settings = self.core.settings
+        try:
+            decision = self.core.pm.hook.cfgpush_authorize(settings=settings, request=self.request,
+                                                            tenant_id=tenant_id, token=token)
+        except Exception:
+            log.exception("cfgpush_authorize raised; refusing the subscriber of tenant %s", tenant_id)
+            return Decision.deny(503, "authorization is unavailable; retry later")
+        if decision is None:
+            if auth_enabled(settings):
+                return Decision.deny(401, "token cannot be checked: no authorization plugin answered")
+            return Decision.allow()
+        if not isinstance(decision, Decision):
+            log.error("cfgpush_authorize returned %s, not a Decision; refusing", type(decision).__name__)
+            return Decision.deny(503, "authorization is unavailable; retry later")
+        return decision
+
+    # -- expiry ---------------------------------------------------------------------------------
+
+    def schedule_expiry(self, on_expired: Callable[[], None]) -> None:
+        """Call ``on_expired`` when the token expires (nothing when it never does)."""
+        self.cancel_expiry()
+        expires_at = self.auth.expires_at if self.auth is not None else None
+        if expires_at is None:
+            return
+        self._expiry = IOLoop.current().call_later(max(0.0, expires_at - time.time()), on_expired)
+
+    def cancel_expiry(self) -> None:
+        if self._expiry is not None:
+            IOLoop.current().remove_timeout(self._expiry)
+            self._expiry = None
+
+    def leave(self) -> None:
+        """Give the slot back and stop the expiry timer (idempotent)."""
+        self.cancel_expiry()
+        if self._slot is not None:
+            self._slot.release()

@@ -8,6 +8,7 @@ from typing import TYPE_CHECKING
 from marshmallow import ValidationError
 from tornado import web
 
+from ..auth import token_list
 from ..broker import BrokerUnavailable
 from .base import JsonErrorsMixin, Refused
 from .tenants import check_token
@@ -27,7 +28,8 @@ class PublishHandler(JsonErrorsMixin, web.RequestHandler):
 
     async def post(self) -> None:
         try:
-            check_token(self, self.core.settings.publish_token, "publish", wrong_status=403)
+            # Several tokens (one per publisher, rotated one at a time): any of them.
+            check_token(self, token_list(self.core.settings.publish_token), "publish", wrong_status=403)
             payload = self._payload()
         except Refused as refused:
             self.refuse(refused)

@@ -15,7 +15,7 @@ from typing import TYPE_CHECKING, Any
 from tornado import web
 
 from ..events import SSE_PING, SSE_PING_CHUNK, Event, encode_json, http_chunk, sse_message
-from .base import JsonErrorsMixin, Refused
+from .base import AdmissionMixin, JsonErrorsMixin, Refused, check_query_size
 from .subscription import SubscriptionMixin, refuse_with_log
 
 if TYPE_CHECKING:  # pragma: no cover
@@ -24,7 +24,7 @@ if TYPE_CHECKING:  # pragma: no cover
 log = logging.getLogger("cfgpush.sse")
 
 
-class EventStreamHandler(SubscriptionMixin, JsonErrorsMixin, web.RequestHandler):
+class EventStreamHandler(SubscriptionMixin, AdmissionMixin, JsonErrorsMixin, web.RequestHandler):
     transport = "sse"
 
     def initialize(self, core: "CfgPush") -> None:
@@ -40,10 +40,23 @@ class EventStreamHandler(SubscriptionMixin, JsonErrorsMixin, web.RequestHandler)
 
     async def get(self) -> None:
         try:
+            check_query_size(self, self.core.settings.max_query_size)
             self.read_subscription_query(since_header=self.request.headers.get("Last-Event-ID"))
+            self.admit(self.tenant_id)  # Origin, token, limits: takes a slot
         except Refused as refused:
             refuse_with_log(self, refused)
             return
+        try:
+            await self._serve()
+        finally:
+            self.leave()
+
+    async def _serve(self) -> None:
+        origin = self.request.headers.get("Origin")
+        if origin and self.check_trusted_origin(origin):
+            # An allowed cross-origin page's EventSource may read the stream (CORS).
+            self.set_header("Access-Control-Allow-Origin", origin)
+            self.set_header("Vary", "Origin")
         self.set_header("Content-Type", "text/event-stream; charset=utf-8")
         self.set_header("Cache-Control", "no-cache")
         self.set_header("X-Accel-Buffering", "no")  # nginx: do not buffer the stream
@@ -57,6 +70,7 @@ class EventStreamHandler(SubscriptionMixin, JsonErrorsMixin, web.RequestHandler)
         if stream is None or not await self.subscribe(stream):
             self.finish()
             return
+        self.schedule_expiry(self._token_expired)
         try:
             await self._done
         finally:
@@ -71,6 +85,16 @@ class EventStreamHandler(SubscriptionMixin, JsonErrorsMixin, web.RequestHandler)
 
     def send_ping(self) -> None:
         self.send_bytes(SSE_PING_CHUNK if self._chunked else SSE_PING)
+
+    def forget(self) -> None:
+        super().forget()
+        self.leave()  # the connection slot and the expiry timer
+
+    def _token_expired(self) -> None:
+        """SSE clients cannot send a Refresh: the stream ends; reconnect with a new token."""
+        self._expiry = None
+        log.info("%s tenant %s: token expired, ending the stream", self.conn_id, self.tenant_id)
+        self.close_going_away()
 
     def _end(self) -> None:
         self.forget()

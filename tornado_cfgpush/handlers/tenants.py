@@ -1,11 +1,11 @@
 """``GET /api/v1/tenants/<id>``: a tenant's connections and convergence (admin token)."""
 from __future__ import annotations
 
-import hmac
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Iterable
 
 from tornado import web
 
+from ..auth import matches_any
 from ..schemas import tenant_id_error
 from .base import JsonErrorsMixin, Refused
 
@@ -21,18 +21,21 @@ def bearer_token(handler: web.RequestHandler) -> str | None:
     return token.strip()
 
 
-def check_token(handler: web.RequestHandler, expected: str | None, what: str, wrong_status: int = 401) -> None:
-    """Refuse unless the request bears ``expected``, compared in constant time.
+def check_token(handler: web.RequestHandler, expected: str | Iterable[str] | None, what: str,
+                wrong_status: int = 401) -> None:
+    """Refuse unless the request bears ``expected`` (or one of several), compared in constant
+    time with each.
 
     Missing: 401. Wrong: ``wrong_status`` (the publish API answers 403, PROTOCOL.md section 4).
     """
+    expected = (expected,) if isinstance(expected, str) else tuple(expected or ())
     if not expected:
         raise Refused(403, f"the {what} API is disabled on this server (no {what} token configured)")
     given = bearer_token(handler)
     if given is None:
         handler.set_header("WWW-Authenticate", 'Bearer realm="cfgpush"')
         raise Refused(401, f"{what} token required (Authorization: Bearer <token>)")
-    if not hmac.compare_digest(given.encode("utf-8"), expected.encode("utf-8")):
+    if not matches_any(given, expected):
         handler.set_header("WWW-Authenticate", 'Bearer realm="cfgpush", error="invalid_token"')
         raise Refused(wrong_status, f"wrong {what} token")
 

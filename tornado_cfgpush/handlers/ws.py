@@ -10,7 +10,7 @@ from tornado import websocket
 
 from ..events import PING_FRAME, Event, encode_json, text_frame
 from ..schemas import flatten_messages, parse_client_message
-from .base import JsonErrorsMixin, Refused
+from .base import AdmissionMixin, JsonErrorsMixin, Refused, check_query_size
 from .subscription import SubscriptionMixin, refuse_with_log
 
 if TYPE_CHECKING:  # pragma: no cover
@@ -25,7 +25,7 @@ POLICY = 1008
 TRY_AGAIN_LATER = 1013
 
 
-class ConfigWebSocket(SubscriptionMixin, JsonErrorsMixin, websocket.WebSocketHandler):
+class ConfigWebSocket(SubscriptionMixin, AdmissionMixin, JsonErrorsMixin, websocket.WebSocketHandler):
     transport = "ws"
 
     def initialize(self, core: "CfgPush") -> None:
@@ -42,7 +42,10 @@ class ConfigWebSocket(SubscriptionMixin, JsonErrorsMixin, websocket.WebSocketHan
         except Refused as refused:
             refuse_with_log(self, refused)
             return
-        await super().get(*args, **kwargs)
+        try:
+            await super().get(*args, **kwargs)  # returns when the connection ends
+        finally:
+            self.leave()  # also when the upgrade itself failed (426, a bad key)
 
     def _check_request(self) -> None:
         headers = self.request.headers
@@ -50,19 +53,26 @@ class ConfigWebSocket(SubscriptionMixin, JsonErrorsMixin, websocket.WebSocketHan
             raise Refused(400, "expected a WebSocket upgrade request (Upgrade: websocket)")
         if "upgrade" not in (s.strip().lower() for s in headers.get("Connection", "").split(",")):
             raise Refused(400, "expected 'Connection: Upgrade'")
+        check_query_size(self, self.core.settings.max_query_size)
         self.read_subscription_query()
-        # Tornado would refuse a cross-site upgrade too, but with a plain-text body; this is
-        # the same check (its private helper, so the rule stays Tornado's) with a JSON reason.
-        if self._check_cross_origin(self.check_origin) is not None:
-            raise Refused(403, "Origin not allowed")
+        # Origin, token, limits (base.AdmissionMixin). Tornado would refuse a cross-site
+        # upgrade too, but with a plain-text body; admit() applies the same rule (its private
+        # helper, so the rule stays Tornado's) with a JSON reason.
+        self.admit(self.tenant_id)
 
     # -- after the upgrade --------------------------------------------------------------------
 
     async def open(self, *args: Any, **kwargs: Any) -> None:
         self.set_nodelay(True)  # Tornado leaves Nagle on: small frames would wait for ACKs
         self.last_seen = time.monotonic()
+        self.schedule_expiry(self._token_expired)
         if not await self.subscribe(self.ws_connection.stream):
             self.close(TRY_AGAIN_LATER, "broker unavailable, reconnect later")
+
+    def _token_expired(self) -> None:
+        self._expiry = None
+        log.info("%s tenant %s: token expired, closing (1008)", self.conn_id, self.tenant_id)
+        self._close(POLICY, "token expired")
 
     def frame_event(self, event: Event) -> bytes:
         return event.ws_frame
@@ -97,6 +107,10 @@ class ConfigWebSocket(SubscriptionMixin, JsonErrorsMixin, websocket.WebSocketHan
         if stream is not None:
             # The peer is silent: waiting for its close frame would only keep the socket.
             stream.close()
+
+    def forget(self) -> None:
+        super().forget()
+        self.leave()  # the connection slot and the expiry timer
 
     def on_close(self) -> None:
         self.forget()
@@ -133,6 +147,23 @@ class ConfigWebSocket(SubscriptionMixin, JsonErrorsMixin, websocket.WebSocketHan
             self.send_json({"Pong": {"id": body["id"]}} if "id" in body else "Pong")
         elif kind == "Ack":
             self.acked = body["event_id"]
+        elif kind == "Refresh":
+            self._refresh(body["token"])
+
+    def _refresh(self, token: str) -> None:
+        """A newer token for the same tenant moves the expiry; a refused one changes nothing."""
+        decision = self.decide(self.tenant_id, token)
+        if not decision.allowed:
+            self.send_error_message("refresh_refused", decision.reason)
+            return
+        current = self.auth.expires_at if self.auth is not None else None
+        if current is not None and decision.expires_at is not None and decision.expires_at < current:
+            self.send_error_message("refresh_refused", "token expires before the current one")
+            return
+        self.auth = decision
+        self.schedule_expiry(self._token_expired)
+        expires_at = decision.expires_at
+        self.send_json({"Refreshed": {"expires_at": None if expires_at is None else int(expires_at)}})
 
     def send_error_message(self, code: str, message: str) -> None:
         self.send_json({"Error": {"code": code, "message": message}})
