@@ -1,0 +1,154 @@
+"""``/metrics``: what the service already counts, in the Prometheus text format.
+
+Nothing here runs per recipient. The hub counts deliveries, slow-client and heartbeat closes
+in plain integers; the source runner counts restarts; ``CfgPush.publish`` counts published
+and rejected events once per event. A custom collector reads those numbers when Prometheus
+scrapes, and the delivery-latency histogram is observed once per event (not per client).
+
+Tenant labels are off by default: one series per tenant does not scale to large fleets.
+``--metrics-tenant-labels`` adds a ``tenant`` label to connections, published events and
+deliveries.
+"""
+from __future__ import annotations
+
+import time
+from typing import TYPE_CHECKING, Iterator
+
+from prometheus_client import CollectorRegistry, Histogram, PlatformCollector, ProcessCollector
+from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, Metric
+from prometheus_client.registry import Collector
+
+from . import __version__
+
+if TYPE_CHECKING:  # pragma: no cover
+    from .app import CfgPush
+    from .events import Event
+
+TRANSPORTS = ("ws", "sse")
+# Fan-out of one event to every local connection of its tenant: microseconds for a few
+# clients, milliseconds for thousands.
+LATENCY_BUCKETS = (0.0001, 0.00025, 0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0)
+
+# Reasons of cfgpush_events_rejected_total.
+INVALID = "invalid"
+BROKER_UNAVAILABLE = "broker_unavailable"
+
+
+class Metrics:
+    """One service's metrics: its own registry (no process-wide global), read at scrape time."""
+
+    def __init__(self, core: "CfgPush"):
+        self.core = core
+        self.tenant_labels = bool(core.settings.metrics_tenant_labels)
+        # (source,) or (source, tenant) -> count; (source, reason) -> count.
+        self.published_events: dict[tuple[str, ...], int] = {}
+        self.rejected_events: dict[tuple[str, str], int] = {}
+        self.deliveries_by_tenant: dict[str, int] = {}
+        self.started = time.time()
+        self.registry = CollectorRegistry()
+        self.latency = Histogram(
+            "cfgpush_delivery_seconds",
+            "Time to hand one event to every local connection of its tenant (per event, not per client)",
+            buckets=LATENCY_BUCKETS, registry=self.registry)
+        self.registry.register(_ServiceCollector(self))
+        ProcessCollector(registry=self.registry)
+        PlatformCollector(registry=self.registry)
+        core.hub.delivery_observer = self.delivered
+
+    # -- called once per event ----------------------------------------------------------------
+
+    def published(self, source: str, tenant_id: str) -> None:
+        key = (source, tenant_id) if self.tenant_labels else (source,)
+        self.published_events[key] = self.published_events.get(key, 0) + 1
+
+    def rejected(self, source: str, reason: str) -> None:
+        key = (source, reason)
+        self.rejected_events[key] = self.rejected_events.get(key, 0) + 1
+
+    def delivered(self, event: "Event", recipients: int, seconds: float) -> None:
+        """The hub's observer: once per event that had at least one local recipient."""
+        self.latency.observe(seconds)
+        if self.tenant_labels:
+            tenant = event.tenant_id
+            self.deliveries_by_tenant[tenant] = self.deliveries_by_tenant.get(tenant, 0) + recipients
+
+    def exposition(self) -> bytes:
+        from prometheus_client import generate_latest
+
+        return generate_latest(self.registry)
+
+
+class _ServiceCollector(Collector):
+    def __init__(self, metrics: Metrics):
+        self.metrics = metrics
+
+    def describe(self) -> list[Metric]:
+        return []  # built at scrape time; nothing to check for clashes
+
+    def collect(self) -> Iterator[Metric]:
+        m = self.metrics
+        core = m.core
+        hub = core.hub
+        labels = ["transport", "tenant"] if m.tenant_labels else ["transport"]
+        connections = GaugeMetricFamily("cfgpush_connections", "Open client connections", labels=labels)
+        counts: dict[tuple[str, ...], int] = {}
+        if not m.tenant_labels:
+            counts = {(t,): 0 for t in TRANSPORTS}
+        tenants = 0
+        for tenant_id in list(hub.tenants()):
+            conns = hub.connections(tenant_id)
+            if conns:
+                tenants += 1
+            for conn in conns:
+                transport = getattr(conn, "transport", "") or "other"
+                key = (transport, tenant_id) if m.tenant_labels else (transport,)
+                counts[key] = counts.get(key, 0) + 1
+        for key, value in sorted(counts.items()):
+            connections.add_metric(list(key), value)
+        yield connections
+        yield GaugeMetricFamily("cfgpush_tenants_with_clients", "Tenants with at least one open connection",
+                                value=tenants)
+
+        published = CounterMetricFamily("cfgpush_events_published", "Events accepted and published, by source",
+                                        labels=["source", "tenant"] if m.tenant_labels else ["source"])
+        for key, value in sorted(m.published_events.items()):
+            published.add_metric(list(key), value)
+        yield published
+        rejected = CounterMetricFamily(
+            "cfgpush_events_rejected",
+            "Events refused, by source and reason (invalid: the schema refused it; broker_unavailable: "
+            "each attempt that could not be published)", labels=["source", "reason"])
+        for key, value in sorted(m.rejected_events.items()):
+            rejected.add_metric(list(key), value)
+        yield rejected
+
+        if m.tenant_labels:
+            deliveries = CounterMetricFamily("cfgpush_deliveries", "Events handed to a connection", labels=["tenant"])
+            for tenant_id, value in sorted(m.deliveries_by_tenant.items()):
+                deliveries.add_metric([tenant_id], value)
+            yield deliveries
+        else:
+            yield CounterMetricFamily("cfgpush_deliveries", "Events handed to a connection", value=hub.deliveries)
+        yield CounterMetricFamily("cfgpush_slow_client_disconnects",
+                                  "Connections closed with 1013: unsent backlog over --max-backlog-bytes",
+                                  value=hub.slow_closes)
+        yield CounterMetricFamily("cfgpush_heartbeat_closes",
+                                  "Connections dropped after --heartbeat-timeout of silence",
+                                  value=hub.heartbeat_closes)
+
+        runner = core.runner
+        restarts = CounterMetricFamily("cfgpush_source_restarts", "Event sources restarted after a crash",
+                                       labels=["source"])
+        up = GaugeMetricFamily("cfgpush_source_up", "1 while the event source runs", labels=["source"])
+        if runner is not None:
+            for source in runner.sources:
+                restarts.add_metric([source.name], runner.restarts.get(source.name, 0))
+                up.add_metric([source.name], 1 if source.name in runner.running else 0)
+        yield restarts
+        yield up
+        yield GaugeMetricFamily("cfgpush_broker_up", "1 when the broker is reachable",
+                                value=0 if core.broker.readiness() else 1)
+        info = GaugeMetricFamily("cfgpush_build_info", "The running version", labels=["version", "broker"])
+        info.add_metric([__version__, "redis" if core.settings.broker else "memory"], 1)
+        yield info
+        yield GaugeMetricFamily("cfgpush_start_time_seconds", "Start of this service, Unix time", value=m.started)
