@@ -1,0 +1,459 @@
+"""The Python client: ``async for event in subscribe(url, tenant_id)``.
+
+For back-end services that hot-reload their own configuration::
+
+    from tornado_cfgpush.client import ConfigChanged, Resync, subscribe
+
+    async for event in subscribe("http://cfg.internal:7945", "acme"):
+        if isinstance(event, ConfigChanged):
+            reload(event.path)
+        else:  # Resync: reload everything, event.manifest says what the files are
+            reload_all()
+
+It behaves as ``cfgpush.js`` does: reconnects with full-jitter exponential backoff (0.5 s
+doubling to 20 s), resumes from the last event it handed out (nothing missed, nothing twice,
+or a ``Resync``), sends ``"Ping"`` every heartbeat interval and treats two silent intervals as
+a dead connection, acknowledges an event (``Ack``) when the loop's body for it has finished
+(when the next event is asked for), and refreshes a JWT before it expires.
+
+A refusal that retrying cannot cure (an invalid tenant id; 401/403 without ``get_token``)
+raises ``SubscribeError``. Use ``async with subscribe(...) as events:`` to close the
+connection the moment the block ends (a ``break`` out of a bare ``async for`` closes it when
+the generator is collected).
+"""
+from __future__ import annotations
+
+import asyncio
+import base64
+import contextlib
+import inspect
+import json
+import logging
+import random
+import time
+from dataclasses import dataclass, field
+from typing import Any, AsyncIterator, Awaitable, Callable, Union
+from urllib.parse import urlencode, urlsplit, urlunsplit
+
+from tornado.httpclient import HTTPClientError, HTTPRequest
+from tornado.iostream import StreamClosedError
+from tornado.websocket import WebSocketClientConnection, WebSocketClosedError, WebSocketError, websocket_connect
+
+log = logging.getLogger("cfgpush.client")
+
+BACKOFF_MIN = 0.5
+BACKOFF_MAX = 20.0
+
+
+@dataclass(frozen=True)
+class ConfigChanged:
+    """One change of the tenant's configuration (PROTOCOL.md section 2)."""
+
+    tenant_id: str
+    change_type: str
+    event_id: str
+    path: str | None = None
+    checksum: str | None = None
+    timestamp: str | None = None
+    source: str | None = None
+    diff: dict | None = None
+    meta: dict | None = None
+    raw: dict = field(default_factory=dict, repr=False, compare=False)
+
+    def to_json(self) -> dict:
+        """The message as it came on the wire: ``{"ConfigChanged": {...}}``."""
+        return {"ConfigChanged": self.raw}
+
+
+@dataclass(frozen=True)
+class Resync:
+    """Reload the configuration, then go on from ``last_event_id``.
+
+    ``reason``: ``history_expired``, ``unknown_epoch``, ``unknown_event_id``, ``source_gap``, or
+    ``no_resume_point`` (made here: there was no id to resume from, and events came meanwhile).
+    """
+
+    tenant_id: str
+    last_event_id: str | None
+    reason: str
+    manifest: dict | None = None
+    raw: dict = field(default_factory=dict, repr=False, compare=False)
+
+    def to_json(self) -> dict:
+        return {"Resync": self.raw}
+
+
+@dataclass(frozen=True)
+class Welcome:
+    """Yielded only with ``subscribe(..., welcome=True)``: subscribed, load the configuration now."""
+
+    tenant_id: str
+    last_event_id: str | None
+    heartbeat_interval: float
+    protocol: int = 1
+    manifest: dict | None = None
+    raw: dict = field(default_factory=dict, repr=False, compare=False)
+
+    def to_json(self) -> dict:
+        return {"Welcome": self.raw}
+
+
+Event = Union[ConfigChanged, Resync, Welcome]
+TokenSource = Callable[[], Union[str, Awaitable[str]]]
+
+
+class SubscribeError(Exception):
+    """The server refused the subscription in a way retrying cannot cure."""
+
+    def __init__(self, message: str, status: int | None = None):
+        super().__init__(message)
+        self.status = status
+
+
+class _Reconnect(Exception):
+    """End this connection and open another (resuming); ``immediate`` skips the backoff."""
+
+    def __init__(self, reason: str, immediate: bool = False, dead: bool = False):
+        super().__init__(reason)
+        self.reason = reason
+        self.immediate = immediate
+        self.dead = dead  # the peer is silent: abort the socket rather than wait for its close frame
+
+
+def backoff_delay(attempt: int, low: float = BACKOFF_MIN, high: float = BACKOFF_MAX,
+                  rng: Callable[[], float] = random.random) -> float:
+    """Full jitter: uniform in ``[0, min(high, low * 2**attempt)]``, so clients dropped at
+    once (a server restart) come back spread over the window instead of all together."""
+    return rng() * min(high, low * 2 ** min(attempt, 30))
+
+
+def ws_url(url: str) -> str:
+    """``http://h:1``, ``https://h/x/``, ``ws://h:1/ws`` -> the ``/ws`` endpoint's URL."""
+    parts = urlsplit(url)
+    scheme = {"http": "ws", "https": "wss", "ws": "ws", "wss": "wss"}.get(parts.scheme)
+    if scheme is None or not parts.netloc:
+        raise ValueError(f"expected an http://, https://, ws:// or wss:// URL, not {url!r}")
+    path = parts.path.rstrip("/")
+    if path.endswith("/events"):
+        path = path[: -len("/events")]
+    if not path.endswith("/ws"):
+        path += "/ws"
+    return urlunsplit((scheme, parts.netloc, path, "", ""))
+
+
+def jwt_exp(token: str | None) -> float | None:
+    """A JWT's ``exp`` (seconds since the epoch), or None: tokens are otherwise opaque."""
+    if not token or token.count(".") != 2:
+        return None
+    payload = token.split(".")[1]
+    try:
+        claims = json.loads(base64.urlsafe_b64decode(payload + "=" * (-len(payload) % 4)))
+    except (ValueError, TypeError):
+        return None
+    exp = claims.get("exp") if isinstance(claims, dict) else None
+    return float(exp) if isinstance(exp, (int, float)) and not isinstance(exp, bool) else None
+
+
+def _retrieve(future: "asyncio.Future[Any]") -> None:
+    if not future.cancelled():
+        future.exception()  # a write to a closing socket: handled by the reader, not logged
+
+
+class Subscription:
+    """An async iterable of one tenant's events across reconnects; see the module docstring."""
+
+    def __init__(self, url: str, tenant_id: str, *, last_event_id: str | None = None, token: str | None = None,
+                 get_token: TokenSource | None = None, manifest: bool = False, welcome: bool = False,
+                 headers: dict[str, str] | None = None, backoff_min: float = BACKOFF_MIN,
+                 backoff_max: float = BACKOFF_MAX, stable_after: float = 5.0, connect_timeout: float = 10.0,
+                 refresh_lead: float = 30.0, max_queue: int = 10_000,
+                 on_status: Callable[[str, dict], None] | None = None):
+        self.url = ws_url(url)
+        self.tenant_id = tenant_id
+        self.last_event_id = last_event_id  # applied (acknowledged)
+        self._cursor = last_event_id  # handed out: where a reconnect resumes
+        self.token = token
+        self.get_token = get_token
+        self.manifest = manifest
+        self.yield_welcome = welcome
+        self.headers = dict(headers or {})
+        self.backoff_min = backoff_min
+        self.backoff_max = backoff_max
+        self.stable_after = stable_after
+        self.connect_timeout = connect_timeout
+        self.refresh_lead = refresh_lead
+        self.max_queue = max_queue
+        self.on_status = on_status
+        self.heartbeat_interval: float | None = None
+        self.state = "idle"
+        self.connections = 0  # successful subscriptions (Welcome received), for the curious
+        self._attempt = 0
+        self._fresh_token = False
+        self._ever_welcomed = False
+        self._closed = asyncio.Event()
+        self._conn: WebSocketClientConnection | None = None
+        self._inbox: asyncio.Queue[str | None] = asyncio.Queue()
+        self._iterator: AsyncIterator[Event] | None = None
+
+    # -- the public face ---------------------------------------------------------------------
+
+    def __aiter__(self) -> AsyncIterator[Event]:
+        if self._iterator is None:
+            self._iterator = self._run()
+        return self._iterator
+
+    async def __aenter__(self) -> "Subscription":
+        return self
+
+    async def __aexit__(self, *exc: Any) -> None:
+        await self.aclose()
+
+    async def aclose(self) -> None:
+        """Stop: close the connection; the ``async for`` ends."""
+        self._closed.set()
+        self._drop(1000, "client closed")
+        # From inside the loop's body the generator is suspended: close it now. From another
+        # task it may be running: the dropped connection and the set flag end it.
+        if self._iterator is not None and not self._iterator.ag_running:
+            await self._iterator.aclose()
+
+    # -- the loop ----------------------------------------------------------------------------
+
+    async def _run(self) -> AsyncIterator[Event]:
+        try:
+            while not self._closed.is_set():
+                try:
+                    conn = await self._open()
+                    welcomed_at = None
+                    try:
+                        async with contextlib.aclosing(self._session(conn)) as session:
+                            async for item, ack in session:
+                                welcomed_at = welcomed_at or time.monotonic()
+                                if item is not None:
+                                    yield item
+                                if ack is not None:
+                                    self._applied(ack)
+                    finally:
+                        if welcomed_at is not None and time.monotonic() - welcomed_at >= self.stable_after:
+                            self._attempt = 0
+                    reason, immediate, dead = "connection closed", False, False
+                except _Reconnect as again:
+                    reason, immediate, dead = again.reason, again.immediate, again.dead
+                self._drop(1000, "reconnecting", abort=dead)
+                if self._closed.is_set():
+                    break
+                delay = 0.0 if immediate else backoff_delay(self._attempt, self.backoff_min, self.backoff_max)
+                if not immediate:
+                    self._attempt += 1
+                self._status("reconnecting", reason=reason, delay=delay, attempt=self._attempt)
+                try:
+                    await asyncio.wait_for(self._closed.wait(), delay)
+                except asyncio.TimeoutError:
+                    pass
+        finally:
+            self._drop(1000, "client closed")
+            self._status("closed")
+
+    async def _open(self) -> WebSocketClientConnection:
+        self._status("connecting", attempt=self._attempt)
+        if self.get_token is not None and not self._fresh_token:
+            try:
+                self.token = await self._call_token()
+            except Exception as exc:
+                raise _Reconnect(f"get_token failed: {exc!r}") from None
+        self._fresh_token = False
+        query = {"tenant_id": self.tenant_id}
+        if self._cursor:
+            query["last_event_id"] = self._cursor
+        if self.token:
+            query["token"] = self.token
+        if self.manifest:
+            query["manifest"] = "1"
+        request = HTTPRequest(f"{self.url}?{urlencode(query)}", headers=self.headers,
+                              connect_timeout=self.connect_timeout, request_timeout=self.connect_timeout)
+        self._inbox = inbox = asyncio.Queue()
+        try:
+            conn = await asyncio.wait_for(websocket_connect(request, on_message_callback=inbox.put_nowait),
+                                          self.connect_timeout)
+        except HTTPClientError as exc:
+            reason = _error_reason(exc)
+            if exc.code == 400 or (exc.code in (401, 403) and self.get_token is None):
+                raise SubscribeError(f"refused with {exc.code}: {reason}", exc.code) from None
+            raise _Reconnect(f"refused with {exc.code}: {reason}") from None
+        except (OSError, StreamClosedError, WebSocketError, asyncio.TimeoutError) as exc:
+            raise _Reconnect(f"cannot connect: {exc!r}") from None
+        self._conn = conn
+        return conn
+
+    async def _session(self, conn: WebSocketClientConnection) -> AsyncIterator[tuple[Event | None, str | None]]:
+        """``(event to hand out, id to acknowledge once it is handled)`` pairs of one connection."""
+        loop = asyncio.get_running_loop()
+        welcome = self._parse(await self._next(conn, self.connect_timeout, "no Welcome in time"))
+        if not isinstance(welcome, Welcome):
+            raise _Reconnect(f"expected Welcome, got {welcome!r}")
+        interval = self.heartbeat_interval = float(welcome.heartbeat_interval or 5)
+        self.connections += 1
+        self._status("open", welcome=welcome.raw)
+        first, self._ever_welcomed = not self._ever_welcomed, True
+        if self._cursor is None:
+            self._cursor = newest = welcome.last_event_id
+            if not first and newest is not None:
+                # No id to resume from (the tenant had no event yet) and events came meanwhile.
+                yield Resync(self.tenant_id, newest, "no_resume_point",
+                             raw={"tenant_id": self.tenant_id, "last_event_id": newest, "reason": "no_resume_point"}), newest
+            else:
+                yield (welcome if self.yield_welcome else None), newest
+        else:
+            if self.yield_welcome:
+                yield welcome, None
+            if self.last_event_id:
+                self._send({"Ack": {"event_id": self.last_event_id}})  # convergence is per connection
+        last_seen = next_ping = loop.time()
+        next_ping += interval
+        refresh_at = self._refresh_deadline(loop)
+        refresh_pending = False
+        while True:
+            now = loop.time()
+            if now >= next_ping:
+                self._send("Ping")
+                next_ping = now + interval
+            if refresh_at is not None and now >= refresh_at:
+                refresh_at = None
+                try:
+                    self.token = await self._call_token()
+                except Exception as exc:
+                    log.warning("get_token failed (%r); trying again at the next reconnect", exc)
+                else:
+                    # In place (the server answers Refreshed); on an Error instead (refused,
+                    # or no Refresh there) reconnect with the new token, resuming.
+                    refresh_pending = True
+                    self._fresh_token = True
+                    self._send({"Refresh": {"token": self.token}})
+                    self._send("Ping")
+                    refresh_at = self._refresh_deadline(loop)
+            dead_at = last_seen + 2 * interval
+            wait = min(next_ping, dead_at, refresh_at if refresh_at is not None else dead_at) - loop.time()
+            try:
+                text = await self._next(conn, max(wait, 0.0), None)
+            except asyncio.TimeoutError:
+                if loop.time() >= dead_at:
+                    raise _Reconnect("server silent for two heartbeat intervals", dead=True) from None
+                continue
+            last_seen = loop.time()
+            if self._inbox.qsize() > self.max_queue:
+                raise _Reconnect("too far behind: reconnecting to resume")
+            message = self._parse(text)
+            if isinstance(message, ConfigChanged):
+                self._cursor = message.event_id
+                yield message, message.event_id
+                last_seen = max(last_seen, loop.time())  # the loop body's time is not the server's silence
+            elif isinstance(message, Resync):
+                self._cursor = message.last_event_id
+                yield message, message.last_event_id
+                last_seen = max(last_seen, loop.time())
+            elif message in ("Pong", "Refreshed"):
+                refresh_pending = False  # the Refresh before it was taken
+            elif message == "Error":
+                if refresh_pending:
+                    # Refused, or a server without Refresh: reconnect with the new token, resuming.
+                    raise _Reconnect(f"token refresh by reconnecting ({text})", immediate=True)
+                log.warning("the server did not accept a message: %s", text)
+
+    async def _next(self, conn: WebSocketClientConnection, timeout: float, why: str | None) -> str:
+        try:
+            text = await asyncio.wait_for(self._inbox.get(), timeout)
+        except asyncio.TimeoutError:
+            if why is None:
+                raise
+            raise _Reconnect(why) from None
+        if text is None:
+            raise _Reconnect(f"closed by the server ({conn.close_code} {conn.close_reason or ''})".strip())
+        return text
+
+    def _parse(self, text: str) -> Any:
+        try:
+            message = json.loads(text)
+        except ValueError:
+            return None
+        if isinstance(message, str):
+            return message
+        if not isinstance(message, dict) or len(message) != 1:
+            return None
+        (kind, body), = message.items()
+        body = body if isinstance(body, dict) else {}
+        if kind == "ConfigChanged":
+            return ConfigChanged(**{k: body.get(k) for k in ("tenant_id", "change_type", "event_id", "path", "checksum",
+                                                             "timestamp", "source", "diff", "meta")}, raw=body)
+        if kind == "Resync":
+            return Resync(body.get("tenant_id"), body.get("last_event_id"), body.get("reason", ""),
+                          body.get("manifest"), raw=body)
+        if kind == "Welcome":
+            return Welcome(body.get("tenant_id"), body.get("last_event_id"), body.get("heartbeat_interval", 5),
+                           body.get("protocol", 1), body.get("manifest"), raw=body)
+        return kind  # "Pong", "Refreshed", "Error"
+
+    # -- helpers -----------------------------------------------------------------------------
+
+    def _applied(self, event_id: str | None) -> None:
+        if event_id is None:
+            return
+        self.last_event_id = event_id
+        self._send({"Ack": {"event_id": event_id}})
+
+    def _send(self, message: Any) -> None:
+        conn = self._conn
+        if conn is None:
+            return
+        try:
+            future = conn.write_message(json.dumps(message))
+        except WebSocketClosedError:
+            return  # the reader sees the close
+        future.add_done_callback(_retrieve)
+
+    def _drop(self, code: int, reason: str, abort: bool = False) -> None:
+        conn, self._conn = self._conn, None
+        if conn is None:
+            return
+        conn.close(code, reason)
+        stream = getattr(conn.protocol, "stream", None) if conn.protocol is not None else None
+        if abort and stream is not None:
+            stream.close()  # a dead peer would never answer the close frame: free the socket now
+
+    async def _call_token(self) -> str:
+        token = self.get_token()
+        if inspect.isawaitable(token):
+            token = await token
+        return token
+
+    def _refresh_deadline(self, loop: asyncio.AbstractEventLoop) -> float | None:
+        exp = jwt_exp(self.token) if self.get_token is not None else None
+        if exp is None:
+            return None
+        left = exp - time.time()
+        return loop.time() + max(1.0, left - min(self.refresh_lead, left / 5))
+
+    def _status(self, state: str, **info: Any) -> None:
+        self.state = state
+        if state == "reconnecting":
+            log.info("tenant %s: %s; reconnecting in %.2f s", self.tenant_id, info.get("reason"), info.get("delay", 0))
+        if self.on_status is not None:
+            try:
+                self.on_status(state, info)
+            except Exception:
+                log.exception("on_status failed")
+
+
+def _error_reason(exc: HTTPClientError) -> str:
+    response = exc.response
+    if response is not None and response.body:
+        try:
+            return json.loads(response.body).get("error") or exc.message
+        except (ValueError, AttributeError):
+            pass
+    return exc.message or ""
+
+
+def subscribe(url: str, tenant_id: str, **options: Any) -> Subscription:
+    """``async for event in subscribe(url, tenant_id, ...)``: ``ConfigChanged`` and ``Resync``
+    (and ``Welcome`` with ``welcome=True``), across reconnects. Options: see ``Subscription``."""
+    return Subscription(url, tenant_id, **options)

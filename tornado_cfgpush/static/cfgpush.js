@@ -1,0 +1,440 @@
+// cfgpush.js: the browser client of a cfgpush server (docs/protocol.md). An ES module with no
+// dependency and no build step; types in cfgpush.d.ts beside it.
+//
+//   import { CfgPush } from "https://cfg.example.com/cfgpush.js";
+//   const push = new CfgPush("https://cfg.example.com", { tenantId: "acme",
+//     onChange: async (event) => { await reload(event.path); } });
+//
+// What it does for you: reconnects with full-jitter exponential backoff (0.5 s doubling to
+// 20 s), resumes from the last event it received (nothing missed, nothing twice, or an explicit
+// onResync), sends "Ping" every heartbeat interval and treats two silent intervals as a dead
+// connection, acknowledges each event once onChange's promise resolves, refreshes the token
+// before it expires, falls back to Server-Sent Events where WebSockets are blocked, and stops
+// on close().
+
+const PROTOCOL = 1;
+const DEFAULTS = {
+  transport: "auto", // "auto": WebSocket, falling back to SSE; or "ws", "sse"
+  backoffMin: 500, // ms: the first reconnect waits a random time in [0, backoffMin]
+  backoffMax: 20000, // ms: the window doubles per failed attempt up to this
+  stableAfter: 5000, // ms a connection must last for the next drop to start from backoffMin again
+  connectTimeout: 10000, // ms to wait for Welcome
+  storage: false, // true or a key: keep the last applied event id in sessionStorage
+  headers: null, // extra request headers of the SSE transport (WebSockets cannot send any)
+  refreshLead: 30000, // ms before a token's exp to fetch a new one (at most a fifth of its life)
+  wsFailuresBeforeFallback: 2, // WebSocket attempts that never opened before SSE is tried
+};
+
+const ignore = () => {};
+
+function decodeExp(token) {
+  // A JWT's exp (seconds since the epoch), or null for anything else: tokens stay opaque.
+  if (typeof token !== "string") return null;
+  const parts = token.split(".");
+  if (parts.length !== 3) return null;
+  try {
+    const json = atob(parts[1].replace(/-/g, "+").replace(/_/g, "/").padEnd(Math.ceil(parts[1].length / 4) * 4, "="));
+    const exp = JSON.parse(json).exp;
+    return typeof exp === "number" && isFinite(exp) ? exp : null;
+  } catch {
+    return null;
+  }
+}
+
+/** Full jitter (AWS architecture blog): a uniform delay in [0, min(max, min * 2^attempt)]. */
+export function backoffDelay(attempt, min = DEFAULTS.backoffMin, max = DEFAULTS.backoffMax, random = Math.random) {
+  return random() * Math.min(max, min * 2 ** Math.min(attempt, 30));
+}
+
+export class CfgPush {
+  constructor(url, options = {}) {
+    if (!options || typeof options.tenantId !== "string" || !options.tenantId) {
+      throw new TypeError("CfgPush: options.tenantId is required");
+    }
+    this.options = { ...DEFAULTS, ...options };
+    this.tenantId = options.tenantId;
+    this.base = CfgPush.baseUrl(url);
+    this.storageKey = typeof this.options.storage === "string" ? this.options.storage
+      : `cfgpush:${this.base}:${this.tenantId}:last_event_id`;
+    this.lastEventId = options.lastEventId ?? this._load() ?? null; // applied (Acked) id
+    this._cursor = this.lastEventId; // received id: where a reconnect resumes
+    this.state = "connecting";
+    this.transport = null;
+    this.heartbeatInterval = null;
+    this.welcome = null;
+    this._attempt = 0;
+    this._wsFailures = 0;
+    this._wsWorked = false;
+    this._sseSticky = this.options.transport === "sse";
+    this._conn = null;
+    this._timer = null;
+    this._refreshTimer = null;
+    this._token = options.token ?? null;
+    this._closed = false;
+    this._freshToken = false;
+    this._everWelcomed = false;
+    this._chain = Promise.resolve();
+    queueMicrotask(() => this._connect());
+  }
+
+  /** "https://h:1/x/" or "wss://h:1/ws" -> "https://h:1/x" (what /ws and /events hang off). */
+  static baseUrl(url) {
+    const parsed = new URL(url ?? "", globalThis.location?.href);
+    if (parsed.protocol === "ws:") parsed.protocol = "http:";
+    if (parsed.protocol === "wss:") parsed.protocol = "https:";
+    let path = parsed.pathname.replace(/\/+$/, "");
+    if (path.endsWith("/ws") || path.endsWith("/events")) path = path.replace(/\/(ws|events)$/, "");
+    return parsed.origin + path;
+  }
+
+  /** Stop for good: no reconnect, no callback after this returns. */
+  close() {
+    if (this._closed) return;
+    this._closed = true;
+    clearTimeout(this._timer);
+    clearTimeout(this._refreshTimer);
+    const conn = this._conn;
+    this._conn = null;
+    if (conn) this._teardown(conn, 1000, "client closed");
+    this._status("closed", {});
+  }
+
+  // -- connecting ------------------------------------------------------------------------------
+
+  async _connect() {
+    this._timer = null;
+    if (this._closed) return;
+    const conn = { kind: this._useSse() ? "sse" : "ws", opened: false, welcomed: false, started: Date.now(),
+      timers: [], refreshPending: null };
+    this._conn = conn;
+    this._status("connecting", { transport: conn.kind, attempt: this._attempt });
+    let token = this._token;
+    if (this.options.getToken && !this._freshToken) {
+      try {
+        token = this._token = await this.options.getToken();
+      } catch (error) {
+        if (conn === this._conn) this._lost(conn, { error: `getToken failed: ${error}` });
+        return;
+      }
+      if (conn !== this._conn || this._closed) return;
+    }
+    this._freshToken = false;
+    this._planRefresh(token);
+    this._watch(conn, this.options.connectTimeout, "no Welcome in time");
+    if (conn.kind === "ws") this._openWs(conn, token);
+    else this._openSse(conn, token);
+  }
+
+  _useSse() {
+    if (this.options.transport === "sse" || typeof WebSocket === "undefined") return true;
+    if (this.options.transport === "ws") return false;
+    return this._sseSticky || this._wsFailures >= this.options.wsFailuresBeforeFallback;
+  }
+
+  _query(token, extra = {}) {
+    const params = new URLSearchParams({ tenant_id: this.tenantId, ...extra });
+    if (this._cursor) params.set("last_event_id", this._cursor);
+    if (token) params.set("token", token);
+    return params.toString();
+  }
+
+  _openWs(conn, token) {
+    const url = this.base.replace(/^http/, "ws") + "/ws?" + this._query(token);
+    let ws;
+    try {
+      ws = new WebSocket(url);
+    } catch (error) {
+      this._lost(conn, { error: String(error) });
+      return;
+    }
+    conn.ws = ws;
+    ws.onopen = () => { conn.opened = true; };
+    ws.onmessage = (message) => {
+      let parsed;
+      try {
+        parsed = JSON.parse(message.data);
+      } catch {
+        return;
+      }
+      if (typeof parsed === "string") this._handle(conn, parsed, {});
+      else if (parsed && typeof parsed === "object") {
+        const kind = Object.keys(parsed)[0];
+        this._handle(conn, kind, parsed[kind] ?? {});
+      }
+    };
+    ws.onerror = ignore; // onclose follows
+    ws.onclose = (event) => this._lost(conn, { code: event.code, reason: event.reason });
+  }
+
+  async _openSse(conn, token) {
+    const controller = new AbortController();
+    conn.abort = () => controller.abort();
+    const headers = { Accept: "text/event-stream", ...(this.options.headers || {}) };
+    let info = {};
+    try {
+      const response = await fetch(this.base + "/events?" + this._query(token), {
+        headers, signal: controller.signal, cache: "no-store", credentials: "same-origin",
+      });
+      if (!response.ok) {
+        let reason = "";
+        try { reason = (await response.json()).error || ""; } catch { /* not JSON */ }
+        info = { status: response.status, reason };
+        if (response.status === 400) info.fatal = true; // a bad tenant id stays bad
+      } else {
+        conn.opened = true;
+        await this._readSse(conn, response.body);
+        info = { reason: "stream ended" };
+      }
+    } catch (error) {
+      if (conn.aborted) return;
+      info = { error: String(error) };
+    }
+    if (!conn.aborted) this._lost(conn, info);
+  }
+
+  async _readSse(conn, body) {
+    // The event-stream format as the WHATWG spec parses it: lines end in CRLF, LF or CR.
+    const reader = body.pipeThrough(new TextDecoderStream()).getReader();
+    conn.reader = reader;
+    let buffer = "";
+    let data = [];
+    let kind = "";
+    for (;;) {
+      const { value, done } = await reader.read();
+      if (done || conn.aborted) return;
+      this._alive(conn);
+      buffer += value;
+      for (;;) {
+        const match = /\r\n|\r|\n/.exec(buffer);
+        if (!match || (match[0] === "\r" && match.index === buffer.length - 1)) break; // CR: wait for a LF
+        const line = buffer.slice(0, match.index);
+        buffer = buffer.slice(match.index + match[0].length);
+        if (line === "") {
+          if (data.length) {
+            let parsed = null;
+            try { parsed = JSON.parse(data.join("\n")); } catch { /* skip */ }
+            if (parsed !== null) this._handle(conn, kind || "message", parsed);
+          }
+          data = [];
+          kind = "";
+        } else if (line.startsWith(":")) {
+          continue; // ": ping": already counted as a sign of life
+        } else {
+          const colon = line.indexOf(":");
+          const field = colon < 0 ? line : line.slice(0, colon);
+          let text = colon < 0 ? "" : line.slice(colon + 1);
+          if (text.startsWith(" ")) text = text.slice(1);
+          if (field === "data") data.push(text);
+          else if (field === "event") kind = text;
+        }
+        if (conn.aborted) return;
+      }
+    }
+  }
+
+  // -- messages --------------------------------------------------------------------------------
+
+  _handle(conn, kind, body) {
+    if (conn !== this._conn || this._closed) return;
+    this._alive(conn);
+    switch (kind) {
+      case "Welcome":
+        this._welcome(conn, body);
+        break;
+      case "ConfigChanged":
+        if (!conn.welcomed) return;
+        this._cursor = body.event_id;
+        this._apply(() => this.options.onChange?.(body), body.event_id);
+        break;
+      case "Resync":
+        if (!conn.welcomed) return;
+        this._cursor = body.last_event_id ?? null;
+        this._apply(() => this.options.onResync?.(body), body.last_event_id ?? null);
+        break;
+      case "Pong":
+      case "Refreshed":
+        if (conn.refreshPending) conn.refreshPending = null; // the Refresh before it was taken
+        break;
+      case "Error":
+        if (conn.refreshPending) {
+          // Refused, or a server without Refresh: reconnect with the new token, resuming.
+          this._reconnectNow(conn, "token refresh by reconnecting");
+        } else {
+          console.warn("cfgpush: the server did not accept a message:", body.message);
+        }
+        break;
+      default:
+        break;
+    }
+  }
+
+  _welcome(conn, welcome) {
+    conn.welcomed = true;
+    conn.welcomedAt = Date.now();
+    this.welcome = welcome;
+    this.transport = conn.kind;
+    this.heartbeatInterval = Number(welcome.heartbeat_interval) || 5;
+    if (conn.kind === "ws") {
+      this._wsWorked = true;
+      this._wsFailures = 0;
+      const every = this.heartbeatInterval * 1000;
+      conn.timers.push(setInterval(() => this._send(conn, "Ping"), every));
+    } else if (!this._wsWorked && this.options.transport === "auto") {
+      this._sseSticky = true; // WebSockets never worked here: stay on SSE
+    }
+    this._alive(conn);
+    const first = !this._everWelcomed;
+    this._everWelcomed = true;
+    const resumed = this._cursor;
+    this._status("open", { transport: conn.kind, welcome });
+    if (!resumed) {
+      const newest = welcome.last_event_id ?? null;
+      this._cursor = newest;
+      if (!first && newest !== null) {
+        // We had no id to resume from (the tenant had no event yet) and events came meanwhile:
+        // the server cannot replay them, so this is a Resync made here.
+        this._apply(() => this.options.onResync?.({ tenant_id: this.tenantId, last_event_id: newest,
+          reason: "no_resume_point" }), newest);
+      } else {
+        this._apply(() => this.options.onWelcome?.(welcome), newest);
+      }
+    } else if (this.lastEventId) {
+      this._ack(this.lastEventId); // convergence counts per connection: say where we are
+    }
+  }
+
+  /** Run one callback after the previous ones (events apply in order), then Ack its id. */
+  _apply(callback, eventId) {
+    this._chain = this._chain.then(async () => {
+      if (this._closed) return;
+      try {
+        await callback();
+      } catch (error) {
+        console.error("cfgpush: a callback failed; the event is not acknowledged", error);
+        return;
+      }
+      if (this._closed || eventId === null || eventId === undefined) return;
+      this.lastEventId = eventId;
+      this._save(eventId);
+      this._ack(eventId);
+    });
+  }
+
+  _ack(eventId) {
+    const conn = this._conn;
+    if (conn && conn.welcomed && conn.kind === "ws") this._send(conn, { Ack: { event_id: eventId } });
+  }
+
+  _send(conn, message) {
+    if (conn.ws && conn.ws.readyState === 1) conn.ws.send(JSON.stringify(message));
+  }
+
+  // -- liveness and reconnecting ---------------------------------------------------------------
+
+  _alive(conn) {
+    if (conn.welcomed) this._watch(conn, 2 * this.heartbeatInterval * 1000, "server silent for two heartbeat intervals");
+  }
+
+  _watch(conn, ms, why) {
+    clearTimeout(conn.watchdog);
+    conn.watchdog = setTimeout(() => this._reconnectNow(conn, why, true), ms);
+  }
+
+  _reconnectNow(conn, reason, failure = false) {
+    if (conn !== this._conn) return;
+    this._teardown(conn, 4000, reason);
+    this._lost(conn, { reason, immediate: !failure });
+  }
+
+  _teardown(conn, code, reason) {
+    conn.aborted = true;
+    clearTimeout(conn.watchdog);
+    conn.timers.forEach(clearInterval);
+    if (conn.ws) {
+      const ws = conn.ws;
+      ws.onopen = ws.onmessage = ws.onerror = ws.onclose = null;
+      try { ws.close(code >= 4000 || code === 1000 ? code : 1000, reason.slice(0, 100)); } catch { /* closing */ }
+    }
+    if (conn.abort) conn.abort();
+  }
+
+  _lost(conn, info) {
+    if (conn !== this._conn || this._closed) return;
+    this._teardown(conn, 1000, "reconnecting");
+    this._conn = null;
+    if (conn.kind === "ws" && !conn.opened) this._wsFailures += 1;
+    if (conn.kind === "sse" && !conn.welcomed) {
+      if (!this._sseSticky) this._wsFailures = 0; // neither works: the server is away, try WebSocket again
+    }
+    if (conn.welcomed && Date.now() - conn.welcomedAt >= this.options.stableAfter) this._attempt = 0;
+    if (info.fatal) {
+      this._status("failed", info);
+      this._closed = true;
+      return;
+    }
+    const delay = info.immediate ? 0 : backoffDelay(this._attempt, this.options.backoffMin, this.options.backoffMax);
+    if (!info.immediate) this._attempt += 1;
+    this._status("reconnecting", { ...info, delay, attempt: this._attempt });
+    this._timer = setTimeout(() => this._connect(), delay);
+  }
+
+  // -- tokens ----------------------------------------------------------------------------------
+
+  _planRefresh(token) {
+    clearTimeout(this._refreshTimer);
+    const exp = this.options.getToken ? decodeExp(token) : null;
+    if (exp === null) return;
+    const left = exp * 1000 - Date.now();
+    const wait = Math.max(1000, left - Math.min(this.options.refreshLead, left / 5));
+    this._refreshTimer = setTimeout(() => this._refresh(), wait);
+  }
+
+  async _refresh() {
+    if (this._closed) return;
+    let token;
+    try {
+      token = this._token = await this.options.getToken();
+    } catch (error) {
+      console.warn("cfgpush: getToken failed; retrying at the next reconnect", error);
+      return;
+    }
+    const conn = this._conn;
+    if (this._closed || !conn) return;
+    this._freshToken = true; // the reconnect below (if any) uses it without asking again
+    this._planRefresh(token);
+    if (conn.kind === "ws" && conn.welcomed) {
+      // Refresh in place: the server answers Refreshed, or Error (refused, or a server
+      // without Refresh): then reconnect with the new token. The Ping behind it makes a
+      // server that ignores it answer anyway.
+      conn.refreshPending = token;
+      this._send(conn, { Refresh: { token } });
+      this._send(conn, "Ping");
+    } else if (conn.welcomed) {
+      this._reconnectNow(conn, "token refresh by reconnecting");
+    }
+  }
+
+  // -- storage and status ----------------------------------------------------------------------
+
+  _load() {
+    if (!this.options.storage) return null;
+    try { return globalThis.sessionStorage?.getItem(this.storageKey) ?? null; } catch { return null; }
+  }
+
+  _save(eventId) {
+    if (!this.options.storage) return;
+    try { globalThis.sessionStorage?.setItem(this.storageKey, eventId); } catch { /* full or denied */ }
+  }
+
+  _status(state, info) {
+    this.state = state;
+    try {
+      this.options.onStatus?.({ state, transport: info.transport ?? this.transport, lastEventId: this.lastEventId, ...info });
+    } catch (error) {
+      console.error("cfgpush: onStatus failed", error);
+    }
+  }
+}
+
+CfgPush.PROTOCOL = PROTOCOL;
+export default CfgPush;
