@@ -91,7 +91,9 @@ def test_disable_plugin_flag_removes_it(tmp_path):
 
 @pytest.mark.parametrize("variable", ["CFGPUSH_DISABLE_PLUGIN", "CFGPUSH_DISABLE_PLUGINS"])
 def test_disable_plugin_environment_removes_it(tmp_path, variable):
-    names = "filesystem,ticker" if ticker_installed() else "filesystem"
+    from tornado_cfgpush.plugins import known_plugin_names
+
+    names = ",".join(sorted(known_plugin_names()))  # every plugin, built-in and installed (postgres, webhook, ...)
     plugins = listed(run_cli("--plugins", cwd=tmp_path, env=clean_env(**{variable: names})))
     assert plugins == {}
 

@@ -146,3 +146,44 @@ async def wait_for_async(check, timeout: float = 60.0) -> None:
     while not await check():
         assert loop.time() < deadline, f"not within {timeout} s: {check}"
         await asyncio.sleep(0.1)  # wait-ok: polling a condition under a deadline
+
+
+@pytest.mark.gen_test(timeout=180)
+async def test_edits_made_while_the_only_node_was_down_are_published_at_restart(start, redis_server, config_dir,
+                                                                               clients):
+    args = ("--port", "0", "--config-dir", str(config_dir), "--broker", redis_server.url,
+            "--debounce-ms", "30", "--disable-plugin", "ticker", "--publish-token", "publish-token-1")
+    node = start(*args)
+    port = int((await node.wait_log(LISTENING)).group(1))
+    client = await clients(port)
+    await client.expect("Welcome", timeout=WAIT)
+    (config_dir / "acme" / "app.json").write_text('{"a": 2}')
+    last = (await client.expect("ConfigChanged", timeout=WAIT))["event_id"]
+    # Another source's path (here the publish API's): not the filesystem's to delete later.
+    http = AsyncHTTPClient(force_instance=True)
+    try:
+        await http.fetch(f"http://127.0.0.1:{port}/api/v1/events", method="POST",
+                         headers={"Authorization": "Bearer publish-token-1", "Content-Type": "application/json"},
+                         body=json.dumps({"tenant_id": "acme", "change_type": "created", "path": "from-api.json",
+                                          "checksum": "sha256:" + "e" * 64}))
+    finally:
+        http.close()
+    last = (await client.expect("ConfigChanged", timeout=WAIT))["event_id"]
+    node.proc.send_signal(signal.SIGTERM)
+    assert await node.wait_exit(timeout=30) == 0
+    # Edits while no node runs.
+    (config_dir / "acme" / "app.json").write_text('{"a": 3}')
+    (config_dir / "acme" / "new.json").write_text("{}")
+    (config_dir / "globex" / "app.json").unlink()
+    again = start(*args)
+    port = int((await again.wait_log(LISTENING)).group(1))
+    acme = await clients(port, last_event_id=last)
+    await acme.expect("Welcome", timeout=WAIT)
+    seen = {}
+    for _ in range(2):
+        event = await acme.expect("ConfigChanged", timeout=WAIT)
+        seen[event["path"]] = event["change_type"]
+    assert seen == {"app.json": "modified", "new.json": "created"}
+    await acme.expect_nothing(0.5)  # nothing for from-api.json, nothing twice
+    globex = await clients(port, "globex", manifest="1")
+    assert (await globex.expect("Welcome", timeout=WAIT))["manifest"] == {}

@@ -12,6 +12,7 @@ import signal
 import socket
 from typing import Any, Iterable
 
+from marshmallow import ValidationError
 from pluggy import PluginManager
 from tornado import httpserver, netutil, web
 
@@ -20,6 +21,8 @@ from .broker.memory import MemoryBroker
 from .handlers import default_handlers
 from .handlers.health import NotFoundHandler
 from .hub import Hub
+from .limits import ConnectionLimits
+from .metrics import BROKER_UNAVAILABLE, INVALID, Metrics
 from .plugins import get_plugin_manager
 from .schemas import config_changed_schema
 from .settings import Settings
@@ -41,6 +44,8 @@ class CfgPush:
         self.pm = plugin_manager if plugin_manager is not None else get_plugin_manager(settings.disabled_plugins)
         self.hub = Hub(heartbeat_interval=settings.heartbeat_interval, heartbeat_timeout=settings.heartbeat_timeout)
         self.broker = broker if broker is not None else self._make_broker()
+        self.metrics = Metrics(self)  # /metrics; counts per event, reads the hub's counters
+        self.limits = ConnectionLimits.from_settings(settings)  # /ws + /events slots (limits.py)
         self.runner: SourceRunner | None = None
         self._tasks: set[asyncio.Task] = set()  # Resyncs started from the broker's callbacks
 
@@ -73,7 +78,8 @@ class CfgPush:
         duplicates = {n for n in names if names.count(n) > 1}
         if duplicates:
             raise ValueError(f"two event sources share the name(s): {', '.join(sorted(duplicates))}")
-        self.runner = SourceRunner(sources, self.publish, gap=self.source_gap)
+        self.runner = SourceRunner(sources, self.publish, gap=self.source_gap,
+                                   published_states=self.broker.published_states)
         self.runner.start()
         self.hub.start()
         log.info("sources running: %s", ", ".join(names) or "none")
@@ -93,10 +99,21 @@ class CfgPush:
 
         Raises ``marshmallow.ValidationError`` for a bad payload; nothing is published then.
         """
-        fields = config_changed_schema.load(payload)
+        counted = source or "unknown"  # the publisher, not a payload field: bounded label values
+        try:
+            fields = config_changed_schema.load(payload)
+        except ValidationError:
+            self.metrics.rejected(counted, INVALID)
+            raise
         if source is not None:
             fields.setdefault("source", source)
-        return await self.broker.publish(fields)
+        try:
+            event_id = await self.broker.publish(fields)
+        except BrokerUnavailable:
+            self.metrics.rejected(counted, BROKER_UNAVAILABLE)
+            raise
+        self.metrics.published(counted, fields["tenant_id"])
+        return event_id
 
     async def source_gap(self, tenant_ids: Iterable[str] | None, source: str, reason: str = SOURCE_GAP) -> None:
         """``Resync`` (``source_gap`` by default) to the clients of ``tenant_ids`` (None: every tenant)."""
@@ -138,23 +155,29 @@ class CfgPush:
         await asyncio.wait_for(asyncio.gather(*(e.wait() for e in events)), timeout)
 
     def manifest(self, tenant_id: str) -> dict[str, str] | None:
-        """``{path: checksum}`` of the tenant's files from the first source that can list them."""
+        """``{path: checksum}`` of the tenant's files, from every source that can list them
+        (the filesystem and a database may both hold some); None when none can."""
+        manifest: dict[str, str] | None = None
         for source in self.sources:
             lister = getattr(source, "manifest", None)
-            if lister is not None:
-                found = lister(tenant_id)
-                if found is not None:
-                    return found
-        return None
+            found = lister(tenant_id) if lister is not None else None
+            if found is not None:
+                manifest = {**(manifest or {}), **found}
+        return manifest
 
 
 def make_app(core: CfgPush, **tornado_settings: Any) -> web.Application:
     settings = {
         "websocket_max_message_size": core.settings.max_message_size,
         "default_handler_class": NotFoundHandler,
+        # Exact --allowed-origin values; our handlers also match *.example.com patterns (auth.py).
+        "trusted_origins": [o for o in core.settings.allowed_origins if "*" not in o],
         **tornado_settings,
     }
-    app = web.Application(default_handlers(core), **settings)
+    # Plugins' routes come after the built-in ones: Tornado takes the first match, so a
+    # plugin cannot take over /ws, /metrics, ...
+    plugin_routes = [r for found in core.pm.hook.cfgpush_register_routes(settings=core.settings) for r in found or ()]
+    app = web.Application(default_handlers(core) + plugin_routes, **settings)
     app.cfgpush = core
     return app
 
@@ -174,6 +197,18 @@ def bind(settings: Settings) -> list[socket.socket]:
     return netutil.bind_sockets(settings.port, settings.host, family=socket.AF_UNSPEC)
 
 
+def server_options(settings: Settings) -> dict[str, Any]:
+    """``HTTPServer`` limits (SECURITY.md): a connection must send its whole request head
+    within ``handshake_timeout`` (idle before the upgrade too) and within ``max_header_size``
+    bytes, else Tornado closes it; bodies (the publish API's) are bounded in size and time."""
+    return {
+        "idle_connection_timeout": settings.handshake_timeout,
+        "body_timeout": settings.handshake_timeout,
+        "max_header_size": settings.max_header_size,
+        "max_body_size": 1024 * 1024,  # the publish API answers 413 past 64 KiB itself
+    }
+
+
 async def serve(settings: Settings, plugin_manager: PluginManager | None = None,
                 stop: asyncio.Event | None = None, sockets: list[socket.socket] | None = None) -> None:
     """Run until SIGTERM/SIGINT (or ``stop`` is set); then close clients with 1001 and return."""
@@ -185,10 +220,12 @@ async def serve(settings: Settings, plugin_manager: PluginManager | None = None,
     core = CfgPush(settings, plugin_manager)
     try:
         await core.start()
+        app = make_app(core, log_function=log_request)  # plugins' routes are asked for here
     except Exception as exc:
-        # A plugin refusing its own settings in cfgpush_register_sources (or two sources
-        # sharing a name) is a start-up error like a bad flag: it used to escape as a
-        # traceback from asyncio.run. Undo what started; the CLI reports it in one line.
+        # A plugin refusing its own settings in cfgpush_register_sources or in
+        # cfgpush_register_routes (or two sources sharing a name) is a start-up error like a
+        # bad flag: it used to escape as a traceback from asyncio.run. Undo what started; the
+        # CLI reports it in one line.
         try:
             await core.stop()
         except Exception:
@@ -203,7 +240,7 @@ async def serve(settings: Settings, plugin_manager: PluginManager | None = None,
         await core.wait_started(timeout=settings.drain_timeout * 6)
     except asyncio.TimeoutError:
         log.warning("some sources have not started yet; listening anyway")
-    server = httpserver.HTTPServer(make_app(core, log_function=log_request))
+    server = httpserver.HTTPServer(app, **server_options(settings))
     server.add_sockets(sockets)
     for sock in sockets:
         host, port = sock.getsockname()[:2]

@@ -18,13 +18,16 @@ from pathlib import Path
 from typing import Any, Callable, NoReturn, Sequence
 from urllib.parse import urlsplit, urlunsplit
 
-from . import __version__
+from . import __version__, auth, logs
+from .config_file import ConfigFile, PluginOption, add_plugin_options, parse_bool, plugin_values
+from .config_file import render as render_config
 from .plugins import PluginError, describe_plugins, get_plugin_manager, known_plugin_names
 from .settings import Settings
 
 PROG = "cfgpush-serve"
 ENV_PREFIX = "CFGPUSH_"
 LOG_LEVELS = ("DEBUG", "INFO", "WARNING", "ERROR")
+LOG_FORMATS = ("text", "json")
 
 
 class UsageError(Exception):
@@ -60,6 +63,12 @@ def _log_level(text: str) -> str:
     if text.upper() not in LOG_LEVELS:
         raise ValueError(f"log level must be one of {', '.join(LOG_LEVELS)}, not {text!r}")
     return text.upper()
+
+
+def _log_format(text: str) -> str:
+    if text.lower() not in LOG_FORMATS:
+        raise ValueError(f"log format must be one of {', '.join(LOG_FORMATS)}, not {text!r}")
+    return text.lower()
 
 
 def _secret(what: str) -> Callable[[str], str]:
@@ -102,6 +111,10 @@ SETTING_FLAGS: dict[str, tuple[str, Callable[[str], Any], str]] = {
     "--heartbeat-interval": ("heartbeat_interval", _positive_float("heartbeat interval"), "seconds between protocol pings"),
     "--heartbeat-timeout": ("heartbeat_timeout", _positive_float("heartbeat timeout"), "drop a client silent for this long"),
     "--log-level": ("log_level", _log_level, "DEBUG, INFO, WARNING or ERROR"),
+    "--log-format": ("log_format", _log_format, "text, or json (one JSON object per line, with tenant, connection "
+                     "and source where they apply)"),
+    "--metrics-tenant-labels": ("metrics_tenant_labels", parse_bool, "label /metrics series by tenant "
+                                "(one series per tenant: small fleets only)"),
     "--max-message-size": ("max_message_size", _int_in(16, None, "max message size"), "largest client frame in bytes (1009 past it)"),
     "--max-client-rate": ("max_client_rate", _int_in(1, None, "max client rate"), "client messages per second (1008 past it)"),
     "--max-backlog-bytes": ("max_backlog_bytes", _int_in(1024, None, "max backlog"), "unsent bytes per client before it is closed with 1013"),
@@ -111,10 +124,37 @@ SETTING_FLAGS: dict[str, tuple[str, Callable[[str], Any], str]] = {
     "--broker": ("broker", _broker_url, "redis://host:port/db (or rediss://, unix://) to share events between nodes; "
                  "the embedded broker without it"),
     "--admin-token": ("admin_token", _secret("admin token"), "bearer token for /api/v1/tenants/<id> (off without it)"),
-    "--publish-token": ("publish_token", _secret("publish token"), "bearer token for POST /api/v1/events (off without it)"),
+    "--publish-token": ("publish_token", auth.parse_tokens("publish token"),
+                        "bearer token(s) for POST /api/v1/events, repeatable or comma-separated (off without it)"),
+    "--jwt-secret": ("jwt_secret", auth.parse_jwt_secret, "HS256 secret (32 bytes at least): subscribers need a JWT"),
+    "--jwt-public-key": ("jwt_public_key", auth.parse_public_key_file, "PEM public key FILE (RS256 or ES256): "
+                         "subscribers need a JWT"),
+    "--jwks": ("jwks", auth.parse_jwks_file, "JWKS FILE of public keys (kid picks one): subscribers need a JWT"),
+    "--jwt-algorithm": ("jwt_algorithm", auth.parse_algorithm, "HS256, RS256 or ES256 (default: from the key)"),
+    "--jwt-tenant-claim": ("jwt_tenant_claim", auth.parse_claim, "JWT claim naming the tenant"),
+    "--jwt-issuer": ("jwt_issuer", str, "required iss of JWTs (not checked without it)"),
+    "--jwt-audience": ("jwt_audience", str, "required aud of JWTs (not checked without it)"),
+    "--allowed-origin": ("allowed_origins", auth.parse_origins, "cross-site page allowed to connect: https://app.example.com "
+                         "or *.example.com; repeatable or comma-separated (same-origin always is)"),
+    "--max-connections": ("max_connections", _int_in(0, None, "max connections"), "connections to /ws and /events "
+                          "(503 past it; 0: no limit)"),
+    "--max-connections-per-ip": ("max_connections_per_ip", _int_in(0, None, "max connections per ip"),
+                                 "connections from one client address (429 past it; 0: no limit)"),
+    "--max-connections-per-tenant": ("max_connections_per_tenant", _int_in(0, None, "max connections per tenant"),
+                                     "connections of one tenant (429 past it; 0: no limit)"),
+    "--handshake-timeout": ("handshake_timeout", _positive_float("handshake timeout"), "seconds a connection may take "
+                            "to send its request headers (idle before the upgrade included)"),
+    "--max-header-size": ("max_header_size", _int_in(1024, None, "max header size"), "bytes of request line and "
+                          "headers (the connection is closed past it)"),
+    "--max-query-size": ("max_query_size", _int_in(256, None, "max query size"), "bytes of the query string of "
+                         "/ws and /events (414 past it)"),
 }
 # Settings that are secrets: never logged, and readable from a file named by CFGPUSH_<FLAG>_FILE.
-SECRET_FIELDS = {"admin_token", "publish_token"}
+SECRET_FIELDS = {"admin_token", "publish_token", "jwt_secret"}
+# Flags that may be given more than once; the values are joined by commas, as in the environment.
+REPEATABLE_FIELDS = {"allowed_origins", "publish_token"}
+# Settings that are switches: the flag alone means true (--metrics-tenant-labels [true|false]).
+BOOLEAN_FIELDS = {"metrics_tenant_labels"}
 
 
 def env_name(flag: str) -> str:
@@ -132,20 +172,35 @@ def build_parser() -> argparse.ArgumentParser:
     for flag, (field, _, help_text) in SETTING_FLAGS.items():
         # type=str: values are parsed after merging with the environment, by one parser.
         parser.add_argument(flag, dest=field, default=None, metavar=field.upper(),
+                            **({"nargs": "?", "const": "true"} if field in BOOLEAN_FIELDS else {}),
+                            **({"action": "append"} if field in REPEATABLE_FIELDS else {}),
                             help=f"{help_text} (default {getattr(defaults, field)}; env {env_name(flag)})")
     parser.add_argument("--disable-plugin", dest="disabled_plugins", action="append", default=None, metavar="NAME",
                         help="do not load this plugin, built-in or third-party; repeatable "
                              "(env CFGPUSH_DISABLE_PLUGIN, comma-separated)")
+    parser.add_argument("--config", metavar="FILE", default=None,
+                        help="read settings from this TOML file, every flag a key without '--' "
+                             "(env CFGPUSH_CONFIG); flags and environment variables win over it")
+    parser.add_argument("--print-config", action="store_true",
+                        help="print the effective configuration as TOML (secrets redacted) and exit")
     parser.add_argument("--plugins", action="store_true", help="print the loaded plugins as JSON and exit")
     parser.add_argument("--version", action="version", version=f"{PROG} {__version__}")
     return parser
 
 
-def settings_from(args: argparse.Namespace, environ: dict[str, str]) -> Settings:
-    """Merge flags over environment over defaults; raise UsageError naming the culprit."""
+def settings_from(args: argparse.Namespace, environ: dict[str, str], config: ConfigFile | None = None,
+                  plugin_options: Sequence[PluginOption] | None = None,
+                  origins: dict[str, str] | None = None) -> Settings:
+    """Merge flags over environment over the ``--config`` file over defaults; raise UsageError
+    naming the culprit. ``plugin_options`` (None: not known yet, the file's other keys are not
+    checked) land in ``settings.extra``; ``origins`` gets where each value came from."""
+    config = config if config is not None else ConfigFile()
+    origins = origins if origins is not None else {}
     values: dict[str, Any] = {}
     for flag, (field, parse, _) in SETTING_FLAGS.items():
         given = getattr(args, field)
+        if isinstance(given, list):  # a repeatable flag (REPEATABLE_FIELDS)
+            given = ",".join(given)
         origin = flag
         if given is None and env_name(flag) in environ:
             given, origin = environ[env_name(flag)], env_name(flag)
@@ -155,12 +210,29 @@ def settings_from(args: argparse.Namespace, environ: dict[str, str]) -> Settings
                 given = Path(environ[origin]).read_text()
             except OSError as exc:
                 raise UsageError(f"{origin}: cannot read {environ[origin]!r}: {exc.strerror or exc}") from None
+        elif given is None and config.has(flag):
+            origin = config.origin(flag)
+            try:
+                given = config.text(flag, many=field in REPEATABLE_FIELDS)
+            except ValueError as exc:
+                raise UsageError(str(exc)) from None
         if given is not None:
             try:
                 values[field] = parse(given)
             except ValueError as exc:
                 raise UsageError(f"{origin}: {exc}") from None
+            origins[field] = origin
     disabled = args.disabled_plugins
+    origins["disabled_plugins"] = "--disable-plugin" if disabled is not None else "default"
+    if disabled is None and not (environ.get("CFGPUSH_DISABLE_PLUGIN") or environ.get("CFGPUSH_DISABLE_PLUGINS")) \
+            and config.has("--disable-plugin"):
+        try:
+            disabled = _names(config.text("--disable-plugin", many=True))
+        except ValueError as exc:
+            raise UsageError(str(exc)) from None
+        origins["disabled_plugins"] = config.origin("--disable-plugin")
+    elif disabled is None and (environ.get("CFGPUSH_DISABLE_PLUGIN") or environ.get("CFGPUSH_DISABLE_PLUGINS")):
+        origins["disabled_plugins"] = "CFGPUSH_DISABLE_PLUGIN"
     if disabled is None:
         disabled = _names(environ.get("CFGPUSH_DISABLE_PLUGIN", "") or environ.get("CFGPUSH_DISABLE_PLUGINS", ""))
     known = known_plugin_names()
@@ -169,25 +241,59 @@ def settings_from(args: argparse.Namespace, environ: dict[str, str]) -> Settings
         raise UsageError(f"--disable-plugin: unknown plugin {', '.join(map(repr, unknown))} "
                          f"(known: {', '.join(sorted(known))})")
     values["disabled_plugins"] = tuple(dict.fromkeys(disabled))
+    if plugin_options is not None:
+        try:
+            config.check_known([*SETTING_FLAGS, "--disable-plugin", *(o.flag for o in plugin_options)])
+            values["extra"] = plugin_values(list(plugin_options), args, environ, config, env_name, origins)
+        except ValueError as exc:
+            raise UsageError(str(exc)) from None
     try:
         return Settings(**values)
     except ValueError as exc:
         raise UsageError(str(exc)) from None
 
 
-def configure_logging(level: str) -> None:
-    logging.basicConfig(level=level, stream=sys.stderr,
-                        format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+def configure_logging(level: str, log_format: str = "text") -> None:
+    """Text or JSON lines on stderr, with tenant, connection and source (tornado_cfgpush.logs)."""
+    logs.configure(level, log_format)
+
+
+def load_configuration(argv: Sequence[str], environ: dict[str, str], *, extra_plugins: Sequence = ()):
+    """Flags, environment and ``--config`` file, plugins' options included.
+
+    Returns ``(settings, plugin_manager, args, origins, plugin_options)``. The command line is
+    read twice: first for what decides which plugins load (``--disable-plugin``, ``--config``),
+    then, once the plugins have added their options (``cfgpush_add_options``), in full.
+    """
+    argv = list(argv)
+    first, _ = build_parser().parse_known_args([a for a in argv if a not in ("-h", "--help")])
+    try:
+        config = ConfigFile.load(first.config or environ.get(ENV_PREFIX + "CONFIG"))
+    except ValueError as exc:
+        raise UsageError(str(exc)) from None
+    disabled = settings_from(first, environ, config).disabled_plugins
+    pm = get_plugin_manager(disabled, extra_plugins=extra_plugins)
+    parser = build_parser()
+    try:
+        options = add_plugin_options(parser, pm)
+    except ValueError as exc:
+        raise PluginError(str(exc)) from None
+    args = parser.parse_args(argv)
+    origins: dict[str, str] = {}
+    settings = settings_from(args, environ, config, options, origins)
+    return settings, pm, args, origins, options
 
 
 def main(argv: Sequence[str] | None = None, environ: dict[str, str] | None = None) -> int:
     environ = dict(os.environ if environ is None else environ)
     try:
-        args = build_parser().parse_args(argv)
-        settings = settings_from(args, environ)
-        pm = get_plugin_manager(settings.disabled_plugins)
+        settings, pm, args, origins, plugin_options = load_configuration(
+            sys.argv[1:] if argv is None else argv, environ)
         if args.plugins:
             print(json.dumps(describe_plugins(pm), indent=2))
+            return 0
+        if args.print_config:
+            print(render_config(settings, origins, SETTING_FLAGS, SECRET_FIELDS, plugin_options, redact_url), end="")
             return 0
         if "filesystem" not in settings.disabled_plugins and not settings.config_dir.is_dir():
             raise UsageError(f"--config-dir: folder {str(settings.config_dir)!r} does not exist "
@@ -200,7 +306,7 @@ def main(argv: Sequence[str] | None = None, environ: dict[str, str] | None = Non
     except (UsageError, PluginError) as exc:
         print(f"{PROG}: error: {exc}", file=sys.stderr)
         return 2
-    configure_logging(settings.log_level)
+    configure_logging(settings.log_level, settings.log_format)
     logging.getLogger("cfgpush").info("cfgpush %s starting with %s", __version__, _shown(settings))
     try:
         asyncio.run(serve(settings, pm, sockets=sockets))
@@ -218,7 +324,7 @@ def _shown(settings: Settings) -> str:
     if settings.broker:
         shown["broker"] = redact_url(settings.broker)
     shown["config_dir"] = str(settings.config_dir)
-    return json.dumps(shown)
+    return json.dumps(shown, default=str)  # default: the key files' paths (jwt_public_key, jwks)
 
 
 if __name__ == "__main__":  # pragma: no cover

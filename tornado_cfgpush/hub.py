@@ -9,7 +9,8 @@ from __future__ import annotations
 
 import logging
 import time
-from typing import Iterable, Protocol
+from time import perf_counter
+from typing import Callable, Iterable, Protocol
 
 from tornado.iostream import IOStream, StreamClosedError
 from tornado.ioloop import PeriodicCallback
@@ -75,6 +76,8 @@ class Hub:
         self.deliveries = 0
         self.heartbeat_closes = 0
         self.slow_closes = 0
+        # Called as observer(event, recipients, seconds) after each fan-out (tornado_cfgpush.metrics).
+        self.delivery_observer: Callable[[Event, int, float], None] | None = None
 
     # -- registry ---------------------------------------------------------------------------
 
@@ -111,9 +114,13 @@ class Hub:
             return
         # A copy: a failed write removes its connection from the set during the loop.
         recipients = tuple(conns)
+        started = perf_counter()
         for conn in recipients:
             conn.deliver(event)
         self.deliveries += len(recipients)
+        observer = self.delivery_observer
+        if observer is not None:  # metrics: once per event, never per recipient
+            observer(event, len(recipients), perf_counter() - started)
 
     # -- heartbeat ----------------------------------------------------------------------------
 
@@ -135,7 +142,8 @@ class Hub:
             if conn.last_seen < deadline:
                 self.heartbeat_closes += 1
                 log.info("closing silent connection (tenant %s, no frame for %.1f s)",
-                         conn.tenant_id, time.monotonic() - conn.last_seen)
+                         conn.tenant_id, time.monotonic() - conn.last_seen,
+                         extra={"tenant": conn.tenant_id, "connection": getattr(conn, "conn_id", None)})
                 conn.close_dead()
             else:
                 conn.send_ping()

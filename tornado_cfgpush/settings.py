@@ -20,6 +20,10 @@ class Settings:
     heartbeat_interval: float = 5.0
     heartbeat_timeout: float = 10.0
     log_level: str = "INFO"
+    # "text" (one human line per record) or "json" (JSON lines, tornado_cfgpush.logs).
+    log_format: str = "text"
+    # /metrics: a tenant label on connections, published events and deliveries (small fleets only).
+    metrics_tenant_labels: bool = False
     disabled_plugins: tuple[str, ...] = ()
     # Client frames: PROTOCOL.md section 2 (1009 over the size, 1008 over the rate).
     max_message_size: int = 4096
@@ -36,8 +40,32 @@ class Settings:
     broker: str | None = field(default=None, repr=False)
     # Bearer token for the operations API (/api/v1/tenants/...); None: that API is off.
     admin_token: str | None = field(default=None, repr=False)
-    # Bearer token of the publish API (POST /api/v1/events); None: that API is off.
-    publish_token: str | None = field(default=None, repr=False)
+    # Bearer token(s) of the publish API (POST /api/v1/events); None: that API is off.
+    # Several: a tuple, or one string of comma-separated tokens (tornado_cfgpush.auth).
+    publish_token: str | tuple[str, ...] | None = field(default=None, repr=False)
+    # Subscriber authentication (tornado_cfgpush.auth, SECURITY.md): off while none of
+    # jwt_secret (HS256), jwt_public_key (a PEM file: RS256/ES256) and jwks (a JWKS file) is set.
+    jwt_secret: str | None = field(default=None, repr=False)
+    jwt_public_key: Path | None = None
+    jwks: Path | None = None
+    jwt_algorithm: str | None = None  # None: HS256 for a secret, else from the key
+    jwt_tenant_claim: str = "tenant_id"
+    jwt_issuer: str | None = None
+    jwt_audience: str | None = None
+    # Cross-site pages allowed to connect: exact origins or "*.example.com" patterns;
+    # same-origin requests always pass.
+    allowed_origins: tuple[str, ...] = ()
+    # Connections to /ws and /events together (0: no limit): past the server-wide one 503,
+    # past the per-address or per-tenant one 429.
+    max_connections: int = 10_000
+    max_connections_per_ip: int = 2_500
+    max_connections_per_tenant: int = 5_000
+    # Seconds a connection may take to send its request headers (idle before the upgrade too).
+    handshake_timeout: float = 10.0
+    # Bytes of request line and headers (Tornado closes the connection past it), and of the
+    # query string of /ws and /events (414 past it).
+    max_header_size: int = 16 * 1024
+    max_query_size: int = 4096
     # Extra, plugin-owned settings (name -> value); never interpreted by the core.
     extra: dict = field(default_factory=dict, hash=False, compare=False)
 
@@ -52,3 +80,15 @@ class Settings:
             raise ValueError("heartbeat_timeout must be at least heartbeat_interval")
         if self.debounce_ms < 0:
             raise ValueError("debounce_ms must not be negative")
+        for name in ("jwt_public_key", "jwks"):
+            if isinstance(getattr(self, name), str):
+                object.__setattr__(self, name, Path(getattr(self, name)))
+        object.__setattr__(self, "allowed_origins", tuple(self.allowed_origins))
+        keys = [name for name in ("jwt_secret", "jwt_public_key", "jwks") if getattr(self, name)]
+        if len(keys) > 1:
+            raise ValueError("give one JWT key only: --jwt-secret, --jwt-public-key or --jwks, not "
+                             + " and ".join("--" + k.replace("_", "-") for k in keys))
+        if self.jwt_algorithm and self.jwt_secret and self.jwt_algorithm != "HS256":
+            raise ValueError(f"--jwt-algorithm {self.jwt_algorithm} needs --jwt-public-key or --jwks, not --jwt-secret")
+        if self.jwt_algorithm == "HS256" and (self.jwt_public_key or self.jwks):
+            raise ValueError("--jwt-algorithm HS256 needs --jwt-secret, not a public key")

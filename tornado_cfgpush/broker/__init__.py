@@ -64,6 +64,12 @@ class Broker(abc.ABC):
     async def catch_up(self, tenant_id: str, since: str | None) -> Catchup:
         """The newest id of ``tenant_id`` and, when ``since`` is given, what came after it."""
 
+    async def published_states(self, tenant_id: str, source: str) -> dict[str, str | None]:
+        """``{path: checksum, or None when deleted}`` for the paths of the tenant whose last
+        event came from ``source`` (the idempotence record). A source that starts after a
+        downtime compares it with what it finds, so changes made meanwhile are not lost."""
+        return {}
+
     def readiness(self) -> str | None:
         """None when ready, else the reason it is not."""
         return None

@@ -40,7 +40,7 @@ class _TenantLog:
         self.seq = 0
         self.history: deque[tuple[float, Event]] = deque()
         # path -> (change_type is deleted or checksum, event_id): the idempotence record.
-        self.last_by_path: dict[str, tuple[str | None, str]] = {}
+        self.last_by_path: dict[str, tuple[str | None, str, str]] = {}  # path -> (state, id, source)
 
 
 def _dedupe_key(fields: dict[str, Any]) -> str | None:
@@ -92,10 +92,10 @@ class MemoryBroker(Broker):
             if key is None:
                 log.last_by_path.pop(path, None)
             else:
-                log.last_by_path[path] = (key, event.event_id)
+                log.last_by_path[path] = (key, event.event_id, fields.get("source") or "")
             old_path = (fields.get("meta") or {}).get("old_path")
             if fields["change_type"] == "moved" and isinstance(old_path, str):
-                log.last_by_path[old_path] = ("deleted", event.event_id)
+                log.last_by_path[old_path] = ("deleted", event.event_id, fields.get("source") or "")
         now = self._clock()
         log.history.append((now, event))
         self._trim(log, now)
@@ -115,6 +115,13 @@ class MemoryBroker(Broker):
         if log is None or log.seq == 0:
             return None
         return f"{self.epoch}-{log.seq}"
+
+    async def published_states(self, tenant_id: str, source: str) -> dict[str, str | None]:
+        log = self._tenants.get(tenant_id)
+        if log is None:
+            return {}
+        return {path: None if state == "deleted" else state
+                for path, (state, _, by) in log.last_by_path.items() if by == source}
 
     async def catch_up(self, tenant_id: str, since: str | None) -> Catchup:
         newest = self.newest_event_id(tenant_id)

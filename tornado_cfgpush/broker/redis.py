@@ -41,14 +41,19 @@ log = logging.getLogger("cfgpush.broker.redis")
 # Dedupe, append, trim and announce in one atomic step: a publish is all or nothing, and
 # stream order is pub/sub order. Returns the new id, or the earlier id of an equal event.
 # KEYS: history stream, paths hash. ARGV: body (JSON), path, state ("" = not comparable),
-# old path of a move, history size, history ttl (ms), channel.
+# old path of a move, history size, history ttl (ms), channel, source. The paths hash holds
+# "<state> <id> <source>" per path.
 PUBLISH = """
 local path, state = ARGV[2], ARGV[3]
 if state ~= '' then
   local previous = redis.call('HGET', KEYS[2], path)
   if previous then
     local cut = string.find(previous, ' ', 1, true)
-    if string.sub(previous, 1, cut - 1) == state then return string.sub(previous, cut + 1) end
+    if string.sub(previous, 1, cut - 1) == state then
+      local rest = string.sub(previous, cut + 1)
+      local cut2 = string.find(rest, ' ', 1, true)
+      return cut2 and string.sub(rest, 1, cut2 - 1) or rest
+    end
   end
 end
 local last = redis.call('XREVRANGE', KEYS[1], '+', '-', 'COUNT', 1)[1]
@@ -56,8 +61,8 @@ local id = redis.call('XADD', KEYS[1], 'MAXLEN', '~', ARGV[5], '*', 'p', last an
 local ms = tonumber(string.match(id, '^%d+'))
 redis.call('XTRIM', KEYS[1], 'MINID', '~', string.format('%d', math.max(ms - tonumber(ARGV[6]), 0)))
 if path ~= '' then
-  if state == '' then redis.call('HDEL', KEYS[2], path) else redis.call('HSET', KEYS[2], path, state .. ' ' .. id) end
-  if ARGV[4] ~= '' then redis.call('HSET', KEYS[2], ARGV[4], 'deleted ' .. id) end
+  if state == '' then redis.call('HDEL', KEYS[2], path) else redis.call('HSET', KEYS[2], path, state .. ' ' .. id .. ' ' .. ARGV[8]) end
+  if ARGV[4] ~= '' then redis.call('HSET', KEYS[2], ARGV[4], 'deleted ' .. id .. ' ' .. ARGV[8]) end
 end
 redis.call('PUBLISH', ARGV[7], id .. ' ' .. ARGV[1])
 return id
@@ -176,7 +181,7 @@ class RedisBroker(Broker):
             return await self._publish(
                 keys=[self._key(tenant_id, "history"), self._key(tenant_id, "paths")],
                 args=[encode_json(fields), fields.get("path") or "", _dedupe_key(fields) or "", moved_from,
-                      self.history_size, int(self.history_ttl * 1000), self.channel])
+                      self.history_size, int(self.history_ttl * 1000), self.channel, fields.get("source") or ""])
         except RedisError as exc:
             # Timeouts are ambiguous (the script may have run): a retry of a checksummed event
             # is then deduplicated; nothing is ever half-published, the script being atomic.
@@ -189,6 +194,18 @@ class RedisBroker(Broker):
         except RedisError as exc:
             raise BrokerUnavailable(f"redis unavailable: {exc}") from exc
         return newest, _entry(first) if first else None, [_entry(e) for e in entries], int(now_ms)
+
+    async def published_states(self, tenant_id: str, source: str) -> dict[str, str | None]:
+        try:
+            record = await self._redis.hgetall(self._key(tenant_id, "paths"))
+        except RedisError as exc:
+            raise BrokerUnavailable(f"redis unavailable: {exc}") from exc
+        states = {}
+        for path, value in record.items():
+            state, _, by = (value.split(" ", 2) + [""])[:3]  # "<state> <id> <source>" (PUBLISH)
+            if by == source:
+                states[path] = None if state == "deleted" else state
+        return states
 
     async def catch_up(self, tenant_id: str, since: str | None) -> Catchup:
         try:

@@ -3,7 +3,9 @@ from __future__ import annotations
 
 from typing import TYPE_CHECKING
 
+from .dashboard import dashboard_handlers
 from .health import HealthHandler, ReadyHandler
+from .metrics import MetricsHandler
 from .publish import PublishHandler
 from .sse import EventStreamHandler
 from .tenants import TenantStatusHandler
@@ -19,6 +21,8 @@ def default_handlers(core: "CfgPush") -> list[tuple]:
         (r"/events", EventStreamHandler, {"core": core}),
         (r"/healthz", HealthHandler),
         (r"/readyz", ReadyHandler, {"core": core}),
+        (r"/metrics", MetricsHandler, {"core": core}),
         (r"/api/v1/tenants/([^/]*)", TenantStatusHandler, {"core": core}),
         (r"/api/v1/events", PublishHandler, {"core": core}),
+        *dashboard_handlers(core),  # /, /cfgpush.js, GET /api/v1/tenants
     ]

@@ -16,6 +16,7 @@ from tornado.iostream import IOStream, StreamClosedError
 from ..broker import SOURCE_GAP, BrokerUnavailable
 from ..events import Event, parse_event_id
 from ..hub import BacklogFull, write_bytes
+from ..logs import bind as bind_log_context
 from ..schemas import EVENT_ID_RE
 from .base import Refused, single_query_argument, tenant_from_query
 
@@ -65,6 +66,9 @@ class SubscriptionMixin:
     def read_subscription_query(self, since_header: str | None = None) -> None:
         """``tenant_id``, ``last_event_id`` (or the SSE header) and ``manifest``; or ``Refused``."""
         self.tenant_id = tenant_from_query(self)
+        # This runs in the request's task, which the whole connection lives in: its log records
+        # carry tenant and connection from here on (tornado_cfgpush.logs).
+        bind_log_context(tenant=self.tenant_id, connection=self.conn_id)
         since = single_query_argument(self, "last_event_id")
         if since is None and since_header:
             since = since_header

@@ -205,6 +205,9 @@ class FilesystemSource:
                 self._known = {path: state[0] for path, state in scanned.items()}
                 for path, (_, doc, size) in scanned.items():
                     self._remember_doc(path, doc, size)
+                # A shared broker remembers what was published before this process started:
+                # report what changed on disk while no source was watching.
+                await self._reconcile_with_published(emit)
             buffered, self._buffer = self._buffer, None
             for event in buffered:
                 self._on_fs_event(event)
@@ -244,6 +247,28 @@ class FilesystemSource:
             self._pending.clear()
             observer.stop()
             await loop.run_in_executor(None, observer.join)
+
+    async def _reconcile_with_published(self, emit: Emit) -> None:
+        lookup = getattr(emit, "published_states", None)
+        if lookup is None:  # an emit without it (a test's, say): nothing to compare with
+            return
+        on_disk: dict[str, dict[str, str]] = {}
+        for path, checksum in self._known.items():
+            tenant_id, rel = self._classify(path)
+            on_disk.setdefault(tenant_id, {})[rel] = checksum
+        for tenant_id in sorted(on_disk):
+            previous = await lookup(tenant_id)
+            if not previous:
+                continue  # never published (or a fresh embedded broker): nothing to compare
+            files = on_disk[tenant_id]
+            for rel in sorted(set(files) | set(previous)):
+                now, before = files.get(rel), previous.get(rel)
+                if now == before:
+                    continue
+                if now is None:
+                    self._report(tenant_id, "deleted", rel, None)
+                else:
+                    self._report(tenant_id, "created" if before is None else "modified", rel, now)
 
     def manifest(self, tenant_id: str) -> dict[str, str] | None:
         """``{path: checksum}`` of every file of ``tenant_id`` as last reported."""

@@ -15,6 +15,7 @@ from marshmallow import ValidationError
 
 from .. import EventSource
 from ..broker import BrokerUnavailable
+from ..logs import bind as bind_log_context
 from ..schemas import flatten_messages
 
 log = logging.getLogger("cfgpush.sources")
@@ -61,6 +62,12 @@ class SourceEmit:
                 await asyncio.sleep(random.uniform(delay / 2, delay))
                 delay = min(delay * 2, EMIT_RETRY_MAX)
 
+    async def published_states(self, tenant_id: str) -> dict[str, str | None]:
+        """``{path: checksum, or None when deleted}`` of the tenant's paths as this source
+        (by its name, on any node) last published them: what a source compares with at start,
+        to report what changed while it was down. Empty with the embedded broker after a restart."""
+        return await self._runner._published_states(tenant_id, self.source_name)
+
     async def gap(self, tenant_ids: Iterable[str] | None = None) -> None:
         log.warning("source %s reports lost events (tenants: %s)", self.source_name,
                     "all" if tenant_ids is None else ", ".join(sorted(tenant_ids)) or "none")
@@ -80,6 +87,7 @@ class SourceRunner:
         publish: Publish,
         *,
         gap: Gap | None = None,
+        published_states: Callable[[str, str], Awaitable[dict[str, str | None]]] | None = None,
         backoff_initial: float = 0.5,
         backoff_max: float = 30.0,
         emit_retry_limit: float = 60.0,
@@ -87,6 +95,7 @@ class SourceRunner:
         self.sources = sources
         self._publish = publish
         self._gap = gap if gap is not None else _no_gap
+        self._published_states = published_states if published_states is not None else _no_states
         self.backoff_initial = backoff_initial
         self.backoff_max = backoff_max
         self.emit_retry_limit = emit_retry_limit  # seconds emit waits out a broker outage
@@ -112,6 +121,7 @@ class SourceRunner:
 
     async def _supervise(self, source: EventSource) -> None:
         name = source.name
+        bind_log_context(source=name)  # this task's records (the source's own too) name it
         emit = self.emit_for(source)
         # The delay reads backoff_initial/backoff_max at each failure, not when the task
         # starts: changing them on a running runner (a test shortening the backoff after
@@ -146,3 +156,7 @@ class SourceRunner:
 
 async def _no_gap(tenant_ids: Iterable[str] | None, source_name: str) -> None:
     return None
+
+
+async def _no_states(tenant_id: str, source: str) -> dict[str, str | None]:
+    return {}
