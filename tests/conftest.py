@@ -8,6 +8,7 @@ fixtures in their module.
 from __future__ import annotations
 
 import asyncio
+import importlib.util
 import os
 import shutil
 
@@ -31,6 +32,19 @@ def need_program(name: str) -> str:
             pytest.fail(message + "; CFGPUSH_REQUIRE_SERVICES=1 forbids skipping")
         pytest.skip(message)
     return path
+
+
+def ticker_installed() -> bool:
+    """Whether the example third-party plugin (plugins/cfgpush-ticker) is installed."""
+    return importlib.util.find_spec("cfgpush_ticker") is not None
+
+
+def need_ticker() -> None:
+    if not ticker_installed():
+        message = "the example plugin is not installed (pip install ./plugins/cfgpush-ticker)"
+        if REQUIRE_SERVICES:
+            pytest.fail(message + "; CFGPUSH_REQUIRE_SERVICES=1 forbids skipping")
+        pytest.skip(message)
 
 
 @pytest.fixture

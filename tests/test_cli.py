@@ -4,7 +4,6 @@ Every process is read by threads (no pipe can fill up and block it) and killed a
 """
 from __future__ import annotations
 
-import importlib.util
 import json
 import signal
 import socket
@@ -18,7 +17,7 @@ from tornado.httpclient import AsyncHTTPClient
 
 from tornado_cfgpush import __version__
 
-from .conftest import REQUIRE_SERVICES
+from .conftest import need_ticker, ticker_installed
 from .serveproc import COMMAND, ERROR_PREFIX, LISTENING, clean_env
 from .sseclient import SSEClient
 from .wsclient import Client
@@ -29,18 +28,6 @@ RUN_TIMEOUT = 60.0
 def run_cli(*args: str, cwd: Path, env: dict[str, str] | None = None) -> subprocess.CompletedProcess:
     return subprocess.run(COMMAND + list(args), cwd=cwd, env=env if env is not None else clean_env(),
                           stdin=subprocess.DEVNULL, capture_output=True, text=True, timeout=RUN_TIMEOUT)
-
-
-def ticker_installed() -> bool:
-    return importlib.util.find_spec("cfgpush_ticker") is not None
-
-
-def need_ticker() -> None:
-    if not ticker_installed():
-        message = "the example plugin is not installed (pip install ./plugins/cfgpush-ticker)"
-        if REQUIRE_SERVICES:
-            pytest.fail(message + "; CFGPUSH_REQUIRE_SERVICES=1 forbids skipping")
-        pytest.skip(message)
 
 
 @pytest.fixture

@@ -8,7 +8,6 @@ the real server over WebSockets.
 from __future__ import annotations
 
 import asyncio
-import importlib.util
 import inspect
 import logging
 import re
@@ -25,7 +24,7 @@ from tornado_cfgpush.plugins import BUILTIN_PLUGINS, PluginError, describe_plugi
 from tornado_cfgpush.settings import Settings
 from tornado_cfgpush.sources import filesystem
 
-from .conftest import REQUIRE_SERVICES, wait_for
+from .conftest import need_ticker, wait_for
 
 ROOT = Path(__file__).resolve().parent.parent
 TESTS = Path(__file__).resolve().parent
@@ -73,18 +72,6 @@ from tornado_cfgpush import hookimpl
 def cfgpush_register_sources(settings):
     return []
 """
-
-
-def ticker_installed() -> bool:
-    return importlib.util.find_spec("cfgpush_ticker") is not None
-
-
-def need_ticker() -> None:
-    if not ticker_installed():
-        message = "the example plugin is not installed (pip install ./plugins/cfgpush-ticker)"
-        if REQUIRE_SERVICES:
-            pytest.fail(message + "; CFGPUSH_REQUIRE_SERVICES=1 forbids skipping")
-        pytest.skip(message)
 
 
 # -- loading and blocking -------------------------------------------------------------------------
