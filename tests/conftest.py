@@ -130,6 +130,11 @@ def connect(ws_url):
         client.close()
 
 
+def publish(core, tenant_id="acme", path="app.json", **extra):
+    """Publish a ``modified`` event through the service's one path (schema, broker, hub)."""
+    return core.publish({"tenant_id": tenant_id, "change_type": "modified", "path": path, **extra}, "test")
+
+
 async def wait_for(predicate, timeout: float = 5.0, interval: float = 0.01) -> None:
     """Wait until ``predicate()`` is true, or fail after ``timeout`` seconds."""
     loop = asyncio.get_running_loop()

@@ -18,7 +18,7 @@ from tornado.httpclient import HTTPRequest
 from tornado_cfgpush import hookimpl
 from tornado_cfgpush.auth import Decision, origin_allowed, parse_origin, redact_uri
 
-from .conftest import wait_for
+from .conftest import publish, wait_for
 from .rawws import RawWebSocket
 from .serveproc import LISTENING
 from .sseclient import SSEClient
@@ -85,10 +85,6 @@ async def expect_welcome(port: int, query: str, headers: str = "", tenant: str =
     assert got == 101, (got, body)
     assert (await ws.read_json())["Welcome"]["tenant_id"] == tenant
     return ws
-
-
-def publish(core, tenant_id="acme", path="app.json", **extra):
-    return core.publish({"tenant_id": tenant_id, "change_type": "modified", "path": path, **extra}, "test")
 
 
 # -- the matrix (HS256) ---------------------------------------------------------------------------

@@ -15,12 +15,8 @@ from tornado.testing import bind_unused_port
 
 from tornado_cfgpush.app import server_options
 
-from .conftest import wait_for
+from .conftest import publish, wait_for
 from .rawws import RawWebSocket
-
-
-def publish(core, tenant_id="acme", path="app.json", **extra):
-    return core.publish({"tenant_id": tenant_id, "change_type": "modified", "path": path, **extra}, "test")
 
 
 def counts_are_zero(core) -> bool:

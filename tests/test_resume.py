@@ -9,11 +9,8 @@ from tornado_cfgpush.app import CfgPush, make_app
 from tornado_cfgpush.broker.memory import MemoryBroker
 from tornado_cfgpush.plugins import get_plugin_manager
 
+from .conftest import publish
 from .wsclient import Client
-
-
-def publish(core, tenant_id="acme", path="app.json", **extra):
-    return core.publish({"tenant_id": tenant_id, "change_type": "modified", "path": path, **extra}, "test")
 
 
 async def read_events(client, count):

@@ -1,12 +1,8 @@
 """``/events`` (Server-Sent Events) over a real HTTP connection, parsed as the spec says."""
 import pytest
 
-from .conftest import wait_for
+from .conftest import publish, wait_for
 from .sseclient import SSEClient
-
-
-def publish(core, tenant_id="acme", path="app.json", **extra):
-    return core.publish({"tenant_id": tenant_id, "change_type": "modified", "path": path, **extra}, "test")
 
 
 @pytest.fixture

@@ -3,13 +3,10 @@ import json
 
 import pytest
 
+from .conftest import publish
 from .sseclient import SSEClient
 
 TOKEN = "s3cret-admin-token"
-
-
-def publish(core, tenant_id="acme", path="app.json", **extra):
-    return core.publish({"tenant_id": tenant_id, "change_type": "modified", "path": path, **extra}, "test")
 
 
 async def status(http_client, http_url, tenant="acme", token=TOKEN):

@@ -6,12 +6,8 @@ import pytest
 
 from tornado_cfgpush.events import Event
 
-from .conftest import wait_for
+from .conftest import publish, wait_for
 from .rawws import RawWebSocket
-
-
-def publish(core, tenant_id="acme", path="app.json", **extra):
-    return core.publish({"tenant_id": tenant_id, "change_type": "modified", "path": path, **extra}, "test")
 
 
 # -- refused before the upgrade -------------------------------------------------------------------
