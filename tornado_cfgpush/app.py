@@ -90,6 +90,8 @@ class CfgPush:
         await asyncio.gather(*self._tasks, return_exceptions=True)
         self.hub.stop()
         self.hub.close_all()
+        # Half the drain time for what clients still have to read, then their sockets close.
+        await self.hub.close_sockets(self.settings.drain_timeout / 2)
         if self.runner is not None:
             await self.runner.stop()
         await self.broker.stop()
@@ -168,7 +170,6 @@ class CfgPush:
 
 def make_app(core: CfgPush, **tornado_settings: Any) -> web.Application:
     settings = {
-        "websocket_max_message_size": core.settings.max_message_size,
         "default_handler_class": NotFoundHandler,
         # Exact --allowed-origin values; our handlers also match *.example.com patterns (auth.py).
         "trusted_origins": [o for o in core.settings.allowed_origins if "*" not in o],

@@ -22,7 +22,7 @@ from . import __version__, auth, logs
 from .config_file import ConfigFile, PluginOption, add_plugin_options, parse_bool, plugin_values
 from .config_file import render as render_config
 from .plugins import PluginError, describe_plugins, get_plugin_manager, known_plugin_names
-from .settings import Settings
+from .settings import EVENT_LOOPS, Settings
 
 PROG = "cfgpush-serve"
 ENV_PREFIX = "CFGPUSH_"
@@ -68,6 +68,14 @@ def _log_level(text: str) -> str:
 def _log_format(text: str) -> str:
     if text.lower() not in LOG_FORMATS:
         raise ValueError(f"log format must be one of {', '.join(LOG_FORMATS)}, not {text!r}")
+    return text.lower()
+
+
+def _event_loop(text: str) -> str:
+    if text.lower() not in EVENT_LOOPS:
+        raise ValueError(f"loop must be one of {', '.join(EVENT_LOOPS)}, not {text!r}")
+    if text.lower() == "uvloop" and importlib.util.find_spec("uvloop") is None:
+        raise ValueError("--loop uvloop needs uvloop: pip install 'tornado_cfgpush[fast]'")
     return text.lower()
 
 
@@ -148,13 +156,16 @@ SETTING_FLAGS: dict[str, tuple[str, Callable[[str], Any], str]] = {
                           "headers (the connection is closed past it)"),
     "--max-query-size": ("max_query_size", _int_in(256, None, "max query size"), "bytes of the query string of "
                          "/ws and /events (414 past it)"),
+    "--ws-compression": ("ws_compression", parse_bool, "permessage-deflate on /ws for clients that offer it "
+                         "(each event compressed once, no context takeover)"),
+    "--loop": ("event_loop", _event_loop, "the event loop: asyncio, or uvloop (pip install 'tornado_cfgpush[fast]')"),
 }
 # Settings that are secrets: never logged, and readable from a file named by CFGPUSH_<FLAG>_FILE.
 SECRET_FIELDS = {"admin_token", "publish_token", "jwt_secret"}
 # Flags that may be given more than once; the values are joined by commas, as in the environment.
 REPEATABLE_FIELDS = {"allowed_origins", "publish_token"}
 # Settings that are switches: the flag alone means true (--metrics-tenant-labels [true|false]).
-BOOLEAN_FIELDS = {"metrics_tenant_labels"}
+BOOLEAN_FIELDS = {"metrics_tenant_labels", "ws_compression"}
 
 
 def env_name(flag: str) -> str:
@@ -308,12 +319,36 @@ def main(argv: Sequence[str] | None = None, environ: dict[str, str] | None = Non
         return 2
     configure_logging(settings.log_level, settings.log_format)
     logging.getLogger("cfgpush").info("cfgpush %s starting with %s", __version__, _shown(settings))
+    raise_open_files_limit()
+    run = asyncio.run
+    if settings.event_loop == "uvloop":
+        import uvloop
+
+        run = uvloop.run
     try:
-        asyncio.run(serve(settings, pm, sockets=sockets))
+        run(serve(settings, pm, sockets=sockets))
     except StartupError as exc:  # after logging started, still one line and status 2
         print(f"{PROG}: error: {exc}", file=sys.stderr)
         return 2
     return 0
+
+
+def raise_open_files_limit() -> None:
+    """Each client holds a file descriptor: lift the soft limit (often 1024) to the hard one."""
+    try:
+        import resource
+    except ImportError:  # pragma: no cover - not on POSIX
+        return
+    soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
+    if hard == resource.RLIM_INFINITY:
+        hard = 1 << 20
+    if soft != resource.RLIM_INFINITY and soft < hard:
+        try:
+            resource.setrlimit(resource.RLIMIT_NOFILE, (hard, hard))
+        except (ValueError, OSError) as exc:
+            logging.getLogger("cfgpush").warning("cannot raise the open-files limit to %d: %s", hard, exc)
+            return
+    logging.getLogger("cfgpush").info("open-files limit: %d", resource.getrlimit(resource.RLIMIT_NOFILE)[0])
 
 
 def _shown(settings: Settings) -> str:

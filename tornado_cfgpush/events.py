@@ -7,10 +7,10 @@ written the very same bytes (DESIGN.md: encoding per recipient doubles the CPU p
 from __future__ import annotations
 
 import json
-import struct
 from typing import Any
 
 from .schemas import EVENT_ID_RE
+from .wsproto import deflate_frame, frame
 
 _compact = json.JSONEncoder(separators=(",", ":"), ensure_ascii=False, allow_nan=False).encode
 
@@ -22,12 +22,7 @@ def encode_json(value: Any) -> str:
 
 def text_frame(payload: bytes) -> bytes:
     """A complete, unmasked, final WebSocket text frame (RFC 6455 section 5.2)."""
-    n = len(payload)
-    if n < 126:
-        return struct.pack("!BB", 0x81, n) + payload
-    if n <= 0xFFFF:
-        return struct.pack("!BBH", 0x81, 126, n) + payload
-    return struct.pack("!BBQ", 0x81, 127, n) + payload
+    return frame(0x1, payload)
 
 
 # A server ping with an empty payload: the same two bytes for every connection.
@@ -64,7 +59,7 @@ def parse_event_id(event_id: str) -> tuple[int, int]:
 class Event:
     """One published configuration change of one tenant."""
 
-    __slots__ = ("tenant_id", "event_id", "body", "text", "_frame", "_sse")
+    __slots__ = ("tenant_id", "event_id", "body", "text", "_frame", "_deflated", "_sse")
 
     def __init__(self, event_id: str, body: dict[str, Any]):
         self.tenant_id: str = body["tenant_id"]
@@ -74,6 +69,7 @@ class Event:
         self.body.update((k, v) for k, v in body.items() if k not in self.body)
         self.text = encode_json({"ConfigChanged": self.body})
         self._frame: bytes | None = None
+        self._deflated: dict[int, bytes] | None = None
         self._sse: tuple[bytes, bytes] | None = None
 
     @property
@@ -82,6 +78,17 @@ class Event:
         frame = self._frame
         if frame is None:
             frame = self._frame = text_frame(self.text.encode("utf-8"))
+        return frame
+
+    def ws_frame_deflated(self, wbits: int) -> bytes:
+        """The permessage-deflate frame (no context takeover) for a window of ``wbits``:
+        compressed once per window size, then shared like ``ws_frame``."""
+        frames = self._deflated
+        if frames is None:
+            frames = self._deflated = {}
+        frame = frames.get(wbits)
+        if frame is None:
+            frame = frames[wbits] = deflate_frame(self.text.encode("utf-8"), wbits)
         return frame
 
     def sse(self, chunked: bool) -> bytes:

@@ -7,6 +7,7 @@ Tornado's buffered ``IOStream.write``.
 """
 from __future__ import annotations
 
+import asyncio
 import logging
 import time
 from time import perf_counter
@@ -72,6 +73,10 @@ class Hub:
         self.heartbeat_interval = heartbeat_interval
         self.heartbeat_timeout = heartbeat_timeout
         self._by_tenant: dict[str, set[Subscriber]] = {}
+        # Every open WebSocket, subscribed or not (still subscribing, or closing): the
+        # sockets a shutdown must close, since asyncio owns them, not Tornado's server.
+        self.sockets: set = set()
+        self._sockets_closed: asyncio.Event | None = None
         self._sweeper: PeriodicCallback | None = None
         self.deliveries = 0
         self.heartbeat_closes = 0
@@ -153,3 +158,25 @@ class Hub:
         for conn in self.connections():
             conn.close_going_away()
             self.remove(conn)
+
+    def socket_closed(self, conn: object) -> None:
+        self.sockets.discard(conn)
+        if not self.sockets and self._sockets_closed is not None:
+            self._sockets_closed.set()
+
+    async def close_sockets(self, timeout: float) -> None:
+        """Close every WebSocket (1001): wait up to ``timeout`` for what is still buffered to
+        go out, then drop the rest (peers that stopped reading)."""
+        if not self.sockets:
+            return
+        self._sockets_closed = asyncio.Event()
+        for conn in list(self.sockets):
+            conn.close_going_away()
+        for last_chance in (False, True):
+            try:
+                await asyncio.wait_for(self._sockets_closed.wait(), timeout if not last_chance else 1.0)
+                break
+            except asyncio.TimeoutError:
+                for conn in list(self.sockets):
+                    conn.abort()
+        self._sockets_closed = None

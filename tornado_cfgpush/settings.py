@@ -8,6 +8,8 @@ import dataclasses
 from dataclasses import dataclass, field
 from pathlib import Path
 
+EVENT_LOOPS = ("asyncio", "uvloop")
+
 
 @dataclass(frozen=True)
 class Settings:
@@ -66,6 +68,12 @@ class Settings:
     # query string of /ws and /events (414 past it).
     max_header_size: int = 16 * 1024
     max_query_size: int = 4096
+    # permessage-deflate on /ws (RFC 7692) for clients that offer it: off by default, since
+    # configuration events are small; each event is compressed once (no context takeover).
+    ws_compression: bool = False
+    # The event loop: "asyncio" (the standard library's) or "uvloop" (pip install
+    # 'tornado_cfgpush[fast]'): cheaper I/O per delivery.
+    event_loop: str = "asyncio"
     # Extra, plugin-owned settings (name -> value); never interpreted by the core.
     extra: dict = field(default_factory=dict, hash=False, compare=False)
 
@@ -78,6 +86,8 @@ class Settings:
             raise ValueError("heartbeat_interval must be positive")
         if self.heartbeat_timeout < self.heartbeat_interval:
             raise ValueError("heartbeat_timeout must be at least heartbeat_interval")
+        if self.event_loop not in EVENT_LOOPS:
+            raise ValueError(f"--loop must be one of {', '.join(EVENT_LOOPS)}, not {self.event_loop!r}")
         if self.debounce_ms < 0:
             raise ValueError("debounce_ms must not be negative")
         for name in ("jwt_public_key", "jwks"):

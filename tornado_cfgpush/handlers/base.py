@@ -100,13 +100,11 @@ def check_query_size(handler: web.RequestHandler, limit: int) -> None:
         raise Refused(414, f"the query string must be at most {limit} bytes")
 
 
-class AdmissionMixin:
-    """What ``/ws`` and ``/events`` check before serving, in this order, after the tenant id:
-    Origin (403), authorization (401/403, ``cfgpush_authorize``), connection limits (429/503).
-
-    The connection then holds a slot (given back by ``leave``, exactly once, however it ends)
-    and, when its token expires, a timer that ends it (``on_token_expired``) unless a
-    ``Refresh`` moved the expiry.
+class LeaseMixin:
+    """What an admitted subscriber holds, before and after a WebSocket upgrade: the
+    authorization decision (``auth``), a connection slot (given back by ``leave``, exactly
+    once, however the connection ends) and, when its token expires, a timer that ends it
+    unless a ``Refresh`` moved the expiry (``decide`` asks the hook again).
     """
 
     core: "CfgPush"
@@ -114,43 +112,6 @@ class AdmissionMixin:
     auth: Decision | None = None
     _slot: Slot | None = None
     _expiry: object | None = None
-
-    # Tornado's check_origin / cross_origin_protection consult this for cross-site requests.
-    def check_trusted_origin(self, origin: str) -> bool:
-        return origin_allowed(origin, self.core.settings.allowed_origins)
-
-    def admit(self, tenant_id: str) -> None:
-        """Origin, token, limits; or ``Refused``. Takes a slot on success."""
-        if self._check_cross_origin(self.check_trusted_origin) is not None:  # type: ignore[attr-defined]
-            raise Refused(403, "Origin not allowed")
-        decision = self.authorize_request(tenant_id)
-        if not decision.allowed:
-            headers = {}
-            if decision.status == 401:
-                headers["WWW-Authenticate"] = 'Bearer realm="cfgpush", error="invalid_token"'
-            elif decision.status == 503:
-                headers["Retry-After"] = "5"
-            raise Refused(decision.status, decision.reason, headers)
-        try:
-            self._slot = self.core.limits.acquire(self.request.remote_ip or "", tenant_id)
-        except LimitReached as limit:
-            log.warning("refused %s (%s): %s limit reached, tenant %s", self.request.path,
-                        self.request.remote_ip, limit.scope, tenant_id)
-            raise Refused(limit.status, limit.reason, {"Retry-After": "1" if limit.status == 429 else "5"}) from None
-        self.auth = decision
-
-    def authorize_request(self, tenant_id: str) -> Decision:
-        settings = self.core.settings
-        header_token = bearer(self.request)
-        if settings.admin_token and matches_any(header_token, [settings.admin_token]):
-            return Decision.allow(subject="admin")  # the dashboard, for any tenant
-        raw = self.request.query_arguments.get("token")
-        if raw and len(raw) > 1:
-            raise Refused(400, "token must be given once")
-        query_token = raw[0].decode("utf-8", "replace") if raw else None
-        if query_token and header_token and query_token != header_token:
-            raise Refused(400, "give the token once: in ?token= or in the Authorization header")
-        return self.decide(tenant_id, query_token or header_token or None)
 
     def decide(self, tenant_id: str, token: str | None) -> Decision:
         """The ``cfgpush_authorize`` hook's answer; a plugin error refuses (503), never allows."""
@@ -190,3 +151,47 @@ class AdmissionMixin:
         self.cancel_expiry()
         if self._slot is not None:
             self._slot.release()
+
+
+class AdmissionMixin(LeaseMixin):
+    """What ``/ws`` and ``/events`` check before serving, in this order, after the tenant id:
+    Origin (403), authorization (401/403, ``cfgpush_authorize``), connection limits (429/503).
+    The connection then holds a lease (``LeaseMixin``).
+    """
+
+    # Tornado's check_origin / cross_origin_protection consult this for cross-site requests.
+    def check_trusted_origin(self, origin: str) -> bool:
+        return origin_allowed(origin, self.core.settings.allowed_origins)
+
+    def admit(self, tenant_id: str) -> None:
+        """Origin, token, limits; or ``Refused``. Takes a slot on success."""
+        if self._check_cross_origin(self.check_trusted_origin) is not None:  # type: ignore[attr-defined]
+            raise Refused(403, "Origin not allowed")
+        decision = self.authorize_request(tenant_id)
+        if not decision.allowed:
+            headers = {}
+            if decision.status == 401:
+                headers["WWW-Authenticate"] = 'Bearer realm="cfgpush", error="invalid_token"'
+            elif decision.status == 503:
+                headers["Retry-After"] = "5"
+            raise Refused(decision.status, decision.reason, headers)
+        try:
+            self._slot = self.core.limits.acquire(self.request.remote_ip or "", tenant_id)
+        except LimitReached as limit:
+            log.warning("refused %s (%s): %s limit reached, tenant %s", self.request.path,
+                        self.request.remote_ip, limit.scope, tenant_id)
+            raise Refused(limit.status, limit.reason, {"Retry-After": "1" if limit.status == 429 else "5"}) from None
+        self.auth = decision
+
+    def authorize_request(self, tenant_id: str) -> Decision:
+        settings = self.core.settings
+        header_token = bearer(self.request)
+        if settings.admin_token and matches_any(header_token, [settings.admin_token]):
+            return Decision.allow(subject="admin")  # the dashboard, for any tenant
+        raw = self.request.query_arguments.get("token")
+        if raw and len(raw) > 1:
+            raise Refused(400, "token must be given once")
+        query_token = raw[0].decode("utf-8", "replace") if raw else None
+        if query_token and header_token and query_token != header_token:
+            raise Refused(400, "give the token once: in ?token= or in the Authorization header")
+        return self.decide(tenant_id, query_token or header_token or None)

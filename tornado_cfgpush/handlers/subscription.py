@@ -11,7 +11,7 @@ import logging
 from typing import TYPE_CHECKING, Any
 
 from tornado import web
-from tornado.iostream import IOStream, StreamClosedError
+from tornado.iostream import StreamClosedError
 
 from ..broker import SOURCE_GAP, BrokerUnavailable
 from ..events import Event, parse_event_id
@@ -39,14 +39,15 @@ class SubscriptionMixin:
     core: "CfgPush"
     request: Any
 
-    def init_subscription(self, core: "CfgPush") -> None:
+    def init_subscription(self, core: "CfgPush", conn_id: str | None = None) -> None:
         self.core = core
         self.tenant_id = ""
         self.acked: str | None = None
-        self.conn_id = f"{self.transport}-{next(_ids)}"
+        self.conn_id = conn_id or next_conn_id(self.transport)
         self._since: str | None = None
         self._want_manifest = False
-        self._stream: IOStream | None = None
+        # Where prepared bytes go: an IOStream (/events) or the WebSocket protocol (/ws).
+        self._stream: Any = None
         self._pending: list[Event] | None = None  # live events held back while catching up
         self._held_gap: tuple[str | None, dict | None, str] | None = None  # a gap during it
 
@@ -65,21 +66,15 @@ class SubscriptionMixin:
 
     def read_subscription_query(self, since_header: str | None = None) -> None:
         """``tenant_id``, ``last_event_id`` (or the SSE header) and ``manifest``; or ``Refused``."""
-        self.tenant_id = tenant_from_query(self)
-        # This runs in the request's task, which the whole connection lives in: its log records
-        # carry tenant and connection from here on (tornado_cfgpush.logs).
-        bind_log_context(tenant=self.tenant_id, connection=self.conn_id)
-        since = single_query_argument(self, "last_event_id")
-        if since is None and since_header:
-            since = since_header
-        if since is not None and not EVENT_ID_RE.match(since):
-            raise Refused(400, "last_event_id must look like '<digits>-<digits>'")
-        self._since = since
-        self._want_manifest = single_query_argument(self, "manifest") in ("1", "true")
+        self.tenant_id, self._since, self._want_manifest = read_subscription_query(self, self.conn_id, since_header)
+
+    def take_query(self, tenant_id: str, since: str | None, want_manifest: bool) -> None:
+        """The query a handler read before handing the connection over (``/ws``)."""
+        self.tenant_id, self._since, self._want_manifest = tenant_id, since, want_manifest
 
     # -- the subscribe sequence -------------------------------------------------------------------
 
-    async def subscribe(self, stream: IOStream) -> bool:
+    async def subscribe(self, stream: Any) -> bool:
         """Register, catch up, send Welcome and the backlog; False when it could not."""
         self._stream = stream
         # Register first and hold live events back: whatever is published while the
@@ -92,7 +87,7 @@ class SubscriptionMixin:
             log.warning("%s tenant %s: broker unavailable at subscribe: %s", self.conn_id, self.tenant_id, exc)
             self.forget()
             return False
-        if self._stream is None or self._stream.closed():
+        if self._stream is None or self.stream_closed():
             self.forget()
             return False
         welcome: dict[str, Any] = {
@@ -146,6 +141,9 @@ class SubscriptionMixin:
         else:
             self.send_bytes(self.frame_event(event))
 
+    def stream_closed(self) -> bool:
+        return self._stream.closed()
+
     def send_bytes(self, data: bytes) -> None:
         """Prepared bytes to the peer; a failure touches this connection only."""
         stream = self._stream
@@ -167,6 +165,27 @@ class SubscriptionMixin:
         """Leave the hub now (idempotent); nothing more is written."""
         self.core.hub.remove(self)
         self._stream = None
+
+
+def next_conn_id(transport: str) -> str:
+    return f"{transport}-{next(_ids)}"
+
+
+def read_subscription_query(handler: web.RequestHandler, conn_id: str,
+                            since_header: str | None = None) -> tuple[str, str | None, bool]:
+    """``(tenant_id, last_event_id, manifest)`` of a subscribe request, or ``Refused``;
+    ``last_event_id`` may come from the SSE ``Last-Event-ID`` header instead."""
+    tenant_id = tenant_from_query(handler)
+    # This runs in the request's task: its log records carry tenant and connection from here
+    # on (tornado_cfgpush.logs), and so do those of a WebSocket served after the upgrade,
+    # whose callbacks run in a copy of this context.
+    bind_log_context(tenant=tenant_id, connection=conn_id)
+    since = single_query_argument(handler, "last_event_id")
+    if since is None and since_header:
+        since = since_header
+    if since is not None and not EVENT_ID_RE.match(since):
+        raise Refused(400, "last_event_id must look like '<digits>-<digits>'")
+    return tenant_id, since, single_query_argument(handler, "manifest") in ("1", "true")
 
 
 def refuse_with_log(handler: web.RequestHandler, refused: Refused) -> None:

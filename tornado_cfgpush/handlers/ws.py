@@ -1,80 +1,158 @@
-"""``/ws``: one WebSocket per client of one tenant (PROTOCOL.md section 2)."""
+"""``/ws``: one WebSocket per client of one tenant (PROTOCOL.md section 2).
+
+Two objects, one per phase. ``ConfigWebSocket`` is a Tornado request handler: it checks
+the upgrade request (headers, query, Origin, token, limits), answers ``101`` and hands the
+socket to asyncio. ``WebSocketSubscriber`` then serves the connection for its whole life:
+the lean protocol of ``wsproto.py`` plus the subscription (``SubscriptionMixin``) and the
+lease (slot, token expiry). The handler, the HTTP connection and the ``IOStream`` are
+dropped at the upgrade: nothing is kept per connection that delivery does not need.
+"""
 from __future__ import annotations
 
+import asyncio
+import base64
 import logging
-import time
 from typing import TYPE_CHECKING, Any
 
 from marshmallow import ValidationError
-from tornado import websocket
+from tornado import web
+from tornado.iostream import StreamClosedError
+from tornado.websocket import WebSocketProtocol13
 
 from ..events import PING_FRAME, Event, encode_json, text_frame
 from ..schemas import flatten_messages, parse_client_message
-from .base import AdmissionMixin, JsonErrorsMixin, Refused, check_query_size
-from .subscription import SubscriptionMixin, refuse_with_log
+from ..wsproto import GOING_AWAY, NORMAL, POLICY, TRY_AGAIN_LATER, Deflate, WebSocketProtocol
+from .base import AdmissionMixin, JsonErrorsMixin, LeaseMixin, Refused, check_query_size
+from .subscription import SubscriptionMixin, next_conn_id, read_subscription_query, refuse_with_log
 
 if TYPE_CHECKING:  # pragma: no cover
     from ..app import CfgPush
+    from ..auth import Decision
+    from ..limits import Slot
 
 log = logging.getLogger("cfgpush.ws")
 
-# Close codes, PROTOCOL.md section 2.
-NORMAL = 1000
-GOING_AWAY = 1001
-POLICY = 1008
-TRY_AGAIN_LATER = 1013
 
-
-class ConfigWebSocket(SubscriptionMixin, AdmissionMixin, JsonErrorsMixin, websocket.WebSocketHandler):
-    transport = "ws"
+class ConfigWebSocket(AdmissionMixin, JsonErrorsMixin, web.RequestHandler):
+    """The upgrade: every check, then ``101`` and the hand-over (``_upgrade``)."""
 
     def initialize(self, core: "CfgPush") -> None:
-        self.init_subscription(core)
-        self.last_seen = 0.0
-        self._rate_window = 0.0
-        self._rate_count = 0
+        self.core = core
+        self.conn_id = next_conn_id("ws")
 
-    # -- before the upgrade -------------------------------------------------------------------
-
-    async def get(self, *args: Any, **kwargs: Any) -> None:
+    async def get(self) -> None:
         try:
-            self._check_request()
+            query = self._check_request()
         except Refused as refused:
             refuse_with_log(self, refused)
             return
         try:
-            await super().get(*args, **kwargs)  # returns when the connection ends
+            await self._upgrade(query)
         finally:
-            self.leave()  # also when the upgrade itself failed (426, a bad key)
+            self.leave()  # a no-op once the subscriber took the slot over
 
-    def _check_request(self) -> None:
+    def _check_request(self) -> tuple[str, str | None, bool]:
         headers = self.request.headers
         if headers.get("Upgrade", "").lower() != "websocket":
             raise Refused(400, "expected a WebSocket upgrade request (Upgrade: websocket)")
         if "upgrade" not in (s.strip().lower() for s in headers.get("Connection", "").split(",")):
             raise Refused(400, "expected 'Connection: Upgrade'")
+        if headers.get("Sec-WebSocket-Version") != "13":
+            raise Refused(426, "only WebSocket version 13 is supported", {"Sec-WebSocket-Version": "13"})
+        try:
+            key = base64.b64decode(headers.get("Sec-WebSocket-Key", ""), validate=True)
+        except ValueError:  # binascii.Error, or a key that is not even ASCII
+            key = b""
+        if len(key) != 16:
+            raise Refused(400, "Sec-WebSocket-Key must be 16 bytes in base64")
         check_query_size(self, self.core.settings.max_query_size)
-        self.read_subscription_query()
-        # Origin, token, limits (base.AdmissionMixin). Tornado would refuse a cross-site
-        # upgrade too, but with a plain-text body; admit() applies the same rule (its private
-        # helper, so the rule stays Tornado's) with a JSON reason.
-        self.admit(self.tenant_id)
+        query = read_subscription_query(self, self.conn_id)
+        # Origin, token, limits (base.AdmissionMixin): takes a slot.
+        self.admit(query[0])
+        return query
 
-    # -- after the upgrade --------------------------------------------------------------------
+    async def _upgrade(self, query: tuple[str, str | None, bool]) -> None:
+        settings = self.core.settings
+        deflate = None
+        if settings.ws_compression:
+            negotiated = Deflate.negotiate(self.request.headers.get("Sec-WebSocket-Extensions", ""))
+            if negotiated is not None:
+                deflate, response = negotiated
+                self.set_header("Sec-WebSocket-Extensions", response)
+        self.clear_header("Content-Type")
+        self.set_status(101)
+        self.set_header("Upgrade", "websocket")
+        self.set_header("Connection", "Upgrade")
+        self.set_header("Sec-WebSocket-Accept",
+                        WebSocketProtocol13.compute_accept_value(self.request.headers["Sec-WebSocket-Key"]))
+        self.finish()
+        stream = self.detach()
+        # Bytes the client sent right after its request (it may, before reading our 101)
+        # are in Tornado's read buffer: the new owner reads them first. _read_buffer is
+        # private to Tornado, but it is the only place they are.
+        early = bytes(stream._read_buffer)
+        try:
+            await stream.write(b"")  # the 101 is on the wire
+            sock = stream.socket.dup()  # ours; Tornado's copy closes with its stream
+        except (StreamClosedError, AttributeError, OSError):  # the peer left meanwhile
+            stream.close()
+            return
+        stream.close()
+        conn = WebSocketSubscriber(self.core, self.conn_id, self.request, query, self.auth, self._slot, deflate)
+        self._slot = None  # the subscriber gives it back now
+        # The HTTP connection is done: keep only the request (headers, remote_ip).
+        self.request.connection = self.request.server_connection = None
+        try:
+            await asyncio.get_running_loop().connect_accepted_socket(lambda: conn, sock)
+        except OSError:  # the peer left in between
+            sock.close()
+            conn.leave()
+            return
+        await conn.start(early)
 
-    async def open(self, *args: Any, **kwargs: Any) -> None:
-        self.set_nodelay(True)  # Tornado leaves Nagle on: small frames would wait for ACKs
-        self.last_seen = time.monotonic()
-        self.schedule_expiry(self._token_expired)
-        if not await self.subscribe(self.ws_connection.stream):
-            self.close(TRY_AGAIN_LATER, "broker unavailable, reconnect later")
 
-    def _token_expired(self) -> None:
+class WebSocketSubscriber(SubscriptionMixin, LeaseMixin, WebSocketProtocol):
+    """One client after the upgrade: Welcome and events out, Ping/Ack/Refresh in."""
+
+    transport = "ws"  # the metrics label (SubscriptionMixin)
+
+    def __init__(self, core: "CfgPush", conn_id: str, request: Any, query: tuple[str, str | None, bool],
+                 auth: "Decision | None", slot: "Slot | None", deflate: Deflate | None):
+        settings = core.settings
+        WebSocketProtocol.__init__(self, settings.max_message_size, settings.max_backlog_bytes, deflate)
+        self.init_subscription(core, conn_id)
+        self.take_query(*query)
+        # The upgrade request, for the cfgpush_authorize hook on a Refresh.
+        self.request = request
+        self.remote_ip = request.remote_ip
+        self.auth = auth
+        self._slot = slot
         self._expiry = None
-        log.info("%s tenant %s: token expired, closing (1008)", self.conn_id, self.tenant_id)
-        self._close(POLICY, "token expired")
+        self._rate_window = 0.0
+        self._rate_count = 0
+        # Events are written compressed only when the client agreed; shared per window size.
+        self._deflate_wbits = deflate.server_wbits if deflate is not None else 0
+
+    def connection_made(self, transport: asyncio.BaseTransport) -> None:
+        super().connection_made(transport)
+        self.core.hub.sockets.add(self)
+
+    async def start(self, early: bytes) -> None:
+        """Subscribe, then read: nothing the client sends is answered before Welcome."""
+        self.pause_reading()
+        self.schedule_expiry(self._token_expired)
+        if not await self.subscribe(self._transport):
+            self.close(TRY_AGAIN_LATER, "broker unavailable, reconnect later")
+            return
+        if early:
+            self.data_received(early)
+        self.resume_reading()
+
+    # -- framing (SubscriptionMixin) ---------------------------------------------------------------------
 
     def frame_event(self, event: Event) -> bytes:
+        if self._deflate_wbits:
+            return event.ws_frame_deflated(self._deflate_wbits)
         return event.ws_frame
 
     def frame_message(self, kind: str, body: Any, event_id: str | None = None) -> bytes:
@@ -86,46 +164,69 @@ class ConfigWebSocket(SubscriptionMixin, AdmissionMixin, JsonErrorsMixin, websoc
     def send_ping(self) -> None:
         self.send_bytes(PING_FRAME)
 
-    # -- closing ------------------------------------------------------------------------------
+    def stream_closed(self) -> bool:
+        return self._transport is None or self._transport.is_closing()
+
+    def send_bytes(self, data: bytes) -> None:
+        """Prepared bytes; a backlog past the bound ends in ``on_backlog_full`` (1013)."""
+        if self._stream is not None and not self.write(data):
+            self.forget()
+
+    # -- closing ----------------------------------------------------------------------------------
 
     def _close(self, code: int, reason: str) -> None:
         """Close and leave the registry now, not when the peer answers (up to 5 s later)."""
         self.forget()
         self.close(code, reason)
 
+    def on_backlog_full(self) -> None:
+        if self._stream is None:
+            return
+        log.warning("%s tenant %s: unsent backlog over %d bytes, closing (1013)",
+                    self.conn_id, self.tenant_id, self.core.settings.max_backlog_bytes)
+        self.core.hub.slow_closes += 1
+        # The close frame queues behind the backlog; the socket is dropped if the peer has
+        # not answered within CLOSE_TIMEOUT, which frees the backlog.
+        self._close(TRY_AGAIN_LATER, "client too slow")
+
     def close_slow(self) -> None:
-        # The close frame queues behind the backlog; Tornado aborts the socket if the peer
-        # has not answered within 5 s, which frees the backlog.
-        self.close(TRY_AGAIN_LATER, "client too slow")
+        self._close(TRY_AGAIN_LATER, "client too slow")
 
     def close_going_away(self) -> None:
-        self._close(GOING_AWAY, "server shutting down")
+        """Shutting down: 1001, then the socket closes once the buffer is out (the process
+        will not wait for the peer's close frame)."""
+        self.forget()
+        self.close(GOING_AWAY, "server shutting down")
+        if self._transport is not None:
+            self._transport.close()
 
     def close_dead(self) -> None:
-        stream = self._stream
         self._close(NORMAL, "heartbeat timeout")
-        if stream is not None:
-            # The peer is silent: waiting for its close frame would only keep the socket.
-            stream.close()
+        # The peer is silent: waiting for its close frame would only keep the socket.
+        self.abort()
+
+    def _token_expired(self) -> None:
+        self._expiry = None
+        log.info("%s tenant %s: token expired, closing (1008)", self.conn_id, self.tenant_id)
+        self._close(POLICY, "token expired")
 
     def forget(self) -> None:
         super().forget()
         self.leave()  # the connection slot and the expiry timer
 
-    def on_close(self) -> None:
+    def on_protocol_error(self, code: int, reason: str) -> None:
+        log.info("%s tenant %s: closing (%d): %s", self.conn_id, self.tenant_id, code, reason)
         self.forget()
+
+    def on_connection_lost(self) -> None:
+        self.forget()
+        self.core.hub.socket_closed(self)
         log.debug("%s closed: tenant %s code %s", self.conn_id, self.tenant_id, self.close_code)
 
-    # -- from the client ----------------------------------------------------------------------
-
-    def on_pong(self, data: bytes) -> None:
-        self.last_seen = time.monotonic()
-
-    def on_ping(self, data: bytes) -> None:
-        self.last_seen = time.monotonic()
+    # -- from the client ----------------------------------------------------------------------------
 
     def on_message(self, message: str | bytes) -> None:
-        now = self.last_seen = time.monotonic()
+        now = self.last_seen
         if now - self._rate_window >= 1.0:
             self._rate_window = now
             self._rate_count = 0

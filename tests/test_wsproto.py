@@ -1,0 +1,234 @@
+"""The WebSocket protocol after the upgrade (tornado_cfgpush/wsproto.py), over real sockets:
+what RFC 6455 requires of a server for each kind of broken frame, the close handshake,
+fragmentation, bytes sent before the 101, and permessage-deflate (RFC 7692) against the
+``websockets`` library's client, an independent implementation."""
+from __future__ import annotations
+
+import asyncio
+import json
+import os
+import struct
+import zlib
+
+import pytest
+import websockets
+from websockets.asyncio.client import connect as ws_connect
+from websockets.extensions.permessage_deflate import ClientPerMessageDeflateFactory
+
+from tornado_cfgpush.wsproto import Deflate
+
+from .conftest import publish, wait_for
+from .rawws import RawWebSocket
+
+
+def raw_frame(first: int, payload: bytes, *, masked: bool = True, length: int | None = None) -> bytes:
+    """Any frame, broken ones included: ``first`` is the whole first byte (FIN, RSV, opcode)."""
+    n = len(payload) if length is None else length
+    mask_bit = 0x80 if masked else 0
+    if n < 126:
+        head = bytes([first, mask_bit | n])
+    elif n <= 0xFFFF:
+        head = bytes([first, mask_bit | 126]) + struct.pack("!H", n)
+    else:
+        head = bytes([first, mask_bit | 127]) + struct.pack("!Q", n)
+    if not masked:
+        return head + payload
+    mask = os.urandom(4)
+    return head + mask + bytes(b ^ mask[i % 4] for i, b in enumerate(payload))
+
+
+async def welcomed(port: int) -> RawWebSocket:
+    ws = await RawWebSocket.connect(port, "tenant_id=acme")
+    assert ws.status == 101
+    assert "Welcome" in await ws.read_json()
+    return ws
+
+
+async def close_code(ws: RawWebSocket) -> int | None:
+    """The code of the server's close frame, after which the server ends the TCP connection."""
+    while True:
+        opcode, payload = await ws.read_frame()
+        if opcode == 0x8:
+            code = struct.unpack("!H", payload[:2])[0] if len(payload) >= 2 else None
+            assert await asyncio.wait_for(ws.reader.read(), 5) == b""  # then EOF
+            return code
+
+
+BROKEN = {
+    "unmasked frame": (raw_frame(0x81, b'"Ping"', masked=False), 1002),
+    "reserved bit without an extension": (raw_frame(0xC1, b'"Ping"'), 1002),
+    "unknown opcode": (raw_frame(0x83, b"x"), 1002),
+    "control frame over 125 bytes": (raw_frame(0x89, b"x" * 126), 1002),
+    "fragmented control frame": (raw_frame(0x09, b"x"), 1002),
+    "continuation with nothing to continue": (raw_frame(0x80, b"x"), 1002),
+    "new message inside a fragmented one": (raw_frame(0x01, b'"Pi') + raw_frame(0x81, b'"Ping"'), 1002),
+    "invalid UTF-8": (raw_frame(0x81, b'"\xff\xfe"'), 1007),
+    "invalid close code": (raw_frame(0x88, struct.pack("!H", 999)), 1002),
+    "one-byte close body": (raw_frame(0x88, b"\x03"), 1002),
+    "close reason not UTF-8": (raw_frame(0x88, struct.pack("!H", 1000) + b"\xff"), 1007),
+    "frame claiming a gigabyte": (raw_frame(0x81, b"", length=10**9)[:10], 1009),
+    "fragments adding up past the limit": (raw_frame(0x01, b"x" * 3000) + raw_frame(0x80, b"x" * 3000), 1009),
+}
+
+
+@pytest.mark.gen_test
+@pytest.mark.parametrize("case", list(BROKEN))
+async def test_a_broken_frame_closes_with_its_code_and_frees_everything(case, server_port, core):
+    data, expected = BROKEN[case]
+    ws = await welcomed(server_port)
+    ws.writer.write(data)
+    assert await close_code(ws) == expected
+    await wait_for(lambda: core.hub.connection_count() == 0 and core.limits.total == 0 and not core.hub.sockets)
+    ws.close()
+
+
+@pytest.mark.gen_test
+async def test_a_fragmented_message_with_a_ping_between_its_fragments(server_port):
+    ws = await welcomed(server_port)
+    message = b'{"Ping": {"id": "frag"}}'
+    ws.writer.write(raw_frame(0x01, message[:5]) + raw_frame(0x89, b"hb") + raw_frame(0x00, message[5:12])
+                    + raw_frame(0x80, message[12:]))
+    assert await ws.read_frame() == (0xA, b"hb")  # the control frame is answered at once
+    assert await ws.read_json() == {"Pong": {"id": "frag"}}
+    ws.close()
+
+
+@pytest.mark.gen_test
+async def test_the_close_handshake_echoes_the_peers_code(server_port, core):
+    ws = await welcomed(server_port)
+    ws.writer.write(raw_frame(0x88, struct.pack("!H", 4000) + b"bye"))
+    assert await close_code(ws) == 4000
+    await wait_for(lambda: not core.hub.sockets and core.limits.total == 0)
+    ws.close()
+
+
+@pytest.mark.gen_test
+async def test_frames_sent_with_the_request_are_answered_after_welcome(server_port):
+    reader, writer = await asyncio.open_connection("127.0.0.1", server_port)
+    writer.write(b"GET /ws?tenant_id=acme HTTP/1.1\r\nHost: x\r\nUpgrade: websocket\r\nConnection: Upgrade\r\n"
+                 b"Sec-WebSocket-Key: dGhlIHNhbXBsZSBub25jZQ==\r\nSec-WebSocket-Version: 13\r\n\r\n"
+                 + raw_frame(0x81, b'{"Ping": {"id": "early"}}'))
+    head = await asyncio.wait_for(reader.readuntil(b"\r\n\r\n"), 5)
+    assert head.startswith(b"HTTP/1.1 101") and b"s3pPLMBiTxaQ9kYGzzhZRbK+xOo=" in head
+    ws = RawWebSocket(reader, writer, 101, head)
+    assert "Welcome" in await ws.read_json()
+    assert await ws.read_json() == {"Pong": {"id": "early"}}
+    ws.close()
+
+
+@pytest.mark.gen_test
+async def test_upgrade_header_errors(server_port):
+    bad_version = await RawWebSocket.connect(server_port, "tenant_id=acme", extra_headers="Sec-WebSocket-Version: 8\r\n")
+    # RawWebSocket sends version 13 too: two values are not "13" either.
+    bad_version.close()
+    assert bad_version.status == 426 and b"sec-websocket-version: 13" in bad_version.headers.lower()
+    assert "version 13" in json.loads(bad_version.body)["error"]
+    # A key that is not 16 bytes, or not base64, or not even ASCII (found by test_hostile).
+    for key in (b"c2hvcnQ=", b"not base64!", b"\xbe\xbe\xbe\xbe\xbe\xbe\xbe\xbe\xbe\xbe\xbe\xbe\xbe\xbe\xbe\xbe\xbe\xbe\xbe\xbe\xbe\xbe=="):
+        reader, writer = await asyncio.open_connection("127.0.0.1", server_port)
+        writer.write(b"GET /ws?tenant_id=acme HTTP/1.1\r\nHost: x\r\nUpgrade: websocket\r\nConnection: Upgrade\r\n"
+                     b"Sec-WebSocket-Key: " + key + b"\r\nSec-WebSocket-Version: 13\r\n\r\n")
+        head = await asyncio.wait_for(reader.readuntil(b"\r\n\r\n"), 5)
+        writer.close()
+        assert head.startswith(b"HTTP/1.1 400"), (key, head)
+
+
+@pytest.mark.gen_test
+async def test_a_client_that_offers_compression_gets_plain_frames_by_default(server_port):
+    async with ws_connect(f"ws://127.0.0.1:{server_port}/ws?tenant_id=acme", compression="deflate") as ws:
+        assert ws.response.headers.get("Sec-WebSocket-Extensions") is None
+        assert "Welcome" in json.loads(await ws.recv())
+        await ws.send('{"Ping": {"id": 1}}')
+        assert json.loads(await ws.recv()) == {"Pong": {"id": 1}}
+
+
+# -- permessage-deflate ---------------------------------------------------------------------------
+
+@pytest.mark.gen_test
+@pytest.mark.settings(ws_compression=True)
+async def test_compressed_events_and_messages_with_the_websockets_client(server_port, core):
+    url = f"ws://127.0.0.1:{server_port}/ws?tenant_id=acme"
+    async with ws_connect(url, compression="deflate") as first, ws_connect(url, compression="deflate") as second:
+        extensions = first.response.headers["Sec-WebSocket-Extensions"]
+        assert extensions.startswith("permessage-deflate") and "server_no_context_takeover" in extensions
+        for ws in (first, second):
+            assert "Welcome" in json.loads(await ws.recv())
+        event_id = await publish(core, path="big.json", meta={"note": "x" * 2000})
+        for ws in (first, second):
+            event = json.loads(await ws.recv())["ConfigChanged"]
+            assert event["event_id"] == event_id and event["meta"]["note"] == "x" * 2000
+        # The client compresses what it sends (with context takeover): the server inflates.
+        for i in range(3):
+            await first.send(json.dumps({"Ping": {"id": f"p{i}"}}))
+            assert json.loads(await first.recv()) == {"Pong": {"id": f"p{i}"}}
+
+
+@pytest.mark.gen_test
+@pytest.mark.settings(ws_compression=True)
+async def test_one_compressed_frame_serves_every_client(server_port, core):
+    extension = "Sec-WebSocket-Extensions: permessage-deflate; client_no_context_takeover\r\n"
+    clients = [await RawWebSocket.connect(server_port, "tenant_id=acme", extra_headers=extension) for _ in range(2)]
+    for ws in clients:
+        assert b"permessage-deflate; server_no_context_takeover; client_no_context_takeover" in ws.headers
+        assert "Welcome" in await ws.read_json()  # per-connection messages go uncompressed
+    event_id = await publish(core, path="a.json")
+    frames = []
+    for ws in clients:
+        head = await asyncio.wait_for(ws.reader.readexactly(2), 5)
+        assert head[0] == 0xC1  # FIN, RSV1 (compressed), text
+        n = head[1] & 0x7F
+        if n == 126:
+            extended = await ws.reader.readexactly(2)
+            head, n = head + extended, struct.unpack("!H", extended)[0]
+        frames.append((head, await ws.reader.readexactly(n)))
+    assert frames[0] == frames[1]
+    text = zlib.decompressobj(-15).decompress(frames[0][1] + b"\x00\x00\xff\xff")
+    assert json.loads(text)["ConfigChanged"]["event_id"] == event_id
+    for ws in clients:
+        ws.close()
+
+
+@pytest.mark.gen_test
+@pytest.mark.settings(ws_compression=True)
+async def test_a_compressed_message_that_inflates_past_the_limit_closes_1009(server_port, core):
+    async with ws_connect(f"ws://127.0.0.1:{server_port}/ws?tenant_id=acme", compression="deflate") as ws:
+        assert "Welcome" in json.loads(await ws.recv())
+        await ws.send('{"Ping": {"id": "' + "a" * 100_000 + '"}}')  # about 100 bytes compressed
+        with pytest.raises(websockets.ConnectionClosedError) as closed:
+            await ws.recv()
+    assert closed.value.rcvd.code == 1009
+    await wait_for(lambda: not core.hub.sockets and core.limits.total == 0)
+
+
+@pytest.mark.gen_test
+@pytest.mark.settings(ws_compression=True)
+async def test_a_small_window_the_client_asks_for_is_honoured(server_port, core):
+    factory = ClientPerMessageDeflateFactory(server_max_window_bits=10, client_max_window_bits=True)
+    async with ws_connect(f"ws://127.0.0.1:{server_port}/ws?tenant_id=acme", extensions=[factory],
+                          compression=None) as ws:
+        assert "server_max_window_bits=10" in ws.response.headers["Sec-WebSocket-Extensions"]
+        assert "Welcome" in json.loads(await ws.recv())
+        event_id = await publish(core, path="w.json", meta={"note": "y" * 3000})
+        assert json.loads(await ws.recv())["ConfigChanged"]["event_id"] == event_id
+
+
+@pytest.mark.parametrize("header, response", [
+    ("permessage-deflate", "permessage-deflate; server_no_context_takeover"),
+    ("permessage-deflate; client_max_window_bits",
+     "permessage-deflate; server_no_context_takeover; client_max_window_bits=9"),
+    ("permessage-deflate; client_no_context_takeover; server_no_context_takeover",
+     "permessage-deflate; server_no_context_takeover; client_no_context_takeover"),
+    ("permessage-deflate; server_max_window_bits=12",
+     "permessage-deflate; server_no_context_takeover; server_max_window_bits=12"),
+    # A window zlib cannot make declines that offer; the next one is taken.
+    ("permessage-deflate; server_max_window_bits=8, permessage-deflate",
+     "permessage-deflate; server_no_context_takeover"),
+    ("permessage-deflate; unknown_param", None),
+    ("permessage-deflate; client_no_context_takeover; client_no_context_takeover", None),
+    ("permessage-deflate; server_max_window_bits=99", None),
+    ("x-webkit-deflate-frame", None),
+    ("", None),
+])
+def test_deflate_negotiation(header, response):
+    negotiated = Deflate.negotiate(header)
+    assert (negotiated[1] if negotiated else None) == response
