@@ -4,6 +4,7 @@ Every process is read by threads (no pipe can fill up and block it) and killed a
 """
 from __future__ import annotations
 
+import asyncio
 import json
 import signal
 import socket
@@ -107,6 +108,8 @@ ERRORS = {
     "bad heartbeat env": ([], {"CFGPUSH_HEARTBEAT_INTERVAL": "-1"}, "CFGPUSH_HEARTBEAT_INTERVAL: heartbeat interval must be a positive number"),
     "port taken": (["--port", "{port}"], {}, "cannot listen on 127.0.0.1:{port}: "),
     "short admin token": (["--admin-token", "short"], {}, "--admin-token: admin token must be at least 8 characters"),
+    "bad loop": (["--loop", "trio"], {}, "--loop: loop must be one of asyncio, uvloop, not 'trio'"),
+    "bad compression switch": ([], {"CFGPUSH_WS_COMPRESSION": "maybe"}, "CFGPUSH_WS_COMPRESSION: "),
     "missing secret file": ([], {"CFGPUSH_ADMIN_TOKEN_FILE": "{tmp}/no-such-file"},
                             "CFGPUSH_ADMIN_TOKEN_FILE: cannot read '{tmp}/no-such-file': No such file or directory"),
 }
@@ -259,3 +262,26 @@ async def test_signal_closes_clients_with_1001_and_exits_0(start, config_dir, si
     assert "shutting down" in log
     assert "exiting anyway" not in log
     assert "Traceback" not in log
+
+
+@pytest.mark.gen_test(timeout=120)
+async def test_uvloop_with_compression_serves_closes_and_exits(start, config_dir):
+    """The fast configuration end to end: uvloop, permessage-deflate (the websockets library's
+    client inflates), the open-files limit raised, a clean 1001 shutdown."""
+    from websockets.asyncio.client import connect as ws_connect
+
+    server = start("--port", "0", "--config-dir", str(config_dir), "--loop", "uvloop", "--ws-compression")
+    port = int((await server.wait_log(LISTENING)).group(1))
+    await server.wait_log(r"watching .* files")
+    assert server.find(r"open-files limit: \d+")
+    async with ws_connect(f"ws://127.0.0.1:{port}/ws?tenant_id=acme", compression="deflate") as ws:
+        assert "permessage-deflate" in ws.response.headers["Sec-WebSocket-Extensions"]
+        assert "Welcome" in json.loads(await ws.recv())
+        (config_dir / "acme" / "app.json").write_text('{"a": 3}')
+        event = json.loads(await asyncio.wait_for(ws.recv(), 15))["ConfigChanged"]
+        assert (event["tenant_id"], event["path"]) == ("acme", "app.json")
+        server.proc.send_signal(signal.SIGTERM)
+        await asyncio.wait_for(ws.wait_closed(), 15)
+        assert ws.close_code == 1001
+    assert await server.wait_exit(timeout=15) == 0, server.text()
+    assert "Traceback" not in server.text()

@@ -188,8 +188,8 @@ class WebSocketProtocol(asyncio.Protocol):
     # -- asyncio's side ---------------------------------------------------------------------------
 
     def connection_made(self, transport: asyncio.BaseTransport) -> None:
-        assert isinstance(transport, asyncio.Transport)
-        self._transport = transport
+        # asyncio's or uvloop's (which is not an asyncio.Transport subclass).
+        self._transport = transport  # type: ignore[assignment]
         # pause_writing() is called once the unsent bytes pass the bound: the slow-client rule.
         transport.set_write_buffer_limits(high=self.max_backlog)
 
