@@ -1,9 +1,10 @@
 """Per-node registry tenant -> connections, delivery, slow-consumer policy, heartbeat sweep.
 
 Delivery is a plain loop: one prepared byte string per event, written to every connection
-of the tenant. No Task, coroutine or Future is created per recipient while the socket keeps
-up (the direct send below); only a connection that already has a backlog goes through
-Tornado's buffered ``IOStream.write``.
+of the tenant. No Task, coroutine or Future is created per recipient: a WebSocket writes to
+its asyncio transport (``wsproto.py``); an SSE stream, which Tornado keeps, uses the direct
+send of ``write_bytes`` below while the socket keeps up, and Tornado's buffered
+``IOStream.write`` only for a connection that already has a backlog.
 """
 from __future__ import annotations
 
