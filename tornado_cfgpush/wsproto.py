@@ -197,7 +197,7 @@ class WebSocketProtocol(asyncio.Protocol):
         self.last_seen = time.monotonic()
         buf = self._buffer + data if self._buffer else data
         pos, end = 0, len(buf)
-        while end - pos >= 2 and self._transport is not None:
+        while end - pos >= 2:
             first, second = buf[pos], buf[pos + 1]
             length, head = second & 0x7F, 2
             if length == 126:
@@ -222,6 +222,8 @@ class WebSocketProtocol(asyncio.Protocol):
             payload = unmask(buf[pos + head:start], buf[start:start + length])
             pos = start + length
             self._frame(first, opcode, payload)
+            if self._transport is None or self._transport.is_closing():
+                return  # failed, or closed: nothing after this frame counts
         self._buffer = buf[pos:] if pos < end else b""
 
     def eof_received(self) -> bool:
