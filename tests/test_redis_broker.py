@@ -499,3 +499,45 @@ async def test_cross_node_latency(cluster):
     p99 = samples[int(len(samples) * 0.99) - 1]
     print(f"\ncross-node delivery (publish on A -> client of B), {len(samples)} events: "
           f"p50 {p50:.2f} ms, p99 {p99:.2f} ms, max {samples[-1]:.2f} ms")
+
+
+@pytest.mark.gen_test(timeout=120)
+async def test_resumes_in_a_storm_share_reads_and_decoded_events_but_never_cross_tenants(cluster):
+    """A reconnect storm: catch-ups asked for in one loop iteration share one stream read and
+    one decoded Event per entry. Stream ids are per tenant, so acme's and globex's often
+    coincide (same millisecond): the shared events must still never cross tenants."""
+    a = await cluster()
+    start = {tenant: await a.publish(tenant, path="start.json") for tenant in ("acme", "globex")}
+    published: dict[str, list[str]] = {"acme": [], "globex": []}
+    for i in range(30):
+        for tenant in published:
+            published[tenant].append(await a.publish(tenant, path=f"{tenant}-{i}.json"))
+
+    reads = []
+    read_stream = a.broker._read_stream
+
+    async def counted(*args, **kwargs):
+        reads.append(args[0])
+        return await read_stream(*args, **kwargs)
+
+    a.broker._read_stream = counted
+    batch = await asyncio.gather(*(a.broker.catch_up(t, start[t]) for t in ("acme", "globex") for _ in range(10)))
+    assert sorted(reads) == ["acme", "globex"]  # one read per (tenant, since), not twenty
+    for catchup in batch:
+        tenant = catchup.events[0].tenant_id
+        assert [e.event_id for e in catchup.events] == published[tenant]
+        assert all(e.tenant_id == tenant and e.body["path"].startswith(tenant) for e in catchup.events)
+        assert catchup.events[0] is batch[0 if tenant == "acme" else 10].events[0]  # decoded once
+
+    # A catch-up asked for after a batch's read went out is a batch of its own: it sees
+    # what was published since.
+    later = await a.publish(path="later.json")
+    assert (await a.broker.catch_up("acme", start["acme"])).events[-1].event_id == later
+
+    # Over real sockets: resuming clients of both tenants, all at once.
+    clients = await asyncio.gather(*(a.connect(t, last_event_id=start[t]) for t in ("acme", "globex") for _ in range(10)))
+    for client, tenant in zip(clients, ["acme"] * 10 + ["globex"] * 10):
+        await welcomed(client)
+        expected = published[tenant] + ([later] if tenant == "acme" else [])
+        assert await read_ids(client, len(expected)) == expected
+        await client.expect_nothing(0.05)

@@ -24,6 +24,7 @@ import asyncio
 import json
 import logging
 import random
+from collections import OrderedDict
 from typing import Any, Callable, Iterable
 
 import redis.asyncio as aioredis
@@ -85,6 +86,9 @@ return {newest and newest[1] or false, first or false, after, t[1] .. string.for
 
 ZERO = (0, 0)  # "before the first entry": the predecessor recorded in a stream's first entry
 MAX_ID = 2**64 - 1  # Redis stream ids are two unsigned 64-bit numbers
+# Decoded events kept by id, so a replay to many clients (or a live delivery, then its replay)
+# parses and encodes each event once: a few MB at most.
+RECENT_EVENTS = 4096
 IDLE_PING = 5.0  # seconds of pub/sub silence before we ask whether the connection lives
 BACKOFF_FIRST, BACKOFF_MAX = 0.1, 5.0
 
@@ -138,6 +142,12 @@ class RedisBroker(Broker):
         self._publish = self._redis.register_script(PUBLISH)
         self._read = self._redis.register_script(READ)
         self._cursor: dict[str, tuple[int, int]] = {}
+        # Catch-ups of the same (tenant, since) asked for in one loop iteration share one read
+        # (a reconnect storm: thousands of clients resuming from the same id).
+        self._batches: dict[tuple[str, str | None], asyncio.Future] = {}
+        self._batch_tasks: set[asyncio.Task] = set()
+        # Recent events by id, decoded and encoded once, whoever replays or delivers them.
+        self._recent: OrderedDict[tuple[str, tuple[int, int]], Event] = OrderedDict()
         self._unready: str | None = "redis: not connected yet"
         self._listener: asyncio.Task | None = None
         self._first_attempt = asyncio.Event()
@@ -165,6 +175,9 @@ class RedisBroker(Broker):
             except asyncio.CancelledError:
                 pass
             self._listener = None
+        for task in list(self._batch_tasks):
+            task.cancel()
+        await asyncio.gather(*self._batch_tasks, return_exceptions=True)
         await self._listener_redis.aclose()
         await self._redis.aclose()
 
@@ -208,6 +221,35 @@ class RedisBroker(Broker):
         return states
 
     async def catch_up(self, tenant_id: str, since: str | None) -> Catchup:
+        """One read of the stream for every subscriber of ``tenant_id`` resuming from ``since``
+        that asks within this loop iteration.
+
+        Sharing is safe only with subscribers registered (in the hub) before the read is
+        issued, so that what the read misses reaches them live: the batch closes, and its read
+        starts, at the next iteration; later callers start a new batch.
+        """
+        key = (tenant_id, since)
+        batch = self._batches.get(key)
+        if batch is None:
+            batch = self._batches[key] = asyncio.get_running_loop().create_future()
+            task = asyncio.ensure_future(self._read_batch(key, batch))
+            self._batch_tasks.add(task)
+            task.add_done_callback(self._batch_tasks.discard)
+        return await asyncio.shield(batch)
+
+    async def _read_batch(self, key: tuple[str, str | None], batch: asyncio.Future) -> None:
+        await asyncio.sleep(0)  # whoever registers in this iteration joins the batch
+        del self._batches[key]
+        try:
+            batch.set_result(await self._catch_up(*key))
+        except asyncio.CancelledError:  # the broker stops
+            batch.cancel()
+            raise
+        except Exception as exc:  # BrokerUnavailable, for every subscriber of the batch
+            batch.set_exception(exc)
+            batch.exception()  # retrieved: a batch nobody awaits any more is not an error
+
+    async def _catch_up(self, tenant_id: str, since: str | None) -> Catchup:
         try:
             since_id = parse_event_id(since) if since is not None else None
         except ValueError:
@@ -239,7 +281,21 @@ class RedisBroker(Broker):
         # The exact bounds of the embedded broker; the stream's own trimming is approximate.
         if len(entries) > self.history_size or next_id[0] < now_ms - self.history_ttl * 1000:
             return Catchup(newest, resync=HISTORY_EXPIRED)
-        return Catchup(newest, [Event(_fmt(i), json.loads(body)) for i, _, body in entries])
+        return Catchup(newest, [self._event(tenant_id, i, body) for i, _, body in entries])
+
+    def _event(self, tenant_id: str, event_id: tuple[int, int], body: str | dict[str, Any]) -> Event:
+        """The ``Event`` of a stream entry, built (decoded, encoded) once while it is recent.
+        Keyed by tenant too: each tenant's stream has its own ids, and two may be equal."""
+        key = (tenant_id, event_id)
+        event = self._recent.get(key)
+        if event is None:
+            event = Event(_fmt(event_id), json.loads(body) if isinstance(body, str) else body)
+            if event.tenant_id != tenant_id:  # an entry must belong to its tenant's stream
+                raise ValueError(f"stream of tenant {tenant_id!r} holds an event of {event.tenant_id!r}")
+            self._recent[key] = event
+            if len(self._recent) > RECENT_EVENTS:
+                self._recent.popitem(last=False)
+        return event
 
     async def _sync(self, tenant_id: str, newest_id: tuple[int, int] | None) -> None:
         """Make this node's deliveries reach what a subscriber was just told is the newest,
@@ -276,7 +332,7 @@ class RedisBroker(Broker):
             return
         self._cursor[tenant_id] = event_id
         try:
-            self.deliver(Event(_fmt(event_id), fields))
+            self.deliver(self._event(tenant_id, event_id, fields))
         except Exception:  # a delivery bug must not stop the listener
             log.exception("tenant %s: delivering %s failed", tenant_id, _fmt(event_id))
 

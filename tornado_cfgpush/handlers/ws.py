@@ -32,6 +32,9 @@ if TYPE_CHECKING:  # pragma: no cover
 
 log = logging.getLogger("cfgpush.ws")
 
+# What a client may send before its Welcome is out before we stop reading from it.
+HELD_BYTES = 64 * 1024
+
 
 class ConfigWebSocket(AdmissionMixin, JsonErrorsMixin, web.RequestHandler):
     """The upgrade: every check, then ``101`` and the hand-over (``_upgrade``)."""
@@ -92,7 +95,8 @@ class ConfigWebSocket(AdmissionMixin, JsonErrorsMixin, web.RequestHandler):
         # private to Tornado, but it is the only place they are.
         early = bytes(stream._read_buffer)
         try:
-            await stream.write(b"")  # the 101 is on the wire
+            if stream._write_buffer:  # rarely: the 101 did not fit in the socket at once
+                await stream.write(b"")
             sock = stream.socket.dup()  # ours; Tornado's copy closes with its stream
         except (StreamClosedError, AttributeError, OSError):  # the peer left meanwhile
             stream.close()
@@ -130,6 +134,9 @@ class WebSocketSubscriber(SubscriptionMixin, LeaseMixin, WebSocketProtocol):
         self._expiry = None
         self._rate_window = 0.0
         self._rate_count = 0
+        # Bytes received while subscribing (None once subscribed), answered after Welcome.
+        self._held: bytes | None = b""
+        self._reading_paused = False
         # Events are written compressed only when the client agreed; shared per window size.
         self._deflate_wbits = deflate.server_wbits if deflate is not None else 0
 
@@ -139,14 +146,28 @@ class WebSocketSubscriber(SubscriptionMixin, LeaseMixin, WebSocketProtocol):
 
     async def start(self, early: bytes) -> None:
         """Subscribe, then read: nothing the client sends is answered before Welcome."""
-        self.pause_reading()
+        self._held = early
         self.schedule_expiry(self._token_expired)
         if not await self.subscribe(self._transport):
             self.close(TRY_AGAIN_LATER, "broker unavailable, reconnect later")
             return
-        if early:
-            self.data_received(early)
-        self.resume_reading()
+        held, self._held = self._held, None
+        if held:
+            self.data_received(held)
+        if self._reading_paused:
+            self._reading_paused = False
+            self.resume_reading()
+
+    def data_received(self, data: bytes) -> None:
+        held = self._held
+        if held is None:
+            super().data_received(data)
+            return
+        # Still subscribing: keep what arrives for after Welcome, within a bound.
+        self._held = held + data
+        if len(self._held) > HELD_BYTES and not self._reading_paused:
+            self._reading_paused = True
+            self.pause_reading()
 
     # -- framing (SubscriptionMixin) ---------------------------------------------------------------------
 
