@@ -21,6 +21,9 @@ from .events import Event
 
 log = logging.getLogger("cfgpush.hub")
 
+# Steps of one heartbeat interval: each pings (or drops) one slice of the connections.
+SWEEP_SLICES = 10
+
 
 class Subscriber(Protocol):
     """What the hub needs of a connection (``/ws`` and ``/events``)."""
@@ -79,6 +82,9 @@ class Hub:
         self.sockets: set = set()
         self._sockets_closed: asyncio.Event | None = None
         self._sweeper: PeriodicCallback | None = None
+        # The heartbeat's slices of the connections (by hash) and the one it visits next.
+        self._slices: list[set[Subscriber]] = [set() for _ in range(SWEEP_SLICES)]
+        self._next_slice = 0
         self.deliveries = 0
         self.heartbeat_closes = 0
         self.slow_closes = 0
@@ -89,9 +95,11 @@ class Hub:
 
     def add(self, conn: Subscriber) -> None:
         self._by_tenant.setdefault(conn.tenant_id, set()).add(conn)
+        self._slices[hash(conn) % SWEEP_SLICES].add(conn)
 
     def remove(self, conn: Subscriber) -> None:
         """Idempotent: called on our own closes and again from ``on_close``."""
+        self._slices[hash(conn) % SWEEP_SLICES].discard(conn)
         conns = self._by_tenant.get(conn.tenant_id)
         if conns is not None:
             conns.discard(conn)
@@ -131,9 +139,12 @@ class Hub:
     # -- heartbeat ----------------------------------------------------------------------------
 
     def start(self) -> None:
-        """One sweep for all connections, instead of a timer or Task per connection."""
+        """One sweep for all connections, instead of a timer or Task per connection, run in
+        SWEEP_SLICES steps per interval: each step pings one slice, so the pings and their
+        pongs do not come in one burst that an event published meanwhile waits behind (about
+        0.3 s at 10 000 connections)."""
         if self._sweeper is None:
-            self._sweeper = PeriodicCallback(self.sweep, self.heartbeat_interval * 1000)
+            self._sweeper = PeriodicCallback(self._sweep_step, self.heartbeat_interval * 1000 / SWEEP_SLICES)
             self._sweeper.start()
 
     def stop(self) -> None:
@@ -141,14 +152,20 @@ class Hub:
             self._sweeper.stop()
             self._sweeper = None
 
-    def sweep(self) -> None:
-        """Drop connections silent for longer than the timeout; ping the others."""
-        deadline = time.monotonic() - self.heartbeat_timeout
-        for conn in self.connections():
+    def _sweep_step(self) -> None:
+        self.sweep(self._slices[self._next_slice])
+        self._next_slice = (self._next_slice + 1) % SWEEP_SLICES
+
+    def sweep(self, conns: Iterable[Subscriber] | None = None) -> None:
+        """Drop connections silent for longer than the timeout; ping the others. Each
+        connection is in one slice for its life, so it is visited once per interval."""
+        now = time.monotonic()
+        deadline = now - self.heartbeat_timeout
+        for conn in tuple(conns) if conns is not None else self.connections():
             if conn.last_seen < deadline:
                 self.heartbeat_closes += 1
                 log.info("closing silent connection (tenant %s, no frame for %.1f s)",
-                         conn.tenant_id, time.monotonic() - conn.last_seen,
+                         conn.tenant_id, now - conn.last_seen,
                          extra={"tenant": conn.tenant_id, "connection": getattr(conn, "conn_id", None)})
                 conn.close_dead()
             else:
