@@ -1,26 +1,104 @@
-"""Keeps scripts/bench_fanout.py working: a tiny run, no timing asserted."""
+"""Keeps the benchmark scripts working: tiny runs that count, never time.
+
+``scripts/bench.py --smoke`` runs every scenario against every server with a handful of
+clients; the test checks the accounting (every delivery counted, once, in order; every
+scenario and server present; the JSON and the chart written) and that the run left no
+process and no temporary folder behind. No timing is asserted anywhere.
+"""
+from __future__ import annotations
+
+import importlib.util
 import json
+import os
+import signal
 import subprocess
 import sys
 from pathlib import Path
 
-SCRIPT = Path(__file__).resolve().parent.parent / "scripts" / "bench_fanout.py"
+import pytest
+
+from .conftest import need_program
+
+SCRIPTS = Path(__file__).resolve().parent.parent / "scripts"
+SERVERS = ("seed", "websockets", "floor", "cfgpush")
+SCENARIOS = ("fanout", "latency", "memory", "idle", "e2e", "storm")
+# The smoke run takes 15 to 25 s on two busy cores; pytest's own timeout is 120 s.
+RUN_TIMEOUT = 100
 
 
-def test_fanout_benchmark_runs_and_accounts_for_every_delivery(tmp_path):
-    out = tmp_path / "bench.json"
-    done = subprocess.run([sys.executable, str(SCRIPT), "--clients", "20", "--events", "3", "--rounds", "1",
-                           "--json", str(out)], capture_output=True, text=True, timeout=120)
-    assert done.returncode == 0, done.stderr
+def run_bench(args: list[str], cwd: Path) -> subprocess.CompletedProcess:
+    """The bench in its own process group: on a timeout, one killpg ends it and every
+    server it started (they stay in its group)."""
+    proc = subprocess.Popen([sys.executable, str(SCRIPTS / "bench.py"), *args], cwd=cwd, stdin=subprocess.DEVNULL,
+                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, start_new_session=True)
+    try:
+        out, err = proc.communicate(timeout=RUN_TIMEOUT)
+    except subprocess.TimeoutExpired:
+        os.killpg(proc.pid, signal.SIGKILL)
+        out, err = proc.communicate()
+        pytest.fail(f"bench.py --smoke ran over {RUN_TIMEOUT} s; its stderr:\n{err[-4000:]}")
+    finally:
+        # Whatever happened, nothing of the run may survive it.
+        try:
+            os.killpg(proc.pid, 0)
+        except ProcessLookupError:
+            pass
+        else:
+            os.killpg(proc.pid, signal.SIGKILL)
+            pytest.fail("bench.py left processes running in its group")
+    return subprocess.CompletedProcess(proc.args, proc.returncode, out, err)
+
+
+def test_bench_smoke_runs_every_scenario_and_accounts_for_every_delivery(tmp_path):
+    need_program("redis-server")  # the storm scenario's private Redis
+    out, chart = tmp_path / "bench.json", tmp_path / "bench.png"
+    # The chart needs matplotlib (the [bench] extra, not [test]): drawn when it is there.
+    charted = importlib.util.find_spec("matplotlib") is not None
+    done = run_bench(["--smoke", "--json", str(out), "--markdown"] + (["--chart", str(chart)] if charted else []),
+                     tmp_path)
+    assert done.returncode == 0, done.stderr[-4000:]
     result = json.loads(out.read_text())
-    for impl in ("seed", "cfgpush"):
-        assert [r["deliveries"] for r in result["results"][impl]] == [60]
-    assert "less server CPU per delivery" in done.stdout
+    assert result["errors"] == {}
+    assert not Path(result["workdir"]).exists()  # logs, config folder, Redis' folder: gone
+    if charted:
+        assert chart.stat().st_size > 0
+    args = result["args"]
+    clients, events, latency_events = args["clients"], args["events"], args["latency_events"]
+
+    for scenario in SCENARIOS:
+        assert scenario in result, scenario
+    for name in SERVERS:
+        fanout = result["fanout"]["servers"][name]["fanout"]
+        assert [r["delivered"] for r in fanout["rounds"]] == [clients * events] * args["rounds"], name
+        assert fanout["all_received"], name
+        latency = result["latency"]["servers"][name]["latency"]
+        assert [r["delivered"] for r in latency["rounds"]] == [clients * latency_events] * args["rounds"], name
+        for check in result["fanout"]["servers"][name]["checks"]:  # no duplicate, gap or stray frame
+            assert (check["disorder"], check["unknown"], check["lost_connections"], check["protocol_errors"]) \
+                == (0, 0, 0, 0), (name, check)
+        memory = result["memory"]["servers"][name]
+        assert memory["open_at_end"] == memory["connections"] == args["connections"], name
+        assert isinstance(memory["kb_per_connection"], float), name
+        for point in result["chart"]["servers"][name] if charted else ():
+            assert point["all_received"], (name, point)
+
+    idle = result["idle"]
+    assert idle["open_at_end"] == idle["connections"] == args["connections"]
+    e2e = result["e2e"]
+    assert e2e["delivered"] == e2e["expected"] == args["e2e_clients"] * args["saves"]
+    assert e2e["extra_events"] == 0  # one event per save, whatever the editor does
+    storm = result["storm"]
+    assert storm["all_caught_up"]
+    assert storm["exact"] == storm["clients"] == args["storm_clients"]  # every event, once, in order
+    assert (storm["lost"], storm["with_duplicates"], storm["with_gaps"], storm["resyncs"]) == (0, 0, 0, 0)
+
+    names = {t["name"] for t in result["targets"]}
+    assert any("cfgpush / floor" in n for n in names) and any("storm" in n for n in names)
+    assert "targets (issue #7)" in done.stdout and "| server |" in done.stdout  # the table and its Markdown
 
 
 def test_resume_benchmark_runs():
-    script = SCRIPT.parent / "bench_resume.py"
-    done = subprocess.run([sys.executable, str(script), "--events", "50", "--rounds", "1"],
-                          capture_output=True, text=True, timeout=120)
+    done = subprocess.run([sys.executable, str(SCRIPTS / "bench_resume.py"), "--events", "50", "--rounds", "1"],
+                          capture_output=True, text=True, timeout=RUN_TIMEOUT)
     assert done.returncode == 0, done.stderr
     assert "replay of 50 events" in done.stdout

@@ -1,0 +1,279 @@
+"""The results as a text table, the targets of issue #7 (met / NOT met), Markdown, a chart.
+
+Nothing here fails on a figure: a target not met is printed as such, never raised.
+"""
+from __future__ import annotations
+
+import platform
+import sys
+from typing import Any, Callable
+
+GEN_SATURATED = 90.0  # % of the generator's core: past it, the generator set the pace
+
+
+def machine() -> dict:
+    model = "unknown"
+    try:
+        with open("/proc/cpuinfo") as f:
+            for line in f:
+                if line.startswith("model name"):
+                    model = line.split(":", 1)[1].strip()
+                    break
+    except OSError:
+        pass
+    from importlib import metadata
+
+    versions = {}
+    for name in ("tornado", "websockets", "uvloop", "tornado_cfgpush"):
+        try:
+            versions[name] = metadata.version(name)
+        except metadata.PackageNotFoundError:
+            versions[name] = None
+    import os
+
+    return {"cpu": model, "cores": os.cpu_count(), "python": platform.python_version(),
+            "kernel": platform.release(), "system": platform.system(), **versions}
+
+
+def describe_machine(m: dict) -> str:
+    return (f"{m['cpu']}, {m['cores']} cores, Linux {m['kernel']}, Python {m['python']}, "
+            f"Tornado {m['tornado']}, websockets {m['websockets']}, uvloop {m['uvloop']}")
+
+
+def _f(value: Any, fmt: str = ".1f", none: str = "-") -> str:
+    if value is None:
+        return none
+    if isinstance(value, bool):
+        return "yes" if value else "NO"
+    return format(value, fmt)
+
+
+def _n(value: float | None) -> str:
+    """A large number with thin-space thousands, as the README's tables."""
+    return "-" if value is None else f"{value:,.0f}".replace(",", " ")
+
+
+# -- targets -----------------------------------------------------------------------------------
+
+def _get(results: dict, *path: str) -> Any:
+    node: Any = results
+    for key in path:
+        if not isinstance(node, dict) or key not in node:
+            return None
+        node = node[key]
+    return node
+
+
+def _ratio(a: float | None, b: float | None) -> float | None:
+    if a is None or b is None or b <= 0:
+        return None
+    return a / b
+
+
+def targets(results: dict) -> list[dict]:
+    """Every target of the issue with its figure; ``met`` is None when not measured."""
+    out: list[dict] = []
+
+    def add(name: str, figure: float | None, target: str, check: Callable[[float], bool], unit: str = "x",
+            extra: bool = True) -> None:
+        met = None if figure is None else bool(check(figure) and extra)
+        out.append({"name": name, "figure": figure, "unit": unit, "target": target, "met": met})
+
+    cpu = lambda name: _get(results, "fanout", "servers", name, "fanout", "median", "server_us_per_delivery")  # noqa: E731
+    add("server CPU per delivery, cfgpush / floor", _ratio(cpu("cfgpush"), cpu("floor")), "<= 1.25x",
+        lambda x: x <= 1.25)
+    add("server CPU per delivery, websockets / cfgpush", _ratio(cpu("websockets"), cpu("cfgpush")), ">= 1.15x",
+        lambda x: x >= 1.15)
+    add("server CPU per delivery, seed / cfgpush", _ratio(cpu("seed"), cpu("cfgpush")), ">= 3.5x",
+        lambda x: x >= 3.5)
+    p99 = lambda name: _get(results, "latency", "servers", name, "latency", "median", "last_client_p99_ms")  # noqa: E731
+    add("last-client p99 latency, cfgpush / floor", _ratio(p99("cfgpush"), p99("floor")), "<= 1.5x",
+        lambda x: x <= 1.5)
+    mem = lambda name: _get(results, "memory", "servers", name, "kb_per_connection")  # noqa: E731
+    add("memory per idle connection, cfgpush", mem("cfgpush"), "<= 12 KB", lambda x: x <= 12.0, " KB")
+    peers = [p for p in ("seed", "websockets") if mem(p) is not None]
+    if mem("cfgpush") is not None and peers:
+        below = all(mem("cfgpush") < mem(p) for p in peers)
+        worst = min(mem(p) for p in peers)
+        add(f"memory per idle connection, cfgpush below {' and '.join(peers)} (lowest peer {worst:.2f} KB)",
+            mem("cfgpush"), "< every peer but the floor", lambda x: below, " KB")
+    idle = _get(results, "idle", "core_percent_per_1000")
+    idle_n = _get(results, "idle", "connections")
+    add(f"idle CPU at {idle_n} connections, % of a core per 1 000", idle, "<= 1.5 %", lambda x: x <= 1.5, " %",
+        extra=_get(results, "idle", "open_at_end") == idle_n)
+    storm = _get(results, "storm", "seconds_from_listening")
+    add("restart storm: all reconnected and caught up (s), none lost", storm, "<= 15 s, 0 lost",
+        lambda x: x <= 15.0, " s", extra=_get(results, "storm", "lost") == 0)
+    e2e = _get(results, "e2e", "last_client_p99_ms")
+    debounce = _get(results, "e2e", "debounce_ms") or 50
+    add(f"save -> every client p99 (ms), debounce {debounce} ms", e2e, f"<= {debounce + 30} ms",
+        lambda x: x <= debounce + 30, " ms", extra=bool(_get(results, "e2e", "all_received")))
+    return out
+
+
+# -- text --------------------------------------------------------------------------------------
+
+def _table(header: list[str], rows: list[list[str]], markdown: bool) -> list[str]:
+    if markdown:
+        lines = ["| " + " | ".join(header) + " |", "| " + " | ".join("---" for _ in header) + " |"]
+        return lines + ["| " + " | ".join(r) + " |" for r in rows]
+    widths = [max(len(h), *(len(r[i]) for r in rows)) if rows else len(h) for i, h in enumerate(header)]
+
+    def fmt(cells: list[str]) -> str:
+        pairs = enumerate(zip(cells, widths, strict=True))
+        return "  ".join(c.ljust(w) if i == 0 else c.rjust(w) for i, (c, w) in pairs)
+
+    return [fmt(header)] + [fmt(r) for r in rows]
+
+
+def render(results: dict, markdown: bool = False) -> str:
+    out: list[str] = []
+    head = (lambda text: out.extend(["", f"**{text}**", ""])) if markdown else (lambda text: out.extend(["", text]))
+    m = results["machine"]
+    out.append(("Machine: " if markdown else "machine: ") + describe_machine(m)
+               + f"; server loop {results['options']['server_loop']}, generator loop "
+                 f"{results['options']['gen_loop']}"
+               + ("; server and generator pinned to separate cores" if results["options"]["pinned"] else
+                  "; one core: server and generator share it"))
+    fan = results.get("fanout")
+    if fan:
+        head(f"fanout: {fan['clients']} clients of one tenant x {fan['events']} back-to-back events, "
+             f"median of {fan['rounds']} round(s)")
+        rows = []
+        for name, s in fan["servers"].items():
+            f = s["fanout"]
+            med = f["median"]
+            gen = med.get("generator_cpu_percent")
+            rows.append([name, _f(med["server_us_per_delivery"]), _f(med["user_us"]), _f(med["sys_us"]),
+                         _n(med["deliveries_per_s"]), f"{f['delivered']}/{f['expected']} " + _f(f["all_received"]),
+                         _f(gen, ".0f") + "%" + (" SATURATED" if gen and gen >= GEN_SATURATED else "")])
+        out += _table(["server", "CPU µs/delivery", "user", "sys", "deliveries/s", "all received", "generator CPU"],
+                      rows, markdown)
+    lat = results.get("latency")
+    if lat:
+        head(f"latency: {lat['clients']} clients, {lat['latency_events']} events {lat['interval_s'] * 1000:.0f} ms "
+             f"apart, publish request to receipt, median of {lat['rounds']} round(s)")
+        rows = []
+        for name, s in lat["servers"].items():
+            l_ = s["latency"]
+            med = l_["median"]
+            rows.append([name, _f(med["p50_ms"], ".2f"), _f(med["p99_ms"], ".2f"),
+                         _f(med["last_client_p50_ms"], ".2f"), _f(med["last_client_p99_ms"], ".2f"),
+                         f"{l_['delivered']}/{l_['expected']} " + _f(l_["all_received"])])
+        out += _table(["server", "p50 ms", "p99 ms", "last-client p50 ms", "last-client p99 ms", "all received"],
+                      rows, markdown)
+    for key in ("fanout", "latency"):
+        block = results.get(key)
+        if block:
+            bad = {n: c for n, s in block["servers"].items() for c in s["checks"]
+                   if c["disorder"] or c["unknown"] or c["lost_connections"] or c["protocol_errors"]}
+            if bad:
+                out.append(f"  NOTE: clients saw anomalies in {key}: {bad}")
+            for name, s in block["servers"].items():
+                if "deflate" in name and not any(c.get("deflate_negotiated") for c in s["checks"]):
+                    out.append(f"  NOTE: {name}: the server did not accept permessage-deflate")
+            break
+    mem = results.get("memory")
+    if mem:
+        head(f"memory: RSS per idle connection at {mem['connections']} connections "
+             f"((RSS with them - RSS before, after a warm-up) / {mem['connections']})")
+        rows = [[name, _f(r["kb_per_connection"], ".2f"), _n(r["rss_before_kb"]), _n(r["rss_after_kb"]),
+                 _n(r["connections_per_s"]), _f(r["server_us_per_handshake"], ".0f"),
+                 _f(r["generator_cpu_percent_connecting"], ".0f") + "%", f"{r['open_at_end']}/{r['connections']}"]
+                for name, r in mem["servers"].items()]
+        out += _table(["server", "KB/connection", "RSS before KB", "RSS after KB", "handshakes/s",
+                       "server CPU µs/handshake", "generator CPU", "open at end"], rows, markdown)
+    idle = results.get("idle")
+    if idle:
+        head(f"idle: cfgpush, {idle['connections']} idle connections, heartbeat every "
+             f"{idle['heartbeat_interval_s']:g} s, {idle['window_s']:.0f} s window")
+        out += _table(["server", "% of a core", "% per 1 000 connections", "pings answered", "open at end"],
+                      [["cfgpush", _f(idle["core_percent"], ".2f"), _f(idle["core_percent_per_1000"], ".3f"),
+                        str(idle["pings_answered"]), f"{idle['open_at_end']}/{idle['connections']}"]], markdown)
+    e2e = results.get("e2e")
+    if e2e:
+        head(f"e2e: {e2e['write']} save in the config folder -> every one of {e2e['clients']} clients, "
+             f"{e2e['saves']} saves {e2e['interval_s'] * 1000:.0f} ms apart, debounce {e2e['debounce_ms']} ms")
+        out += _table(["server", "p50 ms", "p99 ms", "every client p50 ms", "every client p99 ms", "all received",
+                       "extra events"],
+                      [["cfgpush", _f(e2e["p50_ms"], ".1f"), _f(e2e["p99_ms"], ".1f"),
+                        _f(e2e["last_client_p50_ms"], ".1f"), _f(e2e["last_client_p99_ms"], ".1f"),
+                        f"{e2e['delivered']}/{e2e['expected']} " + _f(e2e["all_received"]),
+                        str(e2e["extra_events"])]], markdown)
+    st = results.get("storm")
+    if st:
+        head(f"storm: {st['clients']} clients on a Redis-backed node; SIGTERM, {st['events_while_down']} events "
+             f"through a second node while down, {st['events_during_reconnect']} more during the reconnect")
+        out += _table(["node down s", "listening -> all caught up s (p50, p90)", "SIGTERM -> all s",
+                       "node CPU", "node µs/reconnect", "exact", "lost", "duplicates", "resyncs", "failed attempts"],
+                      [[_f(st["down_s"], ".2f"),
+                        f"{_f(st['seconds_from_listening'], '.2f')} ({_f(st['caught_up_p50_s'], '.1f')}, "
+                        f"{_f(st['caught_up_p90_s'], '.1f')})",
+                        _f(st["seconds_from_sigterm"], ".2f"), _f(st["node_cpu_percent"], ".0f") + "%",
+                        _f(st["node_us_per_reconnect"], ".0f"),
+                        f"{st['exact']}/{st['clients']}", str(st["lost"]), str(st["with_duplicates"]),
+                        str(st["resyncs"]), str(st["failed_attempts"])]], markdown)
+    sw = results.get("chart")
+    if sw:
+        head(f"chart: {sw['events']} back-to-back events (deliveries/s), then {sw['latency_events']} events "
+             f"{sw['interval_s'] * 1000:.0f} ms apart (last-client p99), one round per point")
+        names = list(sw["servers"])
+        rows = []
+        for i, size in enumerate(sw["sizes"]):
+            row = [str(size)]
+            for name in names:
+                p = sw["servers"][name][i] if i < len(sw["servers"][name]) else None
+                row.append("-" if p is None else f"{_n(p['deliveries_per_s'])}/s, "
+                                                 f"{_f(p['last_client_p99_ms'], '.1f')} ms")
+            rows.append(row)
+        out += _table(["clients"] + names, rows, markdown)
+    tg = [t for t in results.get("targets") or [] if t["figure"] is not None]
+    if tg:
+        head("targets (issue #7)")
+        rows = []
+        for t in tg:
+            unit = t["unit"]
+            fig = "-" if t["figure"] is None else (f"{t['figure']:.2f}x" if unit == "x" else
+                                                   f"{t['figure']:.2f}{unit}")
+            met = "n/a" if t["met"] is None else ("met" if t["met"] else "NOT met")
+            rows.append([t["name"], fig, t["target"], met])
+        out += _table(["target", "figure", "wanted", ""], rows, markdown)
+    if results.get("errors"):
+        head("errors")
+        out += [f"{'* ' if markdown else '  '}{k}: {v}" for k, v in results["errors"].items()]
+    return "\n".join(out).lstrip("\n") + "\n"
+
+
+# -- chart -------------------------------------------------------------------------------------
+
+def chart(points: dict, path: str, title: str) -> None:
+    """Deliveries/s and last-client p99 against the number of clients; one line per server."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    fig, (left, right) = plt.subplots(1, 2, figsize=(11, 4.2))
+    for name, series in points["servers"].items():
+        xs = [p["clients"] for p in series]
+        left.plot(xs, [p["deliveries_per_s"] for p in series], marker="o", label=name)
+        right.plot(xs, [p["last_client_p99_ms"] if p["last_client_p99_ms"] is not None else float("nan")
+                        for p in series], marker="o", label=name)
+    for ax, label in ((left, "deliveries per second"), (right, "last-client p99 latency (ms)")):
+        ax.set_xscale("log")
+        ax.minorticks_off()
+        ax.set_xticks(points["sizes"])
+        ax.set_xticklabels([str(s) for s in points["sizes"]])
+        ax.set_ylim(bottom=0)
+        ax.set_xlabel("clients in one tenant")
+        ax.set_ylabel(label)
+        ax.grid(True, alpha=0.3)
+    left.legend()
+    fig.suptitle(title, fontsize=9)
+    fig.tight_layout()
+    fig.savefig(path, dpi=120)
+    plt.close(fig)
+
+
+def warn(message: str) -> None:
+    print(f"bench: {message}", file=sys.stderr, flush=True)

@@ -1,0 +1,171 @@
+"""The servers under test: how each is started, where it listens, how it is triggered.
+
+``cfgpush`` is the real CLI process (``tornado_cfgpush.cli.main``, as ``cfgpush-serve``);
+the baselines are the programs of ``bench/servers/``. All are pinned to the server core and
+answer ``POST /api/v1/events`` and ``GET /healthz`` (see ``servers/_common.py``); "ready"
+means ``/healthz`` answered 200, i.e. the server serves, not merely binds.
+"""
+from __future__ import annotations
+
+import asyncio
+import os
+import subprocess
+import sys
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from .loadgen import Publisher
+from .procs import SERVER_CPU, Proc, Resources, free_port
+
+HERE = Path(__file__).resolve().parent
+SERVERS_DIR = HERE / "servers"
+HOST = "127.0.0.1"
+TENANT = "bench"
+TOKEN = "bench-publish-token"
+
+BASELINES = ("seed", "websockets", "floor")
+CFGPUSH_MAIN = "import sys; from tornado_cfgpush.cli import main; sys.exit(main())"
+CFGPUSH = [sys.executable, "-c", CFGPUSH_MAIN]
+# Order of the tables: the seed first, the floor last before cfgpush, as in the issue.
+ALL_SERVERS = ("seed", "websockets", "floor", "cfgpush")
+DEFLATE = "cfgpush+deflate"
+
+
+@dataclass
+class Options:
+    """What every server start needs from the command line."""
+
+    server_loop: str = "asyncio"
+    heartbeat: float = 5.0
+    debounce_ms: int | None = None  # None: cfgpush's default (50 ms)
+
+
+@dataclass
+class Target:
+    name: str
+    proc: Proc
+    ws_port: int
+    publish_port: int
+    deflate: bool = False
+    publisher: Publisher = field(init=False)
+
+    def __post_init__(self) -> None:
+        self.publisher = Publisher(HOST, self.publish_port, TOKEN, TENANT)
+
+    @property
+    def pid(self) -> int:
+        return self.proc.pid
+
+    @property
+    def welcomes(self) -> bool:
+        """cfgpush says Welcome once subscribed; the baselines say nothing."""
+        return self.name not in BASELINES
+
+
+def clean_env() -> dict[str, str]:
+    """The environment without CFGPUSH_* settings: only the bench's flags configure cfgpush."""
+    return {k: v for k, v in os.environ.items() if not k.startswith("CFGPUSH_")}
+
+
+def cfgpush_flags() -> str:
+    """``cfgpush-serve --help``, to tell which optional flags this cfgpush has."""
+    done = subprocess.run(CFGPUSH + ["--help"], capture_output=True, text=True, timeout=60, env=clean_env())
+    return done.stdout
+
+
+def cfgpush_command(port: int, opts: Options, *, config_dir: Path | None, broker: str | None = None,
+                    deflate: bool = False, connections: int = 50_000) -> list[str]:
+    cmd = CFGPUSH + ["--host", HOST, "--port", str(port), "--publish-token", TOKEN, "--log-level", "WARNING",
+                     "--heartbeat-interval", str(opts.heartbeat), "--heartbeat-timeout", str(2 * opts.heartbeat),
+                     "--max-connections", str(connections), "--max-connections-per-ip", str(connections),
+                     "--max-connections-per-tenant", str(connections)]
+    if config_dir is not None:
+        cmd += ["--config-dir", str(config_dir)]
+    else:  # published through the API only: no folder, no watcher
+        cmd += ["--disable-plugin", "filesystem"]
+    if broker:
+        cmd += ["--broker", broker]
+    if opts.debounce_ms is not None:
+        cmd += ["--debounce-ms", str(opts.debounce_ms)]
+    if deflate:
+        cmd += ["--ws-compression"]
+    if opts.server_loop != "asyncio":
+        cmd += ["--loop", opts.server_loop]
+    return cmd
+
+
+def bench_config_dir(res: Resources) -> Path:
+    """A config folder with the bench tenant and one file, as a deployment would have
+    (the same folder each call; the e2e scenario saves ``bench/x.json`` in it)."""
+    root = res.mkdir("config")
+    (root / TENANT).mkdir(exist_ok=True)
+    (root / TENANT / "x.json").write_text('{"n": 0}\n')
+    return root
+
+
+async def start(name: str, res: Resources, opts: Options, *, port: int | None = None, config_dir: Path | None = None,
+                broker: str | None = None, cpu: int | None = SERVER_CPU, timeout: float = 60.0) -> Target:
+    """Start server ``name`` (a baseline, ``cfgpush`` or ``cfgpush+deflate``); wait until it serves.
+
+    cfgpush watches ``config_dir`` (its filesystem source on, as deployed) or, without one,
+    only publishes through the API; the baselines have no folder."""
+    port = port or free_port()
+    if name in BASELINES:
+        publish_port = free_port() if name == "websockets" else port
+        cmd = [sys.executable, str(SERVERS_DIR / f"{'websockets_server' if name == 'websockets' else name}.py"),
+               "--host", HOST, "--port", str(port), "--publish-port", str(publish_port), "--publish-token", TOKEN,
+               "--heartbeat-interval", str(opts.heartbeat), "--loop", opts.server_loop]
+        target = Target(name, res.start(name, cmd, cpu), port, publish_port)
+    else:
+        deflate = name == DEFLATE
+        cmd = cfgpush_command(port, opts, config_dir=config_dir, broker=broker, deflate=deflate)
+        target = Target(name, res.start(name.replace("+", "-"), cmd, cpu, env=clean_env()), port, port, deflate)
+    await wait_serving(target, timeout)
+    return target
+
+
+async def wait_serving(target: Target, timeout: float) -> None:
+    probe = asyncio.ensure_future(target.publisher.healthy(timeout))
+    try:
+        while not probe.done():
+            if not target.proc.alive():
+                raise RuntimeError(f"{target.name} exited with {target.proc.popen.returncode} before serving; "
+                                   f"its log:\n{target.proc.tail()}")
+            await asyncio.wait([probe], timeout=0.05)
+        probe.result()
+    except BaseException:
+        probe.cancel()
+        raise
+    await target.publisher.connect()
+
+
+def stop(target: Target, res: Resources) -> None:
+    target.publisher.close()
+    res.stop(target.proc)
+
+
+# -- redis-server ------------------------------------------------------------------------------
+
+async def start_redis(res: Resources, program: str = "redis-server", timeout: float = 20.0) -> tuple[Proc, str]:
+    """A private redis-server on a free port, no persistence; returns it and its URL."""
+    port = free_port()
+    work = res.mkdir(f"redis-{port}")
+    proc = res.start("redis", [program, "--port", str(port), "--bind", HOST, "--save", "", "--appendonly", "no",
+                               "--dir", str(work)], cpu=None)
+    loop = asyncio.get_running_loop()
+    deadline = loop.time() + timeout
+    while True:
+        if not proc.alive():
+            raise RuntimeError(f"redis-server exited with {proc.popen.returncode}:\n{proc.tail()}")
+        try:
+            reader, writer = await asyncio.open_connection(HOST, port)
+            writer.write(b"PING\r\n")
+            answer = await asyncio.wait_for(reader.readline(), 2)
+            writer.close()
+            if answer.startswith(b"+PONG"):
+                return proc, f"redis://{HOST}:{port}/0"
+        except (OSError, asyncio.TimeoutError):
+            pass
+        if loop.time() > deadline:
+            raise RuntimeError(f"redis-server did not answer PING within {timeout} s:\n{proc.tail()}")
+        await asyncio.sleep(0.05)
