@@ -171,6 +171,11 @@ class WebSocketProtocol(asyncio.Protocol):
     """Framing and the close handshake; subclasses get ``on_message(str | bytes)``,
     ``on_backlog_full()`` and ``on_connection_lost()``."""
 
+    # Slots, not a __dict__: thousands of these live for hours (and past 30 attributes
+    # CPython stops sharing instance-dict keys, which costs about 1.3 KB per connection).
+    __slots__ = ("max_message_size", "max_backlog", "deflate", "last_seen", "close_code", "_transport",
+                 "_buffer", "_fragments", "_fragment_opcode", "_fragment_compressed", "_closing", "_close_timer")
+
     def __init__(self, max_message_size: int, max_backlog: int, deflate: Deflate | None = None):
         self.max_message_size = max_message_size
         self.max_backlog = max_backlog

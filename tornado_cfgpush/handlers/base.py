@@ -107,6 +107,8 @@ class LeaseMixin:
     unless a ``Refresh`` moved the expiry (``decide`` asks the hook again).
     """
 
+    __slots__ = ()  # so that a slotted subclass (handlers/ws.py) has no __dict__
+    SLOTS = ("core", "request", "auth", "_slot", "_expiry")
     core: "CfgPush"
     request: Any
     auth: Decision | None = None

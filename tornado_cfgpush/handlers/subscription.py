@@ -35,6 +35,11 @@ def _number(value: float) -> int | float:
 class SubscriptionMixin:
     """A connection of one tenant in the hub. Subclasses frame messages and close."""
 
+    __slots__ = ()  # so that a slotted subclass (handlers/ws.py) has no __dict__
+    # The attributes init_subscription sets, for such a subclass's __slots__.
+    SLOTS = ("core", "tenant_id", "acked", "conn_id", "_since", "_want_manifest", "_stream", "_pending",
+             "_held_gap")
+
     transport = ""
     core: "CfgPush"
     request: Any

@@ -119,6 +119,8 @@ class WebSocketSubscriber(SubscriptionMixin, LeaseMixin, WebSocketProtocol):
     """One client after the upgrade: Welcome and events out, Ping/Ack/Refresh in."""
 
     transport = "ws"  # the metrics label (SubscriptionMixin)
+    __slots__ = tuple(dict.fromkeys(SubscriptionMixin.SLOTS + LeaseMixin.SLOTS + (
+        "remote_ip", "_rate_window", "_rate_count", "_held", "_reading_paused", "_deflate_wbits")))
 
     def __init__(self, core: "CfgPush", conn_id: str, request: Any, query: tuple[str, str | None, bool],
                  auth: "Decision | None", slot: "Slot | None", deflate: Deflate | None):
