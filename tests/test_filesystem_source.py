@@ -436,7 +436,7 @@ async def test_rename_inside_a_tenant_is_moved(connect, config_dir, published):
 @pytest.mark.gen_test(timeout=TEST_TIMEOUT)
 async def test_rename_into_a_folder_made_just_before_is_moved(connect, config_dir, published):
     """``mkdir d && mv app.json d/``: watchdog cannot pair this rename (the new folder's watch
-    comes too late), it reports Created at once and Deleted 0.5 s later. Still one `moved`."""
+    comes too late), it reports Created at once and Deleted a moment later. Still one `moved`."""
     client = await subscribe(connect, "acme")
     acme = config_dir / "acme"
     current = "app.json"

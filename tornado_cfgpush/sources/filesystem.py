@@ -32,6 +32,22 @@ from watchdog.events import FileSystemEvent, FileSystemEventHandler
 from watchdog.observers import Observer
 from watchdog.observers.polling import PollingObserver
 
+try:  # Linux (inotify) only
+    from watchdog.observers import inotify_move_event_grouper
+except ImportError:  # pragma: no cover
+    inotify_move_event_grouper = None
+
+# watchdog holds each IN_MOVED_FROM for 0.5 s to pair it with its IN_MOVED_TO, and its queue's
+# reader sleeps that whole time when it looked at the queue between the two halves, even once
+# they are paired: an atomic save (a temporary file renamed over the real one) was then
+# reported 0.5 s late, about one save in twenty (scripts/bench.py e2e). The kernel queues both
+# halves of a rename together, so a short hold pairs them as well; a half left unpaired is
+# still reported right (checksums, ``_vanished_twin``). The attribute is watchdog's class
+# default (watchdog 7.1), read when each observer starts.
+PAIR_RENAMES_WITHIN = 0.02
+if inotify_move_event_grouper is not None:
+    inotify_move_event_grouper.InotifyMoveEventGrouper.delay = PAIR_RENAMES_WITHIN
+
 from .. import Emit, hookimpl
 from .. import structured
 from ..schemas import path_error, tenant_id_error
@@ -503,8 +519,8 @@ class FilesystemSource:
         that is gone from disk: the source of a rename that watchdog did not pair.
 
         A file renamed into a folder made just before (``mkdir new && mv a.json new/``), whose
-        watch was not in place yet, shows up as Created here and, 0.5 s later (watchdog holds
-        an unpaired IN_MOVED_FROM that long), as Deleted there. Reporting it as ``moved`` is
+        watch was not in place yet, shows up as Created here and, a moment later (watchdog holds
+        an unpaired IN_MOVED_FROM for PAIR_RENAMES_WITHIN), as Deleted there. Reporting it as ``moved`` is
         what the rename was; were it a deletion and an unrelated creation of the same bytes,
         ``moved`` leaves the client in exactly the same state. Linear in the known files, and
         only for files that appear.
