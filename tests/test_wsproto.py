@@ -232,3 +232,16 @@ async def test_a_small_window_the_client_asks_for_is_honoured(server_port, core)
 def test_deflate_negotiation(header, response):
     negotiated = Deflate.negotiate(header)
     assert (negotiated[1] if negotiated else None) == response
+
+
+@pytest.mark.gen_test
+async def test_server_side_sockets_send_small_frames_at_once(server_port, core):
+    """TCP_NODELAY on every WebSocket after the hand-over (asyncio sets it on TCP transports;
+    Tornado left Nagle on): a small event frame must not wait for the previous one's ACK."""
+    import socket
+
+    ws = await welcomed(server_port)
+    [conn] = core.hub.connections("acme")
+    sock = conn._transport.get_extra_info("socket")
+    assert sock.getsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY)
+    ws.close()
