@@ -132,6 +132,10 @@ class SeqSink(Sink):
         if client.next is not None and seq != client.next:
             self.disorder += 1
         client.next = seq + 1
+        self.received(seq, now)
+
+    def received(self, seq: int, now: float) -> None:
+        """One client has event ``seq``: record when, and wake whoever waits for n of them."""
         times = self.times.get(seq)
         if times is None:
             times = self.times[seq] = []
@@ -160,15 +164,7 @@ class OrdinalSink(SeqSink):
         if b'"x.json"' not in payload:
             self.unknown += 1
             return
-        seq = client.count
-        times = self.times.get(seq)
-        if times is None:
-            times = self.times[seq] = []
-        times.append(now)
-        self.total += 1
-        want = self._want.get(seq)
-        if want is not None and len(times) >= want[0] and not want[1].done():
-            want[1].set_result(now)
+        self.received(client.count, now)
 
 
 # -- one server with N clients -----------------------------------------------------------------
