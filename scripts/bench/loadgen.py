@@ -42,8 +42,6 @@ def raise_nofile() -> int:
 
 
 def handshake_request(host: str, port: int, target: str, deflate: bool) -> bytes:
-    # The key may be the same for every connection: nothing but the server's Accept
-    # computation uses it, and the server cannot tell.
     key = base64.b64encode(os.urandom(16)).decode()
     ext = f"Sec-WebSocket-Extensions: {DEFLATE_OFFER}\r\n" if deflate else ""
     return (f"GET {target} HTTP/1.1\r\nHost: {host}:{port}\r\nUpgrade: websocket\r\nConnection: Upgrade\r\n"
