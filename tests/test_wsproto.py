@@ -245,3 +245,23 @@ async def test_server_side_sockets_send_small_frames_at_once(server_port, core):
     sock = conn._transport.get_extra_info("socket")
     assert sock.getsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY)
     ws.close()
+
+
+@pytest.mark.gen_test
+async def test_a_failing_catch_up_closes_that_connection_with_1011_only(server_port, core):
+    catch_up = core.broker.catch_up
+    calls = []
+
+    async def broken_once(tenant_id, since):
+        calls.append(tenant_id)
+        if len(calls) == 1:
+            raise RuntimeError("a bug in a broker")
+        return await catch_up(tenant_id, since)
+
+    core.broker.catch_up = broken_once
+    broken = await RawWebSocket.connect(server_port, "tenant_id=acme")
+    assert await close_code(broken) == 1011
+    broken.close()
+    ws = await welcomed(server_port)  # the next one is served
+    await wait_for(lambda: core.hub.connection_count() == 1 and core.limits.total == 1 and len(core.hub.sockets) == 1)
+    ws.close()

@@ -32,6 +32,7 @@ PROTOCOL_ERROR = 1002
 INVALID_DATA = 1007
 POLICY = 1008
 TOO_BIG = 1009
+INTERNAL_ERROR = 1011
 TRY_AGAIN_LATER = 1013
 
 # How long a closing connection waits for the peer's close frame before dropping the socket
@@ -346,7 +347,8 @@ class WebSocketProtocol(asyncio.Protocol):
         self._close_timer = asyncio.get_running_loop().call_later(CLOSE_TIMEOUT, self.abort)
 
     def fail(self, code: int, reason: str) -> None:
-        """A broken frame from the peer: say why, then close without waiting for an answer."""
+        """A broken frame from the peer (or a failure of ours, 1011): say why, then close
+        without waiting for an answer."""
         transport = self._transport
         if transport is None:
             return

@@ -21,7 +21,7 @@ from tornado.websocket import WebSocketProtocol13
 
 from ..events import PING_FRAME, Event, encode_json, text_frame
 from ..schemas import flatten_messages, parse_client_message
-from ..wsproto import GOING_AWAY, NORMAL, POLICY, TRY_AGAIN_LATER, Deflate, WebSocketProtocol
+from ..wsproto import GOING_AWAY, INTERNAL_ERROR, NORMAL, POLICY, TRY_AGAIN_LATER, Deflate, WebSocketProtocol
 from .base import AdmissionMixin, JsonErrorsMixin, LeaseMixin, Refused, check_query_size
 from .subscription import SubscriptionMixin, next_conn_id, read_subscription_query, refuse_with_log
 
@@ -112,7 +112,12 @@ class ConfigWebSocket(AdmissionMixin, JsonErrorsMixin, web.RequestHandler):
             sock.close()
             conn.leave()
             return
-        await conn.start(early)
+        try:
+            await conn.start(early)
+        except Exception:  # a bug in the catch-up: this connection only, and say so (1011)
+            log.exception("%s tenant %s: subscribing failed", conn.conn_id, conn.tenant_id)
+            conn.forget()
+            conn.fail(INTERNAL_ERROR, "internal server error")
 
 
 class WebSocketSubscriber(SubscriptionMixin, LeaseMixin, WebSocketProtocol):
