@@ -156,12 +156,12 @@ class Hub:
         self.sweep(self._slices[self._next_slice])
         self._next_slice = (self._next_slice + 1) % SWEEP_SLICES
 
-    def sweep(self, conns: Iterable[Subscriber] | None = None) -> None:
+    def sweep(self, conns: Iterable[Subscriber]) -> None:
         """Drop connections silent for longer than the timeout; ping the others. Each
         connection is in one slice for its life, so it is visited once per interval."""
         now = time.monotonic()
         deadline = now - self.heartbeat_timeout
-        for conn in tuple(conns) if conns is not None else self.connections():
+        for conn in tuple(conns):  # a copy: a close removes the connection from its slice
             if conn.last_seen < deadline:
                 self.heartbeat_closes += 1
                 log.info("closing silent connection (tenant %s, no frame for %.1f s)",
@@ -190,11 +190,14 @@ class Hub:
         self._sockets_closed = asyncio.Event()
         for conn in list(self.sockets):
             conn.close_going_away()
-        for last_chance in (False, True):
+        try:
+            await asyncio.wait_for(self._sockets_closed.wait(), timeout)
+        except asyncio.TimeoutError:
+            for conn in list(self.sockets):
+                conn.abort()  # its connection_lost follows on the next loop iteration
             try:
-                await asyncio.wait_for(self._sockets_closed.wait(), timeout if not last_chance else 1.0)
-                break
+                await asyncio.wait_for(self._sockets_closed.wait(), 1.0)
             except asyncio.TimeoutError:
-                for conn in list(self.sockets):
-                    conn.abort()
-        self._sockets_closed = None
+                log.warning("%d WebSocket(s) still open after being aborted", len(self.sockets))
+        finally:
+            self._sockets_closed = None

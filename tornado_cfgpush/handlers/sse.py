@@ -16,7 +16,7 @@ from tornado import web
 
 from ..events import SSE_PING, SSE_PING_CHUNK, Event, encode_json, http_chunk, sse_message
 from .base import AdmissionMixin, JsonErrorsMixin, Refused, check_query_size
-from .subscription import SubscriptionMixin, refuse_with_log
+from .subscription import SubscriptionMixin, read_subscription_query, refuse_with_log
 
 if TYPE_CHECKING:  # pragma: no cover
     from ..app import CfgPush
@@ -41,7 +41,7 @@ class EventStreamHandler(SubscriptionMixin, AdmissionMixin, JsonErrorsMixin, web
     async def get(self) -> None:
         try:
             check_query_size(self, self.core.settings.max_query_size)
-            self.read_subscription_query(since_header=self.request.headers.get("Last-Event-ID"))
+            self.take_query(*read_subscription_query(self, self.conn_id, self.request.headers.get("Last-Event-ID")))
             self.admit(self.tenant_id)  # Origin, token, limits: takes a slot
         except Refused as refused:
             refuse_with_log(self, refused)

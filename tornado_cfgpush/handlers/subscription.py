@@ -69,12 +69,8 @@ class SubscriptionMixin:
 
     # -- request ----------------------------------------------------------------------------------
 
-    def read_subscription_query(self, since_header: str | None = None) -> None:
-        """``tenant_id``, ``last_event_id`` (or the SSE header) and ``manifest``; or ``Refused``."""
-        self.tenant_id, self._since, self._want_manifest = read_subscription_query(self, self.conn_id, since_header)
-
     def take_query(self, tenant_id: str, since: str | None, want_manifest: bool) -> None:
-        """The query a handler read before handing the connection over (``/ws``)."""
+        """The subscribe request's query, as ``read_subscription_query`` returns it."""
         self.tenant_id, self._since, self._want_manifest = tenant_id, since, want_manifest
 
     # -- the subscribe sequence -------------------------------------------------------------------
@@ -160,11 +156,16 @@ class SubscriptionMixin:
             log.info("%s tenant %s: send failed, peer gone", self.conn_id, self.tenant_id)
             self.forget()
         except BacklogFull:
-            log.warning("%s tenant %s: unsent backlog over %d bytes, closing (1013)",
-                        self.conn_id, self.tenant_id, self.core.settings.max_backlog_bytes)
-            self.core.hub.slow_closes += 1
-            self.forget()
-            self.close_slow()
+            self.too_slow()
+
+    def too_slow(self) -> None:
+        """The slow-client rule, for both transports: past the backlog bound, leave the hub
+        and close (1013 on a WebSocket)."""
+        log.warning("%s tenant %s: unsent backlog over %d bytes, closing (1013)",
+                    self.conn_id, self.tenant_id, self.core.settings.max_backlog_bytes)
+        self.core.hub.slow_closes += 1
+        self.forget()
+        self.close_slow()
 
     def forget(self) -> None:
         """Leave the hub now (idempotent); nothing more is written."""

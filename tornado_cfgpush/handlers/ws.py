@@ -153,7 +153,8 @@ class WebSocketSubscriber(SubscriptionMixin, LeaseMixin, WebSocketProtocol):
 
     async def start(self, early: bytes) -> None:
         """Subscribe, then read: nothing the client sends is answered before Welcome."""
-        self._held = early
+        # Tornado's early bytes came first; anything received since connection_made follows.
+        self._held = early + (self._held or b"")
         self.schedule_expiry(self._token_expired)
         if not await self.subscribe(self._transport):
             self.close(TRY_AGAIN_LATER, "broker unavailable, reconnect later")
@@ -208,16 +209,12 @@ class WebSocketSubscriber(SubscriptionMixin, LeaseMixin, WebSocketProtocol):
         self.close(code, reason)
 
     def on_backlog_full(self) -> None:
-        if self._stream is None:
-            return
-        log.warning("%s tenant %s: unsent backlog over %d bytes, closing (1013)",
-                    self.conn_id, self.tenant_id, self.core.settings.max_backlog_bytes)
-        self.core.hub.slow_closes += 1
-        # The close frame queues behind the backlog; the socket is dropped if the peer has
-        # not answered within CLOSE_TIMEOUT, which frees the backlog.
-        self._close(TRY_AGAIN_LATER, "client too slow")
+        if self._stream is not None:  # not already on its way out
+            self.too_slow()
 
     def close_slow(self) -> None:
+        # The close frame queues behind the backlog; the socket is dropped if the peer has
+        # not answered within CLOSE_TIMEOUT, which frees the backlog.
         self._close(TRY_AGAIN_LATER, "client too slow")
 
     def close_going_away(self) -> None:
