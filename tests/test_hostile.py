@@ -22,7 +22,7 @@ from hypothesis import HealthCheck, given, settings as hsettings, strategies as 
 from marshmallow import ValidationError
 from tornado.httpclient import AsyncHTTPClient, HTTPRequest
 
-from tornado_cfgpush.events import parse_event_id
+from tornado_cfgpush.rules import parse_event_id
 from tornado_cfgpush.schemas import is_valid_tenant_id
 
 from .conftest import wait_for

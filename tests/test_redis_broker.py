@@ -22,7 +22,7 @@ from tornado.testing import bind_unused_port
 from tornado_cfgpush.app import CfgPush, make_app
 from tornado_cfgpush.broker import BrokerUnavailable
 from tornado_cfgpush.broker.redis import RedisBroker
-from tornado_cfgpush.events import parse_event_id
+from tornado_cfgpush.rules import parse_event_id
 from tornado_cfgpush.plugins import get_plugin_manager
 
 from .conftest import wait_for

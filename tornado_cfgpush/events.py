@@ -9,7 +9,6 @@ from __future__ import annotations
 import json
 from typing import Any
 
-from .schemas import EVENT_ID_RE
 from .wsproto import deflate_frame, frame
 
 _compact = json.JSONEncoder(separators=(",", ":"), ensure_ascii=False, allow_nan=False).encode
@@ -43,17 +42,6 @@ def http_chunk(data: bytes) -> bytes:
 
 SSE_PING = b": ping\n\n"
 SSE_PING_CHUNK = http_chunk(SSE_PING)
-
-
-def parse_event_id(event_id: str) -> tuple[int, int]:
-    """``"<epoch>-<seq>"`` as a tuple that orders events of one tenant.
-
-    Both the embedded broker's ids and Redis stream ids have this form.
-    """
-    if not isinstance(event_id, str) or not EVENT_ID_RE.match(event_id):
-        raise ValueError(f"not an event id: {event_id!r}")
-    epoch, seq = event_id.split("-")
-    return int(epoch), int(seq)
 
 
 class Event:

@@ -11,7 +11,8 @@ import time
 from collections import deque
 from typing import Any, Callable
 
-from ..events import Event, parse_event_id
+from ..events import Event
+from ..rules import parse_event_id
 from . import (
     HISTORY_EXPIRED,
     UNKNOWN_EPOCH,

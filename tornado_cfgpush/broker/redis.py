@@ -33,7 +33,8 @@ from redis.backoff import NoBackoff
 from redis.exceptions import ConnectionError as RedisConnectionError, RedisError
 from redis.exceptions import TimeoutError as RedisTimeoutError
 
-from ..events import Event, encode_json, parse_event_id
+from ..events import Event, encode_json
+from ..rules import parse_event_id
 from . import HISTORY_EXPIRED, UNKNOWN_EVENT_ID, Broker, BrokerUnavailable, Catchup, Deliver
 from .memory import _dedupe_key
 

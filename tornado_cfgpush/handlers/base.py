@@ -13,7 +13,7 @@ from tornado.ioloop import IOLoop
 
 from ..auth import Decision, auth_enabled, bearer, matches_any, origin_allowed, redact_uri
 from ..limits import LimitReached, Slot
-from ..schemas import tenant_id_error
+from ..rules import tenant_id_error
 
 if TYPE_CHECKING:  # pragma: no cover
     from ..app import CfgPush

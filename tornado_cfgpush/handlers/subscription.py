@@ -14,10 +14,11 @@ from tornado import web
 from tornado.iostream import StreamClosedError
 
 from ..broker import SOURCE_GAP, BrokerUnavailable
-from ..events import Event, parse_event_id
+from ..events import Event
+from ..rules import parse_event_id
 from ..hub import BacklogFull, write_bytes
 from ..logs import bind as bind_log_context
-from ..schemas import EVENT_ID_RE
+from ..rules import EVENT_ID_RE
 from .base import Refused, single_query_argument, tenant_from_query
 
 if TYPE_CHECKING:  # pragma: no cover

@@ -6,7 +6,7 @@ from typing import TYPE_CHECKING, Iterable
 from tornado import web
 
 from ..auth import matches_any
-from ..schemas import tenant_id_error
+from ..rules import tenant_id_error
 from .base import JsonErrorsMixin, Refused
 
 if TYPE_CHECKING:  # pragma: no cover

@@ -50,7 +50,7 @@ if inotify_move_event_grouper is not None:
 
 from .. import Emit, hookimpl
 from .. import structured
-from ..schemas import path_error, tenant_id_error
+from ..rules import path_error, tenant_id_error
 
 log = logging.getLogger("cfgpush.sources.filesystem")
 
