@@ -1,7 +1,9 @@
 """Runs every event source under supervision: a crash is logged and restarted with backoff.
 
-A source never takes another source or the server down. Each gets its own ``emit``, bound
-to its name, so logs and counters say which source an event or a rejection came from.
+A source never takes another source or the server down, and its supervisor never exits while
+the server runs (whatever fails in it is logged, and it tries again). Each source gets its own
+``emit``, bound to its name, so logs and counters say which source an event or a rejection
+came from.
 """
 from __future__ import annotations
 
@@ -9,6 +11,7 @@ import asyncio
 import logging
 import random
 import time
+from collections import OrderedDict
 from typing import Any, Awaitable, Callable, Iterable
 
 from marshmallow import ValidationError
@@ -23,6 +26,10 @@ log = logging.getLogger("cfgpush.sources")
 Publish = Callable[[dict[str, Any], str], Awaitable[str]]
 EMIT_RETRY_FIRST, EMIT_RETRY_MAX = 0.1, 5.0
 Gap = Callable[[Iterable[str] | None, str], Awaitable[None]]
+Count = Callable[[str, str], None]  # (source, reason): cfgpush_events_rejected_total
+# Distinct skipped changes remembered so that each is logged once (a file saved again and again
+# is one log line), however many times it is counted.
+LOGGED_SKIPS = 4096
 
 
 class SourceEmit:
@@ -31,7 +38,12 @@ class SourceEmit:
     ``await emit(payload)`` validates, publishes and returns the event id (or raises
     ``marshmallow.ValidationError``); ``await emit.gap(tenant_ids)`` says the source may have
     lost events of those tenants (None: of any tenant), and their clients get ``Resync``
-    with reason ``source_gap``.
+    with reason ``source_gap``; ``await emit.skipped(tenant_id, what, reason)`` says it met a
+    change it cannot publish (logged once, counted, and that tenant's clients get ``Resync``).
+
+    Each ``emit`` lets the event loop run once before it publishes: a source that publishes
+    thousands of events in a row (a burst of file changes) then never holds the loop for
+    longer than one event takes, however fast it calls.
     """
 
     __slots__ = ("source_name", "_runner")
@@ -43,6 +55,7 @@ class SourceEmit:
     async def __call__(self, payload: dict[str, Any]) -> str:
         name = self.source_name
         runner = self._runner
+        await asyncio.sleep(0)
         delay = EMIT_RETRY_FIRST
         deadline = time.monotonic() + runner.emit_retry_limit
         while True:
@@ -50,7 +63,8 @@ class SourceEmit:
                 return await runner._publish(payload, name)
             except ValidationError as exc:
                 runner.rejected[name] = runner.rejected.get(name, 0) + 1
-                log.warning("source %s: invalid event refused: %s", name, flatten_messages(exc.messages))
+                runner.log_once(logging.WARNING, (name, "invalid", repr(exc.messages)),
+                                "source %s: invalid event refused: %s", name, flatten_messages(exc.messages))
                 raise
             except BrokerUnavailable as exc:
                 # A shared broker's outage is usually short: wait it out (jittered, bounded)
@@ -67,6 +81,21 @@ class SourceEmit:
         (by its name, on any node) last published them: what a source compares with at start,
         to report what changed while it was down. Empty with the embedded broker after a restart."""
         return await self._runner._published_states(tenant_id, self.source_name)
+
+    async def skipped(self, tenant_id: str, what: str, why: str, reason: str = "invalid", *,
+                      resync: bool = True) -> None:
+        """A change of ``what`` (a path, say) of ``tenant_id`` that cannot be published, ``why``
+        in words; ``reason`` is the ``cfgpush_events_rejected_total`` label (a short constant).
+        Its clients are told to reload (``Resync`` ``source_gap``) rather than hold what may be
+        stale; nothing of it reaches another tenant. ``resync=False``: the source sends one
+        ``gap`` for many skipped changes itself."""
+        runner = self._runner
+        runner._count(self.source_name, reason)
+        runner.log_once(logging.WARNING, (self.source_name, tenant_id, what, why),
+                        "source %s: a change of tenant %s cannot be published (%s): %s; its clients resync",
+                        self.source_name, tenant_id, what, why)
+        if resync:
+            await runner._gap([tenant_id], self.source_name)
 
     async def gap(self, tenant_ids: Iterable[str] | None = None) -> None:
         log.warning("source %s reports lost events (tenants: %s)", self.source_name,
@@ -88,6 +117,7 @@ class SourceRunner:
         *,
         gap: Gap | None = None,
         published_states: Callable[[str, str], Awaitable[dict[str, str | None]]] | None = None,
+        count_rejected: Count | None = None,
         backoff_initial: float = 0.5,
         backoff_max: float = 30.0,
         emit_retry_limit: float = 60.0,
@@ -96,6 +126,8 @@ class SourceRunner:
         self._publish = publish
         self._gap = gap if gap is not None else _no_gap
         self._published_states = published_states if published_states is not None else _no_states
+        self._count = count_rejected if count_rejected is not None else _no_count
+        self._logged: OrderedDict[tuple, None] = OrderedDict()
         self.backoff_initial = backoff_initial
         self.backoff_max = backoff_max
         self.emit_retry_limit = emit_retry_limit  # seconds emit waits out a broker outage
@@ -104,6 +136,18 @@ class SourceRunner:
         self.rejected: dict[str, int] = {s.name: 0 for s in sources}
         self.running: set[str] = set()
         self.finished: set[str] = set()  # sources whose run returned: done, not failing
+
+    def log_once(self, level: int, marker: tuple, message: str, *args: Any) -> None:
+        """Log ``message`` the first time ``marker`` is seen (among the last LOGGED_SKIPS), at
+        DEBUG after that: one broken file saved a thousand times is one warning."""
+        if marker in self._logged:
+            self._logged.move_to_end(marker)
+            log.debug(message, *args)
+            return
+        self._logged[marker] = None
+        if len(self._logged) > LOGGED_SKIPS:
+            self._logged.popitem(last=False)
+        log.log(level, message, *args)
 
     def emit_for(self, source: EventSource) -> SourceEmit:
         return SourceEmit(self, source.name)
@@ -146,7 +190,14 @@ class SourceRunner:
                 log.exception("source %s crashed; restarting in %.1f s", name, wait)
                 await asyncio.sleep(wait)
                 # What happened while it was down is unknown: its clients must resynchronise.
-                await self._gap(tenants_of(source), name)
+                # A failure here (a source whose tenants() raises, say) must not end the
+                # supervisor: the source would never run again.
+                try:
+                    await self._gap(tenants_of(source), name)
+                except asyncio.CancelledError:
+                    raise
+                except Exception:
+                    log.exception("source %s: telling its clients to resync failed", name)
                 continue
             self.running.discard(name)
             self.finished.add(name)
@@ -160,3 +211,7 @@ async def _no_gap(tenant_ids: Iterable[str] | None, source_name: str) -> None:
 
 async def _no_states(tenant_id: str, source: str) -> dict[str, str | None]:
     return {}
+
+
+def _no_count(source: str, reason: str) -> None:
+    return None

@@ -1,0 +1,270 @@
+"""A tenant's files are hostile input (issue #18): a tenant with write access to its own folder
+only must not stop, stall or read another. Each test attacks a real server (pytest-tornado's
+``http_server``) with real files the way the issue describes, while an honest tenant (globex)
+keeps saving and checks it is served as usual.
+
+What a tenant can and cannot do is in SECURITY.md ("Tenants' files").
+"""
+from __future__ import annotations
+
+import asyncio
+import ctypes
+import ctypes.util
+import hashlib
+import json
+import os
+import threading
+import time
+
+import pytest
+from tornado.httpclient import AsyncHTTPClient
+
+from tornado_cfgpush import structured
+
+from .conftest import wait_for
+from .test_filesystem_source import EXPECT, QUIET, change, fs_source, nothing, sha, subscribe
+
+TIMEOUT = 60
+
+
+async def honest_save(config_dir, client, value) -> float:
+    """globex saves; returns how long its event took to arrive (printed, never asserted)."""
+    started = time.perf_counter()
+    data = json.dumps({"honest": value}).encode()
+    (config_dir / "globex" / "app.json").write_bytes(data)
+    event = await change(client)
+    assert (event["tenant_id"], event["path"], event["checksum"]) == ("globex", "app.json", sha(data))
+    return 1000 * (time.perf_counter() - started)
+
+
+async def health_ms(http_url) -> float:
+    started = time.perf_counter()
+    response = await AsyncHTTPClient().fetch(f"{http_url}/healthz", request_timeout=30)
+    assert response.code == 200
+    return 1000 * (time.perf_counter() - started)
+
+
+# -- names ---------------------------------------------------------------------------------------
+
+@pytest.mark.gen_test(timeout=TIMEOUT)
+async def test_a_name_that_is_not_utf8_is_skipped_for_its_tenant_only(connect, config_dir, core, http_url):
+    """Landed main: ``evil/\\xff.json`` crashed the source for every tenant, for good."""
+    (config_dir / "evil").mkdir()
+    evil = await subscribe(connect, "evil")
+    globex = await subscribe(connect, "globex")
+    for round_ in range(3):
+        with open(os.fsencode(config_dir / "evil") + b"/\xff%d.json" % round_, "wb") as f:
+            f.write(b"{}")
+        resync = await evil.expect("Resync", timeout=EXPECT)
+        assert (resync["tenant_id"], resync["reason"]) == ("evil", "source_gap")
+        print(f"\n[hostile] globex save during evil's bad names: {await honest_save(config_dir, globex, round_):.1f} ms")
+    await nothing(globex)
+    assert core.runner.restarts["filesystem"] == 0
+    assert core.metrics.rejected_events[("filesystem", "invalid_path")] == 3
+    response = await AsyncHTTPClient().fetch(f"{http_url}/readyz")
+    assert json.loads(response.body)["status"] == "ready"
+    assert fs_source(core).manifest("evil") == {}  # nothing unsendable in a manifest
+    late = await connect("evil", manifest=1)
+    assert (await late.expect("Welcome"))["manifest"] == {}
+
+
+@pytest.mark.gen_test(timeout=TIMEOUT)
+async def test_control_characters_in_a_name_are_refused_visibly(connect, config_dir, core):
+    acme = await subscribe(connect, "acme")
+    (config_dir / "acme" / "new\nline.json").write_bytes(b"{}")
+    assert (await acme.expect("Resync", timeout=EXPECT))["reason"] == "source_gap"
+    await nothing(acme)
+
+
+# -- keys and contents ------------------------------------------------------------------------------
+
+@pytest.mark.gen_test(timeout=TIMEOUT)
+async def test_json_keys_with_control_characters_or_lone_surrogates_never_crash(connect, config_dir, core):
+    """Landed main: each such save crashed the source, and every tenant got Resync."""
+    evil = await subscribe(connect, "acme")
+    globex = await subscribe(connect, "globex")
+    target = config_dir / "acme" / "keys.json"
+    target.write_bytes(b'{"a\\u0001b": 1, "\\ud800": 3}')
+    created = await change(evil)
+    assert created["change_type"] == "created"
+    for value in range(2, 5):
+        target.write_bytes(b'{"a\\u0001b": %d, "\\ud800": %d}' % (value, value))
+        event = await change(evil)
+        assert event["change_type"] == "modified"
+        # The lone surrogate cannot go on the wire: the event goes out without a diff, and says why.
+        assert "diff" not in event and event["meta"]["diff_skipped"] == "keys_not_representable"
+    await globex.expect_nothing(QUIET)  # no Resync for the others
+    print(f"\n[hostile] globex save after evil's keys: {await honest_save(config_dir, globex, 1):.1f} ms")
+    assert core.runner.restarts["filesystem"] == 0
+
+
+@pytest.mark.gen_test(timeout=TIMEOUT)
+async def test_a_yaml_alias_bomb_does_not_freeze_the_server(connect, config_dir, core, http_url):
+    """Landed main: 354 bytes of nested aliases saved twice held the loop 14 s; another
+    tenant's 20 clients were dropped by the heartbeat."""
+    if structured.yaml is None:
+        pytest.fail("PyYAML is needed for this test (pip install -e '.[test]')")
+    lines = ["a0: &a0 [x, x, x, x]"] + [f"a{i}: &a{i} [*a{i - 1}, *a{i - 1}, *a{i - 1}, *a{i - 1}]"
+                                          for i in range(1, 12)]
+    bomb = config_dir / "acme" / "bomb.yaml"
+    evil = await subscribe(connect, "acme")
+    globex = [await subscribe(connect, "globex") for _ in range(20)]
+    for round_ in range(2):
+        bomb.write_text("\n".join(lines) + f"\nround: {round_}\n")
+        event = await change(evil)
+        assert event["path"] == "bomb.yaml" and "diff" not in event
+        if round_:
+            assert event["meta"]["diff_skipped"] == structured.TOO_MANY_NODES
+        print(f"\n[hostile] /healthz after the bomb: {await health_ms(http_url):.1f} ms")
+    started = time.perf_counter()
+    (config_dir / "globex" / "app.json").write_text('{"g": "after"}')
+    for client in globex:  # every one still connected, and served
+        assert (await change(client))["tenant_id"] == "globex"
+    print(f"[hostile] globex's 20 clients served {1000 * (time.perf_counter() - started):.1f} ms after the save")
+
+
+@pytest.mark.gen_test(timeout=TIMEOUT)
+async def test_a_huge_sparse_file_is_hashed_off_the_loop_and_holds_no_other_tenant(connect, config_dir, http_url,
+                                                                                 tmp_path):
+    """Landed main: a sparse 4 GiB file was checksummed on the event loop (9.4 s). Here it is
+    hashed by the worker's slow lane: the server answers at once, another tenant's save
+    overtakes it, and its event still arrives, with the right checksum."""
+    evil = await subscribe(connect, "acme")
+    globex = await subscribe(connect, "globex")
+    big = config_dir / "acme" / "huge.bin"
+    size = 1024 * 1024 * 1024  # 1 GiB of holes: no disk used, a few seconds of hashing
+    with open(big, "wb") as f:
+        f.truncate(size)
+    print(f"\n[hostile] /healthz while hashing: {await health_ms(http_url):.1f} ms")
+    print(f"[hostile] globex save while hashing: {await honest_save(config_dir, globex, 'during'):.1f} ms")
+    event = await change(evil, timeout=120)
+    digest = hashlib.sha256()
+    zeros = bytes(1024 * 1024)
+    for _ in range(size // len(zeros)):
+        digest.update(zeros)
+    assert (event["path"], event["checksum"]) == ("huge.bin", "sha256:" + digest.hexdigest())
+
+
+@pytest.mark.gen_test(timeout=TIMEOUT)
+async def test_a_fifo_never_hangs_the_reader(connect, config_dir):
+    acme = await subscribe(connect, "acme")
+    os.mkfifo(config_dir / "acme" / "pipe.json")
+    (config_dir / "acme" / "after.json").write_bytes(b"{}")
+    event = await change(acme)
+    assert event["path"] == "after.json"
+    await nothing(acme)
+
+
+# -- links -----------------------------------------------------------------------------------------
+
+@pytest.mark.gen_test(timeout=TIMEOUT)
+async def test_a_hard_link_to_another_tenants_file_is_not_read(connect, config_dir, core):
+    """Landed main: a hard link in acme's folder to globex's file put globex's checksum in acme's
+    manifest."""
+    acme = await subscribe(connect, "acme")
+    os.link(config_dir / "globex" / "app.json", config_dir / "acme" / "theirs.json")
+    await nothing(acme, timeout=QUIET + 0.1)
+    globex_sum = sha((config_dir / "globex" / "app.json").read_bytes())
+    assert globex_sum not in fs_source(core).manifest("acme").values()
+    # and a fresh scan (a restarted server) does not read it either
+    late = await connect("acme", manifest=1)
+    assert globex_sum not in (await late.expect("Welcome"))["manifest"].values()
+
+
+def _renameat2_exchange():
+    libc = ctypes.CDLL(ctypes.util.find_library("c"), use_errno=True)
+    renameat2 = getattr(libc, "renameat2", None)
+    if renameat2 is None:
+        pytest.fail("this C library has no renameat2 (glibc 2.28 or newer has it)")
+    renameat2.argtypes = [ctypes.c_int, ctypes.c_char_p, ctypes.c_int, ctypes.c_char_p, ctypes.c_uint]
+    AT_FDCWD, RENAME_EXCHANGE = -100, 2
+
+    def exchange(a, b) -> None:
+        if renameat2(AT_FDCWD, os.fsencode(a), AT_FDCWD, os.fsencode(b), RENAME_EXCHANGE) != 0:
+            err = ctypes.get_errno()
+            raise OSError(err, os.strerror(err))
+    return exchange
+
+
+@pytest.mark.gen_test(timeout=TIMEOUT)
+async def test_a_symlink_swap_race_never_hands_acme_globex_content(connect, config_dir, core):
+    """Landed main checked ``realpath()`` and then opened the path by name again: acme swapping
+    its folder ``d`` with a link to ``../globex/g`` in a loop got globex's checksums and key
+    names into its events (37 of 285) and its manifest. Here every file is opened below a
+    descriptor of its tenant's folder, one component at a time, never following a link."""
+    exchange = _renameat2_exchange()
+    acme_dir, globex_dir = config_dir / "acme", config_dir / "globex"
+    (globex_dir / "g").mkdir()
+    secret_contents = set()
+    for i in range(5):
+        data = json.dumps({f"globex_secret_key_{i}": i}).encode()
+        (globex_dir / "g" / f"f{i}.json").write_bytes(data)
+        secret_contents.add(sha(data))
+    (acme_dir / "d").mkdir()
+    for i in range(5):
+        (acme_dir / "d" / f"f{i}.json").write_bytes(json.dumps({"acme_own": i}).encode())
+    os.symlink("../globex/g", acme_dir / "swap")
+    acme = await subscribe(connect, "acme")
+    globex = await subscribe(connect, "globex")
+    # The files made above are announced first (the watcher saw them being written).
+    await wait_for(lambda: len(fs_source(core).manifest("globex")) == 6 and len(fs_source(core).manifest("acme")) == 6,
+                   EXPECT)
+    for client in (acme, globex):
+        for _ in range(5):
+            await change(client)
+    stop = threading.Event()
+    swaps = 0
+
+    def swapper() -> None:
+        nonlocal swaps
+        while not stop.is_set():
+            exchange(acme_dir / "d", acme_dir / "swap")
+            swaps += 1
+
+    real_d = os.open(acme_dir / "d", os.O_RDONLY | os.O_DIRECTORY)  # acme's own folder, wherever it is named
+
+    def writer() -> None:  # acme writes its own files meanwhile (never through the link)
+        i = 0
+        while not stop.is_set():
+            fd = os.open(f"f{i % 5}.json", os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o644, dir_fd=real_d)
+            os.write(fd, json.dumps({"acme_own": i}).encode())
+            os.close(fd)
+            i += 1
+            time.sleep(0.002)  # wait-ok: a steady writer, not a busy loop
+
+    threads = [threading.Thread(target=swapper), threading.Thread(target=writer)]
+    for thread in threads:
+        thread.start()
+    received: list[str] = []
+    loop = asyncio.get_running_loop()
+    deadline = loop.time() + 8
+    try:
+        while loop.time() < deadline:
+            try:
+                received.append(await acme.raw(timeout=0.5))
+            except asyncio.TimeoutError:
+                pass
+    finally:
+        stop.set()
+        for thread in threads:
+            thread.join()
+        os.close(real_d)
+    # Whatever d is when things settle, drain what is still on its way.
+    await asyncio.sleep(0.5)  # wait-ok: the last swaps' events to arrive
+    while True:
+        try:
+            received.append(await acme.raw(timeout=1.0))
+        except asyncio.TimeoutError:
+            break
+    print(f"\n[hostile] {swaps} swaps, {len(received)} messages to acme")
+    assert swaps > 1000 and received
+    text = "\n".join(received)
+    for checksum in secret_contents:
+        assert checksum not in text
+    assert "globex_secret_key" not in text
+    manifest = fs_source(core).manifest("acme")
+    assert not secret_contents & set(manifest.values())
+    late = await connect("acme", manifest=1)
+    assert not secret_contents & set((await late.expect("Welcome"))["manifest"].values())
+    # The flood of acme's renames never made globex's clients reload.
+    await globex.expect_nothing(0.2)

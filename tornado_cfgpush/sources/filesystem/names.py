@@ -1,0 +1,104 @@
+"""Which files of the config folder are configuration, and of which tenant: names only, no disk.
+
+Tenant ``T`` is the folder ``<root>/T/`` (``path`` is relative to it, ``/``-separated) or the
+single file ``<root>/T.<ext>`` (``path`` is the file name). Editors' temporary, swap, lock and
+backup files are never configuration.
+
+A file of a valid tenant whose name cannot go on the wire (bytes that are not UTF-8, control
+characters, longer than the path rule allows) is ``Unpublishable``: the source cannot announce
+it, and says so instead of dropping it silently (logged once, counted, ``Resync`` for that
+tenant).
+"""
+from __future__ import annotations
+
+import os
+from typing import NamedTuple
+
+from ...rules import path_error, tenant_id_error
+
+# Editors' temporary, swap, lock and backup files: never configuration.
+_IGNORED_SUFFIXES = (
+    "~", ".swp", ".swo", ".swx", ".swpx", ".tmp", ".temp", ".bak", ".orig", ".rej",
+    ".part", ".crdownload", "___jb_tmp___", "___jb_old___", ".kate-swp",
+)
+_IGNORED_NAMES = {"4913"}  # vim probes whether it may create files in the folder
+
+# A file is known by its path below the config folder, "/"-separated ("acme/ui/app.json",
+# "globex.json"): unique per file. Its ``Target`` is what goes on the wire.
+Key = str
+Target = tuple[str, str]  # (tenant_id, path relative to the tenant)
+
+
+class Unpublishable(NamedTuple):
+    """A file of ``tenant_id`` whose name cannot be announced; ``shown`` is safe to log."""
+
+    tenant_id: str
+    shown: str
+    reason: str
+
+
+def is_ignored_name(name: str) -> bool:
+    """True for names that are never configuration: dotfiles, editors' temp/backup files."""
+    return (
+        name.startswith(".")
+        or name in _IGNORED_NAMES
+        or (name.startswith("#") and name.endswith("#"))
+        or name.endswith(_IGNORED_SUFFIXES)
+    )
+
+
+def shown(text: str, limit: int = 200) -> str:
+    """A name as it can be logged: undecodable bytes and control characters escaped, cut."""
+    raw = os.fsencode(text)
+    safe = raw.decode("utf-8", "backslashreplace")
+    safe = "".join(c if c.isprintable() else repr(c)[1:-1] for c in safe)
+    return safe if len(safe) <= limit else safe[:limit] + "…"
+
+
+def _has_surrogates(text: str) -> bool:
+    # os.fsdecode keeps bytes that are not UTF-8 as lone surrogates (surrogateescape).
+    try:
+        text.encode("utf-8")
+    except UnicodeEncodeError:
+        return True
+    return False
+
+
+def split(root: str, path: str) -> list[str] | None:
+    """The parts of ``path`` below ``root``; None when it is ``root`` itself or outside it."""
+    if not path.startswith(root + os.sep):
+        return None
+    return path[len(root) + 1:].split(os.sep)
+
+
+def classify_parts(parts: list[str]) -> Target | Unpublishable | str | None:
+    """``(tenant_id, rel)`` for the parts of a trackable file below the config root;
+    ``Unpublishable`` for a file of a valid tenant whose name cannot be announced; a string
+    (the tenant name) when the first part is not a valid tenant id; None when the file is
+    never configuration (ignored names, a file at the top without an extension)."""
+    if any(is_ignored_name(part) for part in parts):
+        return None
+    if len(parts) == 1:
+        stem, dot, _ = parts[0].rpartition(".")
+        if not dot:
+            return None
+        tenant_id, rel = stem, parts[0]
+    else:
+        tenant_id, rel = parts[0], "/".join(parts[1:])
+    if tenant_id_error(tenant_id):
+        return tenant_id
+    if _has_surrogates(rel):
+        return Unpublishable(tenant_id, shown(rel), "the file name is not valid UTF-8")
+    problem = path_error(rel)
+    if problem:
+        return Unpublishable(tenant_id, shown(rel), f"its path {problem}")
+    return tenant_id, rel
+
+
+def key_of(parts: list[str]) -> Key:
+    return "/".join(parts)
+
+
+def classify(key: Key) -> Target | Unpublishable | str | None:
+    """``classify_parts`` of a key."""
+    return classify_parts(key.split("/"))

@@ -1,0 +1,239 @@
+"""The filesystem source as the server sees it: a worker process to start, lines to publish.
+
+The way a change travels::
+
+    worker process (worker.py): watchdog -> Inbox -> settle loop (tree.py reads, settle.py
+      decides) -> one JSON line per batch of events on its stdout
+    server's event loop (here): read a line when the previous one is published -> emit each
+      event (schema, broker, hub) -> read the next line
+
+The event loop never waits on a disk, a parse or a scan, and never wakes once per file: it
+reads lines from a pipe, one at a time, and only when it is ready for more, so a burst the
+server cannot take at once waits in the worker (where changes of one file coalesce) instead
+of in memory here. Each ``emit`` yields to the loop once, so ten thousand events are ten
+thousand short steps between which clients are served, not one long one.
+
+What the server was told is kept here too (``manifest``, ``tenants``), and handed to the next
+worker when the source restarts, which then reports only what differs on disk.
+"""
+from __future__ import annotations
+
+import asyncio
+import json
+import logging
+import sys
+from collections import deque
+from pathlib import Path
+from typing import Any
+
+from marshmallow import ValidationError
+
+from ... import Emit
+from ...schemas import flatten_messages
+from .watch import inotify_watch_limit
+
+log = logging.getLogger("cfgpush.sources.filesystem")
+
+SOURCE_NAME = "filesystem"
+WORKER_MODULE = "tornado_cfgpush.sources.filesystem.worker"
+# The worker writes a line at least this often (``alive`` when idle); silence past it means it
+# hangs, and the source restarts (its tenants get Resync, as after any crash).
+WORKER_SILENCE = 20.0
+# One event may carry a long diff; a line is cut at 256 KiB of events, but never splits one.
+LINE_LIMIT = 64 * 1024 * 1024
+REFUSED = "invalid_path"  # cfgpush_events_rejected_total's reason for a name that cannot be announced
+NOT_REPRESENTABLE = "keys_not_representable"
+
+
+class WorkerFailed(Exception):
+    """The worker process failed or vanished; the source runner restarts the source."""
+
+
+class FilesystemSource:
+    name = SOURCE_NAME
+
+    def __init__(self, config_dir: Path | str, debounce: float = 0.05, *, max_delay: float | None = None,
+                 polling: bool = False):
+        self.config_dir = Path(config_dir)
+        self.debounce = debounce
+        # A file written continuously still reports, at least this often.
+        self.max_delay = max_delay if max_delay is not None else max(1.0, 20 * debounce)
+        self.force_polling = polling
+        self.observer_kind = ""
+        self.root = ""
+        # What the server was told, by the worker's key: (tenant, path, checksum); and by tenant.
+        self._files: dict[str, tuple[str, str, str]] = {}
+        self._by_tenant: dict[str, dict[str, str]] = {}
+        # Events read from the worker and not yet surely published when a run ended (it was
+        # cancelled, or emit raised): the next run publishes them first. They are in _files
+        # already, so the next worker does not report them again.
+        self._unsent: deque[list[Any]] = deque()
+        self._ran_before = False
+        # Set once watching and the initial scan are done: changes from then on are reported.
+        self.started = asyncio.Event()
+
+    # -- the source contract --------------------------------------------------------------------
+
+    async def run(self, emit: Emit) -> None:
+        root = self.config_dir.resolve()
+        if not root.is_dir():
+            raise FileNotFoundError(f"config folder {str(self.config_dir)!r} does not exist or is not a folder")
+        self.root = str(root)
+        self.started.clear()
+        first_run = not self._ran_before
+        self._ran_before = True
+        proc = await asyncio.create_subprocess_exec(
+            sys.executable, "-m", WORKER_MODULE, stdin=asyncio.subprocess.PIPE, stdout=asyncio.subprocess.PIPE,
+            limit=LINE_LIMIT,
+            # Its own session: a Ctrl-C in a terminal goes to the server, which stops it.
+            start_new_session=True)
+        try:
+            assert proc.stdin is not None and proc.stdout is not None
+            known = None if first_run else [[k, t, r, c] for k, (t, r, c) in self._files.items()]
+            config = {"root": self.root, "debounce": self.debounce, "max_delay": self.max_delay,
+                      "polling": self.force_polling, "watch_limit": inotify_watch_limit(), "known": known,
+                      "log_level": logging.getLogger("cfgpush").getEffectiveLevel()}
+            proc.stdin.write(json.dumps(config).encode() + b"\n")
+            await proc.stdin.drain()  # stdin stays open: its end tells the worker to stop
+            if first_run:
+                self._files.clear()
+                self._by_tenant.clear()
+            await self._serve(proc, emit, first_run)
+        finally:
+            if proc.returncode is None:
+                proc.kill()
+            await proc.wait()
+
+    async def _serve(self, proc: asyncio.subprocess.Process, emit: Emit, first_run: bool) -> None:
+        reader = proc.stdout
+        assert reader is not None
+        unsent = self._unsent  # published first; whatever is left when this run ends stays
+        gaps: set[str] = set()
+        while True:
+            while unsent:
+                await self._publish(emit, unsent[0], gaps)
+                unsent.popleft()
+            if gaps:  # one Resync per tenant for the skipped changes of a line
+                tenants = sorted(gaps)
+                gaps.clear()
+                await emit.gap(tenants)
+            message = await self._next(proc, reader)
+            kind = message.get("t")
+            if kind == "events":
+                for item in message["items"]:
+                    self._record(item)
+                    unsent.append(item)
+            elif kind == "refused":
+                await self._refused(emit, message, gaps)
+            elif kind == "log":
+                logging.getLogger(message["name"]).log(message["level"], "%s", message["msg"])
+            elif kind == "known":
+                if first_run:
+                    for key, tenant_id, rel, checksum in message["files"]:
+                        self._set(key, tenant_id, rel, checksum)
+            elif kind == "ready":
+                self.observer_kind = message["observer"]
+                if first_run:
+                    # A shared broker remembers what was published before this process started:
+                    # report what changed on disk while no source was watching.
+                    await self._reconcile_with_published(emit)
+                log.info("watching %s (%s, %d files, debounce %.0f ms)", self.root, self.observer_kind,
+                         len(self._files), self.debounce * 1000)
+                self.started.set()
+            elif kind == "gap":
+                tenants = message["tenants"]
+                await emit.gap(self.tenants() if tenants is None else tenants)
+            elif kind == "fatal":
+                raise WorkerFailed("the filesystem watcher failed:\n" + message["error"])
+
+    async def _next(self, proc: asyncio.subprocess.Process, reader: asyncio.StreamReader) -> dict[str, Any]:
+        try:
+            line = await asyncio.wait_for(reader.readline(), WORKER_SILENCE)
+        except asyncio.TimeoutError:
+            raise WorkerFailed(f"the filesystem watcher said nothing for {WORKER_SILENCE:g} s") from None
+        if not line:
+            code = await proc.wait()
+            raise WorkerFailed(f"the filesystem watcher exited (status {code})")
+        return json.loads(line)
+
+    async def _publish(self, emit: Emit, item: list[Any], gaps: set[str]) -> None:
+        """One event; an event the schema refuses is skipped (its tenant resyncs), never fatal."""
+        payload = item[1]
+        try:
+            await emit(payload)
+            return
+        except ValidationError as exc:
+            refused = exc
+        if "diff" in payload:  # pointers the schema cannot carry: the change still goes out
+            trimmed = {k: v for k, v in payload.items() if k != "diff"}
+            trimmed["meta"] = {**payload.get("meta", {}), "diff_skipped": NOT_REPRESENTABLE}
+            try:
+                await emit(trimmed)
+                return
+            except ValidationError as exc:
+                refused = exc
+        skipped = getattr(emit, "skipped", None)
+        if skipped is not None:
+            await skipped(payload["tenant_id"], str(payload.get("path")), "refused by the schema: " + flatten_messages(refused.messages),
+                          "invalid", resync=False)
+        gaps.add(payload["tenant_id"])
+
+    async def _refused(self, emit: Emit, message: dict[str, Any], gaps: set[str]) -> None:
+        skipped = getattr(emit, "skipped", None)
+        if skipped is not None:
+            await skipped(message["tenant"], message["path"], message["reason"], REFUSED, resync=False)
+        gaps.add(message["tenant"])
+
+    async def _reconcile_with_published(self, emit: Emit) -> None:
+        lookup = getattr(emit, "published_states", None)
+        if lookup is None:  # an emit without it (a test's, say): nothing to compare with
+            return
+        for tenant_id in sorted(self._by_tenant):
+            previous = await lookup(tenant_id)
+            if not previous:
+                continue  # never published (or a fresh embedded broker): nothing to compare
+            files = self._by_tenant.get(tenant_id, {})
+            for rel in sorted(set(files) | set(previous)):
+                now, before = files.get(rel), previous.get(rel)
+                if now == before:
+                    continue
+                change = "deleted" if now is None else "created" if before is None else "modified"
+                self._unsent.append([None, {"tenant_id": tenant_id, "change_type": change, "path": rel,
+                                            "checksum": now}, None])
+
+    def manifest(self, tenant_id: str) -> dict[str, str] | None:
+        """``{path: checksum}`` of every file of ``tenant_id`` as last reported."""
+        if not self.root:
+            return None
+        return dict(self._by_tenant.get(tenant_id, {}))
+
+    def tenants(self) -> list[str]:
+        """The tenants with files here: whose clients resync when this source restarts."""
+        return sorted(self._by_tenant)
+
+    # -- the record of what the server was told ------------------------------------------------------
+
+    def _record(self, item: list[Any]) -> None:
+        key, payload, old_key = item
+        if old_key is not None:
+            self._drop(old_key)
+        if payload["checksum"] is None:
+            self._drop(key)
+        else:
+            self._set(key, payload["tenant_id"], payload["path"], payload["checksum"])
+
+    def _set(self, key: str, tenant_id: str, rel: str, checksum: str) -> None:
+        self._drop(key)
+        self._files[key] = (tenant_id, rel, checksum)
+        self._by_tenant.setdefault(tenant_id, {})[rel] = checksum
+
+    def _drop(self, key: str) -> None:
+        found = self._files.pop(key, None)
+        if found is None:
+            return
+        tenant_id, rel, _ = found
+        files = self._by_tenant.get(tenant_id)
+        if files is not None:
+            files.pop(rel, None)
+            if not files:
+                del self._by_tenant[tenant_id]

@@ -1,0 +1,489 @@
+"""The filesystem source's worker process: watch, read, hash, parse, diff and settle.
+
+``python -m tornado_cfgpush.sources.filesystem.worker``, started by ``FilesystemSource.run``.
+Why a process and not a thread of the server: every part of this is CPU or disk (watchdog's
+own event processing, hashing, parsing YAML, diffing), and in a thread it would share the
+server's GIL. A busy thread makes each socket write of the event loop wait up to the switch
+interval for the GIL to come back (the convoy effect): a burst of ten thousand files would
+stall every tenant's deliveries and heartbeats. In its own process it costs the server only
+the lines it reads, and a file that crashes or bloats a parser takes down this process, not
+the server (it is restarted, and its tenants get ``Resync``).
+
+Protocol, one JSON object per line:
+
+* in, on stdin, once: the settings (``root``, ``debounce``, ``max_delay``, ``polling``,
+  ``watch_limit``, ``known``: the server's record of every file when it restarts us, else
+  null). End of stdin (the server stopped or died) ends this process.
+* out, on stdout: ``known`` (the start-up scan, in chunks, when ``known`` was null), ``ready``
+  (watching; ``observer``), ``events`` (``items``: ``[key, payload, old key of a move]``),
+  ``refused`` (a change of a file whose name cannot be announced), ``gap`` (after a rescan:
+  changes may have been missed), ``log`` (a log record), ``alive`` (every few seconds when
+  idle), ``fatal`` (this process fails; the server restarts it).
+
+Threads here: watchdog's (events into the bounded ``Inbox``), the settle loop (this module's
+``Worker.run``, on the main thread), the slow lane (files over ``tree.SMALL_FILE`` are read
+there, so a large file never holds the others), stdin's reader (end of input) and stdout's
+writer (the server reads when it is ready: while it is behind, changes coalesce in the settle
+machine instead of queueing).
+"""
+from __future__ import annotations
+
+import json
+import logging
+import os
+import queue
+import sys
+import threading
+import time
+import traceback
+import warnings
+from typing import Any, Callable, Iterable
+
+from ... import structured
+from .names import Unpublishable, classify, shown, split
+from .settle import GONE, MEMORY_CAP, NO_PREVIOUS, Read, Settler
+from .tree import Content, Refused, Tree, signature
+from .watch import Inbox, OverflowWatch, ToInbox, adjust_watchdog, observer_alive, start_observer
+
+log = logging.getLogger("cfgpush.sources.filesystem")
+
+BATCH = 500  # events taken from the settle machine at a time
+LINE_BYTES = 256 * 1024  # a line the server parses in a few milliseconds (one event may be more)
+IN_FLIGHT = 2_000  # events written and not yet read by the server, at most
+ALIVE_EVERY = 2.0  # seconds
+SCAN_CHUNK = 2_000  # files per ``known`` line
+REFUSED_AGAIN_AFTER = 1.0  # seconds: the events of one save of an unpublishable file are one refusal
+# Overflows come in floods (a tenant renaming in a loop): one rescan per this many seconds at
+# most; the events that still arrive meanwhile are handled as usual.
+RESCAN_EVERY = 0.5
+NOT_REPRESENTABLE = "keys_not_representable"
+
+
+class Output:
+    """stdout, written by its own thread: the settle loop never blocks on the server."""
+
+    def __init__(self, stream, wake: Callable[[], None]):
+        self._stream = stream
+        self._wake = wake
+        self._queue: queue.SimpleQueue[tuple[bytes, int] | None] = queue.SimpleQueue()
+        self._lock = threading.Lock()
+        self.in_flight = 0  # events queued or written, not yet taken by the server's read
+        self.last_write = time.monotonic()
+        self._thread = threading.Thread(target=self._write, name="cfgpush-fs-output", daemon=True)
+        self._thread.start()
+
+    def send(self, message: dict[str, Any], events: int = 0) -> None:
+        line = json.dumps(message, separators=(",", ":")).encode("utf-8") + b"\n"
+        with self._lock:
+            self.in_flight += events
+        self._queue.put((line, events))
+
+    def send_events(self, items: list[list[Any]]) -> None:
+        """Events in lines of at most ``LINE_BYTES``, so that the server never parses a long
+        line on its event loop."""
+        encoded = [json.dumps(item, separators=(",", ":")) for item in items]
+        start, size = 0, 0
+        for i, text in enumerate(encoded):
+            if i > start and size + len(text) > LINE_BYTES:
+                self._send_raw(encoded[start:i])
+                start, size = i, 0
+            size += len(text) + 1
+        if start < len(encoded):
+            self._send_raw(encoded[start:])
+
+    def _send_raw(self, items: list[str]) -> None:
+        line = ('{"t":"events","items":[' + ",".join(items) + "]}\n").encode("utf-8")
+        with self._lock:
+            self.in_flight += len(items)
+        self._queue.put((line, len(items)))
+
+    def room(self) -> int:
+        with self._lock:
+            return IN_FLIGHT - self.in_flight
+
+    def close(self) -> None:
+        self._queue.put(None)
+        self._thread.join(5)
+
+    def _write(self) -> None:
+        while True:
+            item = self._queue.get()
+            if item is None:
+                return
+            line, events = item
+            try:
+                self._stream.write(line)
+                self._stream.flush()
+            except (BrokenPipeError, ValueError, OSError):
+                os._exit(0)  # the server is gone: nothing to report to
+            self.last_write = time.monotonic()
+            if events:
+                with self._lock:
+                    self.in_flight -= events
+                self._wake()  # room for more: the settle loop may take events again
+
+
+class ForwardLogs(logging.Handler):
+    """Log records go to the server, which logs them in its own format."""
+
+    def __init__(self, output: Output):
+        super().__init__(logging.DEBUG)
+        self._output = output
+
+    def emit(self, record: logging.LogRecord) -> None:
+        if record.name.startswith("watchdog") and record.levelno < logging.ERROR:
+            return  # its overflow warnings are ours to report (Worker._rescan), once
+        try:
+            message = record.getMessage()
+            if record.exc_info:
+                message += "\n" + "".join(traceback.format_exception(*record.exc_info))
+            self._output.send({"t": "log", "level": record.levelno, "name": record.name, "msg": message})
+        except Exception:  # pragma: no cover - a log record must never fail the worker
+            pass
+
+
+class Lane:
+    """One thread reading the large files, one at a time; results go to the inbox."""
+
+    def __init__(self, inbox: Inbox, finish: Callable[[str, Content, Any], Read]):
+        self._jobs: queue.SimpleQueue = queue.SimpleQueue()
+        self._inbox = inbox
+        self._finish = finish
+        self._thread = threading.Thread(target=self._run, name="cfgpush-fs-lane", daemon=True)
+        self._thread.start()
+
+    def submit(self, key: str, opened, old_doc: Any) -> None:
+        self._jobs.put((key, opened, old_doc))
+
+    def _run(self) -> None:
+        while True:
+            key, opened, old_doc = self._jobs.get()
+            try:
+                read = self._finish(key, Tree.read(key, opened), old_doc)
+            except OSError as exc:
+                log.warning("cannot read %s: %s", shown(key), exc)
+                read = GONE
+            self._inbox.put(("read", key, read))
+
+    def alive(self) -> bool:
+        return self._thread.is_alive()
+
+
+class Worker:
+    def __init__(self, config: dict[str, Any], output: Output, inbox: Inbox):
+        self.root = config["root"]
+        self.config = config
+        self.output = output
+        self.inbox = inbox
+        self.tree = Tree(self.root)
+        self.settler = Settler(config["debounce"], config["max_delay"],
+                               max_doc_bytes=config.get("max_doc_bytes", 64 * 1024 * 1024))
+        self.lane = Lane(inbox, self._finish)
+        self.observer: Any = None
+        self._overflow = threading.Event()
+        self._bad_tenants: set[str] = set()
+        self._refused_at: dict[str, float] = {}
+        self._refusals_logged: set[tuple[str, str]] = set()
+        self._stopping = False
+        self._rescan_at: float | None = None  # an overflow was seen: rescan then
+        self._last_rescan = float("-inf")
+
+    # -- start ------------------------------------------------------------------------------------
+
+    def start(self) -> None:
+        adjust_watchdog()
+        OverflowWatch(self._on_kernel_overflow).install()
+        handler = ToInbox(self.inbox)
+        self.observer, kind = start_observer(self.root, handler, polling=self.config["polling"],
+                                             watch_limit=self.config.get("watch_limit"), log=log)
+        known = self.config.get("known")
+        now = time.monotonic()
+        if known is None:
+            self._scan_baseline()
+        else:
+            # A restart: the server's record is the baseline; what differs on disk is reported.
+            for key, tenant_id, rel, checksum in known:
+                self.settler.baseline(key, (tenant_id, rel), checksum)
+            self._touch_all(now)
+        self.output.send({"t": "ready", "observer": kind})
+
+    def _on_kernel_overflow(self) -> None:  # on watchdog's thread
+        self._overflow.set()
+        self.inbox.put(("overflow",))  # wakes the settle loop
+
+    def _scan_baseline(self) -> None:
+        chunk: list[list[str]] = []
+        for key in self.tree.walk():
+            target = self._target(key)
+            if target is None:
+                continue
+            read = self._read_now(key, None, None)
+            if read.checksum is None:
+                continue
+            self.settler.baseline(key, target, read.checksum, read.doc, read.size, read.extra)
+            chunk.append([key, target[0], target[1], read.checksum])
+            if len(chunk) >= SCAN_CHUNK:
+                self.output.send({"t": "known", "files": chunk})
+                chunk = []
+        self.output.send({"t": "known", "files": chunk})
+
+    def _touch_all(self, now: float) -> None:
+        """Every file on disk and every file the settle machine knows: read again at once
+        (reusing reads whose file's metadata say nothing changed)."""
+        keys = dict.fromkeys(self.tree.walk())
+        keys.update(dict.fromkeys(self.settler.tracked()))
+        for key in keys:
+            target = self._target(key)
+            if target is not None:
+                self.settler.touched(key, target, now, at_once=True)
+        self._read_due(now, rescan=True, inline=True)
+
+    # -- the settle loop ----------------------------------------------------------------------------
+
+    def run(self) -> None:
+        last_health = time.monotonic()
+        while not self._stopping:
+            deadline = self.settler.next_deadline()
+            if self._rescan_at is not None:
+                deadline = self._rescan_at if deadline is None else min(deadline, self._rescan_at)
+            now = time.monotonic()
+            wait = ALIVE_EVERY if deadline is None else min(max(0.0, deadline - now), ALIVE_EVERY)
+            items = self.inbox.take(wait)
+            now = time.monotonic()
+            if (self.inbox.take_overflow() or self._overflow.is_set()) and self._rescan_at is None:
+                self._overflow.clear()
+                self._rescan_at = max(now, self._last_rescan + RESCAN_EVERY)
+            if self._rescan_at is not None and now >= self._rescan_at:
+                self._rescan(now)
+                continue
+            for item in items:
+                if isinstance(item, tuple):
+                    if item[0] == "read":
+                        self.settler.read_done(item[1], item[2], now)
+                    elif item[0] == "stop":
+                        self._stopping = True
+                else:
+                    self._on_event(item, now)
+            self._read_due(time.monotonic())
+            self._send_events()
+            if now - last_health >= ALIVE_EVERY:
+                last_health = now
+                self._check_health(now)
+
+    def _rescan(self, now: float) -> None:
+        """Events were lost: compare every file with what the server was told. What differs
+        goes out as events, and only the tenants with a difference are told they may have
+        missed something (``gap``): a flood of one tenant's changes never makes the others
+        reload."""
+        self._rescan_at = None
+        self._last_rescan = now
+        log.warning("events were lost (the kernel's inotify queue or the watcher's own overflowed): "
+                    "rescanning %s (raise fs.inotify.max_queued_events if this recurs)", self.root)
+        self._touch_all(now)
+        tenants = self._send_events(everything=True)
+        if tenants:
+            self.output.send({"t": "gap", "tenants": sorted(tenants)})
+
+    def _check_health(self, now: float) -> None:
+        if not observer_alive(self.observer) or not self.lane.alive():
+            raise RuntimeError("a watcher thread died")
+        if now - self.output.last_write >= ALIVE_EVERY:
+            self.output.send({"t": "alive"})
+
+    def _send_events(self, everything: bool = False) -> set[str]:
+        """Events the settle machine has, as far as the server has room (``everything``: all
+        of them); returns their tenants."""
+        tenants: set[str] = set()
+        while self.settler.pending():
+            room = self.output.room()
+            if room <= 0 and not everything:
+                break
+            taken = self.settler.take(BATCH if everything else min(BATCH, room))
+            if not taken:
+                break
+            tenants.update(payload["tenant_id"] for _, payload, _ in taken)
+            self.output.send_events([[key, payload, old] for key, payload, old in taken])
+        return tenants
+
+    # -- what the watcher saw ------------------------------------------------------------------------
+
+    def _on_event(self, event: Any, now: float) -> None:
+        kind = event.event_type
+        if kind in ("opened", "closed_no_write"):
+            return
+        src = os.fsdecode(event.src_path)
+        dest = os.fsdecode(event.dest_path) if kind == "moved" else ""
+        if event.is_directory:
+            if kind in ("deleted", "moved"):
+                parts = split(self.root, src)
+                if parts is not None:
+                    for key in self.settler.below("/".join(parts)):
+                        self._touch(key, now)
+            if kind in ("created", "moved"):
+                # Files written right after mkdir may only show as Created on the folder.
+                parts = split(self.root, dest or src)
+                if parts is not None:
+                    for key in self.tree.walk("/".join(parts)):
+                        self._touch(key, now)
+            return
+        src_parts = split(self.root, src)
+        if kind != "moved":
+            if src_parts is not None:
+                self._touch("/".join(src_parts), now)
+            return
+        dest_parts = split(self.root, dest)
+        src_key = "/".join(src_parts) if src_parts is not None else None
+        dest_key = "/".join(dest_parts) if dest_parts is not None else None
+        src_target = self._target(src_key) if src_key is not None else None
+        dest_target = self._target(dest_key) if dest_key is not None else None
+        if src_target is not None and dest_target is not None:
+            self.settler.renamed(src_key, src_target, dest_key, dest_target, now)
+            return
+        if src_key is not None:
+            self._touch(src_key, now)
+        if dest_key is not None:
+            self._touch(dest_key, now)
+
+    def _touch(self, key: str, now: float) -> None:
+        target = self._target(key)
+        if target is not None:
+            self.settler.touched(key, target, now)
+
+    def _target(self, key: str) -> tuple[str, str] | None:
+        found = classify(key)
+        if isinstance(found, Unpublishable):
+            self._refuse(key, found)
+            return None
+        if found is None or isinstance(found, tuple):
+            return found
+        if found not in self._bad_tenants and len(self._bad_tenants) < 1000:
+            self._bad_tenants.add(found)
+            log.warning("ignoring %s: %s is not a valid tenant id (1 to 64 of A-Z a-z 0-9 . _ -, "
+                        "starting with a letter or digit)", shown(key), shown(found))
+        return None
+
+    def _refuse(self, key: str, found: Unpublishable) -> None:
+        """A change of a file whose name cannot be announced: the server logs it once, counts
+        it and sends its tenant's clients ``Resync``."""
+        now = time.monotonic()
+        last = self._refused_at.get(key)
+        if last is not None and now - last < REFUSED_AGAIN_AFTER:
+            return
+        if len(self._refused_at) > 10_000:
+            self._refused_at.clear()
+        self._refused_at[key] = now
+        self.output.send({"t": "refused", "tenant": found.tenant_id, "path": found.shown, "reason": found.reason})
+
+    # -- reading -----------------------------------------------------------------------------------
+
+    def _read_due(self, now: float, *, rescan: bool = False, inline: bool = False) -> None:
+        for key, old_doc, cached in self.settler.due(now):
+            read = self._read_now(key, old_doc, cached if rescan else None, inline=inline)
+            if read is not None:
+                self.settler.read_done(key, read, now)
+
+    def _read_now(self, key: str, old_doc: Any, cached: Content | None, *, inline: bool = True) -> Read | None:
+        """Read ``key`` here, or hand it to the slow lane (None then: its result comes later)."""
+        try:
+            opened = self.tree.open(key)
+        except Refused as why:
+            self._log_refusal(key, str(why))
+            return GONE
+        except OSError as exc:
+            log.warning("cannot read %s: %s", shown(key), exc)
+            return GONE
+        if opened is None:
+            return GONE
+        if cached is not None and cached.still_valid(signature(opened.info)):
+            os.close(opened.fd)
+            return self._finish(key, cached, old_doc)
+        if not inline and not Tree.is_small(opened):
+            self.lane.submit(key, opened, old_doc)
+            return None
+        try:
+            return self._finish(key, Tree.read(key, opened), old_doc)
+        except OSError as exc:
+            log.warning("cannot read %s: %s", shown(key), exc)
+            return GONE
+
+    @staticmethod
+    def _finish(key: str, content: Content, old_doc: Any) -> Read:
+        """A read's ``Read``: its diff against ``old_doc``, or why there is none."""
+        doc = content.doc
+        read = Read(content.checksum, doc, content.size, extra=content)
+        if doc is None:  # not a structured file
+            return read
+        if isinstance(doc, structured.Unparsed):
+            read.skip = doc.reason
+        elif old_doc is None or isinstance(old_doc, structured.Unparsed):
+            read.skip = MEMORY_CAP if getattr(old_doc, "reason", None) == MEMORY_CAP else NO_PREVIOUS
+        else:
+            diff = structured.diff(old_doc, doc)
+            if _representable(diff.values()):
+                read.diff = diff
+            else:
+                read.skip = NOT_REPRESENTABLE
+        return read
+
+    def _log_refusal(self, key: str, why: str) -> None:
+        marker = (key, why)
+        if marker in self._refusals_logged or len(self._refusals_logged) > 10_000:
+            return
+        self._refusals_logged.add(marker)
+        log.info("not reading %s: %s", shown(key), why)
+
+    def stop(self) -> None:
+        if self.observer is not None:
+            self.observer.stop()
+
+
+def _representable(pointer_lists: Iterable[list[str]]) -> bool:
+    """Whether every pointer can go on the wire (a key decoded from bytes that are not valid
+    UTF-8, or holding a lone surrogate from a JSON ``\\ud800`` escape, cannot)."""
+    for pointers in pointer_lists:
+        for pointer in pointers:
+            try:
+                pointer.encode("utf-8")
+            except UnicodeEncodeError:
+                return False
+    return True
+
+
+def _stdin_watch(inbox: Inbox) -> None:
+    """End of stdin: the server stopped (or died); stop too."""
+    try:
+        while sys.stdin.buffer.read(65536):
+            pass
+    except (OSError, ValueError):
+        pass
+    inbox.put(("stop",))
+    time.sleep(5)  # the settle loop stops at once; if it is stuck in a read, do not wait for it
+    os._exit(0)
+
+
+def main() -> int:
+    warnings.filterwarnings("ignore", "Callback with id .* already exists for watch", RuntimeWarning)
+    config = json.loads(sys.stdin.buffer.readline())
+    inbox = Inbox()
+    output = Output(sys.stdout.buffer, lambda: inbox.put(("room",)))
+    root_logger = logging.getLogger()
+    root_logger.handlers[:] = [ForwardLogs(output)]
+    root_logger.setLevel(config.get("log_level", logging.INFO))
+    logging.getLogger("watchdog").setLevel(logging.INFO)
+    threading.Thread(target=_stdin_watch, args=(inbox,), name="cfgpush-fs-stdin", daemon=True).start()
+    worker = Worker(config, output, inbox)
+    try:
+        worker.start()
+        worker.run()
+    except Exception:
+        output.send({"t": "fatal", "error": traceback.format_exc()})
+        output.close()
+        return 1
+    finally:
+        worker.stop()
+    output.close()
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
