@@ -8,7 +8,6 @@ from __future__ import annotations
 import asyncio
 import gc
 import logging
-import signal
 import socket
 from typing import Any, Iterable
 
@@ -22,10 +21,12 @@ from .handlers import default_handlers
 from .handlers.health import NotFoundHandler
 from .hub import Hub
 from .limits import ConnectionLimits
+from .loop_health import LoopLag
 from .metrics import BROKER_UNAVAILABLE, INVALID, Metrics
 from .plugins import get_plugin_manager
 from .schemas import config_changed_schema
 from .settings import Settings
+from .signals import install as install_signal_handlers
 from .sources.runner import SourceRunner
 
 log = logging.getLogger("cfgpush")
@@ -46,6 +47,7 @@ class CfgPush:
         self.broker = broker if broker is not None else self._make_broker()
         self.metrics = Metrics(self)  # /metrics; counts per event, reads the hub's counters
         self.limits = ConnectionLimits.from_settings(settings)  # /ws + /events slots (limits.py)
+        self.loop_lag = LoopLag(self.metrics.loop_lag.observe)
         self.runner: SourceRunner | None = None
         self._tasks: set[asyncio.Task] = set()  # Resyncs started from the broker's callbacks
 
@@ -79,12 +81,15 @@ class CfgPush:
         if duplicates:
             raise ValueError(f"two event sources share the name(s): {', '.join(sorted(duplicates))}")
         self.runner = SourceRunner(sources, self.publish, gap=self.source_gap,
-                                   published_states=self.broker.published_states)
+                                   published_states=self.broker.published_states,
+                                   count_rejected=self.metrics.rejected)
         self.runner.start()
         self.hub.start()
+        self.loop_lag.start()
         log.info("sources running: %s", ", ".join(names) or "none")
 
     async def stop(self) -> None:
+        self.loop_lag.stop()
         for task in list(self._tasks):
             task.cancel()
         await asyncio.gather(*self._tasks, return_exceptions=True)
@@ -127,11 +132,20 @@ class CfgPush:
                 newest = (await self.broker.catch_up(tenant_id, None)).last_event_id
             except BrokerUnavailable:
                 newest = None  # still tell them: a reload is what they need either way
-            manifest = self.manifest(tenant_id)
-            for conn in self.hub.connections(tenant_id):
-                conn.notify_gap(newest, manifest, reason)
+            try:
+                manifest = self.manifest(tenant_id)
+                for conn in self.hub.connections(tenant_id):
+                    conn.notify_gap(newest, manifest, reason)
+            except Exception:  # one tenant's failure must not keep the others from their Resync
+                log.exception("sending Resync to the clients of tenant %s failed", tenant_id)
+                continue
             log.info("sent Resync (%s from %s) to %d clients of tenant %s",
                      reason, source, self.hub.connection_count(tenant_id), tenant_id)
+
+    def degraded_reasons(self) -> list[str]:
+        """Why this node serves worse than it should, while still serving (empty: fine)."""
+        lag = self.loop_lag.degraded_reason()
+        return [lag] if lag else []
 
     def not_ready_reasons(self) -> list[str]:
         """Why this node should not get traffic yet (empty: ready)."""
@@ -221,8 +235,7 @@ async def serve(settings: Settings, plugin_manager: PluginManager | None = None,
     """Run until SIGTERM/SIGINT (or ``stop`` is set); then close clients with 1001 and return."""
     stop = stop or asyncio.Event()
     loop = asyncio.get_running_loop()
-    for signum in (signal.SIGTERM, signal.SIGINT):
-        loop.add_signal_handler(signum, stop.set)
+    uninstall_signal_handlers = install_signal_handlers(loop, stop.set)
     sockets = sockets if sockets is not None else bind(settings)
     core = CfgPush(settings, plugin_manager)
     try:
@@ -239,8 +252,7 @@ async def serve(settings: Settings, plugin_manager: PluginManager | None = None,
             log.exception("while stopping after a failed start")
         for sock in sockets:
             sock.close()
-        for signum in (signal.SIGTERM, signal.SIGINT):
-            loop.remove_signal_handler(signum)
+        uninstall_signal_handlers()
         raise StartupError(f"start-up failed: {type(exc).__name__}: {exc}") from exc
     try:
         # Listen once the sources report changes: "listening" then means "nothing is missed".
@@ -268,5 +280,4 @@ async def serve(settings: Settings, plugin_manager: PluginManager | None = None,
             await asyncio.wait_for(server.close_all_connections(), drain)
         except asyncio.TimeoutError:
             log.warning("shutdown took longer than %.1f s; exiting anyway", drain)
-        for signum in (signal.SIGTERM, signal.SIGINT):
-            loop.remove_signal_handler(signum)
+        uninstall_signal_handlers()

@@ -19,6 +19,7 @@ from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, Metri
 from prometheus_client.registry import Collector
 
 from . import __version__
+from .loop_health import LAG_BUCKETS
 
 if TYPE_CHECKING:  # pragma: no cover
     from .app import CfgPush
@@ -50,6 +51,10 @@ class Metrics:
             "cfgpush_delivery_seconds",
             "Time to hand one event to every local connection of its tenant (per event, not per client)",
             buckets=LATENCY_BUCKETS, registry=self.registry)
+        self.loop_lag = Histogram(
+            "cfgpush_event_loop_lag_seconds",
+            "How late a timer sampled every 10 ms fires: how long every client waits for the event loop",
+            buckets=LAG_BUCKETS, registry=self.registry)
         self.registry.register(_ServiceCollector(self))
         ProcessCollector(registry=self.registry)
         PlatformCollector(registry=self.registry)

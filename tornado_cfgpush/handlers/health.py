@@ -18,7 +18,8 @@ class HealthHandler(JsonErrorsMixin, web.RequestHandler):
 
 
 class ReadyHandler(JsonErrorsMixin, web.RequestHandler):
-    """200 when the broker is reachable and every source has started, else 503 and why."""
+    """200 when the broker is reachable and every source has started, else 503 and why;
+    200 ``degraded`` with the reasons while it serves worse than it should (a blocked loop)."""
 
     def initialize(self, core: "CfgPush") -> None:
         self.core = core
@@ -29,6 +30,10 @@ class ReadyHandler(JsonErrorsMixin, web.RequestHandler):
         if reasons:
             self.set_status(503)
             self.finish({"status": "not ready", "reasons": reasons})
+            return
+        degraded = self.core.degraded_reasons()
+        if degraded:
+            self.finish({"status": "degraded", "reasons": degraded})
         else:
             self.finish({"status": "ready"})
 
