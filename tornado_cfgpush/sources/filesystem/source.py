@@ -147,9 +147,13 @@ class FilesystemSource:
                 raise WorkerFailed("the filesystem watcher failed:\n" + message["error"])
 
     async def _next(self, proc: asyncio.subprocess.Process, reader: asyncio.StreamReader) -> dict[str, Any]:
+        # asyncio.timeout, not wait_for: on Python 3.11, wait_for returns the line when it
+        # arrives together with a cancellation and so swallows the cancellation; the source
+        # then ran on after a shutdown had cancelled it (and the shutdown waited its whole limit).
         try:
-            line = await asyncio.wait_for(reader.readline(), WORKER_SILENCE)
-        except asyncio.TimeoutError:
+            async with asyncio.timeout(WORKER_SILENCE):
+                line = await reader.readline()
+        except TimeoutError:
             raise WorkerFailed(f"the filesystem watcher said nothing for {WORKER_SILENCE:g} s") from None
         if not line:
             code = await proc.wait()
