@@ -136,6 +136,10 @@ SETTING_FLAGS: dict[str, tuple[str, Callable[[str], Any], str]] = {
     "--admin-token": ("admin_token", _secret("admin token"), "bearer token for /api/v1/tenants/<id> (off without it)"),
     "--publish-token": ("publish_token", auth.parse_tokens("publish token"),
                         "bearer token(s) for POST /api/v1/events, repeatable or comma-separated (off without it)"),
+    "--publish-rate": ("publish_rate", _int_in(0, None, "publish rate"), "events per second each publish token "
+                       "may send (429 past it; 0: no limit)"),
+    "--publish-burst": ("publish_burst", _int_in(0, None, "publish burst"), "events a publish token may send "
+                        "at once before --publish-rate applies"),
     "--jwt-secret": ("jwt_secret", auth.parse_jwt_secret, "HS256 secret (32 bytes at least): subscribers need a JWT"),
     "--jwt-public-key": ("jwt_public_key", auth.parse_public_key_file, "PEM public key FILE (RS256 or ES256): "
                          "subscribers need a JWT"),

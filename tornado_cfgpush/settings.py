@@ -48,6 +48,11 @@ class Settings:
     # Bearer token(s) of the publish API (POST /api/v1/events); None: that API is off.
     # Several: a tuple, or one string of comma-separated tokens (tornado_cfgpush.auth).
     publish_token: str | tuple[str, ...] | None = field(default=None, repr=False)
+    # The publish API's budget per token (a token bucket): events per second, and how many may
+    # come at once; past it 429 with Retry-After. 0: no limit. Far above what a deploy
+    # pipeline sends; it keeps one leaked or runaway publisher from taking the event loop.
+    publish_rate: int = 500
+    publish_burst: int = 2000
     # Subscriber authentication (tornado_cfgpush.auth, SECURITY.md): off while none of
     # jwt_secret (HS256), jwt_public_key (a PEM file: RS256/ES256) and jwks (a JWKS file) is set.
     jwt_secret: str | None = field(default=None, repr=False)
@@ -101,6 +106,8 @@ class Settings:
                 object.__setattr__(self, name, Path(getattr(self, name)))
         object.__setattr__(self, "allowed_origins", tuple(self.allowed_origins))
         object.__setattr__(self, "allowed_hosts", tuple(self.allowed_hosts))
+        if self.publish_rate < 0 or self.publish_burst < 0:
+            raise ValueError("publish_rate and publish_burst must not be negative")
         keys = [name for name in ("jwt_secret", "jwt_public_key", "jwks") if getattr(self, name)]
         if len(keys) > 1:
             raise ValueError("give one JWT key only: --jwt-secret, --jwt-public-key or --jwks, not "
