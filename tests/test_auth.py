@@ -194,7 +194,8 @@ async def test_two_different_tokens_or_a_repeated_one_are_refused(server_port):
 @pytest.mark.gen_test
 async def test_numeric_dates_may_be_fractional(server_port):
     now = time.time()
-    (await expect_welcome(server_port, f"tenant_id=acme&token={token(exp_in=None, exp=now + 60.5, nbf=now - 1.5, iat=now)}")).close()
+    fractional = token(exp_in=None, exp=now + 60.5, nbf=now - 1.5, iat=now)
+    (await expect_welcome(server_port, f"tenant_id=acme&token={fractional}")).close()
 
 
 @pytest.mark.settings(jwt_secret=SECRET, jwt_issuer="https://issuer.example", jwt_audience="cfgpush")
@@ -529,7 +530,8 @@ async def raw_request(port: int, target: str, host: str | None, headers: str = "
         writer.write(head.encode("latin-1") + b"\r\n" + body)
         response = await asyncio.wait_for(reader.readuntil(b"\r\n\r\n"), 5)
         status = int(response.split(b" ", 2)[1])
-        length = [int(line.split(b":")[1]) for line in response.split(b"\r\n") if line.lower().startswith(b"content-length:")]
+        length = [int(line.split(b":")[1]) for line in response.split(b"\r\n")
+                  if line.lower().startswith(b"content-length:")]
         data = await asyncio.wait_for(reader.readexactly(length[0]), 5) if length else b""
         if b"application/json" in response.lower():
             return status, json.loads(data)
@@ -548,7 +550,8 @@ def rebinding_page(host: str) -> str:
 async def test_without_allowed_hosts_a_rebinding_page_is_same_origin(server_port):
     """Why --allowed-host exists: Origin equals Host, so every Origin check passes."""
     host = f"evil.example:{server_port}"
-    status, _ = await raw_request(server_port, f"/ws?tenant_id=acme&token={token()}", host, UPGRADE + rebinding_page(host))
+    status, _ = await raw_request(server_port, f"/ws?tenant_id=acme&token={token()}", host,
+                                  UPGRADE + rebinding_page(host))
     assert status == 101
 
 

@@ -544,7 +544,8 @@ odd_char = st.one_of(
 odd_text = st.lists(st.one_of(odd_char, st.text(alphabet=string.ascii_letters, max_size=4)), min_size=1,
                     max_size=8).map("".join)
 odd_json = st.recursive(st.one_of(st.none(), st.integers(), odd_text),
-                        lambda inner: st.one_of(st.lists(inner, max_size=3), st.dictionaries(odd_text, inner, max_size=3)),
+                        lambda inner: st.one_of(st.lists(inner, max_size=3),
+                                                st.dictionaries(odd_text, inner, max_size=3)),
                         max_leaves=8)
 odd_fields = st.fixed_dictionaries({}, optional={
     "path": st.one_of(odd_text, odd_text.map(lambda t: f"dir/{t}.json")),

@@ -46,7 +46,8 @@ def bytes_beyond_the_document(path) -> bool:
     segments = path.split("/")
     within_characters = len(path) <= PATH_MAX and all(len(s) <= SEGMENT_MAX for s in segments)
     encoded = [s.encode("utf-8", "surrogatepass") for s in segments]
-    within_bytes = sum(map(len, encoded)) + len(segments) - 1 <= PATH_MAX and all(len(s) <= SEGMENT_MAX for s in encoded)
+    within_bytes = (len(path.encode("utf-8", "surrogatepass")) <= PATH_MAX
+                    and all(len(s) <= SEGMENT_MAX for s in encoded))
     return within_characters and not within_bytes
 
 

@@ -9,9 +9,10 @@ PyJWT, from the settings:
   again when they change on disk, so keys rotate without a restart. No key set: everyone is
   allowed (authentication is off, as before this module).
 * ``exp`` is required (there is no revocation list: a token that never expires could never be
-  taken back) and must be a number, as ``nbf`` and ``iat`` when present (RFC 7519's NumericDate:
-  PyJWT alone accepts ``"exp": "1999999999"``); ``iss`` and ``aud`` are checked when ``jwt_issuer`` / ``jwt_audience`` are set;
-  the claim ``jwt_tenant_claim`` (default ``tenant_id``) must equal the requested tenant.
+  taken back) and must be a number, as ``nbf`` and ``iat`` when present (RFC 7519's
+  NumericDate: PyJWT alone accepts ``"exp": "1999999999"``); ``iss`` and ``aud`` are checked
+  when ``jwt_issuer`` / ``jwt_audience`` are set; the claim ``jwt_tenant_claim`` (default
+  ``tenant_id``) must equal the requested tenant.
 * Only the configured algorithm is accepted: ``none``, or HS256 signed with a public key
   (the algorithm-confusion attack), is refused like a bad signature.
 
