@@ -75,6 +75,10 @@ def wire_string_error(value: str) -> str | None:
 def wire_value_error(value: Any) -> str | None:
     """``wire_string_error`` for every string in a JSON value (object keys too, at any depth),
     naming where the first bad one is as a JSON Pointer; None when all can be sent."""
+    if isinstance(value, str):
+        return wire_string_error(value)
+    if not isinstance(value, (dict, list, tuple)):  # a number, a boolean, null
+        return None
     stack: list[tuple[Any, str]] = [(value, "")]
     while stack:  # a loop, not recursion: hostile nesting must not exhaust the stack
         item, where = stack.pop()
