@@ -571,10 +571,10 @@ def test_hostile_unicode_in_publish_fields(io_loop, http_port, server_port, core
     @given(fields=odd_fields, ascii_body=st.booleans())
     def one(fields, ascii_body):
         TRIED["odd unicode publish"] += 1
-        payload = {"tenant_id": "acme", "change_type": "modified", "path": "p.json", **fields}
         # What the server parses: two escapes of a high and a low surrogate in a row are one
         # character, "\\ud800\\udc00" is U+10000; the others stay lone.
         fields = json.loads(json.dumps(fields))
+        payload = {"tenant_id": "acme", "change_type": "modified", "path": "p.json", **fields}
         poisoned = _has_lone_surrogate(fields)
         # A lone surrogate travels as a JSON escape; other text is sent as raw UTF-8 half the time.
         body = json.dumps(payload, ensure_ascii=ascii_body or poisoned).encode("utf-8")
