@@ -7,16 +7,24 @@ from __future__ import annotations
 import asyncio
 import json
 import logging
+import re
 import time
 
 import jwt
 import pytest
 from cryptography.hazmat.primitives import serialization
 from cryptography.hazmat.primitives.asymmetric import ec, rsa
-from tornado.httpclient import HTTPRequest
+from tornado.httpclient import AsyncHTTPClient, HTTPRequest
 
 from tornado_cfgpush import hookimpl
-from tornado_cfgpush.auth import Decision, origin_allowed, parse_origin, redact_uri
+from tornado_cfgpush.auth import (
+    Decision,
+    describe_input_error,
+    origin_allowed,
+    parse_hosts,
+    parse_origin,
+    redact_uri,
+)
 
 from .conftest import publish, wait_for
 from .rawws import RawWebSocket
@@ -105,6 +113,13 @@ MATRIX = [
     ("alg HS512", lambda: token(alg="HS512", key=SECRET + SECRET), 401, "algorithm is not accepted"),
     ("alg RS256 with a secret configured", lambda: token(key=RSA_KEY, alg="RS256"), 401, "algorithm is not accepted"),
     ("no exp", lambda: token(exp_in=None), 401, "no 'exp' claim"),
+    # issue 18 item 11: RFC 7519's NumericDate is a number; PyJWT alone took "1999999999"
+    ("exp a numeric string", lambda: token(exp_in=None, exp=str(int(time.time()) + 60)), 401,
+     "'exp' claim must be a number"),
+    ("exp a float string", lambda: token(exp_in=None, exp=f"{time.time() + 60:.3f}"), 401, "token"),
+    ("exp true", lambda: token(exp_in=None, exp=True), 401, "token"),
+    ("nbf a numeric string", lambda: token(nbf=str(int(time.time()) - 60)), 401, "'nbf' claim must be a number"),
+    ("iat a numeric string", lambda: token(iat=str(int(time.time()) - 60)), 401, "'iat' claim must be a number"),
     ("not before in the future", lambda: token(nbf=int(time.time()) + 60), 401, "not valid yet"),
     ("another tenant", lambda: token("globex"), 403, "not for this tenant"),
     ("tenant differs by case", lambda: token("Acme"), 403, "not for this tenant"),
@@ -173,6 +188,14 @@ async def test_two_different_tokens_or_a_repeated_one_are_refused(server_port):
     await expect_refused(server_port, f"tenant_id=acme&token={token()}", 400, "give the token once",
                          headers=f"Authorization: Bearer {token(exp_in=30)}\r\n")
     await expect_refused(server_port, f"tenant_id=acme&token={token()}&token={token()}", 400, "token must be given once")
+
+
+@pytest.mark.settings(jwt_secret=SECRET)
+@pytest.mark.gen_test
+async def test_numeric_dates_may_be_fractional(server_port):
+    now = time.time()
+    fractional = token(exp_in=None, exp=now + 60.5, nbf=now - 1.5, iat=now)
+    (await expect_welcome(server_port, f"tenant_id=acme&token={fractional}")).close()
 
 
 @pytest.mark.settings(jwt_secret=SECRET, jwt_issuer="https://issuer.example", jwt_audience="cfgpush")
@@ -402,13 +425,21 @@ async def test_authentication_off_lets_everyone_in_as_before(server_port):
 
 # -- origins ----------------------------------------------------------------------------------------
 
-@pytest.mark.settings(jwt_secret=SECRET, allowed_origins=("https://app.example.com", "*.trusted.example"))
+@pytest.mark.settings(jwt_secret=SECRET, allowed_origins=("https://app.example.com", "*.trusted.example",
+                                                          "http://*.plain.example"))
 @pytest.mark.parametrize("origin, fetch_site, status", [
     ("https://app.example.com", "cross-site", 101),
     ("https://app.example.com:443", "cross-site", 101),
     ("http://app.example.com", "cross-site", 403),  # the scheme is part of an exact origin
     ("https://a.trusted.example", "same-site", 101),
-    ("http://b.c.trusted.example", "cross-site", 101),
+    ("https://b.c.trusted.example", "cross-site", 101),
+    # issue 18 item 9: a pattern without a scheme admits https only
+    ("http://b.c.trusted.example", "cross-site", 403),
+    ("http://x.trusted.example", None, 403),
+    ("https://x.trusted.example:443", None, 101),
+    # a pattern admits the scheme it names, and only that one
+    ("http://x.plain.example", "cross-site", 101),
+    ("https://x.plain.example", "cross-site", 403),
     ("https://trusted.example", "cross-site", 403),  # *. means a subdomain
     ("https://eviltrusted.example", "cross-site", 403),
     ("https://a.trusted.example.evil.net", "cross-site", 403),
@@ -471,11 +502,124 @@ def test_bad_origin_patterns_are_refused(text):
 
 def test_origin_matching_edge_cases():
     assert origin_allowed("https://a.example.com", ["*.example.com"])
+    assert not origin_allowed("http://x.example.com", ["*.example.com"])  # https only without a scheme
+    assert origin_allowed("http://x.example.com", ["http://*.example.com"])
+    assert origin_allowed("https://a.example.com", ["*.example.com:443"])
     assert not origin_allowed("https://a.example.com:8443", ["*.example.com"])
     assert origin_allowed("https://a.example.com:8443", ["*.example.com:8443"])
     assert not origin_allowed("https://example.com", ["*.example.com"])
     assert not origin_allowed("javascript://a.example.com", ["*.example.com"])
     assert not origin_allowed("https://a.example.com@evil.net", ["*.example.com"])
+
+
+# -- hosts (DNS rebinding, issue 18 item 11) --------------------------------------------------------
+
+UPGRADE = ("Upgrade: websocket\r\nConnection: Upgrade\r\nSec-WebSocket-Key: dGhlIHNhbXBsZSBub25jZQ==\r\n"
+           "Sec-WebSocket-Version: 13\r\n")
+
+
+async def raw_request(port: int, target: str, host: str | None, headers: str = "", method: str = "GET",
+                      body: bytes = b"", version: str = "HTTP/1.1") -> tuple[int, dict | bytes | None]:
+    """One request with the Host header the test names (None: none at all); status and body
+    (parsed when it is JSON)."""
+    reader, writer = await asyncio.wait_for(asyncio.open_connection("127.0.0.1", port), 5)
+    try:
+        head = f"{method} {target} {version}\r\n" + (f"Host: {host}\r\n" if host is not None else "") + headers
+        if body:
+            head += f"Content-Length: {len(body)}\r\n"
+        writer.write(head.encode("latin-1") + b"\r\n" + body)
+        response = await asyncio.wait_for(reader.readuntil(b"\r\n\r\n"), 5)
+        status = int(response.split(b" ", 2)[1])
+        length = [int(line.split(b":")[1]) for line in response.split(b"\r\n")
+                  if line.lower().startswith(b"content-length:")]
+        data = await asyncio.wait_for(reader.readexactly(length[0]), 5) if length else b""
+        if b"application/json" in response.lower():
+            return status, json.loads(data)
+        return status, data or None
+    finally:
+        writer.transport.abort()
+
+
+def rebinding_page(host: str) -> str:
+    """What a DNS-rebinding page's WebSocket sends besides ``Host: <host>``: the same as Origin."""
+    return f"Origin: http://{host}\r\n"
+
+
+@pytest.mark.settings(jwt_secret=SECRET)
+@pytest.mark.gen_test
+async def test_without_allowed_hosts_a_rebinding_page_is_same_origin(server_port):
+    """Why --allowed-host exists: Origin equals Host, so every Origin check passes."""
+    host = f"evil.example:{server_port}"
+    status, _ = await raw_request(server_port, f"/ws?tenant_id=acme&token={token()}", host,
+                                  UPGRADE + rebinding_page(host))
+    assert status == 101
+
+
+HOSTS = ("cfgpush.example.com", "*.tenants.example", "127.0.0.1")
+
+
+@pytest.mark.settings(jwt_secret=SECRET, admin_token=ADMIN, publish_token="host-test-publish-token",
+                      allowed_hosts=HOSTS)
+@pytest.mark.parametrize("host, served", [
+    ("cfgpush.example.com", True),
+    ("CFGPUSH.Example.com.:{port}", True),  # case, the root's dot and any port
+    ("a.tenants.example:443", True),
+    ("127.0.0.1:{port}", True),
+    ("evil.example:{port}", False),  # the rebinding page
+    ("tenants.example", False),  # *. means a subdomain
+    ("cfgpush.example.com.evil.example", False),
+    ("evilcfgpush.example.com", False),
+    ("[::1]:{port}", False),
+    ("localhost:{port}", False),
+    (None, False),  # HTTP/1.0 without Host
+])
+@pytest.mark.gen_test
+async def test_allowed_hosts_refuse_other_hosts_on_every_endpoint_but_health(server_port, core, host, served):
+    host = host.format(port=server_port) if host else None
+    version = "HTTP/1.1" if host else "HTTP/1.0"
+    origin = rebinding_page(host) if host else ""  # the page's own name, as a rebinding page sends
+    admin = f"Authorization: Bearer {ADMIN}\r\n"
+    publish_body = json.dumps({"tenant_id": "acme", "change_type": "modified", "path": "h.json"}).encode()
+    requests = {
+        "ws": (f"/ws?tenant_id=acme&token={token()}", UPGRADE + origin, "GET", b"", 101),
+        "sse": (f"/events?tenant_id=acme&token={token()}", "Connection: close\r\n", "GET", b"", 200),
+        "tenant": ("/api/v1/tenants/acme", admin, "GET", b"", 200),
+        "tenants": ("/api/v1/tenants", admin, "GET", b"", 200),
+        "metrics": ("/metrics", admin, "GET", b"", 200),
+        "publish": ("/api/v1/events", "Authorization: Bearer host-test-publish-token\r\n"
+                    "Content-Type: application/json\r\n", "POST", publish_body, 202),
+    }
+    for name, (target, headers, method, body, ok) in requests.items():
+        status, answer = await raw_request(server_port, target, host, headers, method, body, version)
+        if served:
+            assert status == ok, (name, status, answer)
+        else:
+            assert status == 421, (name, status, answer)
+            assert answer == {"error": "this server does not answer for the host named in the Host header "
+                                       "(--allowed-host)"}, name
+    # Health and readiness answer whatever the Host: orchestrators probe by address.
+    for target in ("/healthz", "/readyz"):
+        assert (await raw_request(server_port, target, host, version=version))[0] == 200
+    await wait_for(lambda: core.limits.total == 0)
+    assert core.hub.connection_count() == 0
+
+
+@pytest.mark.parametrize("text, shown", [
+    ("cfgpush.example.com", "cfgpush.example.com"),
+    ("CFGPUSH.example.com.", "cfgpush.example.com"),
+    ("*.example.com:8443", "*.example.com:8443"),
+    ("10.0.0.5", "10.0.0.5"),
+    ("[::1]:7945", "[::1]:7945"),
+])
+def test_allowed_hosts_parse(text, shown):
+    assert parse_hosts(text) == (shown,)
+
+
+@pytest.mark.parametrize("text", ["*", "*.com", "https://cfgpush.example.com", "a.example.com/path", "user@a.example",
+                                  "a.example.com:99999", "a*.example.com"])
+def test_bad_allowed_hosts_are_refused(text):
+    with pytest.raises(ValueError):
+        parse_hosts(text)
 
 
 # -- tokens never reach a log -----------------------------------------------------------------------
@@ -505,6 +649,47 @@ async def test_tokens_are_not_in_access_or_error_logs(server_port, core, caplog,
     assert "token=<redacted>" in caplog.text
     for secret in (good, bad, SECRET, good.split(".")[2]):
         assert secret not in caplog.text
+
+
+MALFORMED = [  # (header line, what the log keeps); each refused by Tornado's own parser
+    ("Authorization: Bearer {token}\x01", "Invalid header value (value withheld)"),
+    ("Authorization: Bearer {token}\x7f", "Invalid header value (value withheld)"),
+    ("X-Api-Key: {token}\x00", "Invalid header value (value withheld)"),
+    ("Transfer-Encoding: {token}", "Unsupported Transfer-Encoding (value withheld)"),
+    ("Content-Length: {token}", "Only integer Content-Length is allowed (value withheld)"),
+    ("{token}\x01: x", "Invalid header name (value withheld)"),
+]
+
+
+@pytest.mark.gen_test(timeout=120)
+async def test_a_malformed_header_puts_no_token_in_the_log(start, config_dir):
+    """issue 18 item 11: ``Authorization: Bearer <admin token>\\x01`` made Tornado log
+    "Invalid header value 'Bearer <token>\\x01'". The line stays, with the peer and the kind
+    of error, without the value."""
+    server = start("--port", "0", "--config-dir", str(config_dir), "--admin-token", ADMIN)
+    port = int((await server.wait_log(LISTENING)).group(1))
+    for line, kept in MALFORMED:
+        reader, writer = await asyncio.open_connection("127.0.0.1", port)
+        try:
+            writer.write(f"GET /api/v1/tenants/acme HTTP/1.1\r\nHost: 127.0.0.1\r\n{line.format(token=ADMIN)}\r\n"
+                         f"\r\n".encode("latin-1"))
+            assert (await asyncio.wait_for(reader.readuntil(b"\r\n\r\n"), 10)).startswith(b"HTTP/1.1 400")
+        finally:
+            writer.transport.abort()
+        await server.wait_log(re.escape(f"Malformed HTTP message from 127.0.0.1: {kept}"))
+    # An honest request after them is served, and the token was never written.
+    response = await AsyncHTTPClient().fetch(f"http://127.0.0.1:{port}/api/v1/tenants/acme",
+                                             headers={"Authorization": f"Bearer {ADMIN}"})
+    assert response.code == 200
+    assert ADMIN not in server.text()
+
+
+def test_describe_input_error_keeps_the_kind_of_error_only():
+    assert describe_input_error("Invalid header value 'Bearer abc\\x01'") == "Invalid header value (value withheld)"
+    assert describe_input_error("Malformed HTTP request line") == "Malformed HTTP request line"
+    assert describe_input_error("Missing Host header") == "Missing Host header"
+    assert describe_input_error("Something new: secret") == "Something new (value withheld)"
+    assert describe_input_error("'secret' was odd") == "malformed request (value withheld)"
 
 
 @pytest.mark.gen_test(timeout=120)

@@ -1,6 +1,8 @@
-"""Hostile input (issue 5, item 6): hypothesis over tenant ids, query strings, headers, client
-frames, publish bodies and plugin payloads, against a real server with authentication on, while
-honest clients (a WebSocket of acme, an SSE stream of globex) keep receiving their events.
+"""Hostile input (issue 5, item 6; issue 18): hypothesis over tenant ids, query strings, headers,
+client frames, publish bodies and plugin payloads, odd Unicode (lone surrogates first) in every
+publish field and client message field, and Host / Origin tricks (DNS rebinding, schemes, look-alike
+names), against a real server with authentication on, while honest clients (a WebSocket of acme,
+an SSE stream of globex) keep receiving their events.
 
 Every test checks: no 5xx and no 1011 (no crash), a subscription only ever for the tenant its
 token names, no event to the wrong tenant, and the honest clients served during the storm.
@@ -516,3 +518,259 @@ def test_frame_and_connection_floods_cost_the_honest_clients_nothing(io_loop, se
     elapsed, rounds = run(io_loop, storm, timeout=60)
     assert rounds >= 3
     run(io_loop, lambda: wait_for(lambda: core.limits.total == 2 and core.hub.connection_count() == 2, timeout=15))
+
+
+# -- odd Unicode in every field that reaches the wire (issue 18 item 5) ------------------------------
+
+def _has_lone_surrogate(value) -> bool:
+    if isinstance(value, str):
+        return any(0xD800 <= ord(c) <= 0xDFFF for c in value)
+    if isinstance(value, dict):
+        return any(_has_lone_surrogate(k) or _has_lone_surrogate(v) for k, v in value.items())
+    if isinstance(value, (list, tuple)):
+        return any(_has_lone_surrogate(v) for v in value)
+    return False
+
+
+# Lone surrogates (high, low, reversed pair), noncharacters, BOMs, separators, bidi overrides,
+# combining marks, astral characters, control characters, NUL, DEL and C1.
+odd_char = st.one_of(
+    st.sampled_from(["\ud800", "\udbff", "\udc00", "\udfff", "\udc00\ud800", "\ufffe", "\uffff", "\ufeff",
+                     "\u2028", "\u2029", "\u202e", "\u0301", "\U0001f600", "\U0010ffff", "\x00", "\x01", "\x1f",
+                     "\x7f", "\x85", "\u200b", "~", "/", "\\", "\n", "\r"]),
+    st.characters(min_codepoint=0xD800, max_codepoint=0xDFFF),  # every lone surrogate
+    st.characters(codec="utf-8"),
+)
+odd_text = st.lists(st.one_of(odd_char, st.text(alphabet=string.ascii_letters, max_size=4)), min_size=1,
+                    max_size=8).map("".join)
+odd_json = st.recursive(st.one_of(st.none(), st.integers(), odd_text),
+                        lambda inner: st.one_of(st.lists(inner, max_size=3),
+                                                st.dictionaries(odd_text, inner, max_size=3)),
+                        max_leaves=8)
+odd_fields = st.fixed_dictionaries({}, optional={
+    "path": st.one_of(odd_text, odd_text.map(lambda t: f"dir/{t}.json")),
+    "source": odd_text,
+    "meta": st.dictionaries(odd_text, odd_json, max_size=3),
+    "diff": st.fixed_dictionaries({}, optional={k: st.lists(odd_text.map(lambda t: "/" + t), max_size=3)
+                                                for k in ("added", "removed", "changed")}),
+})
+
+
+def test_hostile_unicode_in_publish_fields(io_loop, http_port, server_port, core, honest):
+    """Every publish field with odd strings: a lone surrogate anywhere is 400 naming its field
+    and nothing is stored; anything else accepted reaches the honest acme client exactly as
+    sent; and a client resuming from before the storm is served its replay (no poison)."""
+    client = AsyncHTTPClient(force_instance=True)
+    url = f"http://127.0.0.1:{http_port}/api/v1/events"
+    before = run(io_loop, lambda: core.publish({"tenant_id": "acme", "change_type": "modified", "path": "before.json"},
+                                               "honest"))
+    accepted: list[str] = []
+    poisons = Counter()
+
+    @FUZZ
+    @given(fields=odd_fields, ascii_body=st.booleans())
+    def one(fields, ascii_body):
+        TRIED["odd unicode publish"] += 1
+        # What the server parses: two escapes of a high and a low surrogate in a row are one
+        # character, "\\ud800\\udc00" is U+10000; the others stay lone.
+        fields = json.loads(json.dumps(fields))
+        payload = {"tenant_id": "acme", "change_type": "modified", "path": "p.json", **fields}
+        poisoned = _has_lone_surrogate(fields)
+        # A lone surrogate travels as a JSON escape; other text is sent as raw UTF-8 half the time.
+        body = json.dumps(payload, ensure_ascii=ascii_body or poisoned).encode("utf-8")
+
+        async def go():
+            response = await client.fetch(HTTPRequest(url, method="POST", body=body, headers={
+                "Authorization": f"Bearer {PUBLISH}", "Content-Type": "application/json"}), raise_error=False)
+            answer = json.loads(response.body)
+            assert response.code in (202, 400, 429), (response.code, answer)
+            if poisoned:
+                poisons["refused"] += 1
+                assert response.code == 400, (fields, answer)
+                bad = [name for name, value in fields.items() if _has_lone_surrogate(value)]
+                assert set(bad) <= set(answer["fields"]), (bad, answer)
+                json.dumps(answer, ensure_ascii=False).encode("utf-8")  # the answer itself is valid Unicode
+            if response.code == 202:
+                event_id = answer["event_id"]
+                accepted.append(event_id)
+                await wait_for(lambda: any(e["event_id"] == event_id for e in honest.ws_events)
+                               or event_id in accepted[:-1], timeout=5)  # a repeat answers the earlier id
+                delivered = next((e for e in honest.ws_events if e["event_id"] == event_id), None)
+                if delivered is not None and event_id not in accepted[:-1]:
+                    for name in fields:
+                        expected = fields[name]
+                        if name == "diff":
+                            expected = {k: fields["diff"].get(k, []) for k in ("added", "removed", "changed")}
+                        assert delivered[name] == expected, (name, delivered[name], expected)
+
+        run(io_loop, go)
+
+    try:
+        one()
+    finally:
+        client.close()
+    assert accepted and poisons["refused"], (len(accepted), poisons)
+
+    async def resume():  # from before the storm: every accepted event, then live; never 1011
+        ws = await RawWebSocket.connect(server_port, f"tenant_id=acme&last_event_id={before}&token={token()}")
+        try:
+            assert ws.status == 101
+            assert "Welcome" in await ws.read_json()
+            replayed = set()
+            while not set(accepted) <= replayed:
+                message = await ws.read_json(timeout=5)
+                replayed.add(message["ConfigChanged"]["event_id"])
+        finally:
+            ws.close()
+        stream = await RawSSE.connect(server_port, f"tenant_id=acme&last_event_id={before}&token={token()}")
+        try:
+            assert stream.status == 200
+            await stream.read_until(f"id: {accepted[-1]}".encode())
+        finally:
+            stream.close()
+
+    run(io_loop, resume, timeout=30)
+    run(io_loop, honest.check_served)
+
+
+odd_scalar = st.one_of(odd_text, st.integers(), st.none(), st.booleans())
+odd_message = st.one_of(
+    st.builds(lambda v: {"Ping": {"id": v}}, odd_scalar),
+    st.builds(lambda v: {"Ack": {"event_id": v}}, odd_text),
+    st.builds(lambda v: {"Refresh": {"token": v}}, odd_text),
+    st.builds(lambda k, v: {"Ping": {k: v}}, odd_text, odd_json),
+    st.builds(lambda k, v: {k: v}, odd_text, odd_json),
+    odd_json,
+)
+
+
+def test_hostile_unicode_in_client_messages(io_loop, server_port, core, honest):
+    """Odd strings in every client message field: each message gets a Pong (the id echoed as
+    sent), an Error or a Refreshed answer, valid Unicode itself, and the connection stays open."""
+    @FUZZ
+    @given(messages=st.lists(odd_message, min_size=1, max_size=6))
+    def one(messages):
+        TRIED["odd unicode client messages"] += 1
+
+        async def go():
+            ws = await RawWebSocket.connect(server_port, f"tenant_id=acme&token={token()}")
+            assert ws.status == 101
+            try:
+                assert "Welcome" in await ws.read_json()
+                for message in messages:
+                    ws.send_frame(0x1, json.dumps(message).encode("ascii"))  # lone surrogates as escapes
+                    message = json.loads(json.dumps(message))  # as the server parses it (pairs joined)
+                    opcode, payload = await ws.read_frame(timeout=5)
+                    assert opcode == 0x1, (opcode, payload, message)
+                    answer = json.loads(payload.decode("utf-8"))  # strict: valid UTF-8
+                    kind = answer if isinstance(answer, str) else next(iter(answer))
+                    assert kind in ("Pong", "Error", "Refreshed"), answer
+                    if kind == "Error":
+                        assert answer["Error"]["code"] in ("bad_message", "refresh_refused")
+                        assert not _has_lone_surrogate(answer)
+                    ping = message.get("Ping") if isinstance(message, dict) and len(message) == 1 else None
+                    if kind == "Pong" and isinstance(ping, dict) and "id" in ping:
+                        assert answer == {"Pong": {"id": ping["id"]}}
+                    if _has_lone_surrogate(message):
+                        assert kind == "Error", (message, answer)
+                ws.send_frame(0x1, b'{"Ping": {"id": "end"}}')
+                assert await ws.read_json() == {"Pong": {"id": "end"}}
+            finally:
+                ws.close()
+
+        run(io_loop, go)
+
+    one()
+    run(io_loop, honest.check_served)
+    run(io_loop, lambda: wait_for(lambda: core.limits.total == 2, timeout=15))
+
+
+# -- Host and Origin tricks (issue 18 items 9 and 11) ------------------------------------------------
+
+ALLOWED_HOSTS = ("cfgpush.example.com", "127.0.0.1")
+ALLOWED_ORIGINS = ("https://app.example.com", "*.trusted.example")
+
+
+def host_is_served(name: str) -> bool:
+    """The oracle, written apart from auth.host_allowed: case-insensitive, one root dot."""
+    name = name.strip(" \t").lower()  # HTTP strips the whitespace around a header value
+    return (name[:-1] if name.endswith(".") else name) in ALLOWED_HOSTS
+
+
+def origin_is_admitted(scheme: str, name: str, port: str) -> bool:
+    """The oracle for a cross-site page: https, and app.example.com or a subdomain of
+    trusted.example, on the default port."""
+    scheme, name = scheme.lower(), name.lower()
+    if scheme != "https" or port not in ("", ":443"):
+        return False
+    return name == "app.example.com" or (name.endswith(".trusted.example") and len(name) > len(".trusted.example")
+                                         and "@" not in name)
+
+
+host_name = st.one_of(
+    st.sampled_from(["cfgpush.example.com", "CFGPUSH.Example.Com", "cfgpush.example.com.", "cfgpush.example.com..",
+                     "127.0.0.1", "127.0.0.1.", "evil.example", "cfgpush.example.com.evil.example",
+                     "xcfgpush.example.com", "example.com", "localhost", "[::1]", "0.0.0.0", "127.1", "2130706433",
+                     "a@cfgpush.example.com", "cfgpush.example.com@evil.example", "cfgpush%2eexample.com",
+                     "xn--cfgpush-9za.example.com", "cfgpüsh.example.com", "", " cfgpush.example.com"]),
+    st.text(alphabet=string.ascii_lowercase + string.digits + ".-_[]:@%", max_size=30),
+)
+host_port = st.sampled_from(["", ":{port}", ":443", ":80", ":0", ":99999", ":", ":x"])
+origin_scheme = st.sampled_from(["https", "http", "HTTPS", "ws", "wss", "javascript", ""])
+origin_name = st.sampled_from(["app.example.com", "x.trusted.example", "a.b.trusted.example", "trusted.example",
+                               "eviltrusted.example", "x.trusted.example.evil.net", "x.trusted.example.",
+                               "X.TRUSTED.EXAMPLE", "app.example.com.evil.net", "user@x.trusted.example",
+                               "evil.example", "cfgpush.example.com"])
+origin_port = st.sampled_from(["", ":443", ":8443", ":80"])
+
+
+@pytest.mark.settings(jwt_secret=SECRET, publish_token=PUBLISH, max_client_rate=50, allowed_hosts=ALLOWED_HOSTS,
+                      allowed_origins=ALLOWED_ORIGINS)
+def test_hostile_hosts_and_origins(io_loop, server_port, core, honest):
+    """Host tricks (DNS rebinding: Origin equal to Host), Origin tricks (schemes, ports,
+    look-alikes), on /ws and /events: served only for an allowed Host and, cross-site, an
+    allowed https origin; never a 5xx; the honest clients keep being served."""
+    @FUZZ
+    @given(name=host_name, port=host_port, origin=st.one_of(
+        st.just("rebinding"), st.just(None), st.tuples(origin_scheme, origin_name, origin_port)),
+        transport=st.sampled_from(["ws", "sse"]), twice=st.sampled_from([False, False, False, True]))
+    def one(name, port, origin, transport, twice):
+        TRIED["hosts and origins"] += 1
+        host = name + port.format(port=server_port)
+        headers = f"Host: {host}\r\n" * (2 if twice else 1)
+        if origin == "rebinding":
+            headers += f"Origin: http://{host}\r\n"  # the rebinding page: same-origin to itself
+        elif origin is not None:
+            scheme, o_name, o_port = origin
+            headers += f"Origin: {scheme}://{o_name}{o_port}\r\nSec-Fetch-Site: cross-site\r\n"
+        request_line = f"GET /{'ws' if transport == 'ws' else 'events'}?tenant_id=acme&token={token()} HTTP/1.1\r\n"
+        host_ok = host_is_served(name) and port in ("", ":{port}", ":443", ":80") and not twice
+
+        async def go():
+            reader, writer = await asyncio.wait_for(asyncio.open_connection("127.0.0.1", server_port), 5)
+            try:
+                writer.write((request_line + headers + (UPGRADE if transport == "ws" else "") + "\r\n")
+                             .encode("utf-8"))
+                try:
+                    head = await asyncio.wait_for(reader.readuntil(b"\r\n\r\n"), 5)
+                except (asyncio.IncompleteReadError, ConnectionResetError):
+                    return  # Tornado dropped a request it could not parse
+                status = int(head.split(b" ", 2)[1])
+            finally:
+                writer.transport.abort()
+            ok = 101 if transport == "ws" else 200
+            assert status < 500, (host, origin, status)
+            if not host_ok:
+                assert status in (400, 421), (host, origin, status)  # 400: Tornado's own refusal
+            elif isinstance(origin, tuple) and not origin_is_admitted(*origin):
+                assert status == 403, (host, origin, status)
+            elif origin == "rebinding" and name != name.strip():  # Origin kept the space Host lost
+                assert status == 403, (host, origin, status)
+            else:  # an allowed Host, and same-origin, not a browser or an allowed page
+                assert status == ok, (host, origin, status)
+
+        run(io_loop, go)
+
+    one()
+    run(io_loop, honest.check_served)
+    run(io_loop, lambda: wait_for(lambda: core.limits.total == 2, timeout=15))

@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import asyncio
+import json
 
 import pytest
 from marshmallow import ValidationError
@@ -152,3 +153,54 @@ async def test_readyz_and_healthz_as_in_protocol_section_5(http_client, http_url
         assert samples[("cfgpush_broker_up", ())] == 0
     finally:
         del core.broker.readiness
+
+
+# -- who may scrape (issue 18 item 10) -------------------------------------------------------------
+
+ADMIN = "metrics-admin-token"
+
+
+async def fetch_metrics(http_client, http_url, token: str | None = None, **headers: str):
+    if token is not None:
+        headers["Authorization"] = f"Bearer {token}"
+    return await http_client.fetch(f"{http_url}/metrics", headers=headers, raise_error=False)
+
+
+@pytest.mark.settings(admin_token=ADMIN)
+@pytest.mark.gen_test(timeout=30)
+async def test_with_an_admin_token_metrics_need_it(http_client, http_url, core):
+    for token in (None, "wrong-token", ADMIN + "x"):
+        response = await fetch_metrics(http_client, http_url, token)
+        assert response.code == 401, response.body
+        assert response.headers["WWW-Authenticate"].startswith("Bearer")
+        assert json.loads(response.body)["error"] in ("admin token required (Authorization: Bearer <token>)",
+                                                      "wrong admin token")
+        assert b"cfgpush_" not in response.body
+    response = await fetch_metrics(http_client, http_url, ADMIN)
+    assert response.code == 200
+    assert b"cfgpush_connections" in response.body
+
+
+@pytest.mark.settings(admin_token=ADMIN, metrics_public=True)
+@pytest.mark.gen_test(timeout=30)
+async def test_metrics_public_leaves_them_open_for_a_scraper_on_a_private_network(http_client, http_url, core):
+    assert (await fetch_metrics(http_client, http_url)).code == 200
+    assert (await fetch_metrics(http_client, http_url, ADMIN)).code == 200
+
+
+@pytest.mark.settings(admin_token=ADMIN, allowed_hosts=("metrics.internal",))
+@pytest.mark.gen_test(timeout=30)
+async def test_metrics_answer_only_for_an_allowed_host(http_client, http_url, core):
+    rebound = await fetch_metrics(http_client, http_url, ADMIN, Host="evil.example")
+    assert rebound.code == 421
+    assert "Host" in json.loads(rebound.body)["error"]
+    assert (await fetch_metrics(http_client, http_url, ADMIN, Host="metrics.internal:9090")).code == 200
+
+
+def test_cli_metrics_public_flag():
+    from tornado_cfgpush.cli import build_parser, settings_from
+
+    parse = build_parser().parse_args
+    assert settings_from(parse([]), {}).metrics_public is False
+    assert settings_from(parse(["--metrics-public"]), {}).metrics_public is True
+    assert settings_from(parse([]), {"CFGPUSH_METRICS_PUBLIC": "true"}).metrics_public is True

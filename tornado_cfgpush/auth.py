@@ -9,14 +9,20 @@ PyJWT, from the settings:
   again when they change on disk, so keys rotate without a restart. No key set: everyone is
   allowed (authentication is off, as before this module).
 * ``exp`` is required (there is no revocation list: a token that never expires could never be
-  taken back); ``iss`` and ``aud`` are checked when ``jwt_issuer`` / ``jwt_audience`` are set;
-  the claim ``jwt_tenant_claim`` (default ``tenant_id``) must equal the requested tenant.
+  taken back) and must be a number, as ``nbf`` and ``iat`` when present (RFC 7519's
+  NumericDate: PyJWT alone accepts ``"exp": "1999999999"``); ``iss`` and ``aud`` are checked
+  when ``jwt_issuer`` / ``jwt_audience`` are set; the claim ``jwt_tenant_claim`` (default
+  ``tenant_id``) must equal the requested tenant.
 * Only the configured algorithm is accepted: ``none``, or HS256 signed with a public key
   (the algorithm-confusion attack), is refused like a bad signature.
 
 A refusal is 401 (no token, malformed, expired, bad signature, wrong algorithm, issuer or
 audience, unknown key id) or 403 (a valid token of another tenant), with a reason naming the
 problem and never any key material or the token itself.
+
+It also holds the other request checks that are about who may talk to the server: origins
+(``--allowed-origin``), hosts (``--allowed-host``), tokens in requests, and keeping tokens out
+of every log line, Tornado's own included (``MalformedRequestRedactor``).
 """
 from __future__ import annotations
 
@@ -49,6 +55,7 @@ ALGORITHMS = ("HS256", "RS256", "ES256")
 HMAC_MIN_BYTES = 32  # RFC 7518 section 3.2: a key at least as long as the hash
 TOKEN_PARAMS = {"token", "access_token"}  # query parameters redacted from every log line
 CLAIM_RE = re.compile(r"[A-Za-z0-9_.:/-]{1,128}\Z")
+NUMERIC_DATE_CLAIMS = ("exp", "nbf", "iat")
 
 
 # -- the decision ---------------------------------------------------------------------------------
@@ -219,7 +226,7 @@ class Verifier:
         self._reload()
         try:
             header = jwt.get_unverified_header(token)
-        except jwt.PyJWTError:
+        except (jwt.PyJWTError, ValueError):  # ValueError: a token that is not even UTF-8
             return Decision.deny(401, "token is malformed")
         algorithm = header.get("alg")
         expected = sorted(self.algorithms())
@@ -262,6 +269,10 @@ class Verifier:
             return Decision.deny(401, "token is malformed")
         except (ValueError, TypeError, OverflowError):  # claims PyJWT does not expect, say
             return Decision.deny(401, "token is malformed")
+        for name in NUMERIC_DATE_CLAIMS:
+            value = claims.get(name)
+            if name in claims and (isinstance(value, bool) or not isinstance(value, (int, float))):
+                return Decision.deny(401, f"token {name!r} claim must be a number (seconds since the epoch)")
         claim = settings.jwt_tenant_claim
         granted = claims.get(claim)
         if not isinstance(granted, str):
@@ -366,7 +377,11 @@ def _split_origin(text: str) -> tuple[str | None, str, int | None]:
 
 
 def parse_origin(text: str) -> str:
-    """One ``--allowed-origin``: ``https://app.example.com[:port]`` or ``[scheme://]*.example.com[:port]``."""
+    """One ``--allowed-origin``: ``https://app.example.com[:port]`` or ``[scheme://]*.example.com[:port]``.
+
+    A pattern without a scheme admits https only (``origin_allowed``); ``http://*.example.com``
+    must be written out.
+    """
     original = text
     try:
         scheme, host, port = _split_origin(text)
@@ -402,9 +417,13 @@ def origin_allowed(origin: str, patterns: Iterable[str]) -> bool:
         return False
     for pattern in patterns:
         p_scheme, p_host, p_port = _split_origin(pattern)
-        if p_scheme is not None and p_scheme != scheme:
+        # A pattern admits the scheme it names; without one, https only: a page served over
+        # plain http can be rewritten by anyone on its network path, so admitting it must be
+        # written out ("http://*.example.com").
+        p_scheme = p_scheme or "https"
+        if p_scheme != scheme:
             continue
-        if p_port != port:
+        if p_port != port and not (p_port == _DEFAULT_PORTS[p_scheme] and port is None):
             continue
         if p_host.startswith("*."):
             if host.endswith(p_host[1:]) and len(host) > len(p_host) - 1:
@@ -412,6 +431,128 @@ def origin_allowed(origin: str, patterns: Iterable[str]) -> bool:
         elif p_host == host:
             return True
     return False
+
+
+# -- hosts ----------------------------------------------------------------------------------------
+#
+# DNS rebinding: a hostile page at evil.example makes its name resolve to the server's address;
+# the victim's browser then sends "Origin: http://evil.example" with "Host: evil.example", which
+# is same-origin to every Origin check. Only the Host header tells such a request apart, so with
+# --allowed-host the server answers only for the names it is reached by.
+
+def _split_host(text: str) -> tuple[str, int | None]:
+    """``(host, port or None)`` of a Host header value or an ``--allowed-host``, lowercased,
+    without the trailing dot of a fully qualified name (the same name)."""
+    if "://" in text:
+        raise ValueError("a host has no scheme")
+    _, host, port = _split_origin(text)
+    if host.endswith(".") and not host.startswith("["):
+        host = host[:-1]
+    return host, port
+
+
+def parse_host(text: str) -> str:
+    """One ``--allowed-host``: ``cfgpush.example.com``, ``*.example.com``, ``10.0.0.5`` or
+    ``[::1]``, each with ``:port`` or not (without one, any port is served)."""
+    original = text
+    try:
+        host, port = _split_host(text)
+    except ValueError as exc:
+        raise ValueError(f"allowed host {original!r}: {exc}") from None
+    wildcard = host.startswith("*.")
+    name = host[2:] if wildcard else host
+    if not _HOST_RE.match(name) or "*" in name:
+        raise ValueError(f"allowed host {original!r}: expected a host name or address, or *.example.com")
+    if wildcard and "." not in name:
+        raise ValueError(f"allowed host {original!r}: a pattern needs a domain of two labels at least "
+                         "(*.example.com, not *.com)")
+    return host + (f":{port}" if port is not None else "")
+
+
+def parse_hosts(text: str) -> tuple[str, ...]:
+    """Comma-separated ``--allowed-host`` values (the flag is repeatable)."""
+    return tuple(dict.fromkeys(parse_host(t) for t in text.split(",") if t.strip()))
+
+
+def host_allowed(host_header: str | None, patterns: Iterable[str]) -> bool:
+    """Whether a ``Host`` header value names one of the allowed hosts or patterns."""
+    if not host_header:
+        return False
+    try:
+        host, port = _split_host(host_header)
+    except ValueError:
+        return False
+    for pattern in patterns:
+        p_host, p_port = _split_host(pattern)
+        if p_port is not None and p_port != port:
+            continue
+        if p_host.startswith("*."):
+            if host.endswith(p_host[1:]) and len(host) > len(p_host) - 1:
+                return True
+        elif p_host == host:
+            return True
+    return False
+
+
+def host_refusal(request: "HTTPServerRequest", allowed_hosts: Iterable[str]) -> str | None:
+    """Why ``request`` is not answered for its ``Host`` header (the caller answers 421), or
+    None when it is. Without ``--allowed-host`` every host is answered, as before."""
+    allowed_hosts = tuple(allowed_hosts)
+    if not allowed_hosts or host_allowed(request.headers.get("Host"), allowed_hosts):
+        return None
+    return "this server does not answer for the host named in the Host header (--allowed-host)"
+
+
+# -- Tornado's own log lines ----------------------------------------------------------------------
+
+# Tornado errors that quote what the client sent after a fixed text: the text is kept, the
+# value withheld (tornado/httputil.py, tornado/http1connection.py).
+_VALUE_AFTER = (
+    "Invalid header name", "Invalid header value", "Invalid Host header", "Multiple host headers not allowed",
+    "Invalid query string", "Multiple unequal Content-Lengths", "Only integer Content-Length is allowed",
+    "Unsupported Transfer-Encoding", "invalid gzip data",
+)
+_LEADING_WORDS = re.compile(r"[A-Za-z][A-Za-z0-9 ,-]*")
+
+
+def describe_input_error(error: object) -> str:
+    """Tornado's message for a request it could not parse, without any value from the request:
+    ``Invalid header value 'Bearer <token>\\x01'`` becomes ``Invalid header value (value withheld)``."""
+    text = str(error)
+    for prefix in _VALUE_AFTER:
+        if text.startswith(prefix):
+            return prefix + (" (value withheld)" if text[len(prefix):].strip(" :") else "")
+    found = _LEADING_WORDS.match(text)  # a message we do not know: its leading words only
+    kept = found.group(0).rstrip(" ,-") if found else ""
+    return (kept or "malformed request") + (" (value withheld)" if len(kept) < len(text.strip()) else "")
+
+
+class MalformedRequestRedactor(logging.Filter):
+    """Tornado refuses a request it cannot parse (400) inside its HTTP/1 connection, before any
+    handler of ours, and logs ``Malformed HTTP message from <peer>: <error>`` on
+    ``tornado.general``, where the error quotes the bad header: ``Authorization: Bearer <admin
+    token>\\x01`` put the token in the log. This filter rewrites the error part of that line
+    (``describe_input_error``); the peer and the kind of error stay, for whoever reads the log.
+    """
+
+    MESSAGE = "Malformed HTTP message from %s: %s"
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        if record.msg == self.MESSAGE and isinstance(record.args, tuple) and len(record.args) == 2:
+            record.args = (record.args[0], describe_input_error(record.args[1]))
+        return True
+
+
+def _install_malformed_request_redactor() -> None:
+    """On Tornado's logger itself, so it holds whatever handlers logging has (the CLI's, pytest's,
+    an embedding application's). Installed when this module is imported: every cfgpush server
+    imports it (its handlers do) before it serves a request. Idempotent."""
+    logger = logging.getLogger("tornado.general")
+    if not any(isinstance(f, MalformedRequestRedactor) for f in logger.filters):
+        logger.addFilter(MalformedRequestRedactor())
+
+
+_install_malformed_request_redactor()
 
 
 # -- flag parsers (cli.py's SETTING_FLAGS) --------------------------------------------------------

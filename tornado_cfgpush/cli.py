@@ -123,6 +123,8 @@ SETTING_FLAGS: dict[str, tuple[str, Callable[[str], Any], str]] = {
                      "and source where they apply)"),
     "--metrics-tenant-labels": ("metrics_tenant_labels", parse_bool, "label /metrics series by tenant "
                                 "(one series per tenant: small fleets only)"),
+    "--metrics-public": ("metrics_public", parse_bool, "serve /metrics without the admin token "
+                         "(a scraper on a private network); it needs the token when one is set"),
     "--max-message-size": ("max_message_size", _int_in(16, None, "max message size"), "largest client frame in bytes (1009 past it)"),
     "--max-client-rate": ("max_client_rate", _int_in(1, None, "max client rate"), "client messages per second (1008 past it)"),
     "--max-backlog-bytes": ("max_backlog_bytes", _int_in(1024, None, "max backlog"), "unsent bytes per client before it is closed with 1013"),
@@ -134,6 +136,10 @@ SETTING_FLAGS: dict[str, tuple[str, Callable[[str], Any], str]] = {
     "--admin-token": ("admin_token", _secret("admin token"), "bearer token for /api/v1/tenants/<id> (off without it)"),
     "--publish-token": ("publish_token", auth.parse_tokens("publish token"),
                         "bearer token(s) for POST /api/v1/events, repeatable or comma-separated (off without it)"),
+    "--publish-rate": ("publish_rate", _int_in(0, None, "publish rate"), "events per second each publish token "
+                       "may send (429 past it; 0: no limit)"),
+    "--publish-burst": ("publish_burst", _int_in(0, None, "publish burst"), "events a publish token may send "
+                        "at once before --publish-rate applies"),
     "--jwt-secret": ("jwt_secret", auth.parse_jwt_secret, "HS256 secret (32 bytes at least): subscribers need a JWT"),
     "--jwt-public-key": ("jwt_public_key", auth.parse_public_key_file, "PEM public key FILE (RS256 or ES256): "
                          "subscribers need a JWT"),
@@ -143,7 +149,11 @@ SETTING_FLAGS: dict[str, tuple[str, Callable[[str], Any], str]] = {
     "--jwt-issuer": ("jwt_issuer", str, "required iss of JWTs (not checked without it)"),
     "--jwt-audience": ("jwt_audience", str, "required aud of JWTs (not checked without it)"),
     "--allowed-origin": ("allowed_origins", auth.parse_origins, "cross-site page allowed to connect: https://app.example.com "
-                         "or *.example.com; repeatable or comma-separated (same-origin always is)"),
+                         "or *.example.com (https only without a scheme); repeatable or comma-separated "
+                         "(same-origin always is)"),
+    "--allowed-host": ("allowed_hosts", auth.parse_hosts, "host name /ws, /events, /metrics and the APIs answer for "
+                       "(others get 421): cfgpush.example.com[:port] or *.example.com; repeatable or "
+                       "comma-separated (default: any)"),
     "--max-connections": ("max_connections", _int_in(0, None, "max connections"), "connections to /ws and /events "
                           "(503 past it; 0: no limit)"),
     "--max-connections-per-ip": ("max_connections_per_ip", _int_in(0, None, "max connections per ip"),
@@ -163,9 +173,9 @@ SETTING_FLAGS: dict[str, tuple[str, Callable[[str], Any], str]] = {
 # Settings that are secrets: never logged, and readable from a file named by CFGPUSH_<FLAG>_FILE.
 SECRET_FIELDS = {"admin_token", "publish_token", "jwt_secret"}
 # Flags that may be given more than once; the values are joined by commas, as in the environment.
-REPEATABLE_FIELDS = {"allowed_origins", "publish_token"}
+REPEATABLE_FIELDS = {"allowed_origins", "allowed_hosts", "publish_token"}
 # Settings that are switches: the flag alone means true (--metrics-tenant-labels [true|false]).
-BOOLEAN_FIELDS = {"metrics_tenant_labels", "ws_compression"}
+BOOLEAN_FIELDS = {"metrics_tenant_labels", "metrics_public", "ws_compression"}
 
 
 def env_name(flag: str) -> str:

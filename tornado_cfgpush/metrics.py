@@ -33,6 +33,7 @@ LATENCY_BUCKETS = (0.0001, 0.00025, 0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0
 # Reasons of cfgpush_events_rejected_total.
 INVALID = "invalid"
 BROKER_UNAVAILABLE = "broker_unavailable"
+RATE_LIMITED = "rate_limited"  # the publish API, past a token's budget (429)
 
 
 class Metrics:

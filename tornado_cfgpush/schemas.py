@@ -1,11 +1,13 @@
 """marshmallow schemas: the one place where outside input is judged.
 
 * the tenant id rule (PROTOCOL.md section 1), used by every edge;
-* ``ConfigChangedSchema``: what a source's ``emit`` (and later the publish API) accepts;
+* ``ConfigChangedSchema``: what a source's ``emit`` and the publish API accept;
 * ``ClientMessageSchema``: what a client may send over ``/ws``.
 
 Unknown fields are refused everywhere (marshmallow's default ``RAISE``; set again on every
-``Nested``, where the default does not reach).
+``Nested``, where the default does not reach). Every string field that can reach the wire
+holds to the wire rule (``rules.wire_string_error``: valid Unicode, no lone surrogate), so
+nothing accepted here can fail to encode later, after it was stored.
 """
 from __future__ import annotations
 
@@ -28,15 +30,44 @@ from marshmallow import (
 from .rules import (  # noqa: F401
     CHECKSUM_RE,
     EVENT_ID_RE,
+    JSON_POINTER_RE,
     PATH_MAX,
+    SEGMENT_MAX,
     TENANT_ID_MAX,
     is_valid_tenant_id,
     path_error,
+    safe_text,
     tenant_id_error,
+    wire_string_error,
+    wire_value_error,
 )
 
 CHANGE_TYPES = ("created", "modified", "deleted", "moved")
 META_MAX_BYTES = 4096
+# json.loads raises RecursionError, not ValueError, past about a thousand nested levels: a
+# 4 KiB client frame or a 64 KiB body can nest that deep.
+TOO_DEEP = "nested too deeply"
+
+
+class WireString(fields.String):
+    """A string that may reach the wire: the wire rule (valid Unicode, no lone surrogate)."""
+
+    def _deserialize(self, value, attr, data, **kwargs):
+        value = super()._deserialize(value, attr, data, **kwargs)
+        problem = wire_string_error(value)
+        if problem:
+            raise ValidationError(problem)
+        return value
+
+
+class WireJson(fields.Raw):
+    """Any JSON value whose strings (object keys included, at any depth) hold to the wire rule."""
+
+    def _deserialize(self, value, attr, data, **kwargs):
+        problem = wire_value_error(value)
+        if problem:
+            raise ValidationError(problem)
+        return value
 
 
 class TenantId(fields.String):
@@ -50,6 +81,9 @@ class TenantId(fields.String):
 
 
 class RelativePath(fields.String):
+    """``rules.path_error``, which holds to the wire rule itself (the filesystem source calls it
+    without marshmallow)."""
+
     def _deserialize(self, value, attr, data, **kwargs):
         value = super()._deserialize(value, attr, data, **kwargs)
         problem = path_error(value)
@@ -67,10 +101,13 @@ class EventId(fields.String):
 
 
 class JsonScalar(fields.Raw):
-    """A JSON scalar: string (at most 128 characters), number, boolean or null."""
+    """A JSON scalar: string (at most 128 characters, the wire rule), number, boolean or null."""
 
     def _deserialize(self, value, attr, data, **kwargs):
         if isinstance(value, str) and len(value) <= 128:
+            problem = wire_string_error(value)
+            if problem:
+                raise ValidationError(problem)
             return value
         if value is None or isinstance(value, (bool, int, float)):
             return value
@@ -78,8 +115,9 @@ class JsonScalar(fields.Raw):
 
 
 def _json_pointer_list() -> fields.List:
+    # rules.JSON_POINTER_RE says why control characters are allowed in a pointer.
     return fields.List(
-        fields.String(validate=validate.Regexp(r"(/[^\x00-\x1f]*)?\Z", error="must be a JSON Pointer.")),
+        WireString(validate=validate.Regexp(JSON_POINTER_RE, error="must be a JSON Pointer (RFC 6901).")),
         load_default=list,
         validate=validate.Length(max=1000),
     )
@@ -107,8 +145,8 @@ class ConfigChangedSchema(Schema):
         validate=validate.Regexp(CHECKSUM_RE, error="must be 'sha256:' and 64 lowercase hex digits."),
     )
     timestamp = fields.AwareDateTime(format="iso")
-    source = fields.String(validate=validate.Length(min=1, max=64))
-    meta = fields.Dict(keys=fields.String(), values=fields.Raw(allow_none=True))  # any JSON, null too
+    source = WireString(validate=validate.Length(min=1, max=64))
+    meta = fields.Dict(keys=WireString(), values=WireJson(allow_none=True))  # any JSON, null too
     diff = fields.Nested(DiffSchema, unknown=RAISE)
 
     @validates_schema
@@ -127,6 +165,8 @@ class ConfigChangedSchema(Schema):
                 encoded = json.dumps(data["meta"], allow_nan=False)
             except (TypeError, ValueError) as exc:
                 raise ValidationError(f"meta must be JSON-serialisable ({exc}).", "meta") from None
+            except RecursionError:
+                raise ValidationError(f"meta is {TOO_DEEP}.", "meta") from None
             if len(encoded) > META_MAX_BYTES:
                 raise ValidationError(f"meta must encode to at most {META_MAX_BYTES} bytes.", "meta")
 
@@ -156,7 +196,7 @@ class AckSchema(Schema):
 class RefreshSchema(Schema):
     """A newer token for the same tenant, before the current one expires (tornado_cfgpush.auth)."""
 
-    token = fields.String(required=True, validate=validate.Length(min=1, max=16 * 1024))
+    token = WireString(required=True, validate=validate.Length(min=1, max=16 * 1024))
 
 
 class ClientMessageSchema(Schema):
@@ -188,6 +228,8 @@ def parse_client_message(text: str) -> tuple[str, dict]:
         message = json.loads(text)
     except ValueError:
         raise ValidationError("not JSON: expected \"Ping\", {\"Ping\": {...}} or {\"Ack\": {...}}.") from None
+    except RecursionError:
+        raise ValidationError(f"the message is {TOO_DEEP}.") from None
     if message == "Ping":
         return "Ping", {}
     if not isinstance(message, dict):
@@ -198,13 +240,27 @@ def parse_client_message(text: str) -> tuple[str, dict]:
 
 
 def flatten_messages(messages: Any) -> str:
-    """One line from marshmallow's nested ``messages``, for an ``Error`` or a log line."""
+    """One line from marshmallow's nested ``messages``, for an ``Error`` or a log line.
+
+    Field names come from the input ({"\ud800": 1} is "\ud800: Unknown field."): written so
+    that the line itself holds to the wire rule.
+    """
     if isinstance(messages, dict):
         parts = []
         for key, value in messages.items():
             inner = flatten_messages(value)
-            parts.append(inner if key == "_schema" else f"{key}: {inner}")
+            parts.append(inner if key == "_schema" else f"{safe_text(str(key))}: {inner}")
         return "; ".join(parts)
     if isinstance(messages, list):
         return " ".join(flatten_messages(m) for m in messages)
-    return str(messages)
+    return safe_text(str(messages))
+
+
+def wire_safe_messages(messages: Any) -> Any:
+    """marshmallow's nested ``messages`` as they are, but with every field name and message
+    holding to the wire rule: for a JSON answer that names hostile fields."""
+    if isinstance(messages, dict):
+        return {safe_text(str(key)): wire_safe_messages(value) for key, value in messages.items()}
+    if isinstance(messages, list):
+        return [wire_safe_messages(m) for m in messages]
+    return safe_text(messages) if isinstance(messages, str) else messages

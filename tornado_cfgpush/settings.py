@@ -26,6 +26,9 @@ class Settings:
     log_format: str = "text"
     # /metrics: a tenant label on connections, published events and deliveries (small fleets only).
     metrics_tenant_labels: bool = False
+    # /metrics needs the admin token when one is set; metrics_public leaves it open (a scraper
+    # on a private network, without credentials).
+    metrics_public: bool = False
     disabled_plugins: tuple[str, ...] = ()
     # Client frames: PROTOCOL.md section 2 (1009 over the size, 1008 over the rate).
     max_message_size: int = 4096
@@ -45,6 +48,11 @@ class Settings:
     # Bearer token(s) of the publish API (POST /api/v1/events); None: that API is off.
     # Several: a tuple, or one string of comma-separated tokens (tornado_cfgpush.auth).
     publish_token: str | tuple[str, ...] | None = field(default=None, repr=False)
+    # The publish API's budget per token (a token bucket): events per second, and how many may
+    # come at once; past it 429 with Retry-After. 0: no limit. Far above what a deploy
+    # pipeline sends; it keeps one leaked or runaway publisher from taking the event loop.
+    publish_rate: int = 500
+    publish_burst: int = 2000
     # Subscriber authentication (tornado_cfgpush.auth, SECURITY.md): off while none of
     # jwt_secret (HS256), jwt_public_key (a PEM file: RS256/ES256) and jwks (a JWKS file) is set.
     jwt_secret: str | None = field(default=None, repr=False)
@@ -57,6 +65,9 @@ class Settings:
     # Cross-site pages allowed to connect: exact origins or "*.example.com" patterns;
     # same-origin requests always pass.
     allowed_origins: tuple[str, ...] = ()
+    # Host names (or "*.example.com" patterns, ":port" optional) that /ws, /events, /metrics and
+    # the APIs answer for; others get 421 (DNS rebinding). Empty: every Host is answered.
+    allowed_hosts: tuple[str, ...] = ()
     # Connections to /ws and /events together (0: no limit): past the server-wide one 503,
     # past the per-address or per-tenant one 429.
     max_connections: int = 10_000
@@ -94,6 +105,9 @@ class Settings:
             if isinstance(getattr(self, name), str):
                 object.__setattr__(self, name, Path(getattr(self, name)))
         object.__setattr__(self, "allowed_origins", tuple(self.allowed_origins))
+        object.__setattr__(self, "allowed_hosts", tuple(self.allowed_hosts))
+        if self.publish_rate < 0 or self.publish_burst < 0:
+            raise ValueError("publish_rate and publish_burst must not be negative")
         keys = [name for name in ("jwt_secret", "jwt_public_key", "jwks") if getattr(self, name)]
         if len(keys) > 1:
             raise ValueError("give one JWT key only: --jwt-secret, --jwt-public-key or --jwks, not "

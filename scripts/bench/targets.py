@@ -78,7 +78,10 @@ def cfgpush_command(port: int, opts: Options, *, config_dir: Path | None, broker
     cmd = CFGPUSH + ["--host", HOST, "--port", str(port), "--publish-token", TOKEN, "--log-level", "WARNING",
                      "--heartbeat-interval", str(opts.heartbeat), "--heartbeat-timeout", str(2 * opts.heartbeat),
                      "--max-connections", str(connections), "--max-connections-per-ip", str(connections),
-                     "--max-connections-per-tenant", str(connections)]
+                     "--max-connections-per-tenant", str(connections),
+                     # The bench measures delivery: its pipelined bursts are not held to the
+                     # publish API's budget per token.
+                     "--publish-rate", "0"]
     if config_dir is not None:
         cmd += ["--config-dir", str(config_dir)]
     else:  # published through the API only: no folder, no watcher

@@ -6,7 +6,7 @@ from typing import TYPE_CHECKING
 from .dashboard import dashboard_handlers
 from .health import HealthHandler, ReadyHandler
 from .metrics import MetricsHandler
-from .publish import PublishHandler
+from .publish import PublishBudget, PublishHandler
 from .sse import EventStreamHandler
 from .tenants import TenantStatusHandler
 from .ws import ConfigWebSocket
@@ -23,6 +23,6 @@ def default_handlers(core: "CfgPush") -> list[tuple]:
         (r"/readyz", ReadyHandler, {"core": core}),
         (r"/metrics", MetricsHandler, {"core": core}),
         (r"/api/v1/tenants/([^/]*)", TenantStatusHandler, {"core": core}),
-        (r"/api/v1/events", PublishHandler, {"core": core}),
+        (r"/api/v1/events", PublishHandler, {"core": core, "budget": PublishBudget.from_settings(core.settings)}),
         *dashboard_handlers(core),  # /, /cfgpush.js, GET /api/v1/tenants
     ]

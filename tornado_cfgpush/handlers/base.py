@@ -11,7 +11,7 @@ from typing import TYPE_CHECKING, Any, Callable
 from tornado import web
 from tornado.ioloop import IOLoop
 
-from ..auth import Decision, auth_enabled, bearer, matches_any, origin_allowed, redact_uri
+from ..auth import Decision, auth_enabled, bearer, host_refusal, matches_any, origin_allowed, redact_uri
 from ..limits import LimitReached, Slot
 from ..rules import tenant_id_error
 
@@ -157,7 +157,8 @@ class LeaseMixin:
 
 class AdmissionMixin(LeaseMixin):
     """What ``/ws`` and ``/events`` check before serving, in this order, after the tenant id:
-    Origin (403), authorization (401/403, ``cfgpush_authorize``), connection limits (429/503).
+    Host (421, ``--allowed-host``), Origin (403), authorization (401/403,
+    ``cfgpush_authorize``), connection limits (429/503).
     The connection then holds a lease (``LeaseMixin``).
     """
 
@@ -166,7 +167,10 @@ class AdmissionMixin(LeaseMixin):
         return origin_allowed(origin, self.core.settings.allowed_origins)
 
     def admit(self, tenant_id: str) -> None:
-        """Origin, token, limits; or ``Refused``. Takes a slot on success."""
+        """Host, Origin, token, limits; or ``Refused``. Takes a slot on success."""
+        misdirected = host_refusal(self.request, self.core.settings.allowed_hosts)
+        if misdirected:
+            raise Refused(421, misdirected)
         if self._check_cross_origin(self.check_trusted_origin) is not None:  # type: ignore[attr-defined]
             raise Refused(403, "Origin not allowed")
         decision = self.authorize_request(tenant_id)

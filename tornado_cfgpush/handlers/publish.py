@@ -1,20 +1,30 @@
-"""``POST /api/v1/events``: publish from outside, through the same schema as every source."""
+"""``POST /api/v1/events``: publish from outside, through the same schema as every source.
+
+Each publish token has a budget (``PublishBudget``, ``--publish-rate`` / ``--publish-burst``):
+every request it authenticates spends one event of it, valid or not, since a refused body
+costs the loop too. Past it: 429 with ``Retry-After``, and nothing is published.
+"""
 from __future__ import annotations
 
 import json
 import logging
-from typing import TYPE_CHECKING
+import math
+import time
+from typing import TYPE_CHECKING, Callable
 
 from marshmallow import ValidationError
 from tornado import web
 
 from ..auth import token_list
 from ..broker import BrokerUnavailable
+from ..metrics import RATE_LIMITED
+from ..schemas import TOO_DEEP, wire_safe_messages
 from .base import JsonErrorsMixin, Refused
 from .tenants import check_token
 
 if TYPE_CHECKING:  # pragma: no cover
     from ..app import CfgPush
+    from ..settings import Settings
 
 log = logging.getLogger("cfgpush.publish")
 
@@ -22,14 +32,53 @@ MAX_BODY_BYTES = 64 * 1024
 SOURCE_NAME = "api"
 
 
+class PublishBudget:
+    """A token bucket per publish token: ``rate`` events per second, ``burst`` at once.
+
+    Keyed by the token itself (the settings hold it anyway), so the buckets are as many as the
+    configured tokens: a wrong token is refused before it gets one. ``rate`` 0: no limit.
+    """
+
+    def __init__(self, rate: int, burst: int, clock: Callable[[], float] = time.monotonic):
+        self.rate = rate
+        self.burst = max(burst, 1)
+        self.clock = clock
+        self._buckets: dict[str, tuple[float, float]] = {}  # token -> (events left, when)
+
+    @classmethod
+    def from_settings(cls, settings: "Settings") -> "PublishBudget":
+        return cls(settings.publish_rate, settings.publish_burst)
+
+    def spend(self, token: str) -> float:
+        """Spend one event of ``token``'s budget: 0.0 when it had one, else the seconds until
+        it will (nothing is spent then)."""
+        if not self.rate:
+            return 0.0
+        now = self.clock()
+        left, then = self._buckets.get(token, (float(self.burst), now))
+        left = min(float(self.burst), left + (now - then) * self.rate)
+        if left < 1.0:
+            self._buckets[token] = (left, now)
+            return (1.0 - left) / self.rate
+        self._buckets[token] = (left - 1.0, now)
+        return 0.0
+
+
 class PublishHandler(JsonErrorsMixin, web.RequestHandler):
-    def initialize(self, core: "CfgPush") -> None:
+    def initialize(self, core: "CfgPush", budget: PublishBudget) -> None:
         self.core = core
+        self.budget = budget  # one per application (handlers.default_handlers), kept across requests
 
     async def post(self) -> None:
         try:
             # Several tokens (one per publisher, rotated one at a time): any of them.
-            check_token(self, token_list(self.core.settings.publish_token), "publish", wrong_status=403)
+            token = check_token(self, token_list(self.core.settings.publish_token), "publish", wrong_status=403)
+            wait = self.budget.spend(token)
+            if wait:
+                self.core.metrics.rejected(SOURCE_NAME, RATE_LIMITED)
+                raise Refused(429, f"over this token's budget of {self.budget.rate} events per second "
+                                   f"(burst {self.budget.burst}); retry later",
+                              {"Retry-After": str(max(1, math.ceil(wait)))})
             payload = self._payload()
         except Refused as refused:
             self.refuse(refused)
@@ -38,7 +87,9 @@ class PublishHandler(JsonErrorsMixin, web.RequestHandler):
             event_id = await self.core.publish(payload, SOURCE_NAME)
         except ValidationError as exc:
             self.set_status(400)
-            self.finish({"error": "the event does not match the ConfigChanged schema", "fields": exc.messages})
+            # Field names come from the body: written so that the answer is valid Unicode.
+            self.finish({"error": "the event does not match the ConfigChanged schema",
+                         "fields": wire_safe_messages(exc.messages)})
             return
         except BrokerUnavailable as exc:
             log.warning("publish refused: %s", exc)
@@ -59,6 +110,8 @@ class PublishHandler(JsonErrorsMixin, web.RequestHandler):
             payload = json.loads(self.request.body)
         except ValueError as exc:
             raise Refused(400, f"the body is not JSON: {exc}") from None
+        except RecursionError:
+            raise Refused(400, f"the body is {TOO_DEEP}") from None
         if not isinstance(payload, dict):
             raise Refused(400, "the body must be a JSON object: the inside of ConfigChanged without event_id")
         return payload

@@ -5,7 +5,7 @@ from typing import TYPE_CHECKING, Iterable
 
 from tornado import web
 
-from ..auth import matches_any
+from ..auth import host_refusal, matches_any
 from ..rules import tenant_id_error
 from .base import JsonErrorsMixin, Refused
 
@@ -21,23 +21,34 @@ def bearer_token(handler: web.RequestHandler) -> str | None:
     return token.strip()
 
 
-def check_token(handler: web.RequestHandler, expected: str | Iterable[str] | None, what: str,
-                wrong_status: int = 401) -> None:
-    """Refuse unless the request bears ``expected`` (or one of several), compared in constant
-    time with each.
+def check_host(handler: web.RequestHandler) -> None:
+    """``Refused(421)`` when ``--allowed-host`` is set and the request's Host is not in it."""
+    misdirected = host_refusal(handler.request, handler.core.settings.allowed_hosts)
+    if misdirected:
+        raise Refused(421, misdirected)
 
-    Missing: 401. Wrong: ``wrong_status`` (the publish API answers 403, PROTOCOL.md section 4).
+
+def check_token(handler: web.RequestHandler, expected: str | Iterable[str] | None, what: str,
+                wrong_status: int = 401) -> str:
+    """Refuse unless the request bears ``expected`` (or one of several), compared in constant
+    time with each; return the token it bears.
+
+    Every API's check, so the Host rule (``check_host``: 421) comes first here. Then no token
+    configured: 403 (the API is off). Missing: 401. Wrong: ``wrong_status`` (the publish API
+    answers 403, PROTOCOL.md section 4).
     """
+    check_host(handler)
     expected = (expected,) if isinstance(expected, str) else tuple(expected or ())
     if not expected:
         raise Refused(403, f"the {what} API is disabled on this server (no {what} token configured)")
     given = bearer_token(handler)
     if given is None:
-        handler.set_header("WWW-Authenticate", 'Bearer realm="cfgpush"')
-        raise Refused(401, f"{what} token required (Authorization: Bearer <token>)")
+        raise Refused(401, f"{what} token required (Authorization: Bearer <token>)",
+                      {"WWW-Authenticate": 'Bearer realm="cfgpush"'})
     if not matches_any(given, expected):
-        handler.set_header("WWW-Authenticate", 'Bearer realm="cfgpush", error="invalid_token"')
-        raise Refused(wrong_status, f"wrong {what} token")
+        raise Refused(wrong_status, f"wrong {what} token",
+                      {"WWW-Authenticate": 'Bearer realm="cfgpush", error="invalid_token"'})
+    return given
 
 
 class TenantStatusHandler(JsonErrorsMixin, web.RequestHandler):
