@@ -69,6 +69,24 @@ async def test_a_name_that_is_not_utf8_is_skipped_for_its_tenant_only(connect, c
 
 
 @pytest.mark.gen_test(timeout=TIMEOUT)
+async def test_a_long_legal_path_is_announced(connect, config_dir):
+    """Landed main refused paths over 1 024 characters and dropped them silently; Linux allows
+    4 095 bytes (each name 255): the rule is the same now (rules.path_error)."""
+    acme = await subscribe(connect, "acme")
+    folder = config_dir / "acme"
+    parts = []
+    for i in range(12):  # twelve folders of 200 bytes (é is two bytes): 2 400 bytes and more
+        parts.append(f"{i:02d}" + "é" * 99)
+    deep = folder.joinpath(*parts)
+    deep.mkdir(parents=True)
+    (deep / "x.json").write_bytes(b"{}")
+    event = await change(acme)
+    rel = "/".join(parts + ["x.json"])
+    assert len(rel.encode()) > 2_400
+    assert (event["change_type"], event["path"]) == ("created", rel)
+
+
+@pytest.mark.gen_test(timeout=TIMEOUT)
 async def test_control_characters_in_a_name_are_refused_visibly(connect, config_dir, core):
     acme = await subscribe(connect, "acme")
     (config_dir / "acme" / "new\nline.json").write_bytes(b"{}")

@@ -14,7 +14,7 @@ from __future__ import annotations
 import os
 from typing import NamedTuple
 
-from ...rules import path_error, tenant_id_error
+from ...rules import path_error, tenant_id_error, wire_string_error
 
 # Editors' temporary, swap, lock and backup files: never configuration.
 _IGNORED_SUFFIXES = (
@@ -55,15 +55,6 @@ def shown(text: str, limit: int = 200) -> str:
     return safe if len(safe) <= limit else safe[:limit] + "…"
 
 
-def _has_surrogates(text: str) -> bool:
-    # os.fsdecode keeps bytes that are not UTF-8 as lone surrogates (surrogateescape).
-    try:
-        text.encode("utf-8")
-    except UnicodeEncodeError:
-        return True
-    return False
-
-
 def split(root: str, path: str) -> list[str] | None:
     """The parts of ``path`` below ``root``; None when it is ``root`` itself or outside it."""
     if not path.startswith(root + os.sep):
@@ -87,11 +78,11 @@ def classify_parts(parts: list[str]) -> Target | Unpublishable | str | None:
         tenant_id, rel = parts[0], "/".join(parts[1:])
     if tenant_id_error(tenant_id):
         return tenant_id
-    if _has_surrogates(rel):
-        return Unpublishable(tenant_id, shown(rel), "the file name is not valid UTF-8")
     problem = path_error(rel)
     if problem:
-        return Unpublishable(tenant_id, shown(rel), f"its path {problem}")
+        # os.fsdecode keeps bytes that are not UTF-8 as lone surrogates: say it in those words.
+        why = "the file name is not valid UTF-8" if wire_string_error(rel) else f"its path {problem}"
+        return Unpublishable(tenant_id, shown(rel), why)
     return tenant_id, rel
 
 

@@ -35,6 +35,7 @@ Payload = dict[str, Any]
 # Why a structured file's event carries no diff (meta.diff_skipped), besides structured's own.
 NO_PREVIOUS = "no_previous_version"  # the version before did not parse, or is not known
 MEMORY_CAP = "memory_cap"  # the kept documents reached the source's bound
+NOT_REPRESENTABLE = "keys_not_representable"  # a key the wire cannot carry (a lone surrogate)
 
 
 class Read:

@@ -30,6 +30,7 @@ from marshmallow import ValidationError
 
 from ... import Emit
 from ...schemas import flatten_messages
+from .settle import NOT_REPRESENTABLE
 from .watch import inotify_watch_limit
 
 log = logging.getLogger("cfgpush.sources.filesystem")
@@ -42,7 +43,6 @@ WORKER_SILENCE = 20.0
 # One event may carry a long diff; a line is cut at 256 KiB of events, but never splits one.
 LINE_LIMIT = 64 * 1024 * 1024
 REFUSED = "invalid_path"  # cfgpush_events_rejected_total's reason for a name that cannot be announced
-NOT_REPRESENTABLE = "keys_not_representable"
 
 
 class WorkerFailed(Exception):

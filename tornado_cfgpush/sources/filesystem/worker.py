@@ -40,8 +40,9 @@ import warnings
 from typing import Any, Callable, Iterable
 
 from ... import structured
+from ...rules import wire_string_error
 from .names import Unpublishable, classify, shown, split
-from .settle import GONE, MEMORY_CAP, NO_PREVIOUS, Read, Settler
+from .settle import GONE, MEMORY_CAP, NO_PREVIOUS, NOT_REPRESENTABLE, Read, Settler
 from .tree import Content, Refused, Tree, signature
 from .watch import Inbox, OverflowWatch, ToInbox, adjust_watchdog, observer_alive, start_observer
 
@@ -56,7 +57,6 @@ REFUSED_AGAIN_AFTER = 1.0  # seconds: the events of one save of an unpublishable
 # Overflows come in floods (a tenant renaming in a loop): one rescan per this many seconds at
 # most; the events that still arrive meanwhile are handled as usual.
 RESCAN_EVERY = 0.5
-NOT_REPRESENTABLE = "keys_not_representable"
 
 
 class Output:
@@ -438,15 +438,9 @@ class Worker:
 
 
 def _representable(pointer_lists: Iterable[list[str]]) -> bool:
-    """Whether every pointer can go on the wire (a key decoded from bytes that are not valid
-    UTF-8, or holding a lone surrogate from a JSON ``\\ud800`` escape, cannot)."""
-    for pointers in pointer_lists:
-        for pointer in pointers:
-            try:
-                pointer.encode("utf-8")
-            except UnicodeEncodeError:
-                return False
-    return True
+    """Whether every pointer can go on the wire (the wire rule: a key holding a lone surrogate,
+    from a JSON ``\\ud800`` escape, cannot)."""
+    return not any(wire_string_error(p) for pointers in pointer_lists for p in pointers)
 
 
 def _stdin_watch(inbox: Inbox) -> None:
