@@ -7,7 +7,9 @@ from __future__ import annotations
 import asyncio
 import json
 import os
+import socket
 import struct
+import time
 import zlib
 
 import pytest
@@ -15,7 +17,7 @@ import websockets
 from websockets.asyncio.client import connect as ws_connect
 from websockets.extensions.permessage_deflate import ClientPerMessageDeflateFactory
 
-from tornado_cfgpush.wsproto import Deflate
+from tornado_cfgpush.ws.deflate import Deflate
 
 from .conftest import publish, wait_for
 from .rawws import RawWebSocket
@@ -264,4 +266,138 @@ async def test_a_failing_catch_up_closes_that_connection_with_1011_only(server_p
     broken.close()
     ws = await welcomed(server_port)  # the next one is served
     await wait_for(lambda: core.hub.connection_count() == 1 and core.limits.total == 1 and len(core.hub.sockets) == 1)
+    ws.close()
+
+
+# -- pongs and the frame budget over real sockets --------------------------------------------------
+
+@pytest.mark.gen_test(timeout=60)
+async def test_every_ping_is_answered_while_events_stream(server_port, core):
+    """RFC 6455 section 5.5.2: a ping is answered even while the server's write buffer holds a
+    backlog (a small receive window keeps one there); what bounds a peer that does not read is
+    the backlog rule (1013), not a missing pong."""
+    ws = await RawWebSocket.connect(server_port, "tenant_id=acme", rcvbuf=4096)
+    assert "Welcome" in await ws.read_json()
+    # Small kernel buffers on both sides: what the client has not read stays in the server.
+    server_socket(core).setsockopt(socket.SOL_SOCKET, socket.SO_SNDBUF, 4096)
+    total, sent = 4000, []
+    pongs: list[bytes] = []
+    received = 0
+
+    async def read() -> None:
+        nonlocal received
+        while received < total or len(pongs) < len(sent):
+            opcode, payload = await ws.read_frame(timeout=10)
+            if opcode == 0xA:
+                pongs.append(payload)
+            elif opcode == 0x1:
+                received += 1
+
+    reader = asyncio.ensure_future(read())
+    backlogged = 0
+    for i in range(total):
+        await publish(core, path=f"f{i}.json")
+        if i % 400 == 200:
+            backlogged += bool(server_connection(core).buffered())
+            sent.append(f"ping {len(sent)}".encode())
+            ws.send_frame(0x9, sent[-1])
+        if i % 40 == 0:
+            await asyncio.sleep(0)  # wait-ok: a turn of the loop for the reader and the server
+    await asyncio.wait_for(reader, 30)
+    print(f"{len(pongs)} pongs for {len(sent)} pings; {backlogged} pings sent while the server held a backlog")
+    assert pongs == sent and received == total
+    ws.close()
+
+
+def server_connection(core):
+    """The server's side of the one connection of tenant acme."""
+    [conn] = core.hub.connections("acme")
+    return conn
+
+
+def server_socket(core):
+    return server_connection(core)._transport.get_extra_info("socket")
+
+
+async def _ping_rtt(ws: RawWebSocket, n: int) -> float:
+    started = time.perf_counter()
+    ws.send_frame(0x1, json.dumps({"Ping": {"id": n}}).encode())
+    while await ws.read_json(timeout=10) != {"Pong": {"id": n}}:
+        pass
+    return time.perf_counter() - started
+
+
+FLOODS = {
+    "pings": raw_frame(0x89, b""),
+    "empty continuation frames": raw_frame(0x00, b""),  # never final: the message never ends
+}
+
+
+@pytest.mark.gen_test(timeout=60)
+async def test_flooders_are_closed_1008_at_once_and_an_honest_client_is_served(server_port, core):
+    """Two connections (no authentication) flooding pings, or empty continuation frames of a
+    message they never finish: each is closed with 1008 after its budget of frames, and an
+    honest client's Ping round trip barely moves (printed; timings are not asserted)."""
+    honest = await welcomed(server_port)
+    before = []
+    for n in range(10):
+        before.append(await _ping_rtt(honest, n))
+        await asyncio.sleep(0.1)  # wait-ok: the pace of an honest client (within its budget)
+    before.sort()
+    floods = []
+    for kind, one in FLOODS.items():
+        ws = await welcomed(server_port)
+        start = raw_frame(0x01, b'{"Pi') if kind != "pings" else b""
+        floods.append((kind, ws, start + one * 50_000))
+    await wait_for(lambda: core.hub.connection_count() == 3)
+    started = time.perf_counter()
+    for _, ws, data in floods:
+        ws.writer.write(data)
+    during = []
+    closed = {}
+
+    async def watch(kind: str, ws: RawWebSocket) -> None:
+        while True:  # the pongs of the first pings, then the close frame
+            opcode, payload = await ws.read_frame(timeout=10)
+            if opcode == 0x8:
+                closed[kind] = (struct.unpack("!H", payload[:2])[0], time.perf_counter() - started)
+                # The server reads nothing more from it and drops the socket if it does not
+                # answer (a flooder does not): its unread frames cost nothing meanwhile.
+                return
+
+    watchers = [asyncio.ensure_future(watch(kind, ws)) for kind, ws, _ in floods]
+    n = 100
+    while not all(w.done() for w in watchers) or len(during) < 10:
+        during.append(await _ping_rtt(honest, n))
+        n += 1
+        await asyncio.sleep(0.1)  # wait-ok: the pace of an honest client (within its budget)
+    await asyncio.gather(*watchers)
+    for kind, (code, seconds) in closed.items():
+        print(f"flood of {kind}: closed with {code} after {seconds * 1000:.1f} ms")
+    print(f"honest Ping round trip, ms: before p50 {before[5] * 1000:.2f}; "
+          f"during and after the floods p50 {sorted(during)[len(during) // 2] * 1000:.2f}, "
+          f"max {max(during) * 1000:.2f}")
+    assert {code for code, _ in closed.values()} == {1008}
+    await wait_for(lambda: core.hub.connection_count() == 1 and core.limits.total == 1)
+    for _, ws, _ in floods:
+        ws.close()
+    honest.close()
+
+
+@pytest.mark.settings(max_client_rate=20)
+@pytest.mark.gen_test(timeout=30)
+async def test_a_client_within_its_budget_is_never_closed(server_port, core):
+    """Twenty frames at once (the burst), then ten a second (pings, Acks, pongs) for three
+    seconds: within the budget, never closed."""
+    ws = await welcomed(server_port)
+    for n in range(20):
+        ws.send_frame(0x9, b"")
+    for n in range(20):
+        assert await ws.read_frame() == (0xA, b"")
+    await asyncio.sleep(1.0)  # wait-ok: the bucket refills
+    for n in range(30):
+        ws.send_frame(0x1, b'"Ping"')
+        assert await ws.read_json(timeout=5) == "Pong"
+        await asyncio.sleep(0.1)  # wait-ok: the pace of an honest client
+    assert core.hub.connection_count() == 1
     ws.close()

@@ -2,14 +2,15 @@
 
 An event is encoded when it is published, once: the JSON text of ``{"ConfigChanged": {...}}``
 and, lazily, the WebSocket frame that carries it. Every connection of the tenant is then
-written the very same bytes (DESIGN.md: encoding per recipient doubles the CPU per delivery).
+written the very same bytes (encoding per recipient doubles the CPU per delivery).
 """
 from __future__ import annotations
 
 import json
 from typing import Any
 
-from .wsproto import deflate_frame, frame
+from .ws.deflate import deflate_frame
+from .ws.frames import text_frame
 
 _compact = json.JSONEncoder(separators=(",", ":"), ensure_ascii=False, allow_nan=False).encode
 
@@ -17,15 +18,6 @@ _compact = json.JSONEncoder(separators=(",", ":"), ensure_ascii=False, allow_nan
 def encode_json(value: Any) -> str:
     """The one JSON form the server writes: compact, UTF-8, no NaN."""
     return _compact(value)
-
-
-def text_frame(payload: bytes) -> bytes:
-    """A complete, unmasked, final WebSocket text frame (RFC 6455 section 5.2)."""
-    return frame(0x1, payload)
-
-
-# A server ping with an empty payload: the same two bytes for every connection.
-PING_FRAME = b"\x89\x00"
 
 
 def sse_message(kind: str, data_json: str, event_id: str | None = None) -> bytes:

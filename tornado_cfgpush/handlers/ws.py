@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import asyncio
 import base64
+import functools
 import logging
 from typing import TYPE_CHECKING, Any
 
@@ -19,9 +20,13 @@ from tornado import web
 from tornado.iostream import StreamClosedError
 from tornado.websocket import WebSocketProtocol13
 
-from ..events import PING_FRAME, Event, encode_json, text_frame
+from ..events import Event, encode_json
 from ..schemas import flatten_messages, parse_client_message
-from ..wsproto import GOING_AWAY, INTERNAL_ERROR, NORMAL, POLICY, TRY_AGAIN_LATER, Deflate, WebSocketProtocol
+from ..settings import Settings
+from ..ws.connection import WebSocketConnection
+from ..ws.deflate import Deflate
+from ..ws.frames import PING_FRAME, CloseCode, text_frame
+from ..ws.protocol import FrameLimits, ServerProtocol
 from .base import AdmissionMixin, JsonErrorsMixin, LeaseMixin, Refused, check_query_size
 from .subscription import SubscriptionMixin, next_conn_id, read_subscription_query, refuse_with_log
 
@@ -117,20 +122,27 @@ class ConfigWebSocket(AdmissionMixin, JsonErrorsMixin, web.RequestHandler):
         except Exception:  # a bug in the catch-up: this connection only, and say so (1011)
             log.exception("%s tenant %s: subscribing failed", conn.conn_id, conn.tenant_id)
             conn.forget()
-            conn.fail(INTERNAL_ERROR, "internal server error")
+            conn.send_close(CloseCode.INTERNAL_ERROR, "internal server error")
+            conn.finish()
 
 
-class WebSocketSubscriber(SubscriptionMixin, LeaseMixin, WebSocketProtocol):
+@functools.lru_cache(maxsize=16)
+def frame_limits(settings: Settings) -> FrameLimits:
+    """One ``FrameLimits`` per server, shared by its connections."""
+    return FrameLimits(settings.max_message_size, settings.max_client_rate)
+
+
+class WebSocketSubscriber(SubscriptionMixin, LeaseMixin, WebSocketConnection):
     """One client after the upgrade: Welcome and events out, Ping/Ack/Refresh in."""
 
     transport = "ws"  # the metrics label (SubscriptionMixin)
     __slots__ = tuple(dict.fromkeys(SubscriptionMixin.SLOTS + LeaseMixin.SLOTS + (
-        "remote_ip", "_rate_window", "_rate_count", "_held", "_reading_paused", "_deflate_wbits")))
+        "remote_ip", "_held", "_reading_paused", "_deflate_wbits")))
 
     def __init__(self, core: "CfgPush", conn_id: str, request: Any, query: tuple[str, str | None, bool],
                  auth: "Decision | None", slot: "Slot | None", deflate: Deflate | None):
         settings = core.settings
-        WebSocketProtocol.__init__(self, settings.max_message_size, settings.max_backlog_bytes, deflate)
+        WebSocketConnection.__init__(self, ServerProtocol(frame_limits(settings), deflate), settings.max_backlog_bytes)
         self.init_subscription(core, conn_id)
         self.take_query(*query)
         # The upgrade request, for the cfgpush_authorize hook on a Refresh.
@@ -139,8 +151,6 @@ class WebSocketSubscriber(SubscriptionMixin, LeaseMixin, WebSocketProtocol):
         self.auth = auth
         self._slot = slot
         self._expiry = None
-        self._rate_window = 0.0
-        self._rate_count = 0
         # Bytes received while subscribing (None once subscribed), answered after Welcome.
         self._held: bytes | None = b""
         self._reading_paused = False
@@ -157,7 +167,8 @@ class WebSocketSubscriber(SubscriptionMixin, LeaseMixin, WebSocketProtocol):
         self._held = early + (self._held or b"")
         self.schedule_expiry(self._token_expired)
         if not await self.subscribe(self._transport):
-            self.close(TRY_AGAIN_LATER, "broker unavailable, reconnect later")
+            self.send_close(CloseCode.TRY_AGAIN_LATER, "broker unavailable, reconnect later")
+            self.expect_close()
             return
         held, self._held = self._held, None
         if held:
@@ -206,7 +217,8 @@ class WebSocketSubscriber(SubscriptionMixin, LeaseMixin, WebSocketProtocol):
     def _close(self, code: int, reason: str) -> None:
         """Close and leave the registry now, not when the peer answers (up to 5 s later)."""
         self.forget()
-        self.close(code, reason)
+        self.send_close(code, reason)
+        self.expect_close()
 
     def on_backlog_full(self) -> None:
         if self._stream is not None:  # not already on its way out
@@ -215,52 +227,48 @@ class WebSocketSubscriber(SubscriptionMixin, LeaseMixin, WebSocketProtocol):
     def close_slow(self) -> None:
         # The close frame queues behind the backlog; the socket is dropped if the peer has
         # not answered within CLOSE_TIMEOUT, which frees the backlog.
-        self._close(TRY_AGAIN_LATER, "client too slow")
+        self._close(CloseCode.TRY_AGAIN_LATER, "client too slow")
 
     def close_going_away(self) -> None:
         """Shutting down: 1001, then the socket closes once the buffer is out (the process
         will not wait for the peer's close frame)."""
         self.forget()
-        self.close(GOING_AWAY, "server shutting down")
-        if self._transport is not None:
-            self._transport.close()
+        self.send_close(CloseCode.GOING_AWAY, "server shutting down")
+        self.finish()
 
     def close_dead(self) -> None:
-        self._close(NORMAL, "heartbeat timeout")
+        self._close(CloseCode.NORMAL, "heartbeat timeout")
         # The peer is silent: waiting for its close frame would only keep the socket.
         self.abort()
 
     def _token_expired(self) -> None:
         self._expiry = None
         log.info("%s tenant %s: token expired, closing (1008)", self.conn_id, self.tenant_id)
-        self._close(POLICY, "token expired")
+        self._close(CloseCode.POLICY_VIOLATION, "token expired")
 
     def forget(self) -> None:
         super().forget()
         self.leave()  # the connection slot and the expiry timer
 
-    def on_protocol_error(self, code: int, reason: str) -> None:
-        log.info("%s tenant %s: closing (%d): %s", self.conn_id, self.tenant_id, code, reason)
+    def on_failure(self, code: int, reason: str) -> None:
+        if code == CloseCode.POLICY_VIOLATION:
+            log.warning("%s tenant %s: over %d frames per second, closing (1008)",
+                        self.conn_id, self.tenant_id, self.core.settings.max_client_rate)
+        else:
+            log.info("%s tenant %s: closing (%d): %s", self.conn_id, self.tenant_id, code, reason)
         self.forget()
 
-    def on_connection_lost(self) -> None:
+    def on_peer_close(self, code: int | None) -> None:
+        log.debug("%s tenant %s: the client closed (%s)", self.conn_id, self.tenant_id, code)
+        self.forget()
+
+    def on_lost(self) -> None:
         self.forget()
         self.core.hub.socket_closed(self)
-        log.debug("%s closed: tenant %s code %s", self.conn_id, self.tenant_id, self.close_code)
 
     # -- from the client ----------------------------------------------------------------------------
 
     def on_message(self, message: str | bytes) -> None:
-        now = self.last_seen
-        if now - self._rate_window >= 1.0:
-            self._rate_window = now
-            self._rate_count = 0
-        self._rate_count += 1
-        if self._rate_count > self.core.settings.max_client_rate:
-            log.warning("%s tenant %s: over %d messages per second, closing (1008)",
-                        self.conn_id, self.tenant_id, self.core.settings.max_client_rate)
-            self._close(POLICY, "rate limit exceeded")
-            return
         if isinstance(message, bytes):
             self.send_error_message("bad_message", "binary frames are not accepted; send JSON text")
             return
