@@ -123,6 +123,23 @@ async def test_reconnects_and_resumes_without_gap_or_duplicate(http_url, core):
         await reader.close()
 
 
+@pytest.mark.gen_test(timeout=60)
+async def test_a_burst_of_2000_events_is_acknowledged_within_the_frame_budget(http_url, core):
+    """Acks are coalesced (the newest, at most every 100 ms): 2 000 events in a burst do not
+    pass the server's frame budget (20 frames a second), and the server learns the last one."""
+    statuses: list[str] = []
+    reader = Reader(subscribe(http_url, "acme", on_status=lambda s, i: statuses.append(s), **FAST))
+    try:
+        await wait_for(lambda: server_conn(core) is not None)
+        ids = [await publish(core, f"burst{i}.json") for i in range(2000)]
+        got = await reader.count(2000, timeout=30)
+        assert [e.event_id for e in got] == ids
+        await wait_for(lambda: server_conn(core) is not None and server_conn(core).acked == ids[-1])
+        assert reader.sub.connections == 1 and "reconnecting" not in statuses
+    finally:
+        await reader.close()
+
+
 @pytest.mark.settings(history_size=2)
 @pytest.mark.gen_test(timeout=30)
 async def test_resync_when_the_history_no_longer_holds_the_id(http_url, core):
