@@ -215,16 +215,20 @@ async def test_a_small_window_the_client_asks_for_is_honoured(server_port, core)
 
 
 @pytest.mark.parametrize("header, response", [
-    ("permessage-deflate", "permessage-deflate; server_no_context_takeover"),
+    # Without client_max_window_bits the server cannot cap the client's window: it answers
+    # client_no_context_takeover (RFC 7692 section 7.1.1.1), so no inflater outlives a message.
+    ("permessage-deflate", "permessage-deflate; server_no_context_takeover; client_no_context_takeover"),
     ("permessage-deflate; client_max_window_bits",
      "permessage-deflate; server_no_context_takeover; client_max_window_bits=9"),
+    ("permessage-deflate; client_max_window_bits=12; client_no_context_takeover",
+     "permessage-deflate; server_no_context_takeover; client_no_context_takeover; client_max_window_bits=9"),
     ("permessage-deflate; client_no_context_takeover; server_no_context_takeover",
      "permessage-deflate; server_no_context_takeover; client_no_context_takeover"),
     ("permessage-deflate; server_max_window_bits=12",
-     "permessage-deflate; server_no_context_takeover; server_max_window_bits=12"),
+     "permessage-deflate; server_no_context_takeover; server_max_window_bits=12; client_no_context_takeover"),
     # A window zlib cannot make declines that offer; the next one is taken.
     ("permessage-deflate; server_max_window_bits=8, permessage-deflate",
-     "permessage-deflate; server_no_context_takeover"),
+     "permessage-deflate; server_no_context_takeover; client_no_context_takeover"),
     ("permessage-deflate; unknown_param", None),
     ("permessage-deflate; client_no_context_takeover; client_no_context_takeover", None),
     ("permessage-deflate; server_max_window_bits=99", None),
@@ -234,6 +238,65 @@ async def test_a_small_window_the_client_asks_for_is_honoured(server_port, core)
 def test_deflate_negotiation(header, response):
     negotiated = Deflate.negotiate(header)
     assert (negotiated[1] if negotiated else None) == response
+
+
+UNCAPPED = ClientPerMessageDeflateFactory(client_max_window_bits=None)
+
+
+@pytest.mark.gen_test(timeout=30)
+@pytest.mark.settings(ws_compression=True)
+async def test_a_client_whose_window_cannot_be_capped_gets_no_context_takeover(server_port, core):
+    """A client that offers permessage-deflate without client_max_window_bits may compress with
+    a 32 KB window the server cannot cap: the server answers client_no_context_takeover (RFC 7692
+    section 7.1.1.1), inflates each message with a context of its own and keeps none. The
+    websockets client accepts that answer, and its compressed messages are understood."""
+    url = f"ws://127.0.0.1:{server_port}/ws?tenant_id=acme"
+    async with ws_connect(url, extensions=[UNCAPPED], compression=None) as ws:
+        assert ws.response.headers["Sec-WebSocket-Extensions"] == \
+            "permessage-deflate; server_no_context_takeover; client_no_context_takeover"
+        assert "Welcome" in json.loads(await ws.recv())
+        for i in range(3):
+            await ws.send(json.dumps({"Ping": {"id": f"{i}" + "x" * 100}}))  # compressed by the client
+            assert json.loads(await ws.recv()) == {"Pong": {"id": f"{i}" + "x" * 100}}
+        [conn] = core.hub.connections("acme")
+        assert not conn.protocol.deflate.holds_context()
+
+
+def _rss_kb(pid: int) -> int:
+    with open(f"/proc/{pid}/status") as f:
+        return next(int(line.split()[1]) for line in f if line.startswith("VmRSS:"))
+
+
+@pytest.mark.gen_test(timeout=120)
+async def test_memory_of_compressing_clients_whose_window_cannot_be_capped(start, config_dir):
+    """The server's memory per connection of 300 clients that compress what they send without
+    offering client_max_window_bits (printed, not asserted): with client_no_context_takeover no
+    inflater is kept between messages."""
+    from .serveproc import LISTENING
+
+    server = start("--config-dir", str(config_dir), "--port", "0", "--ws-compression", "true",
+                   "--max-connections-per-ip", "0")
+    port = int((await server.wait_log(LISTENING)).group(1))
+    url = f"ws://127.0.0.1:{port}/ws?tenant_id=acme"
+
+    async def open_and_send(i: int):
+        ws = await ws_connect(url, extensions=[UNCAPPED], compression=None, ping_interval=None)
+        assert "Welcome" in json.loads(await ws.recv())
+        await ws.send(json.dumps({"Ping": {"id": f"{i}" + "x" * 100}}))
+        return ws
+
+    clients = [await open_and_send(-1)]  # warm-up
+    assert "client_no_context_takeover" in clients[0].response.headers["Sec-WebSocket-Extensions"]
+    before = _rss_kb(server.proc.pid)
+    count = 300
+    for first in range(0, count, 50):
+        clients += await asyncio.gather(*(open_and_send(i) for i in range(first, first + 50)))
+    for ws in clients[1:]:
+        assert "Pong" in json.loads(await ws.recv())
+    after = _rss_kb(server.proc.pid)
+    print(f"server memory per connection that sent a compressed message (no client_max_window_bits): "
+          f"{(after - before) / count:.1f} KB ({before} -> {after} KB, {count} connections)")
+    await asyncio.gather(*(ws.close() for ws in clients))
 
 
 @pytest.mark.gen_test

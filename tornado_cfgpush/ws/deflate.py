@@ -5,8 +5,15 @@ fresh context, and the same compressed frame serves every connection whose windo
 as large (``Event.ws_frame_deflated``). Server messages of one connection (Welcome, Pong, ...)
 go uncompressed, which RFC 7692 allows per message.
 
-Client messages are inflated with a context that lives only as long as the client keeps its
-own (none with ``client_no_context_takeover``), with a small window asked for.
+Client messages are inflated with a context the size of the window the server agreed to:
+
+* a client that offers ``client_max_window_bits`` is told 9 (512 bytes; zlib's smallest raw
+  window), and its inflater, kept between messages while the client keeps its context, costs
+  about 8 KB;
+* a client that does not offer it may use a 32 KB window that the server cannot cap, and
+  keeping a 15-bit inflater for its context costs about 45 KB per connection. So the server
+  answers ``client_no_context_takeover`` (RFC 7692 section 7.1.1.1 allows it even when not
+  offered): each message then carries its own context, and no inflater outlives a message.
 """
 from __future__ import annotations
 
@@ -57,12 +64,12 @@ class Deflate:
             seen[key] = value.strip().strip('"') if value else None
         response = ["permessage-deflate", "server_no_context_takeover"]
         deflate = cls()
+        window_capped = False
         for key, value in seen.items():
             if key == "server_no_context_takeover" and value is None:
                 continue  # ours anyway
             if key == "client_no_context_takeover" and value is None:
                 deflate.client_no_context_takeover = True
-                response.append("client_no_context_takeover")
             elif key == "server_max_window_bits":
                 # zlib cannot make a raw deflate stream with a 256-byte window: decline 8.
                 if value is None or not value.isdigit() or not 9 <= int(value) <= 15:
@@ -72,12 +79,19 @@ class Deflate:
             elif key == "client_max_window_bits":
                 if value is not None and (not value.isdigit() or not 8 <= int(value) <= 15):
                     return None
-                # The client may take any window up to the one we name: a small one keeps
-                # the inflater of a client that keeps its context small (about 8 KB).
+                # The client may take any window up to the one we name.
                 deflate.client_wbits = CLIENT_WINDOW_BITS if value is None else min(CLIENT_WINDOW_BITS, int(value))
-                response.append(f"client_max_window_bits={deflate.client_wbits}")
+                window_capped = True
             else:
                 return None  # an unknown parameter declines the offer
+        if not window_capped:
+            # The client's window is up to 32 KB and ours to keep: have it reset its
+            # context per message instead (RFC 7692 section 7.1.1.1).
+            deflate.client_no_context_takeover = True
+        if deflate.client_no_context_takeover:
+            response.append("client_no_context_takeover")
+        if window_capped:
+            response.append(f"client_max_window_bits={deflate.client_wbits}")
         return deflate, "; ".join(response)
 
     def inflate(self, data: bytes, limit: int) -> bytes | None:
