@@ -1,4 +1,4 @@
-"""The WebSocket protocol after the upgrade (tornado_cfgpush/wsproto.py), over real sockets:
+"""The WebSocket protocol after the upgrade (tornado_cfgpush/ws/), over real sockets:
 what RFC 6455 requires of a server for each kind of broken frame, the close handshake,
 fragmentation, bytes sent before the 101, and permessage-deflate (RFC 7692) against the
 ``websockets`` library's client, an independent implementation."""
@@ -37,6 +37,16 @@ def raw_frame(first: int, payload: bytes, *, masked: bool = True, length: int | 
         return head + payload
     mask = os.urandom(4)
     return head + mask + bytes(b ^ mask[i % 4] for i, b in enumerate(payload))
+
+
+def server_connection(core):
+    """The server's side (the sink) of the one WebSocket of tenant acme."""
+    [sub] = core.hub.connections("acme")
+    return sub.sink
+
+
+def server_socket(core):
+    return server_connection(core)._transport.get_extra_info("socket")
 
 
 async def welcomed(port: int) -> RawWebSocket:
@@ -80,7 +90,7 @@ async def test_a_broken_frame_closes_with_its_code_and_frees_everything(case, se
     ws = await welcomed(server_port)
     ws.writer.write(data)
     assert await close_code(ws) == expected
-    await wait_for(lambda: core.hub.connection_count() == 0 and core.limits.total == 0 and not core.hub.sockets)
+    await wait_for(lambda: core.hub.connection_count() == 0 and core.limits.total == 0 and core.hub.open_count() == 0)
     ws.close()
 
 
@@ -100,7 +110,7 @@ async def test_the_close_handshake_echoes_the_peers_code(server_port, core):
     ws = await welcomed(server_port)
     ws.writer.write(raw_frame(0x88, struct.pack("!H", 4000) + b"bye"))
     assert await close_code(ws) == 4000
-    await wait_for(lambda: not core.hub.sockets and core.limits.total == 0)
+    await wait_for(lambda: core.hub.open_count() == 0 and core.limits.total == 0)
     ws.close()
 
 
@@ -199,7 +209,7 @@ async def test_a_compressed_message_that_inflates_past_the_limit_closes_1009(ser
         with pytest.raises(websockets.ConnectionClosedError) as closed:
             await ws.recv()
     assert closed.value.rcvd.code == 1009
-    await wait_for(lambda: not core.hub.sockets and core.limits.total == 0)
+    await wait_for(lambda: core.hub.open_count() == 0 and core.limits.total == 0)
 
 
 @pytest.mark.gen_test
@@ -258,8 +268,7 @@ async def test_a_client_whose_window_cannot_be_capped_gets_no_context_takeover(s
         for i in range(3):
             await ws.send(json.dumps({"Ping": {"id": f"{i}" + "x" * 100}}))  # compressed by the client
             assert json.loads(await ws.recv()) == {"Pong": {"id": f"{i}" + "x" * 100}}
-        [conn] = core.hub.connections("acme")
-        assert not conn.protocol.deflate.holds_context()
+        assert not server_connection(core).protocol.deflate.holds_context()
 
 
 def _rss_kb(pid: int) -> int:
@@ -306,8 +315,7 @@ async def test_server_side_sockets_send_small_frames_at_once(server_port, core):
     import socket
 
     ws = await welcomed(server_port)
-    [conn] = core.hub.connections("acme")
-    sock = conn._transport.get_extra_info("socket")
+    sock = server_socket(core)
     assert sock.getsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY)
     ws.close()
 
@@ -328,7 +336,7 @@ async def test_a_failing_catch_up_closes_that_connection_with_1011_only(server_p
     assert await close_code(broken) == 1011
     broken.close()
     ws = await welcomed(server_port)  # the next one is served
-    await wait_for(lambda: core.hub.connection_count() == 1 and core.limits.total == 1 and len(core.hub.sockets) == 1)
+    await wait_for(lambda: core.hub.connection_count() == 1 and core.limits.total == 1 and core.hub.open_count() == 1)
     ws.close()
 
 
@@ -370,16 +378,6 @@ async def test_every_ping_is_answered_while_events_stream(server_port, core):
     print(f"{len(pongs)} pongs for {len(sent)} pings; {backlogged} pings sent while the server held a backlog")
     assert pongs == sent and received == total
     ws.close()
-
-
-def server_connection(core):
-    """The server's side of the one connection of tenant acme."""
-    [conn] = core.hub.connections("acme")
-    return conn
-
-
-def server_socket(core):
-    return server_connection(core)._transport.get_extra_info("socket")
 
 
 async def _ping_rtt(ws: RawWebSocket, n: int) -> float:
