@@ -54,7 +54,7 @@ ACK_INTERVAL = 0.1
 
 @dataclass(frozen=True)
 class ConfigChanged:
-    """One change of the tenant's configuration (PROTOCOL.md section 2)."""
+    """One change of the tenant's configuration (docs/protocol.md section 2)."""
 
     tenant_id: str
     change_type: str

@@ -64,7 +64,7 @@ class CloseReason(enum.Enum):
         return _FAILURES.get(code, cls.PROTOCOL_ERROR)
 
 
-_FAILURES = {
+_FAILURES: dict[int, CloseReason] = {
     CloseCode.POLICY_VIOLATION: CloseReason.RATE_LIMITED,
     CloseCode.PROTOCOL_ERROR: CloseReason.PROTOCOL_ERROR,
     CloseCode.INVALID_DATA: CloseReason.INVALID_DATA,

@@ -21,7 +21,7 @@ def encode_json(value: Any) -> str:
 
 
 def sse_message(kind: str, data_json: str, event_id: str | None = None) -> bytes:
-    """One Server-Sent Events message (PROTOCOL.md section 3). ``data_json`` is one line:
+    """One Server-Sent Events message (docs/protocol.md section 3). ``data_json`` is one line:
     the compact JSON encoding escapes every newline inside strings."""
     head = f"id: {event_id}\n" if event_id else ""
     return f"{head}event: {kind}\ndata: {data_json}\n\n".encode("utf-8")
@@ -44,7 +44,7 @@ class Event:
     def __init__(self, event_id: str, body: dict[str, Any]):
         self.tenant_id: str = body["tenant_id"]
         self.event_id = event_id
-        # PROTOCOL.md field order: tenant_id, change_type, event_id, then the rest.
+        # docs/protocol.md field order: tenant_id, change_type, event_id, then the rest.
         self.body = {"tenant_id": body["tenant_id"], "change_type": body["change_type"], "event_id": event_id}
         self.body.update((k, v) for k, v in body.items() if k not in self.body)
         self.text = encode_json({"ConfigChanged": self.body})

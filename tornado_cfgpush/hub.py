@@ -29,6 +29,10 @@ class Subscriber(Protocol):
     """What the hub needs of a subscription (``/ws`` and ``/events``)."""
 
     tenant_id: str
+    acked: str | None  # the newest event the client applied (the status APIs read it)
+
+    @property
+    def transport(self) -> str: ...  # "ws" or "sse"
 
     @property
     def last_seen(self) -> float: ...  # time.monotonic() of the client's last sign of life

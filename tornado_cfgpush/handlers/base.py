@@ -35,7 +35,7 @@ class Refused(Exception):
 
 
 class JsonErrorsMixin:
-    """Errors as ``{"error": "<reason>"}`` (PROTOCOL.md section 2), never an HTML page."""
+    """Errors as ``{"error": "<reason>"}`` (docs/protocol.md section 2), never an HTML page."""
 
     def write_error(self: web.RequestHandler, status_code: int, **kwargs: Any) -> None:
         reason = self._reason

@@ -51,7 +51,9 @@ _CLOSE_LOG = {
 
 class Sink(Protocol):
     kind: str
-    last_seen: float
+
+    @property
+    def last_seen(self) -> float: ...
 
     def encode_event(self, event: Event) -> bytes: ...
     def encode_message(self, kind: str, body: Any, event_id: str | None = None) -> bytes: ...

@@ -290,7 +290,8 @@ class HeadLines(Mapping):
                            if name.lower() not in leave_out))
 
     def get_list(self, name: str) -> list[str]:
-        text, key, found, start = self._text, f"\n{name.lower()}: ", [], 0
+        text, key, start = self._text, f"\n{name.lower()}: ", 0
+        found: list[str] = []
         while True:
             start = text.find(key, start)
             if start < 0:

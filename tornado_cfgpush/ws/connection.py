@@ -68,16 +68,15 @@ class WebSocketConnection(asyncio.Protocol):
         if out:
             transport.write(out)  # pongs and close frames first, as the core queued them
         for event in events:
-            kind = type(event)
-            if kind is Message:
+            if isinstance(event, Message):
                 if protocol.state == OPEN:  # not after a close from either side
-                    self.on_message(event.data)  # type: ignore[union-attr]
-            elif kind is Close:
-                self.on_peer_close(event.code)  # type: ignore[union-attr]
+                    self.on_message(event.data)
+            elif isinstance(event, Close):
+                self.on_peer_close(event.code)
                 self.finish()  # after what is buffered (the echo): the server closes TCP first
-            elif kind is Failure:
-                self.on_failure(event.code, event.reason)  # type: ignore[union-attr]
-                if event.code == CloseCode.POLICY_VIOLATION:  # type: ignore[union-attr]
+            elif isinstance(event, Failure):
+                self.on_failure(event.code, event.reason)
+                if event.code == CloseCode.POLICY_VIOLATION:
                     # Over its frame budget, a client may have more frames in flight: closing
                     # now, with them unread, would reset the connection and could destroy our
                     # close frame before the client reads it. Read nothing more; give it time.

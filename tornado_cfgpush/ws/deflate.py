@@ -57,11 +57,11 @@ class Deflate:
         for param in params:
             if not param:
                 continue
-            key, _, value = param.partition("=")
-            key = key.strip().lower()
+            name, _, raw = param.partition("=")
+            key = name.strip().lower()
             if key in seen:
                 return None  # RFC 7692 section 7: a parameter given twice declines the offer
-            seen[key] = value.strip().strip('"') if value else None
+            seen[key] = raw.strip().strip('"') if raw else None
         response = ["permessage-deflate", "server_no_context_takeover"]
         deflate = cls()
         window_capped = False
@@ -102,7 +102,7 @@ class Deflate:
             inflater = zlib.decompressobj(-max(9, self.client_wbits))
             if not self.client_no_context_takeover:
                 self._inflater = inflater
-        out = inflater.decompress(data + _DEFLATE_TAIL, limit + 1)
+        out: bytes = inflater.decompress(data + _DEFLATE_TAIL, limit + 1)
         if len(out) > limit or inflater.unconsumed_tail:
             self._inflater = None
             return None
