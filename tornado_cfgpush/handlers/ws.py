@@ -248,6 +248,7 @@ class WebSocketSink(WebSocketConnection):
     def on_lost(self) -> None:
         self._held = None
         self.owner.gone()
+        log.debug("%s closed: tenant %s", self.owner.conn_id, self.owner.tenant_id)
 
     def _send(self, message: Any) -> None:
         self.write(text_frame(encode_json(message).encode("utf-8")))
