@@ -91,6 +91,26 @@ async def test_page_receives_a_file_edit_pings_and_acknowledges(http_url, core, 
         assert core.hub.connection_count("acme") == 2
 
 
+@pytest.mark.gen_test(timeout=90)
+async def test_a_burst_of_2000_events_is_acknowledged_within_the_frame_budget(http_url, core, tmp_path):
+    """Acks are coalesced (the newest, at most every 100 ms): a page that applies 2 000 events
+    in a burst stays within the server's frame budget (20 frames a second) and is not closed."""
+    async with shot.chromium(tmp_path / "profile") as context:
+        page = await shot.open_app_page(context, http_url)
+        await shot.start_client(page, "acme")
+        await page_wait(page, "window.clients[0].push.state === 'open'")
+        [conn] = core.hub.connections("acme")
+        ids = [await core.publish({"tenant_id": "acme", "change_type": "modified", "path": f"burst{i}.json"}, "t")
+               for i in range(2000)]
+        await page_wait(page, "window.clients[0].events.length === 2000", timeout_ms=30_000)
+        await wait_for(lambda: conn.acked == ids[-1], timeout=10)
+        await asyncio.sleep(0.5)  # wait-ok: a close for too many frames would have come by now
+        state = await client_state(page)
+        assert [e["event_id"] for e in state["events"]] == ids
+        assert [s["state"] for s in state["statuses"]] == ["connecting", "open"]
+        assert core.hub.connections("acme") == [conn]
+
+
 @pytest.mark.settings(heartbeat_interval=HEARTBEAT, heartbeat_timeout=5)
 @pytest.mark.gen_test(timeout=90)
 async def test_half_open_connection_detected_within_two_intervals_and_resumed(http_port, http_server, core, tmp_path):

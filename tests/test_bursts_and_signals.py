@@ -25,7 +25,7 @@ from tornado_cfgpush import hookimpl
 from .conftest import wait_for
 from .rawws import RawWebSocket
 from .serveproc import LISTENING
-from .test_filesystem_source import EXPECT, subscribe
+from .test_filesystem_source import subscribe
 
 ROUNDS = int(os.environ.get("CFGPUSH_SIGNAL_ROUNDS", "50"))
 BURST = 2_000

@@ -9,6 +9,7 @@ from marshmallow import ValidationError
 from prometheus_client.parser import text_string_to_metric_families
 
 from tornado_cfgpush import hookimpl
+from tornado_cfgpush.closing import CloseReason
 
 from .conftest import wait_for
 from .sseclient import SSEClient
@@ -101,12 +102,20 @@ async def test_metrics_count_connections_events_and_deliveries(http_client, http
     assert "tenant=" not in text  # no per-tenant series by default
 
 
+class _Ended:
+    tenant_id = "acme"
+
+
 @pytest.mark.gen_test(timeout=30)
 async def test_metrics_read_the_hubs_counters(http_client, http_url, core):
-    core.hub.slow_closes, core.hub.heartbeat_closes = 3, 4
+    for reason, times in ((CloseReason.TOO_SLOW, 3), (CloseReason.HEARTBEAT_TIMEOUT, 4), (CloseReason.RATE_LIMITED, 2)):
+        for _ in range(times):
+            core.hub.leave(_Ended(), reason)  # how a subscription's close path counts
     samples, _ = await scrape(http_client, http_url)
     assert samples[("cfgpush_slow_client_disconnects_total", ())] == 3
     assert samples[("cfgpush_heartbeat_closes_total", ())] == 4
+    assert samples[("cfgpush_connection_closes_total", (("reason", "rate_limited"),))] == 2
+    assert samples[("cfgpush_connection_closes_total", (("reason", "too_slow"),))] == 3
 
 
 @pytest.mark.gen_test(timeout=30)

@@ -4,6 +4,7 @@ import json
 
 import pytest
 
+from tornado_cfgpush import hookimpl
 from tornado_cfgpush.events import Event
 
 from .conftest import publish, wait_for
@@ -381,3 +382,78 @@ async def test_readyz_is_503_with_the_reason_while_a_source_starts(http_client, 
     response = await http_client.fetch(f"{http_url}/readyz", raise_error=False)
     assert response.code == 503
     assert json.loads(response.body) == {"status": "not ready", "reasons": ["source stuck is starting"]}
+
+
+# -- what the cfgpush_authorize hook sees on a Refresh ------------------------------------------------
+
+class RequestRecorder:
+    """A ``cfgpush_authorize`` that records what it is shown and leaves the decision to others."""
+
+    def __init__(self):
+        self.seen: list[dict] = []
+
+    @hookimpl
+    def cfgpush_authorize(self, settings, request, tenant_id, token):
+        headers = request.headers
+        self.seen.append({"remote_ip": request.remote_ip, "host": request.host, "app": headers.get("X-App"),
+                          "cookie": headers.get("cookie"), "has_key": "Sec-WebSocket-Key" in headers,
+                          "names": set(headers), "token": token})
+        return None
+
+
+@pytest.fixture
+def extra_plugins():
+    return [("recorder", RequestRecorder())]
+
+
+@pytest.mark.gen_test
+async def test_the_hook_sees_the_upgrade_requests_headers_again_on_a_refresh(server_port, core):
+    """After the upgrade a WebSocket keeps only what the hook reads (headers, remote_ip, ...):
+    on a Refresh it sees the same headers and address as at the handshake, less the
+    handshake's own headers and the query string."""
+    ws = await RawWebSocket.connect(server_port, "tenant_id=acme",
+                                    extra_headers="X-App: reporting\r\nCookie: a=1\r\nCookie: b=2\r\n")
+    assert "Welcome" in await ws.read_json()
+    ws.send_frame(0x1, json.dumps({"Refresh": {"token": "newer"}}).encode())
+    assert await ws.read_json() == {"Refreshed": {"expires_at": None}}  # no JWT key: allowed
+    recorder = core.pm.get_plugin("recorder")
+    at_upgrade, on_refresh = recorder.seen
+    assert on_refresh["token"] == "newer" and at_upgrade["token"] is None
+    for seen in (at_upgrade, on_refresh):
+        assert seen["remote_ip"] == "127.0.0.1" and seen["host"] == f"127.0.0.1:{server_port}"
+        assert (seen["app"], seen["cookie"]) == ("reporting", "a=1,b=2")
+    assert at_upgrade["has_key"] and not on_refresh["has_key"]
+    assert on_refresh["names"] == {"Host", "X-App", "Cookie"}
+    ws.close()
+
+
+def test_head_lines_read_like_http_headers():
+    from tornado.httputil import HTTPHeaders
+
+    from tornado_cfgpush.handlers.ws import HeadLines
+
+    parsed = HTTPHeaders.parse("Host: h:1\r\nX-Forwarded-For: 10.0.0.1\r\nX-Forwarded-For: 10.0.0.2\r\n"
+                               "Sec-WebSocket-Key: k\r\nAuthorization: Bearer t:1\r\n")
+    lines = HeadLines.of(parsed, frozenset({"sec-websocket-key"}))
+    assert lines.get("x-forwarded-for") == parsed.get("X-Forwarded-For") == "10.0.0.1,10.0.0.2"
+    assert lines.get_list("X-FORWARDED-FOR") == ["10.0.0.1", "10.0.0.2"]
+    assert lines["authorization"] == "Bearer t:1" and "Authorization" in lines
+    assert lines.get("Sec-WebSocket-Key") is None and "Sec-WebSocket-Key" not in lines
+    assert lines.get("X-Forwarded", "none") == "none"  # a prefix of a name is not the name
+    with pytest.raises(KeyError):
+        lines["Nope"]
+    assert list(lines) == ["Host", "X-Forwarded-For", "Authorization"] and len(lines) == 3
+    assert list(lines.get_all()) == [(n, v) for n, v in parsed.get_all() if n != "Sec-Websocket-Key"]
+
+
+def test_the_hub_and_events_need_no_marshmallow():
+    """The hub and the events sit below the schemas: importing them loads no marshmallow
+    (rules.py has the event-id rule they use)."""
+    import subprocess
+    import sys
+
+    code = ("import sys, tornado_cfgpush.hub, tornado_cfgpush.events, tornado_cfgpush.closing, "
+            "tornado_cfgpush.ws.protocol; print(sorted(m for m in sys.modules if m.startswith('marshmallow')))")
+    done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=60)
+    assert done.returncode == 0, done.stderr
+    assert done.stdout.strip() == "[]"

@@ -1,4 +1,4 @@
-"""The WebSocket protocol after the upgrade (tornado_cfgpush/wsproto.py), over real sockets:
+"""The WebSocket protocol after the upgrade (tornado_cfgpush/ws/), over real sockets:
 what RFC 6455 requires of a server for each kind of broken frame, the close handshake,
 fragmentation, bytes sent before the 101, and permessage-deflate (RFC 7692) against the
 ``websockets`` library's client, an independent implementation."""
@@ -7,7 +7,9 @@ from __future__ import annotations
 import asyncio
 import json
 import os
+import socket
 import struct
+import time
 import zlib
 
 import pytest
@@ -15,7 +17,7 @@ import websockets
 from websockets.asyncio.client import connect as ws_connect
 from websockets.extensions.permessage_deflate import ClientPerMessageDeflateFactory
 
-from tornado_cfgpush.wsproto import Deflate
+from tornado_cfgpush.ws.deflate import Deflate
 
 from .conftest import publish, wait_for
 from .rawws import RawWebSocket
@@ -35,6 +37,16 @@ def raw_frame(first: int, payload: bytes, *, masked: bool = True, length: int | 
         return head + payload
     mask = os.urandom(4)
     return head + mask + bytes(b ^ mask[i % 4] for i, b in enumerate(payload))
+
+
+def server_connection(core):
+    """The server's side (the sink) of the one WebSocket of tenant acme."""
+    [sub] = core.hub.connections("acme")
+    return sub.sink
+
+
+def server_socket(core):
+    return server_connection(core)._transport.get_extra_info("socket")
 
 
 async def welcomed(port: int) -> RawWebSocket:
@@ -78,7 +90,7 @@ async def test_a_broken_frame_closes_with_its_code_and_frees_everything(case, se
     ws = await welcomed(server_port)
     ws.writer.write(data)
     assert await close_code(ws) == expected
-    await wait_for(lambda: core.hub.connection_count() == 0 and core.limits.total == 0 and not core.hub.sockets)
+    await wait_for(lambda: core.hub.connection_count() == 0 and core.limits.total == 0 and core.hub.open_count() == 0)
     ws.close()
 
 
@@ -98,7 +110,7 @@ async def test_the_close_handshake_echoes_the_peers_code(server_port, core):
     ws = await welcomed(server_port)
     ws.writer.write(raw_frame(0x88, struct.pack("!H", 4000) + b"bye"))
     assert await close_code(ws) == 4000
-    await wait_for(lambda: not core.hub.sockets and core.limits.total == 0)
+    await wait_for(lambda: core.hub.open_count() == 0 and core.limits.total == 0)
     ws.close()
 
 
@@ -197,7 +209,7 @@ async def test_a_compressed_message_that_inflates_past_the_limit_closes_1009(ser
         with pytest.raises(websockets.ConnectionClosedError) as closed:
             await ws.recv()
     assert closed.value.rcvd.code == 1009
-    await wait_for(lambda: not core.hub.sockets and core.limits.total == 0)
+    await wait_for(lambda: core.hub.open_count() == 0 and core.limits.total == 0)
 
 
 @pytest.mark.gen_test
@@ -213,16 +225,20 @@ async def test_a_small_window_the_client_asks_for_is_honoured(server_port, core)
 
 
 @pytest.mark.parametrize("header, response", [
-    ("permessage-deflate", "permessage-deflate; server_no_context_takeover"),
+    # Without client_max_window_bits the server cannot cap the client's window: it answers
+    # client_no_context_takeover (RFC 7692 section 7.1.1.1), so no inflater outlives a message.
+    ("permessage-deflate", "permessage-deflate; server_no_context_takeover; client_no_context_takeover"),
     ("permessage-deflate; client_max_window_bits",
      "permessage-deflate; server_no_context_takeover; client_max_window_bits=9"),
+    ("permessage-deflate; client_max_window_bits=12; client_no_context_takeover",
+     "permessage-deflate; server_no_context_takeover; client_no_context_takeover; client_max_window_bits=9"),
     ("permessage-deflate; client_no_context_takeover; server_no_context_takeover",
      "permessage-deflate; server_no_context_takeover; client_no_context_takeover"),
     ("permessage-deflate; server_max_window_bits=12",
-     "permessage-deflate; server_no_context_takeover; server_max_window_bits=12"),
+     "permessage-deflate; server_no_context_takeover; server_max_window_bits=12; client_no_context_takeover"),
     # A window zlib cannot make declines that offer; the next one is taken.
     ("permessage-deflate; server_max_window_bits=8, permessage-deflate",
-     "permessage-deflate; server_no_context_takeover"),
+     "permessage-deflate; server_no_context_takeover; client_no_context_takeover"),
     ("permessage-deflate; unknown_param", None),
     ("permessage-deflate; client_no_context_takeover; client_no_context_takeover", None),
     ("permessage-deflate; server_max_window_bits=99", None),
@@ -234,6 +250,64 @@ def test_deflate_negotiation(header, response):
     assert (negotiated[1] if negotiated else None) == response
 
 
+UNCAPPED = ClientPerMessageDeflateFactory(client_max_window_bits=None)
+
+
+@pytest.mark.gen_test(timeout=30)
+@pytest.mark.settings(ws_compression=True)
+async def test_a_client_whose_window_cannot_be_capped_gets_no_context_takeover(server_port, core):
+    """A client that offers permessage-deflate without client_max_window_bits may compress with
+    a 32 KB window the server cannot cap: the server answers client_no_context_takeover (RFC 7692
+    section 7.1.1.1), inflates each message with a context of its own and keeps none. The
+    websockets client accepts that answer, and its compressed messages are understood."""
+    url = f"ws://127.0.0.1:{server_port}/ws?tenant_id=acme"
+    async with ws_connect(url, extensions=[UNCAPPED], compression=None) as ws:
+        assert ws.response.headers["Sec-WebSocket-Extensions"] == \
+            "permessage-deflate; server_no_context_takeover; client_no_context_takeover"
+        assert "Welcome" in json.loads(await ws.recv())
+        for i in range(3):
+            await ws.send(json.dumps({"Ping": {"id": f"{i}" + "x" * 100}}))  # compressed by the client
+            assert json.loads(await ws.recv()) == {"Pong": {"id": f"{i}" + "x" * 100}}
+        assert not server_connection(core).protocol.deflate.holds_context()
+
+
+def _rss_kb(pid: int) -> int:
+    with open(f"/proc/{pid}/status") as f:
+        return next(int(line.split()[1]) for line in f if line.startswith("VmRSS:"))
+
+
+@pytest.mark.gen_test(timeout=120)
+async def test_memory_of_compressing_clients_whose_window_cannot_be_capped(start, config_dir):
+    """The server's memory per connection of 300 clients that compress what they send without
+    offering client_max_window_bits (printed, not asserted): with client_no_context_takeover no
+    inflater is kept between messages."""
+    from .serveproc import LISTENING
+
+    server = start("--config-dir", str(config_dir), "--port", "0", "--ws-compression", "true",
+                   "--max-connections-per-ip", "0")
+    port = int((await server.wait_log(LISTENING)).group(1))
+    url = f"ws://127.0.0.1:{port}/ws?tenant_id=acme"
+
+    async def open_and_send(i: int):
+        ws = await ws_connect(url, extensions=[UNCAPPED], compression=None, ping_interval=None)
+        assert "Welcome" in json.loads(await ws.recv())
+        await ws.send(json.dumps({"Ping": {"id": f"{i}" + "x" * 100}}))
+        return ws
+
+    clients = [await open_and_send(-1)]  # warm-up
+    assert "client_no_context_takeover" in clients[0].response.headers["Sec-WebSocket-Extensions"]
+    before = _rss_kb(server.proc.pid)
+    count = 300
+    for first in range(0, count, 50):
+        clients += await asyncio.gather(*(open_and_send(i) for i in range(first, first + 50)))
+    for ws in clients[1:]:
+        assert "Pong" in json.loads(await ws.recv())
+    after = _rss_kb(server.proc.pid)
+    print(f"server memory per connection that sent a compressed message (no client_max_window_bits): "
+          f"{(after - before) / count:.1f} KB ({before} -> {after} KB, {count} connections)")
+    await asyncio.gather(*(ws.close() for ws in clients))
+
+
 @pytest.mark.gen_test
 async def test_server_side_sockets_send_small_frames_at_once(server_port, core):
     """TCP_NODELAY on every WebSocket after the hand-over (asyncio sets it on TCP transports;
@@ -241,8 +315,7 @@ async def test_server_side_sockets_send_small_frames_at_once(server_port, core):
     import socket
 
     ws = await welcomed(server_port)
-    [conn] = core.hub.connections("acme")
-    sock = conn._transport.get_extra_info("socket")
+    sock = server_socket(core)
     assert sock.getsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY)
     ws.close()
 
@@ -263,5 +336,129 @@ async def test_a_failing_catch_up_closes_that_connection_with_1011_only(server_p
     assert await close_code(broken) == 1011
     broken.close()
     ws = await welcomed(server_port)  # the next one is served
-    await wait_for(lambda: core.hub.connection_count() == 1 and core.limits.total == 1 and len(core.hub.sockets) == 1)
+    await wait_for(lambda: core.hub.connection_count() == 1 and core.limits.total == 1 and core.hub.open_count() == 1)
+    ws.close()
+
+
+# -- pongs and the frame budget over real sockets --------------------------------------------------
+
+@pytest.mark.gen_test(timeout=60)
+async def test_every_ping_is_answered_while_events_stream(server_port, core):
+    """RFC 6455 section 5.5.2: a ping is answered even while the server's write buffer holds a
+    backlog (a small receive window keeps one there); what bounds a peer that does not read is
+    the backlog rule (1013), not a missing pong."""
+    ws = await RawWebSocket.connect(server_port, "tenant_id=acme", rcvbuf=4096)
+    assert "Welcome" in await ws.read_json()
+    # Small kernel buffers on both sides: what the client has not read stays in the server.
+    server_socket(core).setsockopt(socket.SOL_SOCKET, socket.SO_SNDBUF, 4096)
+    total, sent = 4000, []
+    pongs: list[bytes] = []
+    received = 0
+
+    async def read() -> None:
+        nonlocal received
+        while received < total or len(pongs) < len(sent):
+            opcode, payload = await ws.read_frame(timeout=10)
+            if opcode == 0xA:
+                pongs.append(payload)
+            elif opcode == 0x1:
+                received += 1
+
+    reader = asyncio.ensure_future(read())
+    backlogged = 0
+    for i in range(total):
+        await publish(core, path=f"f{i}.json")
+        if i % 400 == 200:
+            backlogged += bool(server_connection(core).buffered())
+            sent.append(f"ping {len(sent)}".encode())
+            ws.send_frame(0x9, sent[-1])
+        if i % 40 == 0:
+            await asyncio.sleep(0)  # wait-ok: a turn of the loop for the reader and the server
+    await asyncio.wait_for(reader, 30)
+    print(f"{len(pongs)} pongs for {len(sent)} pings; {backlogged} pings sent while the server held a backlog")
+    assert pongs == sent and received == total
+    ws.close()
+
+
+async def _ping_rtt(ws: RawWebSocket, n: int) -> float:
+    started = time.perf_counter()
+    ws.send_frame(0x1, json.dumps({"Ping": {"id": n}}).encode())
+    while await ws.read_json(timeout=10) != {"Pong": {"id": n}}:
+        pass
+    return time.perf_counter() - started
+
+
+FLOODS = {
+    "pings": raw_frame(0x89, b""),
+    "empty continuation frames": raw_frame(0x00, b""),  # never final: the message never ends
+}
+
+
+@pytest.mark.gen_test(timeout=60)
+async def test_flooders_are_closed_1008_at_once_and_an_honest_client_is_served(server_port, core):
+    """Two connections (no authentication) flooding pings, or empty continuation frames of a
+    message they never finish: each is closed with 1008 after its budget of frames, and an
+    honest client's Ping round trip barely moves (printed; timings are not asserted)."""
+    honest = await welcomed(server_port)
+    before = []
+    for n in range(10):
+        before.append(await _ping_rtt(honest, n))
+        await asyncio.sleep(0.1)  # wait-ok: the pace of an honest client (within its budget)
+    before.sort()
+    floods = []
+    for kind, one in FLOODS.items():
+        ws = await welcomed(server_port)
+        start = raw_frame(0x01, b'{"Pi') if kind != "pings" else b""
+        floods.append((kind, ws, start + one * 50_000))
+    await wait_for(lambda: core.hub.connection_count() == 3)
+    started = time.perf_counter()
+    for _, ws, data in floods:
+        ws.writer.write(data)
+    during = []
+    closed = {}
+
+    async def watch(kind: str, ws: RawWebSocket) -> None:
+        while True:  # the pongs of the first pings, then the close frame
+            opcode, payload = await ws.read_frame(timeout=10)
+            if opcode == 0x8:
+                closed[kind] = (struct.unpack("!H", payload[:2])[0], time.perf_counter() - started)
+                # The server reads nothing more from it and drops the socket if it does not
+                # answer (a flooder does not): its unread frames cost nothing meanwhile.
+                return
+
+    watchers = [asyncio.ensure_future(watch(kind, ws)) for kind, ws, _ in floods]
+    n = 100
+    while not all(w.done() for w in watchers) or len(during) < 10:
+        during.append(await _ping_rtt(honest, n))
+        n += 1
+        await asyncio.sleep(0.1)  # wait-ok: the pace of an honest client (within its budget)
+    await asyncio.gather(*watchers)
+    for kind, (code, seconds) in closed.items():
+        print(f"flood of {kind}: closed with {code} after {seconds * 1000:.1f} ms")
+    print(f"honest Ping round trip, ms: before p50 {before[5] * 1000:.2f}; "
+          f"during and after the floods p50 {sorted(during)[len(during) // 2] * 1000:.2f}, "
+          f"max {max(during) * 1000:.2f}")
+    assert {code for code, _ in closed.values()} == {1008}
+    await wait_for(lambda: core.hub.connection_count() == 1 and core.limits.total == 1)
+    for _, ws, _ in floods:
+        ws.close()
+    honest.close()
+
+
+@pytest.mark.settings(max_client_rate=20)
+@pytest.mark.gen_test(timeout=30)
+async def test_a_client_within_its_budget_is_never_closed(server_port, core):
+    """Twenty frames at once (the burst), then ten a second (pings, Acks, pongs) for three
+    seconds: within the budget, never closed."""
+    ws = await welcomed(server_port)
+    for n in range(20):
+        ws.send_frame(0x9, b"")
+    for n in range(20):
+        assert await ws.read_frame() == (0xA, b"")
+    await asyncio.sleep(1.0)  # wait-ok: the bucket refills
+    for n in range(30):
+        ws.send_frame(0x1, b'"Ping"')
+        assert await ws.read_json(timeout=5) == "Pong"
+        await asyncio.sleep(0.1)  # wait-ok: the pace of an honest client
+    assert core.hub.connection_count() == 1
     ws.close()

@@ -96,9 +96,8 @@ class CfgPush:
             task.cancel()
         await asyncio.gather(*self._tasks, return_exceptions=True)
         self.hub.stop()
-        self.hub.close_all()
-        # Half the drain time for what clients still have to read, then their sockets close.
-        await self.hub.close_sockets(self.settings.drain_timeout / 2)
+        # 1001 to every client; half the drain time for what they still have to read.
+        await self.hub.drain(self.settings.drain_timeout / 2)
         closed = loop.time()
         if self.runner is not None:
             await self.runner.stop()

@@ -126,7 +126,7 @@ SETTING_FLAGS: dict[str, tuple[str, Callable[[str], Any], str]] = {
     "--metrics-public": ("metrics_public", parse_bool, "serve /metrics without the admin token "
                          "(a scraper on a private network); it needs the token when one is set"),
     "--max-message-size": ("max_message_size", _int_in(16, None, "max message size"), "largest client frame in bytes (1009 past it)"),
-    "--max-client-rate": ("max_client_rate", _int_in(1, None, "max client rate"), "client messages per second (1008 past it)"),
+    "--max-client-rate": ("max_client_rate", _int_in(1, None, "max client rate"), "client frames per second, any kind, in bursts of as many (1008 past it)"),
     "--max-backlog-bytes": ("max_backlog_bytes", _int_in(1024, None, "max backlog"), "unsent bytes per client before it is closed with 1013"),
     "--history-size": ("history_size", _int_in(0, None, "history size"), "events kept per tenant for resume"),
     "--history-ttl": ("history_ttl", _positive_float("history ttl"), "seconds an event is kept for resume"),

@@ -13,8 +13,13 @@ For back-end services that hot-reload their own configuration::
 It behaves as ``cfgpush.js`` does: reconnects with full-jitter exponential backoff (0.5 s
 doubling to 20 s), resumes from the last event it handed out (nothing missed, nothing twice,
 or a ``Resync``), sends ``"Ping"`` every heartbeat interval and treats two silent intervals as
-a dead connection, acknowledges an event (``Ack``) when the loop's body for it has finished
+a dead connection, acknowledges events (``Ack``) once the loop's body for them has finished
 (when the next event is asked for), and refreshes a JWT before it expires.
+
+An ``Ack`` means "applied up to this event", so the client sends the newest one, at once when
+it has sent none for ``ack_interval`` (0.1 s) and otherwise when that interval is over: a
+burst of thousands of events costs at most ten ``Ack`` frames a second, within the server's
+frame budget (``--max-client-rate``, 20 a second by default).
 
 A refusal that retrying cannot cure (an invalid tenant id; 401/403 without ``get_token``)
 raises ``SubscribeError``. Use ``async with subscribe(...) as events:`` to close the
@@ -43,11 +48,13 @@ log = logging.getLogger("cfgpush.client")
 
 BACKOFF_MIN = 0.5
 BACKOFF_MAX = 20.0
+# At most one Ack per interval (seconds): the newest applied event id.
+ACK_INTERVAL = 0.1
 
 
 @dataclass(frozen=True)
 class ConfigChanged:
-    """One change of the tenant's configuration (PROTOCOL.md section 2)."""
+    """One change of the tenant's configuration (docs/protocol.md section 2)."""
 
     tenant_id: str
     change_type: str
@@ -166,7 +173,7 @@ class Subscription:
                  get_token: TokenSource | None = None, manifest: bool = False, welcome: bool = False,
                  headers: dict[str, str] | None = None, backoff_min: float = BACKOFF_MIN,
                  backoff_max: float = BACKOFF_MAX, stable_after: float = 5.0, connect_timeout: float = 10.0,
-                 refresh_lead: float = 30.0, max_queue: int = 10_000,
+                 refresh_lead: float = 30.0, max_queue: int = 10_000, ack_interval: float = ACK_INTERVAL,
                  on_status: Callable[[str, dict], None] | None = None):
         self.url = ws_url(url)
         self.tenant_id = tenant_id
@@ -183,6 +190,7 @@ class Subscription:
         self.connect_timeout = connect_timeout
         self.refresh_lead = refresh_lead
         self.max_queue = max_queue
+        self.ack_interval = ack_interval
         self.on_status = on_status
         self.heartbeat_interval: float | None = None
         self.state = "idle"
@@ -194,6 +202,10 @@ class Subscription:
         self._conn: WebSocketClientConnection | None = None
         self._inbox: asyncio.Queue[str | None] = asyncio.Queue()
         self._iterator: AsyncIterator[Event] | None = None
+        # This connection's Acks: the id sent last, when, and the timer of the next one.
+        self._acked: str | None = None
+        self._acked_at = float("-inf")
+        self._ack_timer: asyncio.TimerHandle | None = None
 
     # -- the public face ---------------------------------------------------------------------
 
@@ -307,7 +319,7 @@ class Subscription:
             if self.yield_welcome:
                 yield welcome, None
             if self.last_event_id:
-                self._send({"Ack": {"event_id": self.last_event_id}})  # convergence is per connection
+                self._ack_soon()  # convergence is per connection: say where we are
         last_seen = next_ping = loop.time()
         next_ping += interval
         refresh_at = self._refresh_deadline(loop)
@@ -398,6 +410,26 @@ class Subscription:
         if event_id is None:
             return
         self.last_event_id = event_id
+        self._ack_soon()
+
+    def _ack_soon(self) -> None:
+        """Acknowledge ``last_event_id``: now when no Ack went out for ``ack_interval``, else
+        when it is over (the newest id then; the ones in between are implied)."""
+        if self._ack_timer is not None:
+            return  # the one scheduled sends the newest
+        loop = asyncio.get_running_loop()
+        wait = self._acked_at + self.ack_interval - loop.time()
+        if wait <= 0:
+            self._send_ack()
+        else:
+            self._ack_timer = loop.call_later(wait, self._send_ack)
+
+    def _send_ack(self) -> None:
+        self._ack_timer = None
+        event_id = self.last_event_id
+        if self._conn is None or event_id is None or event_id == self._acked:
+            return
+        self._acked, self._acked_at = event_id, asyncio.get_running_loop().time()
         self._send({"Ack": {"event_id": event_id}})
 
     def _send(self, message: Any) -> None:
@@ -412,6 +444,10 @@ class Subscription:
 
     def _drop(self, code: int, reason: str, abort: bool = False) -> None:
         conn, self._conn = self._conn, None
+        if self._ack_timer is not None:
+            self._ack_timer.cancel()
+            self._ack_timer = None
+        self._acked, self._acked_at = None, float("-inf")  # the next connection starts afresh
         if conn is None:
             return
         conn.close(code, reason)

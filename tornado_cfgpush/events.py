@@ -2,14 +2,15 @@
 
 An event is encoded when it is published, once: the JSON text of ``{"ConfigChanged": {...}}``
 and, lazily, the WebSocket frame that carries it. Every connection of the tenant is then
-written the very same bytes (DESIGN.md: encoding per recipient doubles the CPU per delivery).
+written the very same bytes (encoding per recipient doubles the CPU per delivery).
 """
 from __future__ import annotations
 
 import json
 from typing import Any
 
-from .wsproto import deflate_frame, frame
+from .ws.deflate import deflate_frame
+from .ws.frames import text_frame
 
 _compact = json.JSONEncoder(separators=(",", ":"), ensure_ascii=False, allow_nan=False).encode
 
@@ -19,17 +20,8 @@ def encode_json(value: Any) -> str:
     return _compact(value)
 
 
-def text_frame(payload: bytes) -> bytes:
-    """A complete, unmasked, final WebSocket text frame (RFC 6455 section 5.2)."""
-    return frame(0x1, payload)
-
-
-# A server ping with an empty payload: the same two bytes for every connection.
-PING_FRAME = b"\x89\x00"
-
-
 def sse_message(kind: str, data_json: str, event_id: str | None = None) -> bytes:
-    """One Server-Sent Events message (PROTOCOL.md section 3). ``data_json`` is one line:
+    """One Server-Sent Events message (docs/protocol.md section 3). ``data_json`` is one line:
     the compact JSON encoding escapes every newline inside strings."""
     head = f"id: {event_id}\n" if event_id else ""
     return f"{head}event: {kind}\ndata: {data_json}\n\n".encode("utf-8")
@@ -52,7 +44,7 @@ class Event:
     def __init__(self, event_id: str, body: dict[str, Any]):
         self.tenant_id: str = body["tenant_id"]
         self.event_id = event_id
-        # PROTOCOL.md field order: tenant_id, change_type, event_id, then the rest.
+        # docs/protocol.md field order: tenant_id, change_type, event_id, then the rest.
         self.body = {"tenant_id": body["tenant_id"], "change_type": body["change_type"], "event_id": event_id}
         self.body.update((k, v) for k, v in body.items() if k not in self.body)
         self.text = encode_json({"ConfigChanged": self.body})

@@ -55,7 +55,11 @@ def cfgpush_authorize(settings: "Settings", request: "HTTPServerRequest", tenant
     :param settings: the server's effective :class:`~tornado_cfgpush.settings.Settings`
         (``jwt_*`` fields, ``extra``). Treat it as read-only.
     :param request: the handshake's :class:`tornado.httputil.HTTPServerRequest` (headers,
-        ``remote_ip``); never log its ``uri``: it may carry the token.
+        ``remote_ip``); never log its ``uri``: it may carry the token. On a ``Refresh``, what
+        the WebSocket kept of it after the upgrade: ``headers`` (read like ``HTTPHeaders``:
+        ``get``, ``[]``, ``in``, ``get_list``, ``get_all``; less the handshake's own
+        ``Upgrade``, ``Connection`` and ``Sec-WebSocket-*``), ``remote_ip``, ``host``,
+        ``protocol``, ``method`` and ``path``; not the query string.
     :param tenant_id: the requested tenant, already valid by the tenant-id rule.
     :param token: the bearer token from ``?token=`` or ``Authorization: Bearer``, or from
         the ``Refresh`` message; None when the request carries none.

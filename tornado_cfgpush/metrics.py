@@ -59,7 +59,7 @@ class Metrics:
         self.registry.register(_ServiceCollector(self))
         ProcessCollector(registry=self.registry)
         PlatformCollector(registry=self.registry)
-        core.hub.delivery_observer = self.delivered
+        core.hub.observe_deliveries(self.delivered)
 
     # -- called once per event ----------------------------------------------------------------
 
@@ -141,6 +141,10 @@ class _ServiceCollector(Collector):
         yield CounterMetricFamily("cfgpush_heartbeat_closes",
                                   "Connections dropped after --heartbeat-timeout of silence",
                                   value=hub.heartbeat_closes)
+        closes = CounterMetricFamily("cfgpush_connection_closes", "Connections ended, by reason", labels=["reason"])
+        for reason, value in hub.closes.items():
+            closes.add_metric([reason.label], value)
+        yield closes
 
         runner = core.runner
         restarts = CounterMetricFamily("cfgpush_source_restarts", "Event sources restarted after a crash",

@@ -1,6 +1,7 @@
 """What every cfgpush HTTP handler shares: JSON errors, refusing with a reason, no token in
-a log line; and what ``/ws`` and ``/events`` check before they serve anyone (``AdmissionMixin``):
-query-string size, Origin, authorization (``cfgpush_authorize``), connection limits.
+a log line; what ``/ws`` and ``/events`` check before they serve anyone (``AdmissionMixin``):
+query-string size, Origin, authorization (``cfgpush_authorize``), connection limits; and the
+``Lease`` an admitted subscriber holds.
 """
 from __future__ import annotations
 
@@ -34,7 +35,7 @@ class Refused(Exception):
 
 
 class JsonErrorsMixin:
-    """Errors as ``{"error": "<reason>"}`` (PROTOCOL.md section 2), never an HTML page."""
+    """Errors as ``{"error": "<reason>"}`` (docs/protocol.md section 2), never an HTML page."""
 
     def write_error(self: web.RequestHandler, status_code: int, **kwargs: Any) -> None:
         reason = self._reason
@@ -100,73 +101,89 @@ def check_query_size(handler: web.RequestHandler, limit: int) -> None:
         raise Refused(414, f"the query string must be at most {limit} bytes")
 
 
-class LeaseMixin:
-    """What an admitted subscriber holds, before and after a WebSocket upgrade: the
-    authorization decision (``auth``), a connection slot (given back by ``leave``, exactly
-    once, however the connection ends) and, when its token expires, a timer that ends it
-    unless a ``Refresh`` moved the expiry (``decide`` asks the hook again).
+def decide(core: "CfgPush", request: Any, tenant_id: str, token: str | None) -> Decision:
+    """The ``cfgpush_authorize`` hook's answer; a plugin error refuses (503), never allows."""
+    settings = core.settings
+    try:
+        decision = core.pm.hook.cfgpush_authorize(settings=settings, request=request, tenant_id=tenant_id, token=token)
+    except Exception:
+        log.exception("cfgpush_authorize raised; refusing the subscriber of tenant %s", tenant_id)
+        return Decision.deny(503, "authorization is unavailable; retry later")
+    if decision is None:
+        if auth_enabled(settings):
+            return Decision.deny(401, "token cannot be checked: no authorization plugin answered")
+        return Decision.allow()
+    if not isinstance(decision, Decision):
+        log.error("cfgpush_authorize returned %s, not a Decision; refusing", type(decision).__name__)
+        return Decision.deny(503, "authorization is unavailable; retry later")
+    return decision
+
+
+class Lease:
+    """What an admitted subscriber holds for the life of its connection: its connection slot
+    (given back by ``release``, exactly once, however the connection ends), the authorization
+    decision (``auth``), the request the ``cfgpush_authorize`` hook is shown again on a
+    ``Refresh``, and the timer that ends the connection when the token expires.
     """
 
-    __slots__ = ()  # so that a slotted subclass (handlers/ws.py) has no __dict__
-    SLOTS = ("core", "request", "auth", "_slot", "_expiry")
-    core: "CfgPush"
-    request: Any
-    auth: Decision | None = None
-    _slot: Slot | None = None
-    _expiry: object | None = None
+    __slots__ = ("core", "request", "auth", "_slot", "_expiry")
 
-    def decide(self, tenant_id: str, token: str | None) -> Decision:
-        """The ``cfgpush_authorize`` hook's answer; a plugin error refuses (503), never allows."""
-        settings = self.core.settings
-        try:
-            decision = self.core.pm.hook.cfgpush_authorize(settings=settings, request=self.request,
-                                                            tenant_id=tenant_id, token=token)
-        except Exception:
-            log.exception("cfgpush_authorize raised; refusing the subscriber of tenant %s", tenant_id)
-            return Decision.deny(503, "authorization is unavailable; retry later")
-        if decision is None:
-            if auth_enabled(settings):
-                return Decision.deny(401, "token cannot be checked: no authorization plugin answered")
-            return Decision.allow()
-        if not isinstance(decision, Decision):
-            log.error("cfgpush_authorize returned %s, not a Decision; refusing", type(decision).__name__)
-            return Decision.deny(503, "authorization is unavailable; retry later")
-        return decision
-
-    # -- expiry ---------------------------------------------------------------------------------
+    def __init__(self, core: "CfgPush", request: Any, auth: Decision, slot: Slot | None):
+        self.core = core
+        self.request = request
+        self.auth = auth
+        self._slot = slot
+        self._expiry: object | None = None
 
     def schedule_expiry(self, on_expired: Callable[[], None]) -> None:
         """Call ``on_expired`` when the token expires (nothing when it never does)."""
-        self.cancel_expiry()
-        expires_at = self.auth.expires_at if self.auth is not None else None
-        if expires_at is None:
+        self._cancel_expiry()
+        expires_at = self.auth.expires_at
+        if expires_at is None or self._slot is None or self._slot.released:
             return
         self._expiry = IOLoop.current().call_later(max(0.0, expires_at - time.time()), on_expired)
 
-    def cancel_expiry(self) -> None:
+    def refresh(self, tenant_id: str, token: str, on_expired: Callable[[], None]) -> str | None:
+        """A newer token for the same tenant moves the expiry; None when accepted, else why not
+        (a refused token changes nothing)."""
+        decision = decide(self.core, self.request, tenant_id, token)
+        if not decision.allowed:
+            return decision.reason
+        current = self.auth.expires_at
+        if current is not None and decision.expires_at is not None and decision.expires_at < current:
+            return "token expires before the current one"
+        self.auth = decision
+        self.schedule_expiry(on_expired)
+        return None
+
+    def release(self) -> None:
+        """Give the slot back and stop the expiry timer (idempotent)."""
+        self._cancel_expiry()
+        if self._slot is not None:
+            self._slot.release()
+
+    def _cancel_expiry(self) -> None:
         if self._expiry is not None:
             IOLoop.current().remove_timeout(self._expiry)
             self._expiry = None
 
-    def leave(self) -> None:
-        """Give the slot back and stop the expiry timer (idempotent)."""
-        self.cancel_expiry()
-        if self._slot is not None:
-            self._slot.release()
 
-
-class AdmissionMixin(LeaseMixin):
+class AdmissionMixin:
     """What ``/ws`` and ``/events`` check before serving, in this order, after the tenant id:
     Host (421, ``--allowed-host``), Origin (403), authorization (401/403,
     ``cfgpush_authorize``), connection limits (429/503).
-    The connection then holds a lease (``LeaseMixin``).
+    Admitted, the request holds a ``Lease`` (``self.lease``) that its connection takes over.
     """
+
+    core: "CfgPush"
+    request: Any
+    lease: Lease | None = None
 
     # Tornado's check_origin / cross_origin_protection consult this for cross-site requests.
     def check_trusted_origin(self, origin: str) -> bool:
         return origin_allowed(origin, self.core.settings.allowed_origins)
 
-    def admit(self, tenant_id: str) -> None:
+    def admit(self, tenant_id: str) -> Lease:
         """Host, Origin, token, limits; or ``Refused``. Takes a slot on success."""
         misdirected = host_refusal(self.request, self.core.settings.allowed_hosts)
         if misdirected:
@@ -182,12 +199,13 @@ class AdmissionMixin(LeaseMixin):
                 headers["Retry-After"] = "5"
             raise Refused(decision.status, decision.reason, headers)
         try:
-            self._slot = self.core.limits.acquire(self.request.remote_ip or "", tenant_id)
+            slot = self.core.limits.acquire(self.request.remote_ip or "", tenant_id)
         except LimitReached as limit:
             log.warning("refused %s (%s): %s limit reached, tenant %s", self.request.path,
                         self.request.remote_ip, limit.scope, tenant_id)
             raise Refused(limit.status, limit.reason, {"Retry-After": "1" if limit.status == 429 else "5"}) from None
-        self.auth = decision
+        self.lease = Lease(self.core, self.request, decision, slot)
+        return self.lease
 
     def authorize_request(self, tenant_id: str) -> Decision:
         settings = self.core.settings
@@ -200,4 +218,4 @@ class AdmissionMixin(LeaseMixin):
         query_token = raw[0].decode("utf-8", "replace") if raw else None
         if query_token and header_token and query_token != header_token:
             raise Refused(400, "give the token once: in ?token= or in the Authorization header")
-        return self.decide(tenant_id, query_token or header_token or None)
+        return decide(self.core, self.request, tenant_id, query_token or header_token or None)

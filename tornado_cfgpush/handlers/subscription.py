@@ -1,25 +1,37 @@
-"""What ``/ws`` and ``/events`` share: one subscribe sequence and one delivery path.
+"""What ``/ws`` and ``/events`` share: one ``Subscription`` per client, over a sink.
 
-The framings differ (a WebSocket frame, an SSE message); everything else is here: the query
-rules, register-then-catch-up, Welcome, replay or Resync, the live events held back during
-the catch-up, and writing prepared bytes with the backlog bound.
+A ``Subscription`` is one client of one tenant for the life of its connection: the catch-up
+(register, then ask the broker; Welcome, then the replay or a Resync), the live events held
+back during the catch-up, the client's acknowledgement, the token's expiry (through its
+``Lease``) and the one way it ends, ``close(reason)``. It writes prepared bytes to a sink, the
+only part that differs between the transports::
+
+    kind: str                      "ws" or "sse" (the metrics label)
+    last_seen: float               monotonic time of the client's last sign of life
+    encode_event(event) -> bytes   the event's shared, prepared bytes in this framing
+    encode_message(kind, body, event_id) -> bytes
+    write(data) -> bool            False: not written (closing, or gone)
+    ping() -> None                 the heartbeat
+    close(reason) -> None          what CloseReason says for this transport
+    abort() -> None                drop the connection now (shutdown stragglers)
+
+``handlers/ws.py`` has the WebSocket sink, ``handlers/sse.py`` the Server-Sent Events one. A
+sink tells its subscription when the client is gone or too slow by calling ``close`` too.
 """
 from __future__ import annotations
 
 import itertools
 import logging
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, Protocol
 
 from tornado import web
-from tornado.iostream import StreamClosedError
 
 from ..broker import SOURCE_GAP, BrokerUnavailable
+from ..closing import CloseReason
 from ..events import Event
-from ..rules import parse_event_id
-from ..hub import BacklogFull, write_bytes
 from ..logs import bind as bind_log_context
-from ..rules import EVENT_ID_RE
-from .base import Refused, single_query_argument, tenant_from_query
+from ..rules import EVENT_ID_RE, parse_event_id
+from .base import Lease, Refused, single_query_argument, tenant_from_query
 
 if TYPE_CHECKING:  # pragma: no cover
     from ..app import CfgPush
@@ -27,151 +39,187 @@ if TYPE_CHECKING:  # pragma: no cover
 log = logging.getLogger("cfgpush.subscription")
 _ids = itertools.count(1)
 
+# How each way out is logged (the reasons not named here at DEBUG).
+_CLOSE_LOG = {
+    CloseReason.TOO_SLOW: (logging.WARNING, "unsent backlog over --max-backlog-bytes, closing (1013)"),
+    CloseReason.RATE_LIMITED: (logging.WARNING, "over --max-client-rate frames per second, closing (1008)"),
+    CloseReason.TOKEN_EXPIRED: (logging.INFO, "token expired, closing"),
+    CloseReason.BROKER_UNAVAILABLE: (logging.WARNING, "broker unavailable at subscribe, closing (1013)"),
+    CloseReason.INTERNAL_ERROR: (logging.ERROR, "closing after an internal error (1011)"),
+}
+
+
+class Sink(Protocol):
+    kind: str
+
+    @property
+    def last_seen(self) -> float: ...
+
+    def encode_event(self, event: Event) -> bytes: ...
+    def encode_message(self, kind: str, body: Any, event_id: str | None = None) -> bytes: ...
+    def write(self, data: bytes) -> bool: ...
+    def ping(self) -> None: ...
+    def close(self, reason: CloseReason) -> None: ...
+    def abort(self) -> None: ...
+
 
 def _number(value: float) -> int | float:
-    """``5`` rather than ``5.0`` on the wire, as in PROTOCOL.md."""
+    """``5`` rather than ``5.0`` on the wire, as in docs/protocol.md."""
     return int(value) if float(value).is_integer() else value
 
 
-class SubscriptionMixin:
-    """A connection of one tenant in the hub. Subclasses frame messages and close."""
+class Subscription:
+    """One client of one tenant, from its admission to its end. Thousands live for hours:
+    slots, and the catch-up's state only while it runs."""
 
-    __slots__ = ()  # so that a slotted subclass (handlers/ws.py) has no __dict__
-    # The attributes init_subscription sets, for such a subclass's __slots__.
-    SLOTS = ("core", "tenant_id", "acked", "conn_id", "_since", "_want_manifest", "_stream", "_pending",
-             "_held_gap")
+    __slots__ = ("core", "tenant_id", "conn_id", "sink", "lease", "acked", "_pending", "_held_gap", "_closed")
 
-    transport = ""
-    core: "CfgPush"
-    request: Any
-
-    def init_subscription(self, core: "CfgPush", conn_id: str | None = None) -> None:
+    def __init__(self, core: "CfgPush", tenant_id: str, conn_id: str, sink: Sink, lease: Lease):
         self.core = core
-        self.tenant_id = ""
-        self.acked: str | None = None
-        self.conn_id = conn_id or next_conn_id(self.transport)
-        self._since: str | None = None
-        self._want_manifest = False
-        # Where prepared bytes go: an IOStream (/events) or the WebSocket protocol (/ws).
-        self._stream: Any = None
+        self.tenant_id = tenant_id
+        self.conn_id = conn_id
+        self.sink = sink
+        self.lease = lease
+        self.acked: str | None = None  # the newest event the client says it applied
         self._pending: list[Event] | None = None  # live events held back while catching up
         self._held_gap: tuple[str | None, dict | None, str] | None = None  # a gap during it
+        self._closed = False
 
-    # -- framing, per transport -------------------------------------------------------------------
+    # -- what others read ------------------------------------------------------------------------
 
-    def frame_event(self, event: Event) -> bytes:
-        raise NotImplementedError
+    @property
+    def transport(self) -> str:
+        """``ws`` or ``sse``: the label of ``cfgpush_connections`` and the status APIs."""
+        return self.sink.kind
 
-    def frame_message(self, kind: str, body: dict[str, Any], event_id: str | None = None) -> bytes:
-        raise NotImplementedError
+    @property
+    def last_seen(self) -> float:
+        return self.sink.last_seen
 
-    def close_slow(self) -> None:
-        raise NotImplementedError
+    @property
+    def request(self) -> Any:
+        """The subscribe request as kept for the ``cfgpush_authorize`` hook."""
+        return self.lease.request
 
-    # -- request ----------------------------------------------------------------------------------
-
-    def take_query(self, tenant_id: str, since: str | None, want_manifest: bool) -> None:
-        """The subscribe request's query, as ``read_subscription_query`` returns it."""
-        self.tenant_id, self._since, self._want_manifest = tenant_id, since, want_manifest
+    @property
+    def closed(self) -> bool:
+        return self._closed
 
     # -- the subscribe sequence -------------------------------------------------------------------
 
-    async def subscribe(self, stream: Any) -> bool:
-        """Register, catch up, send Welcome and the backlog; False when it could not."""
-        self._stream = stream
+    async def subscribe(self, since: str | None, want_manifest: bool) -> bool:
+        """Register, catch up, send Welcome and the backlog; False when it could not (the
+        subscription is closed then)."""
+        hub = self.core.hub
         # Register first and hold live events back: whatever is published while the
         # catch-up is computed is sent after it, without gap or duplicate.
         self._pending = []
-        self.core.hub.add(self)
+        hub.add(self)
         try:
-            catchup = await self.core.broker.catch_up(self.tenant_id, self._since)
+            catchup = await self.core.broker.catch_up(self.tenant_id, since)
         except BrokerUnavailable as exc:
             log.warning("%s tenant %s: broker unavailable at subscribe: %s", self.conn_id, self.tenant_id, exc)
-            self.forget()
+            self.close(CloseReason.BROKER_UNAVAILABLE)
             return False
-        if self._stream is None or self.stream_closed():
-            self.forget()
+        if self._closed:
             return False
+        sink = self.sink
         welcome: dict[str, Any] = {
             "tenant_id": self.tenant_id,
             "last_event_id": catchup.last_event_id,
             "heartbeat_interval": _number(self.core.settings.heartbeat_interval),
             "protocol": 1,
         }
-        manifest = self.core.manifest(self.tenant_id) if (self._want_manifest or catchup.resync) else None
-        if self._want_manifest and manifest is not None:
+        manifest = self.core.manifest(self.tenant_id) if (want_manifest or catchup.resync) else None
+        if want_manifest and manifest is not None:
             welcome["manifest"] = manifest
         # The SSE id of Welcome is where a reconnecting EventSource resumes: the client's own
         # id while a replay follows, the newest id otherwise.
-        resume_from = self._since if (self._since and not catchup.resync) else catchup.last_event_id
-        self.send_bytes(self.frame_message("Welcome", welcome, resume_from))
+        resume_from = since if (since and not catchup.resync) else catchup.last_event_id
+        sink.write(sink.encode_message("Welcome", welcome, resume_from))
         if catchup.resync:
-            self.send_resync(catchup.last_event_id, manifest, reason=catchup.resync)
+            self._send_resync(catchup.last_event_id, manifest, catchup.resync)
         else:
             for event in catchup.events:
-                self.send_bytes(self.frame_event(event))
+                sink.write(sink.encode_event(event))
         pending, self._pending = self._pending, None
         newest = parse_event_id(catchup.last_event_id) if catchup.last_event_id else None
-        for event in pending:
+        for event in pending or ():
             if newest is None or parse_event_id(event.event_id) > newest:
-                self.send_bytes(self.frame_event(event))
+                sink.write(sink.encode_event(event))
         if self._held_gap is not None:
             last_event_id, manifest, reason = self._held_gap
             self._held_gap = None
-            self.send_resync(last_event_id, manifest, reason=reason)
-        log.debug("%s subscribed: tenant %s from %s", self.conn_id, self.tenant_id, self.request.remote_ip)
-        return True
+            self._send_resync(last_event_id, manifest, reason)
+        log.debug("%s subscribed: tenant %s from %s", self.conn_id, self.tenant_id, self.lease.request.remote_ip)
+        return not self._closed
+
+    # -- what the hub calls -------------------------------------------------------------------------
+
+    def deliver(self, event: Event) -> None:
+        if self._pending is not None:
+            self._pending.append(event)
+            return
+        sink = self.sink
+        sink.write(sink.encode_event(event))
 
     def notify_gap(self, last_event_id: str | None, manifest: dict | None, reason: str = SOURCE_GAP) -> None:
         """Events may be lost: ``Resync`` now, or right after Welcome when subscribing."""
         if self._pending is not None:
             self._held_gap = (last_event_id, manifest, reason)
         else:
-            self.send_resync(last_event_id, manifest, reason=reason)
+            self._send_resync(last_event_id, manifest, reason)
 
-    def send_resync(self, last_event_id: str | None, manifest: dict | None, *, reason: str) -> None:
+    def ping(self) -> None:
+        self.sink.ping()
+
+    def _send_resync(self, last_event_id: str | None, manifest: dict | None, reason: str) -> None:
         body: dict[str, Any] = {"tenant_id": self.tenant_id, "last_event_id": last_event_id, "reason": reason}
         if manifest is not None:
             body["manifest"] = manifest
-        self.send_bytes(self.frame_message("Resync", body, last_event_id))
+        self.sink.write(self.sink.encode_message("Resync", body, last_event_id))
 
-    # -- delivery -----------------------------------------------------------------------------------
+    # -- from the client -------------------------------------------------------------------------------
 
-    def deliver(self, event: Event) -> None:
-        if self._pending is not None:
-            self._pending.append(event)
-        else:
-            self.send_bytes(self.frame_event(event))
+    def ack(self, event_id: str) -> None:
+        """The client applied the configuration up to ``event_id`` (convergence)."""
+        self.acked = event_id
 
-    def stream_closed(self) -> bool:
-        return self._stream.closed()
+    def refresh(self, token: str) -> str | None:
+        """A ``Refresh``: None when the new token is taken, else why it is refused."""
+        return self.lease.refresh(self.tenant_id, token, self.token_expired)
 
-    def send_bytes(self, data: bytes) -> None:
-        """Prepared bytes to the peer; a failure touches this connection only."""
-        stream = self._stream
-        if stream is None:
+    def token_expired(self) -> None:
+        self.close(CloseReason.TOKEN_EXPIRED)
+
+    # -- the one way out ----------------------------------------------------------------------------
+
+    def close(self, reason: CloseReason) -> None:
+        """End this subscription (once; later calls do nothing): leave the hub, which counts
+        ``reason``, give the connection slot back, and have the sink close as ``reason`` says."""
+        if self._closed:
             return
-        try:
-            write_bytes(stream, data, self.core.settings.max_backlog_bytes)
-        except StreamClosedError:
-            log.info("%s tenant %s: send failed, peer gone", self.conn_id, self.tenant_id)
-            self.forget()
-        except BacklogFull:
-            self.too_slow()
+        self._closed = True
+        self._pending = None
+        level, text = _CLOSE_LOG.get(reason, (logging.DEBUG, f"closing: {reason.label}"))
+        log.log(level, "%s tenant %s: %s", self.conn_id, self.tenant_id, text)
+        self.core.hub.leave(self, reason)
+        self.lease.release()
+        self.sink.close(reason)
 
-    def too_slow(self) -> None:
-        """The slow-client rule, for both transports: past the backlog bound, leave the hub
-        and close (1013 on a WebSocket)."""
-        log.warning("%s tenant %s: unsent backlog over %d bytes, closing (1013)",
-                    self.conn_id, self.tenant_id, self.core.settings.max_backlog_bytes)
-        self.core.hub.slow_closes += 1
-        self.forget()
-        self.close_slow()
+    def abort(self) -> None:
+        """Drop the connection now: at shutdown, for a client still there after the drain time."""
+        self.close(CloseReason.GOING_AWAY)
+        self.sink.abort()
 
-    def forget(self) -> None:
-        """Leave the hub now (idempotent); nothing more is written."""
-        self.core.hub.remove(self)
-        self._stream = None
+    def opened(self) -> None:
+        """The sink's connection is open: a shutdown waits for it."""
+        self.core.hub.opened(self)
+
+    def gone(self) -> None:
+        """The sink's connection is gone for good (its socket closed, its request ended)."""
+        self.close(CloseReason.PEER_CLOSED)
+        self.core.hub.gone(self)
 
 
 def next_conn_id(transport: str) -> str:

@@ -1,34 +1,46 @@
-"""``/ws``: one WebSocket per client of one tenant (PROTOCOL.md section 2).
+"""``/ws``: one WebSocket per client of one tenant (docs/protocol.md section 2).
 
-Two objects, one per phase. ``ConfigWebSocket`` is a Tornado request handler: it checks
-the upgrade request (headers, query, Origin, token, limits), answers ``101`` and hands the
-socket to asyncio. ``WebSocketSubscriber`` then serves the connection for its whole life:
-the lean protocol of ``wsproto.py`` plus the subscription (``SubscriptionMixin``) and the
-lease (slot, token expiry). The handler, the HTTP connection and the ``IOStream`` are
-dropped at the upgrade: nothing is kept per connection that delivery does not need.
+Two phases. ``ConfigWebSocket`` is a Tornado request handler: it checks the upgrade request
+(headers, query, Origin, token, limits), answers ``101`` and hands the socket to asyncio. The
+connection is then served, for its whole life, by three small objects and nothing of Tornado's:
+
+* a ``WebSocketSink``: the asyncio side of the WebSocket (ws/connection.py, around the sans-I/O
+  core of ws/protocol.py) as the subscription's sink, and the client's messages (Ping, Ack,
+  Refresh);
+* a ``Subscription`` (handlers/subscription.py): catch-up, delivery, acknowledgement, closing;
+* its ``Lease`` (handlers/base.py): the connection slot, the authorization, the token's expiry,
+  and a ``HandshakeRequest``: what the ``cfgpush_authorize`` hook is shown again on a ``Refresh``.
+
+The handler, the HTTP connection, the ``IOStream`` and the request are dropped at the upgrade.
 """
 from __future__ import annotations
 
 import asyncio
 import base64
+import functools
 import logging
+from collections.abc import Iterator, Mapping
 from typing import TYPE_CHECKING, Any
 
 from marshmallow import ValidationError
 from tornado import web
+from tornado.httputil import HTTPHeaders, HTTPServerRequest
 from tornado.iostream import StreamClosedError
 from tornado.websocket import WebSocketProtocol13
 
-from ..events import PING_FRAME, Event, encode_json, text_frame
+from ..closing import CloseReason, Linger
+from ..events import Event, encode_json
 from ..schemas import flatten_messages, parse_client_message
-from ..wsproto import GOING_AWAY, INTERNAL_ERROR, NORMAL, POLICY, TRY_AGAIN_LATER, Deflate, WebSocketProtocol
-from .base import AdmissionMixin, JsonErrorsMixin, LeaseMixin, Refused, check_query_size
-from .subscription import SubscriptionMixin, next_conn_id, read_subscription_query, refuse_with_log
+from ..settings import Settings
+from ..ws.connection import WebSocketConnection
+from ..ws.deflate import Deflate
+from ..ws.frames import PING_FRAME, text_frame
+from ..ws.protocol import FrameLimits, ServerProtocol
+from .base import AdmissionMixin, JsonErrorsMixin, Refused, check_query_size
+from .subscription import Subscription, next_conn_id, read_subscription_query, refuse_with_log
 
 if TYPE_CHECKING:  # pragma: no cover
     from ..app import CfgPush
-    from ..auth import Decision
-    from ..limits import Slot
 
 log = logging.getLogger("cfgpush.ws")
 
@@ -50,9 +62,10 @@ class ConfigWebSocket(AdmissionMixin, JsonErrorsMixin, web.RequestHandler):
             refuse_with_log(self, refused)
             return
         try:
-            await self._upgrade(query)
+            await self._upgrade(*query)
         finally:
-            self.leave()  # a no-op once the subscriber took the slot over
+            if self.lease is not None:  # not handed over: the upgrade did not happen
+                self.lease.release()
 
     def _check_request(self) -> tuple[str, str | None, bool]:
         headers = self.request.headers
@@ -70,12 +83,13 @@ class ConfigWebSocket(AdmissionMixin, JsonErrorsMixin, web.RequestHandler):
             raise Refused(400, "Sec-WebSocket-Key must be 16 bytes in base64")
         check_query_size(self, self.core.settings.max_query_size)
         query = read_subscription_query(self, self.conn_id)
-        # Origin, token, limits (base.AdmissionMixin): takes a slot.
+        # Origin, token, limits (base.AdmissionMixin): takes a slot, held by self.lease.
         self.admit(query[0])
         return query
 
-    async def _upgrade(self, query: tuple[str, str | None, bool]) -> None:
-        settings = self.core.settings
+    async def _upgrade(self, tenant_id: str, since: str | None, want_manifest: bool) -> None:
+        core = self.core
+        settings = core.settings
         deflate = None
         if settings.ws_compression:
             negotiated = Deflate.negotiate(self.request.headers.get("Sec-WebSocket-Extensions", ""))
@@ -102,194 +116,242 @@ class ConfigWebSocket(AdmissionMixin, JsonErrorsMixin, web.RequestHandler):
             stream.close()
             return
         stream.close()
-        conn = WebSocketSubscriber(self.core, self.conn_id, self.request, query, self.auth, self._slot, deflate)
-        self._slot = None  # the subscriber gives it back now
-        # The HTTP connection is done: keep only the request (headers, remote_ip).
-        self.request.connection = self.request.server_connection = None
+        lease, self.lease = self.lease, None
+        assert lease is not None
+        # The HTTP connection is done: keep only what the cfgpush_authorize hook reads.
+        lease.request = HandshakeRequest(self.request)
+        sink_class = CompressingWebSocketSink if deflate is not None else WebSocketSink
+        sink = sink_class(ServerProtocol(frame_limits(settings), deflate), settings.max_backlog_bytes, early)
+        sub = sink.owner = Subscription(core, tenant_id, self.conn_id, sink, lease)
         try:
-            await asyncio.get_running_loop().connect_accepted_socket(lambda: conn, sock)
+            await asyncio.get_running_loop().connect_accepted_socket(lambda: sink, sock)
         except OSError:  # the peer left in between
             sock.close()
-            conn.leave()
+            sub.close(CloseReason.PEER_CLOSED)
             return
+        lease.schedule_expiry(sub.token_expired)
         try:
-            await conn.start(early)
+            subscribed = await sub.subscribe(since, want_manifest)
         except Exception:  # a bug in the catch-up: this connection only, and say so (1011)
-            log.exception("%s tenant %s: subscribing failed", conn.conn_id, conn.tenant_id)
-            conn.forget()
-            conn.fail(INTERNAL_ERROR, "internal server error")
+            log.exception("%s tenant %s: subscribing failed", self.conn_id, tenant_id)
+            sub.close(CloseReason.INTERNAL_ERROR)
+            return
+        if subscribed:
+            sink.start_reading()  # what the client sent meanwhile is answered after Welcome
 
 
-class WebSocketSubscriber(SubscriptionMixin, LeaseMixin, WebSocketProtocol):
-    """One client after the upgrade: Welcome and events out, Ping/Ack/Refresh in."""
+@functools.lru_cache(maxsize=16)
+def frame_limits(settings: Settings) -> FrameLimits:
+    """One ``FrameLimits`` per server, shared by its connections."""
+    return FrameLimits(settings.max_message_size, settings.max_client_rate)
 
-    transport = "ws"  # the metrics label (SubscriptionMixin)
-    __slots__ = tuple(dict.fromkeys(SubscriptionMixin.SLOTS + LeaseMixin.SLOTS + (
-        "remote_ip", "_rate_window", "_rate_count", "_held", "_reading_paused", "_deflate_wbits")))
 
-    def __init__(self, core: "CfgPush", conn_id: str, request: Any, query: tuple[str, str | None, bool],
-                 auth: "Decision | None", slot: "Slot | None", deflate: Deflate | None):
-        settings = core.settings
-        WebSocketProtocol.__init__(self, settings.max_message_size, settings.max_backlog_bytes, deflate)
-        self.init_subscription(core, conn_id)
-        self.take_query(*query)
-        # The upgrade request, for the cfgpush_authorize hook on a Refresh.
-        self.request = request
-        self.remote_ip = request.remote_ip
-        self.auth = auth
-        self._slot = slot
-        self._expiry = None
-        self._rate_window = 0.0
-        self._rate_count = 0
-        # Bytes received while subscribing (None once subscribed), answered after Welcome.
-        self._held: bytes | None = b""
-        self._reading_paused = False
-        # Events are written compressed only when the client agreed; shared per window size.
-        self._deflate_wbits = deflate.server_wbits if deflate is not None else 0
+class WebSocketSink(WebSocketConnection):
+    """A subscription's sink on a WebSocket, and the client's messages to it."""
+
+    kind = "ws"
+    __slots__ = ("owner", "_held")
+
+    def __init__(self, protocol: ServerProtocol, max_backlog: int, early: bytes = b""):
+        super().__init__(protocol, max_backlog)
+        self.owner: Subscription = None  # type: ignore[assignment]  # set right after
+        # Bytes received while subscribing (None once subscribed), answered after Welcome;
+        # the ones sent with the upgrade request come first.
+        self._held: bytes | None = early
+
+    # -- the sink ---------------------------------------------------------------------------------
+
+    def encode_event(self, event: Event) -> bytes:
+        return event.ws_frame
+
+    def encode_message(self, kind: str, body: Any, event_id: str | None = None) -> bytes:
+        return text_frame(encode_json({kind: body}).encode("utf-8"))
+
+    def ping(self) -> None:
+        self.write(PING_FRAME)
+
+    def close(self, reason: CloseReason) -> None:
+        if reason.code is not None:
+            self.send_close(reason.code, reason.text)  # nothing when a close frame already went
+        self._stop_holding()  # the client's close frame may be among what it sent meanwhile
+        linger = reason.linger
+        if linger is Linger.WAIT:
+            self.expect_close()
+        elif linger is Linger.FLUSH:
+            self.finish()
+        else:
+            self.abort()
+
+    # -- reading: held while subscribing -----------------------------------------------------------
 
     def connection_made(self, transport: asyncio.BaseTransport) -> None:
         super().connection_made(transport)
-        self.core.hub.sockets.add(self)
-
-    async def start(self, early: bytes) -> None:
-        """Subscribe, then read: nothing the client sends is answered before Welcome."""
-        # Tornado's early bytes came first; anything received since connection_made follows.
-        self._held = early + (self._held or b"")
-        self.schedule_expiry(self._token_expired)
-        if not await self.subscribe(self._transport):
-            self.close(TRY_AGAIN_LATER, "broker unavailable, reconnect later")
-            return
-        held, self._held = self._held, None
-        if held:
-            self.data_received(held)
-        if self._reading_paused:
-            self._reading_paused = False
-            self.resume_reading()
+        self.owner.opened()
 
     def data_received(self, data: bytes) -> None:
         held = self._held
         if held is None:
             super().data_received(data)
             return
-        # Still subscribing: keep what arrives for after Welcome, within a bound.
-        self._held = held + data
-        if len(self._held) > HELD_BYTES and not self._reading_paused:
-            self._reading_paused = True
+        self._held = held = held + data
+        if len(held) > HELD_BYTES:
             self.pause_reading()
 
-    # -- framing (SubscriptionMixin) ---------------------------------------------------------------------
+    def start_reading(self) -> None:
+        """Subscribed: answer what the client sent meanwhile, and read on."""
+        self._stop_holding()
 
-    def frame_event(self, event: Event) -> bytes:
-        if self._deflate_wbits:
-            return event.ws_frame_deflated(self._deflate_wbits)
-        return event.ws_frame
+    def _stop_holding(self) -> None:
+        held, self._held = self._held, None
+        if held is None:
+            return
+        if held:
+            self.data_received(held)
+        if len(held) > HELD_BYTES:
+            self.resume_reading()
 
-    def frame_message(self, kind: str, body: Any, event_id: str | None = None) -> bytes:
-        return text_frame(encode_json({kind: body} if kind else body).encode("utf-8"))
-
-    def send_json(self, message: Any) -> None:
-        self.send_bytes(self.frame_message("", message))
-
-    def send_ping(self) -> None:
-        self.send_bytes(PING_FRAME)
-
-    def stream_closed(self) -> bool:
-        return self._transport is None or self._transport.is_closing()
-
-    def send_bytes(self, data: bytes) -> None:
-        """Prepared bytes; a backlog past the bound ends in ``on_backlog_full`` (1013)."""
-        if self._stream is not None and not self.write(data):
-            self.forget()
-
-    # -- closing ----------------------------------------------------------------------------------
-
-    def _close(self, code: int, reason: str) -> None:
-        """Close and leave the registry now, not when the peer answers (up to 5 s later)."""
-        self.forget()
-        self.close(code, reason)
-
-    def on_backlog_full(self) -> None:
-        if self._stream is not None:  # not already on its way out
-            self.too_slow()
-
-    def close_slow(self) -> None:
-        # The close frame queues behind the backlog; the socket is dropped if the peer has
-        # not answered within CLOSE_TIMEOUT, which frees the backlog.
-        self._close(TRY_AGAIN_LATER, "client too slow")
-
-    def close_going_away(self) -> None:
-        """Shutting down: 1001, then the socket closes once the buffer is out (the process
-        will not wait for the peer's close frame)."""
-        self.forget()
-        self.close(GOING_AWAY, "server shutting down")
-        if self._transport is not None:
-            self._transport.close()
-
-    def close_dead(self) -> None:
-        self._close(NORMAL, "heartbeat timeout")
-        # The peer is silent: waiting for its close frame would only keep the socket.
-        self.abort()
-
-    def _token_expired(self) -> None:
-        self._expiry = None
-        log.info("%s tenant %s: token expired, closing (1008)", self.conn_id, self.tenant_id)
-        self._close(POLICY, "token expired")
-
-    def forget(self) -> None:
-        super().forget()
-        self.leave()  # the connection slot and the expiry timer
-
-    def on_protocol_error(self, code: int, reason: str) -> None:
-        log.info("%s tenant %s: closing (%d): %s", self.conn_id, self.tenant_id, code, reason)
-        self.forget()
-
-    def on_connection_lost(self) -> None:
-        self.forget()
-        self.core.hub.socket_closed(self)
-        log.debug("%s closed: tenant %s code %s", self.conn_id, self.tenant_id, self.close_code)
-
-    # -- from the client ----------------------------------------------------------------------------
+    # -- what the client does ----------------------------------------------------------------------
 
     def on_message(self, message: str | bytes) -> None:
-        now = self.last_seen
-        if now - self._rate_window >= 1.0:
-            self._rate_window = now
-            self._rate_count = 0
-        self._rate_count += 1
-        if self._rate_count > self.core.settings.max_client_rate:
-            log.warning("%s tenant %s: over %d messages per second, closing (1008)",
-                        self.conn_id, self.tenant_id, self.core.settings.max_client_rate)
-            self._close(POLICY, "rate limit exceeded")
-            return
         if isinstance(message, bytes):
-            self.send_error_message("bad_message", "binary frames are not accepted; send JSON text")
+            self._error("bad_message", "binary frames are not accepted; send JSON text")
             return
         try:
             kind, body = parse_client_message(message)
         except ValidationError as exc:
-            self.send_error_message("bad_message", flatten_messages(exc.messages))
+            self._error("bad_message", flatten_messages(exc.messages))
             return
         if kind == "Ping":
-            self.send_json({"Pong": {"id": body["id"]}} if "id" in body else "Pong")
+            self._send({"Pong": {"id": body["id"]}} if "id" in body else "Pong")
         elif kind == "Ack":
-            self.acked = body["event_id"]
+            self.owner.ack(body["event_id"])
         elif kind == "Refresh":
-            self._refresh(body["token"])
+            refused = self.owner.refresh(body["token"])
+            if refused is not None:
+                self._error("refresh_refused", refused)
+            else:
+                expires_at = self.owner.lease.auth.expires_at
+                self._send({"Refreshed": {"expires_at": None if expires_at is None else int(expires_at)}})
 
-    def _refresh(self, token: str) -> None:
-        """A newer token for the same tenant moves the expiry; a refused one changes nothing."""
-        decision = self.decide(self.tenant_id, token)
-        if not decision.allowed:
-            self.send_error_message("refresh_refused", decision.reason)
-            return
-        current = self.auth.expires_at if self.auth is not None else None
-        if current is not None and decision.expires_at is not None and decision.expires_at < current:
-            self.send_error_message("refresh_refused", "token expires before the current one")
-            return
-        self.auth = decision
-        self.schedule_expiry(self._token_expired)
-        expires_at = decision.expires_at
-        self.send_json({"Refreshed": {"expires_at": None if expires_at is None else int(expires_at)}})
+    def on_peer_close(self, code: int | None) -> None:
+        log.debug("%s tenant %s: the client closed (%s)", self.owner.conn_id, self.owner.tenant_id, code)
+        self.owner.close(CloseReason.PEER_CLOSED)
 
-    def send_error_message(self, code: str, message: str) -> None:
-        self.send_json({"Error": {"code": code, "message": message}})
+    def on_failure(self, code: int, reason: str) -> None:
+        sub = self.owner
+        log.info("%s tenant %s: closing (%d): %s", sub.conn_id, sub.tenant_id, code, reason)
+        sub.close(CloseReason.of_failure(code))
+
+    def on_backlog_full(self) -> None:
+        self.owner.close(CloseReason.TOO_SLOW)
+
+    def on_lost(self) -> None:
+        self._held = None
+        self.owner.gone()
+        log.debug("%s closed: tenant %s", self.owner.conn_id, self.owner.tenant_id)
+
+    def _send(self, message: Any) -> None:
+        self.write(text_frame(encode_json(message).encode("utf-8")))
+
+    def _error(self, code: str, message: str) -> None:
+        self._send({"Error": {"code": code, "message": message}})
+
+
+class CompressingWebSocketSink(WebSocketSink):
+    """A client that agreed to permessage-deflate gets events compressed, one frame per event
+    and window size shared by every such client (``Event.ws_frame_deflated``)."""
+
+    __slots__ = ()
+
+    def encode_event(self, event: Event) -> bytes:
+        return event.ws_frame_deflated(self.protocol.deflate.server_wbits)  # type: ignore[union-attr]
+
+
+# -- what is kept of the upgrade request ---------------------------------------------------------------
+
+# Headers of the handshake itself, of no use once it is done.
+_HANDSHAKE_HEADERS = frozenset({"upgrade", "connection", "sec-websocket-key", "sec-websocket-version",
+                                "sec-websocket-extensions"})
+
+
+class HeadLines(Mapping):
+    """Request headers kept as one string, read on demand: what an ``HTTPHeaders`` offers a
+    reader (``get``, ``[]``, ``in``, ``get_list``, ``get_all``, iteration), case-insensitive,
+    for a fraction of its memory (a parsed ``HTTPHeaders`` is about 1 KB for the five headers
+    of a bare WebSocket client, 3 KB for a browser's)."""
+
+    __slots__ = ("_text",)
+
+    def __init__(self, text: str):
+        self._text = text  # "\n<lower-case name>: <value>" per header
+
+    @classmethod
+    def of(cls, headers: HTTPHeaders, leave_out: frozenset = frozenset()) -> "HeadLines":
+        return cls("".join(f"\n{name.lower()}: {value}" for name, value in headers.get_all()
+                           if name.lower() not in leave_out))
+
+    def get_list(self, name: str) -> list[str]:
+        text, key, start = self._text, f"\n{name.lower()}: ", 0
+        found: list[str] = []
+        while True:
+            start = text.find(key, start)
+            if start < 0:
+                return found
+            start += len(key)
+            end = text.find("\n", start)
+            found.append(text[start:] if end < 0 else text[start:end])
+
+    def get(self, name: str, default: Any = None) -> Any:  # type: ignore[override]
+        values = self.get_list(name)
+        return ",".join(values) if values else default
+
+    def __getitem__(self, name: str) -> str:
+        values = self.get_list(name)
+        if not values:
+            raise KeyError(name)
+        return ",".join(values)
+
+    def __contains__(self, name: object) -> bool:
+        return isinstance(name, str) and f"\n{name.lower()}: " in self._text
+
+    def get_all(self) -> Iterator[tuple[str, str]]:
+        for line in self._text.split("\n")[1:]:
+            name, _, value = line.partition(": ")
+            yield "-".join(part.capitalize() for part in name.split("-")), value
+
+    def __iter__(self) -> Iterator[str]:
+        return iter(dict.fromkeys(name for name, _ in self.get_all()))
+
+    def __len__(self) -> int:
+        return sum(1 for _ in self)
+
+    def __repr__(self) -> str:
+        return f"HeadLines({dict(self.get_all())!r})"
+
+
+class HandshakeRequest:
+    """What a WebSocket keeps of its upgrade request after the ``101``: what the
+    ``cfgpush_authorize`` hook reads when the client sends a ``Refresh`` (``headers``,
+    ``remote_ip``; also ``host``, ``protocol``, ``method``, ``path``). Not kept: the query
+    string (it may carry the old token) and the WebSocket handshake's own headers."""
+
+    __slots__ = ("remote_ip", "protocol", "_head")
+    method = "GET"
+    path = "/ws"
+    version = "HTTP/1.1"
+
+    def __init__(self, request: HTTPServerRequest):
+        self.remote_ip = request.remote_ip
+        self.protocol = request.protocol
+        self._head = HeadLines.of(request.headers, _HANDSHAKE_HEADERS)._text
+
+    @property
+    def headers(self) -> HeadLines:
+        return HeadLines(self._head)
+
+    @property
+    def host(self) -> str:
+        return self.headers.get("Host") or "127.0.0.1"  # as Tornado's request says it
+
+    def __repr__(self) -> str:
+        return f"HandshakeRequest({self.protocol}://{self.host}{self.path}, remote_ip={self.remote_ip!r})"

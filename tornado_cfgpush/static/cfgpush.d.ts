@@ -65,7 +65,8 @@ export interface CfgPushOptions {
   token?: string;
   /** Called before every connection and, for a JWT, before it expires; wins over `token`. */
   getToken?: () => string | Promise<string>;
-  /** One call per change, in order; the event is acknowledged once the returned promise resolves. */
+  /** One call per change, in order; the event is acknowledged once the returned promise resolves
+   * (coalesced: the newest applied event, at most once per `ackInterval`). */
   onChange?: (event: ConfigChanged) => unknown | Promise<unknown>;
   /** Reload the configuration; the client then goes on from `resync.last_event_id`. */
   onResync?: (resync: Resync) => unknown | Promise<unknown>;
@@ -91,6 +92,8 @@ export interface CfgPushOptions {
   refreshLead?: number;
   /** WebSocket attempts that never opened before SSE is tried (default 2). */
   wsFailuresBeforeFallback?: number;
+  /** Milliseconds: at most one `Ack` (of the newest applied event) per interval (default 100). */
+  ackInterval?: number;
 }
 
 export declare function backoffDelay(attempt: number, min?: number, max?: number, random?: () => number): number;

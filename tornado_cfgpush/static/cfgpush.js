@@ -8,9 +8,13 @@
 // What it does for you: reconnects with full-jitter exponential backoff (0.5 s doubling to
 // 20 s), resumes from the last event it received (nothing missed, nothing twice, or an explicit
 // onResync), sends "Ping" every heartbeat interval and treats two silent intervals as a dead
-// connection, acknowledges each event once onChange's promise resolves, refreshes the token
+// connection, acknowledges events once onChange's promise resolves, refreshes the token
 // before it expires, falls back to Server-Sent Events where WebSockets are blocked, and stops
 // on close().
+//
+// An Ack means "applied up to this event": the newest one is sent at once when none went out
+// for ackInterval, else when the interval is over. A burst of thousands of events costs at most
+// ten Ack frames a second, within the server's frame budget (--max-client-rate, 20 a second).
 
 const PROTOCOL = 1;
 const DEFAULTS = {
@@ -23,6 +27,7 @@ const DEFAULTS = {
   headers: null, // extra request headers of the SSE transport (WebSockets cannot send any)
   refreshLead: 30000, // ms before a token's exp to fetch a new one (at most a fifth of its life)
   wsFailuresBeforeFallback: 2, // WebSocket attempts that never opened before SSE is tried
+  ackInterval: 100, // ms: at most one Ack (of the newest applied event) per interval
 };
 
 const ignore = () => {};
@@ -105,7 +110,7 @@ export class CfgPush {
     this._timer = null;
     if (this._closed) return;
     const conn = { kind: this._useSse() ? "sse" : "ws", opened: false, welcomed: false, started: Date.now(),
-      timers: [], refreshPending: null };
+      timers: [], refreshPending: null, ackTimer: null, acked: null, ackedAt: null };
     this._conn = conn;
     this._status("connecting", { transport: conn.kind, attempt: this._attempt });
     let token = this._token;
@@ -299,7 +304,7 @@ export class CfgPush {
         this._apply(() => this.options.onWelcome?.(welcome), newest);
       }
     } else if (this.lastEventId) {
-      this._ack(this.lastEventId); // convergence counts per connection: say where we are
+      this._ackSoon(); // convergence counts per connection: say where we are
     }
   }
 
@@ -316,13 +321,27 @@ export class CfgPush {
       if (this._closed || eventId === null || eventId === undefined) return;
       this.lastEventId = eventId;
       this._save(eventId);
-      this._ack(eventId);
+      this._ackSoon();
     });
   }
 
-  _ack(eventId) {
+  /** Acknowledge lastEventId on this connection: now if no Ack went out for ackInterval, else
+   * when the interval is over (the newest id then; the ones in between are implied). */
+  _ackSoon() {
     const conn = this._conn;
-    if (conn && conn.welcomed && conn.kind === "ws") this._send(conn, { Ack: { event_id: eventId } });
+    if (!conn || !conn.welcomed || conn.kind !== "ws" || conn.ackTimer) return;
+    const wait = (conn.ackedAt ?? -Infinity) + this.options.ackInterval - Date.now();
+    if (wait <= 0) this._sendAck(conn);
+    else conn.ackTimer = setTimeout(() => this._sendAck(conn), wait);
+  }
+
+  _sendAck(conn) {
+    conn.ackTimer = null;
+    const eventId = this.lastEventId;
+    if (conn !== this._conn || this._closed || !eventId || eventId === conn.acked) return;
+    conn.acked = eventId;
+    conn.ackedAt = Date.now();
+    this._send(conn, { Ack: { event_id: eventId } });
   }
 
   _send(conn, message) {
@@ -349,6 +368,7 @@ export class CfgPush {
   _teardown(conn, code, reason) {
     conn.aborted = true;
     clearTimeout(conn.watchdog);
+    clearTimeout(conn.ackTimer);
     conn.timers.forEach(clearInterval);
     if (conn.ws) {
       const ws = conn.ws;
