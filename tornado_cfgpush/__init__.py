@@ -44,6 +44,11 @@ The rules the server keeps for you:
   ``await emit.gap(tenant_ids)`` (None: any tenant); their clients get ``Resync`` with
   reason ``source_gap``. A crashed and restarted source does so by itself, for the
   tenants its optional ``tenants()`` method names (all connected tenants without it).
+* A source that meets a change it cannot publish calls
+  ``await emit.skipped(tenant_id, what, why, reason="invalid")``: logged once, counted in
+  ``cfgpush_events_rejected_total``, and that tenant's clients get ``Resync``, so nothing
+  vanishes silently. Each ``emit`` lets the event loop run once: publishing thousands of
+  events in a row never holds it.
 * A source that can list a tenant's files defines ``manifest(tenant_id)`` returning
   ``{path: checksum}``; ``Resync`` carries it, so clients refetch only what differs.
 * A source that needs time to start (connect, scan) can expose ``started``, an
@@ -70,7 +75,8 @@ hookimpl = pluggy.HookimplMarker(PROJECT_NAME)
 
 Emit = Callable[[dict[str, Any]], Awaitable[str]]
 """``await emit(payload)`` validates, publishes and returns the event id; the object a
-source receives also has ``await emit.gap(tenant_ids=None)`` (see the guide above)."""
+source receives also has ``await emit.gap(tenant_ids=None)`` and ``await emit.skipped(...)``
+(see the guide above)."""
 
 
 @runtime_checkable
