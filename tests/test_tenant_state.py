@@ -6,19 +6,23 @@ by time, not by the tenant's activity, and no test waits for a TTL to pass in re
 """
 from __future__ import annotations
 
+import asyncio
 import itertools
 import json
 import time
 
 import pytest
-from hypothesis import HealthCheck, given, settings as hsettings, strategies as st
+from hypothesis import HealthCheck, given
+from hypothesis import settings as hsettings
+from hypothesis import strategies as st
 from prometheus_client.parser import text_string_to_metric_families
 from tornado.httpclient import HTTPRequest
 
 from tornado_cfgpush.app import CfgPush
-from tornado_cfgpush.broker.memory import MemoryBroker
+from tornado_cfgpush.broker.memory import TENANT_OVERHEAD, MemoryBroker, event_cost, path_cost
 from tornado_cfgpush.metrics import MAX_TENANT_SERIES
 from tornado_cfgpush.plugins import get_plugin_manager
+from tornado_cfgpush.rules import parse_event_id
 
 from .conftest import publish, wait_for
 from .wsclient import Client
@@ -381,3 +385,59 @@ async def _scenario(ws_url, core, clock, ops, tenants):
         for client in clients:
             if client is not None:
                 client.close()
+
+
+# -- the broker's own bookkeeping, as a property --------------------------------------------------
+
+BROKER_OPS = st.lists(
+    st.one_of(
+        st.tuples(st.just("publish"), st.integers(0, 5), st.integers(0, 3), st.integers(0, 400)),
+        st.tuples(st.just("advance"), st.floats(0, 40), st.just(0), st.just(0)),
+        st.tuples(st.just("sweep"), st.just(0), st.just(0), st.just(0)),
+        st.tuples(st.just("catch_up"), st.integers(0, 5), st.just(0), st.just(0)),
+    ),
+    max_size=80,
+)
+
+
+@hsettings(max_examples=200, deadline=None)
+@given(ops=BROKER_OPS, history_size=st.integers(0, 4), max_bytes=st.sampled_from([4000, 12000, 1 << 30]))
+def test_the_broker_counts_what_it_keeps_and_never_reuses_an_id(ops, history_size, max_bytes):
+    """Whatever is published, asked and swept as time passes: the byte count is the sum of
+    what is kept and stays within the bound, each record with history is in the expiry heap
+    once, and no tenant is ever handed the same id twice."""
+    clock = Clock()
+    broker = MemoryBroker(lambda event: None, history_size=history_size, history_ttl=TTL,
+                          history_max_bytes=max_bytes, clock=clock.time)
+    handed: dict[str, set[str]] = {}
+    loop = asyncio.new_event_loop()
+    try:
+        for op, a, b, pad in ops:
+            if op == "publish":
+                tenant = f"t{a}"
+                event_id = loop.run_until_complete(broker.publish(
+                    {"tenant_id": tenant, "change_type": "modified", "path": f"p{b}.json",
+                     "checksum": "sha256:" + f"{len(handed.get(tenant, ())) + 1:064x}", "meta": {"pad": "x" * pad}}))
+                assert event_id not in handed.setdefault(tenant, set()), "an id handed out twice"
+                handed[tenant].add(event_id)
+                assert broker.bytes <= max_bytes or len(broker._tenants) == 1
+            elif op == "advance":
+                clock.advance(a)
+            elif op == "sweep":
+                assert broker.sweep(budget=10.0)
+            else:
+                catchup = loop.run_until_complete(broker.catch_up(f"t{a}", f"{broker.epoch}-1"))
+                ids = [parse_event_id(e.event_id)[1] for e in catchup.events]
+                assert ids == list(range(ids[0], ids[0] + len(ids))) if ids else True
+            total = 0
+            for log in broker._tenants.values():
+                assert log.bytes == TENANT_OVERHEAD + sum(c for _, e, c in log.history) + sum(
+                    path_cost(p) for p in log.last_by_path)
+                assert all(c == event_cost(e) for _, e, c in log.history)
+                total += log.bytes
+                queued = [entry for entry in broker._expiry if entry[2] is log]
+                assert len(queued) == (1 if log.queued else 0)
+                assert log.queued or not log.history
+            assert broker.bytes == total
+    finally:
+        loop.close()

@@ -56,8 +56,8 @@ log = logging.getLogger("cfgpush.broker.redis")
 # is all or nothing, and stream order is pub/sub order. Returns the new id, or the earlier id
 # of an equal event.
 # KEYS: history stream, paths hash. ARGV: body (JSON), path, state ("" = not comparable),
-# old path of a move, history size, history ttl (ms), channel, source, record ttl (ms). The
-# paths hash holds "<state> <id> <source>" per path and the newest id under "/newest".
+# old path of a move, history size, history ttl (ms), channel, source, record ttl (ms), the
+# newest id's field. The paths hash holds "<state> <id> <source>" per path and the newest id.
 PUBLISH = """
 local path, state = ARGV[2], ARGV[3]
 if state ~= '' then
@@ -72,7 +72,7 @@ if state ~= '' then
   end
 end
 local last = redis.call('XREVRANGE', KEYS[1], '+', '-', 'COUNT', 1)[1]
-local prev = last and last[1] or redis.call('HGET', KEYS[2], '/newest') or '0-0'
+local prev = last and last[1] or redis.call('HGET', KEYS[2], ARGV[10]) or '0-0'
 local next_id = '*'
 if not last and prev ~= '0-0' then
   -- The stream expired, the record did not: continue above the recorded newest id, whatever
@@ -89,7 +89,7 @@ if path ~= '' then
   if state == '' then redis.call('HDEL', KEYS[2], path) else redis.call('HSET', KEYS[2], path, state .. ' ' .. id .. ' ' .. ARGV[8]) end
   if ARGV[4] ~= '' then redis.call('HSET', KEYS[2], ARGV[4], 'deleted ' .. id .. ' ' .. ARGV[8]) end
 end
-redis.call('HSET', KEYS[2], '/newest', id)
+redis.call('HSET', KEYS[2], ARGV[10], id)
 redis.call('PEXPIRE', KEYS[1], ARGV[6])
 redis.call('PEXPIRE', KEYS[2], ARGV[9])
 redis.call('PUBLISH', ARGV[7], id .. ' ' .. ARGV[1])
@@ -98,10 +98,11 @@ return id
 
 # A consistent view of one tenant: newest id (the stream's, or the record's once the stream
 # expired), oldest entry, the entries after ARGV[1] (at most ARGV[2] of them, "" = all) and
-# Redis's clock in ms (the stream ids' clock). KEYS: history stream, paths hash.
+# Redis's clock in ms (the stream ids' clock). KEYS: history stream, paths hash; ARGV[3]: the
+# newest id's field.
 READ = """
 local newest = redis.call('XREVRANGE', KEYS[1], '+', '-', 'COUNT', 1)[1]
-newest = newest and newest[1] or redis.call('HGET', KEYS[2], '/newest')
+newest = newest and newest[1] or redis.call('HGET', KEYS[2], ARGV[3])
 local first = redis.call('XRANGE', KEYS[1], '-', '+', 'COUNT', 1)[1]
 local after = {}
 if ARGV[1] ~= '' then
@@ -250,7 +251,7 @@ class RedisBroker(Broker):
                 keys=[self._key(tenant_id, "history"), self._key(tenant_id, "paths")],
                 args=[encode_json(fields), fields.get("path") or "", _dedupe_key(fields) or "", moved_from,
                       self.history_size, _ms(self.history_ttl), self.channel, fields.get("source") or "",
-                      _ms(self.record_ttl)])
+                      _ms(self.record_ttl), NEWEST_FIELD])
         except RedisError as exc:
             # Timeouts are ambiguous (the script may have run): a retry of a checksummed event
             # is then deduplicated; nothing is ever half-published, the script being atomic.
@@ -260,7 +261,7 @@ class RedisBroker(Broker):
         try:
             newest, first, entries, now_ms = await self._read(
                 keys=[self._key(tenant_id, "history"), self._key(tenant_id, "paths")],
-                args=[after, "" if count is None else count])
+                args=[after, "" if count is None else count, NEWEST_FIELD])
         except RedisError as exc:
             raise BrokerUnavailable(f"redis unavailable: {exc}") from exc
         return newest, _entry(first) if first else None, [_entry(e) for e in entries], int(now_ms)
@@ -338,7 +339,7 @@ class RedisBroker(Broker):
             # followed it was trimmed (or expired with an earlier stream). Only below the
             # oldest entry's predecessor can it have been an entry: nothing lies between the
             # two.
-            first_id, first_prev, _ = first
+            _, first_prev, _ = first
             trimmed_before = since_id < first_prev
             return Catchup(newest, resync=HISTORY_EXPIRED if trimmed_before else UNKNOWN_EVENT_ID)
         # The exact bounds of the embedded broker; the stream's own trimming is approximate.
@@ -423,7 +424,7 @@ class RedisBroker(Broker):
         if self._tenants is None:
             return 0
         clients = self._tenants()
-        idle = [t for t in (self._cursor if tenant_ids is None else tenant_ids) if t not in clients]
+        idle = [t for t in (self._cursor if tenant_ids is None else tenant_ids) if t in self._cursor and t not in clients]
         for tenant_id in idle:
             self._cursor.pop(tenant_id, None)
         return len(idle)
