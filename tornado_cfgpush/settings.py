@@ -37,8 +37,9 @@ class Settings:
     history_ttl: float = 600.0
     # What the embedded broker keeps for every tenant together (history and idempotence
     # records, broker/memory.py); past it the least recently published tenants' go first.
-    # 256 MiB: a quarter of a 1 GiB node holds about 200 000 kept events (about 1.3 KB each,
-    # docs/operations.md), minutes of a busy fleet's full history.
+    # 256 MiB: a quarter of a 1 GiB node, which holds about 200 000 plain events (1.2 KB each
+    # in a busy tenant) or 140 000 tenants with one event each (1.8 KB): the default history
+    # (10 minutes) of 300 events per second (docs/operations.md, Capacity).
     history_max_bytes: int = 256 * 1024 * 1024
     # How long a graceful shutdown may take before the process exits anyway.
     drain_timeout: float = 5.0
