@@ -160,11 +160,13 @@ def report(tenants: int, rss: dict, traced: dict | None) -> None:
     kept = rss["published_1"]["history_bytes"]
     print(f"{tenants} tenants, one event each, published in {rss['publish_seconds_1']:.1f} s; all forgotten "
           f"{rss['expired_after_seconds_1']:.0f} s after publishing started; then {tenants} others")
-    print(f"counted against --history-max-bytes after publishing: {kept / mib:.1f} MiB ({kept / tenants:.0f} B per tenant)")
+    print(f"counted against --history-max-bytes after publishing: {kept / mib:.1f} MiB "
+          f"({kept / tenants:.0f} B per tenant)")
     print("RSS of the server process:")
     for label, key in POINTS:
         value = rss[key]["rss_kib"] * 1024
-        print(f"  {label:24} {value / mib:7.1f} MiB  ({(value - base) / mib:+7.1f} MiB, {value / base:.2f}x the baseline)")
+        print(f"  {label:24} {value / mib:7.1f} MiB  ({(value - base) / mib:+7.1f} MiB, "
+              f"{value / base:.2f}x the baseline)")
     print(f"  per tenant while kept:  {(rss['published_1']['rss_kib'] * 1024 - base) / tenants:.0f} B")
     if traced:
         tbase = traced["before"]["traced_bytes"]

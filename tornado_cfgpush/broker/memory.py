@@ -12,9 +12,10 @@ about a millisecond, drops expired events and records on time, whatever the tena
 Past the memory bound, the oldest events of all tenants go first (the bound then acts as a
 shorter TTL for everyone), each record with its last event, so that no record is left without
 history to answer for; records without history (``history_size`` 0) go least recently
-published first. Ids are never handed out twice: a record created after another was dropped numbers its
-events above every seq of the dropped ones (``_floor``), so an id a client still holds
-from before can only be answered with ``Resync``.
+published first. Ids are never handed out twice: a record created after another was dropped
+numbers its events above every seq of the dropped ones (``_floor``), so an id a client still
+holds from before can only be answered with ``Resync``, or, when it was its tenant's very
+last, with exactly what followed.
 """
 from __future__ import annotations
 

@@ -424,7 +424,8 @@ class RedisBroker(Broker):
         if self._tenants is None:
             return 0
         clients = self._tenants()
-        idle = [t for t in (self._cursor if tenant_ids is None else tenant_ids) if t in self._cursor and t not in clients]
+        candidates = list(self._cursor) if tenant_ids is None else tenant_ids
+        idle = [t for t in candidates if t in self._cursor and t not in clients]
         for tenant_id in idle:
             self._cursor.pop(tenant_id, None)
         return len(idle)
