@@ -55,7 +55,7 @@ class CfgPush:
         settings = self.settings
         if not settings.broker:
             return MemoryBroker(self.hub.deliver, history_size=settings.history_size,
-                                history_ttl=settings.history_ttl)
+                                history_ttl=settings.history_ttl, history_max_bytes=settings.history_max_bytes)
         from .broker.redis import RedisBroker  # redis-py is an optional dependency
 
         return RedisBroker(self.hub.deliver, settings.broker, history_size=settings.history_size,

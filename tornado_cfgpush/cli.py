@@ -129,7 +129,11 @@ SETTING_FLAGS: dict[str, tuple[str, Callable[[str], Any], str]] = {
     "--max-client-rate": ("max_client_rate", _int_in(1, None, "max client rate"), "client frames per second, any kind, in bursts of as many (1008 past it)"),
     "--max-backlog-bytes": ("max_backlog_bytes", _int_in(1024, None, "max backlog"), "unsent bytes per client before it is closed with 1013"),
     "--history-size": ("history_size", _int_in(0, None, "history size"), "events kept per tenant for resume"),
-    "--history-ttl": ("history_ttl", _positive_float("history ttl"), "seconds an event is kept for resume"),
+    "--history-ttl": ("history_ttl", _positive_float("history ttl"), "seconds an event is kept for resume; "
+                      "a tenant with no event for this long is forgotten"),
+    "--history-max-bytes": ("history_max_bytes", _int_in(1024 * 1024, None, "history max bytes"),
+                            "memory the embedded broker's history may use, all tenants together; past it the "
+                            "least recently published tenants' history is dropped"),
     "--drain-timeout": ("drain_timeout", _positive_float("drain timeout"), "seconds a graceful shutdown may take"),
     "--broker": ("broker", _broker_url, "redis://host:port/db (or rediss://, unix://) to share events between nodes; "
                  "the embedded broker without it"),

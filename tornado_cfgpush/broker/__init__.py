@@ -39,6 +39,23 @@ class Catchup:
     resync: str | None = None
 
 
+@dataclass
+class BrokerState:
+    """What a broker keeps in this process, for ``/metrics``.
+
+    ``tenants``: tenants it holds per-tenant state for (records of the embedded broker, the
+    delivery cursors of the Redis one); ``history_bytes``: what the history counts for in
+    ``--history-max-bytes`` (None when it lives elsewhere); ``dropped``: tenants' records
+    dropped so far, by reason (``expired``, ``memory``); ``evicted_events``: events dropped
+    before their time to stay within the bound.
+    """
+
+    tenants: int = 0
+    history_bytes: int | None = None
+    dropped: dict[str, int] = field(default_factory=dict)
+    evicted_events: int = 0
+
+
 class Broker(abc.ABC):
     """Publish, history and fan-out. ``deliver`` is called once per event on each node."""
 
@@ -69,6 +86,9 @@ class Broker(abc.ABC):
         event came from ``source`` (the idempotence record). A source that starts after a
         downtime compares it with what it finds, so changes made meanwhile are not lost."""
         return {}
+
+    def state(self) -> BrokerState:
+        return BrokerState()
 
     def readiness(self) -> str | None:
         """None when ready, else the reason it is not."""
