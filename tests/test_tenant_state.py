@@ -19,7 +19,14 @@ from prometheus_client.parser import text_string_to_metric_families
 from tornado.httpclient import HTTPRequest
 
 from tornado_cfgpush.app import CfgPush
-from tornado_cfgpush.broker.memory import TENANT_OVERHEAD, MemoryBroker, event_cost, path_cost
+from tornado_cfgpush.broker.memory import (
+    FORGOTTEN_TTL,
+    TENANT_OVERHEAD,
+    MemoryBroker,
+    event_cost,
+    forgotten_cost,
+    path_cost,
+)
 from tornado_cfgpush.metrics import MAX_TENANT_SERIES
 from tornado_cfgpush.plugins import get_plugin_manager
 from tornado_cfgpush.rules import parse_event_id
@@ -124,10 +131,18 @@ async def test_fifty_thousand_tenants_with_one_event_each_are_forgotten_once_the
 
     clock.advance(TTL + 1)  # nothing is published, nothing is asked: only time passes
     await wait_for(lambda: core.broker.state().tenants == 0, 30)
-    assert core.broker.state().history_bytes == 0
+    # What stays of each is its newest id (about 150 bytes), so that a quiet tenant's clients
+    # resume without a reload; it goes after FORGOTTEN_TTL, or first under memory pressure.
+    names = [f"api-{i}" for i in range(20)] + [f"t{i:05d}" for i in range(tenants - 20)]
+    assert core.broker.state().forgotten == tenants
+    assert core.broker.state().history_bytes == sum(forgotten_cost(name) for name in names)
     assert core.broker.state().dropped == {"expired": tenants, "memory": 0}
     samples = await scrape(http_client, http_url)  # a scrape expires the idle tenants' series
     assert samples[("cfgpush_broker_tenants", ())] == 0
+    clock.advance(FORGOTTEN_TTL)
+    await wait_for(lambda: core.broker.state().forgotten == 0, 30)
+    assert core.broker.state().history_bytes == 0
+    samples = await scrape(http_client, http_url)
     assert samples[("cfgpush_history_bytes", ())] == 0
     assert samples[("cfgpush_broker_tenants_dropped_total", (("reason", "expired"),))] == tenants
     assert core.metrics.tenant_series() == 0
@@ -167,13 +182,16 @@ async def test_an_expired_tenants_ids_are_never_handed_out_again(core, clock, co
     clock.advance(TTL + 1)
     await wait_for(lambda: core.broker.state().tenants == 0)
 
-    # Forgotten: Welcome has no newest id, and any id of before is answered with Resync.
-    for since in (acme[-1], acme[1]):
-        late = await connect("acme", last_event_id=since)
-        assert (await late.expect("Welcome"))["last_event_id"] is None
-        resync = await late.expect("Resync")
-        assert (resync["reason"], resync["last_event_id"]) == ("history_expired", None)
-        assert resync["manifest"]["app.json"].startswith("sha256:")
+    # Forgotten, but its newest id is known: a client holding it missed nothing and resumes
+    # without a reload; any older id of before is answered with Resync.
+    quiet = await connect("acme", last_event_id=acme[-1])
+    assert (await quiet.expect("Welcome"))["last_event_id"] == acme[-1]
+    await quiet.expect_nothing()
+    late = await connect("acme", last_event_id=acme[1])
+    assert (await late.expect("Welcome"))["last_event_id"] == acme[-1]
+    resync = await late.expect("Resync")
+    assert (resync["reason"], resync["last_event_id"]) == ("history_expired", acme[-1])
+    assert resync["manifest"]["app.json"].startswith("sha256:")
     future = await connect("acme", last_event_id=f"{epoch}-99")
     await future.expect("Welcome")
     assert (await future.expect("Resync"))["reason"] == "unknown_event_id"
@@ -182,6 +200,7 @@ async def test_an_expired_tenants_ids_are_never_handed_out_again(core, clock, co
     again = [await publish(core, path=f"b{i}.json") for i in range(2)]
     assert again == [f"{epoch}-6", f"{epoch}-7"]
     assert await read_ids(live, 2) == again  # the connected client just goes on
+    assert await read_ids(quiet, 2) == again
     # From acme's very last id before the expiry: exactly what came after; from an older one
     # (or globex's, which may have been acme's in another tenant's numbering): Resync.
     resumed = await connect("acme", last_event_id=acme[-1])
@@ -192,11 +211,15 @@ async def test_an_expired_tenants_ids_are_never_handed_out_again(core, clock, co
         stale = await connect("acme", last_event_id=since)
         await stale.expect("Welcome")
         assert (await stale.expect("Resync"))["reason"] == "history_expired"
-    # globex comes back above the floor too: no id of its own is ever seen twice.
+    # globex comes back above the floor too: no id of its own is ever seen twice, and a
+    # client at its last id before gets exactly what followed.
     assert await publish(core, "globex", path="g.json") == f"{epoch}-6"
     old_globex = await connect("globex", last_event_id=globex[-1])
     await old_globex.expect("Welcome")
-    assert (await old_globex.expect("Resync"))["reason"] == "history_expired"
+    assert (await old_globex.expect("ConfigChanged"))["event_id"] == f"{epoch}-6"
+    older_globex = await connect("globex", last_event_id=globex[0])
+    await older_globex.expect("Welcome")
+    assert (await older_globex.expect("Resync"))["reason"] == "history_expired"
 
 
 @pytest.mark.gen_test(timeout=60)
@@ -311,11 +334,12 @@ def test_every_client_sees_every_event_once_in_order_or_a_resync_across_expiry(i
 async def _scenario(ws_url, core, clock, ops, tenants):
     homes = [tenants[0], tenants[0], tenants[1]]
     published = {t: [] for t in tenants}
-    forgotten = {t: False for t in tenants}  # expired since its newest event
+    # Where each tenant's current record starts in published[t]: an expiry drops the record,
+    # and the next event starts a new one, which follows the tenant's newest id before it.
+    record_start = {t: 0 for t in tenants}
     clients = [None, None, None]
     position = [0, 0, 0]  # index in published[home] of the next event the client must see
     last_id = [None, None, None]  # the id the client resumes from, as a client keeps it
-    expired_since = [False, False, False]  # its tenant expired after the client's last_id
     seen = [set(), set(), set()]
 
     async def join(i):
@@ -323,20 +347,24 @@ async def _scenario(ws_url, core, clock, ops, tenants):
         client = clients[i] = await Client.open(ws_url, home, **({"last_event_id": since} if since else {}))
         welcome = await client.expect("Welcome")
         log = published[home]
-        assert welcome["last_event_id"] == (None if forgotten[home] or not log else log[-1])
+        # A forgotten tenant's newest id is still known: Welcome names it.
+        assert welcome["last_event_id"] == (log[-1] if log else None)
         if since is None:
             position[i], last_id[i] = len(log), welcome["last_event_id"]
         else:
             missed = len(log) - position[i]
-            must_replay = not expired_since[i] and missed <= 4
+            # Exact when nothing was missed, or when what was missed is all kept: within the
+            # current record (or right after the tenant's newest id before it) and within the
+            # history size (4).
+            must_replay = missed == 0 or position[i] >= max(record_start[home], len(log) - 4)
             first = await client.next() if (missed or not must_replay) else None
             if first is not None and "Resync" in first:
                 assert not must_replay, "a Resync the history did not call for"
                 assert first["Resync"]["reason"] == "history_expired"
                 assert first["Resync"]["last_event_id"] == welcome["last_event_id"]
                 position[i], last_id[i] = len(log), first["Resync"]["last_event_id"]
-                expired_since[i] = False
             elif first is not None:
+                assert must_replay, f"a replay where a Resync was due: {first}"
                 check(i, first["ConfigChanged"])
         await catch_up(i)
 
@@ -347,7 +375,6 @@ async def _scenario(ws_url, core, clock, ops, tenants):
         seen[i].add(event["event_id"])
         position[i] += 1
         last_id[i] = event["event_id"]
-        expired_since[i] = False  # its last id is now one of after the expiry
 
     async def catch_up(i):
         while position[i] < len(published[homes[i]]):
@@ -360,7 +387,6 @@ async def _scenario(ws_url, core, clock, ops, tenants):
             if op == "publish":
                 tenant = tenants[arg]
                 published[tenant].append(await publish(core, tenant_id=tenant, path=f"f{len(published[tenant])}.json"))
-                forgotten[tenant] = False
                 for i in range(3):
                     if clients[i] is not None and homes[i] == tenant:
                         await catch_up(i)
@@ -373,9 +399,7 @@ async def _scenario(ws_url, core, clock, ops, tenants):
                 clock.advance(core.settings.history_ttl + 1)
                 core.broker.sweep(budget=10.0)
                 for tenant in tenants:
-                    forgotten[tenant] = forgotten[tenant] or bool(published[tenant])
-                for i in range(3):
-                    expired_since[i] = expired_since[i] or last_id[i] is not None
+                    record_start[tenant] = len(published[tenant])
         for i in range(3):
             if clients[i] is None:
                 await join(i)
@@ -438,6 +462,7 @@ def test_the_broker_counts_what_it_keeps_and_never_reuses_an_id(ops, history_siz
                 queued = [entry for entry in broker._expiry if entry[2] is log]
                 assert len(queued) == (1 if log.queued else 0)
                 assert log.queued or not log.history
+            total += sum(forgotten_cost(tenant) for tenant in broker._forgotten)
             assert broker.bytes == total
     finally:
         loop.close()

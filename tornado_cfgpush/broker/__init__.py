@@ -53,6 +53,7 @@ class BrokerState:
     tenants: int = 0
     history_bytes: int | None = None
     dropped: dict[str, int] = field(default_factory=dict)
+    forgotten: int = 0  # dropped tenants whose newest id is still known (a quiet tenant resumes)
     evicted_events: int = 0
 
 

@@ -9,6 +9,10 @@ the broker keeps.
 A tenant's record (its history and its idempotence record) lives until its newest event
 is older than ``history_ttl``: a sweep, in slices that never hold the loop for more than
 about a millisecond, drops expired events and records on time, whatever the tenant does.
+What stays of a dropped record is its newest id (``_forgotten``, about 150 bytes, for
+``FORGOTTEN_TTL``): configuration is quiet most of the time, and a client that reconnects
+holding that id missed nothing, so it resumes without a reload; when the tenant publishes
+again, a client at that id gets exactly what followed.
 Past the memory bound, the oldest events of all tenants go first (the bound then acts as a
 shorter TTL for everyone), each record with its last event, so that no record is left without
 history to answer for; records without history (``history_size`` 0) go least recently
@@ -52,6 +56,9 @@ STRING_OVERHEAD = 70
 EVENT_SHARED = 145
 TENANT_OVERHEAD = 525
 PATH_OVERHEAD = 85
+FORGOTTEN_OVERHEAD = 150  # a dropped tenant's newest id: its name, an int, a dict slot
+# How long a dropped tenant's newest id is kept (the Redis broker keeps its record as long).
+FORGOTTEN_TTL = 7 * 24 * 3600.0
 # The sweep: at most this long on the loop at a time, then it lets others run.
 SWEEP_BUDGET = 0.001
 SWEEP_INTERVAL_MAX = 1.0
@@ -81,12 +88,18 @@ def path_cost(path: str) -> int:
     return PATH_OVERHEAD + len(path)
 
 
-class _TenantLog:
-    __slots__ = ("tenant_id", "seq", "history", "last_by_path", "last_time", "bytes", "queued")
+def forgotten_cost(tenant_id: str) -> int:
+    return FORGOTTEN_OVERHEAD + len(tenant_id)
 
-    def __init__(self, tenant_id: str, seq: int) -> None:
+
+class _TenantLog:
+    __slots__ = ("tenant_id", "seq", "first", "before", "history", "last_by_path", "last_time", "bytes", "queued")
+
+    def __init__(self, tenant_id: str, seq: int, before: int = 0) -> None:
         self.tenant_id = tenant_id
         self.seq = seq  # the newest event's seq; the next event gets seq + 1
+        self.first = seq + 1  # this record's first seq
+        self.before = before  # the tenant's newest seq before this record (0: none known)
         # (publication time, event, its cost), oldest first: a contiguous run of seqs ending
         # at ``seq``. A list, not a deque: an empty deque alone costs 760 bytes per tenant.
         self.history: list[tuple[float, Event, int]] = []
@@ -138,6 +151,8 @@ class MemoryBroker(Broker):
         self._expiry: list[tuple[float, int, _TenantLog]] = []
         self._tiebreak = itertools.count()
         self._floor = 0  # the highest seq of any dropped record: new records number above it
+        # tenant -> (its newest seq, when its record was dropped), oldest first.
+        self._forgotten: OrderedDict[str, tuple[int, float]] = OrderedDict()
         self._high = 0  # the highest seq handed out
         self.bytes = 0  # what every record counts for together
         self.dropped = {EXPIRED: 0, OVER_MEMORY: 0}  # tenants' records
@@ -161,7 +176,7 @@ class MemoryBroker(Broker):
 
     def state(self) -> BrokerState:
         return BrokerState(tenants=len(self._tenants), history_bytes=self.bytes, dropped=dict(self.dropped),
-                           evicted_events=self.evicted_events)
+                           evicted_events=self.evicted_events, forgotten=len(self._forgotten))
 
     # -- publish --------------------------------------------------------------------------------
 
@@ -170,7 +185,10 @@ class MemoryBroker(Broker):
         now = self._clock()
         log = self._live_log(tenant_id, now)
         if log is None:
-            log = self._tenants[tenant_id] = _TenantLog(tenant_id, self._floor)
+            before = self._forgotten.pop(tenant_id, None)
+            if before is not None:
+                self.bytes -= forgotten_cost(tenant_id)
+            log = self._tenants[tenant_id] = _TenantLog(tenant_id, self._floor, before[0] if before else 0)
             self.bytes += log.bytes
         key = _dedupe_key(fields)
         path = fields.get("path")
@@ -238,6 +256,10 @@ class MemoryBroker(Broker):
         record. Never the event just published."""
         if self.bytes <= self.history_max_bytes:
             return
+        forgotten = self._forgotten
+        while self.bytes > self.history_max_bytes and forgotten:  # the least valuable first
+            tenant_id, _ = forgotten.popitem(last=False)
+            self.bytes -= forgotten_cost(tenant_id)
         expiry, tenants = self._expiry, self._tenants
         held = None
         while self.bytes > self.history_max_bytes and expiry:
@@ -284,6 +306,9 @@ class MemoryBroker(Broker):
         del self._tenants[tenant_id]
         self.bytes -= log.bytes
         self._floor = max(self._floor, log.seq)
+        if log.seq:
+            self._forgotten[tenant_id] = (log.seq, self._clock())
+            self.bytes += forgotten_cost(tenant_id)
         self.dropped[reason] += 1
         # An expiry-heap entry of it, if any, is recognised as stale when it comes up: its
         # time is past (a record is dropped with history only when that has expired, or by
@@ -310,6 +335,15 @@ class MemoryBroker(Broker):
             self._drop(tenant_id, log, EXPIRED)
             if perf_counter() > deadline:
                 return False
+        forgotten = self._forgotten
+        while forgotten:
+            tenant_id, (_, dropped_at) = next(iter(forgotten.items()))
+            if dropped_at >= now - FORGOTTEN_TTL:
+                break
+            del forgotten[tenant_id]
+            self.bytes -= forgotten_cost(tenant_id)
+            if perf_counter() > deadline:
+                return False
         expiry = self._expiry
         while expiry and expiry[0][0] < cutoff:
             _, _, log = heapq.heappop(expiry)
@@ -323,6 +357,8 @@ class MemoryBroker(Broker):
         if not self._tenants and not expiry:
             # Dicts and lists keep their peak size: start afresh once nothing is left.
             self._tenants, self._expiry = OrderedDict(), []
+        if not forgotten:
+            self._forgotten = OrderedDict()
         return True
 
     @property
@@ -342,9 +378,10 @@ class MemoryBroker(Broker):
 
     def newest_event_id(self, tenant_id: str) -> str | None:
         log = self._live_log(tenant_id, self._clock())
-        if log is None:
-            return None
-        return f"{self.epoch}-{log.seq}"
+        if log is not None:
+            return f"{self.epoch}-{log.seq}"
+        forgotten = self._forgotten.get(tenant_id)
+        return f"{self.epoch}-{forgotten[0]}" if forgotten else None
 
     async def published_states(self, tenant_id: str, source: str) -> dict[str, str | None]:
         log = self._live_log(tenant_id, self._clock())
@@ -365,18 +402,23 @@ class MemoryBroker(Broker):
             return Catchup(newest, resync=UNKNOWN_EPOCH)
         log = self._tenants.get(tenant_id)
         if log is None:
-            # Forgotten (or never seen): an id we handed out may have been this tenant's,
-            # and what followed it is gone; a higher one was never handed out.
+            # Forgotten (its newest id, answered above, is all that is left) or never seen:
+            # an id we handed out may have been this tenant's, and what followed it is gone;
+            # a higher one was never handed out.
             return Catchup(newest, resync=HISTORY_EXPIRED if seq <= self._high else UNKNOWN_EVENT_ID)
         if seq > log.seq:
             return Catchup(newest, resync=UNKNOWN_EVENT_ID)
         self._trim(log, self._clock())
         history = log.history
-        # History holds a contiguous run ending at seq. A record created after others were
-        # dropped starts above ``_floor``: an id at or below it is of a dropped record, and
-        # only the floor itself can be this tenant's last one before (what follows it is
-        # then exactly this record's events, all retained when the oldest is floor + 1).
+        # History holds a contiguous run ending at seq. A record created after the tenant's
+        # previous one was dropped starts above ``_floor``: its events follow the tenant's
+        # newest id before it (``before``) directly, so a client at that id gets them all,
+        # while the first of them is still kept. Any other id below ``first`` is of events gone.
         oldest_seq = log.seq - len(history) + 1
+        if seq < log.first:  # an id of before this record
+            if log.before and seq == log.before and oldest_seq == log.first:
+                return Catchup(newest, [event for _, event, _ in history])
+            return Catchup(newest, resync=HISTORY_EXPIRED)
         if seq + 1 < oldest_seq:
             return Catchup(newest, resync=HISTORY_EXPIRED)
         skip = seq + 1 - oldest_seq
