@@ -92,9 +92,9 @@ def published(core, monkeypatch):
     seen: list[dict] = []
     original = core.broker.publish
 
-    async def spy(fields):
+    async def spy(fields, version=None):
         seen.append(dict(fields))
-        return await original(fields)
+        return await original(fields, version=version)
 
     monkeypatch.setattr(core.broker, "publish", spy)
     return seen
@@ -989,11 +989,11 @@ async def test_crashed_source_restarts_and_catches_up(connect, config_dir, core,
     original = core.broker.publish
     failed: list[dict] = []
 
-    async def flaky(fields):
+    async def flaky(fields, version=None):
         if not failed:
             failed.append(fields)
             raise RuntimeError("broker hiccup (raised by the test)")
-        return await original(fields)
+        return await original(fields, version=version)
 
     monkeypatch.setattr(core.broker, "publish", flaky)
     (config_dir / "acme" / "app.json").write_bytes(b'{"a": "crash"}')  # its publish fails: run() crashes

@@ -196,12 +196,17 @@ class _ServiceCollector(Collector):
         restarts = CounterMetricFamily("cfgpush_source_restarts", "Event sources restarted after a crash",
                                        labels=["source"])
         up = GaugeMetricFamily("cfgpush_source_up", "1 while the event source runs", labels=["source"])
+        lag = GaugeMetricFamily("cfgpush_source_publish_lag_seconds",
+                                "How long the oldest change of the source has waited to be published",
+                                labels=["source"])
         if runner is not None:
             for source in runner.sources:
                 restarts.add_metric([source.name], runner.restarts.get(source.name, 0))
                 up.add_metric([source.name], 1 if source.name in runner.running else 0)
+                lag.add_metric([source.name], runner.publish_lag(source))
         yield restarts
         yield up
+        yield lag
         yield GaugeMetricFamily("cfgpush_broker_up", "1 when the broker is reachable",
                                 value=0 if core.broker.readiness() else 1)
         state = core.broker.state()

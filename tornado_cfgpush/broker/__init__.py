@@ -6,6 +6,7 @@ a shared one (Redis) fits behind the same four calls.
 from __future__ import annotations
 
 import abc
+import asyncio
 from dataclasses import dataclass, field
 from typing import Any, Callable
 
@@ -70,13 +71,26 @@ class Broker(abc.ABC):
         """Release connections; no ``deliver`` call follows."""
 
     @abc.abstractmethod
-    async def publish(self, fields: dict[str, Any]) -> str:
+    async def publish(self, fields: dict[str, Any], version: int | None = None) -> str:
         """Assign an id to a validated ``ConfigChanged`` body, record it, deliver it.
 
         Returns the event id. If ``(tenant_id, path, checksum)`` equals the tenant's previous
-        event for that path, nothing is published and the earlier id is returned.
-        Raises ``BrokerUnavailable`` when it cannot publish.
+        event for that path, nothing is published and the earlier id is returned. With a
+        ``version`` (the observation's order, see ``CfgPush.publish``), a change older than
+        the version recorded for its path is not published either (another node published a
+        newer one): the recorded event's id is returned. Raises ``BrokerUnavailable`` when it
+        cannot publish.
         """
+
+    async def publish_many(self, items: list[tuple[dict[str, Any], int | None]]) -> list[str]:
+        """``publish`` of each ``(fields, version)``, in order; the event loop runs between two
+        (a shared broker sends them all in one round trip instead)."""
+        ids = []
+        for n, (fields, version) in enumerate(items):
+            if n:
+                await asyncio.sleep(0)
+            ids.append(await self.publish(fields, version=version))
+        return ids
 
     @abc.abstractmethod
     async def catch_up(self, tenant_id: str, since: str | None) -> Catchup:

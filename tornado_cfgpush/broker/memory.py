@@ -55,7 +55,7 @@ log = logging.getLogger("cfgpush.broker.memory")
 STRING_OVERHEAD = 70
 EVENT_SHARED = 145
 TENANT_OVERHEAD = 525
-PATH_OVERHEAD = 85
+PATH_OVERHEAD = 125  # 85 fitted with tracemalloc, plus the version (an int and its slot)
 FORGOTTEN_OVERHEAD = 150  # a dropped tenant's newest id: its name, an int, a dict slot
 # How long a dropped tenant's newest id is kept (the Redis broker keeps its record as long).
 FORGOTTEN_TTL = 7 * 24 * 3600.0
@@ -103,8 +103,9 @@ class _TenantLog:
         # (publication time, event, its cost), oldest first: a contiguous run of seqs ending
         # at ``seq``. A list, not a deque: an empty deque alone costs 760 bytes per tenant.
         self.history: list[tuple[float, Event, int]] = []
-        # path -> (state: "deleted" or the checksum, event id, source): the idempotence record.
-        self.last_by_path: dict[str, tuple[str, str, str]] = {}
+        # path -> (state: "deleted", the checksum, or "" when not comparable; event id; source;
+        # version or None): the idempotence record, and the order of observations.
+        self.last_by_path: dict[str, tuple[str, str, str, int | None]] = {}
         self.last_time = 0.0  # when the newest event was published
         self.bytes = TENANT_OVERHEAD  # what this record counts for in the memory bound
         self.queued = False  # whether the expiry heap holds an entry for this record
@@ -180,7 +181,7 @@ class MemoryBroker(Broker):
 
     # -- publish --------------------------------------------------------------------------------
 
-    async def publish(self, fields: dict[str, Any]) -> str:
+    async def publish(self, fields: dict[str, Any], version: int | None = None) -> str:
         tenant_id = fields["tenant_id"]
         now = self._clock()
         log = self._live_log(tenant_id, now)
@@ -192,19 +193,24 @@ class MemoryBroker(Broker):
             self.bytes += log.bytes
         key = _dedupe_key(fields)
         path = fields.get("path")
-        if key is not None:
-            previous = log.last_by_path.get(path)
-            if previous is not None and previous[0] == key:
-                return previous[1]
+        previous = log.last_by_path.get(path) if path else None
+        if previous is not None:
+            state, previous_id, by, recorded = previous
+            if version is not None and recorded is not None and version < recorded:
+                return previous_id  # another node published a newer observation of this path
+            if key is not None and state == key:
+                if version is not None and (recorded is None or version > recorded):
+                    log.last_by_path[path] = (state, previous_id, by, version)
+                return previous_id
         log.seq += 1
         self._high = max(self._high, log.seq)
         event = Event(f"{self.epoch}-{log.seq}", fields)
         if path:
             source = fields.get("source") or ""
-            self._record_path(log, path, None if key is None else (key, event.event_id, source))
+            self._record_path(log, path, (key or "", event.event_id, source, version))
             old_path = (fields.get("meta") or {}).get("old_path")
             if fields["change_type"] == "moved" and isinstance(old_path, str):
-                self._record_path(log, old_path, ("deleted", event.event_id, source))
+                self._record_path(log, old_path, ("deleted", event.event_id, source, version))
         cost = event_cost(event)
         log.history.append((now, event, cost))
         log.bytes += cost
@@ -218,7 +224,7 @@ class MemoryBroker(Broker):
         self.deliver(event)
         return event.event_id
 
-    def _record_path(self, log: _TenantLog, path: str, entry: tuple[str, str, str] | None) -> None:
+    def _record_path(self, log: _TenantLog, path: str, entry: tuple[str, str, str, int | None] | None) -> None:
         """Set (or, with None, forget) a path's idempotence record, keeping the counts."""
         had = path in log.last_by_path
         if entry is None:
@@ -388,7 +394,7 @@ class MemoryBroker(Broker):
         if log is None:
             return {}
         return {path: None if state == "deleted" else state
-                for path, (state, _, by) in log.last_by_path.items() if by == source}
+                for path, (state, _, by, _) in log.last_by_path.items() if by == source and state}
 
     async def catch_up(self, tenant_id: str, since: str | None) -> Catchup:
         newest = self.newest_event_id(tenant_id)

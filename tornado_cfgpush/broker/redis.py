@@ -36,6 +36,7 @@ import asyncio
 import json
 import logging
 import random
+import uuid
 from collections import OrderedDict
 from typing import Any, Callable, Iterable
 
@@ -47,29 +48,48 @@ from redis.exceptions import TimeoutError as RedisTimeoutError
 
 from ..events import Event, encode_json
 from ..rules import parse_event_id
-from . import HISTORY_EXPIRED, UNKNOWN_EVENT_ID, Broker, BrokerState, BrokerUnavailable, Catchup, Deliver
+from . import HISTORY_EXPIRED, UNKNOWN_EPOCH, UNKNOWN_EVENT_ID, Broker, BrokerState, BrokerUnavailable, Catchup, Deliver
 from .memory import _dedupe_key
 
 log = logging.getLogger("cfgpush.broker.redis")
 
-# Dedupe, append, trim, refresh the keys' expiry and announce in one atomic step: a publish
-# is all or nothing, and stream order is pub/sub order. Returns the new id, or the earlier id
-# of an equal event.
-# KEYS: history stream, paths hash. ARGV: body (JSON), path, state ("" = not comparable),
-# old path of a move, history size, history ttl (ms), channel, source, record ttl (ms), the
-# newest id's field. The paths hash holds "<state> <id> <source>" per path and the newest id.
+# Order, dedupe, append, trim, refresh the keys' expiry and announce in one atomic step: a
+# publish is all or nothing, and stream order is pub/sub order. Returns the new id, or the
+# recorded id of the path when the event is not published: equal to the path's recorded
+# state, or older than its recorded version (another node published a newer observation of
+# the same file: publishing this one would roll the file back for every client).
+# KEYS: history stream, paths hash. ARGV: body (JSON), path, state ("" = not comparable), old
+# path of a move, history size, history ttl (ms), channel, source, record ttl (ms), the newest
+# id's field, version ("" = none: digits, microseconds), the epoch's field, a new epoch (used
+# when the record has none). The paths hash holds "<state> <id> <version> <source>" per path
+# ("-" for a state that is not comparable and for no version; records written before versions
+# were "<state> <id> <source>"), the newest id, and the tenant's epoch: a token made with the
+# record, announced with each event, so that a node sees an emptied or replaced Redis.
 PUBLISH = """
-local path, state = ARGV[2], ARGV[3]
-if state ~= '' then
+local path, state, version = ARGV[2], ARGV[3], ARGV[11]
+if path ~= '' then
   local previous = redis.call('HGET', KEYS[2], path)
   if previous then
-    local cut = string.find(previous, ' ', 1, true)
-    if string.sub(previous, 1, cut - 1) == state then
-      local rest = string.sub(previous, cut + 1)
-      local cut2 = string.find(rest, ' ', 1, true)
-      return cut2 and string.sub(rest, 1, cut2 - 1) or rest
+    local pstate, pid, rest = string.match(previous, '^(%S+) (%S+) ?(.*)$')
+    local pversion, psource = string.match(rest, '^(%d+) (.*)$')
+    if not pversion then
+      psource = string.match(rest, '^%- (.*)$') or rest
+    end
+    if version ~= '' and pversion and tonumber(version) < tonumber(pversion) then
+      return pid
+    end
+    if state ~= '' and pstate == state then
+      if version ~= '' and (not pversion or tonumber(version) > tonumber(pversion)) then
+        redis.call('HSET', KEYS[2], path, pstate .. ' ' .. pid .. ' ' .. version .. ' ' .. psource)
+      end
+      return pid
     end
   end
+end
+local epoch = redis.call('HGET', KEYS[2], ARGV[12])
+if not epoch then
+  epoch = ARGV[13]
+  redis.call('HSET', KEYS[2], ARGV[12], epoch)
 end
 local last = redis.call('XREVRANGE', KEYS[1], '+', '-', 'COUNT', 1)[1]
 local prev = last and last[1] or redis.call('HGET', KEYS[2], ARGV[10]) or '0-0'
@@ -86,20 +106,22 @@ local id = redis.call('XADD', KEYS[1], 'MAXLEN', '~', ARGV[5], next_id, 'p', pre
 local ms = tonumber(string.match(id, '^%d+'))
 redis.call('XTRIM', KEYS[1], 'MINID', '~', string.format('%d', math.max(ms - tonumber(ARGV[6]), 0)))
 if path ~= '' then
-  if state == '' then redis.call('HDEL', KEYS[2], path) else redis.call('HSET', KEYS[2], path, state .. ' ' .. id .. ' ' .. ARGV[8]) end
-  if ARGV[4] ~= '' then redis.call('HSET', KEYS[2], ARGV[4], 'deleted ' .. id .. ' ' .. ARGV[8]) end
+  local v = version ~= '' and version or '-'
+  local s = state ~= '' and state or '-'
+  redis.call('HSET', KEYS[2], path, s .. ' ' .. id .. ' ' .. v .. ' ' .. ARGV[8])
+  if ARGV[4] ~= '' then redis.call('HSET', KEYS[2], ARGV[4], 'deleted ' .. id .. ' ' .. v .. ' ' .. ARGV[8]) end
 end
 redis.call('HSET', KEYS[2], ARGV[10], id)
 redis.call('PEXPIRE', KEYS[1], ARGV[6])
 redis.call('PEXPIRE', KEYS[2], ARGV[9])
-redis.call('PUBLISH', ARGV[7], id .. ' ' .. ARGV[1])
+redis.call('PUBLISH', ARGV[7], id .. ' ' .. epoch .. ' ' .. ARGV[1])
 return id
 """
 
 # A consistent view of one tenant: newest id (the stream's, or the record's once the stream
-# expired), oldest entry, the entries after ARGV[1] (at most ARGV[2] of them, "" = all) and
-# Redis's clock in ms (the stream ids' clock). KEYS: history stream, paths hash; ARGV[3]: the
-# newest id's field.
+# expired), oldest entry, the entries after ARGV[1] (at most ARGV[2] of them, "" = all),
+# Redis's clock in ms (the stream ids' clock) and the tenant's epoch. KEYS: history stream,
+# paths hash; ARGV[3]: the newest id's field; ARGV[4]: the epoch's field.
 READ = """
 local newest = redis.call('XREVRANGE', KEYS[1], '+', '-', 'COUNT', 1)[1]
 newest = newest and newest[1] or redis.call('HGET', KEYS[2], ARGV[3])
@@ -111,7 +133,8 @@ if ARGV[1] ~= '' then
   after = redis.call(unpack(range))
 end
 local t = redis.call('TIME')
-return {newest or false, first or false, after, t[1] .. string.format('%03d', math.floor(t[2] / 1000))}
+return {newest or false, first or false, after, t[1] .. string.format('%03d', math.floor(t[2] / 1000)),
+        redis.call('HGET', KEYS[2], ARGV[4]) or false}
 """
 
 ZERO = (0, 0)  # "before the first entry": the predecessor recorded in a stream's first entry
@@ -126,6 +149,7 @@ IDLE_PING = 5.0  # seconds of pub/sub silence before we ask whether the connecti
 # what changed on disk meanwhile; about 100 bytes per file in Redis.
 RECORD_TTL = 7 * 24 * 3600.0
 NEWEST_FIELD = "/newest"  # the record's newest id: never a path (paths are relative)
+EPOCH_FIELD = "/epoch"  # the record's epoch
 # The cursors of tenants without local clients are dropped this often (in slices).
 CURSOR_SWEEP_INTERVAL = 10.0
 CURSOR_SWEEP_SLICE = 1000
@@ -139,6 +163,16 @@ def _ms(seconds: float) -> int:
 
 def _fmt(event_id: tuple[int, int]) -> str:
     return f"{event_id[0]}-{event_id[1]}"
+
+
+def _state_and_source(value: str) -> tuple[str, str]:
+    """A path's record "<state> <id> <version or -> <source>" (or, written before versions,
+    "<state> <id> <source>") as (state, source)."""
+    state, _, rest = (value.split(" ", 2) + ["", ""])[:3]
+    version, _, source = rest.partition(" ")
+    if version == "-" or version.isdigit():
+        return state, source
+    return state, rest
 
 
 def _entry(raw: list) -> tuple[tuple[int, int], tuple[int, int], str]:
@@ -158,16 +192,17 @@ class RedisBroker(Broker):
         history_ttl: float = 600.0,
         key_prefix: str = "cfgpush:",
         tenants: Callable[[], Iterable[str]] | None = None,
-        on_gap: Callable[[str], Any] | None = None,
+        on_gap: Callable[..., Any] | None = None,
         socket_timeout: float = 2.0,
         record_ttl: float = RECORD_TTL,
     ):
         """``tenants()``: the tenants this node has clients for (the hub's, registered before
         their catch-up; ``in`` on it should be cheap: a set or a dict's keys); only they have
         events delivered here and a cursor kept. None: every tenant published anywhere.
-        ``on_gap(tenant_id)`` is called when events this node's clients needed were trimmed
-        before it could deliver them (an outage longer than the history): tell them to
-        resync. ``record_ttl``: how long a tenant's record outlives its last event (at least
+        ``on_gap(tenant_id, reason)`` is called when events this node's clients needed were
+        trimmed before it could deliver them (an outage longer than the history: reason
+        ``history_expired``) or the history was emptied or replaced (``unknown_epoch``): tell
+        them to resync. ``record_ttl``: how long a tenant's record outlives its last event (at least
         ``history_ttl``)."""
         super().__init__(deliver)
         if history_size < 1:
@@ -191,6 +226,10 @@ class RedisBroker(Broker):
         self._publish = self._redis.register_script(PUBLISH)
         self._read = self._redis.register_script(READ)
         self._cursor: dict[str, tuple[int, int]] = {}
+        # The epoch of each cursor's tenant (PUBLISH): another one means the history was
+        # emptied or replaced, and positions from before it mean nothing.
+        self._epochs: dict[str, str] = {}
+        self._last_epoch: str | None = None  # the epoch of the last read (for _sync)
         # Catch-ups of the same (tenant, since) asked for in one loop iteration share one read
         # (a reconnect storm: thousands of clients resuming from the same id).
         self._batches: dict[tuple[str, str | None], asyncio.Future] = {}
@@ -242,28 +281,45 @@ class RedisBroker(Broker):
 
     # -- publish and catch-up -------------------------------------------------------------------
 
-    async def publish(self, fields: dict[str, Any]) -> str:
-        tenant_id = fields["tenant_id"]
+    async def publish(self, fields: dict[str, Any], version: int | None = None) -> str:
+        return (await self.publish_many([(fields, version)]))[0]
+
+    async def publish_many(self, items: list[tuple[dict[str, Any], int | None]]) -> list[str]:
+        """Every ``(fields, version)`` in one round trip (a pipeline of the PUBLISH script, in
+        order; each one atomic): a source's throughput then does not depend on the link's
+        latency."""
+        if not items:
+            return []
+        try:
+            async with self._redis.pipeline(transaction=False) as pipe:
+                for fields, version in items:
+                    await self._publish(keys=[self._key(fields["tenant_id"], "history"),
+                                              self._key(fields["tenant_id"], "paths")],
+                                        args=self._publish_args(fields, version), client=pipe)
+                return await pipe.execute()
+        except RedisError as exc:
+            # Timeouts are ambiguous (the scripts may have run): a retry of a checksummed event
+            # is then deduplicated; nothing is ever half-published, each script being atomic.
+            raise BrokerUnavailable(f"redis unavailable: {exc}") from exc
+
+    def _publish_args(self, fields: dict[str, Any], version: int | None) -> list[Any]:
         old_path = (fields.get("meta") or {}).get("old_path")
         moved_from = old_path if fields["change_type"] == "moved" and isinstance(old_path, str) else ""
-        try:
-            return await self._publish(
-                keys=[self._key(tenant_id, "history"), self._key(tenant_id, "paths")],
-                args=[encode_json(fields), fields.get("path") or "", _dedupe_key(fields) or "", moved_from,
-                      self.history_size, _ms(self.history_ttl), self.channel, fields.get("source") or "",
-                      _ms(self.record_ttl), NEWEST_FIELD])
-        except RedisError as exc:
-            # Timeouts are ambiguous (the script may have run): a retry of a checksummed event
-            # is then deduplicated; nothing is ever half-published, the script being atomic.
-            raise BrokerUnavailable(f"redis unavailable: {exc}") from exc
+        return [encode_json(fields), fields.get("path") or "", _dedupe_key(fields) or "", moved_from,
+                self.history_size, _ms(self.history_ttl), self.channel, fields.get("source") or "",
+                _ms(self.record_ttl), NEWEST_FIELD, "" if version is None else str(int(version)), EPOCH_FIELD,
+                uuid.uuid4().hex]
 
     async def _read_stream(self, tenant_id: str, after: str, count: int | None):
         try:
-            newest, first, entries, now_ms = await self._read(
+            newest, first, entries, now_ms, epoch = await self._read(
                 keys=[self._key(tenant_id, "history"), self._key(tenant_id, "paths")],
-                args=[after, "" if count is None else count, NEWEST_FIELD])
+                args=[after, "" if count is None else count, NEWEST_FIELD, EPOCH_FIELD])
         except RedisError as exc:
             raise BrokerUnavailable(f"redis unavailable: {exc}") from exc
+        self._last_epoch = epoch or None
+        if self._check_epoch(tenant_id, self._last_epoch, parse_event_id(newest) if newest else ZERO):
+            entries = []  # read after a position of the old history: the Resync covers the new one
         return newest, _entry(first) if first else None, [_entry(e) for e in entries], int(now_ms)
 
     async def published_states(self, tenant_id: str, source: str) -> dict[str, str | None]:
@@ -273,9 +329,10 @@ class RedisBroker(Broker):
             raise BrokerUnavailable(f"redis unavailable: {exc}") from exc
         states = {}
         record.pop(NEWEST_FIELD, None)
+        record.pop(EPOCH_FIELD, None)
         for path, value in record.items():
-            state, _, by = (value.split(" ", 2) + [""])[:3]  # "<state> <id> <source>" (PUBLISH)
-            if by == source:
+            state, by = _state_and_source(value)
+            if by == source and state != "-":
                 states[path] = None if state == "deleted" else state
         return states
 
@@ -371,6 +428,8 @@ class RedisBroker(Broker):
             # Nothing delivered here yet: every connection of the tenant is subscribing now,
             # each filtering its held events by its own newest id.
             self._cursor[tenant_id] = newest_id or ZERO
+            if self._last_epoch is not None:
+                self._epochs[tenant_id] = self._last_epoch
         elif newest_id is not None and cursor < newest_id:
             await self._fill(tenant_id)
 
@@ -396,14 +455,40 @@ class RedisBroker(Broker):
             log.warning("tenant %s: events after %s were trimmed before this node delivered them",
                         tenant_id, _fmt(cursor))
             if self._on_gap is not None:
-                self._on_gap(tenant_id)
+                self._on_gap(tenant_id, HISTORY_EXPIRED)
 
-    def _deliver(self, event_id: tuple[int, int], fields: dict[str, Any]) -> None:
+    def _check_epoch(self, tenant_id: str, epoch: str | None, newest: tuple[int, int]) -> bool:
+        """Note the epoch of ``tenant_id``'s history; True when it differs from the one its
+        cursor was set in: the Redis behind was emptied or replaced (its clock perhaps behind
+        the old one's), so this node's position means nothing any more. The tenant's clients
+        here are told to reload (``Resync``, which names the newest id of the new history, so
+        nothing of it is missed), and the cursor moves to ``newest``: delivery never drops an
+        event only because its id is not after a position of another epoch."""
+        if epoch is None:
+            return False
+        known = self._epochs.get(tenant_id)
+        if known == epoch or tenant_id not in self._cursor:
+            if tenant_id in self._cursor:
+                self._epochs[tenant_id] = epoch
+            return False
+        self._epochs[tenant_id] = epoch
+        if known is None:
+            return False  # a record from before epochs: nothing to compare
+        log.warning("tenant %s: its history in Redis was emptied or replaced; its clients here resync", tenant_id)
+        self._cursor[tenant_id] = newest
+        if self._on_gap is not None:
+            self._on_gap(tenant_id, UNKNOWN_EPOCH)
+        return True
+
+    def _deliver(self, event_id: tuple[int, int], fields: dict[str, Any], epoch: str | None = None) -> None:
         """The one way into ``deliver``: in order, once per node."""
         tenant_id = fields["tenant_id"]
         if not self._has_local_clients(tenant_id):
             self._cursor.pop(tenant_id, None)  # no one here to deliver to, nothing to keep
+            self._epochs.pop(tenant_id, None)
             return
+        if self._check_epoch(tenant_id, epoch, event_id):
+            return  # the Resync it caused covers this event
         if self._stopped or event_id <= self._cursor.get(tenant_id, ZERO):
             return
         self._cursor[tenant_id] = event_id
@@ -428,6 +513,7 @@ class RedisBroker(Broker):
         idle = [t for t in candidates if t in self._cursor and t not in clients]
         for tenant_id in idle:
             self._cursor.pop(tenant_id, None)
+            self._epochs.pop(tenant_id, None)
         return len(idle)
 
     async def _sweep_cursors_forever(self) -> None:
@@ -512,7 +598,10 @@ class RedisBroker(Broker):
 
     def _on_message(self, data: str) -> None:
         try:
-            event_id, body = data.split(" ", 1)
-            self._deliver(parse_event_id(event_id), json.loads(body))
+            event_id, rest = data.split(" ", 1)
+            epoch = None
+            if not rest.startswith("{"):  # "<id> <epoch> <body>"; a node before epochs sent "<id> <body>"
+                epoch, rest = rest.split(" ", 1)
+            self._deliver(parse_event_id(event_id), json.loads(rest), epoch)
         except (ValueError, KeyError, TypeError):
             log.warning("ignoring a malformed message on %s: %.200r", self.channel, data)

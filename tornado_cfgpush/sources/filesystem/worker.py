@@ -42,7 +42,7 @@ from typing import Any, Callable, Iterable
 from ... import structured
 from ...rules import wire_string_error
 from .names import Unpublishable, classify, shown, split
-from .settle import GONE, MEMORY_CAP, NO_PREVIOUS, NOT_REPRESENTABLE, Read, Settler
+from .settle import MEMORY_CAP, NO_PREVIOUS, NOT_REPRESENTABLE, Read, Settler
 from .tree import Content, Refused, Tree, signature
 from .watch import Inbox, OverflowWatch, ToInbox, adjust_watchdog, observer_alive, start_observer
 
@@ -162,7 +162,7 @@ class Lane:
                 read = self._finish(key, Tree.read(key, opened), old_doc)
             except OSError as exc:
                 log.warning("cannot read %s: %s", shown(key), exc)
-                read = GONE
+                read = _gone(_now_us())
             self._inbox.put(("read", key, read))
 
     def alive(self) -> bool:
@@ -221,7 +221,7 @@ class Worker:
             if read.checksum is None:
                 continue
             self.settler.baseline(key, target, read.checksum, read.doc, read.size, read.extra)
-            chunk.append([key, target[0], target[1], read.checksum])
+            chunk.append([key, target[0], target[1], read.checksum, read.version])
             if len(chunk) >= SCAN_CHUNK:
                 self.output.send({"t": "known", "files": chunk})
                 chunk = []
@@ -301,8 +301,9 @@ class Worker:
             taken = self.settler.take(BATCH if everything else min(BATCH, room))
             if not taken:
                 break
-            tenants.update(payload["tenant_id"] for _, payload, _ in taken)
-            self.output.send_events([[key, payload, old] for key, payload, old in taken])
+            tenants.update(t.payload["tenant_id"] for t in taken)
+            taken_at = time.monotonic()  # CLOCK_MONOTONIC: the server compares it with its own
+            self.output.send_events([[t.key, t.payload, t.old_key, t.version, taken_at] for t in taken])
         return tenants
 
     # -- what the watcher saw ------------------------------------------------------------------------
@@ -382,16 +383,17 @@ class Worker:
 
     def _read_now(self, key: str, old_doc: Any, cached: Content | None, *, inline: bool = True) -> Read | None:
         """Read ``key`` here, or hand it to the slow lane (None then: its result comes later)."""
+        looked = _now_us()  # a file found gone was gone at this time at the latest
         try:
             opened = self.tree.open(key)
         except Refused as why:
             self._log_refusal(key, str(why))
-            return GONE
+            return _gone(looked)
         except OSError as exc:
             log.warning("cannot read %s: %s", shown(key), exc)
-            return GONE
+            return _gone(looked)
         if opened is None:
-            return GONE
+            return _gone(looked)
         if cached is not None and cached.still_valid(signature(opened.info)):
             os.close(opened.fd)
             return self._finish(key, cached, old_doc)
@@ -402,13 +404,13 @@ class Worker:
             return self._finish(key, Tree.read(key, opened), old_doc)
         except OSError as exc:
             log.warning("cannot read %s: %s", shown(key), exc)
-            return GONE
+            return _gone(looked)
 
     @staticmethod
     def _finish(key: str, content: Content, old_doc: Any) -> Read:
         """A read's ``Read``: its diff against ``old_doc``, or why there is none."""
         doc = content.doc
-        read = Read(content.checksum, doc, content.size, extra=content)
+        read = Read(content.checksum, doc, content.size, extra=content, version=content.sig.ctime_ns // 1000)
         if doc is None:  # not a structured file
             return read
         if isinstance(doc, structured.Unparsed):
@@ -433,6 +435,14 @@ class Worker:
     def stop(self) -> None:
         if self.observer is not None:
             self.observer.stop()
+
+
+def _now_us() -> int:
+    return time.time_ns() // 1000
+
+
+def _gone(looked: int) -> Read:
+    return Read(None, version=looked)
 
 
 def _representable(pointer_lists: Iterable[list[str]]) -> bool:
