@@ -59,6 +59,18 @@ def _positive_float(what: str) -> Callable[[str], float]:
     return parse
 
 
+def _seconds_or_zero(what: str) -> Callable[[str], float]:
+    def parse(text: str) -> float:
+        try:
+            value = float(text)
+        except ValueError:
+            raise ValueError(f"{what} must be a number of seconds, not {text!r}") from None
+        if not value >= 0 or value == float("inf"):
+            raise ValueError(f"{what} must be 0 or a positive number of seconds, not {text!r}")
+        return value
+    return parse
+
+
 def _log_level(text: str) -> str:
     if text.upper() not in LOG_LEVELS:
         raise ValueError(f"log level must be one of {', '.join(LOG_LEVELS)}, not {text!r}")
@@ -172,6 +184,8 @@ SETTING_FLAGS: dict[str, tuple[str, Callable[[str], Any], str]] = {
                          "/ws and /events (414 past it)"),
     "--ws-compression": ("ws_compression", parse_bool, "permessage-deflate on /ws for clients that offer it "
                          "(each event compressed once, no context takeover)"),
+    "--watch-canary": ("watch_canary", _seconds_or_zero("watch canary"), "seconds without a file event after which "
+                       "the filesystem source checks its watcher with a canary file (0: never)"),
     "--loop": ("event_loop", _event_loop, "the event loop: asyncio, or uvloop (pip install 'tornado_cfgpush[fast]')"),
 }
 # Settings that are secrets: never logged, and readable from a file named by CFGPUSH_<FLAG>_FILE.

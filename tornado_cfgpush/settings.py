@@ -88,6 +88,11 @@ class Settings:
     # permessage-deflate on /ws (RFC 7692) for clients that offer it: off by default, since
     # configuration events are small; each event is compressed once (no context takeover).
     ws_compression: bool = False
+    # The filesystem source checks its watcher after this many seconds without any event: it
+    # writes a canary file (a dotfile in the config folder, removed at once) and expects to
+    # hear of it; a watcher that stopped delivering is restarted. 0: never (a read-only folder
+    # never gets one either; dead watcher threads are noticed either way).
+    watch_canary: float = 60.0
     # The event loop: "asyncio" (the standard library's) or "uvloop" (pip install
     # 'tornado_cfgpush[fast]'): cheaper I/O per delivery.
     event_loop: str = "asyncio"

@@ -55,12 +55,13 @@ class FilesystemSource:
     name = SOURCE_NAME
 
     def __init__(self, config_dir: Path | str, debounce: float = 0.05, *, max_delay: float | None = None,
-                 polling: bool = False):
+                 polling: bool = False, canary: float = 60.0):
         self.config_dir = Path(config_dir)
         self.debounce = debounce
         # A file written continuously still reports, at least this often.
         self.max_delay = max_delay if max_delay is not None else max(1.0, 20 * debounce)
         self.force_polling = polling
+        self.canary = canary  # seconds of silence before the worker checks its watcher (0: never)
         self.observer_kind = ""
         self.root = ""
         # What the server was told, by the worker's key: (tenant, path, checksum); and by tenant.
@@ -97,6 +98,7 @@ class FilesystemSource:
             known = None if first_run else [[k, t, r, c] for k, (t, r, c) in self._files.items()]
             config = {"root": self.root, "debounce": self.debounce, "max_delay": self.max_delay,
                       "polling": self.force_polling, "watch_limit": inotify_watch_limit(), "known": known,
+                      "canary": self.canary,
                       "log_level": logging.getLogger("cfgpush").getEffectiveLevel()}
             proc.stdin.write(json.dumps(config).encode() + b"\n")
             await proc.stdin.drain()  # stdin stays open: its end tells the worker to stop

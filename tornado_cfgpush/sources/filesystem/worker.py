@@ -32,6 +32,7 @@ import json
 import logging
 import os
 import queue
+import socket
 import sys
 import threading
 import time
@@ -44,7 +45,7 @@ from ...rules import wire_string_error
 from .names import Unpublishable, classify, shown, split
 from .settle import MEMORY_CAP, NO_PREVIOUS, NOT_REPRESENTABLE, Read, Settler
 from .tree import Content, Refused, Tree, signature
-from .watch import Inbox, OverflowWatch, ToInbox, adjust_watchdog, observer_alive, start_observer
+from .watch import POLL_INTERVAL, Inbox, OverflowWatch, ToInbox, adjust_watchdog, observer_alive, start_observer
 
 log = logging.getLogger("cfgpush.sources.filesystem")
 
@@ -57,6 +58,13 @@ REFUSED_AGAIN_AFTER = 1.0  # seconds: the events of one save of an unpublishable
 # Overflows come in floods (a tenant renaming in a loop): one rescan per this many seconds at
 # most; the events that still arrive meanwhile are handled as usual.
 RESCAN_EVERY = 0.5
+# The watcher's canary (``--watch-canary``): a dotfile of this worker's own in the config
+# folder's top, made after a quiet spell and expected back from the watcher within this long
+# (or two poll intervals); removed once seen. Other nodes sharing the folder ignore it, as
+# every dotfile. A watcher that does not report it is restarted (the source fails, and the
+# server restarts it with a rescan; its tenants get Resync).
+CANARY_PREFIX = ".cfgpush-canary-"
+CANARY_TIMEOUT = 10.0
 
 
 class Output:
@@ -180,6 +188,7 @@ class Worker:
                                max_doc_bytes=config.get("max_doc_bytes", 64 * 1024 * 1024))
         self.lane = Lane(inbox, self._finish)
         self.observer: Any = None
+        self.observer_kind = ""
         self._overflow = threading.Event()
         self._bad_tenants: set[str] = set()
         self._refused_at: dict[str, float] = {}
@@ -187,6 +196,10 @@ class Worker:
         self._stopping = False
         self._rescan_at: float | None = None  # an overflow was seen: rescan then
         self._last_rescan = float("-inf")
+        self._canary_every = float(config.get("canary") or 0)
+        self._canary_name = f"{CANARY_PREFIX}{socket.gethostname()}-{os.getpid()}"
+        self._canary_sent: float | None = None  # when the canary was made, until it is seen
+        self._last_event = time.monotonic()
 
     # -- start ------------------------------------------------------------------------------------
 
@@ -196,6 +209,7 @@ class Worker:
         handler = ToInbox(self.inbox)
         self.observer, kind = start_observer(self.root, handler, polling=self.config["polling"],
                                              watch_limit=self.config.get("watch_limit"), log=log)
+        self.observer_kind = kind
         known = self.config.get("known")
         now = time.monotonic()
         if known is None:
@@ -287,8 +301,36 @@ class Worker:
     def _check_health(self, now: float) -> None:
         if not observer_alive(self.observer) or not self.lane.alive():
             raise RuntimeError("a watcher thread died")
+        if self._canary_sent is not None:
+            if now - self._canary_sent > self._canary_timeout():
+                raise RuntimeError(f"the watcher stopped delivering events: the canary {self._canary_name} "
+                                   f"was not reported within {self._canary_timeout():g} s")
+        elif self._canary_every and now - self._last_event >= self._canary_every:
+            self._make_canary(now)
         if now - self.output.last_write >= ALIVE_EVERY:
             self.output.send({"t": "alive"})
+
+    def _canary_timeout(self) -> float:
+        return max(CANARY_TIMEOUT, 2 * POLL_INTERVAL + 1) if self.observer_kind == "polling" else CANARY_TIMEOUT
+
+    def _make_canary(self, now: float) -> None:
+        try:
+            fd = os.open(self._canary_name, os.O_WRONLY | os.O_CREAT | os.O_TRUNC | os.O_NOFOLLOW, 0o600,
+                         dir_fd=self.tree.root_fd)
+            os.close(fd)
+        except OSError as exc:  # read-only, or not ours to write: no canary, say so once
+            log.info("cannot make the watcher's canary in %s (%s): a watcher that stops delivering is "
+                     "noticed only when its threads die", self.root, exc.strerror or exc)
+            self._canary_every = 0.0
+            return
+        self._canary_sent = now
+
+    def _canary_seen(self) -> None:
+        self._canary_sent = None
+        try:
+            os.unlink(self._canary_name, dir_fd=self.tree.root_fd)
+        except OSError:
+            pass
 
     def _send_events(self, everything: bool = False) -> set[str]:
         """Events the settle machine has, as far as the server has room (``everything``: all
@@ -312,7 +354,11 @@ class Worker:
         kind = event.event_type
         if kind in ("opened", "closed_no_write"):
             return
+        self._last_event = now
         src = os.fsdecode(event.src_path)
+        if self._canary_sent is not None and kind == "created" and os.path.basename(src) == self._canary_name:
+            self._canary_seen()
+            return
         dest = os.fsdecode(event.dest_path) if kind == "moved" else ""
         if event.is_directory:
             # A folder gone (or moved away) takes its files with it, and the watcher reports
@@ -433,6 +479,8 @@ class Worker:
         log.info("not reading %s: %s", shown(key), why)
 
     def stop(self) -> None:
+        if self._canary_sent is not None:
+            self._canary_seen()  # not seen, but not to be left behind
         if self.observer is not None:
             self.observer.stop()
 
