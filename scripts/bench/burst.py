@@ -32,8 +32,9 @@ from .writer import Writer
 
 VARIANTS = ("distinct", "identical")
 PROBE_TENANT = "lagprobe"  # the probe's tenant has no files: it receives only Pongs
-# The probe pings every 10 ms; the server's default allows 20 messages a second.
-PROBE_FLAGS = ("--max-client-rate", "1000")
+# The probe pings every 10 ms; the server's default allows 20 messages a second, and a loop
+# blocked for seconds reads all the pings queued meanwhile within one second.
+PROBE_FLAGS = ("--max-client-rate", "1000000")
 PATH_RE = re.compile(rb'"path":\s*"([^"]*)"')
 TENANT_RE = re.compile(rb'"tenant_id":\s*"([^"]*)"')
 TIMELINE_POINTS = 200

@@ -88,7 +88,8 @@ def probe_window(samples: list[list[float]], start: float, end: float, stopped: 
 
 class Probe:
     """The parent's side: ``await start()`` (connected and pinging), later ``await stop()``
-    gives ``(samples, unanswered, stopped_at)``."""
+    gives ``(samples, unanswered, stopped_at)``: ``stopped_at`` is when the probe's connection
+    closed, if the server closed it, else when it was stopped."""
 
     def __init__(self, res, host: str, port: int, tenant: str, cpu: int | None = None):
         self.res, self.host, self.port, self.tenant, self.cpu = res, host, port, tenant, cpu
@@ -136,11 +137,16 @@ async def _probe(host: str, port: int, tenant: str) -> None:
     sent: deque[float] = deque()
     samples: list[list[float]] = []
 
+    closed: list[float] = []
+
     class Pongs(Sink):
         def other(self, client, payload: bytes, now: float) -> None:
             if payload == b'"Pong"' and sent:
                 at = sent.popleft()
                 samples.append([at, now - at])
+
+        def lost(self, client) -> None:  # what was unanswered then was late at least until now
+            closed.append(time.perf_counter())
 
     gen = LoadGen(host, port, Pongs(), tenant=tenant, welcome=True)
     client = await gen.open_one()
@@ -156,8 +162,9 @@ async def _probe(host: str, port: int, tenant: str) -> None:
     reader = asyncio.StreamReader()
     await loop.connect_read_pipe(lambda: asyncio.StreamReaderProtocol(reader), sys.stdin)
     await reader.readline()  # "stop" (or the parent went away)
-    stopped = time.perf_counter()
-    print(json.dumps({"samples": samples, "unanswered": list(sent), "stopped": stopped}), flush=True)
+    stopped = closed[0] if closed else time.perf_counter()
+    print(json.dumps({"samples": samples, "unanswered": list(sent), "stopped": stopped, "closed": bool(closed)}),
+          flush=True)
     client.close()
 
 

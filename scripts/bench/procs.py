@@ -157,5 +157,6 @@ class Resources:
         if self.dir.exists():
             if self.keep_logs:
                 print(f"bench: logs kept in {self.dir}", file=sys.stderr)
+                atexit.unregister(self.cleanup)  # said once
             else:
                 shutil.rmtree(self.dir, ignore_errors=True)
