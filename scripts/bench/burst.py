@@ -66,8 +66,13 @@ class BurstSink(Sink):
         self.duplicates = 0
         self.crossed = 0  # an event of another tenant than the client's
         self.resyncs = 0
+        self.closes: dict[str, int] = {}  # by the server's close code ("none": no close frame)
         self.times: list[float] = []
         self.done = asyncio.get_running_loop().create_future()
+
+    def lost(self, client: Client) -> None:
+        key = str(client.close_code) if client.close_code is not None else "none"
+        self.closes[key] = self.closes.get(key, 0) + 1
 
     def change(self, client: Client, payload: bytes, now: float) -> None:
         self.times.append(now)
@@ -154,6 +159,7 @@ async def one_burst(res: Resources, opts: Options, variant: str, *, files: int, 
         except asyncio.TimeoutError:
             complete = False
         end = perf_counter()
+        in_time = sink.unique
         await asyncio.sleep(0.5)  # a duplicate after the last one would show here
         metric_after = await _scrape_lag(target)
         samples, unanswered, stopped = await probe.stop()
@@ -168,17 +174,20 @@ async def one_burst(res: Resources, opts: Options, variant: str, *, files: int, 
                 short = len(want - got.keys())
                 missing += short
                 clients_short += bool(short)
-        lost = sum(gen.stats.lost for gen in gens)
+        lost = sum(gen.stats.lost for gen in gens) + sum(gen.stats.server_closes for gen in gens)
         result = {
             "variant": variant, "files": files, "tenants": tenants, "clients": per_client * tenants,
-            "expected": expected, "delivered": sink.unique, "all_received": complete and missing == 0,
+            "expected": expected, "delivered": sink.unique, "delivered_in_time": in_time,
+            "all_received": complete and missing == 0,
             "missing": missing, "clients_missing_events": clients_short, "duplicates": sink.duplicates,
             "crossed_tenants": sink.crossed, "resyncs": sink.resyncs, "lost_connections": lost,
-            "server_closes": sum(gen.stats.server_closes for gen in gens),
+            "server_closes": sum(gen.stats.server_closes for gen in gens), "closes_by_code": sink.closes,
             "connect_s": connect_s, "write_s": last - first,
             "last_write_to_last_delivery_s": (last_delivery - last) if complete and last_delivery else None,
             "first_write_to_last_delivery_s": (last_delivery - first) if complete and last_delivery else None,
             "gave_up_after_s": None if complete else end - first,
+            # Counted after the wait too: a burst that took longer than the timeout says how long.
+            "last_delivery_after_last_write_s": (last_delivery - last) if last_delivery else None,
             "lag_metric": lag.window(metric_before, metric_after),
             "lag_probe": lag.probe_window(samples, first, window_end, stopped, unanswered),
             "server_alive": target.proc.alive(),
@@ -188,8 +197,9 @@ async def one_burst(res: Resources, opts: Options, variant: str, *, files: int, 
         metric_fig = result["lag_metric"]
         log(f"burst  {variant:9} {files} files, {result['clients']} clients: "
             + (f"last write -> last delivery {result['last_write_to_last_delivery_s']:.2f} s"
-               if complete else f"NOT delivered within {timeout:.0f} s")
-            + f" ({sink.unique}/{expected}, {sink.duplicates} duplicates, {lost} connections lost); loop lag "
+               if complete else f"NOT delivered within {timeout:.0f} s ({in_time} were)")
+            + f" ({sink.unique}/{expected}, {sink.duplicates} duplicates, {sink.resyncs} resyncs, {lost} connections "
+              f"lost or closed by the server {sink.closes}); loop lag "
             + (f"metric p99 {lag.describe_bound(metric_fig['p99_le_s'])}, max {lag.describe_bound(metric_fig['max_le_s'])}; "
                if metric_fig else "metric absent; ")
             + f"probe p99 {_ms(probe_fig['p99_ms'])}, max {_ms(probe_fig['max_ms'])}")

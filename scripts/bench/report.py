@@ -259,13 +259,18 @@ def render(results: dict, markdown: bool = False) -> str:
             rows.append([variant, _f(b["write_s"], ".2f"),
                          _f(b["last_write_to_last_delivery_s"], ".2f", none=f"over {b['gave_up_after_s']:.0f} s"
                             if b.get("gave_up_after_s") else "-"),
-                         f"{b['delivered']}/{b['expected']} " + _f(b["all_received"]), str(b["duplicates"]),
-                         str(b["crossed_tenants"]), str(b["resyncs"]), str(b["lost_connections"]),
+                         f"{b.get('delivered_in_time', b['delivered'])}/{b['expected']} " + _f(b["all_received"]),
+                         str(b["duplicates"]), str(b["crossed_tenants"]), str(b["resyncs"]), str(b["lost_connections"]),
                          f"{m('p99_le_s')} / {_f(probe.get('p99_ms'), '.1f')} ms",
                          f"{m('max_le_s')} / {_f(probe.get('max_ms'), '.1f')} ms"])
-        out += _table(["variant", "write s", "last write -> last delivery s", "delivered", "duplicates",
+        out += _table(["variant", "write s", "last write -> last delivery s", "delivered in time", "duplicates",
                        "crossed tenants", "resyncs", "connections lost", "lag p99 metric / probe",
                        "lag max metric / probe"], rows, markdown)
+        for variant, b in bu["variants"].items():
+            if not b["all_received"]:
+                out.append(f"  NOTE: {variant}: {b['delivered']} of {b['expected']} delivered in the end, the last "
+                           f"{_f(b.get('last_delivery_after_last_write_s'), '.1f')} s after the last write; "
+                           f"connections closed by the server, by code: {b.get('closes_by_code')}")
     big = (bu or {}).get("large_file")
     if big:
         head(f"large file: a {big['bytes'] / 1e6:.0f} MB file of one tenant rewritten, another tenant's small "
