@@ -66,6 +66,10 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p.add_argument("--edits-per-s", type=float, default=5.0, help="single saves per second between bursts (default 5)")
     p.add_argument("--delete-share", type=float, default=0.1,
                    help="share of single saves that delete the file (or create it again) (default 0.1)")
+    p.add_argument("--min-rewrite-interval", type=float, default=0.0,
+                   help="seconds before a path is written again (default 0: any time). Two nodes watching one "
+                        "folder publish a path's versions out of step when it changes again within their lag "
+                        "(issue #19): a smoke that must pass on a cluster with that bug spaces the writes")
     p.add_argument("--churn-per-s", type=float, default=10.0, help="client connections dropped per second (default 10)")
     p.add_argument("--fresh-share", type=float, default=0.1,
                    help="share of dropped clients that come back without last_event_id, as a reloaded page (default 0.1)")
@@ -74,8 +78,9 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p.add_argument("--redis-down", type=float, default=2.0, help="seconds Redis stays down (default 2)")
     p.add_argument("--redis-persistence", choices=("aof", "none"), default="aof",
                    help="aof (default): Redis keeps its streams across the restart; none: it comes back empty")
-    p.add_argument("--warmup", type=float, default=60.0,
-                   help="seconds of load after a node starts before its RSS baseline (default 60)")
+    p.add_argument("--warmup", type=float, default=100.0,
+                   help="seconds of load after a node starts before its RSS baseline (default 100: three bursts, "
+                        "which fill the nodes' cache of recent events)")
     p.add_argument("--rss-tolerance", type=float, default=0.10, help="allowed RSS growth after warm-up (default 0.10)")
     p.add_argument("--quiesce-timeout", type=float, default=60.0,
                    help="seconds allowed at the end for every client to reconnect and catch up (default 60)")
@@ -100,7 +105,7 @@ class Virtual:
     """One client across its connections: its stream (for the checker) and where it is."""
 
     __slots__ = ("stream", "tenant", "position", "asked", "fresh_next", "client", "welcomed", "attempt",
-                 "failures", "connects")
+                 "failures", "connects", "port")
 
     def __init__(self, name: str, tenant: str):
         self.stream = ClientStream(name, tenant)
@@ -113,6 +118,7 @@ class Virtual:
         self.attempt = 0
         self.failures = 0
         self.connects = 0
+        self.port = 0  # the node of its current (or last) connection
 
 
 class SoakSink(Sink):
@@ -123,6 +129,7 @@ class SoakSink(Sink):
 
     def __init__(self) -> None:
         self.connector: Connector | None = None
+        self.fleet: "Fleet | None" = None
         self.reconnect = True
         self.parsed: dict[bytes, Event] = {}  # the same frame reaches every client of a tenant
         self.deliveries = 0
@@ -168,10 +175,12 @@ class SoakSink(Sink):
         if vc.client is client:
             vc.client = None
         vc.welcomed = False
-        # A connection lost before its Welcome fails its open_one too, whose on_fail retries:
-        # one retry per connection, never two connections of one client.
-        if self.reconnect and client.opened is None:
-            self.retry(vc)
+        # A connection lost before its Welcome fails its open_one too, whose on_fail retries
+        # (and counts it off its node): one retry per connection, never two of one client.
+        if client.opened is None:
+            self.fleet.left(vc)
+            if self.reconnect:
+                self.retry(vc)
 
     def retry(self, vc: Virtual) -> None:
         delay = random.random() * min(self.BACKOFF_MAX, self.BACKOFF_MIN * 2 ** min(vc.attempt, 10))
@@ -180,17 +189,21 @@ class SoakSink(Sink):
 
 
 class Fleet:
-    """The clients, their connector and the nodes they may connect to (the "load balancer")."""
+    """The clients, their connector and the nodes they may connect to: a least-connections
+    load balancer, so that a restarted node gets its share back as clients churn (and each
+    node's RSS at the end is read at the load it had after warm-up)."""
 
     def __init__(self, tenants: list[str], n: int, concurrency: int):
         self.sink = SoakSink()
         self.gen = LoadGen(HOST, 0, self.sink, tenant=tenants[0], welcome=True)
         self.virtual = [Virtual(f"c{i:04d}", tenants[i % len(tenants)]) for i in range(n)]
         self.ports: list[int] = []  # nodes taking connections
+        self.load: dict[int, int] = {}  # port -> connections open or being opened
         self.connector = Connector(self.gen, concurrency)
         self.sink.connector = self.connector
+        self.sink.fleet = self
         self.connector.vc = lambda vc: vc
-        self.connector.route = lambda vc: (vc.tenant, random.choice(self.ports))
+        self.connector.route = self._route
         self.connector.last_event_id = self._asks
         self.connector.on_open = self._opened
         self.connector.on_fail = self._failed
@@ -205,7 +218,25 @@ class Fleet:
         if client.open:  # else lost between its Welcome and now: lost() already retried
             vc.client = client
 
+    def _route(self, vc: Virtual) -> tuple[str, int]:
+        fewest = min(self.load.get(p, 0) for p in self.ports)
+        vc.port = random.choice([p for p in self.ports if self.load.get(p, 0) == fewest])
+        self.load[vc.port] = self.load.get(vc.port, 0) + 1
+        return vc.tenant, vc.port
+
+    def left(self, vc: Virtual) -> None:
+        self.load[vc.port] -= 1
+
+    def per_node(self) -> dict[int, int]:
+        """Connections open (welcomed) per node port."""
+        found: dict[int, int] = {}
+        for vc in self.virtual:
+            if vc.client is not None and vc.client.open and vc.welcomed:
+                found[vc.port] = found.get(vc.port, 0) + 1
+        return found
+
     def _failed(self, exc: BaseException, vc: Virtual) -> None:
+        self.left(vc)
         vc.failures += 1
         if self.sink.reconnect:
             self.sink.retry(vc)
@@ -237,12 +268,26 @@ class Fleet:
 
 class Folder:
     """The files the writer works on: which exist, and a unique content for every write (so
-    that each announced checksum names exactly one write)."""
+    that each announced checksum names exactly one write). With ``min_interval``, a path is
+    written again only that many seconds after its last write."""
 
-    def __init__(self, tenants: list[str], per_tenant: int):
+    def __init__(self, tenants: list[str], per_tenant: int, min_interval: float = 0.0):
         self.paths = [f"{t}/app{k % 3}/conf{k}.json" for t in tenants for k in range(per_tenant)]
         self.present: set[str] = set()
         self.serial = 0
+        self.min_interval = min_interval
+        self.written: dict[str, float] = {}
+
+    def _eligible(self) -> list[str]:
+        if self.min_interval <= 0:
+            return self.paths
+        now = perf_counter()
+        return [p for p in self.paths if now - self.written.get(p, -1e9) >= self.min_interval]
+
+    def _mark(self, paths) -> None:
+        now = perf_counter()
+        for p in paths:
+            self.written[p] = now
 
     def content(self, path: str) -> str:
         self.serial += 1
@@ -253,13 +298,19 @@ class Folder:
         return [(p, self.content(p), "plain") for p in self.paths]
 
     def burst(self, n: int) -> list[tuple[str, str, str]]:
-        chosen = random.sample(self.paths, min(n, len(self.paths)))
+        eligible = self._eligible()
+        chosen = random.sample(eligible, min(n, len(eligible)))
         self.present.update(chosen)
+        self._mark(chosen)
         return [(p, self.content(p), "plain") for p in chosen]
 
-    def edit(self, delete_share: float) -> tuple[str, Any]:
-        """("write", [file]) or ("delete", [path])."""
-        path = random.choice(self.paths)
+    def edit(self, delete_share: float) -> tuple[str, Any] | None:
+        """("write", [file]) or ("delete", [path]); None when no path may be written yet."""
+        eligible = self._eligible()
+        if not eligible:
+            return None
+        path = random.choice(eligible)
+        self._mark([path])
         if path not in self.present:
             self.present.add(path)
             return "write", [(path, self.content(path), "plain")]
@@ -334,11 +385,29 @@ class Node:
         return f"{self.name}#{self.generation}"
 
 
+# INFO: the nodes' logs (kept with --keep-logs) say what a node did around an incident.
+NODE_FLAGS = ("--log-level", "INFO")
+
+
 async def start_node(node: Node, res: Resources, opts: Options, config_dir: Path, broker: str) -> None:
     node.target = await targets.start("cfgpush", res, opts, port=node.port, config_dir=config_dir, broker=broker,
-                                      cpu=None, timeout=120.0)
+                                      cpu=None, timeout=120.0, extra=NODE_FLAGS)
     node.generation += 1
     node.serving_since = perf_counter()
+
+
+def stacks(pid: int) -> str:
+    """What a stuck process is doing: ``py-spy dump`` when py-spy is on PATH."""
+    import subprocess
+
+    spy = shutil.which("py-spy")
+    if spy is None:
+        return "(py-spy not on PATH: no stacks)"
+    try:
+        done = subprocess.run([spy, "dump", "--pid", str(pid)], capture_output=True, text=True, timeout=30)
+    except (OSError, subprocess.TimeoutExpired) as exc:
+        return f"(py-spy failed: {exc})"
+    return (done.stdout or done.stderr)[-6000:]
 
 
 class RSS:
@@ -350,7 +419,7 @@ class RSS:
         self.pids: dict[str, int] = {}
         self.load_from: dict[str, float] = {}
 
-    def sample(self, node: Node, load_started: float) -> None:
+    def sample(self, node: Node, load_started: float, connections: int) -> None:
         if node.target is None or not node.target.proc.alive():
             return
         try:
@@ -359,18 +428,22 @@ class RSS:
             return
         self.pids[node.key] = node.target.pid
         self.load_from[node.key] = max(node.serving_since, load_started)
-        self.samples.setdefault(node.key, []).append((perf_counter(), rss))
+        self.samples.setdefault(node.key, []).append((perf_counter(), rss, connections))
 
     def report(self) -> dict[str, dict]:
         out = {}
         for key, series in self.samples.items():
-            after = self.load_from[key] + self.warmup
-            baseline = next(((t, kb) for t, kb in series if t >= after), None)
+            start = self.load_from[key]
+            baseline = next((s for s in series if s[0] >= start + self.warmup), None)
+            end = series[-1]
             out[key] = {"pid": self.pids[key], "samples": len(series), "first_kb": series[0][1],
-                        "peak_kb": max(kb for _, kb in series), "end_kb": series[-1][1],
+                        "peak_kb": max(s[1] for s in series), "end_kb": end[1], "end_connections": end[2],
                         "baseline_kb": baseline[1] if baseline else None,
-                        "baseline_at_s": round(baseline[0] - self.load_from[key], 1) if baseline else None,
-                        "growth": (series[-1][1] - baseline[1]) / baseline[1] if baseline else None}
+                        "baseline_connections": baseline[2] if baseline else None,
+                        "baseline_at_s": round(baseline[0] - start, 1) if baseline else None,
+                        "growth": (end[1] - baseline[1]) / baseline[1] if baseline else None,
+                        # [seconds since its load began, KB, connections], every 10 s
+                        "series": [[round(t - start, 1), kb, n] for t, kb, n in series[::10]]}
         return out
 
 
@@ -382,7 +455,7 @@ async def soak(args: argparse.Namespace, res: Resources, out: dict) -> checker.V
     tenants = [f"s{k:03d}" for k in range(args.tenants)]
     config_dir = res.mkdir("config")
     writes_log = res.dir / "writes.jsonl"
-    folder = Folder(tenants, args.files_per_tenant)
+    folder = Folder(tenants, args.files_per_tenant, args.min_rewrite_interval)
     writer = Writer(res, config_dir, log=writes_log)
     await writer.start()
     await writer.write(folder.initial())
@@ -431,13 +504,15 @@ async def soak(args: argparse.Namespace, res: Resources, out: dict) -> checker.V
                 stats["write_s_max"] = max(stats["write_s_max"], answer["last"] - answer["first"])
                 next_burst += args.burst_every
                 continue
-            op, files = folder.edit(args.delete_share)
-            if op == "write":
-                await writer.write(files)
-            else:
-                await writer.delete(files)
-                stats["deletes"] += 1
-            stats["edits"] += 1
+            edit = folder.edit(args.delete_share)
+            if edit is not None:
+                op, files = edit
+                if op == "write":
+                    await writer.write(files)
+                else:
+                    await writer.delete(files)
+                    stats["deletes"] += 1
+                stats["edits"] += 1
             await asyncio.sleep(min(random.expovariate(args.edits_per_s), max(0.0, next_burst - perf_counter())))
 
     async def churning() -> None:
@@ -460,7 +535,9 @@ async def soak(args: argparse.Namespace, res: Resources, out: dict) -> checker.V
                     "exit_status": status, "stop_s": round(stop_s, 2)}
         if status is None:
             incident["killed"] = True
-            log(f"node {node.name} did not exit within {stop_s:.0f} s of SIGTERM: killed")
+            incident["stacks"] = stacks(node.target.pid)
+            log(f"node {node.name} did not exit within {stop_s:.0f} s of SIGTERM: killed; its threads were:\n"
+                f"{incident['stacks']}")
         targets.stop(node.target, res)
         await start_node(node, res, opts, config_dir, redis.url)
         incident["down_s"] = round(perf_counter() - t_term, 2)
@@ -482,8 +559,9 @@ async def soak(args: argparse.Namespace, res: Resources, out: dict) -> checker.V
     async def sampling() -> None:
         last_report = perf_counter()
         while True:
+            per_node = fleet.per_node()
             for node in nodes:
-                rss.sample(node, t0)
+                rss.sample(node, t0, per_node.get(node.port, 0))
             if perf_counter() - last_report >= 15:
                 last_report = perf_counter()
                 log(f"{perf_counter() - t0:5.0f} s: {fleet.connected()}/{args.clients} connected, "
@@ -499,8 +577,9 @@ async def soak(args: argparse.Namespace, res: Resources, out: dict) -> checker.V
             task.result()
         log(f"load over after {perf_counter() - t0:.0f} s; waiting for every client to catch up")
         quiet = await quiesce(fleet, redis, tenants, args.quiesce_timeout)
+        per_node = fleet.per_node()
         for node in nodes:
-            rss.sample(node, t0)
+            rss.sample(node, t0, per_node.get(node.port, 0))
     finally:
         sampler.cancel()
         for task in activities:
@@ -580,8 +659,9 @@ def render(out: dict, verdict: checker.Verdict) -> str:
         lines.append(f"incident: {json.dumps(incident)}")
     for key, r in out["rss"].items():
         growth = "n/a" if r["growth"] is None else f"{100 * r['growth']:+.1f} %"
-        lines.append(f"rss node {key}: {r['baseline_kb']} KB after warm-up ({r['baseline_at_s']} s in), "
-                     f"{r['end_kb']} KB at the end ({growth}), peak {r['peak_kb']} KB")
+        lines.append(f"rss node {key}: {r['baseline_kb']} KB after warm-up ({r['baseline_at_s']} s in, "
+                     f"{r['baseline_connections']} clients), {r['end_kb']} KB at its end ({r['end_connections']} "
+                     f"clients; {growth}), peak {r['peak_kb']} KB")
     lines.append(f"quiesced: {'yes' if out['quiesced'] else 'NO'}; connected at the end {out['connected_at_end']}")
     lines.append(verdict.summary())
     lines.append("verdict: " + ("PASS" if verdict.ok else "FAIL"))

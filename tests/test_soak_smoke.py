@@ -21,9 +21,13 @@ SOAK = Path(__file__).resolve().parent.parent / "scripts" / "soak.py"
 DURATION = 60
 # Setup, the minute, the catch-up at the end and the checker: about 75 s on two busy cores.
 RUN_TIMEOUT = 210
+# Writes of one path stay 5 s apart: two nodes watching one folder still publish a path's
+# versions out of step when it changes again within their lag, or while Redis is away (issue
+# #19, point 1: rollbacks and duplicates). The full soak finds those; this smoke guards the
+# rest until #19 lands, and then drops --min-rewrite-interval.
 SMALL = ["--duration", str(DURATION), "--clients", "200", "--tenants", "20", "--files-per-tenant", "5",
          "--burst-every", "10", "--burst-files", "100", "--edits-per-s", "3", "--churn-per-s", "5",
-         "--warmup", "10", "--quiesce-timeout", "45"]
+         "--warmup", "10", "--quiesce-timeout", "45", "--min-rewrite-interval", "5"]
 
 
 @pytest.mark.timeout(RUN_TIMEOUT + 30)
@@ -59,7 +63,7 @@ def test_soak_smoke_a_minute_of_churn_bursts_and_restarts_is_exact(tmp_path):
     counts, load = verdict["counts"], result["load"]
     assert counts["clients"] == 200 and counts["clients_connected_at_end"] == 200
     assert load["bursts"] >= 5 and load["edits"] > 0 and load["deletes"] > 0
-    assert counts["events"] > 500 and counts["deliveries"] > 5000
+    assert counts["events"] > 300 and counts["deliveries"] > 3000
     assert load["drops"] > 50 and load["connections"] > 200 + load["drops"] // 2
     incidents = [i["what"] for i in result["incidents"]]
     assert any("node b restart" in i for i in incidents) and any("redis restart" in i for i in incidents)
