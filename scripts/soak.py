@@ -404,7 +404,8 @@ def stacks(pid: int) -> str:
     if spy is None:
         return "(py-spy not on PATH: no stacks)"
     try:
-        done = subprocess.run([spy, "dump", "--pid", str(pid)], capture_output=True, text=True, timeout=30)
+        done = subprocess.run([spy, "dump", "--pid", str(pid)], capture_output=True, text=True, timeout=30,
+                              check=False)
     except (OSError, subprocess.TimeoutExpired) as exc:
         return f"(py-spy failed: {exc})"
     return (done.stdout or done.stderr)[-6000:]
@@ -415,7 +416,7 @@ class RSS:
 
     def __init__(self, warmup: float):
         self.warmup = warmup
-        self.samples: dict[str, list[tuple[float, int]]] = {}
+        self.samples: dict[str, list[tuple[float, int, int]]] = {}  # (time, KB, its clients)
         self.pids: dict[str, int] = {}
         self.load_from: dict[str, float] = {}
 
@@ -499,9 +500,11 @@ async def soak(args: argparse.Namespace, res: Resources, out: dict) -> checker.V
         while perf_counter() < t_end:
             now = perf_counter()
             if now >= next_burst:
-                answer = await writer.write(folder.burst(args.burst_files))
-                stats["bursts"] += 1
-                stats["write_s_max"] = max(stats["write_s_max"], answer["last"] - answer["first"])
+                files = folder.burst(args.burst_files)
+                if files:
+                    answer = await writer.write(files)
+                    stats["bursts"] += 1
+                    stats["write_s_max"] = max(stats["write_s_max"], answer["last"] - answer["first"])
                 next_burst += args.burst_every
                 continue
             edit = folder.edit(args.delete_share)

@@ -169,6 +169,46 @@ class _Versions:
         return -1, "unknown"
 
 
+class _PathWalk:
+    """One tenant's stream, event by event: the version each path is at (rules 2 and 3)."""
+
+    def __init__(self, tenant: str, versions: dict[tuple[str, str], _Versions], verdict: "Verdict"):
+        self.tenant, self.versions, self.verdict = tenant, versions, verdict
+        self.current: dict[str, int] = {}
+        self.last_event: dict[str, Event] = {}
+        self.announced = 0
+
+    def at(self, path: str) -> int:
+        v = self.versions[(self.tenant, path)]
+        return self.current.get(path, v.baseline)
+
+    def step(self, path: str, checksum: str | None, event: Event) -> None:
+        tenant, verdict = self.tenant, self.verdict
+        v = self.versions.get((tenant, path))
+        if v is None:
+            verdict.add("unknown_content", f"tenant {tenant}: {event.event_id} names {path!r}, never written")
+            return
+        if checksum == EMPTY and EMPTY not in v.checksums:
+            verdict.counts["transient_states"] += 1
+            return
+        now = self.at(path)
+        index, how = v.find(checksum, now)
+        if how == "unknown":
+            verdict.add("unknown_content", f"tenant {tenant}: {event.event_id} {path} {event.change_type} "
+                                           f"{checksum}: no write of that path had this content")
+            return
+        if how == "old":
+            before = self.last_event.get(path)
+            kind = "duplicate_event" if index == now else "rollback"
+            verdict.add(kind, f"tenant {tenant} {path}: {event.event_id} announces version {index + 1} of "
+                              f"{len(v.checksums)} after {before.event_id if before else 'the start'} "
+                              f"announced version {now + 1}")
+            return
+        self.announced += 1
+        self.current[path] = index
+        self.last_event[path] = event
+
+
 def check(writes: list[Write], clients: list[ClientStream], *, published: dict[str, list[Event]] | None = None,
           baseline_seq: int = 0) -> Verdict:
     """The verdict; ``baseline_seq``: writes up to it made the folder the servers started on."""
@@ -215,48 +255,18 @@ def check(writes: list[Write], clients: list[ClientStream], *, published: dict[s
     # 2. and 3. Each path's versions along its tenant's stream.
     announced = 0
     for tenant, events in canon.items():
-        current: dict[str, int] = {}
-        last_event: dict[str, Event] = {}
-
-        def step(path: str, checksum: str | None, event: Event) -> None:
-            nonlocal announced
-            v = versions.get((tenant, path))
-            if v is None:
-                verdict.add("unknown_content", f"tenant {tenant}: {event.event_id} names {path!r}, never written")
-                return
-            if checksum == EMPTY and EMPTY not in v.checksums:
-                counts["transient_states"] += 1
-                return
-            now = current.get(path, v.baseline)
-            index, how = v.find(checksum, now)
-            if how == "unknown":
-                verdict.add("unknown_content", f"tenant {tenant}: {event.event_id} {path} {event.change_type} "
-                                               f"{checksum}: no write of that path had this content")
-                return
-            if how == "old":
-                before = last_event.get(path)
-                kind = "duplicate_event" if index == now else "rollback"
-                verdict.add(kind, f"tenant {tenant} {path}: {event.event_id} announces version {index + 1} of "
-                                  f"{len(v.checksums)} after {before.event_id if before else 'the start'} "
-                                  f"announced version {now + 1}")
-                return
-            announced += 1
-            current[path] = index
-            last_event[path] = event
-
+        walk = _PathWalk(tenant, versions, verdict)
         for event in events:
             if event.path is None:
                 continue
             if event.change_type == "moved" and event.old_path:
-                step(event.old_path, None, event)
-            step(event.path, None if event.change_type == "deleted" else event.checksum, event)
+                walk.step(event.old_path, None, event)
+            walk.step(event.path, None if event.change_type == "deleted" else event.checksum, event)
+        announced += walk.announced
         for (t, path), v in versions.items():
-            if t != tenant:
-                continue
-            final = len(v.checksums) - 1
-            if current.get(path, v.baseline) != final:
+            if t == tenant and walk.at(path) != len(v.checksums) - 1:
                 verdict.add("lost_change", f"tenant {tenant} {path}: written {len(v.checksums)} times, the last "
-                                           f"announced is version {current.get(path, v.baseline) + 1}")
+                                           f"announced is version {walk.at(path) + 1}")
     for (tenant, path), v in versions.items():  # tenants whose stream is empty
         if tenant not in canon and v.baseline != len(v.checksums) - 1:
             verdict.add("lost_change", f"tenant {tenant} {path}: written {len(v.checksums)} times, never announced")

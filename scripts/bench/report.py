@@ -129,6 +129,12 @@ def targets(results: dict) -> list[dict]:
     return out
 
 
+def _bound(metric: dict | None, key: str) -> str:
+    from .lag import describe_bound
+
+    return describe_bound(metric.get(key)) if metric else "n/a"
+
+
 def burst_lag(b: dict, key: str) -> tuple[float | None, str | None, str]:
     """The lag figure a target uses: the server's histogram (a bucket bound) when it has one,
     else the outside probe's; with its text and where it comes from."""
@@ -247,22 +253,19 @@ def render(results: dict, markdown: bool = False) -> str:
                         str(st["resyncs"]), str(st["failed_attempts"])]], markdown)
     bu = results.get("burst")
     if bu and bu.get("variants"):
-        from .lag import describe_bound
-
         head(f"burst: {bu['files']} files written at once in nested folders over {bu['tenants']} tenants, "
              f"{bu['clients']} clients; event-loop lag from the server's histogram (metric) and the outside "
              f"probe (round trip of a Ping every 10 ms, minus the idle one)")
         rows = []
         for variant, b in bu["variants"].items():
             metric, probe = b.get("lag_metric"), b.get("lag_probe") or {}
-            m = (lambda key: describe_bound(metric.get(key))) if metric else (lambda key: "n/a")
             rows.append([variant, _f(b["write_s"], ".2f"),
                          _f(b["last_write_to_last_delivery_s"], ".2f", none=f"over {b['gave_up_after_s']:.0f} s"
                             if b.get("gave_up_after_s") else "-"),
                          f"{b.get('delivered_in_time', b['delivered'])}/{b['expected']} " + _f(b["all_received"]),
                          str(b["duplicates"]), str(b["crossed_tenants"]), str(b["resyncs"]), str(b["lost_connections"]),
-                         f"{m('p99_le_s')} / {_f(probe.get('p99_ms'), '.1f')} ms",
-                         f"{m('max_le_s')} / {_f(probe.get('max_ms'), '.1f')} ms"])
+                         f"{_bound(metric, 'p99_le_s')} / {_f(probe.get('p99_ms'), '.1f')} ms",
+                         f"{_bound(metric, 'max_le_s')} / {_f(probe.get('max_ms'), '.1f')} ms"])
         out += _table(["variant", "write s", "last write -> last delivery s", "delivered in time", "duplicates",
                        "crossed tenants", "resyncs", "connections lost", "lag p99 metric / probe",
                        "lag max metric / probe"], rows, markdown)
