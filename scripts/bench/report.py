@@ -354,9 +354,10 @@ def burst_chart(burst: dict, path: str, title: str) -> None:
     for variant, b in burst["variants"].items():
         points = b.get("timeline") or []
         if points:
-            ax.plot([p[0] for p in points], [100.0 * p[1] for p in points], label=f"{variant} contents")
+            line, = ax.plot([p[0] for p in points], [100.0 * p[1] for p in points], label=f"{variant} contents")
+            ax.axvline(b["write_s"], color=line.get_color(), linestyle="--", linewidth=0.8)  # its last write
     ax.axvline(0, color="grey", linewidth=0.8)
-    ax.set_xlabel("seconds after the first write")
+    ax.set_xlabel("seconds after the first write (dashed: the last write)")
     ax.set_ylabel("deliveries, % of expected")
     ax.set_ylim(0, 105)
     ax.grid(True, alpha=0.3)
