@@ -33,8 +33,9 @@ from .writer import Writer
 VARIANTS = ("distinct", "identical")
 PROBE_TENANT = "lagprobe"  # the probe's tenant has no files: it receives only Pongs
 # The probe pings every 10 ms; the server's default allows 20 messages a second, and a loop
-# blocked for seconds reads all the pings queued meanwhile within one second.
-PROBE_FLAGS = ("--max-client-rate", "1000000")
+# blocked for seconds reads all the pings queued meanwhile within one second. /metrics (the
+# lag histogram) needs the admin token unless it is public.
+SERVER_FLAGS = ("--max-client-rate", "1000000", "--metrics-public")
 PATH_RE = re.compile(rb'"path":\s*"([^"]*)"')
 TENANT_RE = re.compile(rb'"tenant_id":\s*"([^"]*)"')
 TIMELINE_POINTS = 200
@@ -134,7 +135,7 @@ async def one_burst(res: Resources, opts: Options, variant: str, *, files: int, 
         per_tenant[tenant].add(rel.encode())
     per_client = max(1, clients // tenants)
     expected = sum(len(paths) for paths in per_tenant.values()) * per_client
-    target = await targets.start("cfgpush", res, opts, config_dir=config_dir, extra=PROBE_FLAGS)
+    target = await targets.start("cfgpush", res, opts, config_dir=config_dir, extra=SERVER_FLAGS)
     writer = Writer(res, config_dir, cpu=GENERATOR_CPU)
     probe = lag.Probe(res, HOST, target.ws_port, PROBE_TENANT, cpu=GENERATOR_CPU)
     sink = BurstSink(expected)
