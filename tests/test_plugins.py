@@ -413,6 +413,22 @@ async def test_emit_gap_resyncs_the_named_tenants_only(connect, core, plugin):
 
 
 @pytest.mark.gen_test(timeout=30)
+async def test_one_resync_encoded_once_reaches_every_client_of_the_tenant_in_its_framing(connect, http_url, plugin):
+    from .sseclient import SSEClient
+
+    sockets = [await connect("acme") for _ in range(3)]
+    stream = await SSEClient.open(http_url, "acme")
+    for ws in sockets:
+        await ws.expect("Welcome")
+    await stream.expect("Welcome")
+    await plugin.scripted.emit.gap(["acme"])
+    bodies = [await ws.expect("Resync") for ws in sockets] + [await stream.expect("Resync")]
+    assert all(body == bodies[0] for body in bodies)
+    assert bodies[0]["reason"] == "source_gap" and "app.json" in bodies[0]["manifest"]
+    stream.close()
+
+
+@pytest.mark.gen_test(timeout=30)
 async def test_emit_skipped_counts_logs_once_and_resyncs_that_tenant_only(connect, core, plugin, logs):
     acme = await connect("acme")
     globex = await connect("globex")

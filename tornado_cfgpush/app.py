@@ -166,7 +166,9 @@ class CfgPush:
     async def source_gap(self, tenant_ids: Iterable[str] | None, source: str, reason: str = SOURCE_GAP) -> None:
         """``Resync`` (``source_gap`` by default) to the clients of ``tenant_ids`` (None: every tenant)."""
         targets = list(self.hub.tenants()) if tenant_ids is None else sorted(set(tenant_ids))
-        for tenant_id in targets:
+        for n, tenant_id in enumerate(targets):
+            if n:
+                await asyncio.sleep(0)  # one tenant per loop turn: a Resync to thousands never holds it
             if not self.hub.connection_count(tenant_id):
                 continue
             try:
@@ -175,8 +177,9 @@ class CfgPush:
                 newest = None  # still tell them: a reload is what they need either way
             try:
                 manifest = self.manifest(tenant_id)
+                prepared: dict = {}  # the Resync is the same for every client: encoded once per framing
                 for conn in self.hub.connections(tenant_id):
-                    conn.notify_gap(newest, manifest, reason)
+                    conn.notify_gap(newest, manifest, reason, prepared)
             except Exception:  # one tenant's failure must not keep the others from their Resync
                 log.exception("sending Resync to the clients of tenant %s failed", tenant_id)
                 continue

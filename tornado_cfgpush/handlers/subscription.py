@@ -163,21 +163,32 @@ class Subscription:
         sink = self.sink
         sink.write(sink.encode_event(event))
 
-    def notify_gap(self, last_event_id: str | None, manifest: dict | None, reason: str = SOURCE_GAP) -> None:
-        """Events may be lost: ``Resync`` now, or right after Welcome when subscribing."""
+    def notify_gap(self, last_event_id: str | None, manifest: dict | None, reason: str = SOURCE_GAP,
+                   prepared: dict | None = None) -> None:
+        """Events may be lost: ``Resync`` now, or right after Welcome when subscribing.
+        ``prepared``: a dict shared by the clients of one tenant given the same Resync, so that
+        it is encoded (its manifest may be large) once per framing, not once per client."""
         if self._pending is not None:
             self._held_gap = (last_event_id, manifest, reason)
         else:
-            self._send_resync(last_event_id, manifest, reason)
+            self._send_resync(last_event_id, manifest, reason, prepared)
 
     def ping(self) -> None:
         self.sink.ping()
 
-    def _send_resync(self, last_event_id: str | None, manifest: dict | None, reason: str) -> None:
+    def _send_resync(self, last_event_id: str | None, manifest: dict | None, reason: str,
+                     prepared: dict | None = None) -> None:
+        framing = (type(self.sink), getattr(self.sink, "chunked", None))
+        if prepared is not None and framing in prepared:
+            self.sink.write(prepared[framing])
+            return
         body: dict[str, Any] = {"tenant_id": self.tenant_id, "last_event_id": last_event_id, "reason": reason}
         if manifest is not None:
             body["manifest"] = manifest
-        self.sink.write(self.sink.encode_message("Resync", body, last_event_id))
+        data = self.sink.encode_message("Resync", body, last_event_id)
+        if prepared is not None:
+            prepared[framing] = data
+        self.sink.write(data)
 
     # -- from the client -------------------------------------------------------------------------------
 
