@@ -1043,6 +1043,16 @@ async def test_structured_files_say_what_changed_never_the_values(connect, confi
 
 
 @pytest.mark.gen_test(timeout=30)
+async def test_a_file_there_at_start_gets_its_diff_at_its_first_change(connect, config_dir):
+    """Nothing is parsed at start (a compressed copy is kept instead), and the first change of a
+    file that was there at start still says what changed."""
+    client = await subscribe(connect, "acme")
+    (config_dir / "acme" / "app.json").write_bytes(b'{"a": 2, "b": 1}')
+    event = await change(client)
+    assert event["diff"] == {"added": ["/b"], "removed": [], "changed": ["/a"]}
+
+
+@pytest.mark.gen_test(timeout=30)
 async def test_a_file_that_does_not_parse_still_gets_its_event_without_diff(connect, config_dir):
     path = config_dir / "acme" / "app.json"
     client = await subscribe(connect, "acme")

@@ -4,7 +4,9 @@ from __future__ import annotations
 
 from hypothesis import given, settings, strategies as st
 
-from tornado_cfgpush.sources.filesystem.settle import GONE, MEMORY_CAP, Read, Settler
+import pytest
+
+from tornado_cfgpush.sources.filesystem.settle import GONE, MEMORY_CAP, TWIN_GRACE, Read, Settler
 
 DEBOUNCE, MAX_DELAY = 0.05, 1.0
 
@@ -45,7 +47,7 @@ class Disk:
         """Up to ``limit`` events (None: every one there is, batch after batch)."""
         taken: list[dict] = []
         while True:
-            batch = [taken.payload for taken in self.settler.take(500 if limit is None else limit)]
+            batch = [taken.payload for taken in self.settler.take(500 if limit is None else limit, self.now)]
             taken += batch
             if limit is not None or not batch:
                 break
@@ -53,8 +55,13 @@ class Disk:
         return taken
 
     def settle(self) -> list[dict]:
+        """Everything read and taken: past every debounce, and every grace (TWIN_GRACE)."""
         self.advance(MAX_DELAY + 1)
-        return self.take()
+        taken = self.take()
+        while self.settler.pending():
+            self.advance(TWIN_GRACE)
+            taken += self.take()
+        return taken
 
 
 def kinds(events: list[dict]) -> list[tuple]:
@@ -154,6 +161,32 @@ def test_an_unpaired_rename_is_found_by_its_content():
     assert (event["change_type"], event["path"], event["meta"]) == ("moved", "new/a.json", {"old_path": "a.json"})
 
 
+def test_a_new_file_with_a_known_content_waits_for_the_other_half_of_a_rename():
+    """The watcher reports an unpaired rename's source a little after its destination: a new
+    file whose content a known file of the tenant has waits TWIN_GRACE for that report."""
+    disk = Disk()
+    disk.write("acme/a.json", "x")
+    disk.settle()
+    disk.files["acme/new/a.json"] = disk.files.pop("acme/a.json")
+    disk.settler.touched("acme/new/a.json", ("acme", "new/a.json"), disk.now)  # reported first
+    disk.advance(DEBOUNCE * 1.5)  # read: it is there, with a.json's content
+    assert disk.take() == []  # waits, though nothing else is pending yet
+    assert disk.settler.next_deadline() == pytest.approx(disk.now + TWIN_GRACE, abs=1e-6)
+    disk.settler.touched("acme/a.json", ("acme", "a.json"), disk.now)  # the late report
+    (event,) = disk.settle()
+    assert (event["change_type"], event["meta"]) == ("moved", {"old_path": "a.json"})
+    # Without the report, after the grace: created (the deletion, when it comes, follows).
+    disk.files["acme/b.json"] = "y"
+    disk.write("acme/b.json", "y")
+    disk.settle()
+    disk.files["acme/c.json"] = "y"
+    disk.settler.touched("acme/c.json", ("acme", "c.json"), disk.now)
+    disk.advance(DEBOUNCE * 1.5)
+    assert disk.take() == []
+    disk.advance(TWIN_GRACE)
+    assert kinds(disk.take()) == [("created", "c.json", "y")]
+
+
 def test_thousands_of_identical_new_files_cost_what_distinct_ones_cost():
     """Landed main compared each new file with every known file of the same content: 3 000
     files with '{}' took 10 s. Here the rename index makes each one constant work (20 000
@@ -202,7 +235,7 @@ def test_files_below_a_folder():
 
 
 def test_diffs_and_why_there_is_none():
-    settler = Settler(DEBOUNCE, MAX_DELAY, max_doc_bytes=10)
+    settler = Settler(DEBOUNCE, MAX_DELAY, max_copy_bytes=10)
     settler.baseline("acme/a.json", ("acme", "a.json"), "v0", {"a": 1}, 5)
     settler.baseline("acme/b.json", ("acme", "b.json"), "w0", {"b": 1}, 8)  # past the bound
     disk = Disk(settler)

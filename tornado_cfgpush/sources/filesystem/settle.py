@@ -18,8 +18,11 @@ latest ``max_delay`` after the first one (a file written continuously still repo
 Renames: a rename inside a tenant (``renamed``) is one ``moved`` event once both ends are read
 (the source gone, the destination there). A file that appears with the content of a file of
 the same tenant that is gone, both read, is a rename the watcher did not pair (``mkdir new &&
-mv a.json new/``): also ``moved``. Both are found through indexes, never by scanning the known
-files: a burst of thousands of identical files costs what a burst of distinct ones costs.
+mv a.json new/``): also ``moved``. The watcher reports the source's disappearance a little
+after the destination (it holds the unpaired half up to ``watch.PAIR_RENAMES_WITHIN``), so a
+new file whose content a known file of its tenant has waits ``TWIN_GRACE`` for it. All of it
+through indexes, never by scanning the known files: a burst of thousands of identical files
+costs what a burst of distinct ones costs (and waits the grace once).
 """
 from __future__ import annotations
 
@@ -34,27 +37,30 @@ Payload = dict[str, Any]
 
 # Why a structured file's event carries no diff (meta.diff_skipped), besides structured's own.
 NO_PREVIOUS = "no_previous_version"  # the version before did not parse, or is not known
-MEMORY_CAP = "memory_cap"  # the kept documents reached the source's bound
+MEMORY_CAP = "memory_cap"  # the kept copies reached the source's bound
+TWIN_GRACE = 0.06  # seconds: twice watchdog's hold of an unpaired rename half, and some
 NOT_REPRESENTABLE = "keys_not_representable"  # a key the wire cannot carry (a lone surrogate)
 
 
 class Read:
-    """What a read found: ``checksum`` (None: no such regular file), the parsed document
-    (or ``Unparsed``, or None for a file that is not structured), and the diff against the
-    document the read was asked with (None when there is none; ``skip`` then says why).
+    """What a read found: ``checksum`` (None: no such regular file), the file's ``copy`` for
+    the next diff (opaque here: the worker keeps structured files compressed, or an
+    ``Unparsed`` saying why there is none; None for a file that is not structured), its
+    ``size`` (what the copy counts for against the bound), and the diff against the copy the
+    read was asked with (None when there is none; ``skip`` then says why).
 
     ``version`` orders what several nodes observe of one shared file (the broker drops a
     change older than the one it recorded): the content's change time (ctime, in
     microseconds: set by the kernel, the same for every reader), or, for a file found gone,
     the time it was found so (before any later re-creation's ctime)."""
 
-    __slots__ = ("checksum", "doc", "size", "diff", "skip", "extra", "version")
+    __slots__ = ("checksum", "copy", "size", "diff", "skip", "extra", "version")
 
-    def __init__(self, checksum: str | None, doc: Any = None, size: int = 0,
+    def __init__(self, checksum: str | None, copy: Any = None, size: int = 0,
                  diff: dict | None = None, skip: str | None = None, extra: Any = None,
                  version: int | None = None):
         self.checksum = checksum
-        self.doc = doc
+        self.copy = copy
         self.size = size
         self.diff = diff
         self.skip = skip
@@ -75,31 +81,32 @@ class Taken(NamedTuple):
 
 
 class _File:
-    __slots__ = ("target", "sent", "sent_doc", "sent_size", "current", "first", "deadline", "reading",
-                 "again", "ready", "moved_from", "moved_to", "cached")
+    __slots__ = ("target", "sent", "sent_copy", "sent_size", "current", "first", "deadline", "reading",
+                 "again", "ready", "ready_at", "moved_from", "moved_to", "cached")
 
     def __init__(self, target: Target):
         self.target = target
         self.sent: str | None = None  # the checksum the server was told (None: no file)
-        self.sent_doc: Any = None  # its parsed document, for the next diff
-        self.sent_size = 0  # what sent_doc counts against the memory bound
+        self.sent_copy: Any = None  # its copy (see Read), for the next diff
+        self.sent_size = 0  # what sent_copy counts against the memory bound
         self.current: Read | None = None  # read, not yet taken
         self.first: float | None = None  # first touch since the last read
         self.deadline: float | None = None  # when to read (None: not waiting)
         self.reading = False  # a read is under way
         self.again = False  # touched while being read: read once more after
         self.ready = False  # read and waiting to be taken
+        self.ready_at = 0.0  # when it was read
         self.moved_from: Key | None = None  # the other end of a rename into this file
         self.moved_to: Key | None = None  # and of a rename out of it: its event is the other's
         self.cached: Any = None  # the reader's last Content, offered back for rescans
 
 
 class Settler:
-    def __init__(self, debounce: float, max_delay: float, *, max_doc_bytes: int = 64 * 1024 * 1024):
+    def __init__(self, debounce: float, max_delay: float, *, max_copy_bytes: int = 1024 * 1024 * 1024):
         self.debounce = debounce
         self.max_delay = max_delay
-        self.max_doc_bytes = max_doc_bytes  # sizes of the kept documents' files, together
-        self.doc_bytes = 0
+        self.max_copy_bytes = max_copy_bytes  # the kept copies' sizes, together
+        self.copy_bytes = 0
         self._files: dict[Key, _File] = {}
         self._timers: list[tuple[float, int, Key]] = []  # (deadline, n, key), stale ones skipped
         self._n = itertools.count()
@@ -108,18 +115,23 @@ class Settler:
         # (tenant, checksum), and how many files with that sent content are still to be read.
         self._gone: dict[tuple[str, str], dict[Key, None]] = {}
         self._unread: dict[tuple[str, str], int] = {}
+        # How many files of a tenant the server knows with a content: a new file with one of
+        # those may be a rename whose other half the watcher has not reported yet.
+        self._sent_count: dict[tuple[str, str], int] = {}
+        self._retry_at: float | None = None  # a file waits out the grace until then
+        self._now = float("inf")
         # Folder -> files and subfolders below it that this machine knows, for folder events.
         self._dir_files: dict[str, set[Key]] = {}
         self._dir_dirs: dict[str, set[str]] = {}
 
     # -- what the server was told ------------------------------------------------------------
 
-    def baseline(self, key: Key, target: Target, checksum: str, doc: Any = None, size: int = 0,
+    def baseline(self, key: Key, target: Target, checksum: str, copy: Any = None, size: int = 0,
                  cached: Any = None) -> None:
         """The server knows ``key`` with this content (a start-up scan, or a restart's record)."""
         f = self._file(key, target)
-        f.sent = checksum
-        self._keep_doc(f, doc, size)
+        self._set_sent(f, checksum)
+        self._keep_copy(f, copy, size)
         f.cached = cached
 
     def known(self) -> Iterable[tuple[Key, Target, str]]:
@@ -185,6 +197,12 @@ class Settler:
     # -- reading --------------------------------------------------------------------------------
 
     def next_deadline(self) -> float | None:
+        deadline = self._next_timer()
+        if self._retry_at is not None and (deadline is None or self._retry_at < deadline):
+            return self._retry_at
+        return deadline
+
+    def _next_timer(self) -> float | None:
         timers = self._timers
         while timers:
             deadline, _, key = timers[0]
@@ -195,7 +213,7 @@ class Settler:
         return None
 
     def due(self, now: float) -> list[tuple[Key, Any, Any]]:
-        """Files to read now, as ``(key, document to diff against, cached read)``; each is
+        """Files to read now, as ``(key, copy to diff against, cached read)``; each is
         then being read until ``read_done``."""
         out = []
         timers = self._timers
@@ -206,7 +224,7 @@ class Settler:
                 continue
             f.deadline = None
             f.reading = True
-            out.append((key, f.sent_doc if f.sent is not None else None, f.cached))
+            out.append((key, f.sent_copy if f.sent is not None else None, f.cached))
         return out
 
     def read_done(self, key: Key, read: Read, now: float) -> None:
@@ -221,6 +239,7 @@ class Settler:
             f.again = False
             self.touched(key, f.target, now)
             return
+        f.ready_at = now
         f.current = read
         f.ready = True
         self._ready[key] = None
@@ -235,11 +254,14 @@ class Settler:
 
     def busy(self) -> bool:
         """Whether any file is waiting for its debounce, being read, or waiting to be taken."""
-        return bool(self._ready) or self.next_deadline() is not None or any(f.reading for f in self._files.values())
+        return bool(self._ready) or self._next_timer() is not None or any(f.reading for f in self._files.values())
 
-    def take(self, limit: int) -> list[Taken]:
+    def take(self, limit: int, now: float = float("inf")) -> list[Taken]:
         """Up to ``limit`` events, in the order their files were read. A file that may be the
-        destination of a rename whose source is still to be read waits for it."""
+        destination of a rename whose source is still to be read, or not reported yet (see
+        ``TWIN_GRACE``; ``now`` is the time), waits for it."""
+        self._now = now
+        self._retry_at = None
         out: list[Taken] = []
         progress = True
         while progress and len(out) < limit:
@@ -285,6 +307,11 @@ class Settler:
             payload = _payload(tenant_id, "deleted", rel, None)
         elif f.sent is None:
             twin = self._twin(tenant_id, read.checksum)
+            if twin is None and self._sent_count.get((tenant_id, read.checksum)) \
+                    and self._now < f.ready_at + TWIN_GRACE:
+                twin = _WAIT  # a file of that content may be gone, its report still on the way
+                retry = f.ready_at + TWIN_GRACE
+                self._retry_at = retry if self._retry_at is None else min(self._retry_at, retry)
             if twin is _WAIT:
                 return _WAIT
             if twin is not None:
@@ -329,12 +356,26 @@ class Settler:
             del self._ready[key]
         f.current = None
         if read is not None:
-            f.sent = read.checksum
-            self._keep_doc(f, read.doc if read.checksum is not None else None, read.size)
+            self._set_sent(f, read.checksum)
+            self._keep_copy(f, read.copy if read.checksum is not None else None, read.size)
         if f.sent is None and f.deadline is None and not f.reading:
             self._forget(key, f)
 
     # -- bookkeeping --------------------------------------------------------------------------------
+
+    def _set_sent(self, f: _File, checksum: str | None) -> None:
+        counts = self._sent_count
+        if f.sent is not None:
+            index = (f.target[0], f.sent)
+            left = counts.get(index, 0) - 1
+            if left > 0:
+                counts[index] = left
+            else:
+                counts.pop(index, None)
+        f.sent = checksum
+        if checksum is not None:
+            index = (f.target[0], checksum)
+            counts[index] = counts.get(index, 0) + 1
 
     def _file(self, key: Key, target: Target) -> _File:
         f = self._files.get(key)
@@ -353,7 +394,7 @@ class Settler:
         return f
 
     def _forget(self, key: Key, f: _File) -> None:
-        self._keep_doc(f, None, 0)
+        self._keep_copy(f, None, 0)
         del self._files[key]
         folder = key.rpartition("/")[0]
         files = self._dir_files.get(folder)
@@ -368,17 +409,17 @@ class Settler:
                 siblings.discard(folder)
             folder = parent
 
-    def _keep_doc(self, f: _File, doc: Any, size: int) -> None:
-        self.doc_bytes -= f.sent_size
-        f.sent_doc, f.sent_size = None, 0
-        if doc is None or isinstance(doc, Unparsed):
-            f.sent_doc = doc
+    def _keep_copy(self, f: _File, copy: Any, size: int) -> None:
+        self.copy_bytes -= f.sent_size
+        f.sent_copy, f.sent_size = None, 0
+        if copy is None or isinstance(copy, Unparsed):
+            f.sent_copy = copy
             return
-        if self.doc_bytes + size > self.max_doc_bytes:
-            f.sent_doc = Unparsed(MEMORY_CAP)
+        if self.copy_bytes + size > self.max_copy_bytes:
+            f.sent_copy = Unparsed(MEMORY_CAP)
             return
-        f.sent_doc, f.sent_size = doc, size
-        self.doc_bytes += size
+        f.sent_copy, f.sent_size = copy, size
+        self.copy_bytes += size
 
     def _count_unread(self, f: _File, delta: int) -> None:
         index = (f.target[0], f.sent)
