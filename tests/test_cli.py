@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import asyncio
 import json
+import os
 import signal
 import socket
 import subprocess
@@ -264,6 +265,29 @@ async def test_signal_closes_clients_with_1001_and_exits_0(start, config_dir, si
     assert "shutting down" in log
     assert "exiting anyway" not in log
     assert "Traceback" not in log
+
+
+MAX_WATCHES = Path("/proc/sys/fs/inotify/max_user_watches")
+
+
+def test_a_folder_needing_more_inotify_watches_than_allowed_is_a_start_up_error(tmp_path, config_dir):
+    """Issue 17 point 4: a clear start-up error naming the sysctl and the number needed (the
+    kernel's own limit, lowered for the moment of the check; root only)."""
+    if not os.access(MAX_WATCHES, os.W_OK):
+        pytest.fail(f"{MAX_WATCHES} is not writable (the tests run as root in CI)")
+    for i in range(30):
+        (config_dir / "acme" / f"d{i}").mkdir()
+    original = MAX_WATCHES.read_text()
+    try:
+        MAX_WATCHES.write_text("16")  # for the few hundred ms the check takes
+        result = run_cli("--config-dir", str(config_dir), "--port", "0", cwd=tmp_path)
+    finally:
+        MAX_WATCHES.write_text(original)
+    assert result.returncode == 2
+    line = result.stderr.strip()
+    assert "\n" not in line
+    assert "33 directories" in line and "max_user_watches" in line and "sysctl fs.inotify.max_user_watches=8192" in line
+    assert "--watch-fallback poll" in line
 
 
 @pytest.mark.gen_test(timeout=120)

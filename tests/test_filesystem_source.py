@@ -19,6 +19,7 @@ import time
 from pathlib import Path
 
 import pytest
+from tornado.httpclient import AsyncHTTPClient
 
 from tornado_cfgpush import hookimpl
 from tornado_cfgpush.schemas import CHECKSUM_RE
@@ -880,14 +881,42 @@ class TestWatchLimitFallback:
     def settings(self, config_dir, monkeypatch):
         # Before `core` starts: the config folder (3 directories) needs more watches than 2.
         monkeypatch.setattr(filesystem_source, "inotify_watch_limit", lambda: 2)
-        return Settings(config_dir=config_dir, debounce_ms=30)
+        return Settings(config_dir=config_dir, debounce_ms=30, watch_fallback="poll")
 
     @pytest.mark.gen_test(timeout=TEST_TIMEOUT)
-    async def test_falls_back_to_polling_and_says_why(self, connect, config_dir, core, published, caplog):
+    async def test_falls_back_to_polling_and_says_why(self, connect, config_dir, core, published, caplog,
+                                                      http_url):
         assert fs_source(core).observer_kind == "polling"
         warnings = [r.getMessage() for r in caplog.get_records("setup") if r.levelno == logging.WARNING]
         assert any("max_user_watches" in m and "polling" in m for m in warnings), warnings
+        ready = json.loads((await AsyncHTTPClient().fetch(f"{http_url}/readyz")).body)
+        assert ready["status"] == "degraded" and "max_user_watches" in ready["reasons"][0], ready
         await _exercise_polling(connect, config_dir, published)
+
+
+class TestWatchLimitError:
+    @pytest.fixture
+    def settings(self, config_dir, monkeypatch):
+        monkeypatch.setattr(filesystem_source, "inotify_watch_limit", lambda: 2)
+        return Settings(config_dir=config_dir, debounce_ms=30)  # watch_fallback "error", the default
+
+    @pytest.fixture
+    def core(self, io_loop, settings):
+        """Started without waiting for its sources: this one cannot start."""
+        from tornado_cfgpush.app import CfgPush
+        from tornado_cfgpush.plugins import get_plugin_manager
+
+        service = CfgPush(settings, get_plugin_manager(load_entry_points=False))
+        io_loop.run_sync(service.start)
+        yield service
+        io_loop.run_sync(service.stop)
+
+    @pytest.mark.gen_test(timeout=TEST_TIMEOUT)
+    async def test_a_watch_limit_too_low_is_an_error_naming_the_sysctl(self, core, caplog):
+        await wait_for(lambda: core.runner.restarts["filesystem"] >= 1, EXPECT)
+        failures = [r.getMessage() for r in caplog.records if "crashed" in r.getMessage()]
+        assert failures and "max_user_watches" in caplog.text and "--watch-fallback poll" in caplog.text
+        assert any("filesystem is not running" in reason for reason in core.not_ready_reasons())
 
 
 @pytest.mark.gen_test(timeout=TEST_TIMEOUT)

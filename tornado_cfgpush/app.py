@@ -194,6 +194,10 @@ class CfgPush:
             reasons.append(lag)
         if self.runner is not None:
             for source in self.runner.sources:
+                own = getattr(source, "degraded", None)
+                why = own() if callable(own) else None
+                if why:
+                    reasons.append(f"source {source.name}: {why}")
                 behind = self.runner.publish_lag(source)
                 if behind > PUBLISH_LAG_DEGRADED:
                     reasons.append(f"source {source.name} is {behind:.1f} s behind publishing (a slow or unreachable broker)")

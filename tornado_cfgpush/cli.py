@@ -22,7 +22,7 @@ from . import __version__, auth, logs
 from .config_file import ConfigFile, PluginOption, add_plugin_options, parse_bool, plugin_values
 from .config_file import render as render_config
 from .plugins import PluginError, describe_plugins, get_plugin_manager, known_plugin_names
-from .settings import EVENT_LOOPS, Settings
+from .settings import EVENT_LOOPS, WATCH_FALLBACKS, Settings
 
 PROG = "cfgpush-serve"
 ENV_PREFIX = "CFGPUSH_"
@@ -68,6 +68,14 @@ def _seconds_or_zero(what: str) -> Callable[[str], float]:
         if not value >= 0 or value == float("inf"):
             raise ValueError(f"{what} must be 0 or a positive number of seconds, not {text!r}")
         return value
+    return parse
+
+
+def _one_of(what: str, choices: Sequence[str]) -> Callable[[str], str]:
+    def parse(text: str) -> str:
+        if text.lower() not in choices:
+            raise ValueError(f"{what} must be one of {', '.join(choices)}, not {text!r}")
+        return text.lower()
     return parse
 
 
@@ -186,6 +194,9 @@ SETTING_FLAGS: dict[str, tuple[str, Callable[[str], Any], str]] = {
                          "(each event compressed once, no context takeover)"),
     "--watch-canary": ("watch_canary", _seconds_or_zero("watch canary"), "seconds without a file event after which "
                        "the filesystem source checks its watcher with a canary file (0: never)"),
+    "--watch-fallback": ("watch_fallback", _one_of("watch fallback", WATCH_FALLBACKS),
+                         "when the config folder needs more inotify watches than the kernel allows: error "
+                         "(a start-up error naming the sysctl) or poll (every second, /readyz degraded)"),
     "--loop": ("event_loop", _event_loop, "the event loop: asyncio, or uvloop (pip install 'tornado_cfgpush[fast]')"),
 }
 # Settings that are secrets: never logged, and readable from a file named by CFGPUSH_<FLAG>_FILE.
@@ -334,9 +345,16 @@ def main(argv: Sequence[str] | None = None, environ: dict[str, str] | None = Non
         if args.print_config:
             print(render_config(settings, origins, SETTING_FLAGS, SECRET_FIELDS, plugin_options, redact_url), end="")
             return 0
-        if "filesystem" not in settings.disabled_plugins and not settings.config_dir.is_dir():
-            raise UsageError(f"--config-dir: folder {str(settings.config_dir)!r} does not exist "
-                             "(create it, or point --config-dir / CFGPUSH_CONFIG_DIR elsewhere)")
+        if "filesystem" not in settings.disabled_plugins:
+            if not settings.config_dir.is_dir():
+                raise UsageError(f"--config-dir: folder {str(settings.config_dir)!r} does not exist "
+                                 "(create it, or point --config-dir / CFGPUSH_CONFIG_DIR elsewhere)")
+            if settings.watch_fallback == "error":
+                from .sources.filesystem.watch import watch_limit_error
+
+                problem = watch_limit_error(settings.config_dir)
+                if problem:
+                    raise UsageError(problem)
         from .app import StartupError, bind, serve
         try:
             sockets = bind(settings)

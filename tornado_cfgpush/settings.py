@@ -9,6 +9,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 EVENT_LOOPS = ("asyncio", "uvloop")
+WATCH_FALLBACKS = ("error", "poll")
 
 
 @dataclass(frozen=True)
@@ -93,6 +94,10 @@ class Settings:
     # hear of it; a watcher that stopped delivering is restarted. 0: never (a read-only folder
     # never gets one either; dead watcher threads are noticed either way).
     watch_canary: float = 60.0
+    # When the config folder needs more inotify watches than the kernel allows
+    # (fs.inotify.max_user_watches): "error", a start-up error naming the sysctl and the number
+    # needed; or "poll", the folder is polled every second instead (and /readyz says degraded).
+    watch_fallback: str = "error"
     # The event loop: "asyncio" (the standard library's) or "uvloop" (pip install
     # 'tornado_cfgpush[fast]'): cheaper I/O per delivery.
     event_loop: str = "asyncio"
@@ -110,6 +115,8 @@ class Settings:
             raise ValueError("heartbeat_timeout must be at least heartbeat_interval")
         if self.event_loop not in EVENT_LOOPS:
             raise ValueError(f"--loop must be one of {', '.join(EVENT_LOOPS)}, not {self.event_loop!r}")
+        if self.watch_fallback not in WATCH_FALLBACKS:
+            raise ValueError(f"--watch-fallback must be one of {', '.join(WATCH_FALLBACKS)}, not {self.watch_fallback!r}")
         if self.debounce_ms < 0:
             raise ValueError("debounce_ms must not be negative")
         for name in ("jwt_public_key", "jwks"):

@@ -55,13 +55,15 @@ class FilesystemSource:
     name = SOURCE_NAME
 
     def __init__(self, config_dir: Path | str, debounce: float = 0.05, *, max_delay: float | None = None,
-                 polling: bool = False, canary: float = 60.0):
+                 polling: bool = False, canary: float = 60.0, fallback: str = "poll"):
         self.config_dir = Path(config_dir)
         self.debounce = debounce
         # A file written continuously still reports, at least this often.
         self.max_delay = max_delay if max_delay is not None else max(1.0, 20 * debounce)
         self.force_polling = polling
         self.canary = canary  # seconds of silence before the worker checks its watcher (0: never)
+        self.fallback = fallback  # when the kernel allows too few watches: "poll" or "error"
+        self._polling_because = ""  # why it polls though it was not asked to (degraded)
         self.observer_kind = ""
         self.root = ""
         # What the server was told, by the worker's key: (tenant, path, checksum); and by tenant.
@@ -98,7 +100,7 @@ class FilesystemSource:
             known = None if first_run else [[k, t, r, c] for k, (t, r, c) in self._files.items()]
             config = {"root": self.root, "debounce": self.debounce, "max_delay": self.max_delay,
                       "polling": self.force_polling, "watch_limit": inotify_watch_limit(), "known": known,
-                      "canary": self.canary,
+                      "canary": self.canary, "fallback": self.fallback,
                       "log_level": logging.getLogger("cfgpush").getEffectiveLevel()}
             proc.stdin.write(json.dumps(config).encode() + b"\n")
             await proc.stdin.drain()  # stdin stays open: its end tells the worker to stop
@@ -140,6 +142,9 @@ class FilesystemSource:
                         self._versions[key] = version
             elif kind == "ready":
                 self.observer_kind = message["observer"]
+                self._polling_because = ("the kernel allows too few inotify watches for the config folder "
+                                         "(fs.inotify.max_user_watches): polling it every second"
+                                         if self.observer_kind == "polling" and not message.get("forced") else "")
                 if first_run:
                     # A shared broker remembers what was published before this process started:
                     # report what changed on disk while no source was watching.
@@ -240,6 +245,10 @@ class FilesystemSource:
                 key = keys.get((tenant_id, rel))
                 self._unsent.append([key, {"tenant_id": tenant_id, "change_type": change, "path": rel,
                                            "checksum": now}, None, self._versions.get(key), time.monotonic()])
+
+    def degraded(self) -> str | None:
+        """Why this source serves worse than it should, or None (``/readyz`` says it)."""
+        return self._polling_because or None
 
     def manifest(self, tenant_id: str) -> dict[str, str] | None:
         """``{path: checksum}`` of every file of ``tenant_id`` as last reported."""

@@ -77,9 +77,32 @@ def choose_observer_kind(directories: int, watch_limit: int | None) -> str:
 def watch_limit_message(directories: int, limit: int | None) -> str:
     return (
         f"inotify watch limit reached (fs.inotify.max_user_watches = {limit}, the config folder has "
-        f"{directories} directories): raise it, e.g. `sysctl fs.inotify.max_user_watches=524288` "
-        f"(persist it in /etc/sysctl.d/); falling back to polling every {POLL_INTERVAL:g} s"
+        f"{directories} directories): raise it, e.g. `sysctl fs.inotify.max_user_watches="
+        f"{_enough(directories)}` (persist it in /etc/sysctl.d/); polling every {POLL_INTERVAL:g} s instead "
+        f"(--watch-fallback poll)"
     )
+
+
+def _enough(directories: int) -> int:
+    return max(8192, 2 * directories)  # room for the folders made later, and other watchers
+
+
+class WatchLimitReached(Exception):
+    """The config folder needs more inotify watches than the kernel allows (--watch-fallback error)."""
+
+
+def watch_limit_error(root: Path | str) -> str | None:
+    """The start-up error of a folder that needs more watches than the kernel allows, or None."""
+    limit = inotify_watch_limit()
+    if limit is None:
+        return None
+    directories = count_directories(root)
+    if choose_observer_kind(directories, limit) == "inotify":
+        return None
+    return (f"--config-dir: the folder has {directories} directories to watch, and the kernel allows "
+            f"{limit} inotify watches (fs.inotify.max_user_watches): raise it, e.g. "
+            f"`sysctl fs.inotify.max_user_watches={_enough(directories)}` (persist it in /etc/sysctl.d/), "
+            f"or start with --watch-fallback poll to poll the folder every {POLL_INTERVAL:g} s instead")
 
 
 def adjust_watchdog() -> None:
@@ -160,8 +183,10 @@ class OverflowWatch(logging.Filter):
 
 
 def start_observer(root: str, handler: FileSystemEventHandler, *, polling: bool, watch_limit: int | None,
-                   log: logging.Logger):
-    """An observer watching ``root`` recursively, started, and its kind."""
+                   log: logging.Logger, fallback: str = "poll"):
+    """An observer watching ``root`` recursively, started, and its kind: ``inotify``, or
+    ``polling`` when forced, or (``fallback`` "poll") when the kernel's watch limit is too low;
+    with ``fallback`` "error" a too-low limit raises ``WatchLimitReached``."""
     from watchdog.observers import Observer
     from watchdog.observers.polling import PollingObserver
 
@@ -170,6 +195,8 @@ def start_observer(root: str, handler: FileSystemEventHandler, *, polling: bool,
         directories = count_directories(root)
         kind = choose_observer_kind(directories, watch_limit)
         if kind == "polling":
+            if fallback != "poll":
+                raise WatchLimitReached(watch_limit_error(root) or watch_limit_message(directories, watch_limit))
             log.warning(watch_limit_message(directories, watch_limit))
     if kind == "inotify":
         observer = Observer()
@@ -181,7 +208,10 @@ def start_observer(root: str, handler: FileSystemEventHandler, *, polling: bool,
 
             if exc.errno not in (errno.ENOSPC, errno.EMFILE):
                 raise
-            log.warning(watch_limit_message(count_directories(root), inotify_watch_limit()))
+            message = watch_limit_message(count_directories(root), inotify_watch_limit())
+            if fallback != "poll":
+                raise WatchLimitReached(message) from None
+            log.warning(message)
             kind = "polling"
     if kind == "polling":
         observer = PollingObserver(timeout=POLL_INTERVAL)

@@ -207,7 +207,8 @@ class Worker:
         OverflowWatch(self._on_kernel_overflow).install()
         handler = ToInbox(self.inbox)
         self.observer, kind = start_observer(self.root, handler, polling=self.config["polling"],
-                                             watch_limit=self.config.get("watch_limit"), log=log)
+                                             watch_limit=self.config.get("watch_limit"), log=log,
+                                             fallback=self.config.get("fallback", "poll"))
         self.observer_kind = kind
         known = self.config.get("known")
         now = time.monotonic()
@@ -218,7 +219,7 @@ class Worker:
             for key, tenant_id, rel, checksum in known:
                 self.settler.baseline(key, (tenant_id, rel), checksum)
             self._touch_all(now)
-        self.output.send({"t": "ready", "observer": kind})
+        self.output.send({"t": "ready", "observer": kind, "forced": self.config["polling"]})
 
     def _on_kernel_overflow(self) -> None:  # on watchdog's thread
         self._overflow.set()
