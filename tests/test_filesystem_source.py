@@ -380,18 +380,22 @@ class TestLongDebounce:
         return Settings(config_dir=config_dir, debounce_ms=300)
 
     @pytest.mark.gen_test(timeout=TEST_TIMEOUT)
-    async def test_writes_within_the_debounce_window_are_coalesced(self, connect, config_dir, published):
+    async def test_saves_within_the_debounce_window_after_the_first_are_coalesced(self, connect, config_dir,
+                                                                                 published):
+        """The first save is announced the moment its writer is done (closed, or renamed into
+        place); saves that follow within the debounce are one event, the newest."""
         client = await subscribe(connect, "acme")
         target = config_dir / "acme" / "app.json"
         save_in_place(target, b'{"v": 1}')
-        await asyncio.sleep(0.02)  # wait-ok: an editor pausing between two writes
+        first = await change(client)
+        assert first["checksum"] == sha(b'{"v": 1}')
         save_truncate_and_write(target, b'{"v": 2}')
-        await asyncio.sleep(0.02)  # wait-ok: same
+        await asyncio.sleep(0.02)  # wait-ok: an editor pausing between two writes
         _save_via(".app.json.tmp")(target, b'{"v": 3}')
         event = await change(client)
         assert (event["change_type"], event["checksum"]) == ("modified", sha(b'{"v": 3}'))
         await nothing(client, timeout=0.6)
-        assert len(published) == 1
+        assert len(published) == 2
 
     @pytest.mark.gen_test(timeout=TEST_TIMEOUT)
     async def test_vim_style_save_with_pauses_is_one_event(self, connect, config_dir, published):
@@ -1059,8 +1063,8 @@ async def test_crashed_source_restarts_and_catches_up(connect, config_dir, core,
 @pytest.mark.gen_test(timeout=30)
 async def test_structured_files_say_what_changed_never_the_values(connect, config_dir, name, before, after):
     path = config_dir / "acme" / name
-    path.write_bytes(before)
     client = await subscribe(connect, "acme")
+    path.write_bytes(before)
     created = await change(client)
     assert (created["change_type"], created["path"]) == ("created", name)
     assert "diff" not in created
@@ -1099,8 +1103,8 @@ async def test_a_file_that_does_not_parse_still_gets_its_event_without_diff(conn
 @pytest.mark.gen_test(timeout=30)
 async def test_unstructured_files_get_no_diff(connect, config_dir):
     path = config_dir / "acme" / "notes.txt"
-    path.write_text("one")
     client = await subscribe(connect, "acme")
+    path.write_text("one")
     await change(client)
     path.write_text("two")
     assert "diff" not in await change(client)

@@ -82,7 +82,7 @@ class Taken(NamedTuple):
 
 class _File:
     __slots__ = ("target", "sent", "sent_copy", "sent_size", "current", "first", "deadline", "reading",
-                 "again", "ready", "ready_at", "moved_from", "moved_to", "cached")
+                 "again", "ready", "ready_at", "moved_from", "moved_to", "cached", "read_at")
 
     def __init__(self, target: Target):
         self.target = target
@@ -96,6 +96,7 @@ class _File:
         self.again = False  # touched while being read: read once more after
         self.ready = False  # read and waiting to be taken
         self.ready_at = 0.0  # when it was read
+        self.read_at = float("-inf")  # when a read was last asked for
         self.moved_from: Key | None = None  # the other end of a rename into this file
         self.moved_to: Key | None = None  # and of a rename out of it: its event is the other's
         self.cached: Any = None  # the reader's last Content, offered back for rescans
@@ -158,8 +159,12 @@ class Settler:
     # -- what the watcher saw -----------------------------------------------------------------
 
     def touched(self, key: Key, target: Target, now: float, *, at_once: bool = False) -> None:
-        """``key`` may have changed: read it once the debounce passes (``at_once``: now)."""
+        """``key`` may have changed: read it once the debounce passes (``at_once``: now, its
+        writer being done; but not twice within a debounce: a writer that saves again and
+        again is coalesced like any other)."""
         f = self._file(key, target)
+        if at_once and now - f.read_at < self.debounce:
+            at_once = False
         if f.reading:
             f.again = True
             return
@@ -178,7 +183,8 @@ class Settler:
             f.deadline = deadline
             heapq.heappush(self._timers, (deadline, next(self._n), key))
 
-    def renamed(self, src: Key, src_target: Target, dest: Key, dest_target: Target, now: float) -> None:
+    def renamed(self, src: Key, src_target: Target, dest: Key, dest_target: Target, now: float, *,
+                at_once: bool = False) -> None:
         """``src`` was renamed to ``dest``; one ``moved`` event when it is a rename inside a
         tenant of a file the server knows, else whatever each end turns out to be."""
         f = self._files.get(src)
@@ -191,7 +197,7 @@ class Settler:
         if origin is not None:
             self._file(dest, dest_target).moved_from = origin
             self._files[origin].moved_to = dest
-        self.touched(dest, dest_target, now)
+        self.touched(dest, dest_target, now, at_once=at_once)
         self.touched(src, src_target, now)
 
     # -- reading --------------------------------------------------------------------------------
@@ -224,6 +230,7 @@ class Settler:
                 continue
             f.deadline = None
             f.reading = True
+            f.read_at = now
             out.append((key, f.sent_copy if f.sent is not None else None, f.cached))
         return out
 

@@ -58,6 +58,10 @@ REFUSED_AGAIN_AFTER = 1.0  # seconds: the events of one save of an unpublishable
 # Overflows come in floods (a tenant renaming in a loop): one rescan per this many seconds at
 # most; the events that still arrive meanwhile are handled as usual.
 RESCAN_EVERY = 0.5
+# A file whose writer says it is done (closed after writing, or renamed into place) is read at
+# once instead of after the debounce: milliseconds from a save to the browsers. Not when more
+# than this many events arrive together (a burst: the debounce coalesces it).
+FAST_BATCH = 32
 # The watcher's canary (``--watch-canary``): a dotfile of this worker's own in the config
 # folder's top, made after a quiet spell and expected back from the watcher within this long
 # (or two poll intervals); removed once seen. Other nodes sharing the folder ignore it, as
@@ -195,6 +199,7 @@ class Worker:
         self._stopping = False
         self._rescan_at: float | None = None  # an overflow was seen: rescan then
         self._last_rescan = float("-inf")
+        self._fast = True  # see FAST_BATCH
         self._canary_every = float(config.get("canary") or 0)
         self._canary_name = f"{CANARY_PREFIX}{socket.gethostname()}-{os.getpid()}"
         self._canary_sent: float | None = None  # when the canary was made, until it is seen
@@ -274,6 +279,9 @@ class Worker:
             if self._rescan_at is not None and now >= self._rescan_at:
                 self._rescan(now)
                 continue
+            # Many events at once is a burst still arriving: the debounce gathers it, and no
+            # file is read the moment its writer is done (it may be written again at once).
+            self._fast = sum(not isinstance(item, tuple) for item in items) <= FAST_BATCH
             for item in items:
                 if isinstance(item, tuple):
                     if item[0] == "read":
@@ -378,25 +386,30 @@ class Worker:
         src_parts = split(self.root, src)
         if kind != "moved":
             if src_parts is not None:
-                self._touch("/".join(src_parts), now)
+                # A close after writing says the writer is done: read now, not after the
+                # debounce (unless a burst is arriving, see run).
+                self._touch("/".join(src_parts), now, at_once=kind == "closed" and self._fast)
             return
         dest_parts = split(self.root, dest)
         src_key = "/".join(src_parts) if src_parts is not None else None
         dest_key = "/".join(dest_parts) if dest_parts is not None else None
         src_target = self._target(src_key) if src_key is not None else None
         dest_target = self._target(dest_key) if dest_key is not None else None
+        # A rename's destination is complete when reported (an atomic save's last step): read it
+        # now. Its source waits the debounce: an editor renaming a file away (to a backup name)
+        # is writing it again a moment later.
         if src_target is not None and dest_target is not None:
-            self.settler.renamed(src_key, src_target, dest_key, dest_target, now)
+            self.settler.renamed(src_key, src_target, dest_key, dest_target, now, at_once=self._fast)
             return
         if src_key is not None:
             self._touch(src_key, now)
         if dest_key is not None:
-            self._touch(dest_key, now)
+            self._touch(dest_key, now, at_once=self._fast)
 
-    def _touch(self, key: str, now: float) -> None:
+    def _touch(self, key: str, now: float, at_once: bool = False) -> None:
         target = self._target(key)
         if target is not None:
-            self.settler.touched(key, target, now)
+            self.settler.touched(key, target, now, at_once=at_once)
 
     def _target(self, key: str) -> tuple[str, str] | None:
         found = classify(key)
