@@ -15,6 +15,7 @@ from marshmallow import ValidationError
 from pluggy import PluginManager
 from tornado import httpserver, netutil, web
 
+from .auth import Decision, decide
 from .broker import HISTORY_EXPIRED, SOURCE_GAP, Broker, BrokerUnavailable
 from .broker.memory import MemoryBroker
 from .handlers import default_handlers
@@ -174,6 +175,11 @@ class CfgPush:
         """Wait until every source that exposes ``started`` has set it."""
         events = [s.started for s in self.sources if isinstance(getattr(s, "started", None), asyncio.Event)]
         await asyncio.wait_for(asyncio.gather(*(e.wait() for e in events)), timeout)
+
+    def authorize(self, request: Any, tenant_id: str, token: str | None) -> Decision:
+        """Whether a subscriber may receive ``tenant_id``'s events: the ``cfgpush_authorize``
+        hook's answer (``auth.decide``)."""
+        return decide(self.pm.hook.cfgpush_authorize, self.settings, request, tenant_id, token)
 
     def manifest(self, tenant_id: str) -> dict[str, str] | None:
         """``{path: checksum}`` of the tenant's files, from every source that can list them

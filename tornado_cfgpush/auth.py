@@ -35,7 +35,7 @@ import re
 import threading
 from dataclasses import dataclass
 from pathlib import Path
-from typing import TYPE_CHECKING, Any, Iterable
+from typing import TYPE_CHECKING, Any, Callable, Iterable
 from urllib.parse import unquote_plus
 
 import jwt
@@ -286,6 +286,26 @@ class Verifier:
 @functools.lru_cache(maxsize=16)
 def verifier(settings: "Settings") -> Verifier:
     return Verifier(settings)
+
+
+def decide(hook: Callable[..., Any], settings: "Settings", request: Any, tenant_id: str,
+           token: str | None) -> Decision:
+    """The answer of ``hook`` (the ``cfgpush_authorize`` hook caller) for one subscriber: a
+    plugin that raises refuses (503), never allows; no answer allows only while no JWT key is
+    set."""
+    try:
+        decision = hook(settings=settings, request=request, tenant_id=tenant_id, token=token)
+    except Exception:
+        log.exception("cfgpush_authorize raised; refusing the subscriber of tenant %s", tenant_id)
+        return Decision.deny(503, "authorization is unavailable; retry later")
+    if decision is None:
+        if auth_enabled(settings):
+            return Decision.deny(401, "token cannot be checked: no authorization plugin answered")
+        return Decision.allow()
+    if not isinstance(decision, Decision):
+        log.error("cfgpush_authorize returned %s, not a Decision; refusing", type(decision).__name__)
+        return Decision.deny(503, "authorization is unavailable; retry later")
+    return decision
 
 
 # -- the built-in hook implementation -------------------------------------------------------------

@@ -22,8 +22,8 @@ from . import __version__
 from .loop_health import LAG_BUCKETS
 
 if TYPE_CHECKING:  # pragma: no cover
-    from .app import CfgPush
     from .events import Event
+    from .ports import Metered
 
 TRANSPORTS = ("ws", "sse")
 # Fan-out of one event to every local connection of its tenant: microseconds for a few
@@ -39,7 +39,7 @@ RATE_LIMITED = "rate_limited"  # the publish API, past a token's budget (429)
 class Metrics:
     """One service's metrics: its own registry (no process-wide global), read at scrape time."""
 
-    def __init__(self, core: "CfgPush"):
+    def __init__(self, core: "Metered"):
         self.core = core
         self.tenant_labels = bool(core.settings.metrics_tenant_labels)
         # (source,) or (source, tenant) -> count; (source, reason) -> count.

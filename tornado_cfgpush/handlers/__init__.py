@@ -12,10 +12,10 @@ from .tenants import TenantStatusHandler
 from .ws import ConfigWebSocket
 
 if TYPE_CHECKING:  # pragma: no cover
-    from ..app import CfgPush
+    from ..ports import Service
 
 
-def default_handlers(core: "CfgPush") -> list[tuple]:
+def default_handlers(core: "Service") -> list[tuple]:
     return [
         (r"/ws", ConfigWebSocket, {"core": core}),
         (r"/events", EventStreamHandler, {"core": core}),

@@ -12,12 +12,12 @@ from typing import TYPE_CHECKING, Any, Callable
 from tornado import web
 from tornado.ioloop import IOLoop
 
-from ..auth import Decision, auth_enabled, bearer, host_refusal, matches_any, origin_allowed, redact_uri
+from ..auth import Decision, bearer, host_refusal, matches_any, origin_allowed, redact_uri
 from ..limits import LimitReached, Slot
 from ..rules import tenant_id_error
 
 if TYPE_CHECKING:  # pragma: no cover
-    from ..app import CfgPush
+    from ..ports import Subscribing
 
 log = logging.getLogger("cfgpush.auth")
 app_log = logging.getLogger("tornado.application")
@@ -101,24 +101,6 @@ def check_query_size(handler: web.RequestHandler, limit: int) -> None:
         raise Refused(414, f"the query string must be at most {limit} bytes")
 
 
-def decide(core: "CfgPush", request: Any, tenant_id: str, token: str | None) -> Decision:
-    """The ``cfgpush_authorize`` hook's answer; a plugin error refuses (503), never allows."""
-    settings = core.settings
-    try:
-        decision = core.pm.hook.cfgpush_authorize(settings=settings, request=request, tenant_id=tenant_id, token=token)
-    except Exception:
-        log.exception("cfgpush_authorize raised; refusing the subscriber of tenant %s", tenant_id)
-        return Decision.deny(503, "authorization is unavailable; retry later")
-    if decision is None:
-        if auth_enabled(settings):
-            return Decision.deny(401, "token cannot be checked: no authorization plugin answered")
-        return Decision.allow()
-    if not isinstance(decision, Decision):
-        log.error("cfgpush_authorize returned %s, not a Decision; refusing", type(decision).__name__)
-        return Decision.deny(503, "authorization is unavailable; retry later")
-    return decision
-
-
 class Lease:
     """What an admitted subscriber holds for the life of its connection: its connection slot
     (given back by ``release``, exactly once, however the connection ends), the authorization
@@ -128,7 +110,7 @@ class Lease:
 
     __slots__ = ("core", "request", "auth", "_slot", "_expiry")
 
-    def __init__(self, core: "CfgPush", request: Any, auth: Decision, slot: Slot | None):
+    def __init__(self, core: "Subscribing", request: Any, auth: Decision, slot: Slot | None):
         self.core = core
         self.request = request
         self.auth = auth
@@ -146,7 +128,7 @@ class Lease:
     def refresh(self, tenant_id: str, token: str, on_expired: Callable[[], None]) -> str | None:
         """A newer token for the same tenant moves the expiry; None when accepted, else why not
         (a refused token changes nothing)."""
-        decision = decide(self.core, self.request, tenant_id, token)
+        decision = self.core.authorize(self.request, tenant_id, token)
         if not decision.allowed:
             return decision.reason
         current = self.auth.expires_at
@@ -175,7 +157,7 @@ class AdmissionMixin:
     Admitted, the request holds a ``Lease`` (``self.lease``) that its connection takes over.
     """
 
-    core: "CfgPush"
+    core: "Subscribing"
     request: Any
     lease: Lease | None = None
 
@@ -218,4 +200,4 @@ class AdmissionMixin:
         query_token = raw[0].decode("utf-8", "replace") if raw else None
         if query_token and header_token and query_token != header_token:
             raise Refused(400, "give the token once: in ?token= or in the Authorization header")
-        return decide(self.core, self.request, tenant_id, query_token or header_token or None)
+        return self.core.authorize(self.request, tenant_id, query_token or header_token or None)

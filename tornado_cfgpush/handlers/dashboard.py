@@ -18,7 +18,7 @@ from .base import JsonErrorsMixin, Refused
 from .tenants import check_token
 
 if TYPE_CHECKING:  # pragma: no cover
-    from ..app import CfgPush
+    from ..ports import Observing
 
 STATIC_DIR = Path(__file__).resolve().parent.parent / "static"
 
@@ -72,7 +72,7 @@ class TenantListHandler(JsonErrorsMixin, web.RequestHandler):
     acknowledged that event.
     """
 
-    def initialize(self, core: "CfgPush") -> None:
+    def initialize(self, core: "Observing") -> None:
         self.core = core
 
     def known_tenants(self) -> list[str]:
@@ -121,7 +121,7 @@ class TenantListHandler(JsonErrorsMixin, web.RequestHandler):
         self.finish({"tenants": tenants, "connections": self.core.hub.connection_count()})
 
 
-def dashboard_handlers(core: "CfgPush") -> list[tuple]:
+def dashboard_handlers(core: "Observing") -> list[tuple]:
     static = {"path": str(STATIC_DIR)}
     return [
         (r"/()", StaticHandler, {**static, "default_filename": "index.html"}),

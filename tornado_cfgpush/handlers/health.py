@@ -8,7 +8,7 @@ from tornado import web
 from .base import JsonErrorsMixin
 
 if TYPE_CHECKING:  # pragma: no cover
-    from ..app import CfgPush
+    from ..ports import Observing
 
 
 class HealthHandler(JsonErrorsMixin, web.RequestHandler):
@@ -21,7 +21,7 @@ class ReadyHandler(JsonErrorsMixin, web.RequestHandler):
     """200 when the broker is reachable and every source has started, else 503 and why;
     200 ``degraded`` with the reasons while it serves worse than it should (a blocked loop)."""
 
-    def initialize(self, core: "CfgPush") -> None:
+    def initialize(self, core: "Observing") -> None:
         self.core = core
 
     def get(self) -> None:

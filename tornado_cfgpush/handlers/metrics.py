@@ -16,11 +16,11 @@ from .base import JsonErrorsMixin, Refused
 from .tenants import check_host, check_token
 
 if TYPE_CHECKING:  # pragma: no cover
-    from ..app import CfgPush
+    from ..ports import Observing
 
 
 class MetricsHandler(JsonErrorsMixin, web.RequestHandler):
-    def initialize(self, core: "CfgPush") -> None:
+    def initialize(self, core: "Observing") -> None:
         self.core = core
 
     def get(self) -> None:

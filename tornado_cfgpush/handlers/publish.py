@@ -23,7 +23,7 @@ from .base import JsonErrorsMixin, Refused
 from .tenants import check_token
 
 if TYPE_CHECKING:  # pragma: no cover
-    from ..app import CfgPush
+    from ..ports import Publishing
     from ..settings import Settings
 
 log = logging.getLogger("cfgpush.publish")
@@ -65,7 +65,7 @@ class PublishBudget:
 
 
 class PublishHandler(JsonErrorsMixin, web.RequestHandler):
-    def initialize(self, core: "CfgPush", budget: PublishBudget) -> None:
+    def initialize(self, core: "Publishing", budget: PublishBudget) -> None:
         self.core = core
         self.budget = budget  # one per application (handlers.default_handlers), kept across requests
 

@@ -21,13 +21,13 @@ from .base import AdmissionMixin, JsonErrorsMixin, Lease, Refused, check_query_s
 from .subscription import Subscription, next_conn_id, read_subscription_query, refuse_with_log
 
 if TYPE_CHECKING:  # pragma: no cover
-    from ..app import CfgPush
+    from ..ports import Subscribing
 
 log = logging.getLogger("cfgpush.sse")
 
 
 class EventStreamHandler(AdmissionMixin, JsonErrorsMixin, web.RequestHandler):
-    def initialize(self, core: "CfgPush") -> None:
+    def initialize(self, core: "Subscribing") -> None:
         self.core = core
         self.conn_id = next_conn_id("sse")
         self.subscription: Subscription | None = None

@@ -34,7 +34,7 @@ from ..rules import EVENT_ID_RE, parse_event_id
 from .base import Lease, Refused, single_query_argument, tenant_from_query
 
 if TYPE_CHECKING:  # pragma: no cover
-    from ..app import CfgPush
+    from ..ports import Subscribing
 
 log = logging.getLogger("cfgpush.subscription")
 _ids = itertools.count(1)
@@ -74,7 +74,7 @@ class Subscription:
 
     __slots__ = ("core", "tenant_id", "conn_id", "sink", "lease", "acked", "_pending", "_held_gap", "_closed")
 
-    def __init__(self, core: "CfgPush", tenant_id: str, conn_id: str, sink: Sink, lease: Lease):
+    def __init__(self, core: "Subscribing", tenant_id: str, conn_id: str, sink: Sink, lease: Lease):
         self.core = core
         self.tenant_id = tenant_id
         self.conn_id = conn_id

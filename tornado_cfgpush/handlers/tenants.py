@@ -10,7 +10,7 @@ from ..rules import tenant_id_error
 from .base import JsonErrorsMixin, Refused
 
 if TYPE_CHECKING:  # pragma: no cover
-    from ..app import CfgPush
+    from ..ports import Observing
 
 
 def bearer_token(handler: web.RequestHandler) -> str | None:
@@ -52,7 +52,7 @@ def check_token(handler: web.RequestHandler, expected: str | Iterable[str] | Non
 
 
 class TenantStatusHandler(JsonErrorsMixin, web.RequestHandler):
-    def initialize(self, core: "CfgPush") -> None:
+    def initialize(self, core: "Observing") -> None:
         self.core = core
 
     async def get(self, tenant_id: str) -> None:

@@ -40,7 +40,7 @@ from .base import AdmissionMixin, JsonErrorsMixin, Refused, check_query_size
 from .subscription import Subscription, next_conn_id, read_subscription_query, refuse_with_log
 
 if TYPE_CHECKING:  # pragma: no cover
-    from ..app import CfgPush
+    from ..ports import Subscribing
 
 log = logging.getLogger("cfgpush.ws")
 
@@ -51,7 +51,7 @@ HELD_BYTES = 64 * 1024
 class ConfigWebSocket(AdmissionMixin, JsonErrorsMixin, web.RequestHandler):
     """The upgrade: every check, then ``101`` and the hand-over (``_upgrade``)."""
 
-    def initialize(self, core: "CfgPush") -> None:
+    def initialize(self, core: "Subscribing") -> None:
         self.core = core
         self.conn_id = next_conn_id("ws")
 
