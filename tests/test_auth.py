@@ -23,8 +23,8 @@ from tornado_cfgpush.auth import (
     origin_allowed,
     parse_hosts,
     parse_origin,
-    redact_uri,
 )
+from tornado_cfgpush.redaction import redact
 
 from .conftest import publish, wait_for
 from .rawws import RawWebSocket
@@ -624,10 +624,23 @@ def test_bad_allowed_hosts_are_refused(text):
 
 # -- tokens never reach a log -----------------------------------------------------------------------
 
-def test_redact_uri():
-    assert redact_uri("/ws?tenant_id=acme&token=abc.def.ghi") == "/ws?tenant_id=acme&token=<redacted>"
-    assert redact_uri("/ws?%74oken=abc&access_token=x") == "/ws?%74oken=<redacted>&access_token=<redacted>"
-    assert redact_uri("/ws?tenant_id=acme") == "/ws?tenant_id=acme"
+@pytest.mark.parametrize("text, shown", [
+    ("/ws?tenant_id=acme&token=abc.def.ghi", "/ws?tenant_id=acme&token=<redacted>"),
+    ("/ws?%74oken=abc&access_token=x", "/ws?%74oken=<redacted>&access_token=<redacted>"),
+    ("/ws?tenant_id=acme", "/ws?tenant_id=acme"),
+    ("/ws?token", "/ws?token=<redacted>"),
+    ("/ws?password=x&tenant_id=acme", "/ws?password=<redacted>&tenant_id=acme"),
+    ("redis://:pw@cache:6379/0", "redis://:<redacted>@cache:6379/0"),
+    ("redis://user:p@ss@cache/0", "redis://user:<redacted>@cache/0"),  # urlsplit's reading: the last @
+    ("rediss://cache/0", "rediss://cache/0"),
+    ("unix:///run/redis.sock", "unix:///run/redis.sock"),
+    ("postgresql://app:pw-secret@db/cfg?password=again&sslmode=require",
+     "postgresql://app:<redacted>@db/cfg?password=<redacted>&sslmode=require"),
+    ("host=db password=s3cret user=app", "host=db password=<redacted> user=app"),
+    ("host=db password='a quoted secret' user=app", "host=db password=<redacted> user=app"),
+])
+def test_one_redaction_helper_for_logs_and_printed_settings(text, shown):
+    assert redact(text) == shown
 
 
 @pytest.mark.settings(jwt_secret=SECRET)

@@ -36,7 +36,6 @@ import threading
 from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, Callable, Iterable
-from urllib.parse import unquote_plus
 
 import jwt
 from cryptography.hazmat.primitives.asymmetric import ec, rsa
@@ -53,7 +52,6 @@ log = logging.getLogger("cfgpush.auth")
 
 ALGORITHMS = ("HS256", "RS256", "ES256")
 HMAC_MIN_BYTES = 32  # RFC 7518 section 3.2: a key at least as long as the hash
-TOKEN_PARAMS = {"token", "access_token"}  # query parameters redacted from every log line
 CLAIM_RE = re.compile(r"[A-Za-z0-9_.:/-]{1,128}\Z")
 NUMERIC_DATE_CLAIMS = ("exp", "nbf", "iat")
 
@@ -350,18 +348,6 @@ def token_list(value: str | Iterable[str] | None) -> tuple[str, ...]:
         return ()
     items = [value] if isinstance(value, str) else list(value)
     return tuple(t.strip() for item in items for t in re.split(r"[,\s]+", item) if t.strip())
-
-
-def redact_uri(uri: str) -> str:
-    """``uri`` with the value of every token parameter replaced by ``<redacted>``."""
-    path, sep, query = uri.partition("?")
-    if not sep:
-        return uri
-    parts = []
-    for part in query.split("&"):
-        name = unquote_plus(part.split("=", 1)[0]).strip().lower()
-        parts.append(part.split("=", 1)[0] + "=<redacted>" if name in TOKEN_PARAMS else part)
-    return path + "?" + "&".join(parts)
 
 
 # -- origins --------------------------------------------------------------------------------------

@@ -16,12 +16,13 @@ import os
 import sys
 from pathlib import Path
 from typing import Any, Callable, NoReturn, Sequence
-from urllib.parse import urlsplit, urlunsplit
+from urllib.parse import urlsplit
 
 from . import __version__, auth, logs
 from .config_file import ConfigFile, PluginOption, add_plugin_options, parse_bool, plugin_values
 from .config_file import render as render_config
 from .plugins import PluginError, describe_plugins, get_plugin_manager, known_plugin_names
+from .redaction import REDACTED, redact
 from .settings import EVENT_LOOPS, Settings
 
 PROG = "cfgpush-serve"
@@ -91,19 +92,10 @@ def _secret(what: str) -> Callable[[str], str]:
 def _broker_url(text: str) -> str:
     scheme = urlsplit(text).scheme
     if scheme not in ("redis", "rediss", "unix"):
-        raise ValueError(f"broker must be a redis://, rediss:// or unix:// URL, not {redact_url(text)!r}")
+        raise ValueError(f"broker must be a redis://, rediss:// or unix:// URL, not {redact(text)!r}")
     if importlib.util.find_spec("redis") is None:
         raise ValueError("a Redis broker needs redis-py: pip install 'tornado_cfgpush[redis]'")
     return text
-
-
-def redact_url(url: str) -> str:
-    """``url`` without its password, for logs and error messages."""
-    parts = urlsplit(url)
-    if parts.password is None:
-        return url
-    netloc = parts.netloc.replace(":" + parts.password + "@", ":<redacted>@", 1)
-    return urlunsplit(parts._replace(netloc=netloc))
 
 
 def _names(text: str) -> list[str]:
@@ -314,7 +306,7 @@ def main(argv: Sequence[str] | None = None, environ: dict[str, str] | None = Non
             print(json.dumps(describe_plugins(pm), indent=2))
             return 0
         if args.print_config:
-            print(render_config(settings, origins, SETTING_FLAGS, SECRET_FIELDS, plugin_options, redact_url), end="")
+            print(render_config(settings, origins, SETTING_FLAGS, SECRET_FIELDS, plugin_options), end="")
             return 0
         if "filesystem" not in settings.disabled_plugins and not settings.config_dir.is_dir():
             raise UsageError(f"--config-dir: folder {str(settings.config_dir)!r} does not exist "
@@ -365,9 +357,9 @@ def _shown(settings: Settings) -> str:
     shown = {f.name: getattr(settings, f.name) for f in dataclasses.fields(settings) if f.name != "extra"}
     for name in SECRET_FIELDS:
         if shown.get(name):
-            shown[name] = "<redacted>"
+            shown[name] = REDACTED
     if settings.broker:
-        shown["broker"] = redact_url(settings.broker)
+        shown["broker"] = redact(settings.broker)
     shown["config_dir"] = str(settings.config_dir)
     return json.dumps(shown, default=str)  # default: the key files' paths (jwt_public_key, jwks)
 

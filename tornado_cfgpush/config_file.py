@@ -13,15 +13,14 @@ from __future__ import annotations
 import argparse
 import dataclasses
 import json
-import re
 import tomllib
 from pathlib import Path
 from typing import Any, Callable, Iterable
 
-REDACTED = "<redacted>"
+from .redaction import REDACTED, redact
+
 # Plugin options whose dest contains one of these are secrets for --print-config.
 SECRET_WORDS = ("secret", "token", "password")
-_DSN_PASSWORD = re.compile(r"(password\s*=\s*)('(?:[^'\\]|\\.)*'|\S+)", re.IGNORECASE)
 TRUE = ("1", "true", "yes", "on")
 FALSE = ("0", "false", "no", "off")
 
@@ -178,11 +177,6 @@ def _convert(option: PluginOption, text: str) -> Any:
 
 # -- --print-config ----------------------------------------------------------------------------------
 
-def redact_text(text: str, redact_url: Callable[[str], str]) -> str:
-    """Passwords out of URLs (``postgresql://u:pw@h``) and libpq strings (``password=pw``)."""
-    return _DSN_PASSWORD.sub(lambda m: m.group(1) + REDACTED, redact_url(text))
-
-
 def _toml(value: Any) -> str:
     if isinstance(value, bool):
         return "true" if value else "false"
@@ -194,7 +188,7 @@ def _toml(value: Any) -> str:
 
 
 def render(settings: Any, origins: dict[str, str], setting_flags: dict[str, tuple], secret_fields: set[str],
-           options: list[PluginOption], redact_url: Callable[[str], str]) -> str:
+           options: list[PluginOption]) -> str:
     """The effective configuration as a TOML file ``--config`` accepts, each key's origin beside it."""
     lines = ["# cfgpush-serve: the effective configuration (flag > environment > file > default).",
              f"# Secrets read {REDACTED}. Each comment says where the value came from."]
@@ -206,7 +200,7 @@ def render(settings: Any, origins: dict[str, str], setting_flags: dict[str, tupl
         if secret:
             value = REDACTED
         elif isinstance(value, str):
-            value = redact_text(value, redact_url)
+            value = redact(value)
         elif isinstance(value, Path):
             value = str(value)
         lines.append(f"{key} = {_toml(value)}  # {origin}")

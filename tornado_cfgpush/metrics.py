@@ -20,6 +20,7 @@ from prometheus_client.registry import Collector
 
 from . import __version__
 from .loop_health import LAG_BUCKETS
+from .summary import count_by_transport
 
 if TYPE_CHECKING:  # pragma: no cover
     from .events import Event
@@ -105,10 +106,10 @@ class _ServiceCollector(Collector):
             conns = hub.connections(tenant_id)
             if conns:
                 tenants += 1
-            for conn in conns:
-                transport = getattr(conn, "transport", "") or "other"
+            # The connections' one count (summary.py), as the status APIs report them.
+            for transport, count in count_by_transport(conns).items():
                 key = (transport, tenant_id) if m.tenant_labels else (transport,)
-                counts[key] = counts.get(key, 0) + 1
+                counts[key] = counts.get(key, 0) + count
         for key, value in sorted(counts.items()):
             connections.add_metric(list(key), value)
         yield connections

@@ -1,5 +1,6 @@
 """What every cfgpush HTTP handler shares: JSON errors, refusing with a reason, no token in
-a log line; what ``/ws`` and ``/events`` check before they serve anyone (``AdmissionMixin``):
+a log line; the APIs' Host and bearer-token checks (``check_host``, ``check_token``); what
+``/ws`` and ``/events`` check before they serve anyone (``AdmissionMixin``):
 query-string size, Origin, authorization (``cfgpush_authorize``), connection limits; and the
 ``Lease`` an admitted subscriber holds.
 """
@@ -7,13 +8,14 @@ from __future__ import annotations
 
 import logging
 import time
-from typing import TYPE_CHECKING, Any, Callable
+from typing import TYPE_CHECKING, Any, Callable, Iterable
 
 from tornado import web
 from tornado.ioloop import IOLoop
 
-from ..auth import Decision, bearer, host_refusal, matches_any, origin_allowed, redact_uri
+from ..auth import Decision, bearer, host_refusal, matches_any, origin_allowed
 from ..limits import LimitReached, Slot
+from ..redaction import redact
 from ..rules import tenant_id_error
 
 if TYPE_CHECKING:  # pragma: no cover
@@ -59,7 +61,7 @@ class JsonErrorsMixin:
     # Tornado's access and error logs name the request by its URI, whose query string may
     # carry a token (?token=): never write it (SECURITY.md).
     def _request_summary(self: web.RequestHandler) -> str:
-        return f"{self.request.method} {redact_uri(self.request.uri or '')} ({self.request.remote_ip})"
+        return f"{self.request.method} {redact(self.request.uri or '')} ({self.request.remote_ip})"
 
     def log_exception(self: web.RequestHandler, typ: Any, value: Any, tb: Any) -> None:
         """Tornado's, less the ``repr`` of the request (its URI, with the query string)."""
@@ -93,6 +95,36 @@ def tenant_from_query(handler: web.RequestHandler) -> str:
     if problem:
         raise Refused(400, f"tenant_id {problem}")
     return tenant_id
+
+
+def check_host(handler: Any) -> None:
+    """``Refused(421)`` when ``--allowed-host`` is set and the request's Host is not in it."""
+    misdirected = host_refusal(handler.request, handler.core.settings.allowed_hosts)
+    if misdirected:
+        raise Refused(421, misdirected)
+
+
+def check_token(handler: Any, expected: str | Iterable[str] | None, what: str,
+                wrong_status: int = 401) -> str:
+    """Refuse unless the request bears ``expected`` (or one of several), compared in constant
+    time with each; return the token it bears.
+
+    Every API's check, so the Host rule (``check_host``: 421) comes first here. Then no token
+    configured: 403 (the API is off). Missing: 401. Wrong: ``wrong_status`` (the publish API
+    answers 403, docs/protocol.md section 4).
+    """
+    check_host(handler)
+    expected = (expected,) if isinstance(expected, str) else tuple(expected or ())
+    if not expected:
+        raise Refused(403, f"the {what} API is disabled on this server (no {what} token configured)")
+    given = bearer(handler.request)
+    if given is None:
+        raise Refused(401, f"{what} token required (Authorization: Bearer <token>)",
+                      {"WWW-Authenticate": 'Bearer realm="cfgpush"'})
+    if not matches_any(given, expected):
+        raise Refused(wrong_status, f"wrong {what} token",
+                      {"WWW-Authenticate": 'Bearer realm="cfgpush", error="invalid_token"'})
+    return given
 
 
 def check_query_size(handler: web.RequestHandler, limit: int) -> None:

@@ -12,8 +12,7 @@ from typing import TYPE_CHECKING
 from prometheus_client import CONTENT_TYPE_LATEST
 from tornado import web
 
-from .base import JsonErrorsMixin, Refused
-from .tenants import check_host, check_token
+from .base import JsonErrorsMixin, Refused, check_host, check_token
 
 if TYPE_CHECKING:  # pragma: no cover
     from ..ports import Observing

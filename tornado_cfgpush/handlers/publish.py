@@ -19,8 +19,7 @@ from ..auth import token_list
 from ..broker import BrokerUnavailable
 from ..metrics import RATE_LIMITED
 from ..schemas import TOO_DEEP, wire_safe_messages
-from .base import JsonErrorsMixin, Refused
-from .tenants import check_token
+from .base import JsonErrorsMixin, Refused, check_token
 
 if TYPE_CHECKING:  # pragma: no cover
     from ..ports import Publishing
