@@ -25,11 +25,9 @@ from tornado_cfgpush.auth import (
     parse_origin,
 )
 from tornado_cfgpush.redaction import redact
+from tornado_cfgpush.testing import LISTENING, SSEClient, publish, wait_for
 
-from .conftest import publish, wait_for
 from .rawws import RawWebSocket
-from .serveproc import LISTENING
-from .sseclient import SSEClient
 
 SECRET = "test-secret-of-at-least-32-bytes!!"
 OTHER_SECRET = "another-secret-of-at-least-32-bytes"
@@ -60,7 +58,7 @@ def token(tenant="acme", *, key=SECRET, alg="HS256", exp_in: float | None = 60, 
 
 @pytest.fixture
 def settings(request, config_dir, tmp_path):
-    """As conftest's, plus placeholders for key files: "@rsa.pem", "@ec.pem", "@jwks.json"."""
+    """As tornado_cfgpush.testing's, plus placeholders for key files: "@rsa.pem", "@ec.pem", "@jwks.json"."""
     from tornado_cfgpush.settings import Settings
 
     (tmp_path / "rsa.pem").write_bytes(pem(RSA_KEY))
@@ -751,7 +749,7 @@ async def test_cli_jwt_secret_file_several_publish_tokens_and_no_token_in_the_lo
 def test_cli_refuses_bad_auth_settings(tmp_path, config_dir, args, message):
     import subprocess
 
-    from .serveproc import COMMAND, clean_env
+    from tornado_cfgpush.testing import COMMAND, clean_env
 
     done = subprocess.run(COMMAND + ["--config-dir", str(config_dir), "--port", "0", *args], cwd=tmp_path,
                           env=clean_env(), capture_output=True, text=True, timeout=60,

@@ -17,7 +17,7 @@ from pathlib import Path
 
 import pytest
 
-from .conftest import need_program
+from tornado_cfgpush.testing import need_program
 
 SCRIPTS = Path(__file__).resolve().parent.parent / "scripts"
 SERVERS = ("seed", "websockets", "floor", "cfgpush")

@@ -18,9 +18,8 @@ from pathlib import Path
 import pytest
 
 from tornado_cfgpush.client import subscribe
+from tornado_cfgpush.testing import LISTENING, need_program, wait_for
 
-from .conftest import need_program, wait_for
-from .serveproc import LISTENING
 from .tcpproxy import FreezableProxy
 
 ROOT = Path(__file__).resolve().parent.parent

@@ -21,11 +21,10 @@ from tornado import web
 from tornado.httpclient import AsyncHTTPClient
 
 from tornado_cfgpush import hookimpl
+from tornado_cfgpush.testing import LISTENING, wait_for
 
-from .conftest import wait_for
+from .fshelpers import subscribe
 from .rawws import RawWebSocket
-from .serveproc import LISTENING
-from .test_filesystem_source import subscribe
 
 ROUNDS = int(os.environ.get("CFGPUSH_SIGNAL_ROUNDS", "50"))
 BURST = 2_000

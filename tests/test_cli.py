@@ -11,24 +11,15 @@ import socket
 import subprocess
 import time
 from importlib import metadata
-from pathlib import Path
 
 import pytest
 from tornado.httpclient import AsyncHTTPClient
 
 from tornado_cfgpush import __version__
+from tornado_cfgpush.testing import ERROR_PREFIX, LISTENING, SSEClient, WebSocketClient, clean_env
 
-from .conftest import need_ticker, ticker_installed
-from .serveproc import COMMAND, ERROR_PREFIX, LISTENING, clean_env
-from .sseclient import SSEClient
-from .wsclient import Client
-
-RUN_TIMEOUT = 60.0
-
-
-def run_cli(*args: str, cwd: Path, env: dict[str, str] | None = None) -> subprocess.CompletedProcess:
-    return subprocess.run(COMMAND + list(args), cwd=cwd, env=env if env is not None else clean_env(),
-                          stdin=subprocess.DEVNULL, capture_output=True, text=True, timeout=RUN_TIMEOUT)
+from .clihelpers import assert_one_error_line, run_cli
+from .plugintools import need_ticker, ticker_installed
 
 
 @pytest.fixture
@@ -115,16 +106,6 @@ ERRORS = {
 }
 
 
-def assert_one_error_line(result: subprocess.CompletedProcess, expected: str) -> None:
-    assert result.returncode == 2, (result.returncode, result.stderr)
-    assert "Traceback" not in result.stderr
-    lines = result.stderr.splitlines()
-    assert len(lines) == 1, result.stderr
-    assert lines[0].startswith(ERROR_PREFIX + " "), lines[0]
-    assert expected in lines[0], lines[0]
-    assert result.stdout == ""
-
-
 @pytest.mark.parametrize("case", list(ERRORS))
 def test_bad_input_exits_2_with_one_line(tmp_path, config_dir, taken_port, case):
     args, env, expected = ERRORS[case]
@@ -180,7 +161,7 @@ async def test_serves_and_pushes_a_file_edit(start, config_dir):
     assert set(running.split(", ")) == ({"filesystem", "ticker"} if ticker_installed() else {"filesystem"})
     await server.wait_log(r"watching .* files")  # the filesystem source reports from now on
 
-    client = await Client.open(f"ws://127.0.0.1:{port}/ws", "acme")
+    client = await WebSocketClient.open(f"ws://127.0.0.1:{port}/ws", "acme")
     try:
         assert (await client.expect("Welcome", timeout=10))["tenant_id"] == "acme"
         (config_dir / "acme" / "app.json").write_text('{"a": 2}')
@@ -218,7 +199,7 @@ async def test_installed_ticker_reaches_its_tenant(start, config_dir):
     server = start("--port", "0", "--config-dir", str(config_dir),
                    CFGPUSH_TICKER_TENANT="globex", CFGPUSH_TICKER_INTERVAL="0.2")
     port = int((await server.wait_log(LISTENING)).group(1))
-    client = await Client.open(f"ws://127.0.0.1:{port}/ws", "globex")
+    client = await WebSocketClient.open(f"ws://127.0.0.1:{port}/ws", "globex")
     try:
         await client.expect("Welcome", timeout=10)
         event = await client.expect("ConfigChanged", timeout=15)
@@ -237,7 +218,7 @@ async def test_signal_closes_clients_with_1001_and_exits_0(start, config_dir, si
     drain = 5.0
     server = start("--port", "0", "--config-dir", str(config_dir), "--drain-timeout", str(drain))
     port = int((await server.wait_log(LISTENING)).group(1))
-    clients = [await Client.open(f"ws://127.0.0.1:{port}/ws", tenant) for tenant in ("acme", "acme", "globex")]
+    clients = [await WebSocketClient.open(f"ws://127.0.0.1:{port}/ws", tenant) for tenant in ("acme", "acme", "globex")]
     stream = await SSEClient.open(f"http://127.0.0.1:{port}", "acme")
     try:
         for client in clients:

@@ -15,10 +15,9 @@ import pytest
 
 from tornado_cfgpush import hookimpl
 from tornado_cfgpush.client import ConfigChanged, Resync, SubscribeError, Welcome, backoff_delay, subscribe, ws_url
-
 from tornado_cfgpush.closing import CloseReason
+from tornado_cfgpush.testing import wait_for
 
-from .conftest import wait_for
 from .tcpproxy import FreezableProxy
 
 TAIL = Path(sys.executable).with_name("cfgpush-tail")

@@ -13,9 +13,8 @@ import signal
 import pytest
 from tornado.httpclient import AsyncHTTPClient
 
-from .redisserver import WAIT
-from .serveproc import LISTENING
-from .wsclient import Client, Closed
+from tornado_cfgpush.testing import LISTENING, Closed, WebSocketClient
+from tornado_cfgpush.testing.redisserver import WAIT
 
 
 @pytest.fixture
@@ -36,10 +35,10 @@ def two_nodes(start, redis_server, config_dir, tmp_path):
 
 @pytest.fixture
 def clients():
-    opened: list[Client] = []
+    opened: list[WebSocketClient] = []
 
-    async def _open(port: int, tenant_id: str = "acme", **query) -> Client:
-        client = await Client.open(f"ws://127.0.0.1:{port}/ws", tenant_id, **query)
+    async def _open(port: int, tenant_id: str = "acme", **query) -> WebSocketClient:
+        client = await WebSocketClient.open(f"ws://127.0.0.1:{port}/ws", tenant_id, **query)
         opened.append(client)
         return client
 
@@ -140,7 +139,7 @@ async def test_redis_killed_and_restarted_mid_stream_loses_nothing(two_nodes, cl
 
 
 async def wait_for_async(check, timeout: float = 60.0) -> None:
-    """Like conftest.wait_for, for a coroutine predicate."""
+    """Like tornado_cfgpush.testing.wait_for, for a coroutine predicate."""
     loop = asyncio.get_running_loop()
     deadline = loop.time() + timeout
     while not await check():

@@ -7,10 +7,9 @@ import tomllib
 import pytest
 
 from tornado_cfgpush.cli import load_configuration
+from tornado_cfgpush.testing import LISTENING, WebSocketClient, clean_env
 
-from .serveproc import LISTENING, clean_env
-from .test_cli import assert_one_error_line, run_cli
-from .wsclient import Client
+from .clihelpers import assert_one_error_line, run_cli
 
 
 def write(tmp_path, text: str):
@@ -102,7 +101,7 @@ def test_printed_configuration_is_a_valid_config_file(tmp_path, config_dir):
 async def test_json_logs_carry_tenant_connection_and_source(start, config_dir):
     server = start("--config-dir", str(config_dir), "--port", "0", "--log-format", "json", "--log-level", "DEBUG")
     port = int((await server.wait_log(r'"message": "' + LISTENING))[1])
-    client = await Client.open(f"ws://127.0.0.1:{port}/ws", "acme")
+    client = await WebSocketClient.open(f"ws://127.0.0.1:{port}/ws", "acme")
     try:
         await client.expect("Welcome")
         await server.wait_log(r'subscribed: tenant acme')

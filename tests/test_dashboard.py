@@ -11,9 +11,7 @@ import pytest
 from tornado.httpclient import AsyncHTTPClient
 
 from tornado_cfgpush.handlers.dashboard import STATIC_DIR
-
-from .conftest import wait_for
-from .sseclient import SSEClient
+from tornado_cfgpush.testing import SSEClient, wait_for
 
 ADMIN = "dashboard-admin-token"
 ROOT = Path(__file__).resolve().parent.parent

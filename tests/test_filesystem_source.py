@@ -1,16 +1,16 @@
-"""The default event source (``sources/filesystem.py``) through the real server.
+"""The default event source (``sources/filesystem/``) through the real server.
 
 Real files under ``tmp_path``, a real server (pytest-tornado's ``http_server``) and a real
-WebSocket client. Every wait has a deadline: ``Client.expect`` / ``expect_nothing`` or
-``conftest.wait_for``. The only sleeps are deliberate pauses that *simulate* something (an
-editor between two writes, a continuous writer, a source that stays down), marked ``wait-ok``.
+WebSocket client. Every wait has a deadline: ``WebSocketClient.expect`` or ``expect_nothing``,
+or ``wait_for`` (tornado_cfgpush.testing). The only sleeps are deliberate pauses that
+*simulate* something (an editor between two writes, a continuous writer, a source that stays
+down), marked ``wait-ok``.
 
 Latencies are printed (``pytest -s``), never asserted: the machine is shared.
 """
 from __future__ import annotations
 
 import asyncio
-import hashlib
 import json
 import logging
 import os
@@ -21,21 +21,19 @@ from pathlib import Path
 import pytest
 
 from tornado_cfgpush import hookimpl
-from tornado_cfgpush.schemas import CHECKSUM_RE
 from tornado_cfgpush.settings import Settings
-from tornado_cfgpush.sources.filesystem import source as filesystem_source
 from tornado_cfgpush.sources.filesystem import (
     POLL_INTERVAL,
     FilesystemSource,
     choose_observer_kind,
     is_ignored_name,
 )
+from tornado_cfgpush.sources.filesystem import source as filesystem_source
+from tornado_cfgpush.testing import wait_for
 
-from .conftest import wait_for
+from .fshelpers import EXPECT, QUIET, change, fs_source, nothing, sha, subscribe
 
 TEST_TIMEOUT = 40  # whole test, seconds (pytest-tornado's default is 5)
-EXPECT = 5.0  # an expected message, generous: 2 cores shared with other test runs
-QUIET = 0.4  # expect_nothing after the debounce (30 ms in the conftest settings)
 POLL_EXPECT = 4 * POLL_INTERVAL + 4  # polling observer: one interval plus the debounce, with room
 
 # watchdog 7.1 warns from its one shared inotify reader thread when a folder made with its
@@ -44,38 +42,8 @@ POLL_EXPECT = 4 * POLL_INTERVAL + 4  # polling observer: one interval plus the d
 # with it every inotify observer of the process: setup.cfg filters exactly that warning.
 
 
-def sha(data: bytes) -> str:
-    return "sha256:" + hashlib.sha256(data).hexdigest()
-
-
 def sha_file(path: Path) -> str:
     return sha(path.read_bytes())
-
-
-def fs_source(core) -> FilesystemSource:
-    return next(s for s in core.sources if isinstance(s, FilesystemSource))
-
-
-async def subscribe(connect, tenant_id: str, **query):
-    client = await connect(tenant_id, **query)
-    welcome = await client.expect("Welcome", timeout=EXPECT)
-    assert welcome["tenant_id"] == tenant_id
-    return client
-
-
-async def change(client, timeout: float = EXPECT) -> dict:
-    event = await client.expect("ConfigChanged", timeout=timeout)
-    assert event["source"] == "filesystem"
-    assert event["timestamp"].endswith("Z")
-    if event["change_type"] == "deleted":
-        assert event["checksum"] is None
-    else:
-        assert CHECKSUM_RE.match(event["checksum"]), event
-    return event
-
-
-async def nothing(*clients, timeout: float = QUIET) -> None:
-    await asyncio.gather(*(c.expect_nothing(timeout) for c in clients))
 
 
 def report_latency(label: str, started: float) -> None:

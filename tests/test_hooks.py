@@ -15,8 +15,7 @@ from tornado_cfgpush.cli import UsageError, load_configuration
 from tornado_cfgpush.plugins import PluginError, describe_plugins, get_plugin_manager
 from tornado_cfgpush.settings import Settings
 
-from .test_cli import assert_one_error_line, run_cli
-from .test_plugins import Site, site  # noqa: F401  (the fixture)
+from .clihelpers import assert_one_error_line, run_cli
 
 
 def _positive(text: str) -> int:
@@ -110,7 +109,7 @@ def cfgpush_add_options(parser):
     parser.add_argument("--opts-size", dest="opts_size", type=int, default=5)
 """})
     env = {"PYTHONPATH": str(site.root), "CFGPUSH_OPTS_API_TOKEN": "tok-very-secret"}
-    from .serveproc import clean_env
+    from tornado_cfgpush.testing import clean_env
 
     result = run_cli("--print-config", "--opts-dsn", "host=db user=app password=pw-secret",
                      cwd=tmp_path, env=clean_env(**env))

@@ -20,17 +20,18 @@ from urllib.parse import parse_qs, quote
 
 import jwt
 import pytest
-from hypothesis import HealthCheck, given, settings as hsettings, strategies as st
+from hypothesis import HealthCheck, given
+from hypothesis import settings as hsettings
+from hypothesis import strategies as st
 from marshmallow import ValidationError
 from tornado.httpclient import AsyncHTTPClient, HTTPRequest
 
 from tornado_cfgpush.rules import parse_event_id
 from tornado_cfgpush.schemas import is_valid_tenant_id
+from tornado_cfgpush.testing import WebSocketClient, wait_for
 
-from .conftest import wait_for
+from .rawsse import RawSSE
 from .rawws import RawWebSocket
-from .test_limits import RawSSE
-from .wsclient import Client
 
 SECRET = "hostile-test-secret-of-32-bytes-at-least"
 PUBLISH = "hostile-publish-token"
@@ -76,7 +77,7 @@ class Honest:
         self.rounds = 0
 
         async def open_all():
-            self.ws = await Client.open(f"ws://127.0.0.1:{port}/ws", "acme", token=token(exp_in=3600))
+            self.ws = await WebSocketClient.open(f"ws://127.0.0.1:{port}/ws", "acme", token=token(exp_in=3600))
             assert (await self.ws.expect("Welcome"))["tenant_id"] == "acme"
             self.sse = await RawSSE.connect(port, f"tenant_id=globex&token={token('globex', 3600)}")
             assert self.sse.status == 200

@@ -7,7 +7,7 @@ import os
 
 import pytest
 
-from .test_filesystem_source import QUIET, change, fs_source, nothing, subscribe
+from .fshelpers import QUIET, change, fs_source, nothing, subscribe
 
 
 @pytest.mark.gen_test(timeout=30)

@@ -20,9 +20,9 @@ import pytest
 from tornado.httpclient import AsyncHTTPClient
 
 from tornado_cfgpush import structured
+from tornado_cfgpush.testing import wait_for
 
-from .conftest import wait_for
-from .test_filesystem_source import EXPECT, QUIET, change, fs_source, nothing, sha, subscribe
+from .fshelpers import EXPECT, QUIET, change, fs_source, nothing, sha, subscribe
 
 TIMEOUT = 60
 

@@ -10,9 +10,7 @@ from prometheus_client.parser import text_string_to_metric_families
 
 from tornado_cfgpush import hookimpl
 from tornado_cfgpush.closing import CloseReason
-
-from .conftest import wait_for
-from .sseclient import SSEClient
+from tornado_cfgpush.testing import SSEClient, wait_for
 
 VALID = {"tenant_id": "acme", "change_type": "modified", "path": "app.json"}
 

@@ -16,8 +16,7 @@ from hypothesis import HealthCheck, assume, given, settings
 from schemathesis import GenerationMode, checks
 
 from tornado_cfgpush.rules import PATH_MAX, SEGMENT_MAX
-
-from .serveproc import LISTENING
+from tornado_cfgpush.testing import LISTENING
 
 OPENAPI = Path(__file__).resolve().parent.parent / "docs" / "openapi.yaml"
 TOKENS = ("first-publish-token", "second-publish-token")

@@ -23,47 +23,15 @@ from tornado_cfgpush import PROJECT_NAME, hookimpl, hookspecs
 from tornado_cfgpush.plugins import BUILTIN_PLUGINS, PluginError, describe_plugins, get_plugin_manager
 from tornado_cfgpush.settings import Settings
 from tornado_cfgpush.sources import filesystem
+from tornado_cfgpush.testing import wait_for
 
-from .conftest import need_ticker, wait_for
+from .plugintools import need_ticker
 
 ROOT = Path(__file__).resolve().parent.parent
 TESTS = Path(__file__).resolve().parent
 
 
 # -- real distributions on sys.path ---------------------------------------------------------------
-
-class Site:
-    """A folder on ``sys.path`` holding distributions written by the test."""
-
-    def __init__(self, root: Path):
-        self.root = root
-
-    def add(self, dist: str, entry_points: dict[str, str], modules: dict[str, str] | None = None,
-            folder: str = "") -> None:
-        where = self.root / folder if folder else self.root
-        # The folder name escapes "-" as "_" like an installer does: importlib.metadata tells
-        # distributions apart by the name in it, up to the first "-".
-        info = where / f"{dist.replace('-', '_')}-1.0.dist-info"
-        info.mkdir(parents=True)
-        (info / "METADATA").write_text(f"Metadata-Version: 2.1\nName: {dist}\nVersion: 1.0\n")
-        lines = "".join(f"{name} = {target}\n" for name, target in entry_points.items())
-        (info / "entry_points.txt").write_text(f"[{PROJECT_NAME}]\n{lines}")
-        for module, source in (modules or {}).items():
-            (where / f"{module}.py").write_text(source)
-
-
-@pytest.fixture
-def site(tmp_path, monkeypatch):
-    root = tmp_path / "site"
-    root.mkdir()
-    monkeypatch.syspath_prepend(str(root))
-    before = set(sys.modules)
-    yield Site(root)
-    # Forget the modules imported from the folder, so no other test sees them.
-    for name in set(sys.modules) - before:
-        if str(root) in str(getattr(sys.modules[name], "__file__", "") or ""):
-            del sys.modules[name]
-
 
 GOOD_PLUGIN = """\
 from tornado_cfgpush import hookimpl

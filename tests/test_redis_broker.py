@@ -22,13 +22,10 @@ from tornado.testing import bind_unused_port
 from tornado_cfgpush.app import CfgPush, make_app
 from tornado_cfgpush.broker import BrokerUnavailable
 from tornado_cfgpush.broker.redis import RedisBroker
-from tornado_cfgpush.rules import parse_event_id
 from tornado_cfgpush.plugins import get_plugin_manager
-
-from .conftest import wait_for
-from .redisserver import WAIT
-from .wsclient import Client
-
+from tornado_cfgpush.rules import parse_event_id
+from tornado_cfgpush.testing import WebSocketClient, wait_for
+from tornado_cfgpush.testing.redisserver import WAIT
 
 
 @pytest.fixture
@@ -47,8 +44,8 @@ class Node:
         self.port = port
         self._clients = clients
 
-    async def connect(self, tenant_id: str = "acme", **query) -> Client:
-        client = await Client.open(f"ws://127.0.0.1:{self.port}/ws", tenant_id, **query)
+    async def connect(self, tenant_id: str = "acme", **query) -> WebSocketClient:
+        client = await WebSocketClient.open(f"ws://127.0.0.1:{self.port}/ws", tenant_id, **query)
         self._clients.append(client)
         return client
 
@@ -62,7 +59,7 @@ def cluster(io_loop, settings, redis_server, tmp_path):
     """``await cluster(url=None, **broker_kwargs)`` -> a running ``Node``; all stopped at teardown."""
     services: list[CfgPush] = []
     servers: list[HTTPServer] = []
-    clients: list[Client] = []
+    clients: list[WebSocketClient] = []
 
     async def add_node(url: str | None = None, broker_class=RedisBroker, **broker_kwargs) -> Node:
         node_settings = settings
@@ -105,11 +102,11 @@ def cluster(io_loop, settings, redis_server, tmp_path):
     io_loop.run_sync(teardown, timeout=60)
 
 
-async def read_ids(client: Client, count: int, timeout: float = WAIT) -> list[str]:
+async def read_ids(client: WebSocketClient, count: int, timeout: float = WAIT) -> list[str]:
     return [(await client.expect("ConfigChanged", timeout))["event_id"] for _ in range(count)]
 
 
-async def welcomed(client: Client) -> Client:
+async def welcomed(client: WebSocketClient) -> WebSocketClient:
     await client.expect("Welcome", WAIT)
     return client
 
@@ -249,7 +246,7 @@ async def test_clients_moving_between_nodes_see_every_event_once_or_a_resync(clu
     tenants = ["acme", "globex"]
     homes = ["acme", "acme", "globex", "acme"]
     published: dict[str, list[str]] = {t: [] for t in tenants}
-    clients: list[Client | None] = [None] * len(homes)
+    clients: list[WebSocketClient | None] = [None] * len(homes)
     position = [0] * len(homes)  # index in published[home] of the next event the client must see
 
     async def join(i: int, since: str | None) -> None:

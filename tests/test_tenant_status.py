@@ -4,8 +4,7 @@ import json
 import pytest
 from prometheus_client.parser import text_string_to_metric_families
 
-from .conftest import publish
-from .sseclient import SSEClient
+from tornado_cfgpush.testing import SSEClient, publish
 
 TOKEN = "s3cret-admin-token"
 

@@ -16,8 +16,9 @@ import logging
 import pytest
 from tornado.httpclient import HTTPRequest
 
+from tornado_cfgpush.testing import SSEClient
+
 from .rawws import RawWebSocket
-from .sseclient import SSEClient
 
 TOKEN = "publish-token-for-wire-tests"
 LONE = "\ud800"

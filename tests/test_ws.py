@@ -6,10 +6,9 @@ import pytest
 
 from tornado_cfgpush import hookimpl
 from tornado_cfgpush.events import Event
+from tornado_cfgpush.testing import publish, wait_for
 
-from .conftest import publish, wait_for
 from .rawws import RawWebSocket
-
 
 # -- refused before the upgrade -------------------------------------------------------------------
 

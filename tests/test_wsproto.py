@@ -17,9 +17,9 @@ import websockets
 from websockets.asyncio.client import connect as ws_connect
 from websockets.extensions.permessage_deflate import ClientPerMessageDeflateFactory
 
+from tornado_cfgpush.testing import publish, wait_for
 from tornado_cfgpush.ws.deflate import Deflate
 
-from .conftest import publish, wait_for
 from .rawws import RawWebSocket
 
 
@@ -281,7 +281,7 @@ async def test_memory_of_compressing_clients_whose_window_cannot_be_capped(start
     """The server's memory per connection of 300 clients that compress what they send without
     offering client_max_window_bits (printed, not asserted): with client_no_context_takeover no
     inflater is kept between messages."""
-    from .serveproc import LISTENING
+    from tornado_cfgpush.testing import LISTENING
 
     server = start("--config-dir", str(config_dir), "--port", "0", "--ws-compression", "true",
                    "--max-connections-per-ip", "0")

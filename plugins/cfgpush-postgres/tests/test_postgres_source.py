@@ -5,7 +5,6 @@ installed entry point (``pip install ./plugins/cfgpush-postgres``), as a user's 
 """
 from __future__ import annotations
 
-import asyncio
 import hashlib
 import json
 import os
@@ -13,32 +12,19 @@ import subprocess
 import sys
 import uuid
 from importlib import metadata
-from pathlib import Path
 
 import psycopg
 import pytest
-from tornado.websocket import websocket_connect
 
-from tornado_cfgpush.app import CfgPush, make_app
 from tornado_cfgpush.plugins import get_plugin_manager, known_plugin_names
 from tornado_cfgpush.settings import Settings
+from tornado_cfgpush.testing import COMMAND, clean_env, unavailable, wait_for
 
 ADMIN_DSN = os.environ.get("CFGPUSH_TEST_POSTGRES_DSN", "postgresql://postgres@127.0.0.1:5432/postgres")
-REQUIRE_SERVICES = os.environ.get("CFGPUSH_REQUIRE_SERVICES") == "1"
-SERVE = Path(sys.executable).with_name("cfgpush-serve")
 
 
 def checksum(content: str) -> str:
     return "sha256:" + hashlib.sha256(content.encode("utf-8")).hexdigest()
-
-
-async def wait_for(predicate, timeout: float = 10.0) -> None:
-    loop = asyncio.get_running_loop()
-    deadline = loop.time() + timeout
-    while not predicate():
-        if loop.time() > deadline:
-            raise AssertionError(f"condition not met within {timeout} s")
-        await asyncio.sleep(0.01)  # wait-ok: polling a condition under a deadline
 
 
 @pytest.fixture
@@ -48,10 +34,7 @@ def database():
     try:
         admin = psycopg.connect(ADMIN_DSN, autocommit=True, connect_timeout=5)
     except psycopg.OperationalError as exc:
-        message = f"PostgreSQL is not reachable at {ADMIN_DSN}: {exc}"
-        if REQUIRE_SERVICES:
-            pytest.fail(message + "; CFGPUSH_REQUIRE_SERVICES=1 forbids skipping")
-        pytest.skip(message)
+        unavailable(f"PostgreSQL is not reachable at {ADMIN_DSN}: {exc}")
     with admin:
         admin.execute(f'CREATE DATABASE "{name}"')
         try:
@@ -66,49 +49,38 @@ def dsn(database):
     return database[0]
 
 
+# The running server is tornado_cfgpush.testing's (``core``, ``app``, ``connect``), made of these:
+
 @pytest.fixture
-def core(io_loop, dsn, tmp_path):
-    # Only this distribution's plugin: the installed entry point, as a user gets it.
-    pm = get_plugin_manager(sorted(known_plugin_names() - {"postgres"}))
-    settings = Settings(config_dir=tmp_path, extra={"postgres_dsn": dsn, "postgres_install": True})
-    service = CfgPush(settings, pm)
-    io_loop.run_sync(service.start)
-    io_loop.run_sync(service.wait_started)
-    source = next(s for s in service.sources if s.name == "postgres")
-    source.backoff_initial, source.backoff_max = 0.05, 0.2
-    yield service
-    io_loop.run_sync(service.stop)
+def settings(dsn, tmp_path):
+    return Settings(config_dir=tmp_path, extra={"postgres_dsn": dsn, "postgres_install": True})
 
 
 @pytest.fixture
-def app(core):
-    return make_app(core)
+def plugin_manager(settings):
+    """Only this distribution's plugin: the installed entry point, as a user gets it."""
+    return get_plugin_manager(sorted(known_plugin_names() - {"postgres"}))
 
 
 @pytest.fixture
 def source(core):
-    return next(s for s in core.sources if s.name == "postgres")
+    source = next(s for s in core.sources if s.name == "postgres")
+    source.backoff_initial, source.backoff_max = 0.05, 0.2  # reconnect quickly
+    return source
 
 
 @pytest.fixture
-def ws(http_server, http_port):
-    conns = []
+def ws(connect):
+    async def welcomed(tenant_id: str):
+        client = await connect(tenant_id)
+        await client.expect("Welcome", timeout=5)
+        return client
 
-    async def connect(tenant_id: str):
-        conn = await asyncio.wait_for(websocket_connect(f"ws://127.0.0.1:{http_port}/ws?tenant_id={tenant_id}"), 5)
-        conns.append(conn)
-        assert "Welcome" in json.loads(await asyncio.wait_for(conn.read_message(), 5))
-        return conn
-
-    yield connect
-    for conn in conns:
-        conn.close()
+    return welcomed
 
 
-async def expect(conn, kind: str = "ConfigChanged", timeout: float = 5.0) -> dict:
-    message = json.loads(await asyncio.wait_for(conn.read_message(), timeout))
-    assert list(message) == [kind], message
-    return message[kind]
+async def expect(client, kind: str = "ConfigChanged", timeout: float = 5.0) -> dict:
+    return await client.expect(kind, timeout)
 
 
 @pytest.fixture
@@ -230,21 +202,15 @@ def test_without_a_dsn_there_is_no_source():
     assert pm.hook.cfgpush_register_sources(settings=Settings()) == [[]]
 
 
-def clean_env(**extra: str) -> dict[str, str]:
-    env = {k: v for k, v in os.environ.items() if not k.startswith("CFGPUSH_")}
-    env.update(extra)
-    return env
-
-
 def test_cfgpush_serve_lists_it_and_takes_its_options(tmp_path):
-    listed = subprocess.run([str(SERVE), "--plugins"], capture_output=True, text=True, timeout=60, cwd=tmp_path,
+    listed = subprocess.run([*COMMAND, "--plugins"], capture_output=True, text=True, timeout=60, cwd=tmp_path,
                             env=clean_env())
     assert listed.returncode == 0, listed.stderr
     plugins = {entry["name"]: entry for entry in json.loads(listed.stdout)}
     assert plugins["postgres"] == {"name": "postgres", "distribution": "cfgpush-postgres",
                                    "version": metadata.version("cfgpush-postgres"),
                                    "hooks": ["cfgpush_add_options", "cfgpush_register_sources"]}
-    shown = subprocess.run([str(SERVE), "--print-config", "--postgres-dsn", "postgresql://app:pw-secret@db/cfg"],
+    shown = subprocess.run([*COMMAND, "--print-config", "--postgres-dsn", "postgresql://app:pw-secret@db/cfg"],
                            capture_output=True, text=True, timeout=60, cwd=tmp_path,
                            env=clean_env(CFGPUSH_POSTGRES_INSTALL="true"))
     assert shown.returncode == 0, shown.stderr

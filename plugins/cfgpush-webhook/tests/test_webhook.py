@@ -6,29 +6,23 @@ one is sent, and the next event the client gets must be the valid one's.
 """
 from __future__ import annotations
 
-import asyncio
 import hashlib
 import hmac
 import json
-import os
 import subprocess
-import sys
 import uuid
 from importlib import metadata
-from pathlib import Path
 
 import pytest
-from tornado.websocket import websocket_connect
 
-from tornado_cfgpush.app import CfgPush, make_app
 from tornado_cfgpush.plugins import get_plugin_manager, known_plugin_names
 from tornado_cfgpush.settings import Settings
+from tornado_cfgpush.testing import COMMAND, clean_env
 
 import cfgpush_webhook
 from cfgpush_webhook import ReplayGuard, net_changes
 
 SECRET = "s3cret-webhook-0123456789"
-SERVE = Path(sys.executable).with_name("cfgpush-serve")
 
 
 @pytest.fixture
@@ -36,40 +30,31 @@ def extra():
     return {"webhook_secret": SECRET, "webhook_root": "config", "webhook_replay_memory": 100}
 
 
+# The running server is tornado_cfgpush.testing's (``core``, ``app``, ``connect``), made of these:
+
 @pytest.fixture
-def core(io_loop, extra, tmp_path):
-    pm = get_plugin_manager(sorted(known_plugin_names() - {"webhook"}))
-    service = CfgPush(Settings(config_dir=tmp_path, extra=extra), pm)
-    io_loop.run_sync(service.start)
-    io_loop.run_sync(service.wait_started)
-    yield service
-    io_loop.run_sync(service.stop)
+def settings(extra, tmp_path):
+    return Settings(config_dir=tmp_path, extra=extra)
 
 
 @pytest.fixture
-def app(core):
-    return make_app(core)
+def plugin_manager(settings):
+    """Only this distribution's plugin: the installed entry point, as a user gets it."""
+    return get_plugin_manager(sorted(known_plugin_names() - {"webhook"}))
 
 
 @pytest.fixture
-def ws(http_server, http_port):
-    conns = []
+def ws(connect):
+    async def welcomed(tenant_id: str):
+        client = await connect(tenant_id)
+        await client.expect("Welcome", timeout=5)
+        return client
 
-    async def connect(tenant_id: str):
-        conn = await asyncio.wait_for(websocket_connect(f"ws://127.0.0.1:{http_port}/ws?tenant_id={tenant_id}"), 5)
-        conns.append(conn)
-        assert "Welcome" in json.loads(await asyncio.wait_for(conn.read_message(), 5))
-        return conn
-
-    yield connect
-    for conn in conns:
-        conn.close()
+    return welcomed
 
 
-async def expect(conn, timeout: float = 5.0) -> dict:
-    message = json.loads(await asyncio.wait_for(conn.read_message(), timeout))
-    assert list(message) == ["ConfigChanged"], message
-    return message["ConfigChanged"]
+async def expect(client, timeout: float = 5.0) -> dict:
+    return await client.expect("ConfigChanged", timeout)
 
 
 def github_push(commits, ref="refs/heads/main", after=None):
@@ -200,8 +185,7 @@ async def test_truncated_push_resyncs_every_client(ws, post):
     code, body = await post(gitlab_push([commit(modified=["config/acme/a.json"])], total=40), forge="gitlab")
     assert (code, body["resync"]) == (202, True)
     assert (await expect(acme))["path"] == "a.json"
-    message = json.loads(await asyncio.wait_for(acme.read_message(), 5))
-    assert message["Resync"]["reason"] == "source_gap"
+    assert (await acme.expect("Resync", timeout=5))["reason"] == "source_gap"
 
 
 def test_net_changes_across_commits():
@@ -224,14 +208,8 @@ def test_no_route_and_no_source_without_a_secret():
         cfgpush_webhook.cfgpush_register_sources(settings=Settings(extra={"webhook_secret": "short"}))
 
 
-def clean_env(**extra: str) -> dict[str, str]:
-    env = {k: v for k, v in os.environ.items() if not k.startswith("CFGPUSH_")}
-    env.update(extra)
-    return env
-
-
 def test_cfgpush_serve_lists_it_and_takes_its_options(tmp_path):
-    listed = subprocess.run([str(SERVE), "--plugins"], capture_output=True, text=True, timeout=60, cwd=tmp_path,
+    listed = subprocess.run([*COMMAND, "--plugins"], capture_output=True, text=True, timeout=60, cwd=tmp_path,
                             env=clean_env())
     assert listed.returncode == 0, listed.stderr
     plugins = {entry["name"]: entry for entry in json.loads(listed.stdout)}
@@ -241,7 +219,7 @@ def test_cfgpush_serve_lists_it_and_takes_its_options(tmp_path):
                                             "cfgpush_register_sources"]}
     config = tmp_path / "c.toml"
     config.write_text('webhook-root = "tenants"\nwebhook-replay-memory = 50\n')
-    shown = subprocess.run([str(SERVE), "--config", str(config), "--print-config"], capture_output=True, text=True,
+    shown = subprocess.run([*COMMAND, "--config", str(config), "--print-config"], capture_output=True, text=True,
                            timeout=60, cwd=tmp_path, env=clean_env(CFGPUSH_WEBHOOK_SECRET=SECRET))
     assert shown.returncode == 0, shown.stderr
     assert SECRET not in shown.stdout

@@ -8,7 +8,7 @@ import sys
 import threading
 from pathlib import Path
 
-from .conftest import wait_for
+from .waiting import wait_for
 
 SCRIPT = Path(sys.executable).with_name("cfgpush-serve")
 COMMAND = [str(SCRIPT)] if SCRIPT.exists() else [sys.executable, "-m", "tornado_cfgpush.cli"]
@@ -25,7 +25,7 @@ def clean_env(**extra: str) -> dict[str, str]:
     return env
 
 
-class Server:
+class ServeProcess:
     """A running ``cfgpush-serve``; its stderr (the log) is collected line by line."""
 
     def __init__(self, args: list[str], cwd: Path, env: dict[str, str]):

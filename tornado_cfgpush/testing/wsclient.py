@@ -17,13 +17,13 @@ class Closed(Exception):
         self.reason = reason
 
 
-class Client:
+class WebSocketClient:
     def __init__(self, conn: WebSocketClientConnection):
         self.conn = conn
 
     @classmethod
     async def open(cls, ws_url: str, tenant_id: str | None = "acme", *, headers: dict | None = None,
-                   ping_interval: float | None = None, **query: Any) -> "Client":
+                   ping_interval: float | None = None, **query: Any) -> "WebSocketClient":
         params = dict(query)
         if tenant_id is not None:
             params = {"tenant_id": tenant_id, **params}

@@ -8,7 +8,7 @@ import subprocess
 import tempfile
 from pathlib import Path
 
-from .conftest import wait_for
+from .waiting import wait_for
 
 # Two cores shared with other test runs: waits are generous, nothing asserts a duration.
 WAIT = 15.0
