@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import asyncio
+import socket
 
 
 class RawSSE:
@@ -14,9 +15,20 @@ class RawSSE:
 
     @classmethod
     async def connect(cls, port: int, query: str, headers: str = "", path: str = "/events",
-                      timeout: float = 10) -> "RawSSE":
-        reader, writer = await asyncio.wait_for(asyncio.open_connection("127.0.0.1", port), 5)
-        writer.write(f"GET {path}?{query} HTTP/1.1\r\nHost: 127.0.0.1:{port}\r\n"
+                      timeout: float = 10, *, rcvbuf: int | None = None, version: str = "HTTP/1.1") -> RawSSE:
+        sock = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
+        if rcvbuf is not None:
+            # Before connect, so the advertised window stays small: a reader that stops
+            # reading then backs the server up after a few KiB instead of megabytes.
+            sock.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, rcvbuf)
+        sock.setblocking(False)
+        try:
+            await asyncio.wait_for(asyncio.get_running_loop().sock_connect(sock, ("127.0.0.1", port)), 5)
+            reader, writer = await asyncio.open_connection(sock=sock)
+        except BaseException:
+            sock.close()
+            raise
+        writer.write(f"GET {path}?{query} {version}\r\nHost: 127.0.0.1:{port}\r\n"
                      f"Accept: text/event-stream\r\n{headers}\r\n".encode("latin-1"))
         try:
             head = await asyncio.wait_for(reader.readuntil(b"\r\n\r\n"), timeout)

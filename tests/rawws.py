@@ -24,7 +24,7 @@ class RawWebSocket:
 
     @classmethod
     async def connect(cls, port: int, query: str, *, host: str = "127.0.0.1", rcvbuf: int | None = None,
-                      extra_headers: str = "") -> "RawWebSocket":
+                      extra_headers: str = "") -> RawWebSocket:
         sock = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
         if rcvbuf is not None:
             # Before connect, so the advertised window stays small: a reader that stops

@@ -19,7 +19,7 @@ class FreezableProxy:
         self._tasks: set[asyncio.Task] = set()
         self._writers: list[asyncio.StreamWriter] = []
 
-    async def start(self) -> "FreezableProxy":
+    async def start(self) -> FreezableProxy:
         self._server = await asyncio.start_server(self._accept, "127.0.0.1", 0)
         self.port = self._server.sockets[0].getsockname()[1]
         return self

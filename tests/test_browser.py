@@ -300,7 +300,7 @@ async def down_longer_than_the_history(start, config_dir, tmp_path, redis_url):
             if collector is not None:  # more edits than the history keeps
                 for n in range(4):
                     write(config_dir / "acme" / "app.json", json.dumps({"a": 21 + n}))
-                    await wait_for(lambda: len(collector.events) == 2 + n, timeout=10)
+                    await wait_for(lambda n=n: len(collector.events) == 2 + n, timeout=10)
             await started(start(*serve_args(config_dir, port, *extra)))
             await page_wait(page, "window.clients[0].resyncs.length === 1")
             state = await client_state(page)

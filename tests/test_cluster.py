@@ -58,7 +58,7 @@ async def readyz(port: int) -> tuple[int, dict]:
 
 @pytest.mark.gen_test(timeout=180)
 async def test_a_change_on_one_node_reaches_both_once(two_nodes, clients):
-    (a, port_a, folder_a), (b, port_b, folder_b) = await two_nodes()
+    (_, port_a, folder_a), (_, port_b, folder_b) = await two_nodes()
     on_a, on_b = await clients(port_a), await clients(port_b)
     other = await clients(port_b, "globex")
     for client in (on_a, on_b, other):
@@ -79,7 +79,7 @@ async def test_a_change_on_one_node_reaches_both_once(two_nodes, clients):
 
 @pytest.mark.gen_test(timeout=180)
 async def test_a_killed_node_s_clients_resume_on_the_other_with_nothing_lost(two_nodes, clients):
-    (a, port_a, folder_a), (b, port_b, folder_b) = await two_nodes()
+    (a, port_a, folder_a), (_, port_b, folder_b) = await two_nodes()
     client = await clients(port_a)
     await client.expect("Welcome", timeout=WAIT)
     (folder_a / "acme" / "app.json").write_text('{"a": 2}')

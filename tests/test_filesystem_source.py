@@ -95,7 +95,7 @@ class Recorder:
     async def nothing(self, timeout: float = QUIET) -> None:
         try:
             payload = await asyncio.wait_for(self.queue.get(), timeout)
-        except asyncio.TimeoutError:
+        except TimeoutError:
             return
         raise AssertionError(f"expected no payload, got {payload!r}")
 
@@ -321,7 +321,7 @@ async def test_continuous_writer_reports_before_it_stops(connect, config_dir, co
         while True:
             try:
                 event = await change(client)
-            except asyncio.TimeoutError:
+            except TimeoutError:
                 break
             received.append((loop.time() - begin, event, state["done"]))
             if state["done"] and event["checksum"] == sha(state["last"]):
@@ -969,7 +969,7 @@ async def test_crashed_source_restarts_and_catches_up(connect, config_dir, core,
     # The runner waits 0.25-0.5 s before restarting: these happen while no one watches.
     (config_dir / "globex" / "app.json").write_bytes(b'{"g": "while down"}')
     (config_dir / "acme" / "new.json").write_bytes(b"new")
-    # Before it runs again, its clients are told events may be missing (PROTOCOL.md: Resync,
+    # Before it runs again, its clients are told events may be missing (docs/protocol.md: Resync,
     # source_gap); what it finds on its rescan follows, the crashed event first.
     for client in (acme, globex):
         resync = await client.expect("Resync", timeout=EXPECT)

@@ -98,7 +98,7 @@ def test_clashing_option_is_a_plugin_error():
         load_configuration([], {}, extra_plugins=[("clash", Clash())])
 
 
-def test_secret_plugin_option_is_redacted_by_print_config(tmp_path, site):  # noqa: F811
+def test_secret_plugin_option_is_redacted_by_print_config(tmp_path, site):
     site.add("cfgpush-test-opts", {"opts": "cfgpush_test_opts"}, {"cfgpush_test_opts": """\
 from tornado_cfgpush import hookimpl
 

@@ -176,7 +176,7 @@ async def ws_status(port: int, query: str, headers: str = "") -> tuple[int, byte
 
 
 def assert_refusal_is_clean(status: int, body: bytes) -> None:
-    assert status < 500 or status == 503 and b"connection limit" in body, (status, body)
+    assert status < 500 or (status == 503 and b"connection limit" in body), (status, body)
     if status in (400, 401, 403, 414, 429) and body:
         assert "error" in json.loads(body)
 
@@ -297,7 +297,7 @@ def test_hostile_headers(io_loop, server_port, core, honest):
                                             headers=(UPGRADE if transport == "ws" else "") + extra, timeout=3)
             except (asyncio.IncompleteReadError, ConnectionResetError, BrokenPipeError):
                 return  # Tornado dropped a request it could not parse
-            except asyncio.TimeoutError:
+            except TimeoutError:
                 # Only a request that declares a body may be kept waiting (for that body).
                 assert declares_body, headers
                 return
@@ -516,7 +516,7 @@ def test_frame_and_connection_floods_cost_the_honest_clients_nothing(io_loop, se
         TRIED["flood connections"] += 30 * 10
         return time.monotonic() - started, rounds
 
-    elapsed, rounds = run(io_loop, storm, timeout=60)
+    _, rounds = run(io_loop, storm, timeout=60)
     assert rounds >= 3
     run(io_loop, lambda: wait_for(lambda: core.limits.total == 2 and core.hub.connection_count() == 2, timeout=15))
 

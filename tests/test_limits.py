@@ -188,7 +188,7 @@ async def test_limits_hold_under_load_and_never_leak(server_port, http_url, core
                 assert (await obj.read_json())["ConfigChanged"]["event_id"] == event_id
             else:
                 await obj.read_until(f"id: {event_id}".encode())
-        for kind, obj in held:
+        for _, obj in held:
             obj.close()
         await wait_for(lambda: counts_are_zero(core), timeout=20)
         assert core.hub.connection_count() == 0

@@ -1,4 +1,4 @@
-"""``/metrics`` (issue 8) and ``/readyz`` against PROTOCOL.md section 5, on a real server."""
+"""``/metrics`` (issue 8) and ``/readyz`` against docs/protocol.md section 5, on a real server."""
 from __future__ import annotations
 
 import asyncio

@@ -1,4 +1,4 @@
-"""The plugin contract (DESIGN.md): loading, blocking, failures by name, and sources at run time.
+"""The plugin contract (docs/plugins.md): loading, blocking, failures by name, and sources at run time.
 
 Entry-point cases use real distributions: a ``<name>-1.0.dist-info`` folder and its module in a
 folder put on ``sys.path``, found by ``importlib.metadata`` exactly like an installed plugin.
@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import asyncio
 import inspect
+import itertools
 import logging
 import re
 import sys
@@ -337,7 +338,7 @@ async def test_crashing_source_is_restarted_with_backoff_and_harms_no_one(
 
     # Backoff: run k+1 starts at least half of min(initial * 2**k, max) after run k.
     runs = plugin.crasher.runs[:5]
-    for k, (before, after) in enumerate(zip(runs, runs[1:])):
+    for k, (before, after) in enumerate(itertools.pairwise(runs)):
         least = min(0.05 * 2 ** k, 0.4) / 2
         assert after - before >= least - 0.002, f"restart {k + 1} came after {after - before:.3f} s"
     assert core.runner.restarts["crasher"] >= 4

@@ -1,4 +1,4 @@
-"""``POST /api/v1/events`` (PROTOCOL.md section 4): the same schema and path as every source."""
+"""``POST /api/v1/events`` (docs/protocol.md section 4): the same schema and path as every source."""
 import json
 
 import pytest
@@ -111,7 +111,7 @@ def core(io_loop, settings, request):
 @pytest.mark.gen_test(timeout=60)
 async def test_broker_unreachable_is_503_and_nothing_half_published(redis_server, http_client, http_url, core):
     body = {"tenant_id": "acme", "change_type": "modified", "path": "a.json", "checksum": CHECKSUM}
-    code, first = await post(http_client, http_url, body)
+    code, _ = await post(http_client, http_url, body)
     assert code == 202
     redis_server.kill()
     code, answer = await post(http_client, http_url, {**body, "checksum": "sha256:" + "c" * 64})
@@ -186,7 +186,7 @@ async def test_past_its_budget_a_token_gets_429_with_retry_after_and_publishes_n
     assert "budget of 2 events per second" in json.loads(response.body)["error"]
     assert (await core.broker.catch_up("acme", None)).last_event_id == newest
     # Another publisher has its own budget.
-    code, answer = await post(http_client, http_url, {**body, "path": "other.json"}, token=OTHER)
+    code, _ = await post(http_client, http_url, {**body, "path": "other.json"}, token=OTHER)
     assert code == 202
     paths = [(await client.expect("ConfigChanged"))["path"] for _ in range(3)]
     assert paths == ["0.json", "2.json", "other.json"]

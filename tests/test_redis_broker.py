@@ -7,6 +7,7 @@ and its own HTTP server, and each watches its own copy of the configuration fold
 from __future__ import annotations
 
 import asyncio
+import itertools
 import os
 import random
 import shutil
@@ -213,7 +214,7 @@ async def test_resync_when_the_stream_no_longer_holds_the_id(cluster, admin):
     # Ids that never were: from the future, or between two retained entries.
     ms, seq = parse_event_id(ids[-1])
     retained = [parse_event_id(entry_id) for entry_id, _ in await admin.xrange(history_key("acme"))]
-    between = next(f"{x[0]}-{x[1] + 1}" for x, y in zip(retained, retained[1:]) if (x[0], x[1] + 1) < y)
+    between = next(f"{x[0]}-{x[1] + 1}" for x, y in itertools.pairwise(retained) if (x[0], x[1] + 1) < y)
     for since in (f"{ms}-{seq + 1}", f"{ms + 1}-0", between):
         unknown = await a.connect(last_event_id=since)
         await unknown.expect("Welcome", WAIT)
@@ -533,7 +534,7 @@ async def test_resumes_in_a_storm_share_reads_and_decoded_events_but_never_cross
 
     # Over real sockets: resuming clients of both tenants, all at once.
     clients = await asyncio.gather(*(a.connect(t, last_event_id=start[t]) for t in ("acme", "globex") for _ in range(10)))
-    for client, tenant in zip(clients, ["acme"] * 10 + ["globex"] * 10):
+    for client, tenant in zip(clients, ["acme"] * 10 + ["globex"] * 10, strict=True):
         await welcomed(client)
         expected = published[tenant] + ([later] if tenant == "acme" else [])
         assert await read_ids(client, len(expected)) == expected

@@ -1,4 +1,4 @@
-"""Resume: nothing missed, nothing twice, or an explicit Resync (PROTOCOL.md section 2)."""
+"""Resume: nothing missed, nothing twice, or an explicit Resync (docs/protocol.md section 2)."""
 import asyncio
 import itertools
 

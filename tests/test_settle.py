@@ -2,7 +2,8 @@
 events out. The real-disk behaviour is in tests/test_filesystem_source.py."""
 from __future__ import annotations
 
-from hypothesis import given, settings, strategies as st
+from hypothesis import given, settings
+from hypothesis import strategies as st
 
 from tornado_cfgpush.sources.filesystem.settle import GONE, MEMORY_CAP, Read, Settler
 
@@ -182,7 +183,7 @@ def test_a_touch_during_a_read_reads_again():
     disk = Disk()
     disk.files["acme/a.json"] = "v1"
     disk.settler.touched("acme/a.json", ("acme", "a.json"), 0.0)
-    (due,) = disk.settler.due(1.0)
+    disk.settler.due(1.0)
     disk.write("acme/a.json", "v2")  # while the first read is under way
     disk.settler.read_done("acme/a.json", Read("v1"), 1.0)
     assert disk.take() == []

@@ -4,6 +4,10 @@ import os
 
 import pytest
 
+from tornado_cfgpush.closing import CloseReason
+from tornado_cfgpush.testing import wait_for
+
+from .rawsse import RawSSE
 from .rawws import RawWebSocket
 
 
@@ -83,3 +87,28 @@ async def test_slow_reader_resumes_exactly_after_reconnecting(server_port, conne
     await again.expect("Welcome")
     assert [(await again.expect("ConfigChanged"))["event_id"] for _ in missed] == missed
     await again.expect_nothing()
+
+
+@pytest.mark.settings(max_backlog_bytes=64 * 1024, history_size=50)
+@pytest.mark.gen_test(timeout=120)
+async def test_a_stuck_sse_reader_is_closed_past_the_backlog_bound(server_port, connect, core):
+    """The SSE sink bounds what Tornado queues for a stream (IOStream.max_write_buffer_size):
+    past --max-backlog-bytes the stream is dropped, its backlog with it; the others go on."""
+    fast = await connect("acme")
+    await fast.expect("Welcome")
+    stuck = await RawSSE.connect(server_port, "tenant_id=acme", rcvbuf=4096)
+    try:
+        await stuck.read_until(b"event: Welcome")
+        meta = {"blob": "x" * 3500}
+        published = 0
+        while core.hub.slow_closes == 0:
+            assert published < 20_000, "the stuck stream was never closed"  # 70 MB: past any socket buffer
+            await core.publish({"tenant_id": "acme", "change_type": "modified", "path": f"f{published}.json",
+                                "meta": meta}, "test")
+            published += 1
+            await fast.expect("ConfigChanged")  # the honest reader keeps up
+        await wait_for(lambda: core.hub.connection_count("acme") == 1 and core.limits.total == 1)
+        assert core.hub.closes[CloseReason.TOO_SLOW] == 1
+        print(f"SSE stream closed as too slow after {published} events of 3.5 KB")
+    finally:
+        stuck.close()

@@ -97,7 +97,7 @@ async def test_sse_clients_are_counted_by_transport(http_client, http_url, core)
     stream = await SSEClient.open(http_url, "acme")
     try:
         await stream.expect("Welcome")
-        code, body = await status(http_client, http_url)
+        _, body = await status(http_client, http_url)
         assert body["connections_by_transport"] == {"sse": 1}
     finally:
         stream.close()

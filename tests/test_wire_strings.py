@@ -117,7 +117,7 @@ async def test_a_diff_entry_must_be_a_json_pointer(http_client, http_url, core, 
 
 @pytest.mark.gen_test(timeout=30)
 async def test_a_body_nested_too_deeply_is_400_not_500(http_client, http_url, core):
-    code, answer = await post(http_client, http_url, event())  # warm: the API works
+    code, _ = await post(http_client, http_url, event())  # warm: the API works
     assert code == 202
     deep = '{"tenant_id": "acme", "change_type": "modified", "meta": {"x": ' + "[" * 5000 + "]" * 5000 + "}}"
     response = await http_client.fetch(HTTPRequest(

@@ -9,12 +9,24 @@ import struct
 import zlib
 
 import pytest
-from hypothesis import HealthCheck, given, settings as hsettings, strategies as st
+from hypothesis import HealthCheck, given
+from hypothesis import settings as hsettings
+from hypothesis import strategies as st
 
 from tornado_cfgpush.ws.deflate import Deflate
 from tornado_cfgpush.ws.frames import CloseCode, Opcode, close_frame, frame, unmask
-from tornado_cfgpush.ws.protocol import (CLOSED, CLOSING, OPEN, Close, Failure, FrameLimits, Message, Ping, Pong,
-                                         ServerProtocol)
+from tornado_cfgpush.ws.protocol import (
+    CLOSED,
+    CLOSING,
+    OPEN,
+    Close,
+    Failure,
+    FrameLimits,
+    Message,
+    Ping,
+    Pong,
+    ServerProtocol,
+)
 
 NO_BUDGET = FrameLimits(max_message_size=4096, rate=0)
 
@@ -175,7 +187,7 @@ def test_compressed_messages_with_and_without_context_takeover():
     protocol = ServerProtocol(NO_BUDGET, deflate)
     for i in range(3):
         data = compressor.compress(b'{"Ping": {"id": %d}}' % i) + compressor.flush(zlib.Z_SYNC_FLUSH)
-        assert protocol.receive_data(client_frame(0xC1, data[:-4]), 1.0) == [Message('{"Ping": {"id": %d}}' % i)]
+        assert protocol.receive_data(client_frame(0xC1, data[:-4]), 1.0) == [Message(f'{{"Ping": {{"id": {i}}}}}')]
     assert deflate.holds_context()
 
 
@@ -189,7 +201,7 @@ def test_compressed_messages_with_and_without_context_takeover():
 ])
 def test_every_kind_of_frame_counts_against_one_budget(kind, one):
     limits = FrameLimits(max_message_size=4096, rate=5)
-    protocol, events, out = receive(one * 6, limits)
+    _, events, out = receive(one * 6, limits)
     assert events[-1] == Failure(CloseCode.POLICY_VIOLATION, "rate limit exceeded")
     assert len(events) == 6
     assert out.endswith(close_frame(CloseCode.POLICY_VIOLATION, "rate limit exceeded"))
@@ -198,7 +210,7 @@ def test_every_kind_of_frame_counts_against_one_budget(kind, one):
 def test_empty_continuation_frames_count():
     limits = FrameLimits(max_message_size=4096, rate=20)
     data = text("x", fin=False) + client_frame(0x00, b"") * 1000
-    protocol, events, out = receive(data, limits)
+    _, events, out = receive(data, limits)
     assert events == [Failure(CloseCode.POLICY_VIOLATION, "rate limit exceeded")]
     assert out == close_frame(CloseCode.POLICY_VIOLATION, "rate limit exceeded")
 
@@ -247,7 +259,7 @@ def _encode(messages, closing: bool, deflate: bool) -> tuple[bytes, list]:
             raw = (compressor.compress(raw) + compressor.flush(zlib.Z_SYNC_FLUSH))[:-4]
             rsv = 0x40
         cuts = sorted({len(raw) * i // parts for i in range(1, parts)})
-        pieces = [raw[a:b] for a, b in zip([0] + cuts, cuts + [len(raw)])]
+        pieces = [raw[a:b] for a, b in zip([0] + cuts, cuts + [len(raw)], strict=True)]
         for i, piece in enumerate(pieces):
             fin = 0x80 if i == len(pieces) - 1 else 0
             data += client_frame(fin | (opcode | rsv if i == 0 else 0), piece)
@@ -280,6 +292,6 @@ def test_any_split_of_a_valid_stream_yields_the_same_events(messages, closing, d
     whole = run([data])
     assert whole[0] == expected
     points = sorted({c % (len(data) + 1) for c in cuts})
-    chunks = [data[a:b] for a, b in zip([0] + points, points + [len(data)])]
+    chunks = [data[a:b] for a, b in zip([0] + points, points + [len(data)], strict=True)]
     assert run(chunks) == whole
     assert run([data[i:i + 1] for i in range(len(data))]) == whole  # one byte at a time

@@ -451,12 +451,12 @@ async def test_a_client_within_its_budget_is_never_closed(server_port, core):
     """Twenty frames at once (the burst), then ten a second (pings, Acks, pongs) for three
     seconds: within the budget, never closed."""
     ws = await welcomed(server_port)
-    for n in range(20):
+    for _ in range(20):
         ws.send_frame(0x9, b"")
-    for n in range(20):
+    for _ in range(20):
         assert await ws.read_frame() == (0xA, b"")
     await asyncio.sleep(1.0)  # wait-ok: the bucket refills
-    for n in range(30):
+    for _ in range(30):
         ws.send_frame(0x1, b'"Ping"')
         assert await ws.read_json(timeout=5) == "Pong"
         await asyncio.sleep(0.1)  # wait-ok: the pace of an honest client

@@ -56,7 +56,8 @@ Every hook is specified, with its arguments, in :mod:`tornado_cfgpush.hookspecs`
 """
 from __future__ import annotations
 
-from typing import Any, Awaitable, Callable, Protocol, runtime_checkable
+from collections.abc import Iterable
+from typing import Any, Protocol, runtime_checkable
 
 import pluggy
 
@@ -68,9 +69,16 @@ PROJECT_NAME = "cfgpush"
 hookimpl = pluggy.HookimplMarker(PROJECT_NAME)
 """Marks a function as an implementation of a ``cfgpush_*`` hook."""
 
-Emit = Callable[[dict[str, Any]], Awaitable[str]]
-"""``await emit(payload)`` validates, publishes and returns the event id; the object a
-source receives also has ``await emit.gap(tenant_ids=None)`` (see the guide above)."""
+class Emit(Protocol):
+    """What a source's ``run`` receives (see the guide above)."""
+
+    async def __call__(self, payload: dict[str, Any]) -> str:
+        """Validate ``payload``, publish it, return its event id."""
+        ...  # pragma: no cover - a protocol
+
+    async def gap(self, tenant_ids: Iterable[str] | None = None) -> None:
+        """Events of ``tenant_ids`` (None: of any tenant) may be lost: their clients resync."""
+        ...  # pragma: no cover - a protocol
 
 
 @runtime_checkable

@@ -204,7 +204,7 @@ def make_app(core: CfgPush, **tornado_settings: Any) -> web.Application:
     # plugin cannot take over /ws, /metrics, ...
     plugin_routes = [r for found in core.pm.hook.cfgpush_register_routes(settings=core.settings) for r in found or ()]
     app = web.Application(default_handlers(core) + plugin_routes, **settings)
-    app.cfgpush = core
+    app.cfgpush = core  # type: ignore[attr-defined]  # where plugins' route handlers find the service
     return app
 
 
@@ -255,8 +255,8 @@ async def serve(settings: Settings, plugin_manager: PluginManager | None = None,
     except Exception as exc:
         # A plugin refusing its own settings in cfgpush_register_sources or in
         # cfgpush_register_routes (or two sources sharing a name) is a start-up error like a
-        # bad flag: it used to escape as a traceback from asyncio.run. Undo what started; the
-        # CLI reports it in one line.
+        # bad flag, not a traceback from asyncio.run: undo what started; the CLI reports it
+        # in one line.
         try:
             await core.stop()
         except Exception:

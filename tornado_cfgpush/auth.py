@@ -33,9 +33,11 @@ import logging
 import os
 import re
 import threading
+from collections.abc import Callable, Iterable
 from dataclasses import dataclass
 from pathlib import Path
-from typing import TYPE_CHECKING, Any, Callable, Iterable
+from typing import TYPE_CHECKING, Any
+from urllib.parse import urlsplit
 
 import jwt
 from cryptography.hazmat.primitives.asymmetric import ec, rsa
@@ -73,17 +75,17 @@ class Decision:
     subject: str | None = None
 
     @classmethod
-    def allow(cls, expires_at: float | None = None, subject: str | None = None) -> "Decision":
+    def allow(cls, expires_at: float | None = None, subject: str | None = None) -> Decision:
         return cls(True, 200, "", expires_at, subject)
 
     @classmethod
-    def deny(cls, status: int, reason: str) -> "Decision":
+    def deny(cls, status: int, reason: str) -> Decision:
         if status not in (401, 403, 503):
             raise ValueError(f"a refusal is 401, 403 or 503, not {status}")
         return cls(False, status, reason)
 
 
-def auth_enabled(settings: "Settings") -> bool:
+def auth_enabled(settings: Settings) -> bool:
     return bool(settings.jwt_secret or settings.jwt_public_key or settings.jwks)
 
 
@@ -157,7 +159,7 @@ def load_jwks(path: Path) -> dict[str | None, tuple[Any, str]]:
 class Verifier:
     """The JWT check of one ``Settings``; re-reads a key file when it changes on disk."""
 
-    def __init__(self, settings: "Settings"):
+    def __init__(self, settings: Settings):
         self.settings = settings
         self._lock = threading.Lock()
         self._stamp: tuple | None = None
@@ -282,11 +284,11 @@ class Verifier:
 
 
 @functools.lru_cache(maxsize=16)
-def verifier(settings: "Settings") -> Verifier:
+def verifier(settings: Settings) -> Verifier:
     return Verifier(settings)
 
 
-def decide(hook: Callable[..., Any], settings: "Settings", request: Any, tenant_id: str,
+def decide(hook: Callable[..., Any], settings: Settings, request: Any, tenant_id: str,
            token: str | None) -> Decision:
     """The answer of ``hook`` (the ``cfgpush_authorize`` hook caller) for one subscriber: a
     plugin that raises refuses (503), never allows; no answer allows only while no JWT key is
@@ -309,7 +311,7 @@ def decide(hook: Callable[..., Any], settings: "Settings", request: Any, tenant_
 # -- the built-in hook implementation -------------------------------------------------------------
 
 @hookimpl(trylast=True)
-def cfgpush_authorize(settings: "Settings", request: "HTTPServerRequest", tenant_id: str,
+def cfgpush_authorize(settings: Settings, request: HTTPServerRequest, tenant_id: str,
                       token: str | None) -> Decision:
     if not auth_enabled(settings):
         return Decision.allow()
@@ -323,7 +325,7 @@ def cfgpush_authorize(settings: "Settings", request: "HTTPServerRequest", tenant
 
 # -- tokens in requests and logs ------------------------------------------------------------------
 
-def bearer(request: "HTTPServerRequest") -> str | None:
+def bearer(request: HTTPServerRequest) -> str | None:
     """The token of ``Authorization: Bearer <token>``, or None."""
     scheme, _, token = request.headers.get("Authorization", "").partition(" ")
     if scheme.lower() != "bearer" or not token.strip():
@@ -439,6 +441,27 @@ def origin_allowed(origin: str, patterns: Iterable[str]) -> bool:
     return False
 
 
+def cross_site_refused(headers: Any, allowed_origins: Iterable[str]) -> bool:
+    """Whether a request is from a browser page of another site that ``--allowed-origin``
+    does not admit (403 ``Origin not allowed``). ``headers``: the request's (``get``).
+
+    Tornado 6.6's cross-origin rule (what ``WebSocketHandler`` checks), on public values only:
+    ``Sec-Fetch-Site: same-origin`` or ``none`` passes; without that header, a request without
+    ``Origin`` (not a browser) or whose ``Origin`` names the ``Host`` passes; otherwise only
+    an allowed origin does (``Sec-Fetch-Site: cross-site`` with ``Origin`` equal to ``Host``
+    included: a DNS-rebinding page)."""
+    fetch_site = headers.get("Sec-Fetch-Site")
+    if fetch_site in ("same-origin", "none"):
+        return False
+    origin = headers.get("Origin")
+    if fetch_site is None:
+        if origin is None:
+            return False
+        if urlsplit(origin).netloc.lower() == headers.get("Host", "").lower():
+            return False
+    return not (origin and origin_allowed(origin, allowed_origins))
+
+
 # -- hosts ----------------------------------------------------------------------------------------
 #
 # DNS rebinding: a hostile page at evil.example makes its name resolve to the server's address;
@@ -500,7 +523,7 @@ def host_allowed(host_header: str | None, patterns: Iterable[str]) -> bool:
     return False
 
 
-def host_refusal(request: "HTTPServerRequest", allowed_hosts: Iterable[str]) -> str | None:
+def host_refusal(request: HTTPServerRequest, allowed_hosts: Iterable[str]) -> str | None:
     """Why ``request`` is not answered for its ``Host`` header (the caller answers 421), or
     None when it is. Without ``--allowed-host`` every host is answered, as before."""
     allowed_hosts = tuple(allowed_hosts)

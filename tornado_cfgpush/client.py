@@ -36,8 +36,9 @@ import json
 import logging
 import random
 import time
+from collections.abc import AsyncGenerator, AsyncIterator, Awaitable, Callable
 from dataclasses import dataclass, field
-from typing import Any, AsyncIterator, Awaitable, Callable, Union
+from typing import Any
 from urllib.parse import urlencode, urlsplit, urlunsplit
 
 from tornado.httpclient import HTTPClientError, HTTPRequest
@@ -105,8 +106,8 @@ class Welcome:
         return {"Welcome": self.raw}
 
 
-Event = Union[ConfigChanged, Resync, Welcome]
-TokenSource = Callable[[], Union[str, Awaitable[str]]]
+Event = ConfigChanged | Resync | Welcome
+TokenSource = Callable[[], str | Awaitable[str]]
 
 
 class SubscribeError(Exception):
@@ -161,7 +162,7 @@ def jwt_exp(token: str | None) -> float | None:
     return float(exp) if isinstance(exp, (int, float)) and not isinstance(exp, bool) else None
 
 
-def _retrieve(future: "asyncio.Future[Any]") -> None:
+def _retrieve(future: asyncio.Future[Any]) -> None:
     if not future.cancelled():
         future.exception()  # a write to a closing socket: handled by the reader, not logged
 
@@ -200,8 +201,8 @@ class Subscription:
         self._ever_welcomed = False
         self._closed = asyncio.Event()
         self._conn: WebSocketClientConnection | None = None
-        self._inbox: asyncio.Queue[str | None] = asyncio.Queue()
-        self._iterator: AsyncIterator[Event] | None = None
+        self._inbox: asyncio.Queue[str | bytes | None] = asyncio.Queue()  # None: closed
+        self._iterator: AsyncGenerator[Event, None] | None = None
         # This connection's Acks: the id sent last, when, and the timer of the next one.
         self._acked: str | None = None
         self._acked_at = float("-inf")
@@ -214,7 +215,7 @@ class Subscription:
             self._iterator = self._run()
         return self._iterator
 
-    async def __aenter__(self) -> "Subscription":
+    async def __aenter__(self) -> Subscription:
         return self
 
     async def __aexit__(self, *exc: Any) -> None:
@@ -226,12 +227,12 @@ class Subscription:
         self._drop(1000, "client closed")
         # From inside the loop's body the generator is suspended: close it now. From another
         # task it may be running: the dropped connection and the set flag end it.
-        if self._iterator is not None and not self._iterator.ag_running:
+        if self._iterator is not None and not self._iterator.ag_running:  # type: ignore[attr-defined]  # typeshed's AsyncGenerator lacks it
             await self._iterator.aclose()
 
     # -- the loop ----------------------------------------------------------------------------
 
-    async def _run(self) -> AsyncIterator[Event]:
+    async def _run(self) -> AsyncGenerator[Event, None]:
         try:
             while not self._closed.is_set():
                 try:
@@ -260,7 +261,7 @@ class Subscription:
                 self._status("reconnecting", reason=reason, delay=delay, attempt=self._attempt)
                 try:
                     await asyncio.wait_for(self._closed.wait(), delay)
-                except asyncio.TimeoutError:
+                except TimeoutError:
                     pass
         finally:
             self._drop(1000, "client closed")
@@ -283,7 +284,8 @@ class Subscription:
             query["manifest"] = "1"
         request = HTTPRequest(f"{self.url}?{urlencode(query)}", headers=self.headers,
                               connect_timeout=self.connect_timeout, request_timeout=self.connect_timeout)
-        self._inbox = inbox = asyncio.Queue()
+        inbox: asyncio.Queue[str | bytes | None] = asyncio.Queue()
+        self._inbox = inbox
         try:
             conn = await asyncio.wait_for(websocket_connect(request, on_message_callback=inbox.put_nowait),
                                           self.connect_timeout)
@@ -292,12 +294,12 @@ class Subscription:
             if exc.code == 400 or (exc.code in (401, 403) and self.get_token is None):
                 raise SubscribeError(f"refused with {exc.code}: {reason}", exc.code) from None
             raise _Reconnect(f"refused with {exc.code}: {reason}") from None
-        except (OSError, StreamClosedError, WebSocketError, asyncio.TimeoutError) as exc:
+        except (TimeoutError, OSError, StreamClosedError, WebSocketError) as exc:
             raise _Reconnect(f"cannot connect: {exc!r}") from None
         self._conn = conn
         return conn
 
-    async def _session(self, conn: WebSocketClientConnection) -> AsyncIterator[tuple[Event | None, str | None]]:
+    async def _session(self, conn: WebSocketClientConnection) -> AsyncGenerator[tuple[Event | None, str | None], None]:
         """``(event to hand out, id to acknowledge once it is handled)`` pairs of one connection."""
         loop = asyncio.get_running_loop()
         welcome = self._parse(await self._next(conn, self.connect_timeout, "no Welcome in time"))
@@ -347,7 +349,7 @@ class Subscription:
             wait = min(next_ping, dead_at, refresh_at if refresh_at is not None else dead_at) - loop.time()
             try:
                 text = await self._next(conn, max(wait, 0.0), None)
-            except asyncio.TimeoutError:
+            except TimeoutError:
                 if loop.time() >= dead_at:
                     raise _Reconnect("server silent for two heartbeat intervals", dead=True) from None
                 continue
@@ -374,13 +376,13 @@ class Subscription:
     async def _next(self, conn: WebSocketClientConnection, timeout: float, why: str | None) -> str:
         try:
             text = await asyncio.wait_for(self._inbox.get(), timeout)
-        except asyncio.TimeoutError:
+        except TimeoutError:
             if why is None:
                 raise
             raise _Reconnect(why) from None
         if text is None:
             raise _Reconnect(f"closed by the server ({conn.close_code} {conn.close_reason or ''})".strip())
-        return text
+        return text if isinstance(text, str) else text.decode("utf-8", "replace")  # the server sends text frames
 
     def _parse(self, text: str) -> Any:
         try:
@@ -391,8 +393,8 @@ class Subscription:
             return message
         if not isinstance(message, dict) or len(message) != 1:
             return None
-        (kind, body), = message.items()
-        body = body if isinstance(body, dict) else {}
+        (kind, inside), = message.items()
+        body: Any = inside if isinstance(inside, dict) else {}
         if kind == "ConfigChanged":
             return ConfigChanged(**{k: body.get(k) for k in ("tenant_id", "change_type", "event_id", "path", "checksum",
                                                              "timestamp", "source", "diff", "meta")}, raw=body)
@@ -456,6 +458,7 @@ class Subscription:
             stream.close()  # a dead peer would never answer the close frame: free the socket now
 
     async def _call_token(self) -> str:
+        assert self.get_token is not None  # called only when the subscription has one
         token = self.get_token()
         if inspect.isawaitable(token):
             token = await token

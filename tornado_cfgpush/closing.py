@@ -59,7 +59,7 @@ class CloseReason(enum.Enum):
         self.sse_clean = sse_clean
 
     @classmethod
-    def of_failure(cls, code: int) -> "CloseReason":
+    def of_failure(cls, code: int) -> CloseReason:
         """The reason of a frame the protocol core failed with ``code``."""
         return _FAILURES.get(code, cls.PROTOCOL_ERROR)
 

@@ -14,8 +14,9 @@ import argparse
 import dataclasses
 import json
 import tomllib
+from collections.abc import Callable, Iterable
 from pathlib import Path
-from typing import Any, Callable, Iterable
+from typing import Any
 
 from .redaction import REDACTED, redact
 
@@ -42,7 +43,7 @@ class ConfigFile:
         self.values = values or {}
 
     @classmethod
-    def load(cls, path: str | None) -> "ConfigFile":
+    def load(cls, path: str | None) -> ConfigFile:
         if not path:
             return cls()
         try:
@@ -167,7 +168,8 @@ def _convert(option: PluginOption, text: str) -> Any:
         return action.const if on else option.default
     many = _many(action)
     parts = [p.strip() for p in text.split(",") if p.strip()] if many else [text]
-    values = [action.type(p) if action.type else p for p in parts]
+    convert: Callable[[str], Any] | None = action.type  # type: ignore[assignment]  # argparse types it loosely
+    values = [convert(p) if convert else p for p in parts]
     if action.choices is not None:
         for value in values:
             if value not in action.choices:

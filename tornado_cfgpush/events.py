@@ -24,7 +24,7 @@ def sse_message(kind: str, data_json: str, event_id: str | None = None) -> bytes
     """One Server-Sent Events message (docs/protocol.md section 3). ``data_json`` is one line:
     the compact JSON encoding escapes every newline inside strings."""
     head = f"id: {event_id}\n" if event_id else ""
-    return f"{head}event: {kind}\ndata: {data_json}\n\n".encode("utf-8")
+    return f"{head}event: {kind}\ndata: {data_json}\n\n".encode()
 
 
 def http_chunk(data: bytes) -> bytes:

@@ -11,8 +11,9 @@ from __future__ import annotations
 import asyncio
 import logging
 import time
+from collections.abc import Callable, Iterable
 from time import perf_counter
-from typing import Callable, Iterable, Protocol
+from typing import Protocol
 
 from tornado.ioloop import PeriodicCallback
 
@@ -38,7 +39,7 @@ class Subscriber(Protocol):
     def last_seen(self) -> float: ...  # time.monotonic() of the client's last sign of life
 
     def deliver(self, event: Event) -> None: ...
-    def notify_gap(self, last_event_id: str | None, manifest: dict | None, reason: str = ...) -> None: ...
+    def notify_gap(self, last_event_id: str | None, manifest: dict[str, str] | None, reason: str = ...) -> None: ...
     def ping(self) -> None: ...
     def close(self, reason: CloseReason) -> None: ...
     def abort(self) -> None: ...
@@ -187,12 +188,12 @@ class Hub:
         self._drained = asyncio.Event()
         try:
             await asyncio.wait_for(self._drained.wait(), timeout)
-        except asyncio.TimeoutError:
+        except TimeoutError:
             for sub in list(self._open):
                 sub.abort()  # gone on the next loop iteration
             try:
                 await asyncio.wait_for(self._drained.wait(), 1.0)
-            except asyncio.TimeoutError:
+            except TimeoutError:
                 log.warning("%d connection(s) still open after being aborted", len(self._open))
         finally:
             self._drained = None

@@ -6,8 +6,8 @@ each server, test or ``--plugins`` listing builds its own.
 from __future__ import annotations
 
 import importlib
+from collections.abc import Iterable
 from importlib import metadata
-from typing import Iterable
 
 import pluggy
 
@@ -39,7 +39,9 @@ def _entry_points() -> list[tuple[metadata.EntryPoint, metadata.Distribution]]:
     # Walking metadata.distributions() ourselves saw a distribution twice when its metadata
     # sits both in site-packages and on another sys.path entry (say a build's *.egg-info in
     # the working folder) and reported its plugin as clashing with itself.
-    return [(ep, ep.dist) for ep in metadata.entry_points(group=ENTRY_POINT_GROUP)]
+    # Each is read from its distribution, so ep.dist is set (typeshed allows None for an
+    # EntryPoint made by hand).
+    return [(ep, ep.dist) for ep in metadata.entry_points(group=ENTRY_POINT_GROUP) if ep.dist is not None]
 
 
 def known_plugin_names() -> set[str]:

@@ -30,7 +30,7 @@ class Settings:
     # on a private network, without credentials).
     metrics_public: bool = False
     disabled_plugins: tuple[str, ...] = ()
-    # Client frames: PROTOCOL.md section 2 (1009 over the size, 1008 over the rate).
+    # Client frames: docs/protocol.md section 2 (1009 over the size, 1008 over the rate).
     max_message_size: int = 4096
     max_client_rate: int = 20
     # Unsent bytes a connection may hold before it is closed with 1013.

@@ -20,7 +20,7 @@ import logging
 import os
 import signal
 import socket
-from typing import Callable
+from collections.abc import Callable
 
 log = logging.getLogger("cfgpush")
 

@@ -14,8 +14,9 @@ import logging
 import os
 import signal
 import sys
+from collections.abc import Sequence
 from pathlib import Path
-from typing import NoReturn, Sequence
+from typing import NoReturn
 
 from .client import SubscribeError, Subscription
 
@@ -93,8 +94,9 @@ async def tail(args: argparse.Namespace, environ: dict[str, str]) -> int:
         await subscription.aclose()
         for signum in (signal.SIGINT, signal.SIGTERM):
             loop.remove_signal_handler(signum)
-    if task.done() and not task.cancelled() and task.exception() is not None:
-        raise task.exception()
+    failure = task.exception() if task.done() and not task.cancelled() else None
+    if failure is not None:
+        raise failure
     return 0
 
 

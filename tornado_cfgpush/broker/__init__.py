@@ -18,7 +18,7 @@ class BrokerUnavailable(Exception):
     """The broker cannot take or give events right now; nothing was half-published."""
 
 
-# Resync reasons (PROTOCOL.md section 2, `Resync`).
+# Resync reasons (docs/protocol.md section 2, `Resync`).
 HISTORY_EXPIRED = "history_expired"
 UNKNOWN_EPOCH = "unknown_epoch"
 UNKNOWN_EVENT_ID = "unknown_event_id"

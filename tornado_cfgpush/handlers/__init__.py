@@ -15,7 +15,7 @@ if TYPE_CHECKING:  # pragma: no cover
     from ..ports import Service
 
 
-def default_handlers(core: "Service") -> list[tuple]:
+def default_handlers(core: Service) -> list[tuple]:
     return [
         (r"/ws", ConfigWebSocket, {"core": core}),
         (r"/events", EventStreamHandler, {"core": core}),

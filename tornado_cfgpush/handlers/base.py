@@ -8,12 +8,13 @@ from __future__ import annotations
 
 import logging
 import time
-from typing import TYPE_CHECKING, Any, Callable, Iterable
+from collections.abc import Callable, Iterable
+from typing import TYPE_CHECKING, Any
 
-from tornado import web
+from tornado import httputil, web
 from tornado.ioloop import IOLoop
 
-from ..auth import Decision, bearer, host_refusal, matches_any, origin_allowed
+from ..auth import Decision, bearer, cross_site_refused, host_refusal, matches_any, origin_allowed
 from ..limits import LimitReached, Slot
 from ..redaction import redact
 from ..rules import tenant_id_error
@@ -36,21 +37,24 @@ class Refused(Exception):
         self.headers = headers or {}
 
 
-class JsonErrorsMixin:
+class JsonErrorsMixin(web.RequestHandler):
     """Errors as ``{"error": "<reason>"}`` (docs/protocol.md section 2), never an HTML page."""
 
-    def write_error(self: web.RequestHandler, status_code: int, **kwargs: Any) -> None:
-        reason = self._reason
+    def write_error(self, status_code: int, **kwargs: Any) -> None:
         exc_info = kwargs.get("exc_info")
-        if exc_info and isinstance(exc_info[1], web.HTTPError) and exc_info[1].log_message:
+        error = exc_info[1] if exc_info else None
+        if isinstance(error, web.HTTPError) and error.log_message:
             # log_message is ours (raised with a reason meant for the client).
-            reason = exc_info[1].log_message % exc_info[1].args if exc_info[1].args else exc_info[1].log_message
+            reason = error.log_message % error.args if error.args else error.log_message
+        else:  # the status line's reason, as Tornado's send_error chose it
+            reason = (error.reason if isinstance(error, web.HTTPError) else None) or \
+                httputil.responses.get(status_code, "Unknown")
         if status_code >= 500:
             reason = "internal server error"
         self.set_header("Content-Type", "application/json; charset=UTF-8")
         self.finish({"error": reason})
 
-    def refuse(self: web.RequestHandler, refused: Refused) -> None:
+    def refuse(self, refused: Refused) -> None:
         self.clear()
         self.set_status(refused.status)
         self.set_header("Content-Type", "application/json; charset=UTF-8")
@@ -60,10 +64,10 @@ class JsonErrorsMixin:
 
     # Tornado's access and error logs name the request by its URI, whose query string may
     # carry a token (?token=): never write it (SECURITY.md).
-    def _request_summary(self: web.RequestHandler) -> str:
+    def _request_summary(self) -> str:
         return f"{self.request.method} {redact(self.request.uri or '')} ({self.request.remote_ip})"
 
-    def log_exception(self: web.RequestHandler, typ: Any, value: Any, tb: Any) -> None:
+    def log_exception(self, typ: Any, value: Any, tb: Any) -> None:
         """Tornado's, less the ``repr`` of the request (its URI, with the query string)."""
         if isinstance(value, web.HTTPError):
             if value.log_message:
@@ -142,7 +146,7 @@ class Lease:
 
     __slots__ = ("core", "request", "auth", "_slot", "_expiry")
 
-    def __init__(self, core: "Subscribing", request: Any, auth: Decision, slot: Slot | None):
+    def __init__(self, core: Subscribing, request: Any, auth: Decision, slot: Slot | None):
         self.core = core
         self.request = request
         self.auth = auth
@@ -189,11 +193,12 @@ class AdmissionMixin:
     Admitted, the request holds a ``Lease`` (``self.lease``) that its connection takes over.
     """
 
-    core: "Subscribing"
+    core: Subscribing
     request: Any
     lease: Lease | None = None
 
-    # Tornado's check_origin / cross_origin_protection consult this for cross-site requests.
+    # Whether an allowed page of another origin may read the response (the SSE stream's CORS
+    # header); Tornado's own cross_origin_protection would consult it too.
     def check_trusted_origin(self, origin: str) -> bool:
         return origin_allowed(origin, self.core.settings.allowed_origins)
 
@@ -202,7 +207,7 @@ class AdmissionMixin:
         misdirected = host_refusal(self.request, self.core.settings.allowed_hosts)
         if misdirected:
             raise Refused(421, misdirected)
-        if self._check_cross_origin(self.check_trusted_origin) is not None:  # type: ignore[attr-defined]
+        if cross_site_refused(self.request.headers, self.core.settings.allowed_origins):
             raise Refused(403, "Origin not allowed")
         decision = self.authorize_request(tenant_id)
         if not decision.allowed:

@@ -63,7 +63,7 @@ class TenantListHandler(JsonErrorsMixin, web.RequestHandler):
     the newest event id, and how many clients have acknowledged that event.
     """
 
-    def initialize(self, core: "Observing") -> None:
+    def initialize(self, core: Observing) -> None:
         self.core = core
 
     def known_tenants(self) -> list[str]:
@@ -93,12 +93,12 @@ class TenantListHandler(JsonErrorsMixin, web.RequestHandler):
             return
         hub = self.core.hub
         tenants = [summarize(tenant_id, hub.connections(tenant_id), catchup.last_event_id).as_json()
-                   for tenant_id, catchup in zip(names, catchups)]
+                   for tenant_id, catchup in zip(names, catchups, strict=True)]
         self.set_header("Cache-Control", "no-store")
         self.finish({"tenants": tenants, "connections": self.core.hub.connection_count()})
 
 
-def dashboard_handlers(core: "Observing") -> list[tuple]:
+def dashboard_handlers(core: Observing) -> list[tuple]:
     static = {"path": str(STATIC_DIR)}
     return [
         (r"/()", StaticHandler, {**static, "default_filename": "index.html"}),

@@ -1,4 +1,4 @@
-"""``/healthz`` and ``/readyz`` (PROTOCOL.md section 5)."""
+"""``/healthz`` and ``/readyz`` (docs/protocol.md section 5)."""
 from __future__ import annotations
 
 from typing import TYPE_CHECKING
@@ -21,7 +21,7 @@ class ReadyHandler(JsonErrorsMixin, web.RequestHandler):
     """200 when the broker is reachable and every source has started, else 503 and why;
     200 ``degraded`` with the reasons while it serves worse than it should (a blocked loop)."""
 
-    def initialize(self, core: "Observing") -> None:
+    def initialize(self, core: Observing) -> None:
         self.core = core
 
     def get(self) -> None:

@@ -1,4 +1,4 @@
-"""``/metrics`` (PROTOCOL.md section 5): the Prometheus text format, from ``core.metrics``.
+"""``/metrics`` (docs/protocol.md section 5): the Prometheus text format, from ``core.metrics``.
 
 With an admin token configured, a scrape needs it (``Authorization: Bearer <admin token>``,
 Prometheus' ``authorization`` setting): the series count every tenant's events and, with
@@ -19,7 +19,7 @@ if TYPE_CHECKING:  # pragma: no cover
 
 
 class MetricsHandler(JsonErrorsMixin, web.RequestHandler):
-    def initialize(self, core: "Observing") -> None:
+    def initialize(self, core: Observing) -> None:
         self.core = core
 
     def get(self) -> None:

@@ -10,7 +10,8 @@ import json
 import logging
 import math
 import time
-from typing import TYPE_CHECKING, Callable
+from collections.abc import Callable
+from typing import TYPE_CHECKING
 
 from marshmallow import ValidationError
 from tornado import web
@@ -45,7 +46,7 @@ class PublishBudget:
         self._buckets: dict[str, tuple[float, float]] = {}  # token -> (events left, when)
 
     @classmethod
-    def from_settings(cls, settings: "Settings") -> "PublishBudget":
+    def from_settings(cls, settings: Settings) -> PublishBudget:
         return cls(settings.publish_rate, settings.publish_burst)
 
     def spend(self, token: str) -> float:
@@ -64,7 +65,7 @@ class PublishBudget:
 
 
 class PublishHandler(JsonErrorsMixin, web.RequestHandler):
-    def initialize(self, core: "Publishing", budget: PublishBudget) -> None:
+    def initialize(self, core: Publishing, budget: PublishBudget) -> None:
         self.core = core
         self.budget = budget  # one per application (handlers.default_handlers), kept across requests
 

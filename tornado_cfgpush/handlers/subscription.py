@@ -31,7 +31,7 @@ from ..closing import CloseReason
 from ..events import Event
 from ..logs import bind as bind_log_context
 from ..rules import EVENT_ID_RE, parse_event_id
-from .base import Lease, Refused, single_query_argument, tenant_from_query
+from .base import JsonErrorsMixin, Lease, Refused, single_query_argument, tenant_from_query
 
 if TYPE_CHECKING:  # pragma: no cover
     from ..ports import Subscribing
@@ -74,7 +74,7 @@ class Subscription:
 
     __slots__ = ("core", "tenant_id", "conn_id", "sink", "lease", "acked", "_pending", "_held_gap", "_closed")
 
-    def __init__(self, core: "Subscribing", tenant_id: str, conn_id: str, sink: Sink, lease: Lease):
+    def __init__(self, core: Subscribing, tenant_id: str, conn_id: str, sink: Sink, lease: Lease):
         self.core = core
         self.tenant_id = tenant_id
         self.conn_id = conn_id
@@ -82,7 +82,7 @@ class Subscription:
         self.lease = lease
         self.acked: str | None = None  # the newest event the client says it applied
         self._pending: list[Event] | None = None  # live events held back while catching up
-        self._held_gap: tuple[str | None, dict | None, str] | None = None  # a gap during it
+        self._held_gap: tuple[str | None, dict[str, str] | None, str] | None = None  # a gap during it
         self._closed = False
 
     # -- what others read ------------------------------------------------------------------------
@@ -163,7 +163,7 @@ class Subscription:
         sink = self.sink
         sink.write(sink.encode_event(event))
 
-    def notify_gap(self, last_event_id: str | None, manifest: dict | None, reason: str = SOURCE_GAP) -> None:
+    def notify_gap(self, last_event_id: str | None, manifest: dict[str, str] | None, reason: str = SOURCE_GAP) -> None:
         """Events may be lost: ``Resync`` now, or right after Welcome when subscribing."""
         if self._pending is not None:
             self._held_gap = (last_event_id, manifest, reason)
@@ -173,7 +173,7 @@ class Subscription:
     def ping(self) -> None:
         self.sink.ping()
 
-    def _send_resync(self, last_event_id: str | None, manifest: dict | None, reason: str) -> None:
+    def _send_resync(self, last_event_id: str | None, manifest: dict[str, str] | None, reason: str) -> None:
         body: dict[str, Any] = {"tenant_id": self.tenant_id, "last_event_id": last_event_id, "reason": reason}
         if manifest is not None:
             body["manifest"] = manifest
@@ -243,6 +243,6 @@ def read_subscription_query(handler: web.RequestHandler, conn_id: str,
     return tenant_id, since, single_query_argument(handler, "manifest") in ("1", "true")
 
 
-def refuse_with_log(handler: web.RequestHandler, refused: Refused) -> None:
+def refuse_with_log(handler: JsonErrorsMixin, refused: Refused) -> None:
     log.info("refused %s: %s %s (%s)", handler.request.path, refused.status, refused.reason, handler.request.remote_ip)
     handler.refuse(refused)

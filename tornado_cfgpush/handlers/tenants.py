@@ -14,7 +14,7 @@ if TYPE_CHECKING:  # pragma: no cover
 
 
 class TenantStatusHandler(JsonErrorsMixin, web.RequestHandler):
-    def initialize(self, core: "Observing") -> None:
+    def initialize(self, core: Observing) -> None:
         self.core = core
 
     async def get(self, tenant_id: str) -> None:

@@ -51,7 +51,7 @@ HELD_BYTES = 64 * 1024
 class ConfigWebSocket(AdmissionMixin, JsonErrorsMixin, web.RequestHandler):
     """The upgrade: every check, then ``101`` and the hand-over (``_upgrade``)."""
 
-    def initialize(self, core: "Subscribing") -> None:
+    def initialize(self, core: Subscribing) -> None:
         self.core = core
         self.conn_id = next_conn_id("ws")
 
@@ -109,7 +109,7 @@ class ConfigWebSocket(AdmissionMixin, JsonErrorsMixin, web.RequestHandler):
         # private to Tornado, but it is the only place they are.
         early = bytes(stream._read_buffer)
         try:
-            if stream._write_buffer:  # rarely: the 101 did not fit in the socket at once
+            if stream.writing():  # rarely: the 101 did not fit in the socket at once
                 await stream.write(b"")
             sock = stream.socket.dup()  # ours; Tornado's copy closes with its stream
         except (StreamClosedError, AttributeError, OSError):  # the peer left meanwhile
@@ -286,7 +286,7 @@ class HeadLines(Mapping):
         self._text = text  # "\n<lower-case name>: <value>" per header
 
     @classmethod
-    def of(cls, headers: HTTPHeaders, leave_out: frozenset = frozenset()) -> "HeadLines":
+    def of(cls, headers: HTTPHeaders, leave_out: frozenset = frozenset()) -> HeadLines:
         return cls("".join(f"\n{name.lower()}: {value}" for name, value in headers.get_all()
                            if name.lower() not in leave_out))
 
@@ -301,7 +301,7 @@ class HeadLines(Mapping):
             end = text.find("\n", start)
             found.append(text[start:] if end < 0 else text[start:end])
 
-    def get(self, name: str, default: Any = None) -> Any:  # type: ignore[override]
+    def get(self, name: str, default: Any = None) -> Any:
         values = self.get_list(name)
         return ",".join(values) if values else default
 

@@ -168,8 +168,8 @@ class SourceRunner:
         bind_log_context(source=name)  # this task's records (the source's own too) name it
         emit = self.emit_for(source)
         # The delay reads backoff_initial/backoff_max at each failure, not when the task
-        # starts: changing them on a running runner (a test shortening the backoff after
-        # start-up) used to leave the first delay at the old value.
+        # starts, so changing them on a running runner (a test shortening the backoff after
+        # start-up) applies from the next failure on.
         delay = 0.0  # no failure yet
         while True:
             started = time.monotonic()

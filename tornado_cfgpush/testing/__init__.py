@@ -30,8 +30,9 @@ Helpers: ``publish(core, tenant_id, path, **fields)``, ``wait_for(predicate, tim
 """
 from __future__ import annotations
 
+from collections.abc import Awaitable, Callable, Iterator
 from pathlib import Path
-from typing import TYPE_CHECKING, Any, Awaitable, Callable, Iterator
+from typing import TYPE_CHECKING, Any
 
 import pytest
 

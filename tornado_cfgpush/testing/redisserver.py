@@ -30,6 +30,7 @@ class RedisServer:
         return f"redis://127.0.0.1:{self.port}/0"
 
     def _accepting(self) -> bool:
+        assert self.proc is not None  # started
         if self.proc.poll() is not None:
             raise RuntimeError(f"redis-server exited with {self.proc.returncode}")
         with socket.socket(socket.AF_UNIX) as probe:

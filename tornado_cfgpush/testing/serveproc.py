@@ -72,7 +72,9 @@ class ServeProcess:
             if "exited" in str(exc):
                 raise
             raise AssertionError(f"no log line {pattern!r} within {timeout} s; the log:\n{self.text()}") from None
-        return self.find(pattern)
+        found = self.find(pattern)
+        assert found is not None  # seen() found it
+        return found
 
     async def wait_exit(self, timeout: float) -> int:
         await wait_for(lambda: self.proc.poll() is not None, timeout)
@@ -88,5 +90,6 @@ class ServeProcess:
             self.proc.kill()
         self.proc.wait(timeout=30)
         self.join()
-        self.proc.stdout.close()
-        self.proc.stderr.close()
+        for stream in (self.proc.stdout, self.proc.stderr):
+            if stream is not None:
+                stream.close()

@@ -29,7 +29,7 @@ class SSEClient:
         self.events: asyncio.Queue[SSEEvent | None] = asyncio.Queue()
         self.comments: list[str] = []
         self.last_event_id = ""
-        self.headers = None
+        self.headers: dict[str, str] | None = None  # lower-case names, once the response head came
         self.code: int | None = None
         self._buffer = ""
         self._pending_cr = False
@@ -39,7 +39,7 @@ class SSEClient:
         self._fetch: asyncio.Future | None = None
 
     @classmethod
-    async def open(cls, http_url: str, tenant_id: str = "acme", *, headers: dict | None = None, **query) -> "SSEClient":
+    async def open(cls, http_url: str, tenant_id: str = "acme", *, headers: dict | None = None, **query) -> SSEClient:
         self = cls()
         params = {"tenant_id": tenant_id, **query}
         request = HTTPRequest(f"{http_url}/events?{urlencode(params)}", headers={"Accept": "text/event-stream", **(headers or {})},
@@ -102,6 +102,7 @@ class SSEClient:
 
     async def ended(self, timeout: float = 5.0):
         """Wait for the server to end the stream; returns the response."""
+        assert self._fetch is not None  # opened by SSEClient.open
         response = await asyncio.wait_for(asyncio.shield(self._fetch), timeout)
         return response
 

@@ -23,7 +23,7 @@ class WebSocketClient:
 
     @classmethod
     async def open(cls, ws_url: str, tenant_id: str | None = "acme", *, headers: dict | None = None,
-                   ping_interval: float | None = None, **query: Any) -> "WebSocketClient":
+                   ping_interval: float | None = None, **query: Any) -> WebSocketClient:
         params = dict(query)
         if tenant_id is not None:
             params = {"tenant_id": tenant_id, **params}
@@ -32,7 +32,7 @@ class WebSocketClient:
         conn = await asyncio.wait_for(websocket_connect(request, ping_interval=ping_interval), 5)
         return cls(conn)
 
-    async def raw(self, timeout: float = 3.0) -> str:
+    async def raw(self, timeout: float = 3.0) -> str | bytes:
         message = await asyncio.wait_for(self.conn.read_message(), timeout)
         if message is None:
             raise Closed(self.conn.close_code, self.conn.close_reason)
@@ -50,7 +50,7 @@ class WebSocketClient:
     async def expect_nothing(self, timeout: float = 0.3) -> None:
         try:
             message = await asyncio.wait_for(self.conn.read_message(), timeout)
-        except asyncio.TimeoutError:
+        except TimeoutError:
             return
         raise AssertionError(f"expected no message, got {message!r}")
 

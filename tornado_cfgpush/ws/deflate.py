@@ -39,7 +39,7 @@ class Deflate:
         self._inflater: Any = None
 
     @classmethod
-    def negotiate(cls, header: str) -> tuple["Deflate", str] | None:
+    def negotiate(cls, header: str) -> tuple[Deflate, str] | None:
         """The first acceptable ``permessage-deflate`` offer of a ``Sec-WebSocket-Extensions``
         header, as (parameters, response header value); None when there is none."""
         for offer in header.split(","):
@@ -52,7 +52,7 @@ class Deflate:
         return None
 
     @classmethod
-    def _accept(cls, params: list[str]) -> tuple["Deflate", str] | None:
+    def _accept(cls, params: list[str]) -> tuple[Deflate, str] | None:
         seen: dict[str, str | None] = {}
         for param in params:
             if not param:

@@ -179,7 +179,7 @@ async def test_truncate_deletes_every_row(ws, writer):
 
 
 def test_install_command_creates_the_table_and_trigger(database):
-    dsn, admin, _ = database
+    dsn, _, _ = database
     sql = subprocess.run([sys.executable, "-m", "cfgpush_postgres", "sql"], capture_output=True, text=True, timeout=60)
     assert sql.returncode == 0 and "CREATE TABLE IF NOT EXISTS cfgpush_config" in sql.stdout
     for _ in range(2):  # idempotent

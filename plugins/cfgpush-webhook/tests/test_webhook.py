@@ -13,14 +13,13 @@ import subprocess
 import uuid
 from importlib import metadata
 
+import cfgpush_webhook
 import pytest
+from cfgpush_webhook import ReplayGuard, net_changes
 
 from tornado_cfgpush.plugins import get_plugin_manager, known_plugin_names
 from tornado_cfgpush.settings import Settings
 from tornado_cfgpush.testing import COMMAND, clean_env
-
-import cfgpush_webhook
-from cfgpush_webhook import ReplayGuard, net_changes
 
 SECRET = "s3cret-webhook-0123456789"
 

@@ -23,9 +23,10 @@ files: a burst of thousands of identical files costs what a burst of distinct on
 """
 from __future__ import annotations
 
+import enum
 import heapq
 import itertools
-from typing import Any, Iterable
+from typing import Any, Final, Iterable
 
 from ...structured import Unparsed
 from .names import Key, Target
@@ -46,7 +47,7 @@ class Read:
     __slots__ = ("checksum", "doc", "size", "diff", "skip", "extra")
 
     def __init__(self, checksum: str | None, doc: Any = None, size: int = 0,
-                 diff: dict | None = None, skip: str | None = None, extra: Any = None):
+                 diff: dict[str, Any] | None = None, skip: str | None = None, extra: Any = None):
         self.checksum = checksum
         self.doc = doc
         self.size = size
@@ -91,7 +92,7 @@ class Settler:
         # Renames the watcher did not pair: files read as gone whose sent content was
         # (tenant, checksum), and how many files with that sent content are still to be read.
         self._gone: dict[tuple[str, str], dict[Key, None]] = {}
-        self._unread: dict[tuple[str, str], int] = {}
+        self._unread: dict[tuple[str, str | None], int] = {}
         # Folder -> files and subfolders below it that this machine knows, for folder events.
         self._dir_files: dict[str, set[Key]] = {}
         self._dir_dirs: dict[str, set[str]] = {}
@@ -239,11 +240,11 @@ class Settler:
                     continue
                 progress = True
                 if found is not None:
-                    payload, old = found  # type: ignore[misc]
+                    payload, old = found
                     out.append((key, payload, old))
         return out
 
-    def _event(self, key: Key) -> tuple[Payload, Key | None] | None | object:
+    def _event(self, key: Key) -> tuple[Payload, Key | None] | None | _Wait:
         f = self._files[key]
         read = f.current
         assert read is not None
@@ -273,7 +274,7 @@ class Settler:
             if twin is _WAIT:
                 return _WAIT
             if twin is not None:
-                return self._moved(key, f, twin, self._files[twin])  # type: ignore[index]
+                return self._moved(key, f, twin, self._files[twin])
             payload = _payload(tenant_id, "created", rel, read.checksum)
         elif f.sent == read.checksum:
             self._taken(key, f)  # the same bytes again: a touch, or a save of what was there
@@ -295,7 +296,7 @@ class Settler:
         self._taken(key, f)
         return payload, src_key
 
-    def _twin(self, tenant_id: str, checksum: str) -> Key | None | object:
+    def _twin(self, tenant_id: str, checksum: str) -> Key | None | _Wait:
         gone = self._gone.get((tenant_id, checksum))
         if gone:
             return next(iter(gone))
@@ -381,11 +382,17 @@ class Settler:
                 del self._gone[(f.target[0], f.sent)]
 
 
-_WAIT = object()
+class _Wait(enum.Enum):
+    """Not yet: the other end of a rename is still to be read."""
+
+    WAIT = "wait"
+
+
+_WAIT: Final = _Wait.WAIT
 
 
 def _payload(tenant_id: str, change_type: str, rel: str, checksum: str | None, *,
-             meta: dict | None = None) -> Payload:
+             meta: dict[str, Any] | None = None) -> Payload:
     payload: Payload = {"tenant_id": tenant_id, "change_type": change_type, "path": rel, "checksum": checksum}
     if meta:
         payload["meta"] = meta
