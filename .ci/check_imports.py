@@ -79,6 +79,29 @@ WALLS = (
 )
 
 
+# The parts from the bottom up (docs/architecture.md, "The parts"): a module imports only modules
+# of its own layer or of the layers before it. A name is a module or a package of modules (the
+# root package: itself only); the longest name that matches a module places it.
+LAYERS: tuple[tuple[str, ...], ...] = tuple(tuple(f"{P}.{m}" if m else P for m in layer) for layer in (
+    ("",),  # the package's face: hookimpl, EventSource, Emit
+    ("rules", "settings", "closing", "events", "ws", "ws.frames", "ws.deflate", "structured", "redaction", "logs",
+     "limits", "loop_health", "signals"),
+    ("ws.protocol",),
+    ("ws.connection",),
+    ("schemas",),
+    ("broker",),
+    ("hub",),
+    ("hookspecs", "plugins", "auth"),
+    ("sources",),
+    ("ports",),
+    ("summary", "metrics"),
+    ("handlers",),
+    ("app",),
+    ("cli", "config_file", "client", "tail"),
+    ("testing",),
+))
+
+
 # -- reading the package --------------------------------------------------------------------------
 
 @dataclass(frozen=True)
@@ -232,6 +255,34 @@ def find_cycles(graph: dict[str, tuple[Path, list[Import]]]) -> list[list[str]]:
     return cycles
 
 
+def layer_of(module: str, layers: tuple[tuple[str, ...], ...]) -> int | None:
+    best: tuple[int, int] | None = None
+    for index, layer in enumerate(layers):
+        for name in layer:
+            if module == name or ("." in name and module.startswith(name + ".")):  # the root: itself only
+                if best is None or len(name) > best[1]:
+                    best = (index, len(name))
+    return best[0] if best is not None else None
+
+
+def layer_problems(graph: dict[str, tuple[Path, list[Import]]], layers: tuple[tuple[str, ...], ...]) -> list[str]:
+    """One line per import of a module of a later layer (or of a module no layer names)."""
+    problems = []
+    for module, (_, imports) in sorted(graph.items()):
+        own = layer_of(module, layers)
+        if own is None:
+            problems.append(f"layers: {module} is in no layer (LAYERS in .ci/check_imports.py)")
+            continue
+        for imp in imports:
+            if imp.target not in graph:
+                continue
+            target = layer_of(imp.target, layers)
+            if target is not None and target > own:
+                problems.append(f"layers: {module} (layer {own + 1}) imports {imp.target} (layer {target + 1}), "
+                                f"line {imp.line}")
+    return problems
+
+
 def cycle_problems(graph: dict[str, tuple[Path, list[Import]]]) -> list[str]:
     problems = []
     for component in find_cycles(graph):
@@ -242,9 +293,11 @@ def cycle_problems(graph: dict[str, tuple[Path, list[Import]]]) -> list[str]:
     return problems
 
 
-def check(root: Path, walls: tuple[Wall, ...] = WALLS) -> list[str]:
+def check(root: Path, walls: tuple[Wall, ...] = WALLS, layers: tuple[tuple[str, ...], ...] | None = LAYERS) -> list[str]:
     graph = read_package(root)
     problems = cycle_problems(graph)
+    if layers is not None:
+        problems.extend(layer_problems(graph, layers))
     for wall in walls:
         problems.extend(check_wall(graph, wall))
     return problems
@@ -256,7 +309,7 @@ def main(argv: list[str]) -> int:
     for problem in problems:
         print(problem)
     if not problems:
-        print(f"check_imports: {len(WALLS)} walls and no import cycle in {PACKAGE}: all hold")
+        print(f"check_imports: {len(LAYERS)} layers, {len(WALLS)} walls and no import cycle in {PACKAGE}: all hold")
     return 1 if problems else 0
 
 

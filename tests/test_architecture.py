@@ -51,7 +51,7 @@ def test_a_cycle_through_a_type_checking_import_is_found(tmp_path):
                 from .app import Service
         """,
     })
-    problems = checker.check(package, walls=())
+    problems = checker.check(package, walls=(), layers=None)
     assert len(problems) == 1
     assert "pkg.app, pkg.handlers import each other" in problems[0]
     assert "pkg.handlers -> pkg.app (line 4, TYPE_CHECKING)" in problems[0]
@@ -64,7 +64,7 @@ def test_a_wall_broken_through_a_chain_of_imports_and_a_lazy_import_names_the_ch
         "handlers/web.py": "",
     })
     wall = checker.Wall("sources never import handlers", ("pkg.sources",), ("pkg.handlers",))
-    assert checker.check(package, walls=(wall,)) == [
+    assert checker.check(package, walls=(wall,), layers=None) == [
         "sources never import handlers: pkg.sources.disk -> pkg.util (line 2) -> pkg.handlers.web (line 1)"]
 
 
@@ -78,11 +78,20 @@ def test_a_load_wall_skips_type_only_imports_and_counts_parent_packages(tmp_path
         """,
     })
     wall = checker.Wall("the worker starts light", ("pkg.worker.main",), ("tornado", "asyncio"), runtime=True)
-    assert checker.check(package, walls=(wall,)) == [
+    assert checker.check(package, walls=(wall,), layers=None) == [
         "the worker starts light: pkg.worker -> asyncio (line 1)"]
     ignored = checker.Wall("the worker starts light", ("pkg.worker.main",), ("tornado", "asyncio"), runtime=True,
                            ignore=(("pkg.worker", "asyncio"),))
-    assert checker.check(package, walls=(ignored,)) == []
+    assert checker.check(package, walls=(ignored,), layers=None) == []
+
+
+def test_a_module_importing_a_later_layer_or_in_no_layer_is_named(tmp_path):
+    package = make_package(tmp_path, {"low.py": "from . import high\n", "high.py": "", "stray.py": ""})
+    layers = (("pkg", "pkg.low"), ("pkg.high",))
+    assert checker.check(package, walls=(), layers=layers) == [
+        "layers: pkg.low (layer 1) imports pkg.high (layer 2), line 1",
+        "layers: pkg.stray is in no layer (LAYERS in .ci/check_imports.py)",
+    ]
 
 
 def test_the_script_exits_1_with_a_line_per_problem(tmp_path):

@@ -1,4 +1,4 @@
-"""What the HTTP side needs of the service, as narrow protocols (docs/architecture.md, "Walls").
+"""What the HTTP side needs of the service, as narrow protocols (docs/architecture.md, "The walls").
 
 The handlers are typed against these and never import ``app``: each sees the few calls it
 uses (admit a subscriber, authorize it, subscribe it, publish, read a tenant's status), not the
