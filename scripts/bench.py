@@ -10,6 +10,9 @@ asyncio clients, ``bench/loadgen.py``), is pinned to core 1. Scenarios:
 * idle     cfgpush's CPU at 10 000 idle connections with its 5 s heartbeat
 * e2e      a file saved in the config folder -> every client's receipt (cfgpush, filesystem source)
 * storm    10 000 clients of a Redis-backed node that restarts: reconnect and catch-up time
+* burst    10 000 files written at once (distinct, then identical contents) with 1 000 clients
+           over 100 tenants: last write to last delivery, each event once, the loop's lag; and a
+           50 MB file rewritten beside another tenant's small save (issue #12)
 
 Servers: ``seed`` (the original design's Tornado handler), ``websockets`` (the library's
 server with ``broadcast()``), ``floor`` (a bare asyncio server writing one prepared frame to
@@ -36,11 +39,11 @@ import traceback
 
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 
-from bench import report, scenarios, targets  # noqa: E402
+from bench import burst, report, scenarios, targets  # noqa: E402
 from bench.loadgen import raise_nofile  # noqa: E402
 from bench.procs import Resources, pin_self  # noqa: E402
 
-SCENARIOS = ("fanout", "latency", "memory", "idle", "e2e", "storm")
+SCENARIOS = ("fanout", "latency", "memory", "idle", "e2e", "storm", "burst")
 
 
 def _list(text: str) -> list[str]:
@@ -84,6 +87,16 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     g.add_argument("--storm-during", type=int, default=5, help="events published during the reconnect (default 5)")
     g.add_argument("--storm-timeout", type=float, default=120.0, help="give up after this many seconds")
     g.add_argument("--redis-server", default="redis-server", help="the redis-server program")
+    g = p.add_argument_group("burst")
+    g.add_argument("--burst-files", type=int, default=10_000, help="files written at once (default 10000)")
+    g.add_argument("--burst-clients", type=int, default=1000, help="clients, spread over the tenants (default 1000)")
+    g.add_argument("--burst-tenants", type=int, default=100, help="tenants the files are spread over (default 100)")
+    g.add_argument("--burst-variants", type=_list, default=list(burst.VARIANTS),
+                   help="distinct (every file its own content), identical ({} in every file); default both")
+    g.add_argument("--burst-timeout", type=float, default=120.0,
+                   help="give up on a burst's deliveries after this many seconds (default 120)")
+    g.add_argument("--big-mb", type=float, default=50.0, help="the large file's size in MB (default 50)")
+    g.add_argument("--big-rounds", type=int, default=5, help="rounds of the large-file case (default 5; 0: skip)")
     g = p.add_argument_group("servers and generator")
     g.add_argument("--gen-loop", choices=("auto", "asyncio", "uvloop"), default="auto",
                    help="the generator's loop; auto (default): uvloop when installed, since on asyncio's own "
@@ -97,7 +110,9 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     g = p.add_argument_group("output")
     g.add_argument("--json", default="bench-results.json", help="write the results here (default bench-results.json)")
     g.add_argument("--markdown", action="store_true", help="also print the results as Markdown (for the README)")
-    g.add_argument("--chart", default="", help="PNG: deliveries/s and last-client p99 against clients")
+    g.add_argument("--chart", default="",
+                   help="PNG: deliveries/s and last-client p99 against clients (and <name>-burst.png: the bursts' "
+                        "deliveries over time)")
     g.add_argument("--chart-clients", type=_ints, default=[250, 500, 1000, 2000, 4000])
     g.add_argument("--chart-latency-events", type=int, default=10)
     g.add_argument("--chart-interval", type=float, default=0.2)
@@ -122,6 +137,8 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
         args.storm_clients, args.storm_before, args.storm_down, args.storm_during = 20, 1, 2, 2
         args.storm_timeout = 60.0
         args.chart_clients, args.chart_latency_events, args.chart_interval = [10, 20], 2, 0.05
+        args.burst_files, args.burst_clients, args.burst_tenants, args.burst_timeout = 200, 20, 4, 60.0
+        args.big_mb, args.big_rounds = 1.0, 2
     if args.gen_loop == "auto":
         try:
             import uvloop  # noqa: F401
@@ -130,6 +147,9 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
         except ImportError:
             args.gen_loop = "asyncio"
     args.storm_before = max(1, args.storm_before)
+    unknown = set(args.burst_variants) - set(burst.VARIANTS)
+    if unknown:
+        p.error(f"unknown burst variant {', '.join(sorted(unknown))} (known: {', '.join(burst.VARIANTS)})")
     return args
 
 
@@ -140,7 +160,7 @@ def preflight(args: argparse.Namespace) -> str | None:
         wanted.append("--ws-compression")
     if args.server_loop != "asyncio":
         wanted.append("--loop")
-    uses_cfgpush = "cfgpush" in args.server_list or bool({"idle", "e2e", "storm"} & set(args.scenarios))
+    uses_cfgpush = "cfgpush" in args.server_list or bool({"idle", "e2e", "storm", "burst"} & set(args.scenarios))
     if wanted and uses_cfgpush:
         flags = targets.cfgpush_flags()
         missing = [f for f in wanted if f not in flags]
@@ -211,6 +231,14 @@ async def run(args: argparse.Namespace, res: Resources, results: dict) -> None:
                 timeout=args.storm_timeout))
             if found:
                 results["storm"] = found
+    if "burst" in chosen:
+        found = await attempt("burst", burst.run(
+            res, opts, files=args.burst_files, clients=args.burst_clients, tenants=args.burst_tenants,
+            variants=args.burst_variants, big_bytes=int(args.big_mb * 1e6), big_rounds=args.big_rounds,
+            concurrency=args.concurrency, timeout=args.burst_timeout))
+        if found:
+            note(found.pop("failures"))
+            results["burst"] = found
     if args.chart:
         found = await attempt("chart", scenarios.sweep(
             res, opts, servers, args.chart_clients, events=args.events, latency_events=args.chart_latency_events,
@@ -277,6 +305,11 @@ def main(argv: list[str] | None = None) -> int:
     if args.chart and "chart" in results:
         report.chart(results["chart"], args.chart, report.describe_machine(machine))
         print(f"bench: chart written to {args.chart}", file=sys.stderr)
+    if args.chart and any(b.get("timeline") for b in (results.get("burst") or {}).get("variants", {}).values()):
+        stem, dot, ext = args.chart.rpartition(".")
+        burst_png = f"{stem}-burst.{ext}" if dot else f"{args.chart}-burst.png"
+        report.burst_chart(results["burst"], burst_png, report.describe_machine(machine))
+        print(f"bench: burst chart written to {burst_png}", file=sys.stderr)
     if args.json:
         with open(args.json, "w") as f:
             json.dump(results, f, indent=2)

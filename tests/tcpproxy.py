@@ -18,6 +18,7 @@ class FreezableProxy:
         self._links: list[dict] = []
         self._tasks: set[asyncio.Task] = set()
         self._writers: list[asyncio.StreamWriter] = []
+        self.writes_up = 0  # chunks forwarded towards the target (what a client sent)
 
     async def start(self) -> FreezableProxy:
         self._server = await asyncio.start_server(self._accept, "127.0.0.1", 0)
@@ -34,13 +35,14 @@ class FreezableProxy:
         self._writers += [writer, up_writer]
         link = {"frozen": False}
         self._links.append(link)
-        for src, dst in ((reader, up_writer), (up_reader, writer)):
-            task = asyncio.ensure_future(self._pipe(src, dst, link))
+        for src, dst, up in ((reader, up_writer, True), (up_reader, writer, False)):
+            task = asyncio.ensure_future(self._pipe(src, dst, link, self if up else None))
             self._tasks.add(task)
             task.add_done_callback(self._tasks.discard)
 
     @staticmethod
-    async def _pipe(src: asyncio.StreamReader, dst: asyncio.StreamWriter, link: dict) -> None:
+    async def _pipe(src: asyncio.StreamReader, dst: asyncio.StreamWriter, link: dict,
+                    counter: FreezableProxy | None) -> None:
         try:
             while True:
                 data = await src.read(65536)
@@ -48,6 +50,8 @@ class FreezableProxy:
                     break
                 if link["frozen"]:
                     continue  # swallowed: the other side never hears of it
+                if counter is not None:
+                    counter.writes_up += 1
                 dst.write(data)
                 await dst.drain()
         except (ConnectionError, OSError):

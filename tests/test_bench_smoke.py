@@ -21,7 +21,7 @@ from tornado_cfgpush.testing import need_program
 
 SCRIPTS = Path(__file__).resolve().parent.parent / "scripts"
 SERVERS = ("seed", "websockets", "floor", "cfgpush")
-SCENARIOS = ("fanout", "latency", "memory", "idle", "e2e", "storm")
+SCENARIOS = ("fanout", "latency", "memory", "idle", "e2e", "storm", "burst")
 # The smoke run takes 15 to 25 s on two busy cores; pytest's own timeout is 120 s.
 RUN_TIMEOUT = 100
 
@@ -92,9 +92,18 @@ def test_bench_smoke_runs_every_scenario_and_accounts_for_every_delivery(tmp_pat
     assert storm["exact"] == storm["clients"] == args["storm_clients"]  # every event, once, in order
     assert (storm["lost"], storm["with_duplicates"], storm["with_gaps"], storm["resyncs"]) == (0, 0, 0, 0)
 
+    burst = result["burst"]
+    assert set(burst["variants"]) == {"distinct", "identical"}
+    for variant, b in burst["variants"].items():  # every file's event reached every client of its tenant, once
+        assert b["delivered"] == b["expected"] == args["burst_files"] * (args["burst_clients"] // args["burst_tenants"])
+        assert (b["all_received"], b["duplicates"], b["crossed_tenants"], b["missing"]) == (True, 0, 0, 0), variant
+        assert b["lag_probe"]["samples"] > 0, variant
+    assert len(burst["large_file"]["loaded_ms"]) == args["big_rounds"]
+
     names = {t["name"] for t in result["targets"]}
     assert any("cfgpush / floor" in n for n in names) and any("storm" in n for n in names)
-    assert "targets (issue #7)" in done.stdout and "| server |" in done.stdout  # the table and its Markdown
+    assert any("burst identical" in n for n in names) and any("MB rewrite" in n for n in names)
+    assert "targets (issues #7 and #12)" in done.stdout and "| server |" in done.stdout  # the table and its Markdown
 
 
 def test_resume_benchmark_runs():

@@ -100,6 +100,8 @@ ERRORS = {
     "port taken": (["--port", "{port}"], {}, "cannot listen on 127.0.0.1:{port}: "),
     "short admin token": (["--admin-token", "short"], {}, "--admin-token: admin token must be at least 8 characters"),
     "bad loop": (["--loop", "trio"], {}, "--loop: loop must be one of asyncio, uvloop, not 'trio'"),
+    "history bound too small": (["--history-max-bytes", "65536"], {},
+                                "--history-max-bytes: history max bytes must be at least 1048576, not 65536"),
     "bad compression switch": ([], {"CFGPUSH_WS_COMPRESSION": "maybe"}, "CFGPUSH_WS_COMPRESSION: "),
     "missing secret file": ([], {"CFGPUSH_ADMIN_TOKEN_FILE": "{tmp}/no-such-file"},
                             "CFGPUSH_ADMIN_TOKEN_FILE: cannot read '{tmp}/no-such-file': No such file or directory"),

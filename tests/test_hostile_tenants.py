@@ -17,9 +17,13 @@ import threading
 import time
 
 import pytest
+from hypothesis import HealthCheck, given
+from hypothesis import settings as hsettings
+from hypothesis import strategies as st
 from tornado.httpclient import AsyncHTTPClient
 
 from tornado_cfgpush import structured
+from tornado_cfgpush.sources.filesystem import is_ignored_name
 from tornado_cfgpush.testing import wait_for
 
 from .fshelpers import EXPECT, QUIET, change, fs_source, nothing, sha, subscribe
@@ -286,3 +290,67 @@ async def test_a_symlink_swap_race_never_hands_acme_globex_content(connect, conf
     assert not secret_contents & set((await late.expect("Welcome"))["manifest"].values())
     # The flood of acme's renames never made globex's clients reload.
     await globex.expect_nothing(0.2)
+
+
+# -- a hypothesis family: any name, any content --------------------------------------------------
+
+FILE_EXAMPLES = max(20, int(os.environ.get("CFGPUSH_FUZZ_EXAMPLES", "300")) // 3)
+FILES = hsettings(max_examples=FILE_EXAMPLES, deadline=None, database=None,
+                  suppress_health_check=[HealthCheck.too_slow, HealthCheck.function_scoped_fixture,
+                                         HealthCheck.data_too_large])
+name_bytes = st.one_of(
+    st.binary(min_size=1, max_size=40),  # any bytes: invalid UTF-8, control characters, ...
+    st.text(min_size=1, max_size=40).map(lambda t: t.encode("utf-8", "surrogatepass")),
+    st.sampled_from([b"\xff.json", b"a\nb.json", b"a\\b.json", b"x" * 255, b"\xc3\xa9t\xc3\xa9.yaml", b"a\rb.toml"]),
+).map(lambda b: b.replace(b"/", b"_").replace(b"\x00", b"_")).filter(lambda b: b not in (b".", b".."))
+json_key = st.one_of(st.text(max_size=8), st.sampled_from(["\\ud800", "a\\u0001b", "~/", "\\u0000"]))
+json_doc = st.recursive(st.one_of(st.none(), st.booleans(), st.integers(), st.text(max_size=8)),
+                        lambda inner: st.one_of(st.lists(inner, max_size=4),
+                                                st.dictionaries(st.text(max_size=6), inner, max_size=4)),
+                        max_leaves=20)
+content = st.one_of(
+    json_doc.map(lambda d: json.dumps(d).encode()),
+    st.lists(st.tuples(json_key, st.integers()), max_size=4).map(
+        lambda kv: ("{" + ", ".join(f'"{k}": {v}' for k, v in kv) + "}").encode()),  # raw escapes in keys
+    st.binary(max_size=200),
+    st.sampled_from([b"a: &a [*a]", b"a: &x [1]\nb: *x\n", b"{", b"\xff\xfe", b"[" * 2000]),
+)
+extension = st.sampled_from([".json", ".yaml", ".toml", ".txt", ""])
+
+
+def test_any_name_and_any_content_of_one_tenant_reach_its_clients_only(io_loop, connect, config_dir, core):
+    """Whatever one tenant writes in its folder (any bytes as a name, any bytes as content), its
+    own clients get the change or a Resync, the other tenant gets nothing, and nothing crashes."""
+    evil_dir = os.fsencode(config_dir / "acme")
+
+    async def open_clients():
+        return await subscribe(connect, "acme"), await subscribe(connect, "globex")
+
+    evil, globex = io_loop.run_sync(open_clients)
+    tried = 0
+
+    @FILES
+    @given(name=name_bytes, ext=extension, data=content)
+    def one(name, ext, data):
+        nonlocal tried
+        tried += 1
+        path = evil_dir + b"/" + b"%d-" % tried + name[:240] + ext.encode()  # a new file each time, under 255 bytes
+        with open(path, "wb") as f:
+            f.write(data)
+        if is_ignored_name(os.fsdecode(path.rsplit(b"/", 1)[1])):
+            return  # an editor's temporary or backup name: never configuration, no event
+
+        async def check():
+            message = json.loads(await evil.raw(timeout=EXPECT))
+            kind, body = next(iter(message.items()))
+            assert body["tenant_id"] == "acme", message
+            if kind == "ConfigChanged":
+                assert os.fsencode(body["path"]) == path[len(evil_dir) + 1:], (path, message)
+            else:  # a name that cannot be announced: its clients reload
+                assert kind == "Resync" and body["reason"] == "source_gap", message
+        io_loop.run_sync(check, timeout=EXPECT + 5)
+
+    one()
+    io_loop.run_sync(lambda: globex.expect_nothing(QUIET))
+    assert core.runner.restarts["filesystem"] == 0
+    print(f"\n[hostile] {tried} files of any name and content written by one tenant")

@@ -382,6 +382,21 @@ async def test_emit_gap_resyncs_the_named_tenants_only(connect, core, plugin):
 
 
 @pytest.mark.gen_test(timeout=30)
+async def test_emit_skipped_counts_logs_once_and_resyncs_that_tenant_only(connect, core, plugin, logs):
+    acme = await connect("acme")
+    globex = await connect("globex")
+    await acme.expect("Welcome")
+    await globex.expect("Welcome")
+    for _ in range(3):  # the same change met three times: counted three times, logged once
+        await plugin.scripted.emit.skipped("acme", "rows/7", "its key breaks the path rule", "bad_key")
+        assert (await acme.expect("Resync"))["reason"] == "source_gap"
+    await globex.expect_nothing(0.3)
+    assert core.metrics.rejected_events[("scripted", "bad_key")] == 3
+    lines = [r.getMessage() for r in records(logs) if "cannot be published" in r.getMessage()]
+    assert len(lines) == 1 and "rows/7" in lines[0] and "its key breaks the path rule" in lines[0]
+
+
+@pytest.mark.gen_test(timeout=30)
 async def test_source_whose_run_returns_is_not_restarted(connect, core, plugin, logs):
     def supervising() -> bool:
         return any(t.get_name() == "source:finisher" and not t.done() for t in asyncio.all_tasks())

@@ -10,101 +10,19 @@ import asyncio
 import itertools
 import os
 import random
-import shutil
 import signal
 import statistics
 import time
 
 import pytest
-import redis.asyncio as aioredis
-from tornado.httpserver import HTTPServer
-from tornado.testing import bind_unused_port
 
-from tornado_cfgpush.app import CfgPush, make_app
 from tornado_cfgpush.broker import BrokerUnavailable
 from tornado_cfgpush.broker.redis import RedisBroker
-from tornado_cfgpush.plugins import get_plugin_manager
 from tornado_cfgpush.rules import parse_event_id
 from tornado_cfgpush.testing import WebSocketClient, wait_for
 from tornado_cfgpush.testing.redisserver import WAIT
 
-
-@pytest.fixture
-def admin(io_loop, redis_server):
-    """A separate client, for what an operator (or a failure) does to the Redis."""
-    client = aioredis.from_url(redis_server.url, decode_responses=True)
-    yield client
-    io_loop.run_sync(client.aclose)
-
-
-class Node:
-    def __init__(self, service: CfgPush, server: HTTPServer, port: int, clients: list):
-        self.service = service
-        self.broker: RedisBroker = service.broker
-        self.server = server
-        self.port = port
-        self._clients = clients
-
-    async def connect(self, tenant_id: str = "acme", **query) -> WebSocketClient:
-        client = await WebSocketClient.open(f"ws://127.0.0.1:{self.port}/ws", tenant_id, **query)
-        self._clients.append(client)
-        return client
-
-    def publish(self, tenant_id: str = "acme", path: str = "app.json", **extra):
-        return self.service.publish({"tenant_id": tenant_id, "change_type": "modified", "path": path, **extra},
-                                    "test")
-
-
-@pytest.fixture
-def cluster(io_loop, settings, redis_server, tmp_path):
-    """``await cluster(url=None, **broker_kwargs)`` -> a running ``Node``; all stopped at teardown."""
-    services: list[CfgPush] = []
-    servers: list[HTTPServer] = []
-    clients: list[WebSocketClient] = []
-
-    async def add_node(url: str | None = None, broker_class=RedisBroker, **broker_kwargs) -> Node:
-        node_settings = settings
-        if services:  # each node watches its own copy of the configuration folder
-            copy = tmp_path / f"config-{len(services)}"
-            shutil.copytree(settings.config_dir, copy)
-            node_settings = settings.replace(config_dir=copy)
-        node_settings = node_settings.replace(broker=url or redis_server.url)
-        # The service builds its broker from the settings, as cfgpush-serve --broker does.
-        service = CfgPush(node_settings, get_plugin_manager(load_entry_points=False))
-        assert isinstance(service.broker, RedisBroker)
-        if broker_class is not RedisBroker or broker_kwargs:
-            service.broker = broker_class(
-                service.hub.deliver, node_settings.broker, history_size=node_settings.history_size,
-                history_ttl=node_settings.history_ttl, tenants=service.hub.tenants,
-                on_gap=service._history_lost, **broker_kwargs)
-        services.append(service)  # stopped at teardown even if starting fails
-        await service.start()
-        await service.wait_started()
-        sock, port = bind_unused_port()
-        server = HTTPServer(make_app(service))
-        server.add_sockets([sock])
-        servers.append(server)
-        return Node(service, server, port, clients)
-
-    yield add_node
-
-    async def teardown():
-        for client in clients:
-            client.close()
-        for server in servers:
-            server.stop()
-        outcomes = [await asyncio.gather(service.stop(), return_exceptions=True) for service in services]
-        for server in servers:
-            await server.close_all_connections()
-        errors = [outcome[0] for outcome in outcomes if isinstance(outcome[0], BaseException)]
-        if errors:
-            raise errors[0]
-
-    io_loop.run_sync(teardown, timeout=60)
-
-
-async def read_ids(client: WebSocketClient, count: int, timeout: float = WAIT) -> list[str]:
-    return [(await client.expect("ConfigChanged", timeout))["event_id"] for _ in range(count)]
+from .redisnodes import read_ids
 
 
 async def welcomed(client: WebSocketClient) -> WebSocketClient:
@@ -320,10 +238,17 @@ async def test_redis_killed_then_restarted(cluster, redis_server):
     refused = await b.connect()
     assert (await refused.closed(WAIT)).code == 1013
 
+    # Restarted without persistence: an empty Redis, a new history. Positions from before mean
+    # nothing in it (its clock may even be behind the old one's): each node's clients are told
+    # to reload, with the new history's newest id, instead of trusting them.
     await redis_server.start(same_port=True)
     await wait_for(lambda: a.broker.readiness() is None and b.broker.readiness() is None, 30)
     after = await a.publish(path="after.json")
-    assert await read_ids(on_a, 1) == [after] and await read_ids(on_b, 1) == [after]
+    for client in (on_a, on_b):
+        resync = await client.expect("Resync", WAIT)
+        assert (resync["reason"], resync["last_event_id"]) == ("unknown_epoch", after)
+    following = await a.publish(path="following.json")
+    assert await read_ids(on_a, 1) == [following] and await read_ids(on_b, 1) == [following]
     await on_b.expect_nothing(0.5)
 
 
@@ -539,3 +464,104 @@ async def test_resumes_in_a_storm_share_reads_and_decoded_events_but_never_cross
         expected = published[tenant] + ([later] if tenant == "acme" else [])
         assert await read_ids(client, len(expected)) == expected
         await client.expect_nothing(0.05)
+
+
+# -- per-tenant state expires ---------------------------------------------------------------------
+
+
+def paths_key(tenant_id: str) -> str:
+    return f"cfgpush:{{{tenant_id}}}:paths"
+
+
+async def until_gone(admin, *keys: str, timeout: float = WAIT) -> None:
+    """Wait until Redis has expired ``keys``."""
+    deadline = time.monotonic() + timeout
+    while await admin.exists(*keys):
+        assert time.monotonic() < deadline, f"{keys} still there after {timeout} s"
+        await asyncio.sleep(0.05)  # wait-ok: polling Redis's own expiry under a deadline
+
+
+@pytest.mark.settings(history_ttl=0.5)
+@pytest.mark.gen_test(timeout=120)
+async def test_an_idle_tenants_keys_expire_and_its_ids_go_on_above_the_record(cluster, admin):
+    """The stream goes ``--history-ttl`` after the newest event (nothing in it could be
+    replayed any more), the record later: meanwhile a quiet tenant's clients still resume
+    without a reload, and a new stream continues the chain; then the tenant is forgotten."""
+    a = await cluster(record_ttl=2.0)
+    checksum = "sha256:" + "d" * 64
+    ids = [await a.publish(path=f"a{i}.json", checksum=checksum) for i in range(3)]
+    assert 0 < await admin.pttl(history_key("acme")) <= 500
+    assert 500 < await admin.pttl(paths_key("acme")) <= 2000
+    await until_gone(admin, history_key("acme"))
+    assert await admin.exists(paths_key("acme"))
+
+    up_to_date = await a.connect(last_event_id=ids[-1])
+    assert (await up_to_date.expect("Welcome", WAIT))["last_event_id"] == ids[-1]
+    await up_to_date.expect_nothing(0.3)
+    behind = await a.connect(last_event_id=ids[0])
+    await behind.expect("Welcome", WAIT)
+    assert (await behind.expect("Resync", WAIT))["reason"] == "history_expired"
+    assert await a.broker.published_states("acme", "test") == {f"a{i}.json": checksum for i in range(3)}
+    assert await a.publish(path="a0.json", checksum=checksum) == ids[0]  # still a repeat
+
+    new = await a.publish(path="b.json")
+    assert parse_event_id(new) > parse_event_id(ids[-1])
+    assert await read_ids(up_to_date, 1) == [new]
+    resumed = await a.connect(last_event_id=ids[-1])
+    await resumed.expect("Welcome", WAIT)
+    assert await read_ids(resumed, 1) == [new]
+    await resumed.expect_nothing(0.2)
+
+    # Then the record expires too: the tenant is forgotten. A restarting node would find no
+    # recorded states to compare the disk with (and publish nothing for it); clients holding
+    # its ids are told to reload.
+    await until_gone(admin, history_key("acme"), paths_key("acme"))
+    forgotten = await a.connect(last_event_id=new)
+    assert (await forgotten.expect("Welcome", WAIT))["last_event_id"] is None
+    assert (await forgotten.expect("Resync", WAIT))["reason"] == "unknown_event_id"
+    assert await a.broker.published_states("acme", "test") == {}
+    assert await a.publish(path="a0.json", checksum=checksum) not in ids  # nothing to repeat
+
+
+@pytest.mark.gen_test(timeout=120)
+async def test_ids_stay_above_the_recorded_newest_even_when_the_clock_is_behind(cluster, admin):
+    """A stream recreated after it expired never hands out an id at or below the tenant's
+    recorded newest one, even if Redis's clock went back meanwhile."""
+    a = await cluster()
+    first = await a.publish()
+    ahead = parse_event_id(first)[0] + 10**9
+    await admin.delete(history_key("acme"))
+    await admin.hset(paths_key("acme"), "/newest", f"{ahead}-7")
+    client = await a.connect(last_event_id=f"{ahead}-7")
+    assert (await client.expect("Welcome", WAIT))["last_event_id"] == f"{ahead}-7"
+    assert await a.publish(path="next.json") == f"{ahead}-8"
+    assert await a.publish(path="then.json") == f"{ahead}-9"
+    assert await read_ids(client, 2) == [f"{ahead}-8", f"{ahead}-9"]
+
+
+@pytest.mark.gen_test(timeout=120)
+async def test_a_node_keeps_cursors_only_for_tenants_with_local_clients(cluster, monkeypatch):
+    import tornado_cfgpush.broker.redis as redis_broker
+
+    monkeypatch.setattr(redis_broker, "CURSOR_SWEEP_INTERVAL", 0.05)
+    a, b = await cluster(), await cluster()
+    on_b = await welcomed(await b.connect())
+    others = [await a.publish(f"other-{i}", path="x.json") for i in range(50)]
+    seen = [await a.publish(path=f"s{i}.json") for i in range(3)]
+    assert await read_ids(on_b, 3) == seen
+    # A node delivers (and keeps a cursor) only for its clients' tenants.
+    assert set(b.broker._cursor) == {"acme"} and b.broker.state().tenants == 1
+    assert a.broker.state().tenants == 0 and len(others) == 50
+    assert "cfgpush_broker_tenants 1.0" in b.service.metrics.exposition().decode()
+    assert "cfgpush_history_bytes" not in b.service.metrics.exposition().decode()
+
+    on_b.close()
+    await wait_for(lambda: b.broker.state().tenants == 0, WAIT)  # the sweep, nothing else
+    missed = [await a.publish(path=f"m{i}.json") for i in range(3)]
+    again = await b.connect(last_event_id=seen[-1])
+    assert (await again.expect("Welcome", WAIT))["last_event_id"] == missed[-1]
+    assert await read_ids(again, 3) == missed
+    live = [await (a, b)[i % 2].publish(path=f"l{i}.json") for i in range(4)]
+    assert await read_ids(again, 4) == live
+    await again.expect_nothing(0.3)
+    assert set(b.broker._cursor) == {"acme"}

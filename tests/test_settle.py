@@ -46,7 +46,7 @@ class Disk:
         """Up to ``limit`` events (None: every one there is, batch after batch)."""
         taken: list[dict] = []
         while True:
-            batch = [payload for _, payload, _ in self.settler.take(500 if limit is None else limit)]
+            batch = [taken.payload for taken in self.settler.take(500 if limit is None else limit)]
             taken += batch
             if limit is not None or not batch:
                 break

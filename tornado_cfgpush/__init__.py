@@ -44,6 +44,11 @@ The rules the server keeps for you:
   ``await emit.gap(tenant_ids)`` (None: any tenant); their clients get ``Resync`` with
   reason ``source_gap``. A crashed and restarted source does so by itself, for the
   tenants its optional ``tenants()`` method names (all connected tenants without it).
+* A source that meets a change it cannot publish calls
+  ``await emit.skipped(tenant_id, what, why, reason="invalid")``: logged once, counted in
+  ``cfgpush_events_rejected_total``, and that tenant's clients get ``Resync``, so nothing
+  vanishes silently. Each ``emit`` lets the event loop run once: publishing thousands of
+  events in a row never holds it.
 * A source that can list a tenant's files defines ``manifest(tenant_id)`` returning
   ``{path: checksum}``; ``Resync`` carries it, so clients refetch only what differs.
 * A source that needs time to start (connect, scan) can expose ``started``, an
@@ -72,12 +77,20 @@ hookimpl = pluggy.HookimplMarker(PROJECT_NAME)
 class Emit(Protocol):
     """What a source's ``run`` receives (see the guide above)."""
 
-    async def __call__(self, payload: dict[str, Any]) -> str:
-        """Validate ``payload``, publish it, return its event id."""
+    async def __call__(self, payload: dict[str, Any], *, version: int | None = None) -> str:
+        """Validate ``payload``, publish it, return its event id. ``version`` (optional) orders
+        what several nodes observe of one path: the broker drops a change older than the one
+        it recorded (``CfgPush.publish``)."""
         ...  # pragma: no cover - a protocol
 
     async def gap(self, tenant_ids: Iterable[str] | None = None) -> None:
         """Events of ``tenant_ids`` (None: of any tenant) may be lost: their clients resync."""
+        ...  # pragma: no cover - a protocol
+
+    async def skipped(self, tenant_id: str, what: str, why: str, reason: str = "invalid", *,
+                      resync: bool = True) -> None:
+        """A change of ``what`` of ``tenant_id`` cannot be published, ``why`` in words: logged
+        once, counted under ``reason``, and (``resync``) that tenant's clients resync."""
         ...  # pragma: no cover - a protocol
 
 

@@ -32,6 +32,10 @@ from .sources.runner import SourceRunner
 
 log = logging.getLogger("cfgpush")
 
+# A source whose oldest change has waited this long to be published makes the node "degraded"
+# (/readyz): clients are served, but changes reach them late.
+PUBLISH_LAG_DEGRADED = 10.0
+
 
 class StartupError(Exception):
     """The service could not start (a plugin's hook raised, say); the message says why."""
@@ -56,17 +60,18 @@ class CfgPush:
         settings = self.settings
         if not settings.broker:
             return MemoryBroker(self.hub.deliver, history_size=settings.history_size,
-                                history_ttl=settings.history_ttl)
+                                history_ttl=settings.history_ttl, history_max_bytes=settings.history_max_bytes)
         from .broker.redis import RedisBroker  # redis-py is an optional dependency
 
         return RedisBroker(self.hub.deliver, settings.broker, history_size=settings.history_size,
                            history_ttl=settings.history_ttl, tenants=self.hub.tenants,
                            on_gap=self._history_lost)
 
-    def _history_lost(self, tenant_id: str) -> None:
+    def _history_lost(self, tenant_id: str, reason: str = HISTORY_EXPIRED) -> None:
         """The shared history dropped events before this node delivered them (an outage
-        longer than the history): its clients of that tenant must reload."""
-        task = asyncio.ensure_future(self.source_gap([tenant_id], "broker", reason=HISTORY_EXPIRED))
+        longer than the history), or was emptied or replaced (``unknown_epoch``): its clients
+        of that tenant must reload."""
+        task = asyncio.ensure_future(self.source_gap([tenant_id], "broker", reason=reason))
         self._tasks.add(task)
         task.add_done_callback(self._tasks.discard)
 
@@ -81,7 +86,7 @@ class CfgPush:
         duplicates = {n for n in names if names.count(n) > 1}
         if duplicates:
             raise ValueError(f"two event sources share the name(s): {', '.join(sorted(duplicates))}")
-        self.runner = SourceRunner(sources, self.publish, gap=self.source_gap,
+        self.runner = SourceRunner(sources, self.publish, publish_many=self.publish_many, gap=self.source_gap,
                                    published_states=self.broker.published_states,
                                    count_rejected=self.metrics.rejected)
         self.runner.start()
@@ -107,12 +112,49 @@ class CfgPush:
         log.info("stopped: clients closed in %.2f s, sources in %.2f s, broker in %.2f s",
                  closed - started, sources - closed, loop.time() - sources)
 
-    async def publish(self, payload: dict[str, Any], source: str | None = None) -> str:
+    async def publish(self, payload: dict[str, Any], source: str | None = None, *, version: int | None = None) -> str:
         """The one path of every event: schema, then broker (which delivers).
 
         Raises ``marshmallow.ValidationError`` for a bad payload; nothing is published then.
+        ``version`` orders observations of one path by several nodes (the broker drops a
+        change older than the one it recorded; sources/filesystem/settle.py says what it is).
         """
         counted = source or "unknown"  # the publisher, not a payload field: bounded label values
+        fields = self._validated(payload, source, counted)
+        try:
+            event_id = await self.broker.publish(fields, version=version)
+        except BrokerUnavailable:
+            self.metrics.rejected(counted, BROKER_UNAVAILABLE)
+            raise
+        self.metrics.published(counted, fields["tenant_id"])
+        return event_id
+
+    async def publish_many(self, payloads: list[dict[str, Any]], source: str,
+                           versions: list[int | None] | None = None) -> list[str | ValidationError]:
+        """``publish`` for many events at once, in order: with a shared broker one round trip
+        for all of them (the time a batch takes does not depend on the link's latency). Each
+        result is the event id, or the ``ValidationError`` of a payload the schema refused."""
+        results: list[str | ValidationError] = []
+        batch: list[tuple[int, dict[str, Any], int | None]] = []
+        for i, payload in enumerate(payloads):
+            try:
+                fields = self._validated(payload, source, source)
+            except ValidationError as exc:
+                results.append(exc)
+                continue
+            results.append("")
+            batch.append((i, fields, versions[i] if versions else None))
+        try:
+            ids = await self.broker.publish_many([(fields, version) for _, fields, version in batch])
+        except BrokerUnavailable:
+            self.metrics.rejected(source, BROKER_UNAVAILABLE)
+            raise
+        for (i, fields, _), event_id in zip(batch, ids):
+            results[i] = event_id
+            self.metrics.published(source, fields["tenant_id"])
+        return results
+
+    def _validated(self, payload: dict[str, Any], source: str | None, counted: str) -> dict[str, Any]:
         try:
             fields = config_changed_schema.load(payload)
         except ValidationError:
@@ -120,13 +162,7 @@ class CfgPush:
             raise
         if source is not None:
             fields.setdefault("source", source)
-        try:
-            event_id = await self.broker.publish(fields)
-        except BrokerUnavailable:
-            self.metrics.rejected(counted, BROKER_UNAVAILABLE)
-            raise
-        self.metrics.published(counted, fields["tenant_id"])
-        return event_id
+        return fields
 
     async def source_gap(self, tenant_ids: Iterable[str] | None, source: str, reason: str = SOURCE_GAP) -> None:
         """``Resync`` (``source_gap`` by default) to the clients of ``tenant_ids`` (None: every tenant)."""
@@ -150,8 +186,16 @@ class CfgPush:
 
     def degraded_reasons(self) -> list[str]:
         """Why this node serves worse than it should, while still serving (empty: fine)."""
+        reasons = []
         lag = self.loop_lag.degraded_reason()
-        return [lag] if lag else []
+        if lag:
+            reasons.append(lag)
+        if self.runner is not None:
+            for source in self.runner.sources:
+                behind = self.runner.publish_lag(source)
+                if behind > PUBLISH_LAG_DEGRADED:
+                    reasons.append(f"source {source.name} is {behind:.1f} s behind publishing (a slow or unreachable broker)")
+        return reasons
 
     def not_ready_reasons(self) -> list[str]:
         """Why this node should not get traffic yet (empty: ready)."""

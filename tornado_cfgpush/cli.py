@@ -60,6 +60,18 @@ def _positive_float(what: str) -> Callable[[str], float]:
     return parse
 
 
+def _seconds_or_zero(what: str) -> Callable[[str], float]:
+    def parse(text: str) -> float:
+        try:
+            value = float(text)
+        except ValueError:
+            raise ValueError(f"{what} must be a number of seconds, not {text!r}") from None
+        if not value >= 0 or value == float("inf"):
+            raise ValueError(f"{what} must be 0 or a positive number of seconds, not {text!r}")
+        return value
+    return parse
+
+
 def _log_level(text: str) -> str:
     if text.upper() not in LOG_LEVELS:
         raise ValueError(f"log level must be one of {', '.join(LOG_LEVELS)}, not {text!r}")
@@ -121,7 +133,11 @@ SETTING_FLAGS: dict[str, tuple[str, Callable[[str], Any], str]] = {
     "--max-client-rate": ("max_client_rate", _int_in(1, None, "max client rate"), "client frames per second, any kind, in bursts of as many (1008 past it)"),
     "--max-backlog-bytes": ("max_backlog_bytes", _int_in(1024, None, "max backlog"), "unsent bytes per client before it is closed with 1013"),
     "--history-size": ("history_size", _int_in(0, None, "history size"), "events kept per tenant for resume"),
-    "--history-ttl": ("history_ttl", _positive_float("history ttl"), "seconds an event is kept for resume"),
+    "--history-ttl": ("history_ttl", _positive_float("history ttl"), "seconds an event is kept for resume; "
+                      "a tenant with no event for this long is forgotten"),
+    "--history-max-bytes": ("history_max_bytes", _int_in(1024 * 1024, None, "history max bytes"),
+                            "memory the embedded broker's history may use, all tenants together; past it the "
+                            "least recently published tenants' history is dropped"),
     "--drain-timeout": ("drain_timeout", _positive_float("drain timeout"), "seconds a graceful shutdown may take"),
     "--broker": ("broker", _broker_url, "redis://host:port/db (or rediss://, unix://) to share events between nodes; "
                  "the embedded broker without it"),
@@ -160,6 +176,8 @@ SETTING_FLAGS: dict[str, tuple[str, Callable[[str], Any], str]] = {
                          "/ws and /events (414 past it)"),
     "--ws-compression": ("ws_compression", parse_bool, "permessage-deflate on /ws for clients that offer it "
                          "(each event compressed once, no context takeover)"),
+    "--watch-canary": ("watch_canary", _seconds_or_zero("watch canary"), "seconds without a file event after which "
+                       "the filesystem source checks its watcher with a canary file (0: never)"),
     "--loop": ("event_loop", _event_loop, "the event loop: asyncio, or uvloop (pip install 'tornado_cfgpush[fast]')"),
 }
 # Settings that are secrets: never logged, and readable from a file named by CFGPUSH_<FLAG>_FILE.

@@ -7,11 +7,14 @@ scrapes, and the delivery-latency histogram is observed once per event (not per 
 
 Tenant labels are off by default: one series per tenant does not scale to large fleets.
 ``--metrics-tenant-labels`` adds a ``tenant`` label to connections, published events and
-deliveries.
+deliveries; a tenant's counters are then forgotten once it has had no event for
+``--history-ttl`` (as the broker forgets it), and at most ``MAX_TENANT_SERIES`` tenants are
+counted at once (the least recently active go first).
 """
 from __future__ import annotations
 
 import time
+from collections import OrderedDict
 from typing import TYPE_CHECKING, Iterator
 
 from prometheus_client import CollectorRegistry, Histogram, PlatformCollector, ProcessCollector
@@ -31,6 +34,9 @@ TRANSPORTS = ("ws", "sse")
 # clients, milliseconds for thousands.
 LATENCY_BUCKETS = (0.0001, 0.00025, 0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0)
 
+# With --metrics-tenant-labels: tenants whose counters are kept at once.
+MAX_TENANT_SERIES = 10_000
+
 # Reasons of cfgpush_events_rejected_total.
 INVALID = "invalid"
 BROKER_UNAVAILABLE = "broker_unavailable"
@@ -43,10 +49,15 @@ class Metrics:
     def __init__(self, core: "Metered"):
         self.core = core
         self.tenant_labels = bool(core.settings.metrics_tenant_labels)
+        self.tenant_ttl = core.settings.history_ttl
+        self.clock = time.monotonic  # of the per-tenant series' expiry (a test may replace it)
         # (source,) or (source, tenant) -> count; (source, reason) -> count.
         self.published_events: dict[tuple[str, ...], int] = {}
         self.rejected_events: dict[tuple[str, str], int] = {}
         self.deliveries_by_tenant: dict[str, int] = {}
+        # With tenant labels: tenant -> (monotonic time its counters last moved, its sources),
+        # least recently moved first: what expiry and the MAX_TENANT_SERIES bound drop.
+        self._tenant_series: OrderedDict[str, tuple[float, set[str]]] = OrderedDict()
         self.started = time.time()
         self.registry = CollectorRegistry()
         self.latency = Histogram(
@@ -67,6 +78,8 @@ class Metrics:
     def published(self, source: str, tenant_id: str) -> None:
         key = (source, tenant_id) if self.tenant_labels else (source,)
         self.published_events[key] = self.published_events.get(key, 0) + 1
+        if self.tenant_labels:
+            self._moved(tenant_id, source)
 
     def rejected(self, source: str, reason: str) -> None:
         key = (source, reason)
@@ -78,6 +91,38 @@ class Metrics:
         if self.tenant_labels:
             tenant = event.tenant_id
             self.deliveries_by_tenant[tenant] = self.deliveries_by_tenant.get(tenant, 0) + recipients
+            self._moved(tenant, None)
+
+    # -- per-tenant series ----------------------------------------------------------------------
+
+    def _moved(self, tenant_id: str, source: str | None) -> None:
+        series = self._tenant_series
+        entry = series.pop(tenant_id, None)
+        sources = entry[1] if entry is not None else set()
+        if source is not None:
+            sources.add(source)
+        series[tenant_id] = (self.clock(), sources)
+        self.forget_idle_tenants()
+
+    def forget_idle_tenants(self) -> None:
+        """Drop the counters of tenants idle for ``--history-ttl`` (the least recently active
+        come first, so this stops at the first active one), and past ``MAX_TENANT_SERIES``
+        those of the least recently active. A forgotten tenant's series start again from
+        zero if it comes back, which Prometheus reads as a counter reset."""
+        series = self._tenant_series
+        idle_since = self.clock() - self.tenant_ttl
+        while series:
+            tenant_id, (moved, sources) = next(iter(series.items()))
+            if moved >= idle_since and len(series) <= MAX_TENANT_SERIES:
+                break
+            del series[tenant_id]
+            self.deliveries_by_tenant.pop(tenant_id, None)
+            for source in sources:
+                self.published_events.pop((source, tenant_id), None)
+
+    def tenant_series(self) -> int:
+        """Tenants whose counters are kept (with tenant labels)."""
+        return len(self._tenant_series)
 
     def exposition(self) -> bytes:
         from prometheus_client import generate_latest
@@ -94,6 +139,7 @@ class _ServiceCollector(Collector):
 
     def collect(self) -> Iterator[Metric]:
         m = self.metrics
+        m.forget_idle_tenants()
         core = m.core
         hub = core.hub
         labels = ["transport", "tenant"] if m.tenant_labels else ["transport"]
@@ -151,14 +197,41 @@ class _ServiceCollector(Collector):
         restarts = CounterMetricFamily("cfgpush_source_restarts", "Event sources restarted after a crash",
                                        labels=["source"])
         up = GaugeMetricFamily("cfgpush_source_up", "1 while the event source runs", labels=["source"])
+        lag = GaugeMetricFamily("cfgpush_source_publish_lag_seconds",
+                                "How long the oldest change of the source has waited to be published",
+                                labels=["source"])
         if runner is not None:
             for source in runner.sources:
                 restarts.add_metric([source.name], runner.restarts.get(source.name, 0))
                 up.add_metric([source.name], 1 if source.name in runner.running else 0)
+                lag.add_metric([source.name], runner.publish_lag(source))
         yield restarts
         yield up
+        yield lag
         yield GaugeMetricFamily("cfgpush_broker_up", "1 when the broker is reachable",
                                 value=0 if core.broker.readiness() else 1)
+        state = core.broker.state()
+        yield GaugeMetricFamily("cfgpush_broker_tenants",
+                                "Tenants the broker keeps state for in this process (embedded: history and "
+                                "idempotence record; Redis: delivery cursors of tenants with local clients)",
+                                value=state.tenants)
+        if state.history_bytes is not None:
+            yield GaugeMetricFamily("cfgpush_history_bytes",
+                                    "What the embedded broker's kept history and idempotence records count for "
+                                    "against --history-max-bytes", value=state.history_bytes)
+            yield GaugeMetricFamily("cfgpush_history_max_bytes", "--history-max-bytes",
+                                    value=core.settings.history_max_bytes)
+        dropped = CounterMetricFamily("cfgpush_broker_tenants_dropped",
+                                      "Tenants' records the broker dropped (expired: no event for --history-ttl; "
+                                      "memory: past --history-max-bytes)", labels=["reason"])
+        for reason, value in sorted(state.dropped.items()):
+            dropped.add_metric([reason], value)
+        yield dropped
+        if state.history_bytes is not None:
+            yield CounterMetricFamily("cfgpush_history_evicted_events",
+                                      "Events dropped from the history before --history-ttl to stay within "
+                                      "--history-max-bytes (the oldest of all tenants first)",
+                                      value=state.evicted_events)
         info = GaugeMetricFamily("cfgpush_build_info", "The running version", labels=["version", "broker"])
         info.add_metric([__version__, "redis" if core.settings.broker else "memory"], 1)
         yield info

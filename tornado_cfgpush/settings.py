@@ -38,6 +38,12 @@ class Settings:
     # Per-tenant history for resume: the newest events within both bounds.
     history_size: int = 1000
     history_ttl: float = 600.0
+    # What the embedded broker keeps for every tenant together (history and idempotence
+    # records, broker/memory.py); past it the least recently published tenants' go first.
+    # 256 MiB: a quarter of a 1 GiB node, which holds about 200 000 plain events (1.2 KB each
+    # in a busy tenant) or 140 000 tenants with one event each (1.8 KB): the default history
+    # (10 minutes) of 300 events per second (docs/operations.md, Capacity).
+    history_max_bytes: int = 256 * 1024 * 1024
     # How long a graceful shutdown may take before the process exits anyway.
     drain_timeout: float = 5.0
     # Where events are published and kept: None for the embedded broker (one process),
@@ -82,6 +88,11 @@ class Settings:
     # permessage-deflate on /ws (RFC 7692) for clients that offer it: off by default, since
     # configuration events are small; each event is compressed once (no context takeover).
     ws_compression: bool = False
+    # The filesystem source checks its watcher after this many seconds without any event: it
+    # writes a canary file (a dotfile in the config folder, removed at once) and expects to
+    # hear of it; a watcher that stopped delivering is restarted. 0: never (a read-only folder
+    # never gets one either; dead watcher threads are noticed either way).
+    watch_canary: float = 60.0
     # The event loop: "asyncio" (the standard library's) or "uvloop" (pip install
     # 'tornado_cfgpush[fast]'): cheaper I/O per delivery.
     event_loop: str = "asyncio"

@@ -92,7 +92,8 @@ class Client(asyncio.Protocol):
     """One WebSocket client connection. ``vc`` is the virtual client it belongs to (the
     storm's reconnecting clients outlive their connections)."""
 
-    __slots__ = ("gen", "transport", "buf", "opened", "open", "deflate", "next", "count", "vc", "closing")
+    __slots__ = ("gen", "transport", "buf", "opened", "open", "deflate", "next", "count", "vc", "closing",
+                 "close_code")
 
     def __init__(self, gen: "LoadGen", request: bytes, vc: Any = None):
         self.gen = gen
@@ -105,6 +106,7 @@ class Client(asyncio.Protocol):
         self.count = 0  # ConfigChanged received
         self.vc = vc
         self.closing = False
+        self.close_code: int | None = None  # of the server's close frame, if it sent one
 
     # -- asyncio.Protocol ---------------------------------------------------------------------
 
@@ -189,6 +191,7 @@ class Client(asyncio.Protocol):
                 self.transport.write(masked(0xA, payload))
             elif opcode == 0x8:
                 self.gen.stats.server_closes += 1
+                self.close_code = struct.unpack("!H", payload[:2])[0] if len(payload) >= 2 else 1005
                 self.closing = True
                 self.transport.write(masked(0x8, payload[:2]))
                 self.transport.close()
@@ -209,6 +212,10 @@ class Client(asyncio.Protocol):
             self.gen.sink.welcome(self, payload, now)
         else:
             self.gen.sink.other(self, payload, now)
+
+    def send_text(self, text: bytes) -> None:
+        """A short client text frame (masked), e.g. ``b'"Ping"'``."""
+        self.transport.write(masked(0x1, text))
 
     def close(self) -> None:
         """Leave without a goodbye (RST): no TIME_WAIT pile-up across thousands of runs."""
@@ -232,16 +239,21 @@ class LoadGen:
         self.clients: list[Client] = []
         self._request = handshake_request(host, port, f"/ws?tenant_id={tenant}", deflate)
 
-    def request(self, last_event_id: str | None = None) -> bytes:
-        if last_event_id is None:
+    def request(self, last_event_id: str | None = None, *, tenant: str | None = None, port: int | None = None) -> bytes:
+        if last_event_id is None and tenant is None and port is None:
             return self._request
-        return handshake_request(self.host, self.port, f"/ws?tenant_id={self.tenant}&last_event_id={last_event_id}",
-                                 self.deflate)
+        target = f"/ws?tenant_id={tenant or self.tenant}"
+        if last_event_id is not None:
+            target += f"&last_event_id={last_event_id}"
+        return handshake_request(self.host, port or self.port, target, self.deflate)
 
-    async def open_one(self, vc: Any = None, last_event_id: str | None = None, timeout: float = 30.0) -> Client:
-        client = Client(self, self.request(last_event_id), vc)
+    async def open_one(self, vc: Any = None, last_event_id: str | None = None, timeout: float = 30.0, *,
+                       tenant: str | None = None, port: int | None = None) -> Client:
+        """One connection; ``tenant`` and ``port`` default to the generator's own (the soak's
+        clients each have a tenant and pick a node per connection)."""
+        client = Client(self, self.request(last_event_id, tenant=tenant, port=port), vc)
         try:
-            await asyncio.wait_for(self.loop.create_connection(lambda: client, self.host, self.port), timeout)
+            await asyncio.wait_for(self.loop.create_connection(lambda: client, self.host, port or self.port), timeout)
             await asyncio.wait_for(client.opened, timeout)
             client.opened = None
         except BaseException:
@@ -296,7 +308,8 @@ class Connector:
     """A fixed pool of worker Tasks that open connections: bounded concurrency of handshakes
     (and rate, when ``rate`` > 0). ``submit(job)`` queues one; ``on_open(client, job)`` or
     ``on_fail(exc, job)`` is called with its outcome. ``job`` is passed through (the storm's
-    virtual client; a retry count for ``LoadGen.connect``)."""
+    virtual client; a retry count for ``LoadGen.connect``). ``route(job)`` gives the job's
+    ``(tenant, port)``, None for the generator's own."""
 
     def __init__(self, gen: LoadGen, concurrency: int, rate: float = 0.0):
         self.gen = gen
@@ -308,6 +321,7 @@ class Connector:
         self.on_fail: Callable[[BaseException, Any], None] = lambda exc, job: None
         self.last_event_id: Callable[[Any], str | None] = lambda job: None
         self.vc: Callable[[Any], Any] = lambda job: None
+        self.route: Callable[[Any], tuple[str | None, int | None]] = lambda job: (None, None)
         self.workers = [asyncio.ensure_future(self._work()) for _ in range(concurrency)]
 
     def submit(self, job: Any, delay: float = 0.0) -> None:
@@ -331,7 +345,8 @@ class Connector:
                 if slot > now:
                     await asyncio.sleep(slot - now)
             try:
-                client = await self.gen.open_one(self.vc(job), self.last_event_id(job))
+                tenant, port = self.route(job)
+                client = await self.gen.open_one(self.vc(job), self.last_event_id(job), tenant=tenant, port=port)
             except asyncio.CancelledError:
                 raise
             except Exception as exc:  # refused, reset, timed out, not 101: the job's owner decides
@@ -424,6 +439,11 @@ class Publisher:
             if loop.time() > deadline:
                 raise TimeoutError(f"no 200 from http://{self.host}:{self.port}/healthz within {timeout} s")
             await asyncio.sleep(0.01)
+
+    async def get(self, target: str, timeout: float = 30.0) -> tuple[int, bytes]:
+        """``GET target`` on the keep-alive connection (reopened if needed): (status, body)."""
+        await self.connect()
+        return await asyncio.wait_for(self.http.send("GET", target, f"{self.host}:{self.port}"), timeout)
 
     async def connect(self) -> None:
         """(Re)open the keep-alive connection: servers close idle ones (cfgpush after its

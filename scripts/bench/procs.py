@@ -122,11 +122,11 @@ class Resources:
         self.keep_logs = keep_logs
         self.procs: list[Proc] = []
         self.count = 0
+        self.cleanups: list = []  # callables: what is not a Proc (the writer's pipes)
         atexit.register(self.cleanup)
 
     def start(self, name: str, cmd: list[str], cpu: int | None = SERVER_CPU, env: dict | None = None) -> Proc:
-        self.count += 1
-        proc = Proc(name, cmd, self.dir / f"{self.count:03d}-{name}.log", cpu, env)
+        proc = Proc(name, cmd, self.log_path(name), cpu, env)
         self.procs.append(proc)
         return proc
 
@@ -140,12 +140,23 @@ class Resources:
         path.mkdir(parents=True, exist_ok=True)
         return path
 
+    def log_path(self, name: str) -> Path:
+        self.count += 1
+        return self.dir / f"{self.count:03d}-{name}.log"
+
     def cleanup(self) -> None:
+        for callback in self.cleanups:
+            try:
+                callback()
+            except Exception:  # cleanup goes on whatever one of them does
+                pass
+        self.cleanups.clear()
         for proc in self.procs:
             proc.kill()
         self.procs.clear()
         if self.dir.exists():
             if self.keep_logs:
                 print(f"bench: logs kept in {self.dir}", file=sys.stderr)
+                atexit.unregister(self.cleanup)  # said once
             else:
                 shutil.rmtree(self.dir, ignore_errors=True)

@@ -1,4 +1,4 @@
-"""The results as a text table, the targets of issue #7 (met / NOT met), Markdown, a chart.
+"""The results as a text table, the targets of issues #7 and #12 (met / NOT met), Markdown, charts.
 
 Nothing here fails on a figure: a target not met is printed as such, never raised.
 """
@@ -75,9 +75,9 @@ def targets(results: dict) -> list[dict]:
     out: list[dict] = []
 
     def add(name: str, figure: float | None, target: str, check: Callable[[float], bool], unit: str = "x",
-            extra: bool = True) -> None:
+            extra: bool = True, text: str | None = None) -> None:
         met = None if figure is None else bool(check(figure) and extra)
-        out.append({"name": name, "figure": figure, "unit": unit, "target": target, "met": met})
+        out.append({"name": name, "figure": figure, "unit": unit, "target": target, "met": met, "text": text})
 
     cpu = lambda name: _get(results, "fanout", "servers", name, "fanout", "median", "server_us_per_delivery")  # noqa: E731
     add("server CPU per delivery, cfgpush / floor", _ratio(cpu("cfgpush"), cpu("floor")), "<= 1.25x",
@@ -108,7 +108,45 @@ def targets(results: dict) -> list[dict]:
     debounce = _get(results, "e2e", "debounce_ms") or 50
     add(f"save -> every client p99 (ms), debounce {debounce} ms", e2e, f"<= {debounce + 30} ms",
         lambda x: x <= debounce + 30, " ms", extra=bool(_get(results, "e2e", "all_received")))
+    for variant, b in (_get(results, "burst", "variants") or {}).items():
+        what = f"burst {variant}, {b['files']} files, {b['clients']} clients"
+        exact = b["all_received"] and not (b["duplicates"] or b["crossed_tenants"])
+        if b["last_write_to_last_delivery_s"] is not None:
+            add(f"{what}: last write -> last delivery (s), each event once", b["last_write_to_last_delivery_s"],
+                "<= 3 s, exactly once", lambda x: x <= 3.0, " s", extra=exact)
+        else:
+            add(f"{what}: NOT all delivered; gave up after (s)", b["gave_up_after_s"], "<= 3 s, exactly once",
+                lambda x: False, " s")
+        for key, bound, wanted in (("p99", 20.0, "<= 20 ms"), ("max", 100.0, "<= 100 ms")):
+            figure, text, how = burst_lag(b, key)
+            if figure is not None:
+                add(f"{what}: event-loop lag {key} ({how})", figure, wanted, lambda x, bound=bound: x <= bound,
+                    " ms", text=text)
+    big = _get(results, "burst", "large_file")
+    if big:
+        add(f"another tenant's event during a {big['bytes'] / 1e6:.0f} MB rewrite: delay, max of {big['rounds']} (ms)",
+            big["delay_max_ms"], "<= 50 ms", lambda x: x <= 50.0, " ms")
     return out
+
+
+def _bound(metric: dict | None, key: str) -> str:
+    from .lag import describe_bound
+
+    return describe_bound(metric.get(key)) if metric else "n/a"
+
+
+def burst_lag(b: dict, key: str) -> tuple[float | None, str | None, str]:
+    """The lag figure a target uses: the server's histogram (a bucket bound) when it has one,
+    else the outside probe's; with its text and where it comes from."""
+    from .lag import describe_bound
+
+    metric = b.get("lag_metric")
+    if metric and metric.get(f"{key}_le_s") is not None:
+        bound = metric[f"{key}_le_s"]
+        return bound * 1000.0, describe_bound(bound), "metric"
+    probe = b.get("lag_probe") or {}
+    value = probe.get(f"{key}_ms")
+    return value, None, "outside probe"
 
 
 # -- text --------------------------------------------------------------------------------------
@@ -213,6 +251,36 @@ def render(results: dict, markdown: bool = False) -> str:
                         _f(st["node_us_per_reconnect"], ".0f"),
                         f"{st['exact']}/{st['clients']}", str(st["lost"]), str(st["with_duplicates"]),
                         str(st["resyncs"]), str(st["failed_attempts"])]], markdown)
+    bu = results.get("burst")
+    if bu and bu.get("variants"):
+        head(f"burst: {bu['files']} files written at once in nested folders over {bu['tenants']} tenants, "
+             f"{bu['clients']} clients; event-loop lag from the server's histogram (metric) and the outside "
+             f"probe (round trip of a Ping every 10 ms, minus the idle one)")
+        rows = []
+        for variant, b in bu["variants"].items():
+            metric, probe = b.get("lag_metric"), b.get("lag_probe") or {}
+            rows.append([variant, _f(b["write_s"], ".2f"),
+                         _f(b["last_write_to_last_delivery_s"], ".2f", none=f"over {b['gave_up_after_s']:.0f} s"
+                            if b.get("gave_up_after_s") else "-"),
+                         f"{b.get('delivered_in_time', b['delivered'])}/{b['expected']} " + _f(b["all_received"]),
+                         str(b["duplicates"]), str(b["crossed_tenants"]), str(b["resyncs"]), str(b["lost_connections"]),
+                         f"{_bound(metric, 'p99_le_s')} / {_f(probe.get('p99_ms'), '.1f')} ms",
+                         f"{_bound(metric, 'max_le_s')} / {_f(probe.get('max_ms'), '.1f')} ms"])
+        out += _table(["variant", "write s", "last write -> last delivery s", "delivered in time", "duplicates",
+                       "crossed tenants", "resyncs", "connections lost", "lag p99 metric / probe",
+                       "lag max metric / probe"], rows, markdown)
+        for variant, b in bu["variants"].items():
+            if not b["all_received"]:
+                out.append(f"  NOTE: {variant}: {b['delivered']} of {b['expected']} delivered in the end, the last "
+                           f"{_f(b.get('last_delivery_after_last_write_s'), '.1f')} s after the last write; "
+                           f"connections closed by the server, by code: {b.get('closes_by_code')}")
+    big = (bu or {}).get("large_file")
+    if big:
+        head(f"large file: a {big['bytes'] / 1e6:.0f} MB file of one tenant rewritten, another tenant's small "
+             f"file saved right after; {big['rounds']} rounds")
+        out += _table(["small save alone, p50 ms", "delay p50 ms", "delay max ms", "loaded ms per round"],
+                      [[_f(big["normal_p50_ms"], ".1f"), _f(big["delay_p50_ms"], ".1f"), _f(big["delay_max_ms"], ".1f"),
+                        ", ".join(f"{x:.1f}" for x in big["loaded_ms"])]], markdown)
     sw = results.get("chart")
     if sw:
         head(f"chart: {sw['events']} back-to-back events (deliveries/s), then {sw['latency_events']} events "
@@ -229,12 +297,12 @@ def render(results: dict, markdown: bool = False) -> str:
         out += _table(["clients"] + names, rows, markdown)
     tg = [t for t in results.get("targets") or [] if t["figure"] is not None]
     if tg:
-        head("targets (issue #7)")
+        head("targets (issues #7 and #12)")
         rows = []
         for t in tg:
             unit = t["unit"]
-            fig = "-" if t["figure"] is None else (f"{t['figure']:.2f}x" if unit == "x" else
-                                                   f"{t['figure']:.2f}{unit}")
+            fig = "-" if t["figure"] is None else t.get("text") or (f"{t['figure']:.2f}x" if unit == "x" else
+                                                                     f"{t['figure']:.2f}{unit}")
             met = "n/a" if t["met"] is None else ("met" if t["met"] else "NOT met")
             rows.append([t["name"], fig, t["target"], met])
         out += _table(["target", "figure", "wanted", ""], rows, markdown)
@@ -270,6 +338,33 @@ def chart(points: dict, path: str, title: str) -> None:
         ax.grid(True, alpha=0.3)
     left.legend()
     fig.suptitle(title, fontsize=9)
+    fig.tight_layout()
+    fig.savefig(path, dpi=120)
+    plt.close(fig)
+
+
+def burst_chart(burst: dict, path: str, title: str) -> None:
+    """Deliveries of each burst variant against the seconds since its first write."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    fig, ax = plt.subplots(figsize=(7, 4.2))
+    for variant, b in burst["variants"].items():
+        points = b.get("timeline") or []
+        if points:
+            line, = ax.plot([p[0] for p in points], [100.0 * p[1] for p in points], label=f"{variant} contents")
+            ax.axvline(b["write_s"], color=line.get_color(), linestyle="--", linewidth=0.8)  # its last write
+    ax.axvline(0, color="grey", linewidth=0.8)
+    ax.set_xlabel("seconds after the first write (dashed: the last write)")
+    ax.set_ylabel("deliveries, % of expected")
+    ax.set_ylim(0, 105)
+    ax.grid(True, alpha=0.3)
+    ax.legend()
+    ax.set_title(f"{burst['files']} files at once, {burst['clients']} clients over {burst['tenants']} tenants",
+                 fontsize=10)
+    fig.suptitle(title, fontsize=8)
     fig.tight_layout()
     fig.savefig(path, dpi=120)
     plt.close(fig)

@@ -74,7 +74,7 @@ def cfgpush_flags() -> str:
 
 
 def cfgpush_command(port: int, opts: Options, *, config_dir: Path | None, broker: str | None = None,
-                    deflate: bool = False, connections: int = 50_000) -> list[str]:
+                    deflate: bool = False, connections: int = 50_000, extra: tuple[str, ...] = ()) -> list[str]:
     cmd = CFGPUSH + ["--host", HOST, "--port", str(port), "--publish-token", TOKEN, "--log-level", "WARNING",
                      "--heartbeat-interval", str(opts.heartbeat), "--heartbeat-timeout", str(2 * opts.heartbeat),
                      "--max-connections", str(connections), "--max-connections-per-ip", str(connections),
@@ -94,7 +94,7 @@ def cfgpush_command(port: int, opts: Options, *, config_dir: Path | None, broker
         cmd += ["--ws-compression"]
     if opts.server_loop != "asyncio":
         cmd += ["--loop", opts.server_loop]
-    return cmd
+    return cmd + list(extra)
 
 
 def bench_config_dir(res: Resources) -> Path:
@@ -107,11 +107,12 @@ def bench_config_dir(res: Resources) -> Path:
 
 
 async def start(name: str, res: Resources, opts: Options, *, port: int | None = None, config_dir: Path | None = None,
-                broker: str | None = None, cpu: int | None = SERVER_CPU, timeout: float = 60.0) -> Target:
+                broker: str | None = None, cpu: int | None = SERVER_CPU, timeout: float = 60.0,
+                extra: tuple[str, ...] = ()) -> Target:
     """Start server ``name`` (a baseline, ``cfgpush`` or ``cfgpush+deflate``); wait until it serves.
 
     cfgpush watches ``config_dir`` (its filesystem source on, as deployed) or, without one,
-    only publishes through the API; the baselines have no folder."""
+    only publishes through the API; the baselines have no folder. ``extra``: more cfgpush flags."""
     port = port or free_port()
     if name in BASELINES:
         publish_port = free_port() if name == "websockets" else port
@@ -121,7 +122,7 @@ async def start(name: str, res: Resources, opts: Options, *, port: int | None = 
         target = Target(name, res.start(name, cmd, cpu), port, publish_port)
     else:
         deflate = name == DEFLATE
-        cmd = cfgpush_command(port, opts, config_dir=config_dir, broker=broker, deflate=deflate)
+        cmd = cfgpush_command(port, opts, config_dir=config_dir, broker=broker, deflate=deflate, extra=extra)
         target = Target(name, res.start(name.replace("+", "-"), cmd, cpu, env=clean_env()), port, port, deflate)
     await wait_serving(target, timeout)
     return target
@@ -149,12 +150,15 @@ def stop(target: Target, res: Resources) -> None:
 
 # -- redis-server ------------------------------------------------------------------------------
 
-async def start_redis(res: Resources, program: str = "redis-server", timeout: float = 20.0) -> tuple[Proc, str]:
-    """A private redis-server on a free port, no persistence; returns it and its URL."""
-    port = free_port()
+async def start_redis(res: Resources, program: str = "redis-server", timeout: float = 20.0, *,
+                      port: int | None = None, persist: bool = False) -> tuple[Proc, str]:
+    """A private redis-server on a free port (or ``port``: a restart), no persistence unless
+    ``persist`` (an append-only file, flushed when it stops on SIGTERM, read when it starts
+    again in the same folder); returns it and its URL."""
+    port = port or free_port()
     work = res.mkdir(f"redis-{port}")
-    proc = res.start("redis", [program, "--port", str(port), "--bind", HOST, "--save", "", "--appendonly", "no",
-                               "--dir", str(work)], cpu=None)
+    proc = res.start("redis", [program, "--port", str(port), "--bind", HOST, "--save", "",
+                               "--appendonly", "yes" if persist else "no", "--dir", str(work)], cpu=None)
     loop = asyncio.get_running_loop()
     deadline = loop.time() + timeout
     while True:

@@ -6,6 +6,7 @@ a shared one (Redis) fits behind the same four calls.
 from __future__ import annotations
 
 import abc
+import asyncio
 from dataclasses import dataclass, field
 from typing import Any, Callable
 
@@ -39,6 +40,24 @@ class Catchup:
     resync: str | None = None
 
 
+@dataclass
+class BrokerState:
+    """What a broker keeps in this process, for ``/metrics``.
+
+    ``tenants``: tenants it holds per-tenant state for (records of the embedded broker, the
+    delivery cursors of the Redis one); ``history_bytes``: what the history counts for in
+    ``--history-max-bytes`` (None when it lives elsewhere); ``dropped``: tenants' records
+    dropped so far, by reason (``expired``, ``memory``); ``evicted_events``: events dropped
+    before their time to stay within the bound.
+    """
+
+    tenants: int = 0
+    history_bytes: int | None = None
+    dropped: dict[str, int] = field(default_factory=dict)
+    forgotten: int = 0  # dropped tenants whose newest id is still known (a quiet tenant resumes)
+    evicted_events: int = 0
+
+
 class Broker(abc.ABC):
     """Publish, history and fan-out. ``deliver`` is called once per event on each node."""
 
@@ -52,13 +71,26 @@ class Broker(abc.ABC):
         """Release connections; no ``deliver`` call follows."""
 
     @abc.abstractmethod
-    async def publish(self, fields: dict[str, Any]) -> str:
+    async def publish(self, fields: dict[str, Any], version: int | None = None) -> str:
         """Assign an id to a validated ``ConfigChanged`` body, record it, deliver it.
 
         Returns the event id. If ``(tenant_id, path, checksum)`` equals the tenant's previous
-        event for that path, nothing is published and the earlier id is returned.
-        Raises ``BrokerUnavailable`` when it cannot publish.
+        event for that path, nothing is published and the earlier id is returned. With a
+        ``version`` (the observation's order, see ``CfgPush.publish``), a change older than
+        the version recorded for its path is not published either (another node published a
+        newer one): the recorded event's id is returned. Raises ``BrokerUnavailable`` when it
+        cannot publish.
         """
+
+    async def publish_many(self, items: list[tuple[dict[str, Any], int | None]]) -> list[str]:
+        """``publish`` of each ``(fields, version)``, in order; the event loop runs between two
+        (a shared broker sends them all in one round trip instead)."""
+        ids = []
+        for n, (fields, version) in enumerate(items):
+            if n:
+                await asyncio.sleep(0)
+            ids.append(await self.publish(fields, version=version))
+        return ids
 
     @abc.abstractmethod
     async def catch_up(self, tenant_id: str, since: str | None) -> Catchup:
@@ -69,6 +101,9 @@ class Broker(abc.ABC):
         event came from ``source`` (the idempotence record). A source that starts after a
         downtime compares it with what it finds, so changes made meanwhile are not lost."""
         return {}
+
+    def state(self) -> BrokerState:
+        return BrokerState()
 
     def readiness(self) -> str | None:
         """None when ready, else the reason it is not."""

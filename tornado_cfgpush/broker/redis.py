@@ -7,11 +7,23 @@ the oldest entry left" from "something was trimmed" or "this id never existed". 
 ``<prefix>{<tenant>}:paths`` is the idempotence record (path -> state and id), and every
 event is announced on the channel ``<prefix>events``, to every node.
 
+The keys expire with the tenant's silence (refreshed by each publish): the stream
+``--history-ttl`` after the newest event, when nothing in it may be replayed any more; the
+hash, which also records the tenant's newest id (field ``/newest``, never a path), much
+later (``RECORD_TTL``). While the hash lives, a quiet tenant's clients resume without a
+reload, a new stream continues the old one's chain (its first entry's predecessor is the
+recorded newest id, its ids above it), and a restarting node can tell what changed on disk
+while it was down. Once the hash is gone too, the tenant is forgotten: ids its clients hold
+are answered with ``Resync``, and a restarting node reports nothing for it (its clients
+reload anyway, their ids being unknown).
+
 One delivery path: a node's clients get events from pub/sub (its own publications too),
-in stream order. ``_cursor`` holds, per tenant, the newest id this node has delivered, so
-whatever overlaps (a stream read after a reconnect, pub/sub messages in flight) is
-delivered once. A pub/sub outage loses messages; after each (re)subscription the listener
-reads the streams from the cursors.
+in stream order. ``_cursor`` holds, per tenant with local clients, the newest id this node
+has delivered, so whatever overlaps (a stream read after a reconnect, pub/sub messages in
+flight) is delivered once. A tenant without local clients has no cursor: its events are not
+delivered here, and a first subscriber's catch-up starts it at the newest id. A pub/sub
+outage loses messages; after each (re)subscription the listener reads the streams from the
+cursors.
 
 A flushed or restarted Redis (without persistence) forgets the streams: ids clients hold
 are then answered as ``unknown_event_id`` (or ``history_expired`` once the new streams
@@ -24,6 +36,7 @@ import asyncio
 import json
 import logging
 import random
+import uuid
 from collections import OrderedDict
 from typing import Any, Callable, Iterable
 
@@ -35,45 +48,83 @@ from redis.exceptions import TimeoutError as RedisTimeoutError
 
 from ..events import Event, encode_json
 from ..rules import parse_event_id
-from . import HISTORY_EXPIRED, UNKNOWN_EVENT_ID, Broker, BrokerUnavailable, Catchup, Deliver
+from . import HISTORY_EXPIRED, UNKNOWN_EPOCH, UNKNOWN_EVENT_ID, Broker, BrokerState, BrokerUnavailable, Catchup, Deliver
 from .memory import _dedupe_key
 
 log = logging.getLogger("cfgpush.broker.redis")
 
-# Dedupe, append, trim and announce in one atomic step: a publish is all or nothing, and
-# stream order is pub/sub order. Returns the new id, or the earlier id of an equal event.
-# KEYS: history stream, paths hash. ARGV: body (JSON), path, state ("" = not comparable),
-# old path of a move, history size, history ttl (ms), channel, source. The paths hash holds
-# "<state> <id> <source>" per path.
+# Order, dedupe, append, trim, refresh the keys' expiry and announce in one atomic step: a
+# publish is all or nothing, and stream order is pub/sub order. Returns the new id, or the
+# recorded id of the path when the event is not published: equal to the path's recorded
+# state, or older than its recorded version (another node published a newer observation of
+# the same file: publishing this one would roll the file back for every client).
+# KEYS: history stream, paths hash. ARGV: body (JSON), path, state ("" = not comparable), old
+# path of a move, history size, history ttl (ms), channel, source, record ttl (ms), the newest
+# id's field, version ("" = none: digits, microseconds), the epoch's field, a new epoch (used
+# when the record has none). The paths hash holds "<state> <id> <version> <source>" per path
+# ("-" for a state that is not comparable and for no version; records written before versions
+# were "<state> <id> <source>"), the newest id, and the tenant's epoch: a token made with the
+# record, announced with each event, so that a node sees an emptied or replaced Redis.
 PUBLISH = """
-local path, state = ARGV[2], ARGV[3]
-if state ~= '' then
+local path, state, version = ARGV[2], ARGV[3], ARGV[11]
+if path ~= '' then
   local previous = redis.call('HGET', KEYS[2], path)
   if previous then
-    local cut = string.find(previous, ' ', 1, true)
-    if string.sub(previous, 1, cut - 1) == state then
-      local rest = string.sub(previous, cut + 1)
-      local cut2 = string.find(rest, ' ', 1, true)
-      return cut2 and string.sub(rest, 1, cut2 - 1) or rest
+    local pstate, pid, rest = string.match(previous, '^(%S+) (%S+) ?(.*)$')
+    local pversion, psource = string.match(rest, '^(%d+) (.*)$')
+    if not pversion then
+      psource = string.match(rest, '^%- (.*)$') or rest
+    end
+    if version ~= '' and pversion and tonumber(version) < tonumber(pversion) then
+      return pid
+    end
+    if state ~= '' and pstate == state then
+      if version ~= '' and (not pversion or tonumber(version) > tonumber(pversion)) then
+        redis.call('HSET', KEYS[2], path, pstate .. ' ' .. pid .. ' ' .. version .. ' ' .. psource)
+      end
+      return pid
     end
   end
 end
+local epoch = redis.call('HGET', KEYS[2], ARGV[12])
+if not epoch then
+  epoch = ARGV[13]
+  redis.call('HSET', KEYS[2], ARGV[12], epoch)
+end
 local last = redis.call('XREVRANGE', KEYS[1], '+', '-', 'COUNT', 1)[1]
-local id = redis.call('XADD', KEYS[1], 'MAXLEN', '~', ARGV[5], '*', 'p', last and last[1] or '0-0', 'e', ARGV[1])
+local prev = last and last[1] or redis.call('HGET', KEYS[2], ARGV[10]) or '0-0'
+local next_id = '*'
+if not last and prev ~= '0-0' then
+  -- The stream expired, the record did not: continue above the recorded newest id, whatever
+  -- Redis's clock says, so that no id is ever handed out twice.
+  local t = redis.call('TIME')
+  local now = tonumber(t[1]) * 1000 + math.floor(tonumber(t[2]) / 1000)
+  local ms, seq = string.match(prev, '^(%d+)-(%d+)$')
+  if tonumber(ms) >= now then next_id = ms .. '-' .. string.format('%d', tonumber(seq) + 1) end
+end
+local id = redis.call('XADD', KEYS[1], 'MAXLEN', '~', ARGV[5], next_id, 'p', prev, 'e', ARGV[1])
 local ms = tonumber(string.match(id, '^%d+'))
 redis.call('XTRIM', KEYS[1], 'MINID', '~', string.format('%d', math.max(ms - tonumber(ARGV[6]), 0)))
 if path ~= '' then
-  if state == '' then redis.call('HDEL', KEYS[2], path) else redis.call('HSET', KEYS[2], path, state .. ' ' .. id .. ' ' .. ARGV[8]) end
-  if ARGV[4] ~= '' then redis.call('HSET', KEYS[2], ARGV[4], 'deleted ' .. id .. ' ' .. ARGV[8]) end
+  local v = version ~= '' and version or '-'
+  local s = state ~= '' and state or '-'
+  redis.call('HSET', KEYS[2], path, s .. ' ' .. id .. ' ' .. v .. ' ' .. ARGV[8])
+  if ARGV[4] ~= '' then redis.call('HSET', KEYS[2], ARGV[4], 'deleted ' .. id .. ' ' .. v .. ' ' .. ARGV[8]) end
 end
-redis.call('PUBLISH', ARGV[7], id .. ' ' .. ARGV[1])
+redis.call('HSET', KEYS[2], ARGV[10], id)
+redis.call('PEXPIRE', KEYS[1], ARGV[6])
+redis.call('PEXPIRE', KEYS[2], ARGV[9])
+redis.call('PUBLISH', ARGV[7], id .. ' ' .. epoch .. ' ' .. ARGV[1])
 return id
 """
 
-# A consistent view of one stream: newest id, oldest entry, the entries after ARGV[1]
-# (at most ARGV[2] of them, "" = all) and Redis's clock in ms (the stream ids' clock).
+# A consistent view of one tenant: newest id (the stream's, or the record's once the stream
+# expired), oldest entry, the entries after ARGV[1] (at most ARGV[2] of them, "" = all),
+# Redis's clock in ms (the stream ids' clock) and the tenant's epoch. KEYS: history stream,
+# paths hash; ARGV[3]: the newest id's field; ARGV[4]: the epoch's field.
 READ = """
 local newest = redis.call('XREVRANGE', KEYS[1], '+', '-', 'COUNT', 1)[1]
+newest = newest and newest[1] or redis.call('HGET', KEYS[2], ARGV[3])
 local first = redis.call('XRANGE', KEYS[1], '-', '+', 'COUNT', 1)[1]
 local after = {}
 if ARGV[1] ~= '' then
@@ -82,7 +133,8 @@ if ARGV[1] ~= '' then
   after = redis.call(unpack(range))
 end
 local t = redis.call('TIME')
-return {newest and newest[1] or false, first or false, after, t[1] .. string.format('%03d', math.floor(t[2] / 1000))}
+return {newest or false, first or false, after, t[1] .. string.format('%03d', math.floor(t[2] / 1000)),
+        redis.call('HGET', KEYS[2], ARGV[4]) or false}
 """
 
 ZERO = (0, 0)  # "before the first entry": the predecessor recorded in a stream's first entry
@@ -91,11 +143,36 @@ MAX_ID = 2**64 - 1  # Redis stream ids are two unsigned 64-bit numbers
 # parses and encodes each event once: a few MB at most.
 RECENT_EVENTS = 4096
 IDLE_PING = 5.0  # seconds of pub/sub silence before we ask whether the connection lives
+# How long a tenant's record (newest id, idempotence record) outlives its last event, at least
+# the history's TTL: long enough that clients of a tenant quiet for days still resume across
+# deploys and restarts without a reload, and that a node down over a weekend still reports
+# what changed on disk meanwhile; about 100 bytes per file in Redis.
+RECORD_TTL = 7 * 24 * 3600.0
+NEWEST_FIELD = "/newest"  # the record's newest id: never a path (paths are relative)
+EPOCH_FIELD = "/epoch"  # the record's epoch
+# The cursors of tenants without local clients are dropped this often (in slices).
+CURSOR_SWEEP_INTERVAL = 10.0
+CURSOR_SWEEP_SLICE = 1000
 BACKOFF_FIRST, BACKOFF_MAX = 0.1, 5.0
+
+
+def _ms(seconds: float) -> int:
+    """A TTL in whole milliseconds for Redis, never 0 (PEXPIRE 0 deletes at once)."""
+    return max(int(seconds * 1000), 1)
 
 
 def _fmt(event_id: tuple[int, int]) -> str:
     return f"{event_id[0]}-{event_id[1]}"
+
+
+def _state_and_source(value: str) -> tuple[str, str]:
+    """A path's record "<state> <id> <version or -> <source>" (or, written before versions,
+    "<state> <id> <source>") as (state, source)."""
+    state, _, rest = (value.split(" ", 2) + ["", ""])[:3]
+    version, _, source = rest.partition(" ")
+    if version == "-" or version.isdigit():
+        return state, source
+    return state, rest
 
 
 def _entry(raw: list) -> tuple[tuple[int, int], tuple[int, int], str]:
@@ -115,18 +192,24 @@ class RedisBroker(Broker):
         history_ttl: float = 600.0,
         key_prefix: str = "cfgpush:",
         tenants: Callable[[], Iterable[str]] | None = None,
-        on_gap: Callable[[str], Any] | None = None,
+        on_gap: Callable[..., Any] | None = None,
         socket_timeout: float = 2.0,
+        record_ttl: float = RECORD_TTL,
     ):
-        """``tenants()``: the tenants this node has clients for (default: every tenant it has
-        delivered to); after a pub/sub outage only they are caught up. ``on_gap(tenant_id)``
-        is called when events this node's clients needed were trimmed before it could
-        deliver them (an outage longer than the history): tell them to resync."""
+        """``tenants()``: the tenants this node has clients for (the hub's, registered before
+        their catch-up; ``in`` on it should be cheap: a set or a dict's keys); only they have
+        events delivered here and a cursor kept. None: every tenant published anywhere.
+        ``on_gap(tenant_id, reason)`` is called when events this node's clients needed were
+        trimmed before it could deliver them (an outage longer than the history: reason
+        ``history_expired``) or the history was emptied or replaced (``unknown_epoch``): tell
+        them to resync. ``record_ttl``: how long a tenant's record outlives its last event (at least
+        ``history_ttl``)."""
         super().__init__(deliver)
         if history_size < 1:
             raise ValueError("history_size must be at least 1")
         self.history_size = history_size
         self.history_ttl = history_ttl
+        self.record_ttl = max(record_ttl, history_ttl)
         self.key_prefix = key_prefix
         self.channel = f"{key_prefix}events"
         self._tenants = tenants
@@ -143,6 +226,10 @@ class RedisBroker(Broker):
         self._publish = self._redis.register_script(PUBLISH)
         self._read = self._redis.register_script(READ)
         self._cursor: dict[str, tuple[int, int]] = {}
+        # The epoch of each cursor's tenant (PUBLISH): another one means the history was
+        # emptied or replaced, and positions from before it mean nothing.
+        self._epochs: dict[str, str] = {}
+        self._last_epoch: str | None = None  # the epoch of the last read (for _sync)
         # Catch-ups of the same (tenant, since) asked for in one loop iteration share one read
         # (a reconnect storm: thousands of clients resuming from the same id).
         self._batches: dict[tuple[str, str | None], asyncio.Future] = {}
@@ -151,6 +238,7 @@ class RedisBroker(Broker):
         self._recent: OrderedDict[tuple[str, tuple[int, int]], Event] = OrderedDict()
         self._unready: str | None = "redis: not connected yet"
         self._listener: asyncio.Task | None = None
+        self._sweeper: asyncio.Task | None = None
         self._first_attempt = asyncio.Event()
         self._stopped = False
 
@@ -163,19 +251,22 @@ class RedisBroker(Broker):
     async def start(self) -> None:
         """Subscribe; when Redis is down, log it, report not ready and keep trying."""
         self._listener = asyncio.ensure_future(self._listen())
+        if self._tenants is not None:
+            self._sweeper = asyncio.ensure_future(self._sweep_cursors_forever())
         await self._first_attempt.wait()
         if self._unready:
             log.warning("starting without Redis (%s); retrying in the background", self._unready)
 
     async def stop(self) -> None:
         self._stopped = True
-        if self._listener is not None:
-            self._listener.cancel()
-            try:
-                await self._listener
-            except asyncio.CancelledError:
-                pass
-            self._listener = None
+        for task in (self._listener, self._sweeper):
+            if task is not None:
+                task.cancel()
+                try:
+                    await task
+                except asyncio.CancelledError:
+                    pass
+        self._listener = self._sweeper = None
         for task in list(self._batch_tasks):
             task.cancel()
         await asyncio.gather(*self._batch_tasks, return_exceptions=True)
@@ -185,28 +276,50 @@ class RedisBroker(Broker):
     def readiness(self) -> str | None:
         return self._unready
 
+    def state(self) -> BrokerState:
+        return BrokerState(tenants=len(self._cursor))
+
     # -- publish and catch-up -------------------------------------------------------------------
 
-    async def publish(self, fields: dict[str, Any]) -> str:
-        tenant_id = fields["tenant_id"]
+    async def publish(self, fields: dict[str, Any], version: int | None = None) -> str:
+        return (await self.publish_many([(fields, version)]))[0]
+
+    async def publish_many(self, items: list[tuple[dict[str, Any], int | None]]) -> list[str]:
+        """Every ``(fields, version)`` in one round trip (a pipeline of the PUBLISH script, in
+        order; each one atomic): a source's throughput then does not depend on the link's
+        latency."""
+        if not items:
+            return []
+        try:
+            async with self._redis.pipeline(transaction=False) as pipe:
+                for fields, version in items:
+                    await self._publish(keys=[self._key(fields["tenant_id"], "history"),
+                                              self._key(fields["tenant_id"], "paths")],
+                                        args=self._publish_args(fields, version), client=pipe)
+                return await pipe.execute()
+        except RedisError as exc:
+            # Timeouts are ambiguous (the scripts may have run): a retry of a checksummed event
+            # is then deduplicated; nothing is ever half-published, each script being atomic.
+            raise BrokerUnavailable(f"redis unavailable: {exc}") from exc
+
+    def _publish_args(self, fields: dict[str, Any], version: int | None) -> list[Any]:
         old_path = (fields.get("meta") or {}).get("old_path")
         moved_from = old_path if fields["change_type"] == "moved" and isinstance(old_path, str) else ""
-        try:
-            return await self._publish(
-                keys=[self._key(tenant_id, "history"), self._key(tenant_id, "paths")],
-                args=[encode_json(fields), fields.get("path") or "", _dedupe_key(fields) or "", moved_from,
-                      self.history_size, int(self.history_ttl * 1000), self.channel, fields.get("source") or ""])
-        except RedisError as exc:
-            # Timeouts are ambiguous (the script may have run): a retry of a checksummed event
-            # is then deduplicated; nothing is ever half-published, the script being atomic.
-            raise BrokerUnavailable(f"redis unavailable: {exc}") from exc
+        return [encode_json(fields), fields.get("path") or "", _dedupe_key(fields) or "", moved_from,
+                self.history_size, _ms(self.history_ttl), self.channel, fields.get("source") or "",
+                _ms(self.record_ttl), NEWEST_FIELD, "" if version is None else str(int(version)), EPOCH_FIELD,
+                uuid.uuid4().hex]
 
     async def _read_stream(self, tenant_id: str, after: str, count: int | None):
         try:
-            newest, first, entries, now_ms = await self._read(
-                keys=[self._key(tenant_id, "history")], args=[after, "" if count is None else count])
+            newest, first, entries, now_ms, epoch = await self._read(
+                keys=[self._key(tenant_id, "history"), self._key(tenant_id, "paths")],
+                args=[after, "" if count is None else count, NEWEST_FIELD, EPOCH_FIELD])
         except RedisError as exc:
             raise BrokerUnavailable(f"redis unavailable: {exc}") from exc
+        self._last_epoch = epoch or None
+        if self._check_epoch(tenant_id, self._last_epoch, parse_event_id(newest) if newest else ZERO):
+            entries = []  # read after a position of the old history: the Resync covers the new one
         return newest, _entry(first) if first else None, [_entry(e) for e in entries], int(now_ms)
 
     async def published_states(self, tenant_id: str, source: str) -> dict[str, str | None]:
@@ -215,9 +328,11 @@ class RedisBroker(Broker):
         except RedisError as exc:
             raise BrokerUnavailable(f"redis unavailable: {exc}") from exc
         states = {}
+        record.pop(NEWEST_FIELD, None)
+        record.pop(EPOCH_FIELD, None)
         for path, value in record.items():
-            state, _, by = (value.split(" ", 2) + [""])[:3]  # "<state> <id> <source>" (PUBLISH)
-            if by == source:
+            state, by = _state_and_source(value)
+            if by == source and state != "-":
                 states[path] = None if state == "deleted" else state
         return states
 
@@ -271,13 +386,18 @@ class RedisBroker(Broker):
             return Catchup(newest)
         if not valid or newest_id is None or since_id > newest_id:
             return Catchup(newest, resync=UNKNOWN_EVENT_ID)
-        next_id, prev_id, _ = entries[0]  # not empty: since_id < newest_id, an entry
+        if not entries:
+            # since_id < newest_id, and the stream holds nothing after it: the stream expired
+            # (only the record's newest id is left), and whatever followed since_id with it.
+            return Catchup(newest, resync=HISTORY_EXPIRED)
+        next_id, prev_id, _ = entries[0]
         if prev_id != since_id:
             # ``since`` is not the entry before the next one: it never existed, or what
-            # followed it was trimmed. Only below the oldest entry, with something trimmed
-            # before that entry, can it have been an entry.
-            first_id, first_prev, _ = first
-            trimmed_before = since_id < first_id and first_prev != ZERO
+            # followed it was trimmed (or expired with an earlier stream). Only below the
+            # oldest entry's predecessor can it have been an entry: nothing lies between the
+            # two.
+            _, first_prev, _ = first
+            trimmed_before = since_id < first_prev
             return Catchup(newest, resync=HISTORY_EXPIRED if trimmed_before else UNKNOWN_EVENT_ID)
         # The exact bounds of the embedded broker; the stream's own trimming is approximate.
         if len(entries) > self.history_size or next_id[0] < now_ms - self.history_ttl * 1000:
@@ -301,34 +421,74 @@ class RedisBroker(Broker):
     async def _sync(self, tenant_id: str, newest_id: tuple[int, int] | None) -> None:
         """Make this node's deliveries reach what a subscriber was just told is the newest,
         so nothing up to it can reach that subscriber later, live, a second time."""
+        if not self._has_local_clients(tenant_id):
+            return  # no subscriber to protect (the tenants API asking, or it left meanwhile)
         cursor = self._cursor.get(tenant_id)
         if cursor is None:
             # Nothing delivered here yet: every connection of the tenant is subscribing now,
             # each filtering its held events by its own newest id.
             self._cursor[tenant_id] = newest_id or ZERO
+            if self._last_epoch is not None:
+                self._epochs[tenant_id] = self._last_epoch
         elif newest_id is not None and cursor < newest_id:
             await self._fill(tenant_id)
 
     async def _fill(self, tenant_id: str) -> None:
         """Deliver what the stream holds after this node's cursor, in order."""
-        cursor = self._cursor[tenant_id]
-        _, _, entries, _ = await self._read_stream(tenant_id, _fmt(cursor), None)
-        self._deliver_entries(tenant_id, cursor, entries)
+        cursor = self._cursor.get(tenant_id)
+        if cursor is None:
+            return  # dropped meanwhile: the tenant has no local client any more
+        newest, _, entries, _ = await self._read_stream(tenant_id, _fmt(cursor), None)
+        self._deliver_entries(tenant_id, cursor, entries, parse_event_id(newest) if newest else None)
 
-    def _deliver_entries(self, tenant_id: str, cursor: tuple[int, int], entries: list) -> None:
-        gap = bool(entries) and entries[0][1] != cursor
+    def _deliver_entries(self, tenant_id: str, cursor: tuple[int, int], entries: list,
+                         newest_id: tuple[int, int] | None = None) -> None:
+        # A gap: the first entry after the cursor does not follow it, or there is none though
+        # the tenant's newest id is past the cursor (the stream expired with what followed it).
+        gap = entries[0][1] != cursor if entries else newest_id is not None and newest_id > cursor
         for event_id, _, body in entries:
             if event_id > self._cursor.get(tenant_id, ZERO):  # parse only what is new here
                 self._deliver(event_id, json.loads(body))
+        if gap and not entries and tenant_id in self._cursor and self._cursor[tenant_id] < newest_id:
+            self._cursor[tenant_id] = newest_id  # nothing up to it can be delivered any more
         if gap:
             log.warning("tenant %s: events after %s were trimmed before this node delivered them",
                         tenant_id, _fmt(cursor))
             if self._on_gap is not None:
-                self._on_gap(tenant_id)
+                self._on_gap(tenant_id, HISTORY_EXPIRED)
 
-    def _deliver(self, event_id: tuple[int, int], fields: dict[str, Any]) -> None:
+    def _check_epoch(self, tenant_id: str, epoch: str | None, newest: tuple[int, int]) -> bool:
+        """Note the epoch of ``tenant_id``'s history; True when it differs from the one its
+        cursor was set in: the Redis behind was emptied or replaced (its clock perhaps behind
+        the old one's), so this node's position means nothing any more. The tenant's clients
+        here are told to reload (``Resync``, which names the newest id of the new history, so
+        nothing of it is missed), and the cursor moves to ``newest``: delivery never drops an
+        event only because its id is not after a position of another epoch."""
+        if epoch is None:
+            return False
+        known = self._epochs.get(tenant_id)
+        if known == epoch or tenant_id not in self._cursor:
+            if tenant_id in self._cursor:
+                self._epochs[tenant_id] = epoch
+            return False
+        self._epochs[tenant_id] = epoch
+        if known is None:
+            return False  # a record from before epochs: nothing to compare
+        log.warning("tenant %s: its history in Redis was emptied or replaced; its clients here resync", tenant_id)
+        self._cursor[tenant_id] = newest
+        if self._on_gap is not None:
+            self._on_gap(tenant_id, UNKNOWN_EPOCH)
+        return True
+
+    def _deliver(self, event_id: tuple[int, int], fields: dict[str, Any], epoch: str | None = None) -> None:
         """The one way into ``deliver``: in order, once per node."""
         tenant_id = fields["tenant_id"]
+        if not self._has_local_clients(tenant_id):
+            self._cursor.pop(tenant_id, None)  # no one here to deliver to, nothing to keep
+            self._epochs.pop(tenant_id, None)
+            return
+        if self._check_epoch(tenant_id, epoch, event_id):
+            return  # the Resync it caused covers this event
         if self._stopped or event_id <= self._cursor.get(tenant_id, ZERO):
             return
         self._cursor[tenant_id] = event_id
@@ -336,6 +496,35 @@ class RedisBroker(Broker):
             self.deliver(self._event(tenant_id, event_id, fields))
         except Exception:  # a delivery bug must not stop the listener
             log.exception("tenant %s: delivering %s failed", tenant_id, _fmt(event_id))
+
+    # -- per-tenant state ----------------------------------------------------------------------------
+
+    def _has_local_clients(self, tenant_id: str) -> bool:
+        return self._tenants is None or tenant_id in self._tenants()
+
+    def forget_idle_cursors(self, tenant_ids: Iterable[str] | None = None) -> int:
+        """Drop the cursors of the tenants (of ``tenant_ids``, default all) that have no local
+        client: nothing can be delivered to them here, and a first subscriber's catch-up
+        starts a new cursor at the newest id. Returns how many were dropped."""
+        if self._tenants is None:
+            return 0
+        clients = self._tenants()
+        candidates = list(self._cursor) if tenant_ids is None else tenant_ids
+        idle = [t for t in candidates if t in self._cursor and t not in clients]
+        for tenant_id in idle:
+            self._cursor.pop(tenant_id, None)
+            self._epochs.pop(tenant_id, None)
+        return len(idle)
+
+    async def _sweep_cursors_forever(self) -> None:
+        """Every ``CURSOR_SWEEP_INTERVAL``, the cursors of tenants whose clients left (and that
+        had no event since, which drops a cursor at once) go, a slice at a time."""
+        while True:
+            await asyncio.sleep(CURSOR_SWEEP_INTERVAL)
+            tenant_ids = list(self._cursor)
+            for start in range(0, len(tenant_ids), CURSOR_SWEEP_SLICE):
+                self.forget_idle_cursors(tenant_ids[start:start + CURSOR_SWEEP_SLICE])
+                await asyncio.sleep(0)
 
     # -- the pub/sub listener ---------------------------------------------------------------------
 
@@ -379,10 +568,7 @@ class RedisBroker(Broker):
 
     async def _catch_up_all(self) -> None:
         """Deliver what was published while we were not subscribed."""
-        if self._tenants is not None:
-            wanted = set(self._tenants())
-            for tenant_id in [t for t in self._cursor if t not in wanted]:
-                del self._cursor[tenant_id]  # no clients here: nothing to catch up, nothing to keep
+        self.forget_idle_cursors()  # no clients here: nothing to catch up, nothing to keep
         for tenant_id in list(self._cursor):
             await self._fill(tenant_id)
 
@@ -412,7 +598,10 @@ class RedisBroker(Broker):
 
     def _on_message(self, data: str) -> None:
         try:
-            event_id, body = data.split(" ", 1)
-            self._deliver(parse_event_id(event_id), json.loads(body))
+            event_id, rest = data.split(" ", 1)
+            epoch = None
+            if not rest.startswith("{"):  # "<id> <epoch> <body>"; a node before epochs sent "<id> <body>"
+                epoch, rest = rest.split(" ", 1)
+            self._deliver(parse_event_id(event_id), json.loads(rest), epoch)
         except (ValueError, KeyError, TypeError):
             log.warning("ignoring a malformed message on %s: %.200r", self.channel, data)

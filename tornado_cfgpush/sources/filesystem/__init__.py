@@ -46,4 +46,4 @@ def __getattr__(name: str) -> Any:
 def cfgpush_register_sources(settings) -> list["FilesystemSource"]:
     from .source import FilesystemSource
 
-    return [FilesystemSource(settings.config_dir, settings.debounce_ms / 1000)]
+    return [FilesystemSource(settings.config_dir, settings.debounce_ms / 1000, canary=settings.watch_canary)]

@@ -26,7 +26,7 @@ from __future__ import annotations
 import enum
 import heapq
 import itertools
-from typing import Any, Final, Iterable
+from typing import Any, Final, Iterable, NamedTuple
 
 from ...structured import Unparsed
 from .names import Key, Target
@@ -42,21 +42,37 @@ NOT_REPRESENTABLE = "keys_not_representable"  # a key the wire cannot carry (a l
 class Read:
     """What a read found: ``checksum`` (None: no such regular file), the parsed document
     (or ``Unparsed``, or None for a file that is not structured), and the diff against the
-    document the read was asked with (None when there is none; ``skip`` then says why)."""
+    document the read was asked with (None when there is none; ``skip`` then says why).
 
-    __slots__ = ("checksum", "doc", "size", "diff", "skip", "extra")
+    ``version`` orders what several nodes observe of one shared file (the broker drops a
+    change older than the one it recorded): the content's change time (ctime, in
+    microseconds: set by the kernel, the same for every reader), or, for a file found gone,
+    the time it was found so (before any later re-creation's ctime)."""
+
+    __slots__ = ("checksum", "doc", "size", "diff", "skip", "extra", "version")
 
     def __init__(self, checksum: str | None, doc: Any = None, size: int = 0,
-                 diff: dict[str, Any] | None = None, skip: str | None = None, extra: Any = None):
+                 diff: dict[str, Any] | None = None, skip: str | None = None, extra: Any = None,
+                 version: int | None = None):
         self.checksum = checksum
         self.doc = doc
         self.size = size
         self.diff = diff
         self.skip = skip
         self.extra = extra  # the reader's own (tree.Content, for rescans)
+        self.version = version
 
 
 GONE = Read(None)
+
+
+class Taken(NamedTuple):
+    """An event taken: the file's key, the payload, the key it moved from, its version."""
+
+    key: Key
+    payload: Payload
+    old_key: Key | None
+    version: int | None
 
 
 class _File:
@@ -222,11 +238,10 @@ class Settler:
         """Whether any file is waiting for its debounce, being read, or waiting to be taken."""
         return bool(self._ready) or self.next_deadline() is not None or any(f.reading for f in self._files.values())
 
-    def take(self, limit: int) -> list[tuple[Key, Payload, Key | None]]:
-        """Up to ``limit`` events as ``(key, payload, key of the file it moved from)``, in the
-        order their files were read. A file that may be the destination of a rename whose
-        source is still to be read waits for it."""
-        out: list[tuple[Key, Payload, Key | None]] = []
+    def take(self, limit: int) -> list[Taken]:
+        """Up to ``limit`` events, in the order their files were read. A file that may be the
+        destination of a rename whose source is still to be read waits for it."""
+        out: list[Taken] = []
         progress = True
         while progress and len(out) < limit:
             progress = False  # a pass that took something may have freed a waiting file
@@ -240,11 +255,11 @@ class Settler:
                     continue
                 progress = True
                 if found is not None:
-                    payload, old = found
-                    out.append((key, payload, old))
+                    payload, old, version = found
+                    out.append(Taken(key, payload, old, version))
         return out
 
-    def _event(self, key: Key) -> tuple[Payload, Key | None] | None | _Wait:
+    def _event(self, key: Key) -> tuple[Payload, Key | None, int | None] | None | _Wait:
         f = self._files[key]
         read = f.current
         assert read is not None
@@ -285,16 +300,18 @@ class Settler:
                 payload["diff"] = read.diff
             elif read.skip is not None:
                 payload["meta"] = {"diff_skipped": read.skip}
+        version = read.version
         self._taken(key, f)
-        return payload, None
+        return payload, None, version
 
-    def _moved(self, key: Key, f: _File, src_key: Key, src: _File) -> tuple[Payload, Key]:
+    def _moved(self, key: Key, f: _File, src_key: Key, src: _File) -> tuple[Payload, Key, int | None]:
         read = f.current
         assert read is not None
         payload = _payload(f.target[0], "moved", f.target[1], read.checksum, meta={"old_path": src.target[1]})
+        versions = [v for v in (read.version, src.current.version if src.current else None) if v is not None]
         self._taken(src_key, src)
         self._taken(key, f)
-        return payload, src_key
+        return payload, src_key, max(versions) if versions else None
 
     def _twin(self, tenant_id: str, checksum: str) -> Key | None | _Wait:
         gone = self._gone.get((tenant_id, checksum))

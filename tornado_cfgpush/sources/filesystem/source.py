@@ -22,6 +22,7 @@ import asyncio
 import json
 import logging
 import sys
+import time
 from collections import deque
 from pathlib import Path
 from typing import Any
@@ -42,6 +43,7 @@ WORKER_MODULE = "tornado_cfgpush.sources.filesystem.worker"
 WORKER_SILENCE = 20.0
 # One event may carry a long diff; a line is cut at 256 KiB of events, but never splits one.
 LINE_LIMIT = 64 * 1024 * 1024
+PUBLISH_BATCH = 500  # events per emit.many: one round trip with a shared broker
 REFUSED = "invalid_path"  # cfgpush_events_rejected_total's reason for a name that cannot be announced
 
 
@@ -53,12 +55,13 @@ class FilesystemSource:
     name = SOURCE_NAME
 
     def __init__(self, config_dir: Path | str, debounce: float = 0.05, *, max_delay: float | None = None,
-                 polling: bool = False):
+                 polling: bool = False, canary: float = 60.0):
         self.config_dir = Path(config_dir)
         self.debounce = debounce
         # A file written continuously still reports, at least this often.
         self.max_delay = max_delay if max_delay is not None else max(1.0, 20 * debounce)
         self.force_polling = polling
+        self.canary = canary  # seconds of silence before the worker checks its watcher (0: never)
         self.observer_kind = ""
         self.root = ""
         # What the server was told, by the worker's key: (tenant, path, checksum); and by tenant.
@@ -67,7 +70,10 @@ class FilesystemSource:
         # Events read from the worker and not yet surely published when a run ended (it was
         # cancelled, or emit raised): the next run publishes them first. They are in _files
         # already, so the next worker does not report them again.
-        self._unsent: deque[list[Any]] = deque()
+        self._unsent: deque[list[Any]] = deque()  # [key, payload, old key, version, taken at]
+        # The version (see settle.Read) of each file of the start-up scan, for what it reports
+        # as changed while no one watched.
+        self._versions: dict[str, int | None] = {}
         self._ran_before = False
         # Set once watching and the initial scan are done: changes from then on are reported.
         self.started = asyncio.Event()
@@ -92,6 +98,7 @@ class FilesystemSource:
             known = None if first_run else [[k, t, r, c] for k, (t, r, c) in self._files.items()]
             config = {"root": self.root, "debounce": self.debounce, "max_delay": self.max_delay,
                       "polling": self.force_polling, "watch_limit": inotify_watch_limit(), "known": known,
+                      "canary": self.canary,
                       "log_level": logging.getLogger("cfgpush").getEffectiveLevel()}
             proc.stdin.write(json.dumps(config).encode() + b"\n")
             await proc.stdin.drain()  # stdin stays open: its end tells the worker to stop
@@ -110,9 +117,8 @@ class FilesystemSource:
         unsent = self._unsent  # published first; whatever is left when this run ends stays
         gaps: set[str] = set()
         while True:
-            while unsent:
-                await self._publish(emit, unsent[0], gaps)
-                unsent.popleft()
+            if unsent:
+                await self._publish_all(emit, unsent, gaps)
             if gaps:  # one Resync per tenant for the skipped changes of a line
                 tenants = sorted(gaps)
                 gaps.clear()
@@ -129,14 +135,16 @@ class FilesystemSource:
                 logging.getLogger(message["name"]).log(message["level"], "%s", message["msg"])
             elif kind == "known":
                 if first_run:
-                    for key, tenant_id, rel, checksum in message["files"]:
+                    for key, tenant_id, rel, checksum, version in message["files"]:
                         self._set(key, tenant_id, rel, checksum)
+                        self._versions[key] = version
             elif kind == "ready":
                 self.observer_kind = message["observer"]
                 if first_run:
                     # A shared broker remembers what was published before this process started:
                     # report what changed on disk while no source was watching.
                     await self._reconcile_with_published(emit)
+                    self._versions.clear()  # needed for that comparison only
                 log.info("watching %s (%s, %d files, debounce %.0f ms)", self.root, self.observer_kind,
                          len(self._files), self.debounce * 1000)
                 self.started.set()
@@ -160,27 +168,53 @@ class FilesystemSource:
             raise WorkerFailed(f"the filesystem watcher exited (status {code})")
         return json.loads(line)
 
-    async def _publish(self, emit: Emit, item: list[Any], gaps: set[str]) -> None:
-        """One event; an event the schema refuses is skipped (its tenant resyncs), never fatal."""
-        payload = item[1]
-        try:
-            await emit(payload)
-            return
-        except ValidationError as exc:
-            refused = exc
-        if "diff" in payload:  # pointers the schema cannot carry: the change still goes out
+    async def _publish_all(self, emit: Emit, unsent: deque[list[Any]], gaps: set[str]) -> None:
+        """Everything read and not yet published, in order, ``PUBLISH_BATCH`` at a time (one
+        round trip each with a shared broker). An item leaves ``unsent`` once its batch is
+        out: a batch cut short (a broker outage past emit's patience, a cancel) is published
+        again by the next run, which the broker takes as the same changes (checksums and
+        versions), not new ones."""
+        many = getattr(emit, "many", None)
+        while unsent:
+            batch = [unsent[i] for i in range(min(PUBLISH_BATCH, len(unsent)))]
+            if many is None:  # an emit without it (a test's): one by one
+                results: list[Any] = []
+                for item in batch:
+                    try:
+                        results.append(await emit(item[1]))
+                    except ValidationError as exc:
+                        results.append(exc)
+            else:
+                results = await many([item[1] for item in batch], versions=[item[3] for item in batch])
+            for item, result in zip(batch, results):
+                if isinstance(result, ValidationError):
+                    await self._refused_by_schema(emit, item, result, gaps)
+            for _ in batch:
+                unsent.popleft()
+
+    async def _refused_by_schema(self, emit: Emit, item: list[Any], refused: ValidationError, gaps: set[str]) -> None:
+        """An event the schema refuses is skipped (its tenant resyncs), never fatal; one with a
+        diff the wire cannot carry goes out without it."""
+        payload, version = item[1], item[3]
+        if "diff" in payload:
             trimmed = {k: v for k, v in payload.items() if k != "diff"}
             trimmed["meta"] = {**payload.get("meta", {}), "diff_skipped": NOT_REPRESENTABLE}
             try:
-                await emit(trimmed)
+                await (emit(trimmed, version=version) if hasattr(emit, "many") else emit(trimmed))
                 return
             except ValidationError as exc:
                 refused = exc
         skipped = getattr(emit, "skipped", None)
         if skipped is not None:
-            await skipped(payload["tenant_id"], str(payload.get("path")), "refused by the schema: " + flatten_messages(refused.messages),
-                          "invalid", resync=False)
+            await skipped(payload["tenant_id"], str(payload.get("path")),
+                          "refused by the schema: " + flatten_messages(refused.messages), "invalid", resync=False)
         gaps.add(payload["tenant_id"])
+
+    def publish_lag(self) -> float:
+        """Seconds the oldest change read from the worker has waited to be published."""
+        if not self._unsent:
+            return 0.0
+        return max(0.0, time.monotonic() - self._unsent[0][4])
 
     async def _refused(self, emit: Emit, message: dict[str, Any], gaps: set[str]) -> None:
         skipped = getattr(emit, "skipped", None)
@@ -192,6 +226,7 @@ class FilesystemSource:
         lookup = getattr(emit, "published_states", None)
         if lookup is None:  # an emit without it (a test's, say): nothing to compare with
             return
+        keys = {(t, r): k for k, (t, r, _) in self._files.items()}
         for tenant_id in sorted(self._by_tenant):
             previous = await lookup(tenant_id)
             if not previous:
@@ -202,8 +237,9 @@ class FilesystemSource:
                 if now == before:
                     continue
                 change = "deleted" if now is None else "created" if before is None else "modified"
-                self._unsent.append([None, {"tenant_id": tenant_id, "change_type": change, "path": rel,
-                                            "checksum": now}, None])
+                key = keys.get((tenant_id, rel))
+                self._unsent.append([key, {"tenant_id": tenant_id, "change_type": change, "path": rel,
+                                           "checksum": now}, None, self._versions.get(key), time.monotonic()])
 
     def manifest(self, tenant_id: str) -> dict[str, str] | None:
         """``{path: checksum}`` of every file of ``tenant_id`` as last reported."""
@@ -218,7 +254,7 @@ class FilesystemSource:
     # -- the record of what the server was told ------------------------------------------------------
 
     def _record(self, item: list[Any]) -> None:
-        key, payload, old_key = item
+        key, payload, old_key = item[:3]
         if old_key is not None:
             self._drop(old_key)
         if payload["checksum"] is None:

@@ -32,6 +32,7 @@ import json
 import logging
 import os
 import queue
+import socket
 import sys
 import threading
 import time
@@ -42,9 +43,9 @@ from typing import Any, Callable, Iterable
 from ... import structured
 from ...rules import wire_string_error
 from .names import Unpublishable, classify, shown, split
-from .settle import GONE, MEMORY_CAP, NO_PREVIOUS, NOT_REPRESENTABLE, Read, Settler
+from .settle import MEMORY_CAP, NO_PREVIOUS, NOT_REPRESENTABLE, Read, Settler
 from .tree import Content, Refused, Tree, signature
-from .watch import Inbox, OverflowWatch, ToInbox, adjust_watchdog, observer_alive, start_observer
+from .watch import POLL_INTERVAL, Inbox, OverflowWatch, ToInbox, adjust_watchdog, observer_alive, start_observer
 
 log = logging.getLogger("cfgpush.sources.filesystem")
 
@@ -57,6 +58,13 @@ REFUSED_AGAIN_AFTER = 1.0  # seconds: the events of one save of an unpublishable
 # Overflows come in floods (a tenant renaming in a loop): one rescan per this many seconds at
 # most; the events that still arrive meanwhile are handled as usual.
 RESCAN_EVERY = 0.5
+# The watcher's canary (``--watch-canary``): a dotfile of this worker's own in the config
+# folder's top, made after a quiet spell and expected back from the watcher within this long
+# (or two poll intervals); removed once seen. Other nodes sharing the folder ignore it, as
+# every dotfile. A watcher that does not report it is restarted (the source fails, and the
+# server restarts it with a rescan; its tenants get Resync).
+CANARY_PREFIX = ".cfgpush-canary-"
+CANARY_TIMEOUT = 10.0
 
 
 class Output:
@@ -162,7 +170,7 @@ class Lane:
                 read = self._finish(key, Tree.read(key, opened), old_doc)
             except OSError as exc:
                 log.warning("cannot read %s: %s", shown(key), exc)
-                read = GONE
+                read = _gone(_now_us())
             self._inbox.put(("read", key, read))
 
     def alive(self) -> bool:
@@ -180,6 +188,7 @@ class Worker:
                                max_doc_bytes=config.get("max_doc_bytes", 64 * 1024 * 1024))
         self.lane = Lane(inbox, self._finish)
         self.observer: Any = None
+        self.observer_kind = ""
         self._overflow = threading.Event()
         self._bad_tenants: set[str] = set()
         self._refused_at: dict[str, float] = {}
@@ -187,6 +196,10 @@ class Worker:
         self._stopping = False
         self._rescan_at: float | None = None  # an overflow was seen: rescan then
         self._last_rescan = float("-inf")
+        self._canary_every = float(config.get("canary") or 0)
+        self._canary_name = f"{CANARY_PREFIX}{socket.gethostname()}-{os.getpid()}"
+        self._canary_sent: float | None = None  # when the canary was made, until it is seen
+        self._last_event = time.monotonic()
 
     # -- start ------------------------------------------------------------------------------------
 
@@ -196,6 +209,7 @@ class Worker:
         handler = ToInbox(self.inbox)
         self.observer, kind = start_observer(self.root, handler, polling=self.config["polling"],
                                              watch_limit=self.config.get("watch_limit"), log=log)
+        self.observer_kind = kind
         known = self.config.get("known")
         now = time.monotonic()
         if known is None:
@@ -221,7 +235,7 @@ class Worker:
             if read.checksum is None:
                 continue
             self.settler.baseline(key, target, read.checksum, read.doc, read.size, read.extra)
-            chunk.append([key, target[0], target[1], read.checksum])
+            chunk.append([key, target[0], target[1], read.checksum, read.version])
             if len(chunk) >= SCAN_CHUNK:
                 self.output.send({"t": "known", "files": chunk})
                 chunk = []
@@ -287,8 +301,36 @@ class Worker:
     def _check_health(self, now: float) -> None:
         if not observer_alive(self.observer) or not self.lane.alive():
             raise RuntimeError("a watcher thread died")
+        if self._canary_sent is not None:
+            if now - self._canary_sent > self._canary_timeout():
+                raise RuntimeError(f"the watcher stopped delivering events: the canary {self._canary_name} "
+                                   f"was not reported within {self._canary_timeout():g} s")
+        elif self._canary_every and now - self._last_event >= self._canary_every:
+            self._make_canary(now)
         if now - self.output.last_write >= ALIVE_EVERY:
             self.output.send({"t": "alive"})
+
+    def _canary_timeout(self) -> float:
+        return max(CANARY_TIMEOUT, 2 * POLL_INTERVAL + 1) if self.observer_kind == "polling" else CANARY_TIMEOUT
+
+    def _make_canary(self, now: float) -> None:
+        try:
+            fd = os.open(self._canary_name, os.O_WRONLY | os.O_CREAT | os.O_TRUNC | os.O_NOFOLLOW, 0o600,
+                         dir_fd=self.tree.root_fd)
+            os.close(fd)
+        except OSError as exc:  # read-only, or not ours to write: no canary, say so once
+            log.info("cannot make the watcher's canary in %s (%s): a watcher that stops delivering is "
+                     "noticed only when its threads die", self.root, exc.strerror or exc)
+            self._canary_every = 0.0
+            return
+        self._canary_sent = now
+
+    def _canary_seen(self) -> None:
+        self._canary_sent = None
+        try:
+            os.unlink(self._canary_name, dir_fd=self.tree.root_fd)
+        except OSError:
+            pass
 
     def _send_events(self, everything: bool = False) -> set[str]:
         """Events the settle machine has, as far as the server has room (``everything``: all
@@ -301,8 +343,9 @@ class Worker:
             taken = self.settler.take(BATCH if everything else min(BATCH, room))
             if not taken:
                 break
-            tenants.update(payload["tenant_id"] for _, payload, _ in taken)
-            self.output.send_events([[key, payload, old] for key, payload, old in taken])
+            tenants.update(t.payload["tenant_id"] for t in taken)
+            taken_at = time.monotonic()  # CLOCK_MONOTONIC: the server compares it with its own
+            self.output.send_events([[t.key, t.payload, t.old_key, t.version, taken_at] for t in taken])
         return tenants
 
     # -- what the watcher saw ------------------------------------------------------------------------
@@ -311,19 +354,21 @@ class Worker:
         kind = event.event_type
         if kind in ("opened", "closed_no_write"):
             return
+        self._last_event = now
         src = os.fsdecode(event.src_path)
+        if self._canary_sent is not None and kind == "created" and os.path.basename(src) == self._canary_name:
+            self._canary_seen()
+            return
         dest = os.fsdecode(event.dest_path) if kind == "moved" else ""
         if event.is_directory:
+            # A folder gone (or moved away) takes its files with it, and the watcher reports
+            # nothing for them: touch what is known below it. A folder that appears needs
+            # nothing here: watchdog reports the files it finds in it (created, or moved with
+            # a folder moved inside the tree), and polling finds them by itself.
             if kind in ("deleted", "moved"):
                 parts = split(self.root, src)
                 if parts is not None:
                     for key in self.settler.below("/".join(parts)):
-                        self._touch(key, now)
-            if kind in ("created", "moved"):
-                # Files written right after mkdir may only show as Created on the folder.
-                parts = split(self.root, dest or src)
-                if parts is not None:
-                    for key in self.tree.walk("/".join(parts)):
                         self._touch(key, now)
             return
         src_parts = split(self.root, src)
@@ -384,16 +429,17 @@ class Worker:
 
     def _read_now(self, key: str, old_doc: Any, cached: Content | None, *, inline: bool = True) -> Read | None:
         """Read ``key`` here, or hand it to the slow lane (None then: its result comes later)."""
+        looked = _now_us()  # a file found gone was gone at this time at the latest
         try:
             opened = self.tree.open(key)
         except Refused as why:
             self._log_refusal(key, str(why))
-            return GONE
+            return _gone(looked)
         except OSError as exc:
             log.warning("cannot read %s: %s", shown(key), exc)
-            return GONE
+            return _gone(looked)
         if opened is None:
-            return GONE
+            return _gone(looked)
         if cached is not None and cached.still_valid(signature(opened.info)):
             os.close(opened.fd)
             return self._finish(key, cached, old_doc)
@@ -404,13 +450,13 @@ class Worker:
             return self._finish(key, Tree.read(key, opened), old_doc)
         except OSError as exc:
             log.warning("cannot read %s: %s", shown(key), exc)
-            return GONE
+            return _gone(looked)
 
     @staticmethod
     def _finish(key: str, content: Content, old_doc: Any) -> Read:
         """A read's ``Read``: its diff against ``old_doc``, or why there is none."""
         doc = content.doc
-        read = Read(content.checksum, doc, content.size, extra=content)
+        read = Read(content.checksum, doc, content.size, extra=content, version=content.sig.ctime_ns // 1000)
         if doc is None:  # not a structured file
             return read
         if isinstance(doc, structured.Unparsed):
@@ -433,8 +479,18 @@ class Worker:
         log.info("not reading %s: %s", shown(key), why)
 
     def stop(self) -> None:
+        if self._canary_sent is not None:
+            self._canary_seen()  # not seen, but not to be left behind
         if self.observer is not None:
             self.observer.stop()
+
+
+def _now_us() -> int:
+    return time.time_ns() // 1000
+
+
+def _gone(looked: int) -> Read:
+    return Read(None, version=looked)
 
 
 def _representable(pointer_lists: Iterable[list[str]]) -> bool:
@@ -455,8 +511,17 @@ def _stdin_watch(inbox: Inbox) -> None:
     os._exit(0)
 
 
+# The server's event loop first: when both want the CPU (a burst, on a small machine), the
+# worker yields, and clients are served meanwhile; the worker's work waits a little instead.
+NICENESS = 10
+
+
 def main() -> int:
     warnings.filterwarnings("ignore", "Callback with id .* already exists for watch", RuntimeWarning)
+    try:
+        os.nice(NICENESS)
+    except OSError:  # pragma: no cover - not permitted here: run at the server's priority
+        pass
     config = json.loads(sys.stdin.buffer.readline())
     inbox = Inbox()
     output = Output(sys.stdout.buffer, lambda: inbox.put(("room",)))

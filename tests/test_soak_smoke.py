@@ -1,0 +1,71 @@
+"""The soak (scripts/soak.py) in one minute: two real nodes on a private Redis, one shared
+folder, clients with churn, bursts, a node restart and a Redis restart; the checker's verdict.
+
+The run is small (200 clients over 20 tenants) so that it passes on two shared cores; what it
+asserts is the checker's verdict and that the load really happened, never a timing.
+"""
+from __future__ import annotations
+
+import json
+import os
+import signal
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+from tornado_cfgpush.testing import need_program
+
+SOAK = Path(__file__).resolve().parent.parent / "scripts" / "soak.py"
+DURATION = 60
+# Setup, the minute, the catch-up at the end and the checker: about 75 s on two busy cores.
+RUN_TIMEOUT = 210
+# Writes of one path stay 5 s apart: two nodes watching one folder still publish a path's
+# versions out of step when it changes again within their lag, or while Redis is away (issue
+# #19, point 1: rollbacks and duplicates). The full soak finds those; this smoke guards the
+# rest until #19 lands, and then drops --min-rewrite-interval.
+SMALL = ["--duration", str(DURATION), "--clients", "200", "--tenants", "20", "--files-per-tenant", "5",
+         "--burst-every", "10", "--burst-files", "100", "--edits-per-s", "3", "--churn-per-s", "5",
+         "--warmup", "10", "--quiesce-timeout", "45", "--min-rewrite-interval", "5"]
+
+
+@pytest.mark.timeout(RUN_TIMEOUT + 30)
+def test_soak_smoke_a_minute_of_churn_bursts_and_restarts_is_exact(tmp_path):
+    need_program("redis-server")
+    out = tmp_path / "soak.json"
+    # Its own process group: on a timeout one killpg ends it and everything it started.
+    proc = subprocess.Popen([sys.executable, str(SOAK), *SMALL, "--json", str(out)], cwd=tmp_path,
+                            stdin=subprocess.DEVNULL, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+                            start_new_session=True)
+    try:
+        stdout, stderr = proc.communicate(timeout=RUN_TIMEOUT)
+    except subprocess.TimeoutExpired:
+        os.killpg(proc.pid, signal.SIGKILL)
+        stdout, stderr = proc.communicate()
+        pytest.fail(f"soak.py ran over {RUN_TIMEOUT} s; its stderr:\n{stderr[-4000:]}")
+    finally:
+        try:
+            os.killpg(proc.pid, 0)
+        except ProcessLookupError:
+            pass
+        else:
+            os.killpg(proc.pid, signal.SIGKILL)
+            pytest.fail("soak.py left processes running in its group")
+    assert out.exists(), f"exit {proc.returncode}; stderr:\n{stderr[-4000:]}"
+    result = json.loads(out.read_text())
+    verdict = result["verdict"]
+    assert verdict["ok"] and proc.returncode == 0, stdout + stderr[-3000:]
+    assert not Path(result["workdir"]).exists()  # nodes' logs, Redis' folder, the config folder: gone
+    assert result["quiesced"] and result["connected_at_end"] == 200
+
+    # The load really happened: events reached every kind of client, through every incident.
+    counts, load = verdict["counts"], result["load"]
+    assert counts["clients"] == 200 and counts["clients_connected_at_end"] == 200
+    assert load["bursts"] >= 5 and load["edits"] > 0 and load["deletes"] > 0
+    assert counts["events"] > 300 and counts["deliveries"] > 3000
+    assert load["drops"] > 50 and load["connections"] > 200 + load["drops"] // 2
+    incidents = [i["what"] for i in result["incidents"]]
+    assert any("node b restart" in i for i in incidents) and any("redis restart" in i for i in incidents)
+    assert {key.split("#")[0] for key in result["rss"]} == {"a", "b"} and "b#2" in result["rss"]
+    assert "verdict: PASS" in stdout
