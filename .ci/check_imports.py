@@ -21,6 +21,7 @@ is still a dependency) and under ``if TYPE_CHECKING:``. Walls are of two kinds:
 
 A wall holds transitively: ``X never imports Y`` means no chain of imports leads from X to Y.
 """
+
 from __future__ import annotations
 
 import ast
@@ -51,58 +52,96 @@ P = PACKAGE
 PLUGIN_MODULES = ("cfgpush_ticker", "cfgpush_postgres", "cfgpush_webhook")  # plugins/*/ (checked below)
 
 WALLS = (
-    Wall("sources never import handlers or the hub",
-         (f"{P}.sources",), (f"{P}.handlers", f"{P}.hub", f"{P}.app")),
-    Wall("schemas and plugins never import Tornado",
-         (f"{P}.schemas", f"{P}.plugins", f"{P}.hookspecs"), ("tornado",), runtime=True),
-    Wall("the hub never imports marshmallow or plugins",
-         (f"{P}.hub",), ("marshmallow", f"{P}.schemas", f"{P}.plugins", f"{P}.hookspecs", f"{P}.auth",
-                         f"{P}.sources"), runtime=True),
-    Wall("handlers reach the broker only through its interface (broker/__init__.py)",
-         (f"{P}.handlers",), (f"{P}.broker.memory", f"{P}.broker.redis", "redis")),
-    Wall("handlers see the service through ports.py, never app.py",
-         (f"{P}.handlers", f"{P}.ports", f"{P}.metrics"), (f"{P}.app", f"{P}.cli")),
-    Wall("only app.py wires the handlers in",
-         (P,), (f"{P}.handlers",), exempt=(f"{P}.handlers", f"{P}.app", f"{P}.cli", f"{P}.testing")),
-    Wall("the package never imports scripts/ or plugins/",
-         (P,), ("scripts", "bench", *PLUGIN_MODULES)),
-    Wall("the package never imports its pytest plugin",
-         (P,), (f"{P}.testing",), exempt=(f"{P}.testing",)),
-    Wall("the sans-I/O WebSocket core does no I/O",
-         (f"{P}.ws.protocol", f"{P}.ws.frames", f"{P}.ws.deflate"), ("asyncio", "tornado", "socket"),
-         runtime=True),
-    Wall("the filesystem worker process starts light: no Tornado, asyncio or marshmallow",
-         (f"{P}.sources.filesystem.worker",), ("tornado", "asyncio", "marshmallow"), runtime=True,
-         # The package loads the server's side (source.py) only when the server asks for it
-         # (its __getattr__ and its hook), which the worker never does.
-         ignore=((f"{P}.sources.filesystem", f"{P}.sources.filesystem.source"),)),
+    Wall("sources never import handlers or the hub", (f"{P}.sources",), (f"{P}.handlers", f"{P}.hub", f"{P}.app")),
+    Wall(
+        "schemas and plugins never import Tornado",
+        (f"{P}.schemas", f"{P}.plugins", f"{P}.hookspecs"),
+        ("tornado",),
+        runtime=True,
+    ),
+    Wall(
+        "the hub never imports marshmallow or plugins",
+        (f"{P}.hub",),
+        ("marshmallow", f"{P}.schemas", f"{P}.plugins", f"{P}.hookspecs", f"{P}.auth", f"{P}.sources"),
+        runtime=True,
+    ),
+    Wall(
+        "handlers reach the broker only through its interface (broker/__init__.py)",
+        (f"{P}.handlers",),
+        (f"{P}.broker.memory", f"{P}.broker.redis", "redis"),
+    ),
+    Wall(
+        "handlers see the service through ports.py, never app.py",
+        (f"{P}.handlers", f"{P}.ports", f"{P}.metrics"),
+        (f"{P}.app", f"{P}.cli"),
+    ),
+    Wall(
+        "only app.py wires the handlers in",
+        (P,),
+        (f"{P}.handlers",),
+        exempt=(f"{P}.handlers", f"{P}.app", f"{P}.cli", f"{P}.testing"),
+    ),
+    Wall("the package never imports scripts/ or plugins/", (P,), ("scripts", "bench", *PLUGIN_MODULES)),
+    Wall("the package never imports its pytest plugin", (P,), (f"{P}.testing",), exempt=(f"{P}.testing",)),
+    Wall(
+        "the sans-I/O WebSocket core does no I/O",
+        (f"{P}.ws.protocol", f"{P}.ws.frames", f"{P}.ws.deflate"),
+        ("asyncio", "tornado", "socket"),
+        runtime=True,
+    ),
+    Wall(
+        "the filesystem worker process starts light: no Tornado, asyncio or marshmallow",
+        (f"{P}.sources.filesystem.worker",),
+        ("tornado", "asyncio", "marshmallow"),
+        runtime=True,
+        # The package loads the server's side (source.py) only when the server asks for it
+        # (its __getattr__ and its hook), which the worker never does.
+        ignore=((f"{P}.sources.filesystem", f"{P}.sources.filesystem.source"),),
+    ),
 )
 
 
 # The parts from the bottom up (docs/architecture.md, "The parts"): a module imports only modules
 # of its own layer or of the layers before it. A name is a module or a package of modules (the
 # root package: itself only); the longest name that matches a module places it.
-LAYERS: tuple[tuple[str, ...], ...] = tuple(tuple(f"{P}.{m}" if m else P for m in layer) for layer in (
-    ("",),  # the package's face: hookimpl, EventSource, Emit
-    ("rules", "settings", "closing", "events", "ws", "ws.frames", "ws.deflate", "structured", "redaction", "logs",
-     "limits", "loop_health", "signals"),
-    ("ws.protocol",),
-    ("ws.connection",),
-    ("schemas",),
-    ("broker",),
-    ("hub",),
-    ("hookspecs", "plugins", "auth"),
-    ("sources",),
-    ("ports",),
-    ("summary", "metrics"),
-    ("handlers",),
-    ("app",),
-    ("cli", "config_file", "client", "tail"),
-    ("testing",),
-))
+LAYERS: tuple[tuple[str, ...], ...] = tuple(
+    tuple(f"{P}.{m}" if m else P for m in layer)
+    for layer in (
+        ("",),  # the package's face: hookimpl, EventSource, Emit
+        (
+            "rules",
+            "settings",
+            "closing",
+            "events",
+            "ws",
+            "ws.frames",
+            "ws.deflate",
+            "structured",
+            "redaction",
+            "logs",
+            "limits",
+            "loop_health",
+            "signals",
+        ),
+        ("ws.protocol",),
+        ("ws.connection",),
+        ("schemas",),
+        ("broker",),
+        ("hub",),
+        ("hookspecs", "plugins", "auth"),
+        ("sources",),
+        ("ports",),
+        ("summary", "metrics"),
+        ("handlers",),
+        ("app",),
+        ("cli", "config_file", "client", "tail"),
+        ("testing",),
+    )
+)
 
 
 # -- reading the package --------------------------------------------------------------------------
+
 
 @dataclass(frozen=True)
 class Import:
@@ -119,8 +158,9 @@ def module_name(root: Path, path: Path) -> str:
 
 
 def _is_type_checking(test: ast.expr) -> bool:
-    return (isinstance(test, ast.Name) and test.id == "TYPE_CHECKING") or \
-        (isinstance(test, ast.Attribute) and test.attr == "TYPE_CHECKING")
+    return (isinstance(test, ast.Name) and test.id == "TYPE_CHECKING") or (
+        isinstance(test, ast.Attribute) and test.attr == "TYPE_CHECKING"
+    )
 
 
 def imports_of(source: str, module: str, is_package: bool, known: set[str]) -> list[Import]:
@@ -143,7 +183,7 @@ def imports_of(source: str, module: str, is_package: bool, known: set[str]) -> l
         elif isinstance(node, ast.ImportFrom):
             if node.level:
                 base = package.split(".")
-                base = base[:len(base) - (node.level - 1)] if node.level > 1 else base
+                base = base[: len(base) - (node.level - 1)] if node.level > 1 else base
                 prefix = ".".join(base + ([node.module] if node.module else []))
             else:
                 prefix = node.module or ""
@@ -160,11 +200,14 @@ def imports_of(source: str, module: str, is_package: bool, known: set[str]) -> l
 def read_package(root: Path) -> dict[str, tuple[Path, list[Import]]]:
     files = {module_name(root, path): path for path in sorted(root.rglob("*.py"))}
     known = set(files)
-    return {name: (path, imports_of(path.read_text(encoding="utf-8"), name, path.name == "__init__.py", known))
-            for name, path in files.items()}
+    return {
+        name: (path, imports_of(path.read_text(encoding="utf-8"), name, path.name == "__init__.py", known))
+        for name, path in files.items()
+    }
 
 
 # -- checking ---------------------------------------------------------------------------------------
+
 
 def matches(module: str, names: tuple[str, ...]) -> bool:
     return any(module == name or module.startswith(name + ".") for name in names)
@@ -278,8 +321,9 @@ def layer_problems(graph: dict[str, tuple[Path, list[Import]]], layers: tuple[tu
                 continue
             target = layer_of(imp.target, layers)
             if target is not None and target > own:
-                problems.append(f"layers: {module} (layer {own + 1}) imports {imp.target} (layer {target + 1}), "
-                                f"line {imp.line}")
+                problems.append(
+                    f"layers: {module} (layer {own + 1}) imports {imp.target} (layer {target + 1}), line {imp.line}"
+                )
     return problems
 
 
@@ -287,13 +331,19 @@ def cycle_problems(graph: dict[str, tuple[Path, list[Import]]]) -> list[str]:
     problems = []
     for component in find_cycles(graph):
         members = set(component)
-        links = dict.fromkeys(f"{m} -> {imp.target} (line {imp.line}{', TYPE_CHECKING' if imp.type_only else ''})"
-                              for m in component for imp in graph[m][1] if imp.target in members)
+        links = dict.fromkeys(
+            f"{m} -> {imp.target} (line {imp.line}{', TYPE_CHECKING' if imp.type_only else ''})"
+            for m in component
+            for imp in graph[m][1]
+            if imp.target in members
+        )
         problems.append(f"no import cycle: {', '.join(component)} import each other: {'; '.join(links)}")
     return problems
 
 
-def check(root: Path, walls: tuple[Wall, ...] = WALLS, layers: tuple[tuple[str, ...], ...] | None = LAYERS) -> list[str]:
+def check(
+    root: Path, walls: tuple[Wall, ...] = WALLS, layers: tuple[tuple[str, ...], ...] | None = LAYERS
+) -> list[str]:
     graph = read_package(root)
     problems = cycle_problems(graph)
     if layers is not None:

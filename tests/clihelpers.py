@@ -1,4 +1,5 @@
 """``cfgpush-serve`` run to its end in a subprocess, and the one-line error it must end with."""
+
 from __future__ import annotations
 
 import subprocess
@@ -10,8 +11,15 @@ RUN_TIMEOUT = 60.0
 
 
 def run_cli(*args: str, cwd: Path, env: dict[str, str] | None = None) -> subprocess.CompletedProcess:
-    return subprocess.run(COMMAND + list(args), cwd=cwd, env=env if env is not None else clean_env(),
-                          stdin=subprocess.DEVNULL, capture_output=True, text=True, timeout=RUN_TIMEOUT)
+    return subprocess.run(
+        COMMAND + list(args),
+        cwd=cwd,
+        env=env if env is not None else clean_env(),
+        stdin=subprocess.DEVNULL,
+        capture_output=True,
+        text=True,
+        timeout=RUN_TIMEOUT,
+    )
 
 
 def assert_one_error_line(result: subprocess.CompletedProcess, expected: str) -> None:

@@ -2,6 +2,7 @@
 ``wait_for`` come from the pytest plugin ``tornado_cfgpush.testing`` (loaded by the conftest.py
 at the repository's root), which the plugin distributions' tests use too.
 """
+
 from __future__ import annotations
 
 import asyncio
@@ -63,9 +64,14 @@ def cluster(io_loop, settings, redis_server, tmp_path):
         assert isinstance(service.broker, RedisBroker)
         if broker_class is not RedisBroker or broker_kwargs:
             service.broker = broker_class(
-                service.hub.deliver, node_settings.broker, history_size=node_settings.history_size,
-                history_ttl=node_settings.history_ttl, tenants=service.hub.tenants,
-                on_gap=service._history_lost, **broker_kwargs)
+                service.hub.deliver,
+                node_settings.broker,
+                history_size=node_settings.history_size,
+                history_ttl=node_settings.history_ttl,
+                tenants=service.hub.tenants,
+                on_gap=service._history_lost,
+                **broker_kwargs,
+            )
         services.append(service)  # stopped at teardown even if starting fails
         await service.start()
         await service.wait_started()

@@ -1,5 +1,6 @@
 """The filesystem source's tests share these: a subscribed client, one checked event, silence,
 and the running source of the service."""
+
 from __future__ import annotations
 
 import asyncio

@@ -1,5 +1,6 @@
 """Plugins as the tests install them: distributions written into a folder on ``sys.path``, and the
 example third-party plugin (plugins/cfgpush-ticker) when it is installed."""
+
 from __future__ import annotations
 
 import importlib.util
@@ -15,8 +16,9 @@ class Site:
     def __init__(self, root: Path):
         self.root = root
 
-    def add(self, dist: str, entry_points: dict[str, str], modules: dict[str, str] | None = None,
-            folder: str = "") -> None:
+    def add(
+        self, dist: str, entry_points: dict[str, str], modules: dict[str, str] | None = None, folder: str = ""
+    ) -> None:
         where = self.root / folder if folder else self.root
         # The folder name escapes "-" as "_" like an installer does: importlib.metadata tells
         # distributions apart by the name in it, up to the first "-".

@@ -1,4 +1,5 @@
 """A bare Server-Sent Events client on asyncio streams: the test decides when the connection ends."""
+
 from __future__ import annotations
 
 import asyncio
@@ -14,8 +15,17 @@ class RawSSE:
         self.buffer = b""
 
     @classmethod
-    async def connect(cls, port: int, query: str, headers: str = "", path: str = "/events",
-                      timeout: float = 10, *, rcvbuf: int | None = None, version: str = "HTTP/1.1") -> RawSSE:
+    async def connect(
+        cls,
+        port: int,
+        query: str,
+        headers: str = "",
+        path: str = "/events",
+        timeout: float = 10,
+        *,
+        rcvbuf: int | None = None,
+        version: str = "HTTP/1.1",
+    ) -> RawSSE:
         sock = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
         if rcvbuf is not None:
             # Before connect, so the advertised window stays small: a reader that stops
@@ -28,8 +38,10 @@ class RawSSE:
         except BaseException:
             sock.close()
             raise
-        writer.write(f"GET {path}?{query} {version}\r\nHost: 127.0.0.1:{port}\r\n"
-                     f"Accept: text/event-stream\r\n{headers}\r\n".encode("latin-1"))
+        writer.write(
+            f"GET {path}?{query} {version}\r\nHost: 127.0.0.1:{port}\r\n"
+            f"Accept: text/event-stream\r\n{headers}\r\n".encode("latin-1")
+        )
         try:
             head = await asyncio.wait_for(reader.readuntil(b"\r\n\r\n"), timeout)
         except BaseException:
@@ -43,7 +55,7 @@ class RawSSE:
             if not chunk:
                 raise EOFError(self.buffer)
             self.buffer += chunk
-        self.buffer = self.buffer[self.buffer.index(marker) + len(marker):]
+        self.buffer = self.buffer[self.buffer.index(marker) + len(marker) :]
 
     def close(self) -> None:
         self.writer.transport.abort()

@@ -1,5 +1,6 @@
 """Nodes of a cluster in one test process: a ``CfgPush`` on a private redis-server with its own
 HTTP server (the ``cluster`` fixture in tests/conftest.py builds them), and reading their events."""
+
 from __future__ import annotations
 
 from tornado.httpserver import HTTPServer
@@ -24,8 +25,7 @@ class Node:
         return client
 
     def publish(self, tenant_id: str = "acme", path: str = "app.json", **extra):
-        return self.service.publish({"tenant_id": tenant_id, "change_type": "modified", "path": path, **extra},
-                                    "test")
+        return self.service.publish({"tenant_id": tenant_id, "change_type": "modified", "path": path, **extra}, "test")
 
 
 async def read_ids(client: WebSocketClient, count: int, timeout: float = WAIT) -> list[str]:

@@ -3,6 +3,7 @@
 Each node is a real process watching its own copy of the configuration (as two machines
 behind a load balancer would); clients move between them with ``last_event_id``.
 """
+
 from __future__ import annotations
 
 import asyncio
@@ -20,16 +21,28 @@ from tornado_cfgpush.testing.redisserver import WAIT
 @pytest.fixture
 def two_nodes(start, redis_server, config_dir, tmp_path):
     """``await two_nodes()`` -> [(server, port, folder), (server, port, folder)]."""
+
     async def _start():
         nodes = []
         for name in ("a", "b"):
             folder = tmp_path / f"node-{name}"
             shutil.copytree(config_dir, folder)
-            server = start("--port", "0", "--config-dir", str(folder), "--broker", redis_server.url,
-                           "--debounce-ms", "30", "--disable-plugin", "ticker")
+            server = start(
+                "--port",
+                "0",
+                "--config-dir",
+                str(folder),
+                "--broker",
+                redis_server.url,
+                "--debounce-ms",
+                "30",
+                "--disable-plugin",
+                "ticker",
+            )
             port = int((await server.wait_log(LISTENING)).group(1))
             nodes.append((server, port, folder))
         return nodes
+
     return _start
 
 
@@ -112,9 +125,11 @@ async def test_redis_killed_and_restarted_mid_stream_loses_nothing(two_nodes, cl
     assert (await readyz(port_a))[0] == 200
     redis_server.kill()
     for port in (port_a, port_b):
+
         async def not_ready(port=port):
             code, body = await readyz(port)
             return code == 503 and any("redis" in r for r in body["reasons"])
+
         await wait_for_async(not_ready)
     # Clients stay connected and served.
     for client in (on_a, on_b):
@@ -128,8 +143,10 @@ async def test_redis_killed_and_restarted_mid_stream_loses_nothing(two_nodes, cl
     assert (event_a["path"], event_a["change_type"]) == ("app.json", "modified")
     assert await on_b.expect("ConfigChanged", timeout=WAIT) == event_a
     for port in (port_a, port_b):
+
         async def ready(port=port):
             return (await readyz(port))[0] == 200
+
         await wait_for_async(ready)
     # And the stream goes on.
     (folder_b / "acme" / "after.json").write_text("1")
@@ -148,10 +165,23 @@ async def wait_for_async(check, timeout: float = 60.0) -> None:
 
 
 @pytest.mark.gen_test(timeout=180)
-async def test_edits_made_while_the_only_node_was_down_are_published_at_restart(start, redis_server, config_dir,
-                                                                               clients):
-    args = ("--port", "0", "--config-dir", str(config_dir), "--broker", redis_server.url,
-            "--debounce-ms", "30", "--disable-plugin", "ticker", "--publish-token", "publish-token-1")
+async def test_edits_made_while_the_only_node_was_down_are_published_at_restart(
+    start, redis_server, config_dir, clients
+):
+    args = (
+        "--port",
+        "0",
+        "--config-dir",
+        str(config_dir),
+        "--broker",
+        redis_server.url,
+        "--debounce-ms",
+        "30",
+        "--disable-plugin",
+        "ticker",
+        "--publish-token",
+        "publish-token-1",
+    )
     node = start(*args)
     port = int((await node.wait_log(LISTENING)).group(1))
     client = await clients(port)
@@ -161,10 +191,19 @@ async def test_edits_made_while_the_only_node_was_down_are_published_at_restart(
     # Another source's path (here the publish API's): not the filesystem's to delete later.
     http = AsyncHTTPClient(force_instance=True)
     try:
-        await http.fetch(f"http://127.0.0.1:{port}/api/v1/events", method="POST",
-                         headers={"Authorization": "Bearer publish-token-1", "Content-Type": "application/json"},
-                         body=json.dumps({"tenant_id": "acme", "change_type": "created", "path": "from-api.json",
-                                          "checksum": "sha256:" + "e" * 64}))
+        await http.fetch(
+            f"http://127.0.0.1:{port}/api/v1/events",
+            method="POST",
+            headers={"Authorization": "Bearer publish-token-1", "Content-Type": "application/json"},
+            body=json.dumps(
+                {
+                    "tenant_id": "acme",
+                    "change_type": "created",
+                    "path": "from-api.json",
+                    "checksum": "sha256:" + "e" * 64,
+                }
+            ),
+        )
     finally:
         http.close()
     last = (await client.expect("ConfigChanged", timeout=WAIT))["event_id"]

@@ -8,6 +8,7 @@ down), marked ``wait-ok``.
 
 Latencies are printed (``pytest -s``), never asserted: the machine is shared.
 """
+
 from __future__ import annotations
 
 import asyncio
@@ -134,6 +135,7 @@ def summary(payloads) -> set[tuple]:
 
 # -- one save, one event, whatever the editor does ------------------------------------------------
 
+
 def save_in_place(path: Path, data: bytes) -> None:
     with open(path, "wb") as f:  # open('w'): truncates, then writes
         f.write(data)
@@ -152,6 +154,7 @@ def _save_via(tmp_name: str):
         tmp = path.with_name(tmp_name)
         tmp.write_bytes(data)
         os.replace(tmp, path)
+
     return save
 
 
@@ -273,7 +276,10 @@ async def test_nested_paths_are_relative_and_slash_separated(connect, config_dir
     (deep / "limits.json").write_bytes(b'{"rate": 2}')  # the new folder is watched
     event = await change(client)
     assert (event["change_type"], event["path"], event["checksum"]) == (
-        "modified", "billing/eu/limits.json", sha(b'{"rate": 2}'))
+        "modified",
+        "billing/eu/limits.json",
+        sha(b'{"rate": 2}'),
+    )
     await nothing(client)
 
 
@@ -285,16 +291,21 @@ async def test_deleting_a_folder_deletes_each_file(connect, config_dir):
     (sub / "a.json").write_bytes(b"a")
     (sub / "inner" / "b.json").write_bytes(b"b")
     created = [await change(client) for _ in range(2)]
-    assert {(e["change_type"], e["path"]) for e in created} == {("created", "sub/a.json"),
-                                                                ("created", "sub/inner/b.json")}
+    assert {(e["change_type"], e["path"]) for e in created} == {
+        ("created", "sub/a.json"),
+        ("created", "sub/inner/b.json"),
+    }
     shutil.rmtree(sub)
     deleted = [await change(client) for _ in range(2)]
     assert {(e["change_type"], e["path"], e["checksum"]) for e in deleted} == {
-        ("deleted", "sub/a.json", None), ("deleted", "sub/inner/b.json", None)}
+        ("deleted", "sub/a.json", None),
+        ("deleted", "sub/inner/b.json", None),
+    }
     await nothing(client)
 
 
 # -- debounce -------------------------------------------------------------------------------------
+
 
 @pytest.mark.gen_test(timeout=TEST_TIMEOUT)
 async def test_continuous_writer_reports_before_it_stops(connect, config_dir, core):
@@ -328,9 +339,11 @@ async def test_continuous_writer_reports_before_it_stops(connect, config_dir, co
                 break
     finally:
         await task
-    print(f"\n[continuous] {state['writes']} writes in 2 s -> {len(received)} events at "
-          f"{[round(t, 2) for t, _, _ in received]} s (debounce {source.debounce * 1000:.0f} ms, "
-          f"max delay {source.max_delay:.1f} s)")
+    print(
+        f"\n[continuous] {state['writes']} writes in 2 s -> {len(received)} events at "
+        f"{[round(t, 2) for t, _, _ in received]} s (debounce {source.debounce * 1000:.0f} ms, "
+        f"max delay {source.max_delay:.1f} s)"
+    )
     assert received, "no event at all"
     assert received[0][2] is False, "the first event came only after the writer stopped"
     assert all(e["change_type"] == "modified" and e["path"] == "app.json" for _, e, _ in received)
@@ -372,12 +385,16 @@ class TestLongDebounce:
         backup.unlink()
         event = await change(client)
         assert (event["change_type"], event["path"], event["checksum"]) == (
-            "modified", "app.json", sha(b'{"vim": true}'))
+            "modified",
+            "app.json",
+            sha(b'{"vim": true}'),
+        )
         await nothing(client, timeout=0.6)
         assert len(published) == 1
 
 
 # -- renames ----------------------------------------------------------------------------------------
+
 
 @pytest.mark.gen_test(timeout=TEST_TIMEOUT)
 async def test_rename_inside_a_tenant_is_moved(connect, config_dir, published):
@@ -396,7 +413,10 @@ async def test_rename_inside_a_tenant_is_moved(connect, config_dir, published):
     os.rename(acme / "renamed.json", acme / "sub" / "deeper.json")
     event = await change(client)
     assert (event["change_type"], event["path"], event["meta"]) == (
-        "moved", "sub/deeper.json", {"old_path": "renamed.json"})
+        "moved",
+        "sub/deeper.json",
+        {"old_path": "renamed.json"},
+    )
     await nothing(client)
     assert [p["change_type"] for p in published] == ["moved", "moved"]
 
@@ -415,7 +435,11 @@ async def test_rename_into_a_folder_made_just_before_is_moved(connect, config_di
         os.rename(acme / current, acme / new)
         event = await change(client)
         assert (event["change_type"], event["path"], event.get("meta"), event["checksum"]) == (
-            "moved", new, {"old_path": current}, sha(content)), i
+            "moved",
+            new,
+            {"old_path": current},
+            sha(content),
+        ), i
         current = new
     await nothing(client, timeout=0.8)  # watchdog's late Deleted finds nothing to report
     assert [p["change_type"] for p in published] == ["moved"] * 4
@@ -432,7 +456,11 @@ async def test_quick_rename_chains_leave_nothing_behind(connect, config_dir, cor
     os.rename(acme / "b.json", acme / "c.json")
     event = await change(client)
     assert (event["change_type"], event["path"], event.get("meta"), event["checksum"]) == (
-        "moved", "c.json", {"old_path": "app.json"}, sha(content))
+        "moved",
+        "c.json",
+        {"old_path": "app.json"},
+        sha(content),
+    )
     await nothing(client)
     assert source.manifest("acme") == {"c.json": sha(content)}
 
@@ -442,7 +470,11 @@ async def test_quick_rename_chains_leave_nothing_behind(connect, config_dir, cor
     os.rename(acme / "d.json", acme / "e.json")
     event = await change(client)
     assert (event["change_type"], event["path"], event.get("meta"), event["checksum"]) == (
-        "moved", "e.json", {"old_path": "c.json"}, sha(b"changed on the way"))
+        "moved",
+        "e.json",
+        {"old_path": "c.json"},
+        sha(b"changed on the way"),
+    )
     await nothing(client)
     assert source.manifest("acme") == {"e.json": sha(b"changed on the way")}
 
@@ -458,10 +490,15 @@ async def test_rename_of_a_folder_inside_a_tenant_moves_its_files(connect, confi
     os.rename(acme / "old", acme / "new")
     events = [await change(client) for _ in range(2)]
     assert {(e["change_type"], e["path"], (e.get("meta") or {}).get("old_path"), e["checksum"]) for e in events} == {
-        ("moved", "new/a.json", "old/a.json", sha(b"a")), ("moved", "new/b.json", "old/b.json", sha(b"b"))}
+        ("moved", "new/a.json", "old/a.json", sha(b"a")),
+        ("moved", "new/b.json", "old/b.json", sha(b"b")),
+    }
     await nothing(client)
     assert fs_source(core).manifest("acme") == {
-        "app.json": sha_file(acme / "app.json"), "new/a.json": sha(b"a"), "new/b.json": sha(b"b")}
+        "app.json": sha_file(acme / "app.json"),
+        "new/a.json": sha(b"a"),
+        "new/b.json": sha(b"b"),
+    }
 
 
 @pytest.mark.gen_test(timeout=TEST_TIMEOUT)
@@ -473,7 +510,11 @@ async def test_renamed_tenant_folder_is_deleted_in_one_created_in_the_other(conn
     deleted, created = await asyncio.gather(change(old), change(new))
     assert (deleted["tenant_id"], deleted["change_type"], deleted["path"]) == ("acme", "deleted", "app.json")
     assert (created["tenant_id"], created["change_type"], created["path"], created["checksum"]) == (
-        "acme-renamed", "created", "app.json", sha(content))
+        "acme-renamed",
+        "created",
+        "app.json",
+        sha(content),
+    )
     await nothing(old, new)
     (config_dir / "acme-renamed" / "app.json").write_bytes(b"after")  # watched under its new name
     assert (await change(new))["checksum"] == sha(b"after")
@@ -502,10 +543,18 @@ async def test_rename_across_tenants_is_deleted_then_created(connect, config_dir
     os.rename(config_dir / "acme" / "app.json", config_dir / "globex" / "from-acme.json")
     deleted = await change(acme)
     assert (deleted["tenant_id"], deleted["change_type"], deleted["path"], deleted["checksum"]) == (
-        "acme", "deleted", "app.json", None)
+        "acme",
+        "deleted",
+        "app.json",
+        None,
+    )
     created = await change(globex)
     assert (created["tenant_id"], created["change_type"], created["path"], created["checksum"]) == (
-        "globex", "created", "from-acme.json", sha(content))
+        "globex",
+        "created",
+        "from-acme.json",
+        sha(content),
+    )
     assert "meta" not in created
     await nothing(acme, globex)
     # and to a single-file tenant at the top of the config folder
@@ -519,6 +568,7 @@ async def test_rename_across_tenants_is_deleted_then_created(connect, config_dir
 
 # -- layout: single-file tenants, new tenant folders --------------------------------------------------
 
+
 @pytest.mark.gen_test(timeout=TEST_TIMEOUT)
 async def test_single_file_tenant(connect, config_dir, core):
     solo = await subscribe(connect, "solo")
@@ -527,7 +577,11 @@ async def test_single_file_tenant(connect, config_dir, core):
     path.write_bytes(b'{"s": 1}')
     event = await change(solo)
     assert (event["tenant_id"], event["change_type"], event["path"], event["checksum"]) == (
-        "solo", "created", "solo.json", sha(b'{"s": 1}'))
+        "solo",
+        "created",
+        "solo.json",
+        sha(b'{"s": 1}'),
+    )
     assert fs_source(core).manifest("solo") == {"solo.json": sha(b'{"s": 1}')}
     SAVES["vim"](path, b'{"s": 2}')
     event = await change(solo)
@@ -551,7 +605,11 @@ async def test_tenant_folder_created_after_start_is_watched(connect, config_dir)
     event = await change(client)
     report_latency("file right after mkdir", started)
     assert (event["tenant_id"], event["change_type"], event["path"], event["checksum"]) == (
-        "newco", "created", "a.json", sha(b'{"a": 1}'))
+        "newco",
+        "created",
+        "a.json",
+        sha(b'{"a": 1}'),
+    )
     await nothing(client)
     (folder / "a.json").write_bytes(b'{"a": 2}')
     event = await change(client)
@@ -585,9 +643,20 @@ async def test_tree_moved_in_from_outside_is_reported(connect, config_dir, tmp_p
 # -- what is never configuration --------------------------------------------------------------------
 
 IGNORED = [
-    ".app.json.swp", ".app.json.swx", "app.json.swp", "app.json~", "app.json.tmp", "4913",
-    "#app.json#", ".hidden.json", "app.json.bak", "app.json.orig", "app.json___jb_tmp___",
-    "app.json___jb_old___", "app.json.kate-swp", "download.part",
+    ".app.json.swp",
+    ".app.json.swx",
+    "app.json.swp",
+    "app.json~",
+    "app.json.tmp",
+    "4913",
+    "#app.json#",
+    ".hidden.json",
+    "app.json.bak",
+    "app.json.orig",
+    "app.json___jb_tmp___",
+    "app.json___jb_old___",
+    "app.json.kate-swp",
+    "download.part",
 ]
 
 
@@ -647,8 +716,10 @@ async def test_invalid_tenant_folders_give_no_events(connect, config_dir, core, 
     assert core.metrics.rejected_events == {("filesystem", "invalid_path"): 1}
     assert "not a valid tenant id" in caplog.text
     assert "back\\slash.json" in caplog.text and "cannot be published" in caplog.text
-    assert fs_source(core).manifest("acme") == {"app.json": sha_file(config_dir / "acme" / "app.json"),
-                                                "real.json": sha(b"{}")}
+    assert fs_source(core).manifest("acme") == {
+        "app.json": sha_file(config_dir / "acme" / "app.json"),
+        "real.json": sha(b"{}"),
+    }
 
 
 @pytest.mark.gen_test(timeout=TEST_TIMEOUT)
@@ -679,9 +750,11 @@ async def test_non_ascii_and_spaces_in_paths(connect, config_dir):
 
 # -- symbolic links ---------------------------------------------------------------------------------
 
+
 @pytest.mark.gen_test(timeout=TEST_TIMEOUT)
-async def test_symlinks_leading_out_of_the_config_folder_are_not_followed(connect, config_dir, tmp_path,
-                                                                          core, published, start_direct):
+async def test_symlinks_leading_out_of_the_config_folder_are_not_followed(
+    connect, config_dir, tmp_path, core, published, start_direct
+):
     outside = tmp_path / "outside"
     outside.mkdir()
     secret = outside / "secret.json"
@@ -728,11 +801,15 @@ async def test_symlink_to_a_file_inside_is_followed(connect, config_dir):
     os.symlink("app.json", acme / "alias.json")
     event = await change(client)
     assert (event["change_type"], event["path"], event["checksum"]) == (
-        "created", "alias.json", sha_file(acme / "app.json"))
+        "created",
+        "alias.json",
+        sha_file(acme / "app.json"),
+    )
     await nothing(client)
 
 
 # -- tenant isolation -------------------------------------------------------------------------------
+
 
 @pytest.mark.gen_test(timeout=TEST_TIMEOUT)
 async def test_two_tenants_never_cross(connect, config_dir):
@@ -767,6 +844,7 @@ async def test_two_tenants_never_cross(connect, config_dir):
 
 # -- manifest ---------------------------------------------------------------------------------------
 
+
 @pytest.mark.gen_test(timeout=TEST_TIMEOUT)
 async def test_manifest_lists_the_tenants_files(connect, config_dir, core):
     source = fs_source(core)
@@ -794,6 +872,7 @@ async def test_manifest_lists_the_tenants_files(connect, config_dir, core):
 
 
 # -- polling: forced, or because of the inotify watch limit -------------------------------------------
+
 
 def test_choose_observer_kind():
     assert choose_observer_kind(10, 8192) == "inotify"
@@ -865,6 +944,7 @@ async def test_default_observer_is_inotify(core):
 
 # -- restarts: rescan and report what changed while down ----------------------------------------------
 
+
 @pytest.mark.gen_test(timeout=TEST_TIMEOUT)
 async def test_restart_after_cancel_reports_what_changed_while_down(config_dir, start_direct):
     acme = config_dir / "acme"
@@ -897,8 +977,11 @@ async def test_restart_after_cancel_reports_what_changed_while_down(config_dir, 
     }
     await second.nothing()
     assert source.manifest("acme") == {
-        "app.json": sha(b'{"a": "while down"}'), "new.json": sha(b"new"),
-        "same.json": sha(b"same"), "touched.json": sha(b"touched")}
+        "app.json": sha(b'{"a": "while down"}'),
+        "new.json": sha(b"new"),
+        "same.json": sha(b"same"),
+        "touched.json": sha(b"touched"),
+    }
     # and it watches again
     (acme / "app.json").write_bytes(b'{"a": "live"}')
     payload = await second.next()
@@ -944,7 +1027,9 @@ async def test_restart_while_stuck_in_emit_loses_nothing(config_dir, start_direc
     await start_direct(source, second)
     payloads = await second.take(2)
     assert [(p["change_type"], p["path"], p["checksum"]) for p in payloads] == [
-        ("modified", "app.json", sha(b"one")), ("created", "b.json", sha(b"two"))]
+        ("modified", "app.json", sha(b"one")),
+        ("created", "b.json", sha(b"two")),
+    ]
     await second.nothing()
     assert source.manifest("acme") == {"app.json": sha(b"one"), "b.json": sha(b"two")}
 
@@ -977,7 +1062,9 @@ async def test_crashed_source_restarts_and_catches_up(connect, config_dir, core,
     assert resync["manifest"] == {"app.json": sha(b'{"g": 1}')}  # globex's, not yet rescanned
     events = [await change(acme) for _ in range(2)]
     assert [(e["change_type"], e["path"], e["checksum"]) for e in events] == [
-        ("modified", "app.json", sha(b'{"a": "crash"}')), ("created", "new.json", sha(b"new"))]
+        ("modified", "app.json", sha(b'{"a": "crash"}')),
+        ("created", "new.json", sha(b"new")),
+    ]
     event = await change(globex)
     assert (event["change_type"], event["checksum"]) == ("modified", sha(b'{"g": "while down"}'))
     await nothing(acme, globex)
@@ -990,11 +1077,15 @@ async def test_crashed_source_restarts_and_catches_up(connect, config_dir, core,
 
 # -- what changed, for structured files -----------------------------------------------------------
 
-@pytest.mark.parametrize("name, before, after", [
-    ("limits.json", b'{"rate": 10, "burst": 5, "old": 1}', b'{"rate": 20, "burst": 5, "new": {"x": 1}}'),
-    ("limits.toml", b'rate = 10\nburst = 5\nold = 1\n', b'rate = 20\nburst = 5\n[new]\nx = 1\n'),
-    ("limits.yaml", b'rate: 10\nburst: 5\nold: 1\n', b'rate: 20\nburst: 5\nnew: {x: 1}\n'),
-])
+
+@pytest.mark.parametrize(
+    "name, before, after",
+    [
+        ("limits.json", b'{"rate": 10, "burst": 5, "old": 1}', b'{"rate": 20, "burst": 5, "new": {"x": 1}}'),
+        ("limits.toml", b"rate = 10\nburst = 5\nold = 1\n", b"rate = 20\nburst = 5\n[new]\nx = 1\n"),
+        ("limits.yaml", b"rate: 10\nburst: 5\nold: 1\n", b"rate: 20\nburst: 5\nnew: {x: 1}\n"),
+    ],
+)
 @pytest.mark.gen_test(timeout=30)
 async def test_structured_files_say_what_changed_never_the_values(connect, config_dir, name, before, after):
     path = config_dir / "acme" / name
@@ -1036,6 +1127,7 @@ async def test_unstructured_files_get_no_diff(connect, config_dir):
 
 
 # -- links stay in their tenant -------------------------------------------------------------------
+
 
 @pytest.mark.gen_test(timeout=30)
 async def test_links_into_another_tenant_are_not_followed(connect, config_dir, core):

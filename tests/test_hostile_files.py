@@ -1,6 +1,7 @@
 """Issue 5, item 5, the cases tests/test_filesystem_source.py does not already cover: a folder
 link into another tenant, and a tenant folder that is a link to another tenant. Links are
 followed only within their own tenant."""
+
 from __future__ import annotations
 
 import os

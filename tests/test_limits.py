@@ -3,6 +3,7 @@
 /ws and /events share the counts; every refusal and every way a connection ends gives its
 slot back: the counts are checked to return to zero after each scenario, under load too.
 """
+
 from __future__ import annotations
 
 import asyncio
@@ -97,6 +98,7 @@ async def test_zero_means_no_limit(server_port, core):
 
 
 # -- every way out gives the slot back ------------------------------------------------------------
+
 
 @pytest.mark.settings(max_client_rate=3, max_message_size=64)
 @pytest.mark.gen_test(timeout=30)
@@ -196,6 +198,7 @@ async def test_limits_hold_under_load_and_never_leak(server_port, http_url, core
 
 
 # -- query string, headers, handshake timeouts -------------------------------------------------------
+
 
 @pytest.mark.settings(max_query_size=300)
 @pytest.mark.gen_test

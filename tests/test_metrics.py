@@ -1,4 +1,5 @@
 """``/metrics`` (issue 8) and ``/readyz`` against docs/protocol.md section 5, on a real server."""
+
 from __future__ import annotations
 
 import asyncio
@@ -180,8 +181,10 @@ async def test_with_an_admin_token_metrics_need_it(http_client, http_url, core):
         response = await fetch_metrics(http_client, http_url, token)
         assert response.code == 401, response.body
         assert response.headers["WWW-Authenticate"].startswith("Bearer")
-        assert json.loads(response.body)["error"] in ("admin token required (Authorization: Bearer <token>)",
-                                                      "wrong admin token")
+        assert json.loads(response.body)["error"] in (
+            "admin token required (Authorization: Bearer <token>)",
+            "wrong admin token",
+        )
         assert b"cfgpush_" not in response.body
     response = await fetch_metrics(http_client, http_url, ADMIN)
     assert response.code == 200

@@ -5,6 +5,7 @@ folder put on ``sys.path``, found by ``importlib.metadata`` exactly like an inst
 Run-time cases register an in-process plugin through the ``extra_plugins`` fixture and talk to
 the real server over WebSockets.
 """
+
 from __future__ import annotations
 
 import asyncio
@@ -45,6 +46,7 @@ def cfgpush_register_sources(settings):
 
 # -- loading and blocking -------------------------------------------------------------------------
 
+
 def test_builtin_filesystem_is_registered(config_dir):
     pm = get_plugin_manager(load_entry_points=False)
     assert pm.get_plugin("filesystem") is filesystem
@@ -75,16 +77,22 @@ def test_builtin_is_blocked_before_it_is_imported(monkeypatch):
 
 
 def test_entry_point_is_blocked_before_it_is_imported(site):
-    site.add("cfgpush-test-explosive", {"explosive": "cfgpush_test_explosive"},
-             {"cfgpush_test_explosive": 'raise RuntimeError("imported although disabled")\n'})
+    site.add(
+        "cfgpush-test-explosive",
+        {"explosive": "cfgpush_test_explosive"},
+        {"cfgpush_test_explosive": 'raise RuntimeError("imported although disabled")\n'},
+    )
     pm = get_plugin_manager(["explosive"])
     assert not pm.has_plugin("explosive")
     assert "cfgpush_test_explosive" not in sys.modules
 
 
 def test_entry_point_whose_import_fails_is_named(site):
-    site.add("cfgpush-test-explosive", {"explosive": "cfgpush_test_explosive"},
-             {"cfgpush_test_explosive": 'raise RuntimeError("no database driver")\n'})
+    site.add(
+        "cfgpush-test-explosive",
+        {"explosive": "cfgpush_test_explosive"},
+        {"cfgpush_test_explosive": 'raise RuntimeError("no database driver")\n'},
+    )
     with pytest.raises(PluginError) as info:
         get_plugin_manager()
     message = str(info.value)
@@ -106,8 +114,12 @@ def test_entry_point_is_loaded_with_its_distribution(site):
     pm = get_plugin_manager()
     assert pm.get_plugin("good") is sys.modules["cfgpush_test_good"]
     listed = {entry["name"]: entry for entry in describe_plugins(pm)}
-    assert listed["good"] == {"name": "good", "distribution": "cfgpush-test-good", "version": "1.0",
-                              "hooks": ["cfgpush_register_sources"]}
+    assert listed["good"] == {
+        "name": "good",
+        "distribution": "cfgpush-test-good",
+        "version": "1.0",
+        "hooks": ["cfgpush_register_sources"],
+    }
 
 
 def test_entry_point_name_clash_is_refused(site):
@@ -120,8 +132,7 @@ def test_entry_point_name_clash_is_refused(site):
 
 
 def test_entry_point_may_not_take_a_builtin_name(site):
-    site.add("cfgpush-test-impostor", {"filesystem": "cfgpush_test_impostor"},
-             {"cfgpush_test_impostor": GOOD_PLUGIN})
+    site.add("cfgpush-test-impostor", {"filesystem": "cfgpush_test_impostor"}, {"cfgpush_test_impostor": GOOD_PLUGIN})
     with pytest.raises(PluginError) as info:
         get_plugin_manager()
     assert "'filesystem'" in str(info.value)
@@ -140,13 +151,19 @@ def test_one_distribution_seen_twice_on_sys_path_is_loaded_once(site, monkeypatc
 
 
 def test_plugin_with_an_unknown_hook_is_named(site):
-    site.add("cfgpush-test-nope", {"nope": "cfgpush_test_nope"}, {"cfgpush_test_nope": """\
+    site.add(
+        "cfgpush-test-nope",
+        {"nope": "cfgpush_test_nope"},
+        {
+            "cfgpush_test_nope": """\
 from tornado_cfgpush import hookimpl
 
 @hookimpl
 def cfgpush_nope(settings):
     return None
-"""})
+"""
+        },
+    )
     with pytest.raises(PluginError) as info:
         get_plugin_manager()
     assert "'nope'" in str(info.value)
@@ -154,13 +171,19 @@ def cfgpush_nope(settings):
 
 
 def test_plugin_with_wrong_hook_arguments_is_named(site):
-    site.add("cfgpush-test-typo", {"typo": "cfgpush_test_typo"}, {"cfgpush_test_typo": """\
+    site.add(
+        "cfgpush-test-typo",
+        {"typo": "cfgpush_test_typo"},
+        {
+            "cfgpush_test_typo": """\
 from tornado_cfgpush import hookimpl
 
 @hookimpl
 def cfgpush_register_sources(config):
     return []
-"""})
+"""
+        },
+    )
     with pytest.raises(PluginError) as info:
         get_plugin_manager()
     assert "'typo'" in str(info.value)
@@ -318,8 +341,7 @@ async def test_invalid_payload_is_refused_counted_logged_and_never_delivered(con
 
 
 @pytest.mark.gen_test(timeout=60)
-async def test_crashing_source_is_restarted_with_backoff_and_harms_no_one(
-        connect, core, plugin, config_dir, logs):
+async def test_crashing_source_is_restarted_with_backoff_and_harms_no_one(connect, core, plugin, config_dir, logs):
     core.runner.backoff_initial, core.runner.backoff_max = 0.05, 0.4
     client = await connect("acme")
     await client.expect("Welcome")
@@ -339,7 +361,7 @@ async def test_crashing_source_is_restarted_with_backoff_and_harms_no_one(
     # Backoff: run k+1 starts at least half of min(initial * 2**k, max) after run k.
     runs = plugin.crasher.runs[:5]
     for k, (before, after) in enumerate(itertools.pairwise(runs)):
-        least = min(0.05 * 2 ** k, 0.4) / 2
+        least = min(0.05 * 2**k, 0.4) / 2
         assert after - before >= least - 0.002, f"restart {k + 1} came after {after - before:.3f} s"
     assert core.runner.restarts["crasher"] >= 4
 
@@ -412,8 +434,7 @@ async def test_source_whose_run_returns_is_not_restarted(connect, core, plugin, 
 
 # -- meta: every hook documented and tested (datasette's test_docs.py) ------------------------------
 
-HOOKS = sorted(name for name, obj in vars(hookspecs).items()
-               if getattr(obj, f"{PROJECT_NAME}_spec", None) is not None)
+HOOKS = sorted(name for name, obj in vars(hookspecs).items() if getattr(obj, f"{PROJECT_NAME}_spec", None) is not None)
 
 
 def test_hookspecs_are_found():
@@ -437,11 +458,13 @@ def test_every_hook_has_a_complete_docstring(hook):
 def test_every_hook_is_documented_in_readme_or_docs(hook):
     readme = ROOT / "README.md"
     if not readme.is_file():
-        pytest.fail(f"README.md is missing at {readme}: its plugin guide must have a section for each hook "
-                    f"({', '.join(HOOKS)})")
+        pytest.fail(
+            f"README.md is missing at {readme}: its plugin guide must have a section for each hook ({', '.join(HOOKS)})"
+        )
     pages = [readme, *sorted((ROOT / "docs").glob("*.md"))]
-    assert any(hook in page.read_text(encoding="utf-8") for page in pages), \
+    assert any(hook in page.read_text(encoding="utf-8") for page in pages), (
         f"{hook} is not documented in README.md or docs/*.md"
+    )
 
 
 @pytest.mark.parametrize("hook", HOOKS)

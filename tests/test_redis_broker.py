@@ -4,6 +4,7 @@ Every test starts its own ``redis-server`` (free port, no persistence, a tempora
 directory) and kills it at teardown; each node is a ``CfgPush`` with its own ``RedisBroker``
 and its own HTTP server, and each watches its own copy of the configuration folder.
 """
+
 from __future__ import annotations
 
 import asyncio
@@ -185,7 +186,9 @@ async def test_clients_moving_between_nodes_see_every_event_once_or_a_resync(clu
         log = published[homes[i]]
         while position[i] < len(log):
             event = await clients[i].expect("ConfigChanged", WAIT)
-            assert (event["tenant_id"], event["event_id"]) == (homes[i], log[position[i]]), "gap, duplicate or reordering"
+            assert (event["tenant_id"], event["event_id"]) == (homes[i], log[position[i]]), (
+                "gap, duplicate or reordering"
+            )
             position[i] += 1
 
     def last_seen(i: int) -> str | None:
@@ -388,7 +391,7 @@ async def test_an_outage_longer_than_the_history_ends_in_a_resync(cluster, redis
             break
         received.append(message["ConfigChanged"]["event_id"])
     assert (message["Resync"]["reason"], message["Resync"]["last_event_id"]) == ("history_expired", missed[-1])
-    assert received == missed[len(missed) - len(received):]
+    assert received == missed[len(missed) - len(received) :]
 
 
 @pytest.mark.gen_test(timeout=120)
@@ -420,8 +423,10 @@ async def test_cross_node_latency(cluster):
     samples.sort()
     p50 = statistics.median(samples)
     p99 = samples[int(len(samples) * 0.99) - 1]
-    print(f"\ncross-node delivery (publish on A -> client of B), {len(samples)} events: "
-          f"p50 {p50:.2f} ms, p99 {p99:.2f} ms, max {samples[-1]:.2f} ms")
+    print(
+        f"\ncross-node delivery (publish on A -> client of B), {len(samples)} events: "
+        f"p50 {p50:.2f} ms, p99 {p99:.2f} ms, max {samples[-1]:.2f} ms"
+    )
 
 
 @pytest.mark.gen_test(timeout=120)
@@ -458,7 +463,9 @@ async def test_resumes_in_a_storm_share_reads_and_decoded_events_but_never_cross
     assert (await a.broker.catch_up("acme", start["acme"])).events[-1].event_id == later
 
     # Over real sockets: resuming clients of both tenants, all at once.
-    clients = await asyncio.gather(*(a.connect(t, last_event_id=start[t]) for t in ("acme", "globex") for _ in range(10)))
+    clients = await asyncio.gather(
+        *(a.connect(t, last_event_id=start[t]) for t in ("acme", "globex") for _ in range(10))
+    )
     for client, tenant in zip(clients, ["acme"] * 10 + ["globex"] * 10, strict=True):
         await welcomed(client)
         expected = published[tenant] + ([later] if tenant == "acme" else [])

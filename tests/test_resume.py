@@ -1,4 +1,5 @@
 """Resume: nothing missed, nothing twice, or an explicit Resync (docs/protocol.md section 2)."""
+
 import asyncio
 import itertools
 
@@ -74,10 +75,13 @@ async def test_resync_when_history_expired_by_age(connect, core):
     assert await read_events(fresh, 1) == [newest]
 
 
-@pytest.mark.parametrize("since, reason", [
-    ("1-5", "unknown_epoch"),       # an earlier server run
-    ("{epoch}-99", "unknown_event_id"),  # from the future
-])
+@pytest.mark.parametrize(
+    "since, reason",
+    [
+        ("1-5", "unknown_epoch"),  # an earlier server run
+        ("{epoch}-99", "unknown_event_id"),  # from the future
+    ],
+)
 @pytest.mark.gen_test
 async def test_resync_for_ids_of_another_epoch_or_unknown(connect, core, since, reason):
     await publish(core)
@@ -91,6 +95,7 @@ async def test_manifest_in_welcome_on_request(connect, core, config_dir):
     client = await connect("acme", manifest="1")
     welcome = await client.expect("Welcome")
     import hashlib
+
     digest = hashlib.sha256((config_dir / "acme" / "app.json").read_bytes()).hexdigest()
     assert welcome["manifest"] == {"app.json": f"sha256:{digest}"}
     plain = await connect("acme")
@@ -211,7 +216,9 @@ async def _scenario(ws_url, core, ops, tenants, homes):
     last = [None, None, None]
 
     async def join(i, since):
-        client = clients[i] = await WebSocketClient.open(ws_url, homes[i], **({"last_event_id": since} if since else {}))
+        client = clients[i] = await WebSocketClient.open(
+            ws_url, homes[i], **({"last_event_id": since} if since else {})
+        )
         welcome = await client.expect("Welcome")
         log = published[homes[i]]
         assert welcome["last_event_id"] == (log[-1] if log else None)

@@ -1,4 +1,5 @@
 """``/events`` (Server-Sent Events) over a real HTTP connection, parsed as the spec says."""
+
 import pytest
 
 from tornado_cfgpush.testing import publish, wait_for
@@ -76,17 +77,22 @@ async def test_ping_comments_every_interval(connect_sse, core):
     assert core.hub.heartbeat_closes == 0
 
 
-@pytest.mark.parametrize("query, reason", [
-    ({"tenant_id": ""}, "tenant_id must not be empty"),
-    ({"tenant_id": "a/b"}, "tenant_id may contain only"),
-    ({"tenant_id": "acme", "last_event_id": "x"}, "last_event_id must look like"),
-])
+@pytest.mark.parametrize(
+    "query, reason",
+    [
+        ({"tenant_id": ""}, "tenant_id must not be empty"),
+        ({"tenant_id": "a/b"}, "tenant_id may contain only"),
+        ({"tenant_id": "acme", "last_event_id": "x"}, "last_event_id must look like"),
+    ],
+)
 @pytest.mark.gen_test
 async def test_same_refusals_as_ws(http_client, http_url, query, reason):
     from urllib.parse import urlencode
+
     response = await http_client.fetch(f"{http_url}/events?{urlencode(query)}", raise_error=False)
     assert response.code == 400
     import json
+
     assert json.loads(response.body)["error"].startswith(reason)
 
 

@@ -1,4 +1,5 @@
 """``GET /api/v1/tenants/<id>``: connections, newest event, convergence (admin token)."""
+
 import json
 
 import pytest
@@ -20,8 +21,15 @@ async def status(http_client, http_url, tenant="acme", token=TOKEN):
 async def test_convergence_counts_clients_that_acked_the_newest_event(http_client, http_url, connect, core):
     code, body = await status(http_client, http_url)
     assert code == 200
-    assert body == {"tenant_id": "acme", "connections": 0, "connections_by_transport": {}, "observers": 0,
-                    "clients": 0, "last_event_id": None, "converged": 0}
+    assert body == {
+        "tenant_id": "acme",
+        "connections": 0,
+        "connections_by_transport": {},
+        "observers": 0,
+        "clients": 0,
+        "last_event_id": None,
+        "converged": 0,
+    }
     clients = [await connect("acme") for _ in range(3)]
     for client in clients:
         await client.expect("Welcome")
@@ -49,9 +57,13 @@ async def three_views(http_client, http_url, tenant="acme"):
     listed = json.loads((await http_client.fetch(f"{http_url}/api/v1/tenants", headers=headers)).body)
     dashboard = next(t for t in listed["tenants"] if t["tenant_id"] == tenant)
     text = (await http_client.fetch(f"{http_url}/metrics", headers=headers)).body.decode()
-    metrics = {sample.labels["transport"]: int(sample.value)
-               for family in text_string_to_metric_families(text) if family.name == "cfgpush_connections"
-               for sample in family.samples if sample.labels.get("tenant") == tenant}
+    metrics = {
+        sample.labels["transport"]: int(sample.value)
+        for family in text_string_to_metric_families(text)
+        if family.name == "cfgpush_connections"
+        for sample in family.samples
+        if sample.labels.get("tenant") == tenant
+    }
     return status_api, dashboard, metrics
 
 
@@ -71,9 +83,19 @@ async def test_the_status_api_the_dashboard_and_the_metrics_agree(http_client, h
         await stream.expect("Welcome")
         await observer.expect("Welcome")
         status_api, dashboard, metrics = await three_views(http_client, http_url)
-        assert status_api == dashboard == {
-            "tenant_id": "acme", "connections": 4, "connections_by_transport": {"ws": 3, "sse": 1},
-            "observers": 1, "clients": 3, "last_event_id": None, "converged": 3}
+        assert (
+            status_api
+            == dashboard
+            == {
+                "tenant_id": "acme",
+                "connections": 4,
+                "connections_by_transport": {"ws": 3, "sse": 1},
+                "observers": 1,
+                "clients": 3,
+                "last_event_id": None,
+                "converged": 3,
+            }
+        )
         assert metrics == status_api["connections_by_transport"]
 
         event_id = await publish(core)
@@ -104,11 +126,14 @@ async def test_sse_clients_are_counted_by_transport(http_client, http_url, core)
 
 
 @pytest.mark.settings(admin_token=TOKEN)
-@pytest.mark.parametrize("token, code, fragment", [
-    (None, 401, "admin token required"),
-    ("wrong", 401, "wrong admin token"),
-    (TOKEN + "x", 401, "wrong admin token"),
-])
+@pytest.mark.parametrize(
+    "token, code, fragment",
+    [
+        (None, 401, "admin token required"),
+        ("wrong", 401, "wrong admin token"),
+        (TOKEN + "x", 401, "wrong admin token"),
+    ],
+)
 @pytest.mark.gen_test
 async def test_admin_token_is_required(http_client, http_url, core, token, code, fragment):
     got, body = await status(http_client, http_url, token=token)

@@ -15,6 +15,7 @@ Replaced by public APIs, their behaviour checked here too: ``RequestHandler._rea
 (``auth.cross_site_refused``), ``IOStream._write_buffer`` (``IOStream.writing()`` and
 ``max_write_buffer_size``; the SSE backlog bound is tested in tests/test_slow_client.py).
 """
+
 from __future__ import annotations
 
 import asyncio
@@ -29,8 +30,10 @@ from tornado.iostream import IOStream
 
 from .rawws import RawWebSocket
 
-UPGRADE = (b"GET /ws?tenant_id=acme HTTP/1.1\r\nHost: x\r\nUpgrade: websocket\r\nConnection: Upgrade\r\n"
-           b"Sec-WebSocket-Key: dGhlIHNhbXBsZSBub25jZQ==\r\nSec-WebSocket-Version: 13\r\n\r\n")
+UPGRADE = (
+    b"GET /ws?tenant_id=acme HTTP/1.1\r\nHost: x\r\nUpgrade: websocket\r\nConnection: Upgrade\r\n"
+    b"Sec-WebSocket-Key: dGhlIHNhbXBsZSBub25jZQ==\r\nSec-WebSocket-Version: 13\r\n\r\n"
+)
 
 
 def client_frame(payload: bytes) -> bytes:
@@ -65,7 +68,7 @@ async def test_tornado_private_chunking_output_frames_sse_as_tornado_does(server
     writer.write(f"GET /events?tenant_id=acme {version}\r\nHost: x\r\n\r\n".encode())
     try:
         head = await asyncio.wait_for(reader.readuntil(b"\r\n\r\n"), 5)
-        welcome = b'event: Welcome\ndata: '
+        welcome = b"event: Welcome\ndata: "
         if version == "HTTP/1.1":
             assert b"Transfer-Encoding: chunked" in head
             size = int(await asyncio.wait_for(reader.readuntil(b"\r\n"), 5), 16)
@@ -75,7 +78,7 @@ async def test_tornado_private_chunking_output_frames_sse_as_tornado_does(server
             assert b"Transfer-Encoding" not in head
             message = await asyncio.wait_for(reader.readuntil(b"\n\n"), 5)
             assert message.startswith(welcome)
-            assert json.loads(message[len(welcome):])["tenant_id"] == "acme"
+            assert json.loads(message[len(welcome) :])["tenant_id"] == "acme"
     finally:
         writer.transport.abort()
 
@@ -97,14 +100,19 @@ async def test_tornado_private_request_summary_names_the_request_in_tornados_log
         ws.close()
 
 
-@pytest.mark.parametrize("method, path, status, reason", [
-    ("PUT", "/ws?tenant_id=acme", 405, "Method Not Allowed"),  # Tornado's HTTPError(405), no message
-    ("GET", "/no/such/path", 404, "no such endpoint"),  # ours, with a message for the client
-])
+@pytest.mark.parametrize(
+    "method, path, status, reason",
+    [
+        ("PUT", "/ws?tenant_id=acme", 405, "Method Not Allowed"),  # Tornado's HTTPError(405), no message
+        ("GET", "/no/such/path", 404, "no such endpoint"),  # ours, with a message for the client
+    ],
+)
 @pytest.mark.gen_test
-async def test_errors_answer_json_with_the_reason_without_tornados_private_reason(http_client, http_url, method,
-                                                                                     path, status, reason):
-    response = await http_client.fetch(http_url + path, method=method, raise_error=False,
-                                       body=b"" if method == "PUT" else None)
+async def test_errors_answer_json_with_the_reason_without_tornados_private_reason(
+    http_client, http_url, method, path, status, reason
+):
+    response = await http_client.fetch(
+        http_url + path, method=method, raise_error=False, body=b"" if method == "PUT" else None
+    )
     assert (response.code, json.loads(response.body)) == (status, {"error": reason})
     assert response.headers["Content-Type"] == "application/json; charset=UTF-8"

@@ -59,6 +59,7 @@ The rules the server keeps for you:
 
 Every hook is specified, with its arguments, in :mod:`tornado_cfgpush.hookspecs`.
 """
+
 from __future__ import annotations
 
 from collections.abc import Iterable
@@ -74,6 +75,7 @@ PROJECT_NAME = "cfgpush"
 hookimpl = pluggy.HookimplMarker(PROJECT_NAME)
 """Marks a function as an implementation of a ``cfgpush_*`` hook."""
 
+
 class Emit(Protocol):
     """What a source's ``run`` receives (see the guide above)."""
 
@@ -87,8 +89,9 @@ class Emit(Protocol):
         """Events of ``tenant_ids`` (None: of any tenant) may be lost: their clients resync."""
         ...  # pragma: no cover - a protocol
 
-    async def skipped(self, tenant_id: str, what: str, why: str, reason: str = "invalid", *,
-                      resync: bool = True) -> None:
+    async def skipped(
+        self, tenant_id: str, what: str, why: str, reason: str = "invalid", *, resync: bool = True
+    ) -> None:
         """A change of ``what`` of ``tenant_id`` cannot be published, ``why`` in words: logged
         once, counted under ``reason``, and (``resync``) that tenant's clients resync."""
         ...  # pragma: no cover - a protocol

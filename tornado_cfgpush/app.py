@@ -3,6 +3,7 @@
 ``CfgPush`` knows nothing of the HTTP server that serves it, so tests run it under
 pytest-tornado's ``http_server`` and the CLI under its own ``HTTPServer``.
 """
+
 from __future__ import annotations
 
 import asyncio
@@ -44,8 +45,7 @@ class StartupError(Exception):
 class CfgPush:
     """One node's service: validate -> publish -> deliver, for every source."""
 
-    def __init__(self, settings: Settings, plugin_manager: PluginManager | None = None,
-                 broker: Broker | None = None):
+    def __init__(self, settings: Settings, plugin_manager: PluginManager | None = None, broker: Broker | None = None):
         self.settings = settings
         self.pm = plugin_manager if plugin_manager is not None else get_plugin_manager(settings.disabled_plugins)
         self.hub = Hub(heartbeat_interval=settings.heartbeat_interval, heartbeat_timeout=settings.heartbeat_timeout)
@@ -59,13 +59,22 @@ class CfgPush:
     def _make_broker(self) -> Broker:
         settings = self.settings
         if not settings.broker:
-            return MemoryBroker(self.hub.deliver, history_size=settings.history_size,
-                                history_ttl=settings.history_ttl, history_max_bytes=settings.history_max_bytes)
+            return MemoryBroker(
+                self.hub.deliver,
+                history_size=settings.history_size,
+                history_ttl=settings.history_ttl,
+                history_max_bytes=settings.history_max_bytes,
+            )
         from .broker.redis import RedisBroker  # redis-py is an optional dependency
 
-        return RedisBroker(self.hub.deliver, settings.broker, history_size=settings.history_size,
-                           history_ttl=settings.history_ttl, tenants=self.hub.tenants,
-                           on_gap=self._history_lost)
+        return RedisBroker(
+            self.hub.deliver,
+            settings.broker,
+            history_size=settings.history_size,
+            history_ttl=settings.history_ttl,
+            tenants=self.hub.tenants,
+            on_gap=self._history_lost,
+        )
 
     def _history_lost(self, tenant_id: str, reason: str = HISTORY_EXPIRED) -> None:
         """The shared history dropped events before this node delivered them (an outage
@@ -86,9 +95,14 @@ class CfgPush:
         duplicates = {n for n in names if names.count(n) > 1}
         if duplicates:
             raise ValueError(f"two event sources share the name(s): {', '.join(sorted(duplicates))}")
-        self.runner = SourceRunner(sources, self.publish, publish_many=self.publish_many, gap=self.source_gap,
-                                   published_states=self.broker.published_states,
-                                   count_rejected=self.metrics.rejected)
+        self.runner = SourceRunner(
+            sources,
+            self.publish,
+            publish_many=self.publish_many,
+            gap=self.source_gap,
+            published_states=self.broker.published_states,
+            count_rejected=self.metrics.rejected,
+        )
         self.runner.start()
         self.hub.start()
         self.loop_lag.start()
@@ -109,8 +123,12 @@ class CfgPush:
             await self.runner.stop()
         sources = loop.time()
         await self.broker.stop()
-        log.info("stopped: clients closed in %.2f s, sources in %.2f s, broker in %.2f s",
-                 closed - started, sources - closed, loop.time() - sources)
+        log.info(
+            "stopped: clients closed in %.2f s, sources in %.2f s, broker in %.2f s",
+            closed - started,
+            sources - closed,
+            loop.time() - sources,
+        )
 
     async def publish(self, payload: dict[str, Any], source: str | None = None, *, version: int | None = None) -> str:
         """The one path of every event: schema, then broker (which delivers).
@@ -129,8 +147,9 @@ class CfgPush:
         self.metrics.published(counted, fields["tenant_id"])
         return event_id
 
-    async def publish_many(self, payloads: list[dict[str, Any]], source: str,
-                           versions: list[int | None] | None = None) -> list[str | ValidationError]:
+    async def publish_many(
+        self, payloads: list[dict[str, Any]], source: str, versions: list[int | None] | None = None
+    ) -> list[str | ValidationError]:
         """``publish`` for many events at once, in order: with a shared broker one round trip
         for all of them (the time a batch takes does not depend on the link's latency). Each
         result is the event id, or the ``ValidationError`` of a payload the schema refused."""
@@ -181,8 +200,13 @@ class CfgPush:
             except Exception:  # one tenant's failure must not keep the others from their Resync
                 log.exception("sending Resync to the clients of tenant %s failed", tenant_id)
                 continue
-            log.info("sent Resync (%s from %s) to %d clients of tenant %s",
-                     reason, source, self.hub.connection_count(tenant_id), tenant_id)
+            log.info(
+                "sent Resync (%s from %s) to %d clients of tenant %s",
+                reason,
+                source,
+                self.hub.connection_count(tenant_id),
+                tenant_id,
+            )
 
     def degraded_reasons(self) -> list[str]:
         """Why this node serves worse than it should, while still serving (empty: fine)."""
@@ -194,7 +218,9 @@ class CfgPush:
             for source in self.runner.sources:
                 behind = self.runner.publish_lag(source)
                 if behind > PUBLISH_LAG_DEGRADED:
-                    reasons.append(f"source {source.name} is {behind:.1f} s behind publishing (a slow or unreachable broker)")
+                    reasons.append(
+                        f"source {source.name} is {behind:.1f} s behind publishing (a slow or unreachable broker)"
+                    )
         return reasons
 
     def not_ready_reasons(self) -> list[str]:
@@ -258,8 +284,14 @@ def log_request(handler: web.RequestHandler) -> None:
     level = logging.INFO if status < 400 else logging.WARNING if status < 500 else logging.ERROR
     request = handler.request
     logging.getLogger("tornado.access").log(
-        level, "%d %s %s (%s) %.2fms", status, request.method, request.path, request.remote_ip,
-        1000.0 * request.request_time())
+        level,
+        "%d %s %s (%s) %.2fms",
+        status,
+        request.method,
+        request.path,
+        request.remote_ip,
+        1000.0 * request.request_time(),
+    )
 
 
 # Pending connections the kernel queues for us (capped by net.core.somaxconn). Tornado's
@@ -285,8 +317,12 @@ def server_options(settings: Settings) -> dict[str, Any]:
     }
 
 
-async def serve(settings: Settings, plugin_manager: PluginManager | None = None,
-                stop: asyncio.Event | None = None, sockets: list[socket.socket] | None = None) -> None:
+async def serve(
+    settings: Settings,
+    plugin_manager: PluginManager | None = None,
+    stop: asyncio.Event | None = None,
+    sockets: list[socket.socket] | None = None,
+) -> None:
     """Run until SIGTERM/SIGINT (or ``stop`` is set); then close clients with 1001 and return."""
     stop = stop or asyncio.Event()
     loop = asyncio.get_running_loop()

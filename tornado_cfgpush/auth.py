@@ -24,6 +24,7 @@ It also holds the other request checks that are about who may talk to the server
 (``--allowed-origin``), hosts (``--allowed-host``), tokens in requests, and keeping tokens out
 of every log line, Tornado's own included (``MalformedRequestRedactor``).
 """
+
 from __future__ import annotations
 
 import functools
@@ -60,6 +61,7 @@ NUMERIC_DATE_CLAIMS = ("exp", "nbf", "iat")
 
 # -- the decision ---------------------------------------------------------------------------------
 
+
 @dataclass(frozen=True)
 class Decision:
     """What ``cfgpush_authorize`` answers.
@@ -90,6 +92,7 @@ def auth_enabled(settings: Settings) -> bool:
 
 
 # -- keys -----------------------------------------------------------------------------------------
+
 
 class KeyProblem(ValueError):
     """A key, key file or algorithm setting that cannot be used; the message says why."""
@@ -131,7 +134,7 @@ def load_jwks(path: Path) -> dict[str | None, tuple[Any, str]]:
     except ValueError:
         raise KeyProblem(f"{str(path)!r} is not JSON") from None
     if not isinstance(document, dict) or not isinstance(document.get("keys"), list) or not document["keys"]:
-        raise KeyProblem(f"{str(path)!r} is not a JWKS: expected {{\"keys\": [...]}} with at least one key")
+        raise KeyProblem(f'{str(path)!r} is not a JWKS: expected {{"keys": [...]}} with at least one key')
     keys: dict[str | None, tuple[Any, str]] = {}
     for index, entry in enumerate(document["keys"]):
         if not isinstance(entry, dict):
@@ -245,8 +248,11 @@ class Verifier:
             return Decision.deny(401, f"token algorithm is not accepted for this key (expected {key_alg})")
         try:
             claims = jwt.decode(
-                token, key, algorithms=[key_alg],
-                issuer=settings.jwt_issuer, audience=settings.jwt_audience,
+                token,
+                key,
+                algorithms=[key_alg],
+                issuer=settings.jwt_issuer,
+                audience=settings.jwt_audience,
                 options={"require": ["exp"], "verify_aud": settings.jwt_audience is not None},
             )
         except jwt.ExpiredSignatureError:
@@ -288,8 +294,7 @@ def verifier(settings: Settings) -> Verifier:
     return Verifier(settings)
 
 
-def decide(hook: Callable[..., Any], settings: Settings, request: Any, tenant_id: str,
-           token: str | None) -> Decision:
+def decide(hook: Callable[..., Any], settings: Settings, request: Any, tenant_id: str, token: str | None) -> Decision:
     """The answer of ``hook`` (the ``cfgpush_authorize`` hook caller) for one subscriber: a
     plugin that raises refuses (503), never allows; no answer allows only while no JWT key is
     set."""
@@ -310,9 +315,9 @@ def decide(hook: Callable[..., Any], settings: Settings, request: Any, tenant_id
 
 # -- the built-in hook implementation -------------------------------------------------------------
 
+
 @hookimpl(trylast=True)
-def cfgpush_authorize(settings: Settings, request: HTTPServerRequest, tenant_id: str,
-                      token: str | None) -> Decision:
+def cfgpush_authorize(settings: Settings, request: HTTPServerRequest, tenant_id: str, token: str | None) -> Decision:
     if not auth_enabled(settings):
         return Decision.allow()
     try:
@@ -324,6 +329,7 @@ def cfgpush_authorize(settings: Settings, request: HTTPServerRequest, tenant_id:
 
 
 # -- tokens in requests and logs ------------------------------------------------------------------
+
 
 def bearer(request: HTTPServerRequest) -> str | None:
     """The token of ``Authorization: Bearer <token>``, or None."""
@@ -369,7 +375,7 @@ def _split_origin(text: str) -> tuple[str | None, str, int | None]:
     host, port = text, None
     if text.startswith("["):  # IPv6 literal
         end = text.find("]")
-        host, rest = text[:end + 1], text[end + 1:]
+        host, rest = text[: end + 1], text[end + 1 :]
         if rest:
             if not rest.startswith(":") or not rest[1:].isdigit():
                 raise ValueError("bad port")
@@ -402,8 +408,9 @@ def parse_origin(text: str) -> str:
     if not _HOST_RE.match(name) or "*" in name:
         raise ValueError(f"allowed origin {original!r}: expected https://host[:port] or *.example.com")
     if wildcard and "." not in name:
-        raise ValueError(f"allowed origin {original!r}: a pattern needs a domain of two labels at least "
-                         "(*.example.com, not *.com)")
+        raise ValueError(
+            f"allowed origin {original!r}: a pattern needs a domain of two labels at least (*.example.com, not *.com)"
+        )
     if not wildcard and scheme is None:
         raise ValueError(f"allowed origin {original!r}: an exact origin needs its scheme (https://{host})")
     shown = (f"{scheme}://" if scheme else "") + host + (f":{port}" if port is not None else "")
@@ -469,6 +476,7 @@ def cross_site_refused(headers: Any, allowed_origins: Iterable[str]) -> bool:
 # is same-origin to every Origin check. Only the Host header tells such a request apart, so with
 # --allowed-host the server answers only for the names it is reached by.
 
+
 def _split_host(text: str) -> tuple[str, int | None]:
     """``(host, port or None)`` of a Host header value or an ``--allowed-host``, lowercased,
     without the trailing dot of a fully qualified name (the same name)."""
@@ -493,8 +501,9 @@ def parse_host(text: str) -> str:
     if not _HOST_RE.match(name) or "*" in name:
         raise ValueError(f"allowed host {original!r}: expected a host name or address, or *.example.com")
     if wildcard and "." not in name:
-        raise ValueError(f"allowed host {original!r}: a pattern needs a domain of two labels at least "
-                         "(*.example.com, not *.com)")
+        raise ValueError(
+            f"allowed host {original!r}: a pattern needs a domain of two labels at least (*.example.com, not *.com)"
+        )
     return host + (f":{port}" if port is not None else "")
 
 
@@ -537,9 +546,15 @@ def host_refusal(request: HTTPServerRequest, allowed_hosts: Iterable[str]) -> st
 # Tornado errors that quote what the client sent after a fixed text: the text is kept, the
 # value withheld (tornado/httputil.py, tornado/http1connection.py).
 _VALUE_AFTER = (
-    "Invalid header name", "Invalid header value", "Invalid Host header", "Multiple host headers not allowed",
-    "Invalid query string", "Multiple unequal Content-Lengths", "Only integer Content-Length is allowed",
-    "Unsupported Transfer-Encoding", "invalid gzip data",
+    "Invalid header name",
+    "Invalid header value",
+    "Invalid Host header",
+    "Multiple host headers not allowed",
+    "Invalid query string",
+    "Multiple unequal Content-Lengths",
+    "Only integer Content-Length is allowed",
+    "Unsupported Transfer-Encoding",
+    "invalid gzip data",
 )
 _LEADING_WORDS = re.compile(r"[A-Za-z][A-Za-z0-9 ,-]*")
 
@@ -550,7 +565,7 @@ def describe_input_error(error: object) -> str:
     text = str(error)
     for prefix in _VALUE_AFTER:
         if text.startswith(prefix):
-            return prefix + (" (value withheld)" if text[len(prefix):].strip(" :") else "")
+            return prefix + (" (value withheld)" if text[len(prefix) :].strip(" :") else "")
     found = _LEADING_WORDS.match(text)  # a message we do not know: its leading words only
     kept = found.group(0).rstrip(" ,-") if found else ""
     return (kept or "malformed request") + (" (value withheld)" if len(kept) < len(text.strip()) else "")
@@ -585,6 +600,7 @@ _install_malformed_request_redactor()
 
 
 # -- flag parsers (cli.py's SETTING_FLAGS) --------------------------------------------------------
+
 
 def parse_algorithm(text: str) -> str:
     value = text.strip().upper()
@@ -633,6 +649,5 @@ def parse_tokens(what: str, min_length: int = 8):
         if short:
             raise ValueError(f"each {what} must be at least {min_length} characters")
         return tuple(dict.fromkeys(tokens))
+
     return parse
-
-

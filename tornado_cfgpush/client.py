@@ -26,6 +26,7 @@ raises ``SubscribeError``. Use ``async with subscribe(...) as events:`` to close
 connection the moment the block ends (a ``break`` out of a bare ``async for`` closes it when
 the generator is collected).
 """
+
 from __future__ import annotations
 
 import asyncio
@@ -128,8 +129,9 @@ class _Reconnect(Exception):
         self.dead = dead  # the peer is silent: abort the socket rather than wait for its close frame
 
 
-def backoff_delay(attempt: int, low: float = BACKOFF_MIN, high: float = BACKOFF_MAX,
-                  rng: Callable[[], float] = random.random) -> float:
+def backoff_delay(
+    attempt: int, low: float = BACKOFF_MIN, high: float = BACKOFF_MAX, rng: Callable[[], float] = random.random
+) -> float:
     """Full jitter: uniform in ``[0, min(high, low * 2**attempt)]``, so clients dropped at
     once (a server restart) come back spread over the window instead of all together."""
     return rng() * min(high, low * 2 ** min(attempt, 30))
@@ -170,12 +172,26 @@ def _retrieve(future: asyncio.Future[Any]) -> None:
 class Subscription:
     """An async iterable of one tenant's events across reconnects; see the module docstring."""
 
-    def __init__(self, url: str, tenant_id: str, *, last_event_id: str | None = None, token: str | None = None,
-                 get_token: TokenSource | None = None, manifest: bool = False, welcome: bool = False,
-                 headers: dict[str, str] | None = None, backoff_min: float = BACKOFF_MIN,
-                 backoff_max: float = BACKOFF_MAX, stable_after: float = 5.0, connect_timeout: float = 10.0,
-                 refresh_lead: float = 30.0, max_queue: int = 10_000, ack_interval: float = ACK_INTERVAL,
-                 on_status: Callable[[str, dict], None] | None = None):
+    def __init__(
+        self,
+        url: str,
+        tenant_id: str,
+        *,
+        last_event_id: str | None = None,
+        token: str | None = None,
+        get_token: TokenSource | None = None,
+        manifest: bool = False,
+        welcome: bool = False,
+        headers: dict[str, str] | None = None,
+        backoff_min: float = BACKOFF_MIN,
+        backoff_max: float = BACKOFF_MAX,
+        stable_after: float = 5.0,
+        connect_timeout: float = 10.0,
+        refresh_lead: float = 30.0,
+        max_queue: int = 10_000,
+        ack_interval: float = ACK_INTERVAL,
+        on_status: Callable[[str, dict], None] | None = None,
+    ):
         self.url = ws_url(url)
         self.tenant_id = tenant_id
         self.last_event_id = last_event_id  # applied (acknowledged)
@@ -282,13 +298,18 @@ class Subscription:
             query["token"] = self.token
         if self.manifest:
             query["manifest"] = "1"
-        request = HTTPRequest(f"{self.url}?{urlencode(query)}", headers=self.headers,
-                              connect_timeout=self.connect_timeout, request_timeout=self.connect_timeout)
+        request = HTTPRequest(
+            f"{self.url}?{urlencode(query)}",
+            headers=self.headers,
+            connect_timeout=self.connect_timeout,
+            request_timeout=self.connect_timeout,
+        )
         inbox: asyncio.Queue[str | bytes | None] = asyncio.Queue()
         self._inbox = inbox
         try:
-            conn = await asyncio.wait_for(websocket_connect(request, on_message_callback=inbox.put_nowait),
-                                          self.connect_timeout)
+            conn = await asyncio.wait_for(
+                websocket_connect(request, on_message_callback=inbox.put_nowait), self.connect_timeout
+            )
         except HTTPClientError as exc:
             reason = _error_reason(exc)
             if exc.code == 400 or (exc.code in (401, 403) and self.get_token is None):
@@ -313,8 +334,15 @@ class Subscription:
             self._cursor = newest = welcome.last_event_id
             if not first and newest is not None:
                 # No id to resume from (the tenant had no event yet) and events came meanwhile.
-                yield Resync(self.tenant_id, newest, "no_resume_point",
-                             raw={"tenant_id": self.tenant_id, "last_event_id": newest, "reason": "no_resume_point"}), newest
+                yield (
+                    Resync(
+                        self.tenant_id,
+                        newest,
+                        "no_resume_point",
+                        raw={"tenant_id": self.tenant_id, "last_event_id": newest, "reason": "no_resume_point"},
+                    ),
+                    newest,
+                )
             else:
                 yield (welcome if self.yield_welcome else None), newest
         else:
@@ -393,17 +421,39 @@ class Subscription:
             return message
         if not isinstance(message, dict) or len(message) != 1:
             return None
-        (kind, inside), = message.items()
+        ((kind, inside),) = message.items()
         body: Any = inside if isinstance(inside, dict) else {}
         if kind == "ConfigChanged":
-            return ConfigChanged(**{k: body.get(k) for k in ("tenant_id", "change_type", "event_id", "path", "checksum",
-                                                             "timestamp", "source", "diff", "meta")}, raw=body)
+            return ConfigChanged(
+                **{
+                    k: body.get(k)
+                    for k in (
+                        "tenant_id",
+                        "change_type",
+                        "event_id",
+                        "path",
+                        "checksum",
+                        "timestamp",
+                        "source",
+                        "diff",
+                        "meta",
+                    )
+                },
+                raw=body,
+            )
         if kind == "Resync":
-            return Resync(body.get("tenant_id"), body.get("last_event_id"), body.get("reason", ""),
-                          body.get("manifest"), raw=body)
+            return Resync(
+                body.get("tenant_id"), body.get("last_event_id"), body.get("reason", ""), body.get("manifest"), raw=body
+            )
         if kind == "Welcome":
-            return Welcome(body.get("tenant_id"), body.get("last_event_id"), body.get("heartbeat_interval", 5),
-                           body.get("protocol", 1), body.get("manifest"), raw=body)
+            return Welcome(
+                body.get("tenant_id"),
+                body.get("last_event_id"),
+                body.get("heartbeat_interval", 5),
+                body.get("protocol", 1),
+                body.get("manifest"),
+                raw=body,
+            )
         return kind  # "Pong", "Refreshed", "Error"
 
     # -- helpers -----------------------------------------------------------------------------

@@ -8,6 +8,7 @@ default; this module reads the file, adds the plugins' options (``cfgpush_add_op
 that merge, and prints the result. Errors are ``ValueError`` whose message names the file and
 key; the CLI reports them in one line with exit status 2.
 """
+
 from __future__ import annotations
 
 import argparse
@@ -56,8 +57,9 @@ class ConfigFile:
         values: dict[str, Any] = {}
         for key, value in data.items():
             if isinstance(value, dict):
-                raise ValueError(f"{path}: [{key}] is a table; every setting is a top-level key "
-                                 "(write it above any [table])")
+                raise ValueError(
+                    f"{path}: [{key}] is a table; every setting is a top-level key (write it above any [table])"
+                )
             name = key.replace("_", "-")
             if name in values:
                 raise ValueError(f"{path}: {key!r} is given twice")
@@ -90,17 +92,20 @@ class ConfigFile:
         known = {f.lstrip("-") for f in flags}
         unknown = sorted(set(self.values) - known)
         if unknown:
-            raise ValueError(f"{self.path}: unknown key {', '.join(map(repr, unknown))} "
-                             f"(keys are the flags without '--': {', '.join(sorted(known))})")
+            raise ValueError(
+                f"{self.path}: unknown key {', '.join(map(repr, unknown))} "
+                f"(keys are the flags without '--': {', '.join(sorted(known))})"
+            )
 
 
 # -- plugins' options -------------------------------------------------------------------------------
 
+
 @dataclasses.dataclass
 class PluginOption:
     action: argparse.Action
-    flag: str      # the long option string, e.g. --postgres-dsn
-    default: Any   # the plugin's default, used when no flag, variable or key gives a value
+    flag: str  # the long option string, e.g. --postgres-dsn
+    default: Any  # the plugin's default, used when no flag, variable or key gives a value
 
     @property
     def dest(self) -> str:
@@ -129,9 +134,14 @@ def add_plugin_options(parser: argparse.ArgumentParser, pm: Any) -> list[PluginO
     return options
 
 
-def plugin_values(options: list[PluginOption], args: argparse.Namespace, environ: dict[str, str],
-                  config: ConfigFile, env_name: Callable[[str], str],
-                  origins: dict[str, str]) -> dict[str, Any]:
+def plugin_values(
+    options: list[PluginOption],
+    args: argparse.Namespace,
+    environ: dict[str, str],
+    config: ConfigFile,
+    env_name: Callable[[str], str],
+    origins: dict[str, str],
+) -> dict[str, Any]:
     """``settings.extra``: each option's value, flag > environment > file > its default."""
     extra: dict[str, Any] = {}
     for option in options:
@@ -179,6 +189,7 @@ def _convert(option: PluginOption, text: str) -> Any:
 
 # -- --print-config ----------------------------------------------------------------------------------
 
+
 def _toml(value: Any) -> str:
     if isinstance(value, bool):
         return "true" if value else "false"
@@ -189,11 +200,18 @@ def _toml(value: Any) -> str:
     return json.dumps(str(value))
 
 
-def render(settings: Any, origins: dict[str, str], setting_flags: dict[str, tuple], secret_fields: set[str],
-           options: list[PluginOption]) -> str:
+def render(
+    settings: Any,
+    origins: dict[str, str],
+    setting_flags: dict[str, tuple],
+    secret_fields: set[str],
+    options: list[PluginOption],
+) -> str:
     """The effective configuration as a TOML file ``--config`` accepts, each key's origin beside it."""
-    lines = ["# cfgpush-serve: the effective configuration (flag > environment > file > default).",
-             f"# Secrets read {REDACTED}. Each comment says where the value came from."]
+    lines = [
+        "# cfgpush-serve: the effective configuration (flag > environment > file > default).",
+        f"# Secrets read {REDACTED}. Each comment says where the value came from.",
+    ]
 
     def line(key: str, value: Any, origin: str, secret: bool) -> None:
         if value is None:
@@ -214,6 +232,10 @@ def render(settings: Any, origins: dict[str, str], setting_flags: dict[str, tupl
         lines.append("")
         lines.append("# Plugins' options (cfgpush_add_options), in settings.extra")
         for option in options:
-            line(option.flag.lstrip("-"), settings.extra.get(option.dest), origins.get(option.dest, "default"),
-                 option.secret)
+            line(
+                option.flag.lstrip("-"),
+                settings.extra.get(option.dest),
+                origins.get(option.dest, "default"),
+                option.secret,
+            )
     return "\n".join(lines) + "\n"

@@ -4,6 +4,7 @@ An event is encoded when it is published, once: the JSON text of ``{"ConfigChang
 and, lazily, the WebSocket frame that carries it. Every connection of the tenant is then
 written the very same bytes (encoding per recipient doubles the CPU per delivery).
 """
+
 from __future__ import annotations
 
 import json

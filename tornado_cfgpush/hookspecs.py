@@ -4,6 +4,7 @@ Hooks are called with keyword arguments only. Implementations run last-registere
 so a third-party plugin's implementation runs before the built-in ones; the built-in
 defaults of hooks that return one answer (``firstresult``) are ``trylast``.
 """
+
 from __future__ import annotations
 
 from typing import TYPE_CHECKING
@@ -39,8 +40,9 @@ def cfgpush_register_sources(settings: Settings) -> list[EventSource]:
 
 
 @hookspec(firstresult=True)
-def cfgpush_authorize(settings: Settings, request: HTTPServerRequest, tenant_id: str,
-                      token: str | None) -> Decision | None:
+def cfgpush_authorize(
+    settings: Settings, request: HTTPServerRequest, tenant_id: str, token: str | None
+) -> Decision | None:
     """Decide whether a subscriber may receive ``tenant_id``'s events (``firstresult``).
 
     Called for every ``/ws`` and ``/events`` request that passed the tenant-id and Origin

@@ -6,6 +6,7 @@ the event's prepared bytes to its sink (handlers/subscription.py). No Task, coro
 Future is created per recipient. Its counters change only through its own methods:
 ``deliver`` counts deliveries, ``leave`` counts why connections ended.
 """
+
 from __future__ import annotations
 
 import asyncio
@@ -166,8 +167,12 @@ class Hub:
         for sub in tuple(subs):  # a copy: a close removes the subscription from its slice
             last_seen = sub.last_seen
             if last_seen < deadline:
-                log.info("closing silent connection (tenant %s, no frame for %.1f s)", sub.tenant_id,
-                         now - last_seen, extra={"tenant": sub.tenant_id, "connection": getattr(sub, "conn_id", None)})
+                log.info(
+                    "closing silent connection (tenant %s, no frame for %.1f s)",
+                    sub.tenant_id,
+                    now - last_seen,
+                    extra={"tenant": sub.tenant_id, "connection": getattr(sub, "conn_id", None)},
+                )
                 sub.close(CloseReason.HEARTBEAT_TIMEOUT)
             else:
                 sub.ping()

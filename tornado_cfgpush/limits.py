@@ -4,6 +4,7 @@ A subscriber takes a ``Slot`` after every other check passed and gives it back e
 whatever ends the connection (``Slot.release`` is idempotent): counts never leak. Everything
 runs on the IOLoop, so plain integers suffice.
 """
+
 from __future__ import annotations
 
 from typing import TYPE_CHECKING

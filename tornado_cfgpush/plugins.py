@@ -3,6 +3,7 @@
 ``get_plugin_manager()`` is a factory, not an import-time global (pluggy's eggsample):
 each server, test or ``--plugins`` listing builds its own.
 """
+
 from __future__ import annotations
 
 import importlib
@@ -49,8 +50,9 @@ def known_plugin_names() -> set[str]:
     return set(BUILTIN_PLUGINS) | {ep.name for ep, _ in _entry_points()}
 
 
-def get_plugin_manager(disabled: Iterable[str] = (), *, load_entry_points: bool = True,
-                       extra_plugins: Iterable[tuple[str, object]] = ()) -> CfgPushPluginManager:
+def get_plugin_manager(
+    disabled: Iterable[str] = (), *, load_entry_points: bool = True, extra_plugins: Iterable[tuple[str, object]] = ()
+) -> CfgPushPluginManager:
     """Build a plugin manager.
 
     :param disabled: plugin names to block before anything is loaded (``--disable-plugin``).

@@ -6,6 +6,7 @@ whole ``CfgPush``. ``app.CfgPush`` implements them all; ``app.make_app`` hands i
 ``handlers.default_handlers``, and mypy checks there that it fits. A test or a plugin may hand
 the handlers anything else that fits.
 """
+
 from __future__ import annotations
 
 from collections.abc import Iterable, Sequence

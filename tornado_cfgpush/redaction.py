@@ -5,6 +5,7 @@ log line and ``--print-config`` (a broker URL or a plugin's DSN may carry a pass
 messages that quote a bad value. Settings that are secrets as a whole (``--admin-token``, ...)
 print as ``REDACTED`` without asking this module.
 """
+
 from __future__ import annotations
 
 import re
@@ -17,8 +18,7 @@ SECRET_PARAMS = frozenset({"token", "access_token", "password"})
 _AUTHORITY = re.compile(r"(?P<scheme>[A-Za-z][A-Za-z0-9+.-]*://)(?P<authority>[^/?#\s]*)")
 # libpq's key=value connection strings: password=secret, or password='a quoted secret'. Not a
 # value this module wrote already (a ?password= it redacted as a query parameter).
-_LIBPQ_PASSWORD = re.compile(r"(password\s*=\s*)(?!" + re.escape(REDACTED) + r")('(?:[^'\\]|\\.)*'|\S+)",
-                             re.IGNORECASE)
+_LIBPQ_PASSWORD = re.compile(r"(password\s*=\s*)(?!" + re.escape(REDACTED) + r")('(?:[^'\\]|\\.)*'|\S+)", re.IGNORECASE)
 
 
 def redact(text: str) -> str:

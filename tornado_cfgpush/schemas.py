@@ -9,6 +9,7 @@ Unknown fields are refused everywhere (marshmallow's default ``RAISE``; set agai
 holds to the wire rule (``rules.wire_string_error``: valid Unicode, no lone surrogate), so
 nothing accepted here can fail to encode later, after it was stored.
 """
+
 from __future__ import annotations
 
 import json
@@ -227,15 +228,15 @@ def parse_client_message(text: str) -> tuple[str, dict]:
     try:
         message = json.loads(text)
     except ValueError:
-        raise ValidationError("not JSON: expected \"Ping\", {\"Ping\": {...}} or {\"Ack\": {...}}.") from None
+        raise ValidationError('not JSON: expected "Ping", {"Ping": {...}} or {"Ack": {...}}.') from None
     except RecursionError:
         raise ValidationError(f"the message is {TOO_DEEP}.") from None
     if message == "Ping":
         return "Ping", {}
     if not isinstance(message, dict):
-        raise ValidationError("expected \"Ping\", {\"Ping\": {...}} or {\"Ack\": {...}}.")
+        raise ValidationError('expected "Ping", {"Ping": {...}} or {"Ack": {...}}.')
     loaded = client_message_schema.load(message)
-    (kind, body), = loaded.items()
+    ((kind, body),) = loaded.items()
     return kind, body or {}
 
 

@@ -2,6 +2,7 @@
 
 Defaults live here and only here; ``cli.py`` derives its flags' defaults from this class.
 """
+
 from __future__ import annotations
 
 import dataclasses
@@ -121,8 +122,10 @@ class Settings:
             raise ValueError("publish_rate and publish_burst must not be negative")
         keys = [name for name in ("jwt_secret", "jwt_public_key", "jwks") if getattr(self, name)]
         if len(keys) > 1:
-            raise ValueError("give one JWT key only: --jwt-secret, --jwt-public-key or --jwks, not "
-                             + " and ".join("--" + k.replace("_", "-") for k in keys))
+            raise ValueError(
+                "give one JWT key only: --jwt-secret, --jwt-public-key or --jwks, not "
+                + " and ".join("--" + k.replace("_", "-") for k in keys)
+            )
         if self.jwt_algorithm and self.jwt_secret and self.jwt_algorithm != "HS256":
             raise ValueError(f"--jwt-algorithm {self.jwt_algorithm} needs --jwt-public-key or --jwks, not --jwt-secret")
         if self.jwt_algorithm == "HS256" and (self.jwt_public_key or self.jwks):

@@ -17,6 +17,7 @@ the watcher for long or blow up in memory.
 
 Past a bound the event still goes out, without ``diff``, and ``parse`` says why (``Unparsed``).
 """
+
 from __future__ import annotations
 
 import json

@@ -6,6 +6,7 @@ newest event, all of them while it has none. A dashboard watching the tenant (it
 carries ``OBSERVER_HEADER``) is an observer, not a client applying the configuration: it counts
 among the connections, never among the clients, so it never holds convergence back.
 """
+
 from __future__ import annotations
 
 from collections.abc import Iterable
@@ -67,5 +68,6 @@ def summarize(tenant_id: str, subs: Iterable[Subscriber], last_event_id: str | N
         converged = len(clients)
     else:
         converged = sum(1 for sub in clients if sub.acked == last_event_id)
-    return TenantSummary(tenant_id, count_by_transport(subs), len(subs) - len(clients), len(clients),
-                         last_event_id, converged)
+    return TenantSummary(
+        tenant_id, count_by_transport(subs), len(subs) - len(clients), len(clients), last_event_id, converged
+    )

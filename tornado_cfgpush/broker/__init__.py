@@ -3,6 +3,7 @@
 The handlers know only this interface; the embedded broker (``memory``) is the default and
 a shared one (Redis) fits behind the same four calls.
 """
+
 from __future__ import annotations
 
 import abc

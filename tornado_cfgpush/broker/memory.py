@@ -21,6 +21,7 @@ numbers its events above every seq of the dropped ones (``_floor``), so an id a 
 holds from before can only be answered with ``Resync``, or, when it was its tenant's very
 last, with exactly what followed.
 """
+
 from __future__ import annotations
 
 import asyncio
@@ -176,8 +177,13 @@ class MemoryBroker(Broker):
             self._sweeper = None
 
     def state(self) -> BrokerState:
-        return BrokerState(tenants=len(self._tenants), history_bytes=self.bytes, dropped=dict(self.dropped),
-                           evicted_events=self.evicted_events, forgotten=len(self._forgotten))
+        return BrokerState(
+            tenants=len(self._tenants),
+            history_bytes=self.bytes,
+            dropped=dict(self.dropped),
+            evicted_events=self.evicted_events,
+            forgotten=len(self._forgotten),
+        )
 
     # -- publish --------------------------------------------------------------------------------
 
@@ -393,8 +399,11 @@ class MemoryBroker(Broker):
         log = self._live_log(tenant_id, self._clock())
         if log is None:
             return {}
-        return {path: None if state == "deleted" else state
-                for path, (state, _, by, _) in log.last_by_path.items() if by == source and state}
+        return {
+            path: None if state == "deleted" else state
+            for path, (state, _, by, _) in log.last_by_path.items()
+            if by == source and state
+        }
 
     async def catch_up(self, tenant_id: str, since: str | None) -> Catchup:
         newest = self.newest_event_id(tenant_id)

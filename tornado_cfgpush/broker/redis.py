@@ -30,6 +30,7 @@ are then answered as ``unknown_event_id`` (or ``history_expired`` once the new s
 are trimmed). There is no epoch. Tested on Redis 7.0; uses nothing newer than 6.2
 (exclusive ranges, ``MINID``).
 """
+
 from __future__ import annotations
 
 import asyncio
@@ -218,8 +219,12 @@ class RedisBroker(Broker):
         # minute against a stalled server), and a retried publish could append twice.
         # Callers get BrokerUnavailable within seconds instead.
         self._timeout = socket_timeout
-        options = dict(decode_responses=True, socket_timeout=socket_timeout,
-                       socket_connect_timeout=socket_timeout, retry=Retry(NoBackoff(), 0))
+        options = dict(
+            decode_responses=True,
+            socket_timeout=socket_timeout,
+            socket_connect_timeout=socket_timeout,
+            retry=Retry(NoBackoff(), 0),
+        )
         self._redis = aioredis.from_url(url, **options)
         # The listener's own pool: its reconnects never disturb (or borrow) command connections.
         self._listener_redis = aioredis.from_url(url, **options)
@@ -293,9 +298,11 @@ class RedisBroker(Broker):
         try:
             async with self._redis.pipeline(transaction=False) as pipe:
                 for fields, version in items:
-                    await self._publish(keys=[self._key(fields["tenant_id"], "history"),
-                                              self._key(fields["tenant_id"], "paths")],
-                                        args=self._publish_args(fields, version), client=pipe)
+                    await self._publish(
+                        keys=[self._key(fields["tenant_id"], "history"), self._key(fields["tenant_id"], "paths")],
+                        args=self._publish_args(fields, version),
+                        client=pipe,
+                    )
                 return await pipe.execute()
         except RedisError as exc:
             # Timeouts are ambiguous (the scripts may have run): a retry of a checksummed event
@@ -305,16 +312,28 @@ class RedisBroker(Broker):
     def _publish_args(self, fields: dict[str, Any], version: int | None) -> list[Any]:
         old_path = (fields.get("meta") or {}).get("old_path")
         moved_from = old_path if fields["change_type"] == "moved" and isinstance(old_path, str) else ""
-        return [encode_json(fields), fields.get("path") or "", _dedupe_key(fields) or "", moved_from,
-                self.history_size, _ms(self.history_ttl), self.channel, fields.get("source") or "",
-                _ms(self.record_ttl), NEWEST_FIELD, "" if version is None else str(int(version)), EPOCH_FIELD,
-                uuid.uuid4().hex]
+        return [
+            encode_json(fields),
+            fields.get("path") or "",
+            _dedupe_key(fields) or "",
+            moved_from,
+            self.history_size,
+            _ms(self.history_ttl),
+            self.channel,
+            fields.get("source") or "",
+            _ms(self.record_ttl),
+            NEWEST_FIELD,
+            "" if version is None else str(int(version)),
+            EPOCH_FIELD,
+            uuid.uuid4().hex,
+        ]
 
     async def _read_stream(self, tenant_id: str, after: str, count: int | None):
         try:
             newest, first, entries, now_ms, epoch = await self._read(
                 keys=[self._key(tenant_id, "history"), self._key(tenant_id, "paths")],
-                args=[after, "" if count is None else count, NEWEST_FIELD, EPOCH_FIELD])
+                args=[after, "" if count is None else count, NEWEST_FIELD, EPOCH_FIELD],
+            )
         except RedisError as exc:
             raise BrokerUnavailable(f"redis unavailable: {exc}") from exc
         self._last_epoch = epoch or None
@@ -441,8 +460,9 @@ class RedisBroker(Broker):
         newest, _, entries, _ = await self._read_stream(tenant_id, _fmt(cursor), None)
         self._deliver_entries(tenant_id, cursor, entries, parse_event_id(newest) if newest else None)
 
-    def _deliver_entries(self, tenant_id: str, cursor: tuple[int, int], entries: list,
-                         newest_id: tuple[int, int] | None = None) -> None:
+    def _deliver_entries(
+        self, tenant_id: str, cursor: tuple[int, int], entries: list, newest_id: tuple[int, int] | None = None
+    ) -> None:
         # A gap: the first entry after the cursor does not follow it, or there is none though
         # the tenant's newest id is past the cursor (the stream expired with what followed it).
         gap = entries[0][1] != cursor if entries else newest_id is not None and newest_id > cursor
@@ -452,8 +472,9 @@ class RedisBroker(Broker):
         if gap and not entries and tenant_id in self._cursor and self._cursor[tenant_id] < newest_id:
             self._cursor[tenant_id] = newest_id  # nothing up to it can be delivered any more
         if gap:
-            log.warning("tenant %s: events after %s were trimmed before this node delivered them",
-                        tenant_id, _fmt(cursor))
+            log.warning(
+                "tenant %s: events after %s were trimmed before this node delivered them", tenant_id, _fmt(cursor)
+            )
             if self._on_gap is not None:
                 self._on_gap(tenant_id, HISTORY_EXPIRED)
 
@@ -523,7 +544,7 @@ class RedisBroker(Broker):
             await asyncio.sleep(CURSOR_SWEEP_INTERVAL)
             tenant_ids = list(self._cursor)
             for start in range(0, len(tenant_ids), CURSOR_SWEEP_SLICE):
-                self.forget_idle_cursors(tenant_ids[start:start + CURSOR_SWEEP_SLICE])
+                self.forget_idle_cursors(tenant_ids[start : start + CURSOR_SWEEP_SLICE])
                 await asyncio.sleep(0)
 
     # -- the pub/sub listener ---------------------------------------------------------------------

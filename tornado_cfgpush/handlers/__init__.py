@@ -1,4 +1,5 @@
 """HTTP and WebSocket handlers; ``default_handlers(core)`` lists the routes."""
+
 from __future__ import annotations
 
 from typing import TYPE_CHECKING

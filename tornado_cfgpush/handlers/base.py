@@ -4,6 +4,7 @@ a log line; the APIs' Host and bearer-token checks (``check_host``, ``check_toke
 query-string size, Origin, authorization (``cfgpush_authorize``), connection limits; and the
 ``Lease`` an admitted subscriber holds.
 """
+
 from __future__ import annotations
 
 import logging
@@ -47,8 +48,9 @@ class JsonErrorsMixin(web.RequestHandler):
             # log_message is ours (raised with a reason meant for the client).
             reason = error.log_message % error.args if error.args else error.log_message
         else:  # the status line's reason, as Tornado's send_error chose it
-            reason = (error.reason if isinstance(error, web.HTTPError) else None) or \
-                httputil.responses.get(status_code, "Unknown")
+            reason = (error.reason if isinstance(error, web.HTTPError) else None) or httputil.responses.get(
+                status_code, "Unknown"
+            )
         if status_code >= 500:
             reason = "internal server error"
         self.set_header("Content-Type", "application/json; charset=UTF-8")
@@ -108,8 +110,7 @@ def check_host(handler: Any) -> None:
         raise Refused(421, misdirected)
 
 
-def check_token(handler: Any, expected: str | Iterable[str] | None, what: str,
-                wrong_status: int = 401) -> str:
+def check_token(handler: Any, expected: str | Iterable[str] | None, what: str, wrong_status: int = 401) -> str:
     """Refuse unless the request bears ``expected`` (or one of several), compared in constant
     time with each; return the token it bears.
 
@@ -123,11 +124,15 @@ def check_token(handler: Any, expected: str | Iterable[str] | None, what: str,
         raise Refused(403, f"the {what} API is disabled on this server (no {what} token configured)")
     given = bearer(handler.request)
     if given is None:
-        raise Refused(401, f"{what} token required (Authorization: Bearer <token>)",
-                      {"WWW-Authenticate": 'Bearer realm="cfgpush"'})
+        raise Refused(
+            401,
+            f"{what} token required (Authorization: Bearer <token>)",
+            {"WWW-Authenticate": 'Bearer realm="cfgpush"'},
+        )
     if not matches_any(given, expected):
-        raise Refused(wrong_status, f"wrong {what} token",
-                      {"WWW-Authenticate": 'Bearer realm="cfgpush", error="invalid_token"'})
+        raise Refused(
+            wrong_status, f"wrong {what} token", {"WWW-Authenticate": 'Bearer realm="cfgpush", error="invalid_token"'}
+        )
     return given
 
 
@@ -220,8 +225,13 @@ class AdmissionMixin:
         try:
             slot = self.core.limits.acquire(self.request.remote_ip or "", tenant_id)
         except LimitReached as limit:
-            log.warning("refused %s (%s): %s limit reached, tenant %s", self.request.path,
-                        self.request.remote_ip, limit.scope, tenant_id)
+            log.warning(
+                "refused %s (%s): %s limit reached, tenant %s",
+                self.request.path,
+                self.request.remote_ip,
+                limit.scope,
+                tenant_id,
+            )
             raise Refused(limit.status, limit.reason, {"Retry-After": "1" if limit.status == 429 else "5"}) from None
         self.lease = Lease(self.core, self.request, decision, slot)
         return self.lease

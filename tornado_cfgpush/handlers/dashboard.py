@@ -5,6 +5,7 @@ The pages are static files of the package (``tornado_cfgpush/static``): no templ
 step. The admin token is typed into the page and sent in an ``Authorization`` header only;
 nothing the dashboard needs puts it in a URL.
 """
+
 from __future__ import annotations
 
 import asyncio
@@ -23,8 +24,10 @@ if TYPE_CHECKING:  # pragma: no cover
 STATIC_DIR = Path(__file__).resolve().parent.parent / "static"
 
 # The dashboard's own policy: only its own scripts, styles and connections; no framing.
-DASHBOARD_CSP = ("default-src 'none'; script-src 'self'; style-src 'self'; img-src 'self' data:; "
-                 "connect-src 'self'; base-uri 'none'; form-action 'none'; frame-ancestors 'none'")
+DASHBOARD_CSP = (
+    "default-src 'none'; script-src 'self'; style-src 'self'; img-src 'self' data:; "
+    "connect-src 'self'; base-uri 'none'; form-action 'none'; frame-ancestors 'none'"
+)
 
 CONTENT_TYPES = {
     ".js": "text/javascript; charset=utf-8",
@@ -92,8 +95,10 @@ class TenantListHandler(JsonErrorsMixin, web.RequestHandler):
             self.finish({"error": "the broker is unavailable; retry later"})
             return
         hub = self.core.hub
-        tenants = [summarize(tenant_id, hub.connections(tenant_id), catchup.last_event_id).as_json()
-                   for tenant_id, catchup in zip(names, catchups, strict=True)]
+        tenants = [
+            summarize(tenant_id, hub.connections(tenant_id), catchup.last_event_id).as_json()
+            for tenant_id, catchup in zip(names, catchups, strict=True)
+        ]
         self.set_header("Cache-Control", "no-store")
         self.finish({"tenants": tenants, "connections": self.core.hub.connection_count()})
 

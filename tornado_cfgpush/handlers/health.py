@@ -1,4 +1,5 @@
 """``/healthz`` and ``/readyz`` (docs/protocol.md section 5)."""
+
 from __future__ import annotations
 
 from typing import TYPE_CHECKING

@@ -5,6 +5,7 @@ Prometheus' ``authorization`` setting): the series count every tenant's events a
 ``--metrics-tenant-labels``, name tenants. ``--metrics-public`` leaves it open for a scraper
 on a private network. The Host rule (``--allowed-host``) applies either way.
 """
+
 from __future__ import annotations
 
 from typing import TYPE_CHECKING

@@ -4,6 +4,7 @@ Each publish token has a budget (``PublishBudget``, ``--publish-rate`` / ``--pub
 every request it authenticates spends one event of it, valid or not, since a refused body
 costs the loop too. Past it: 429 with ``Retry-After``, and nothing is published.
 """
+
 from __future__ import annotations
 
 import json
@@ -76,9 +77,12 @@ class PublishHandler(JsonErrorsMixin, web.RequestHandler):
             wait = self.budget.spend(token)
             if wait:
                 self.core.metrics.rejected(SOURCE_NAME, RATE_LIMITED)
-                raise Refused(429, f"over this token's budget of {self.budget.rate} events per second "
-                                   f"(burst {self.budget.burst}); retry later",
-                              {"Retry-After": str(max(1, math.ceil(wait)))})
+                raise Refused(
+                    429,
+                    f"over this token's budget of {self.budget.rate} events per second "
+                    f"(burst {self.budget.burst}); retry later",
+                    {"Retry-After": str(max(1, math.ceil(wait)))},
+                )
             payload = self._payload()
         except Refused as refused:
             self.refuse(refused)
@@ -88,8 +92,12 @@ class PublishHandler(JsonErrorsMixin, web.RequestHandler):
         except ValidationError as exc:
             self.set_status(400)
             # Field names come from the body: written so that the answer is valid Unicode.
-            self.finish({"error": "the event does not match the ConfigChanged schema",
-                         "fields": wire_safe_messages(exc.messages)})
+            self.finish(
+                {
+                    "error": "the event does not match the ConfigChanged schema",
+                    "fields": wire_safe_messages(exc.messages),
+                }
+            )
             return
         except BrokerUnavailable as exc:
             log.warning("publish refused: %s", exc)

@@ -5,6 +5,7 @@ heartbeat interval, resume from ``Last-Event-ID``. Tornado sends the response he
 then on the ``EventStreamSink`` writes prepared messages (pre-chunked for HTTP/1.1) straight to
 the socket, so one SSE client costs what a WebSocket client costs.
 """
+
 from __future__ import annotations
 
 import asyncio
@@ -36,7 +37,8 @@ class EventStreamHandler(AdmissionMixin, JsonErrorsMixin, web.RequestHandler):
         try:
             check_query_size(self, self.core.settings.max_query_size)
             tenant_id, since, want_manifest = read_subscription_query(
-                self, self.conn_id, self.request.headers.get("Last-Event-ID"))
+                self, self.conn_id, self.request.headers.get("Last-Event-ID")
+            )
             lease = self.admit(tenant_id)  # Origin, token, limits: takes a slot
         except Refused as refused:
             refuse_with_log(self, refused)

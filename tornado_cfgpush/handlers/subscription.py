@@ -18,6 +18,7 @@ only part that differs between the transports::
 ``handlers/ws.py`` has the WebSocket sink, ``handlers/sse.py`` the Server-Sent Events one. A
 sink tells its subscription when the client is gone or too slow by calling ``close`` too.
 """
+
 from __future__ import annotations
 
 import itertools
@@ -226,8 +227,9 @@ def next_conn_id(transport: str) -> str:
     return f"{transport}-{next(_ids)}"
 
 
-def read_subscription_query(handler: web.RequestHandler, conn_id: str,
-                            since_header: str | None = None) -> tuple[str, str | None, bool]:
+def read_subscription_query(
+    handler: web.RequestHandler, conn_id: str, since_header: str | None = None
+) -> tuple[str, str | None, bool]:
     """``(tenant_id, last_event_id, manifest)`` of a subscribe request, or ``Refused``;
     ``last_event_id`` may come from the SSE ``Last-Event-ID`` header instead."""
     tenant_id = tenant_from_query(handler)

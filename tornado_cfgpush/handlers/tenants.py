@@ -1,4 +1,5 @@
 """``GET /api/v1/tenants/<id>``: a tenant's connections and convergence (admin token)."""
+
 from __future__ import annotations
 
 from typing import TYPE_CHECKING

@@ -13,6 +13,7 @@ connection is then served, for its whole life, by three small objects and nothin
 
 The handler, the HTTP connection, the ``IOStream`` and the request are dropped at the upgrade.
 """
+
 from __future__ import annotations
 
 import asyncio
@@ -100,8 +101,9 @@ class ConfigWebSocket(AdmissionMixin, JsonErrorsMixin, web.RequestHandler):
         self.set_status(101)
         self.set_header("Upgrade", "websocket")
         self.set_header("Connection", "Upgrade")
-        self.set_header("Sec-WebSocket-Accept",
-                        WebSocketProtocol13.compute_accept_value(self.request.headers["Sec-WebSocket-Key"]))
+        self.set_header(
+            "Sec-WebSocket-Accept", WebSocketProtocol13.compute_accept_value(self.request.headers["Sec-WebSocket-Key"])
+        )
         self.finish()
         stream = self.detach()
         # Bytes the client sent right after its request (it may, before reading our 101)
@@ -270,8 +272,9 @@ class CompressingWebSocketSink(WebSocketSink):
 # -- what is kept of the upgrade request ---------------------------------------------------------------
 
 # Headers of the handshake itself, of no use once it is done.
-_HANDSHAKE_HEADERS = frozenset({"upgrade", "connection", "sec-websocket-key", "sec-websocket-version",
-                                "sec-websocket-extensions"})
+_HANDSHAKE_HEADERS = frozenset(
+    {"upgrade", "connection", "sec-websocket-key", "sec-websocket-version", "sec-websocket-extensions"}
+)
 
 
 class HeadLines(Mapping):
@@ -287,8 +290,9 @@ class HeadLines(Mapping):
 
     @classmethod
     def of(cls, headers: HTTPHeaders, leave_out: frozenset = frozenset()) -> HeadLines:
-        return cls("".join(f"\n{name.lower()}: {value}" for name, value in headers.get_all()
-                           if name.lower() not in leave_out))
+        return cls(
+            "".join(f"\n{name.lower()}: {value}" for name, value in headers.get_all() if name.lower() not in leave_out)
+        )
 
     def get_list(self, name: str) -> list[str]:
         text, key, start = self._text, f"\n{name.lower()}: ", 0

@@ -28,6 +28,7 @@ Helpers: ``publish(core, tenant_id, path, **fields)``, ``wait_for(predicate, tim
 ``need_program(name)``, ``unavailable(message)`` (skip, or fail under
 ``CFGPUSH_REQUIRE_SERVICES=1``).
 """
+
 from __future__ import annotations
 
 from collections.abc import Awaitable, Callable, Iterator
@@ -51,14 +52,28 @@ if TYPE_CHECKING:  # pragma: no cover
     from ..settings import Settings
 
 __all__ = [
-    "COMMAND", "ERROR_PREFIX", "LISTENING", "REQUIRE_SERVICES", "Closed", "RedisServer", "SSEClient", "SSEEvent",
-    "ServeProcess", "WebSocketClient", "clean_env", "need_program", "publish", "unavailable", "wait_for",
+    "COMMAND",
+    "ERROR_PREFIX",
+    "LISTENING",
+    "REQUIRE_SERVICES",
+    "Closed",
+    "RedisServer",
+    "SSEClient",
+    "SSEEvent",
+    "ServeProcess",
+    "WebSocketClient",
+    "clean_env",
+    "need_program",
+    "publish",
+    "unavailable",
+    "wait_for",
 ]
 
 
 def pytest_configure(config: pytest.Config) -> None:
-    config.addinivalue_line("markers", "settings(**overrides): Settings fields to change for this test "
-                                       "(tornado_cfgpush.testing)")
+    config.addinivalue_line(
+        "markers", "settings(**overrides): Settings fields to change for this test (tornado_cfgpush.testing)"
+    )
 
 
 def publish(core: CfgPush, tenant_id: str = "acme", path: str = "app.json", **fields: Any) -> Awaitable[str]:
@@ -68,6 +83,7 @@ def publish(core: CfgPush, tenant_id: str = "acme", path: str = "app.json", **fi
 
 
 # -- an in-process server -------------------------------------------------------------------------
+
 
 @pytest.fixture
 def config_dir(tmp_path: Path) -> Path:
@@ -142,6 +158,7 @@ def http_url(http_server: Any, http_port: int) -> str:
 
 # -- clients ----------------------------------------------------------------------------------------
 
+
 @pytest.fixture
 def connect(ws_url: str) -> Iterator[Callable[..., Awaitable[WebSocketClient]]]:
     """``await connect("acme", **query)`` -> an open ``WebSocketClient``; all closed at teardown."""
@@ -175,6 +192,7 @@ def connect_sse(http_url: str) -> Iterator[Callable[..., Awaitable[SSEClient]]]:
 
 # -- processes ---------------------------------------------------------------------------------------
 
+
 @pytest.fixture
 def start(tmp_path: Path) -> Iterator[Callable[..., ServeProcess]]:
     """``start(*args, **env)`` -> a running ``cfgpush-serve`` in ``tmp_path``, its environment
@@ -200,4 +218,3 @@ def redis_server(io_loop: IOLoop) -> Iterator[RedisServer]:
         yield server
     finally:
         server.cleanup()
-

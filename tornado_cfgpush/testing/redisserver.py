@@ -1,4 +1,5 @@
 """A private ``redis-server`` for tests that must break it (kill, restart, pause)."""
+
 from __future__ import annotations
 
 import shutil
@@ -47,10 +48,27 @@ class RedisServer:
                     s.bind(("127.0.0.1", 0))
                     self.port = s.getsockname()[1]
             self.proc = subprocess.Popen(
-                [self.program, "--port", str(self.port), "--bind", "127.0.0.1",
-                 "--unixsocket", str(self.sock), "--save", "", "--appendonly", "no",
-                 "--dir", str(self.dir), "--logfile", str(self.dir / "redis.log")],
-                stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+                [
+                    self.program,
+                    "--port",
+                    str(self.port),
+                    "--bind",
+                    "127.0.0.1",
+                    "--unixsocket",
+                    str(self.sock),
+                    "--save",
+                    "",
+                    "--appendonly",
+                    "no",
+                    "--dir",
+                    str(self.dir),
+                    "--logfile",
+                    str(self.dir / "redis.log"),
+                ],
+                stdin=subprocess.DEVNULL,
+                stdout=subprocess.DEVNULL,
+                stderr=subprocess.DEVNULL,
+            )
             try:
                 await wait_for(self._accepting, WAIT)
                 return

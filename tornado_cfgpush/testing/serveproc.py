@@ -1,4 +1,5 @@
 """``cfgpush-serve`` in a subprocess, as a user runs it; its log read by a thread."""
+
 from __future__ import annotations
 
 import os
@@ -29,12 +30,21 @@ class ServeProcess:
     """A running ``cfgpush-serve``; its stderr (the log) is collected line by line."""
 
     def __init__(self, args: list[str], cwd: Path, env: dict[str, str]):
-        self.proc = subprocess.Popen(COMMAND + args, cwd=cwd, env=env, stdin=subprocess.DEVNULL,
-                                     stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+        self.proc = subprocess.Popen(
+            COMMAND + args,
+            cwd=cwd,
+            env=env,
+            stdin=subprocess.DEVNULL,
+            stdout=subprocess.PIPE,
+            stderr=subprocess.PIPE,
+            text=True,
+        )
         self.log: list[str] = []
         self.out: list[str] = []
-        self._readers = [threading.Thread(target=self._pump, args=(stream, lines), daemon=True)
-                         for stream, lines in ((self.proc.stderr, self.log), (self.proc.stdout, self.out))]
+        self._readers = [
+            threading.Thread(target=self._pump, args=(stream, lines), daemon=True)
+            for stream, lines in ((self.proc.stderr, self.log), (self.proc.stdout, self.out))
+        ]
         for reader in self._readers:
             reader.start()
 
@@ -55,6 +65,7 @@ class ServeProcess:
 
     async def wait_log(self, pattern: str, timeout: float = START_TIMEOUT) -> re.Match:
         """The first log line matching ``pattern``; fails early if the process ends first."""
+
         def seen() -> bool:
             if self.find(pattern):
                 return True
@@ -62,8 +73,10 @@ class ServeProcess:
                 self.join()
                 if self.find(pattern):
                     return True
-                raise AssertionError(f"cfgpush-serve exited with {self.proc.returncode} before logging "
-                                     f"{pattern!r}; its log:\n{self.text()}")
+                raise AssertionError(
+                    f"cfgpush-serve exited with {self.proc.returncode} before logging "
+                    f"{pattern!r}; its log:\n{self.text()}"
+                )
             return False
 
         try:

@@ -4,6 +4,7 @@ Tornado's HTTP client de-chunks the body (so the server's chunk framing is check
 this parser splits lines on CRLF, LF or CR, ignores comments (but records them), collects
 ``data`` lines, keeps the last ``id``, and dispatches an event at each blank line.
 """
+
 from __future__ import annotations
 
 import asyncio
@@ -42,8 +43,13 @@ class SSEClient:
     async def open(cls, http_url: str, tenant_id: str = "acme", *, headers: dict | None = None, **query) -> SSEClient:
         self = cls()
         params = {"tenant_id": tenant_id, **query}
-        request = HTTPRequest(f"{http_url}/events?{urlencode(params)}", headers={"Accept": "text/event-stream", **(headers or {})},
-                              streaming_callback=self._feed, header_callback=self._header, request_timeout=120)
+        request = HTTPRequest(
+            f"{http_url}/events?{urlencode(params)}",
+            headers={"Accept": "text/event-stream", **(headers or {})},
+            streaming_callback=self._feed,
+            header_callback=self._header,
+            request_timeout=120,
+        )
         self._fetch = asyncio.ensure_future(self._client.fetch(request, raise_error=False))
         self._fetch.add_done_callback(lambda _: self.events.put_nowait(None))
         return self
@@ -67,8 +73,8 @@ class SSEClient:
             if cut < 0:
                 return
             line = self._buffer[:cut]
-            skip = 2 if self._buffer[cut:cut + 2] == "\r\n" else 1
-            self._buffer = self._buffer[cut + skip:]
+            skip = 2 if self._buffer[cut : cut + 2] == "\r\n" else 1
+            self._buffer = self._buffer[cut + skip :]
             self._line(line)
 
     def _line(self, line: str) -> None:

@@ -1,5 +1,6 @@
 """Waiting on a condition with a deadline, and what a test does when a program or service it
 needs is missing."""
+
 from __future__ import annotations
 
 import asyncio

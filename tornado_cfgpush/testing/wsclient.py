@@ -1,4 +1,5 @@
 """A small test client over a real WebSocket: typed reads with timeouts, close codes."""
+
 from __future__ import annotations
 
 import asyncio
@@ -22,8 +23,15 @@ class WebSocketClient:
         self.conn = conn
 
     @classmethod
-    async def open(cls, ws_url: str, tenant_id: str | None = "acme", *, headers: dict | None = None,
-                   ping_interval: float | None = None, **query: Any) -> WebSocketClient:
+    async def open(
+        cls,
+        ws_url: str,
+        tenant_id: str | None = "acme",
+        *,
+        headers: dict | None = None,
+        ping_interval: float | None = None,
+        **query: Any,
+    ) -> WebSocketClient:
         params = dict(query)
         if tenant_id is not None:
             params = {"tenant_id": tenant_id, **params}
@@ -64,8 +72,9 @@ class WebSocketClient:
                 return Closed(self.conn.close_code, self.conn.close_reason)
 
     async def send(self, message: Any) -> None:
-        await self.conn.write_message(message if isinstance(message, (str, bytes)) else json.dumps(message),
-                                      binary=isinstance(message, bytes))
+        await self.conn.write_message(
+            message if isinstance(message, (str, bytes)) else json.dumps(message), binary=isinstance(message, bytes)
+        )
 
     def close(self) -> None:
         self.conn.close()

@@ -15,6 +15,7 @@ Client messages are inflated with a context the size of the window the server ag
   answers ``client_no_context_takeover`` (RFC 7692 section 7.1.1.1 allows it even when not
   offered): each message then carries its own context, and no inflater outlives a message.
 """
+
 from __future__ import annotations
 
 import zlib

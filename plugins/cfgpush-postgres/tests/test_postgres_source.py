@@ -3,6 +3,7 @@
 Each run creates its own database and drops it at the end. The plugin is loaded from its
 installed entry point (``pip install ./plugins/cfgpush-postgres``), as a user's would be.
 """
+
 from __future__ import annotations
 
 import hashlib
@@ -51,6 +52,7 @@ def dsn(database):
 
 # The running server is tornado_cfgpush.testing's (``core``, ``app``, ``connect``), made of these:
 
+
 @pytest.fixture
 def settings(dsn, tmp_path):
     return Settings(config_dir=tmp_path, extra={"postgres_dsn": dsn, "postgres_install": True})
@@ -94,21 +96,30 @@ def writer(io_loop, dsn, core):
 async def test_row_changes_become_events(ws, writer, source):
     acme = await ws("acme")
     globex = await ws("globex")
-    await writer.execute("INSERT INTO cfgpush_config (tenant_id, path, content) VALUES "
-                         "('acme', 'billing/limits.json', '{\"rate\": 1}')")
+    await writer.execute(
+        "INSERT INTO cfgpush_config (tenant_id, path, content) VALUES ('acme', 'billing/limits.json', '{\"rate\": 1}')"
+    )
     event = await expect(acme)
     assert (event["change_type"], event["path"], event["checksum"], event["source"]) == (
-        "created", "billing/limits.json", checksum('{"rate": 1}'), "postgres")
+        "created",
+        "billing/limits.json",
+        checksum('{"rate": 1}'),
+        "postgres",
+    )
     assert "meta" not in event
     await writer.execute("UPDATE cfgpush_config SET content = content WHERE tenant_id = 'acme'")  # no byte changed
-    await writer.execute("UPDATE cfgpush_config SET content = '{\"rate\": 2}', updated_at = now() "
-                         "WHERE tenant_id = 'acme'")
+    await writer.execute(
+        "UPDATE cfgpush_config SET content = '{\"rate\": 2}', updated_at = now() WHERE tenant_id = 'acme'"
+    )
     event = await expect(acme)
     assert (event["change_type"], event["checksum"]) == ("modified", checksum('{"rate": 2}'))
     await writer.execute("UPDATE cfgpush_config SET path = 'billing/quota.json' WHERE tenant_id = 'acme'")
     moved_away, moved_in = await expect(acme), await expect(acme)
     assert (moved_away["change_type"], moved_away["path"], moved_away["checksum"]) == (
-        "deleted", "billing/limits.json", None)
+        "deleted",
+        "billing/limits.json",
+        None,
+    )
     assert (moved_in["change_type"], moved_in["path"]) == ("created", "billing/quota.json")
     await writer.execute("DELETE FROM cfgpush_config WHERE tenant_id = 'acme'")
     event = await expect(acme)
@@ -133,10 +144,13 @@ async def test_a_row_that_breaks_the_rules_is_refused_and_the_next_one_delivered
 
 @pytest.mark.gen_test(timeout=60)
 async def test_changes_made_while_the_connection_is_down_are_emitted_after_the_reconnect(
-        ws, writer, source, database, http_client, http_port):
+    ws, writer, source, database, http_client, http_port
+):
     _, admin, name = database
-    await writer.execute("INSERT INTO cfgpush_config (tenant_id, path, content) VALUES "
-                         "('acme', 'keep.json', 'k'), ('acme', 'change.json', 'v1'), ('acme', 'drop.json', 'd')")
+    await writer.execute(
+        "INSERT INTO cfgpush_config (tenant_id, path, content) VALUES "
+        "('acme', 'keep.json', 'k'), ('acme', 'change.json', 'v1'), ('acme', 'drop.json', 'd')"
+    )
     acme = await ws("acme")
     await wait_for(lambda: len(source.known) == 3)
     # Keep it away: no new connection to the database, then kill the one it has.
@@ -183,17 +197,27 @@ def test_install_command_creates_the_table_and_trigger(database):
     sql = subprocess.run([sys.executable, "-m", "cfgpush_postgres", "sql"], capture_output=True, text=True, timeout=60)
     assert sql.returncode == 0 and "CREATE TABLE IF NOT EXISTS cfgpush_config" in sql.stdout
     for _ in range(2):  # idempotent
-        done = subprocess.run([sys.executable, "-m", "cfgpush_postgres", "install", dsn],
-                              capture_output=True, text=True, timeout=60)
+        done = subprocess.run(
+            [sys.executable, "-m", "cfgpush_postgres", "install", dsn], capture_output=True, text=True, timeout=60
+        )
         assert done.returncode == 0, done.stderr
     with psycopg.connect(dsn) as conn:
-        columns = [r[0] for r in conn.execute("SELECT column_name FROM information_schema.columns "
-                                              "WHERE table_name = 'cfgpush_config' ORDER BY ordinal_position")]
+        columns = [
+            r[0]
+            for r in conn.execute(
+                "SELECT column_name FROM information_schema.columns "
+                "WHERE table_name = 'cfgpush_config' ORDER BY ordinal_position"
+            )
+        ]
         triggers = {r[0] for r in conn.execute("SELECT tgname FROM pg_trigger WHERE NOT tgisinternal")}
     assert columns == ["tenant_id", "path", "content", "updated_at"]
     assert triggers == {"cfgpush_config_notify", "cfgpush_config_notify_truncate"}
-    bad = subprocess.run([sys.executable, "-m", "cfgpush_postgres", "install", dsn + "_missing"],
-                         capture_output=True, text=True, timeout=60)
+    bad = subprocess.run(
+        [sys.executable, "-m", "cfgpush_postgres", "install", dsn + "_missing"],
+        capture_output=True,
+        text=True,
+        timeout=60,
+    )
     assert bad.returncode == 2 and bad.stderr.startswith("cfgpush-postgres: error: ")
 
 
@@ -203,16 +227,25 @@ def test_without_a_dsn_there_is_no_source():
 
 
 def test_cfgpush_serve_lists_it_and_takes_its_options(tmp_path):
-    listed = subprocess.run([*COMMAND, "--plugins"], capture_output=True, text=True, timeout=60, cwd=tmp_path,
-                            env=clean_env())
+    listed = subprocess.run(
+        [*COMMAND, "--plugins"], capture_output=True, text=True, timeout=60, cwd=tmp_path, env=clean_env()
+    )
     assert listed.returncode == 0, listed.stderr
     plugins = {entry["name"]: entry for entry in json.loads(listed.stdout)}
-    assert plugins["postgres"] == {"name": "postgres", "distribution": "cfgpush-postgres",
-                                   "version": metadata.version("cfgpush-postgres"),
-                                   "hooks": ["cfgpush_add_options", "cfgpush_register_sources"]}
-    shown = subprocess.run([*COMMAND, "--print-config", "--postgres-dsn", "postgresql://app:pw-secret@db/cfg"],
-                           capture_output=True, text=True, timeout=60, cwd=tmp_path,
-                           env=clean_env(CFGPUSH_POSTGRES_INSTALL="true"))
+    assert plugins["postgres"] == {
+        "name": "postgres",
+        "distribution": "cfgpush-postgres",
+        "version": metadata.version("cfgpush-postgres"),
+        "hooks": ["cfgpush_add_options", "cfgpush_register_sources"],
+    }
+    shown = subprocess.run(
+        [*COMMAND, "--print-config", "--postgres-dsn", "postgresql://app:pw-secret@db/cfg"],
+        capture_output=True,
+        text=True,
+        timeout=60,
+        cwd=tmp_path,
+        env=clean_env(CFGPUSH_POSTGRES_INSTALL="true"),
+    )
     assert shown.returncode == 0, shown.stderr
     assert 'postgres-dsn = "postgresql://app:<redacted>@db/cfg"  # --postgres-dsn' in shown.stdout
     assert "postgres-install = true  # CFGPUSH_POSTGRES_INSTALL" in shown.stdout

@@ -4,6 +4,7 @@ WebSocket. The plugin is loaded from its installed entry point, as a user's woul
 "Nothing was emitted" is proved by order, never by waiting: after a refused request, a valid
 one is sent, and the next event the client gets must be the valid one's.
 """
+
 from __future__ import annotations
 
 import hashlib
@@ -31,6 +32,7 @@ def extra():
 
 # The running server is tornado_cfgpush.testing's (``core``, ``app``, ``connect``), made of these:
 
+
 @pytest.fixture
 def settings(extra, tmp_path):
     return Settings(config_dir=tmp_path, extra=extra)
@@ -57,14 +59,23 @@ async def expect(client, timeout: float = 5.0) -> dict:
 
 
 def github_push(commits, ref="refs/heads/main", after=None):
-    return {"ref": ref, "after": after or uuid.uuid4().hex + "00000000",
-            "repository": {"full_name": "acme/config", "default_branch": "main"}, "commits": commits}
+    return {
+        "ref": ref,
+        "after": after or uuid.uuid4().hex + "00000000",
+        "repository": {"full_name": "acme/config", "default_branch": "main"},
+        "commits": commits,
+    }
 
 
 def gitlab_push(commits, ref="refs/heads/main", total=None):
-    return {"object_kind": "push", "ref": ref, "checkout_sha": uuid.uuid4().hex,
-            "project": {"path_with_namespace": "acme/config", "default_branch": "main"},
-            "commits": commits, "total_commits_count": len(commits) if total is None else total}
+    return {
+        "object_kind": "push",
+        "ref": ref,
+        "checkout_sha": uuid.uuid4().hex,
+        "project": {"path_with_namespace": "acme/config", "default_branch": "main"},
+        "commits": commits,
+        "total_commits_count": len(commits) if total is None else total,
+    }
 
 
 def commit(added=(), modified=(), removed=()):
@@ -86,9 +97,11 @@ def post(http_client, http_port):
             if secret is not None:
                 headers["X-Gitlab-Token"] = secret
         headers["Content-Type"] = "application/json"
-        response = await http_client.fetch(f"http://127.0.0.1:{http_port}/hooks/git", method="POST", body=body,
-                                           headers=headers, raise_error=False)
+        response = await http_client.fetch(
+            f"http://127.0.0.1:{http_port}/hooks/git", method="POST", body=body, headers=headers, raise_error=False
+        )
         return response.code, json.loads(response.body)
+
     return _post
 
 
@@ -96,12 +109,17 @@ def post(http_client, http_port):
 async def test_github_push_emits_one_event_per_changed_file(ws, post):
     acme = await ws("acme")
     globex = await ws("globex")
-    payload = github_push([
-        commit(added=["config/acme/new.json", "README.md", "config/.github/x.yml"], modified=["config/acme/app.json"]),
-        commit(modified=["config/acme/new.json"], removed=["config/globex/old.json"]),
-        commit(added=["config/acme/tmp.json"]),
-        commit(removed=["config/acme/tmp.json"]),
-    ], after="c0ffee" * 6 + "abcd")
+    payload = github_push(
+        [
+            commit(
+                added=["config/acme/new.json", "README.md", "config/.github/x.yml"], modified=["config/acme/app.json"]
+            ),
+            commit(modified=["config/acme/new.json"], removed=["config/globex/old.json"]),
+            commit(added=["config/acme/tmp.json"]),
+            commit(removed=["config/acme/tmp.json"]),
+        ],
+        after="c0ffee" * 6 + "abcd",
+    )
     code, body = await post(payload)
     assert code == 202, body
     assert sorted(body["skipped"]) == ["README.md", "config/.github/x.yml"]
@@ -112,8 +130,12 @@ async def test_github_push_emits_one_event_per_changed_file(ws, post):
     assert {p: e["change_type"] for p, e in got.items()} == {"app.json": "modified", "new.json": "created"}
     assert all("checksum" not in e for e in got.values())  # unknown: a push carries no content
     assert got["app.json"]["source"] == "webhook"
-    assert got["app.json"]["meta"] == {"forge": "github", "ref": "refs/heads/main",
-                                       "commit": "c0ffee" * 6 + "abcd", "repository": "acme/config"}
+    assert got["app.json"]["meta"] == {
+        "forge": "github",
+        "ref": "refs/heads/main",
+        "commit": "c0ffee" * 6 + "abcd",
+        "repository": "acme/config",
+    }
     deleted = await expect(globex)
     assert (deleted["path"], deleted["change_type"], deleted["checksum"]) == ("old.json", "deleted", None)
     assert {e["event_id"] for e in body["events"]} == {e["event_id"] for e in got.values()} | {deleted["event_id"]}
@@ -149,12 +171,13 @@ async def test_replays_are_refused(ws, post):
     delivery = str(uuid.uuid4())
     assert (await post(payload, delivery=delivery))[0] == 202
     assert (await expect(acme))["path"] == "once.json"
-    assert (await post(payload, delivery=delivery))[0] == 409                # same delivery id
-    assert (await post(payload))[0] == 409                                   # same signed body, new id
+    assert (await post(payload, delivery=delivery))[0] == 409  # same delivery id
+    assert (await post(payload))[0] == 409  # same signed body, new id
     other = github_push([commit(modified=["config/acme/x.json"])])
-    assert (await post(other, delivery=delivery))[0] == 409                  # same id, other body
-    assert (await post(gitlab_push([commit(modified=["config/acme/y.json"])]), forge="gitlab",
-                       delivery=delivery))[0] == 202                         # ids are per forge
+    assert (await post(other, delivery=delivery))[0] == 409  # same id, other body
+    assert (await post(gitlab_push([commit(modified=["config/acme/y.json"])]), forge="gitlab", delivery=delivery))[
+        0
+    ] == 202  # ids are per forge
     assert (await expect(acme))["path"] == "y.json"
 
 
@@ -188,15 +211,24 @@ async def test_truncated_push_resyncs_every_client(ws, post):
 
 
 def test_net_changes_across_commits():
-    assert net_changes([commit(added=["a"]), commit(modified=["a"]), commit(removed=["b"]), commit(added=["b"]),
-                        commit(added=["c"]), commit(removed=["c"]), commit(modified=["d"])]) == {
-        "a": "created", "b": "modified", "d": "modified"}
+    assert net_changes(
+        [
+            commit(added=["a"]),
+            commit(modified=["a"]),
+            commit(removed=["b"]),
+            commit(added=["b"]),
+            commit(added=["c"]),
+            commit(removed=["c"]),
+            commit(modified=["d"]),
+        ]
+    ) == {"a": "created", "b": "modified", "d": "modified"}
 
 
 @pytest.mark.gen_test(timeout=30)
 async def test_not_a_forge_request_is_refused(http_client, http_port, core):
-    response = await http_client.fetch(f"http://127.0.0.1:{http_port}/hooks/git", method="POST", body=b"{}",
-                                       raise_error=False)
+    response = await http_client.fetch(
+        f"http://127.0.0.1:{http_port}/hooks/git", method="POST", body=b"{}", raise_error=False
+    )
     assert response.code == 400
 
 
@@ -208,18 +240,27 @@ def test_no_route_and_no_source_without_a_secret():
 
 
 def test_cfgpush_serve_lists_it_and_takes_its_options(tmp_path):
-    listed = subprocess.run([*COMMAND, "--plugins"], capture_output=True, text=True, timeout=60, cwd=tmp_path,
-                            env=clean_env())
+    listed = subprocess.run(
+        [*COMMAND, "--plugins"], capture_output=True, text=True, timeout=60, cwd=tmp_path, env=clean_env()
+    )
     assert listed.returncode == 0, listed.stderr
     plugins = {entry["name"]: entry for entry in json.loads(listed.stdout)}
-    assert plugins["webhook"] == {"name": "webhook", "distribution": "cfgpush-webhook",
-                                  "version": metadata.version("cfgpush-webhook"),
-                                  "hooks": ["cfgpush_add_options", "cfgpush_register_routes",
-                                            "cfgpush_register_sources"]}
+    assert plugins["webhook"] == {
+        "name": "webhook",
+        "distribution": "cfgpush-webhook",
+        "version": metadata.version("cfgpush-webhook"),
+        "hooks": ["cfgpush_add_options", "cfgpush_register_routes", "cfgpush_register_sources"],
+    }
     config = tmp_path / "c.toml"
     config.write_text('webhook-root = "tenants"\nwebhook-replay-memory = 50\n')
-    shown = subprocess.run([*COMMAND, "--config", str(config), "--print-config"], capture_output=True, text=True,
-                           timeout=60, cwd=tmp_path, env=clean_env(CFGPUSH_WEBHOOK_SECRET=SECRET))
+    shown = subprocess.run(
+        [*COMMAND, "--config", str(config), "--print-config"],
+        capture_output=True,
+        text=True,
+        timeout=60,
+        cwd=tmp_path,
+        env=clean_env(CFGPUSH_WEBHOOK_SECRET=SECRET),
+    )
     assert shown.returncode == 0, shown.stderr
     assert SECRET not in shown.stdout
     assert 'webhook-secret = "<redacted>"  # CFGPUSH_WEBHOOK_SECRET' in shown.stdout

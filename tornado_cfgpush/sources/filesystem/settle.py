@@ -21,6 +21,7 @@ the same tenant that is gone, both read, is a rename the watcher did not pair (`
 mv a.json new/``): also ``moved``. Both are found through indexes, never by scanning the known
 files: a burst of thousands of identical files costs what a burst of distinct ones costs.
 """
+
 from __future__ import annotations
 
 import enum
@@ -51,9 +52,16 @@ class Read:
 
     __slots__ = ("checksum", "doc", "size", "diff", "skip", "extra", "version")
 
-    def __init__(self, checksum: str | None, doc: Any = None, size: int = 0,
-                 diff: dict[str, Any] | None = None, skip: str | None = None, extra: Any = None,
-                 version: int | None = None):
+    def __init__(
+        self,
+        checksum: str | None,
+        doc: Any = None,
+        size: int = 0,
+        diff: dict[str, Any] | None = None,
+        skip: str | None = None,
+        extra: Any = None,
+        version: int | None = None,
+    ):
         self.checksum = checksum
         self.doc = doc
         self.size = size
@@ -76,8 +84,21 @@ class Taken(NamedTuple):
 
 
 class _File:
-    __slots__ = ("target", "sent", "sent_doc", "sent_size", "current", "first", "deadline", "reading",
-                 "again", "ready", "moved_from", "moved_to", "cached")
+    __slots__ = (
+        "target",
+        "sent",
+        "sent_doc",
+        "sent_size",
+        "current",
+        "first",
+        "deadline",
+        "reading",
+        "again",
+        "ready",
+        "moved_from",
+        "moved_to",
+        "cached",
+    )
 
     def __init__(self, target: Target):
         self.target = target
@@ -115,8 +136,9 @@ class Settler:
 
     # -- what the server was told ------------------------------------------------------------
 
-    def baseline(self, key: Key, target: Target, checksum: str, doc: Any = None, size: int = 0,
-                 cached: Any = None) -> None:
+    def baseline(
+        self, key: Key, target: Target, checksum: str, doc: Any = None, size: int = 0, cached: Any = None
+    ) -> None:
         """The server knows ``key`` with this content (a start-up scan, or a restart's record)."""
         f = self._file(key, target)
         f.sent = checksum
@@ -276,8 +298,14 @@ class Settler:
             src_key, f.moved_from = f.moved_from, None
             if src is not None and src.moved_to == key:
                 src.moved_to = None
-            if (src is not None and src.ready and src.current is not None and src.current.checksum is None
-                    and src.sent is not None and read.checksum is not None):
+            if (
+                src is not None
+                and src.ready
+                and src.current is not None
+                and src.current.checksum is None
+                and src.sent is not None
+                and read.checksum is not None
+            ):
                 return self._moved(key, f, src_key, src)
         if read.checksum is None:
             if f.sent is None:
@@ -408,8 +436,9 @@ class _Wait(enum.Enum):
 _WAIT: Final = _Wait.WAIT
 
 
-def _payload(tenant_id: str, change_type: str, rel: str, checksum: str | None, *,
-             meta: dict[str, Any] | None = None) -> Payload:
+def _payload(
+    tenant_id: str, change_type: str, rel: str, checksum: str | None, *, meta: dict[str, Any] | None = None
+) -> Payload:
     payload: Payload = {"tenant_id": tenant_id, "change_type": change_type, "path": rel, "checksum": checksum}
     if meta:
         payload["meta"] = meta

@@ -16,6 +16,7 @@ thousand short steps between which clients are served, not one long one.
 What the server was told is kept here too (``manifest``, ``tenants``), and handed to the next
 worker when the source restarts, which then reports only what differs on disk.
 """
+
 from __future__ import annotations
 
 import asyncio
@@ -54,8 +55,15 @@ class WorkerFailed(Exception):
 class FilesystemSource:
     name = SOURCE_NAME
 
-    def __init__(self, config_dir: Path | str, debounce: float = 0.05, *, max_delay: float | None = None,
-                 polling: bool = False, canary: float = 60.0):
+    def __init__(
+        self,
+        config_dir: Path | str,
+        debounce: float = 0.05,
+        *,
+        max_delay: float | None = None,
+        polling: bool = False,
+        canary: float = 60.0,
+    ):
         self.config_dir = Path(config_dir)
         self.debounce = debounce
         # A file written continuously still reports, at least this often.
@@ -89,17 +97,28 @@ class FilesystemSource:
         first_run = not self._ran_before
         self._ran_before = True
         proc = await asyncio.create_subprocess_exec(
-            sys.executable, "-m", WORKER_MODULE, stdin=asyncio.subprocess.PIPE, stdout=asyncio.subprocess.PIPE,
+            sys.executable,
+            "-m",
+            WORKER_MODULE,
+            stdin=asyncio.subprocess.PIPE,
+            stdout=asyncio.subprocess.PIPE,
             limit=LINE_LIMIT,
             # Its own session: a Ctrl-C in a terminal goes to the server, which stops it.
-            start_new_session=True)
+            start_new_session=True,
+        )
         try:
             assert proc.stdin is not None and proc.stdout is not None
             known = None if first_run else [[k, t, r, c] for k, (t, r, c) in self._files.items()]
-            config = {"root": self.root, "debounce": self.debounce, "max_delay": self.max_delay,
-                      "polling": self.force_polling, "watch_limit": inotify_watch_limit(), "known": known,
-                      "canary": self.canary,
-                      "log_level": logging.getLogger("cfgpush").getEffectiveLevel()}
+            config = {
+                "root": self.root,
+                "debounce": self.debounce,
+                "max_delay": self.max_delay,
+                "polling": self.force_polling,
+                "watch_limit": inotify_watch_limit(),
+                "known": known,
+                "canary": self.canary,
+                "log_level": logging.getLogger("cfgpush").getEffectiveLevel(),
+            }
             proc.stdin.write(json.dumps(config).encode() + b"\n")
             await proc.stdin.drain()  # stdin stays open: its end tells the worker to stop
             if first_run:
@@ -145,8 +164,13 @@ class FilesystemSource:
                     # report what changed on disk while no source was watching.
                     await self._reconcile_with_published(emit)
                     self._versions.clear()  # needed for that comparison only
-                log.info("watching %s (%s, %d files, debounce %.0f ms)", self.root, self.observer_kind,
-                         len(self._files), self.debounce * 1000)
+                log.info(
+                    "watching %s (%s, %d files, debounce %.0f ms)",
+                    self.root,
+                    self.observer_kind,
+                    len(self._files),
+                    self.debounce * 1000,
+                )
                 self.started.set()
             elif kind == "gap":
                 tenants = message["tenants"]
@@ -206,8 +230,13 @@ class FilesystemSource:
                 refused = exc
         skipped = getattr(emit, "skipped", None)
         if skipped is not None:
-            await skipped(payload["tenant_id"], str(payload.get("path")),
-                          "refused by the schema: " + flatten_messages(refused.messages), "invalid", resync=False)
+            await skipped(
+                payload["tenant_id"],
+                str(payload.get("path")),
+                "refused by the schema: " + flatten_messages(refused.messages),
+                "invalid",
+                resync=False,
+            )
         gaps.add(payload["tenant_id"])
 
     def publish_lag(self) -> float:
@@ -238,8 +267,15 @@ class FilesystemSource:
                     continue
                 change = "deleted" if now is None else "created" if before is None else "modified"
                 key = keys.get((tenant_id, rel))
-                self._unsent.append([key, {"tenant_id": tenant_id, "change_type": change, "path": rel,
-                                           "checksum": now}, None, self._versions.get(key), time.monotonic()])
+                self._unsent.append(
+                    [
+                        key,
+                        {"tenant_id": tenant_id, "change_type": change, "path": rel, "checksum": now},
+                        None,
+                        self._versions.get(key),
+                        time.monotonic(),
+                    ]
+                )
 
     def manifest(self, tenant_id: str) -> dict[str, str] | None:
         """``{path: checksum}`` of every file of ``tenant_id`` as last reported."""

@@ -13,6 +13,7 @@ FIFOs are opened non-blocking and, like every non-regular file, not read.
 Reads are cached by ``(device, inode, size, mtime, ctime)`` for rescans only: a file whose
 metadata say nothing changed since a read made well after its last change is not read again.
 """
+
 from __future__ import annotations
 
 import errno
@@ -155,7 +156,7 @@ class Tree:
                         for fd_ in opened:
                             os.close(fd_)
                         opened.clear()
-                        target = target[len(inside):]
+                        target = target[len(inside) :]
                     todo.extendleft(reversed(target.split("/")))
                     continue
                 if last:
@@ -199,16 +200,18 @@ class Tree:
                 data = f.read(limit + 1)
                 if len(data) <= limit:
                     checksum = "sha256:" + hashlib.sha256(data).hexdigest()
-                    return Content(checksum, structured.parse(key, data), len(data),
-                                   signature(opened.info), time.time())
+                    return Content(
+                        checksum, structured.parse(key, data), len(data), signature(opened.info), time.time()
+                    )
                 digest = hashlib.sha256(data)  # it grew since the stat: hash the rest too
             else:
                 digest = hashlib.sha256()
             while chunk := f.read(_CHUNK):
                 digest.update(chunk)
             doc = structured.Unparsed(structured.TOO_LARGE) if limit is not None else None
-            return Content("sha256:" + digest.hexdigest(), doc, opened.info.st_size,
-                           signature(opened.info), time.time())
+            return Content(
+                "sha256:" + digest.hexdigest(), doc, opened.info.st_size, signature(opened.info), time.time()
+            )
 
     # -- walking -------------------------------------------------------------------------------
 

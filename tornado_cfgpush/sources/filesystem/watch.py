@@ -7,6 +7,7 @@ tree and tells the server its tenants may have missed changes (``Resync(source_g
 a kernel queue overflow (``IN_Q_OVERFLOW``, reported by watchdog only as a log record, which
 ``OverflowWatch`` listens for).
 """
+
 from __future__ import annotations
 
 import logging
@@ -44,8 +45,16 @@ INBOX_BOUND = 200_000
 # The events the settle machine uses. Without opens and closes-without-write (watchdog's
 # default asks the kernel for every kind), the worker's own reads of a file give no events,
 # and a burst fills the kernel's queue half as fast.
-EVENTS = [FileCreatedEvent, DirCreatedEvent, FileModifiedEvent, FileClosedEvent, FileDeletedEvent, DirDeletedEvent,
-          FileMovedEvent, DirMovedEvent]
+EVENTS = [
+    FileCreatedEvent,
+    DirCreatedEvent,
+    FileModifiedEvent,
+    FileClosedEvent,
+    FileDeletedEvent,
+    DirDeletedEvent,
+    FileMovedEvent,
+    DirMovedEvent,
+]
 
 _WATCHDOG_INOTIFY_LOGGER = "watchdog.observers.inotify_c"
 _OVERFLOW_MESSAGE = "Inotify queue overflowed"
@@ -159,8 +168,9 @@ class OverflowWatch(logging.Filter):
         logging.getLogger(_WATCHDOG_INOTIFY_LOGGER).addFilter(self)
 
 
-def start_observer(root: str, handler: FileSystemEventHandler, *, polling: bool, watch_limit: int | None,
-                   log: logging.Logger):
+def start_observer(
+    root: str, handler: FileSystemEventHandler, *, polling: bool, watch_limit: int | None, log: logging.Logger
+):
     """An observer watching ``root`` recursively, started, and its kind."""
     from watchdog.observers import Observer
     from watchdog.observers.polling import PollingObserver

@@ -26,6 +26,7 @@ there, so a large file never holds the others), stdin's reader (end of input) an
 writer (the server reads when it is ready: while it is behind, changes coalesce in the settle
 machine instead of queueing).
 """
+
 from __future__ import annotations
 
 import json
@@ -184,8 +185,9 @@ class Worker:
         self.output = output
         self.inbox = inbox
         self.tree = Tree(self.root)
-        self.settler = Settler(config["debounce"], config["max_delay"],
-                               max_doc_bytes=config.get("max_doc_bytes", 64 * 1024 * 1024))
+        self.settler = Settler(
+            config["debounce"], config["max_delay"], max_doc_bytes=config.get("max_doc_bytes", 64 * 1024 * 1024)
+        )
         self.lane = Lane(inbox, self._finish)
         self.observer: Any = None
         self.observer_kind = ""
@@ -207,8 +209,9 @@ class Worker:
         adjust_watchdog()
         OverflowWatch(self._on_kernel_overflow).install()
         handler = ToInbox(self.inbox)
-        self.observer, kind = start_observer(self.root, handler, polling=self.config["polling"],
-                                             watch_limit=self.config.get("watch_limit"), log=log)
+        self.observer, kind = start_observer(
+            self.root, handler, polling=self.config["polling"], watch_limit=self.config.get("watch_limit"), log=log
+        )
         self.observer_kind = kind
         known = self.config.get("known")
         now = time.monotonic()
@@ -291,8 +294,11 @@ class Worker:
         reload."""
         self._rescan_at = None
         self._last_rescan = now
-        log.warning("events were lost (the kernel's inotify queue or the watcher's own overflowed): "
-                    "rescanning %s (raise fs.inotify.max_queued_events if this recurs)", self.root)
+        log.warning(
+            "events were lost (the kernel's inotify queue or the watcher's own overflowed): "
+            "rescanning %s (raise fs.inotify.max_queued_events if this recurs)",
+            self.root,
+        )
         self._touch_all(now)
         tenants = self._send_events(everything=True)
         if tenants:
@@ -303,8 +309,10 @@ class Worker:
             raise RuntimeError("a watcher thread died")
         if self._canary_sent is not None:
             if now - self._canary_sent > self._canary_timeout():
-                raise RuntimeError(f"the watcher stopped delivering events: the canary {self._canary_name} "
-                                   f"was not reported within {self._canary_timeout():g} s")
+                raise RuntimeError(
+                    f"the watcher stopped delivering events: the canary {self._canary_name} "
+                    f"was not reported within {self._canary_timeout():g} s"
+                )
         elif self._canary_every and now - self._last_event >= self._canary_every:
             self._make_canary(now)
         if now - self.output.last_write >= ALIVE_EVERY:
@@ -315,12 +323,20 @@ class Worker:
 
     def _make_canary(self, now: float) -> None:
         try:
-            fd = os.open(self._canary_name, os.O_WRONLY | os.O_CREAT | os.O_TRUNC | os.O_NOFOLLOW, 0o600,
-                         dir_fd=self.tree.root_fd)
+            fd = os.open(
+                self._canary_name,
+                os.O_WRONLY | os.O_CREAT | os.O_TRUNC | os.O_NOFOLLOW,
+                0o600,
+                dir_fd=self.tree.root_fd,
+            )
             os.close(fd)
         except OSError as exc:  # read-only, or not ours to write: no canary, say so once
-            log.info("cannot make the watcher's canary in %s (%s): a watcher that stops delivering is "
-                     "noticed only when its threads die", self.root, exc.strerror or exc)
+            log.info(
+                "cannot make the watcher's canary in %s (%s): a watcher that stops delivering is "
+                "noticed only when its threads die",
+                self.root,
+                exc.strerror or exc,
+            )
             self._canary_every = 0.0
             return
         self._canary_sent = now
@@ -403,8 +419,12 @@ class Worker:
             return found
         if found not in self._bad_tenants and len(self._bad_tenants) < 1000:
             self._bad_tenants.add(found)
-            log.warning("ignoring %s: %s is not a valid tenant id (1 to 64 of A-Z a-z 0-9 . _ -, "
-                        "starting with a letter or digit)", shown(key), shown(found))
+            log.warning(
+                "ignoring %s: %s is not a valid tenant id (1 to 64 of A-Z a-z 0-9 . _ -, "
+                "starting with a letter or digit)",
+                shown(key),
+                shown(found),
+            )
         return None
 
     def _refuse(self, key: str, found: Unpublishable) -> None:
