@@ -4,6 +4,7 @@
 without closing anything: each side's socket stays up and hears nothing, as when a NAT or a
 load balancer forgets a flow. Connections accepted afterwards are forwarded normally.
 """
+
 from __future__ import annotations
 
 import asyncio
@@ -20,7 +21,7 @@ class FreezableProxy:
         self._writers: list[asyncio.StreamWriter] = []
         self.writes_up = 0  # chunks forwarded towards the target (what a client sent)
 
-    async def start(self) -> "FreezableProxy":
+    async def start(self) -> FreezableProxy:
         self._server = await asyncio.start_server(self._accept, "127.0.0.1", 0)
         self.port = self._server.sockets[0].getsockname()[1]
         return self
@@ -41,8 +42,9 @@ class FreezableProxy:
             task.add_done_callback(self._tasks.discard)
 
     @staticmethod
-    async def _pipe(src: asyncio.StreamReader, dst: asyncio.StreamWriter, link: dict,
-                    counter: "FreezableProxy | None") -> None:
+    async def _pipe(
+        src: asyncio.StreamReader, dst: asyncio.StreamWriter, link: dict, counter: FreezableProxy | None
+    ) -> None:
         try:
             while True:
                 data = await src.read(65536)

@@ -4,6 +4,7 @@
 filesystem source's worker process use them directly, so that none of those needs the schema
 library to ask "is this a tenant id, a path, an event id?". One rule, one place.
 """
+
 from __future__ import annotations
 
 import re
@@ -59,6 +60,7 @@ def is_valid_tenant_id(value: Any) -> bool:
 
 # -- the wire rule --------------------------------------------------------------------------------
 
+
 def wire_string_error(value: str) -> str | None:
     """Why ``value`` cannot be sent to a client, or None when it can.
 
@@ -107,6 +109,7 @@ def safe_text(value: str) -> str:
 
 
 # -- paths ----------------------------------------------------------------------------------------
+
 
 def path_error(value: str) -> str | None:
     """Why ``value`` is not a tenant-relative ``/``-separated path, or None when it is.

@@ -2,6 +2,7 @@
 
 Defaults live here and only here; ``cli.py`` derives its flags' defaults from this class.
 """
+
 from __future__ import annotations
 
 import dataclasses
@@ -31,7 +32,7 @@ class Settings:
     # on a private network, without credentials).
     metrics_public: bool = False
     disabled_plugins: tuple[str, ...] = ()
-    # Client frames: PROTOCOL.md section 2 (1009 over the size, 1008 over the rate).
+    # Client frames: docs/protocol.md section 2 (1009 over the size, 1008 over the rate).
     max_message_size: int = 4096
     max_client_rate: int = 20
     # Unsent bytes a connection may hold before it is closed with 1013.
@@ -104,7 +105,7 @@ class Settings:
     # Extra, plugin-owned settings (name -> value); never interpreted by the core.
     extra: dict = field(default_factory=dict, hash=False, compare=False)
 
-    def replace(self, **changes) -> "Settings":
+    def replace(self, **changes) -> Settings:
         return dataclasses.replace(self, **changes)
 
     def __post_init__(self) -> None:
@@ -116,7 +117,9 @@ class Settings:
         if self.event_loop not in EVENT_LOOPS:
             raise ValueError(f"--loop must be one of {', '.join(EVENT_LOOPS)}, not {self.event_loop!r}")
         if self.watch_fallback not in WATCH_FALLBACKS:
-            raise ValueError(f"--watch-fallback must be one of {', '.join(WATCH_FALLBACKS)}, not {self.watch_fallback!r}")
+            raise ValueError(
+                f"--watch-fallback must be one of {', '.join(WATCH_FALLBACKS)}, not {self.watch_fallback!r}"
+            )
         if self.debounce_ms < 0:
             raise ValueError("debounce_ms must not be negative")
         for name in ("jwt_public_key", "jwks"):
@@ -128,8 +131,10 @@ class Settings:
             raise ValueError("publish_rate and publish_burst must not be negative")
         keys = [name for name in ("jwt_secret", "jwt_public_key", "jwks") if getattr(self, name)]
         if len(keys) > 1:
-            raise ValueError("give one JWT key only: --jwt-secret, --jwt-public-key or --jwks, not "
-                             + " and ".join("--" + k.replace("_", "-") for k in keys))
+            raise ValueError(
+                "give one JWT key only: --jwt-secret, --jwt-public-key or --jwks, not "
+                + " and ".join("--" + k.replace("_", "-") for k in keys)
+            )
         if self.jwt_algorithm and self.jwt_secret and self.jwt_algorithm != "HS256":
             raise ValueError(f"--jwt-algorithm {self.jwt_algorithm} needs --jwt-public-key or --jwks, not --jwt-secret")
         if self.jwt_algorithm == "HS256" and (self.jwt_public_key or self.jwks):

@@ -17,11 +17,13 @@ the watcher for long or blow up in memory.
 
 Past a bound the event still goes out, without ``diff``, and ``parse`` says why (``Unparsed``).
 """
+
 from __future__ import annotations
 
 import json
 import tomllib
-from typing import Any, Callable, Iterator
+from collections.abc import Callable, Iterator
+from typing import Any
 
 try:  # YAML only when PyYAML is installed
     import yaml
@@ -39,7 +41,7 @@ TOO_LARGE = "too_large"
 DOES_NOT_PARSE = "does_not_parse"
 TOO_MANY_NODES = "too_many_nodes"
 
-_YAML_LOADER = getattr(yaml, "CSafeLoader", None) or getattr(yaml, "SafeLoader", None)
+_YAML_LOADER: Any = getattr(yaml, "CSafeLoader", None) or getattr(yaml, "SafeLoader", None)
 
 
 class Unparsed:

@@ -24,11 +24,14 @@ new file whose content a known file of its tenant has waits ``TWIN_GRACE`` for i
 through indexes, never by scanning the known files: a burst of thousands of identical files
 costs what a burst of distinct ones costs (and waits the grace once).
 """
+
 from __future__ import annotations
 
+import enum
 import heapq
 import itertools
-from typing import Any, Iterable, NamedTuple
+from collections.abc import Iterable
+from typing import Any, Final, NamedTuple
 
 from ...structured import Unparsed
 from .names import Key, Target
@@ -56,9 +59,16 @@ class Read:
 
     __slots__ = ("checksum", "copy", "size", "diff", "skip", "extra", "version")
 
-    def __init__(self, checksum: str | None, copy: Any = None, size: int = 0,
-                 diff: dict | None = None, skip: str | None = None, extra: Any = None,
-                 version: int | None = None):
+    def __init__(
+        self,
+        checksum: str | None,
+        copy: Any = None,
+        size: int = 0,
+        diff: dict[str, Any] | None = None,
+        skip: str | None = None,
+        extra: Any = None,
+        version: int | None = None,
+    ):
         self.checksum = checksum
         self.copy = copy
         self.size = size
@@ -81,8 +91,23 @@ class Taken(NamedTuple):
 
 
 class _File:
-    __slots__ = ("target", "sent", "sent_copy", "sent_size", "current", "first", "deadline", "reading",
-                 "again", "ready", "ready_at", "moved_from", "moved_to", "cached", "read_at")
+    __slots__ = (
+        "target",
+        "sent",
+        "sent_copy",
+        "sent_size",
+        "current",
+        "first",
+        "deadline",
+        "reading",
+        "again",
+        "ready",
+        "ready_at",
+        "moved_from",
+        "moved_to",
+        "cached",
+        "read_at",
+    )
 
     def __init__(self, target: Target):
         self.target = target
@@ -115,7 +140,7 @@ class Settler:
         # Renames the watcher did not pair: files read as gone whose sent content was
         # (tenant, checksum), and how many files with that sent content are still to be read.
         self._gone: dict[tuple[str, str], dict[Key, None]] = {}
-        self._unread: dict[tuple[str, str], int] = {}
+        self._unread: dict[tuple[str, str | None], int] = {}
         # How many files of a tenant the server knows with a content: a new file with one of
         # those may be a rename whose other half the watcher has not reported yet.
         self._sent_count: dict[tuple[str, str], int] = {}
@@ -127,8 +152,9 @@ class Settler:
 
     # -- what the server was told ------------------------------------------------------------
 
-    def baseline(self, key: Key, target: Target, checksum: str, copy: Any = None, size: int = 0,
-                 cached: Any = None) -> None:
+    def baseline(
+        self, key: Key, target: Target, checksum: str, copy: Any = None, size: int = 0, cached: Any = None
+    ) -> None:
         """The server knows ``key`` with this content (a start-up scan, or a restart's record)."""
         f = self._file(key, target)
         self._set_sent(f, checksum)
@@ -183,8 +209,9 @@ class Settler:
             f.deadline = deadline
             heapq.heappush(self._timers, (deadline, next(self._n), key))
 
-    def renamed(self, src: Key, src_target: Target, dest: Key, dest_target: Target, now: float, *,
-                at_once: bool = False) -> None:
+    def renamed(
+        self, src: Key, src_target: Target, dest: Key, dest_target: Target, now: float, *, at_once: bool = False
+    ) -> None:
         """``src`` was renamed to ``dest``; one ``moved`` event when it is a rename inside a
         tenant of a file the server knows, else whatever each end turns out to be."""
         f = self._files.get(src)
@@ -283,11 +310,11 @@ class Settler:
                     continue
                 progress = True
                 if found is not None:
-                    payload, old, version = found  # type: ignore[misc]
+                    payload, old, version = found
                     out.append(Taken(key, payload, old, version))
         return out
 
-    def _event(self, key: Key) -> tuple[Payload, Key | None, int | None] | None | object:
+    def _event(self, key: Key) -> tuple[Payload, Key | None, int | None] | _Wait | None:
         f = self._files[key]
         read = f.current
         assert read is not None
@@ -304,8 +331,14 @@ class Settler:
             src_key, f.moved_from = f.moved_from, None
             if src is not None and src.moved_to == key:
                 src.moved_to = None
-            if (src is not None and src.ready and src.current is not None and src.current.checksum is None
-                    and src.sent is not None and read.checksum is not None):
+            if (
+                src is not None
+                and src.ready
+                and src.current is not None
+                and src.current.checksum is None
+                and src.sent is not None
+                and read.checksum is not None
+            ):
                 return self._moved(key, f, src_key, src)
         if read.checksum is None:
             if f.sent is None:
@@ -314,15 +347,18 @@ class Settler:
             payload = _payload(tenant_id, "deleted", rel, None)
         elif f.sent is None:
             twin = self._twin(tenant_id, read.checksum)
-            if twin is None and self._sent_count.get((tenant_id, read.checksum)) \
-                    and self._now < f.ready_at + TWIN_GRACE:
+            if (
+                twin is None
+                and self._sent_count.get((tenant_id, read.checksum))
+                and self._now < f.ready_at + TWIN_GRACE
+            ):
                 twin = _WAIT  # a file of that content may be gone, its report still on the way
                 retry = f.ready_at + TWIN_GRACE
                 self._retry_at = retry if self._retry_at is None else min(self._retry_at, retry)
             if twin is _WAIT:
                 return _WAIT
             if twin is not None:
-                return self._moved(key, f, twin, self._files[twin])  # type: ignore[index]
+                return self._moved(key, f, twin, self._files[twin])
             payload = _payload(tenant_id, "created", rel, read.checksum)
         elif f.sent == read.checksum:
             self._taken(key, f)  # the same bytes again: a touch, or a save of what was there
@@ -346,7 +382,7 @@ class Settler:
         self._taken(key, f)
         return payload, src_key, max(versions) if versions else None
 
-    def _twin(self, tenant_id: str, checksum: str) -> Key | None | object:
+    def _twin(self, tenant_id: str, checksum: str) -> Key | _Wait | None:
         gone = self._gone.get((tenant_id, checksum))
         if gone:
             return next(iter(gone))
@@ -446,11 +482,18 @@ class Settler:
                 del self._gone[(f.target[0], f.sent)]
 
 
-_WAIT = object()
+class _Wait(enum.Enum):
+    """Not yet: the other end of a rename is still to be read (or reported)."""
+
+    WAIT = "wait"
 
 
-def _payload(tenant_id: str, change_type: str, rel: str, checksum: str | None, *,
-             meta: dict | None = None) -> Payload:
+_WAIT: Final = _Wait.WAIT
+
+
+def _payload(
+    tenant_id: str, change_type: str, rel: str, checksum: str | None, *, meta: dict[str, Any] | None = None
+) -> Payload:
     payload: Payload = {"tenant_id": tenant_id, "change_type": change_type, "path": rel, "checksum": checksum}
     if meta:
         payload["meta"] = meta

@@ -16,6 +16,7 @@ thousand short steps between which clients are served, not one long one.
 What the server was told is kept here too (``manifest``, ``tenants``), and handed to the next
 worker when the source restarts, which then reports only what differs on disk.
 """
+
 from __future__ import annotations
 
 import asyncio
@@ -54,8 +55,16 @@ class WorkerFailed(Exception):
 class FilesystemSource:
     name = SOURCE_NAME
 
-    def __init__(self, config_dir: Path | str, debounce: float = 0.05, *, max_delay: float | None = None,
-                 polling: bool = False, canary: float = 60.0, fallback: str = "poll"):
+    def __init__(
+        self,
+        config_dir: Path | str,
+        debounce: float = 0.05,
+        *,
+        max_delay: float | None = None,
+        polling: bool = False,
+        canary: float = 60.0,
+        fallback: str = "poll",
+    ):
         self.config_dir = Path(config_dir)
         self.debounce = debounce
         # A file written continuously still reports, at least this often.
@@ -91,17 +100,29 @@ class FilesystemSource:
         first_run = not self._ran_before
         self._ran_before = True
         proc = await asyncio.create_subprocess_exec(
-            sys.executable, "-m", WORKER_MODULE, stdin=asyncio.subprocess.PIPE, stdout=asyncio.subprocess.PIPE,
+            sys.executable,
+            "-m",
+            WORKER_MODULE,
+            stdin=asyncio.subprocess.PIPE,
+            stdout=asyncio.subprocess.PIPE,
             limit=LINE_LIMIT,
             # Its own session: a Ctrl-C in a terminal goes to the server, which stops it.
-            start_new_session=True)
+            start_new_session=True,
+        )
         try:
             assert proc.stdin is not None and proc.stdout is not None
             known = None if first_run else [[k, t, r, c] for k, (t, r, c) in self._files.items()]
-            config = {"root": self.root, "debounce": self.debounce, "max_delay": self.max_delay,
-                      "polling": self.force_polling, "watch_limit": inotify_watch_limit(), "known": known,
-                      "canary": self.canary, "fallback": self.fallback,
-                      "log_level": logging.getLogger("cfgpush").getEffectiveLevel()}
+            config = {
+                "root": self.root,
+                "debounce": self.debounce,
+                "max_delay": self.max_delay,
+                "polling": self.force_polling,
+                "watch_limit": inotify_watch_limit(),
+                "known": known,
+                "canary": self.canary,
+                "fallback": self.fallback,
+                "log_level": logging.getLogger("cfgpush").getEffectiveLevel(),
+            }
             proc.stdin.write(json.dumps(config).encode() + b"\n")
             await proc.stdin.drain()  # stdin stays open: its end tells the worker to stop
             if first_run:
@@ -142,16 +163,24 @@ class FilesystemSource:
                         self._versions[key] = version
             elif kind == "ready":
                 self.observer_kind = message["observer"]
-                self._polling_because = ("the kernel allows too few inotify watches for the config folder "
-                                         "(fs.inotify.max_user_watches): polling it every second"
-                                         if self.observer_kind == "polling" and not message.get("forced") else "")
+                self._polling_because = (
+                    "the kernel allows too few inotify watches for the config folder "
+                    "(fs.inotify.max_user_watches): polling it every second"
+                    if self.observer_kind == "polling" and not message.get("forced")
+                    else ""
+                )
                 if first_run:
                     # A shared broker remembers what was published before this process started:
                     # report what changed on disk while no source was watching.
                     await self._reconcile_with_published(emit)
                     self._versions.clear()  # needed for that comparison only
-                log.info("watching %s (%s, %d files, debounce %.0f ms)", self.root, self.observer_kind,
-                         len(self._files), self.debounce * 1000)
+                log.info(
+                    "watching %s (%s, %d files, debounce %.0f ms)",
+                    self.root,
+                    self.observer_kind,
+                    len(self._files),
+                    self.debounce * 1000,
+                )
                 self.started.set()
             elif kind == "gap":
                 tenants = message["tenants"]
@@ -191,7 +220,7 @@ class FilesystemSource:
                         results.append(exc)
             else:
                 results = await many([item[1] for item in batch], versions=[item[3] for item in batch])
-            for item, result in zip(batch, results):
+            for item, result in zip(batch, results, strict=True):
                 if isinstance(result, ValidationError):
                     await self._refused_by_schema(emit, item, result, gaps)
             for _ in batch:
@@ -211,8 +240,13 @@ class FilesystemSource:
                 refused = exc
         skipped = getattr(emit, "skipped", None)
         if skipped is not None:
-            await skipped(payload["tenant_id"], str(payload.get("path")),
-                          "refused by the schema: " + flatten_messages(refused.messages), "invalid", resync=False)
+            await skipped(
+                payload["tenant_id"],
+                str(payload.get("path")),
+                "refused by the schema: " + flatten_messages(refused.messages),
+                "invalid",
+                resync=False,
+            )
         gaps.add(payload["tenant_id"])
 
     def publish_lag(self) -> float:
@@ -243,8 +277,15 @@ class FilesystemSource:
                     continue
                 change = "deleted" if now is None else "created" if before is None else "modified"
                 key = keys.get((tenant_id, rel))
-                self._unsent.append([key, {"tenant_id": tenant_id, "change_type": change, "path": rel,
-                                           "checksum": now}, None, self._versions.get(key), time.monotonic()])
+                self._unsent.append(
+                    [
+                        key,
+                        {"tenant_id": tenant_id, "change_type": change, "path": rel, "checksum": now},
+                        None,
+                        self._versions.get(key) if key is not None else None,
+                        time.monotonic(),
+                    ]
+                )
 
     def degraded(self) -> str | None:
         """Why this source serves worse than it should, or None (``/readyz`` says it)."""

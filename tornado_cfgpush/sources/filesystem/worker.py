@@ -26,6 +26,7 @@ there, so a large file never holds the others), stdin's reader (end of input) an
 writer (the server reads when it is ready: while it is behind, changes coalesce in the settle
 machine instead of queueing).
 """
+
 from __future__ import annotations
 
 import json
@@ -38,7 +39,8 @@ import threading
 import time
 import traceback
 import warnings
-from typing import Any, Callable, Iterable
+from collections.abc import Callable, Iterable
+from typing import Any
 
 from ... import structured
 from ...rules import wire_string_error
@@ -211,9 +213,14 @@ class Worker:
         adjust_watchdog()
         OverflowWatch(self._on_kernel_overflow).install()
         handler = ToInbox(self.inbox)
-        self.observer, kind = start_observer(self.root, handler, polling=self.config["polling"],
-                                             watch_limit=self.config.get("watch_limit"), log=log,
-                                             fallback=self.config.get("fallback", "poll"))
+        self.observer, kind = start_observer(
+            self.root,
+            handler,
+            polling=self.config["polling"],
+            watch_limit=self.config.get("watch_limit"),
+            log=log,
+            fallback=self.config.get("fallback", "poll"),
+        )
         self.observer_kind = kind
         known = self.config.get("known")
         now = time.monotonic()
@@ -303,8 +310,11 @@ class Worker:
         reload."""
         self._rescan_at = None
         self._last_rescan = now
-        log.warning("events were lost (the kernel's inotify queue or the watcher's own overflowed): "
-                    "rescanning %s (raise fs.inotify.max_queued_events if this recurs)", self.root)
+        log.warning(
+            "events were lost (the kernel's inotify queue or the watcher's own overflowed): "
+            "rescanning %s (raise fs.inotify.max_queued_events if this recurs)",
+            self.root,
+        )
         self._touch_all(now)
         tenants = self._send_events(everything=True)
         if tenants:
@@ -315,8 +325,10 @@ class Worker:
             raise RuntimeError("a watcher thread died")
         if self._canary_sent is not None:
             if now - self._canary_sent > self._canary_timeout():
-                raise RuntimeError(f"the watcher stopped delivering events: the canary {self._canary_name} "
-                                   f"was not reported within {self._canary_timeout():g} s")
+                raise RuntimeError(
+                    f"the watcher stopped delivering events: the canary {self._canary_name} "
+                    f"was not reported within {self._canary_timeout():g} s"
+                )
         elif self._canary_every and now - self._last_event >= self._canary_every:
             self._make_canary(now)
         if now - self.output.last_write >= ALIVE_EVERY:
@@ -327,12 +339,20 @@ class Worker:
 
     def _make_canary(self, now: float) -> None:
         try:
-            fd = os.open(self._canary_name, os.O_WRONLY | os.O_CREAT | os.O_TRUNC | os.O_NOFOLLOW, 0o600,
-                         dir_fd=self.tree.root_fd)
+            fd = os.open(
+                self._canary_name,
+                os.O_WRONLY | os.O_CREAT | os.O_TRUNC | os.O_NOFOLLOW,
+                0o600,
+                dir_fd=self.tree.root_fd,
+            )
             os.close(fd)
         except OSError as exc:  # read-only, or not ours to write: no canary, say so once
-            log.info("cannot make the watcher's canary in %s (%s): a watcher that stops delivering is "
-                     "noticed only when its threads die", self.root, exc.strerror or exc)
+            log.info(
+                "cannot make the watcher's canary in %s (%s): a watcher that stops delivering is "
+                "noticed only when its threads die",
+                self.root,
+                exc.strerror or exc,
+            )
             self._canary_every = 0.0
             return
         self._canary_sent = now
@@ -398,7 +418,7 @@ class Worker:
         # A rename's destination is complete when reported (an atomic save's last step): read it
         # now. Its source waits the debounce: an editor renaming a file away (to a backup name)
         # is writing it again a moment later.
-        if src_target is not None and dest_target is not None:
+        if src_key is not None and dest_key is not None and src_target is not None and dest_target is not None:
             self.settler.renamed(src_key, src_target, dest_key, dest_target, now, at_once=self._fast)
             return
         if src_key is not None:
@@ -420,8 +440,12 @@ class Worker:
             return found
         if found not in self._bad_tenants and len(self._bad_tenants) < 1000:
             self._bad_tenants.add(found)
-            log.warning("ignoring %s: %s is not a valid tenant id (1 to 64 of A-Z a-z 0-9 . _ -, "
-                        "starting with a letter or digit)", shown(key), shown(found))
+            log.warning(
+                "ignoring %s: %s is not a valid tenant id (1 to 64 of A-Z a-z 0-9 . _ -, "
+                "starting with a letter or digit)",
+                shown(key),
+                shown(found),
+            )
         return None
 
     def _refuse(self, key: str, found: Unpublishable) -> None:
@@ -475,7 +499,7 @@ class Worker:
         change asks for it), or why there is none."""
         copy = content.copy
         read = Read(content.checksum, copy, content.size, extra=content, version=content.sig.ctime_ns // 1000)
-        if copy is None or old_copy is None and isinstance(copy, bytes):
+        if copy is None or (old_copy is None and isinstance(copy, bytes)):
             return read  # not structured, or new: no diff to make
         doc = Tree.parse(key, copy)
         if isinstance(doc, structured.Unparsed):
