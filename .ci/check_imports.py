@@ -125,7 +125,7 @@ LAYERS: tuple[tuple[str, ...], ...] = tuple(
         ),
         ("ws.protocol",),
         ("ws.connection",),
-        ("schemas",),
+        ("schemas", "gate"),
         ("broker",),
         ("hub",),
         ("hookspecs", "plugins", "auth"),

@@ -127,6 +127,21 @@ ERRORS = {
     "port taken": (["--port", "{port}"], {}, "cannot listen on 127.0.0.1:{port}: "),
     "short admin token": (["--admin-token", "short"], {}, "--admin-token: admin token must be at least 8 characters"),
     "bad loop": (["--loop", "trio"], {}, "--loop: loop must be one of asyncio, uvloop, not 'trio'"),
+    "json schema without a file": (
+        ["--json-schema", "ui/*.json"],
+        {},
+        "--json-schema: --json-schema must be GLOB=FILE",
+    ),
+    "json schema missing": (
+        ["--json-schema", "*.json={tmp}/none.json"],
+        {},
+        "--json-schema: cannot read the JSON Schema '{tmp}/none.json': No such file or directory",
+    ),
+    "bad watch fallback": (
+        ["--watch-fallback", "ignore"],
+        {},
+        "--watch-fallback: watch fallback must be one of error, poll",
+    ),
     "history bound too small": (
         ["--history-max-bytes", "65536"],
         {},

@@ -129,6 +129,21 @@ def _names(text: str) -> list[str]:
     return [n.strip() for n in text.split(",") if n.strip()]
 
 
+def _schema_rules(text: str) -> list[str]:
+    """``GLOB=FILE`` rules, each schema loaded and checked now: a bad one is a start-up error."""
+    from .gate import SchemaError, load_schema, parse_schema_rule
+
+    rules = []
+    for item in _names(text):
+        glob, path = parse_schema_rule(item)
+        try:
+            load_schema(path)
+        except SchemaError as exc:
+            raise ValueError(str(exc)) from None
+        rules.append(f"{glob}={os.path.abspath(path)}")
+    return rules
+
+
 # flag -> (Settings field, parser of one string, help). The one table of setting flags.
 SETTING_FLAGS: dict[str, tuple[str, Callable[[str], Any], str]] = {
     "--host": ("host", str, "address to listen on"),
@@ -282,12 +297,24 @@ SETTING_FLAGS: dict[str, tuple[str, Callable[[str], Any], str]] = {
         "when the config folder needs more inotify watches than the kernel allows: error "
         "(a start-up error naming the sysctl) or poll (every second, /readyz degraded)",
     ),
+    "--validate": (
+        "validate",
+        _names,
+        "tenant-relative glob (fnmatch; * crosses /) of files that must parse (JSON, TOML, YAML) "
+        "before a change of them is announced; repeatable or comma-separated",
+    ),
+    "--json-schema": (
+        "json_schemas",
+        _schema_rules,
+        "GLOB=FILE: files matching GLOB must also satisfy that JSON Schema (draft 2020-12; "
+        "pip install 'tornado_cfgpush[schema]'); repeatable or comma-separated",
+    ),
     "--loop": ("event_loop", _event_loop, "the event loop: asyncio, or uvloop (pip install 'tornado_cfgpush[fast]')"),
 }
 # Settings that are secrets: never logged, and readable from a file named by CFGPUSH_<FLAG>_FILE.
 SECRET_FIELDS = {"admin_token", "publish_token", "jwt_secret"}
 # Flags that may be given more than once; the values are joined by commas, as in the environment.
-REPEATABLE_FIELDS = {"allowed_origins", "allowed_hosts", "publish_token"}
+REPEATABLE_FIELDS = {"allowed_origins", "allowed_hosts", "publish_token", "validate", "json_schemas"}
 # Settings that are switches: the flag alone means true (--metrics-tenant-labels [true|false]).
 BOOLEAN_FIELDS = {"metrics_tenant_labels", "metrics_public", "ws_compression"}
 

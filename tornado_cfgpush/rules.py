@@ -7,7 +7,9 @@ library to ask "is this a tenant id, a path, an event id?". One rule, one place.
 
 from __future__ import annotations
 
+import fnmatch
 import re
+from collections.abc import Iterable
 from typing import Any
 
 TENANT_ID_MAX = 64
@@ -147,3 +149,10 @@ def parse_event_id(event_id: str) -> tuple[int, int]:
         raise ValueError(f"not an event id: {event_id!r}")
     epoch, seq = event_id.split("-")
     return int(epoch), int(seq)
+
+
+def path_matches(path: str, patterns: Iterable[str]) -> bool:
+    """Whether a tenant-relative path matches one of ``patterns``: ``fnmatch`` on the whole path,
+    ``*`` crossing ``/`` (``*.json`` is every JSON file; ``ui/*.json`` those under ``ui/``). The
+    one matching rule of the path patterns of the settings (``--validate``, ``--json-schema``)."""
+    return any(fnmatch.fnmatchcase(path, pattern) for pattern in patterns)

@@ -99,6 +99,11 @@ class Settings:
     # (fs.inotify.max_user_watches): "error", a start-up error naming the sysctl and the number
     # needed; or "poll", the folder is polled every second instead (and /readyz says degraded).
     watch_fallback: str = "error"
+    # The validation gate (tornado_cfgpush.gate): tenant-relative globs whose files must parse
+    # before a change is announced, and "GLOB=FILE" rules whose files must also satisfy a JSON
+    # Schema (draft 2020-12).
+    validate: tuple[str, ...] = ()
+    json_schemas: tuple[str, ...] = ()
     # The event loop: "asyncio" (the standard library's) or "uvloop" (pip install
     # 'tornado_cfgpush[fast]'): cheaper I/O per delivery.
     event_loop: str = "asyncio"
@@ -126,6 +131,8 @@ class Settings:
             if isinstance(getattr(self, name), str):
                 object.__setattr__(self, name, Path(getattr(self, name)))
         object.__setattr__(self, "allowed_origins", tuple(self.allowed_origins))
+        object.__setattr__(self, "validate", tuple(self.validate))
+        object.__setattr__(self, "json_schemas", tuple(self.json_schemas))
         object.__setattr__(self, "allowed_hosts", tuple(self.allowed_hosts))
         if self.publish_rate < 0 or self.publish_burst < 0:
             raise ValueError("publish_rate and publish_burst must not be negative")

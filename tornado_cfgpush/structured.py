@@ -45,12 +45,14 @@ _YAML_LOADER: Any = getattr(yaml, "CSafeLoader", None) or getattr(yaml, "SafeLoa
 
 
 class Unparsed:
-    """A structured file with no document to diff, and why (one of the reasons above)."""
+    """A structured file with no document to diff, and why (one of the reasons above); for a
+    document that does not parse, ``detail`` is the parser's own words (a line and column)."""
 
-    __slots__ = ("reason",)
+    __slots__ = ("reason", "detail")
 
-    def __init__(self, reason: str):
+    def __init__(self, reason: str, detail: str = ""):
         self.reason = reason
+        self.detail = detail
 
     def __repr__(self) -> str:
         return f"Unparsed({self.reason!r})"
@@ -161,8 +163,8 @@ def parse(path: str, data: bytes) -> Any:
         _count_json_nodes(doc, MAX_NODES)
     except _TooBig:
         return Unparsed(TOO_MANY_NODES)
-    except Exception:  # any parse error (RecursionError for absurd nesting too)
-        return Unparsed(DOES_NOT_PARSE)
+    except Exception as exc:  # any parse error (RecursionError for absurd nesting too)
+        return Unparsed(DOES_NOT_PARSE, " ".join(str(exc).split())[:200])
     return doc
 
 

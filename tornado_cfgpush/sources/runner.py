@@ -129,11 +129,12 @@ class SourceEmit:
         runner.log_once(
             logging.WARNING,
             (self.source_name, tenant_id, what, why),
-            "source %s: a change of tenant %s cannot be published (%s): %s; its clients resync",
+            "source %s: a change of tenant %s cannot be published (%s): %s%s",
             self.source_name,
             tenant_id,
             what,
             why,
+            "; its clients resync" if resync else "",
         )
         if resync:
             await runner._gap([tenant_id], self.source_name)

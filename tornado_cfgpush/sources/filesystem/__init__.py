@@ -51,6 +51,7 @@ def __getattr__(name: str) -> Any:
 
 @hookimpl
 def cfgpush_register_sources(settings) -> list[FilesystemSource]:
+    from ...gate import parse_schema_rule
     from .source import FilesystemSource
 
     return [
@@ -59,5 +60,7 @@ def cfgpush_register_sources(settings) -> list[FilesystemSource]:
             settings.debounce_ms / 1000,
             canary=settings.watch_canary,
             fallback=settings.watch_fallback,
+            validate=settings.validate,
+            schemas=tuple(parse_schema_rule(rule) for rule in settings.json_schemas),
         )
     ]

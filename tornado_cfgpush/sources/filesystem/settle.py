@@ -57,7 +57,7 @@ class Read:
     microseconds: set by the kernel, the same for every reader), or, for a file found gone,
     the time it was found so (before any later re-creation's ctime)."""
 
-    __slots__ = ("checksum", "copy", "size", "diff", "skip", "extra", "version")
+    __slots__ = ("checksum", "copy", "size", "diff", "skip", "extra", "version", "refused")
 
     def __init__(
         self,
@@ -76,6 +76,7 @@ class Read:
         self.skip = skip
         self.extra = extra  # the reader's own (tree.Content, for rescans)
         self.version = version
+        self.refused: Any = None  # the gate's Failure: this version may not be announced
 
 
 GONE = Read(None)
@@ -279,6 +280,23 @@ class Settler:
         self._ready[key] = None
         if read.checksum is None and f.sent is not None:
             self._gone.setdefault((f.target[0], f.sent), {})[key] = None
+
+    def read_refused(self, key: Key, now: float) -> None:
+        """What was read of ``key`` may not be announced (the validation gate refused it): as if
+        nothing changed, the server keeps the last version it was told."""
+        f = self._files[key]
+        f.reading = False
+        if f.sent is not None:
+            self._count_unread(f, -1)
+        f.first = None
+        if f.again:
+            f.again = False
+            self.touched(key, f.target, now)
+            return
+        if f.moved_from is not None:
+            f.moved_from = None
+        if f.sent is None and f.deadline is None:
+            self._forget(key, f)
 
     # -- events ---------------------------------------------------------------------------------
 

@@ -45,7 +45,8 @@ WORKER_SILENCE = 20.0
 # One event may carry a long diff; a line is cut at 256 KiB of events, but never splits one.
 LINE_LIMIT = 64 * 1024 * 1024
 PUBLISH_BATCH = 500  # events per emit.many: one round trip with a shared broker
-REFUSED = "invalid_path"  # cfgpush_events_rejected_total's reason for a name that cannot be announced
+REFUSED = "invalid_path"
+INVALID_CONTENT = "invalid_content"  # cfgpush_events_rejected_total's reason for what the gate refused  # cfgpush_events_rejected_total's reason for a name that cannot be announced
 
 
 class WorkerFailed(Exception):
@@ -64,6 +65,8 @@ class FilesystemSource:
         polling: bool = False,
         canary: float = 60.0,
         fallback: str = "poll",
+        validate: tuple[str, ...] = (),
+        schemas: tuple[tuple[str, str], ...] = (),
     ):
         self.config_dir = Path(config_dir)
         self.debounce = debounce
@@ -72,6 +75,8 @@ class FilesystemSource:
         self.force_polling = polling
         self.canary = canary  # seconds of silence before the worker checks its watcher (0: never)
         self.fallback = fallback  # when the kernel allows too few watches: "poll" or "error"
+        self.validate = validate  # the validation gate (tornado_cfgpush.gate): globs that must parse
+        self.schemas = schemas  # and (glob, JSON Schema file) pairs
         self._polling_because = ""  # why it polls though it was not asked to (degraded)
         self.observer_kind = ""
         self.root = ""
@@ -85,6 +90,8 @@ class FilesystemSource:
         # The version (see settle.Read) of each file of the start-up scan, for what it reports
         # as changed while no one watched.
         self._versions: dict[str, int | None] = {}
+        # tenant -> path -> what the validation gate refused there (the newest version), and since when
+        self._invalid: dict[str, dict[str, dict[str, Any]]] = {}
         self._ran_before = False
         # Set once watching and the initial scan are done: changes from then on are reported.
         self.started = asyncio.Event()
@@ -121,6 +128,8 @@ class FilesystemSource:
                 "known": known,
                 "canary": self.canary,
                 "fallback": self.fallback,
+                "validate": list(self.validate),
+                "schemas": [list(rule) for rule in self.schemas],
                 "log_level": logging.getLogger("cfgpush").getEffectiveLevel(),
             }
             proc.stdin.write(json.dumps(config).encode() + b"\n")
@@ -154,6 +163,14 @@ class FilesystemSource:
                     unsent.append(item)
             elif kind == "refused":
                 await self._refused(emit, message, gaps)
+            elif kind == "invalid":
+                await self._gate_refused(emit, message)
+            elif kind == "valid":
+                files = self._invalid.get(message["tenant"])
+                if files is not None:
+                    files.pop(message["path"], None)
+                    if not files:
+                        del self._invalid[message["tenant"]]
             elif kind == "log":
                 logging.getLogger(message["name"]).log(message["level"], "%s", message["msg"])
             elif kind == "known":
@@ -255,6 +272,32 @@ class FilesystemSource:
             return 0.0
         return max(0.0, time.monotonic() - self._unsent[0][4])
 
+    async def _gate_refused(self, emit: Emit, message: dict[str, Any]) -> None:
+        """A version the validation gate refused: not announced (clients keep the last good one,
+        so nothing to resync); logged once, counted, and listed for the status API."""
+        tenant_id, path = message["tenant"], message["path"]
+        where = f" at {message['pointer']}" if message["pointer"] else ""
+        self._invalid.setdefault(tenant_id, {})[path] = {
+            "path": path,
+            "since": message["since"],
+            "pointer": message["pointer"],
+            "reason": message["reason"],
+        }
+        skipped = getattr(emit, "skipped", None)
+        if skipped is not None:
+            await skipped(
+                tenant_id,
+                path,
+                f"refused by the validation gate{where}: {message['reason']}",
+                INVALID_CONTENT,
+                resync=False,
+            )
+
+    def invalid(self, tenant_id: str) -> list[dict[str, Any]]:
+        """The files of ``tenant_id`` whose newest version the validation gate refused:
+        ``{"path", "since" (Unix time), "pointer", "reason"}``, by path."""
+        return [dict(v) for _, v in sorted(self._invalid.get(tenant_id, {}).items())]
+
     async def _refused(self, emit: Emit, message: dict[str, Any], gaps: set[str]) -> None:
         skipped = getattr(emit, "skipped", None)
         if skipped is not None:
@@ -271,7 +314,8 @@ class FilesystemSource:
             if not previous:
                 continue  # never published (or a fresh embedded broker): nothing to compare
             files = self._by_tenant.get(tenant_id, {})
-            for rel in sorted(set(files) | set(previous)):
+            refused = self._invalid.get(tenant_id, {})  # what the gate refused stays as recorded
+            for rel in sorted((set(files) | set(previous)) - set(refused)):
                 now, before = files.get(rel), previous.get(rel)
                 if now == before:
                     continue

@@ -43,6 +43,7 @@ from collections.abc import Callable, Iterable
 from typing import Any
 
 from ... import structured
+from ...gate import Failure, Gate
 from ...rules import wire_string_error
 from .names import Unpublishable, classify, shown, split
 from .settle import MEMORY_CAP, NO_PREVIOUS, NOT_REPRESENTABLE, Read, Settler
@@ -191,6 +192,8 @@ class Worker:
         self.inbox = inbox
         self.tree = Tree(self.root)
         self.settler = Settler(config["debounce"], config["max_delay"])
+        self.gate = Gate(config.get("validate") or (), [tuple(rule) for rule in config.get("schemas") or ()])
+        self._invalid: dict[str, tuple[Failure, float]] = {}  # key -> (why refused, since: Unix time)
         self.lane = Lane(inbox, self._finish)
         self.observer: Any = None
         self.observer_kind = ""
@@ -250,6 +253,9 @@ class Worker:
             read = self._read_now(key, None, None)
             if read is None or read.checksum is None:
                 continue
+            if read.refused is not None:  # not announced, at start either: no good version known
+                self._note_refused(key, read.refused)
+                continue
             self.settler.baseline(key, target, read.checksum, read.copy, read.size, read.extra)
             chunk.append([key, target[0], target[1], read.checksum, read.version])
             if len(chunk) >= SCAN_CHUNK:
@@ -292,7 +298,7 @@ class Worker:
             for item in items:
                 if isinstance(item, tuple):
                     if item[0] == "read":
-                        self.settler.read_done(item[1], item[2], now)
+                        self._read_done(item[1], item[2], now)
                     elif item[0] == "stop":
                         self._stopping = True
                 else:
@@ -323,6 +329,8 @@ class Worker:
     def _check_health(self, now: float) -> None:
         if not observer_alive(self.observer) or not self.lane.alive():
             raise RuntimeError("a watcher thread died")
+        for problem in self.gate.reload():  # a JSON Schema file that changed
+            log.error("%s", problem)
         if self._canary_sent is not None:
             if now - self._canary_sent > self._canary_timeout():
                 raise RuntimeError(
@@ -466,7 +474,7 @@ class Worker:
         for key, old_copy, cached in self.settler.due(now):
             read = self._read_now(key, old_copy, cached if rescan else None, inline=inline)
             if read is not None:
-                self.settler.read_done(key, read, now)
+                self._read_done(key, read, now)
 
     def _read_now(self, key: str, old_copy: Any, cached: Content | None, *, inline: bool = True) -> Read | None:
         """Read ``key`` here, or hand it to the slow lane (None then: its result comes later)."""
@@ -493,28 +501,68 @@ class Worker:
             log.warning("cannot read %s: %s", shown(key), exc)
             return _gone(looked)
 
-    @staticmethod
-    def _finish(key: str, content: Content, old_copy: Any) -> Read:
-        """A read's ``Read``: its diff against ``old_copy`` (both parsed here, only now that a
-        change asks for it), or why there is none."""
+    def _finish(self, key: str, content: Content, old_copy: Any) -> Read:
+        """A read's ``Read``: refused by the gate, or with its diff against ``old_copy`` (both
+        parsed here, only now that a change asks for it), or why there is none. Runs on the
+        settle loop or the slow lane: reads shared state only (the gate's validators)."""
         copy = content.copy
         read = Read(content.checksum, copy, content.size, extra=content, version=content.sig.ctime_ns // 1000)
-        if copy is None or (old_copy is None and isinstance(copy, bytes)):
+        gated = bool(self.gate) and self.gate.applies(_rel(key))
+        if copy is None or (old_copy is None and isinstance(copy, bytes) and not gated):
             return read  # not structured, or new: no diff to make
         doc = Tree.parse(key, copy)
+        if gated:
+            read.refused = self.gate.judge(_rel(key), doc)
+            if read.refused is not None or old_copy is None:
+                return read
         if isinstance(doc, structured.Unparsed):
             read.skip = doc.reason
             return read
-        old_copy = Tree.parse(key, old_copy) if old_copy is not None else None
-        if old_copy is None or isinstance(old_copy, structured.Unparsed):
-            read.skip = MEMORY_CAP if getattr(old_copy, "reason", None) == MEMORY_CAP else NO_PREVIOUS
+        old_doc = Tree.parse(key, old_copy) if old_copy is not None else None
+        if old_doc is None or isinstance(old_doc, structured.Unparsed):
+            read.skip = MEMORY_CAP if getattr(old_doc, "reason", None) == MEMORY_CAP else NO_PREVIOUS
             return read
-        diff = structured.diff(old_copy, doc)
+        diff = structured.diff(old_doc, doc)
         if _representable(diff.values()):
             read.diff = diff
         else:
             read.skip = NOT_REPRESENTABLE
         return read
+
+    def _read_done(self, key: str, read: Read, now: float) -> None:
+        """A read's result to the settle machine, through the gate: a refused version is not a
+        change (the last good one stays what the server knows), and says so once."""
+        refused = read.refused
+        if refused is None:
+            if key in self._invalid:
+                del self._invalid[key]
+                target = self._target(key)
+                if target is not None:
+                    self.output.send({"t": "valid", "key": key, "tenant": target[0], "path": target[1]})
+            self.settler.read_done(key, read, now)
+            return
+        self.settler.read_refused(key, now)
+        self._note_refused(key, refused)
+
+    def _note_refused(self, key: str, refused: Failure) -> None:
+        if self._invalid.get(key, (None,))[0] == refused:
+            return  # the same failure again (saved twice): said already
+        target = self._target(key)
+        if target is None:
+            return
+        since = self._invalid[key][1] if key in self._invalid else time.time()
+        self._invalid[key] = (refused, since)
+        self.output.send(
+            {
+                "t": "invalid",
+                "key": key,
+                "tenant": target[0],
+                "path": target[1],
+                "pointer": refused.pointer,
+                "reason": refused.reason,
+                "since": since,
+            }
+        )
 
     def _log_refusal(self, key: str, why: str) -> None:
         marker = (key, why)
@@ -528,6 +576,12 @@ class Worker:
             self._canary_seen()  # not seen, but not to be left behind
         if self.observer is not None:
             self.observer.stop()
+
+
+def _rel(key: str) -> str:
+    """The tenant-relative path of a key ("acme/ui/a.json" -> "ui/a.json"; "globex.json" stays)."""
+    tenant, sep, rel = key.partition("/")
+    return rel if sep else tenant
 
 
 def _now_us() -> int:
