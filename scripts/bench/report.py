@@ -144,16 +144,17 @@ def targets(results: dict) -> list[dict]:
         " s",
         extra=_get(results, "storm", "lost") == 0,
     )
-    e2e = _get(results, "e2e", "last_client_p99_ms")
-    debounce = _get(results, "e2e", "debounce_ms") or 50
-    add(
-        f"save -> every client p99 (ms), debounce {debounce} ms",
-        e2e,
-        f"<= {debounce + 30} ms",
-        lambda x: x <= debounce + 30,
-        " ms",
-        extra=bool(_get(results, "e2e", "all_received")),
-    )
+    for run in results.get("e2e_variants") or ([results["e2e"]] if results.get("e2e") else []):
+        if run["clients"] > 100:
+            continue  # reported, not a target: writing to 2 000 sockets takes the floor ~30 ms
+        add(
+            f"save -> every client p99 (ms), {run['write']} saves, {run['clients']} clients",
+            run["last_client_p99_ms"],
+            "<= 10 ms",
+            lambda x: x <= 10,
+            " ms",
+            extra=bool(run["all_received"]),
+        )
     for variant, b in (_get(results, "burst", "variants") or {}).items():
         what = f"burst {variant}, {b['files']} files, {b['clients']} clients"
         exact = b["all_received"] and not (b["duplicates"] or b["crossed_tenants"])
@@ -365,15 +366,18 @@ def render(results: dict, markdown: bool = False) -> str:
             ],
             markdown,
         )
-    e2e = results.get("e2e")
-    if e2e:
+    runs = results.get("e2e_variants") or ([results["e2e"]] if results.get("e2e") else [])
+    if runs:
+        first = runs[0]
         head(
-            f"e2e: {e2e['write']} save in the config folder -> every one of {e2e['clients']} clients, "
-            f"{e2e['saves']} saves {e2e['interval_s'] * 1000:.0f} ms apart, debounce {e2e['debounce_ms']} ms"
+            f"e2e: a save in the config folder -> every client, {first['saves']} saves "
+            f"{first['interval_s'] * 1000:.0f} ms apart, debounce {first['debounce_ms']} ms (a file whose writer "
+            "is done is read at once)"
         )
         out += _table(
             [
-                "server",
+                "save",
+                "clients",
                 "p50 ms",
                 "p99 ms",
                 "every client p50 ms",
@@ -383,14 +387,16 @@ def render(results: dict, markdown: bool = False) -> str:
             ],
             [
                 [
-                    "cfgpush",
-                    _f(e2e["p50_ms"], ".1f"),
-                    _f(e2e["p99_ms"], ".1f"),
-                    _f(e2e["last_client_p50_ms"], ".1f"),
-                    _f(e2e["last_client_p99_ms"], ".1f"),
-                    f"{e2e['delivered']}/{e2e['expected']} " + _f(e2e["all_received"]),
-                    str(e2e["extra_events"]),
+                    run["write"],
+                    str(run["clients"]),
+                    _f(run["p50_ms"], ".1f"),
+                    _f(run["p99_ms"], ".1f"),
+                    _f(run["last_client_p50_ms"], ".1f"),
+                    _f(run["last_client_p99_ms"], ".1f"),
+                    f"{run['delivered']}/{run['expected']} " + _f(run["all_received"]),
+                    str(run["extra_events"]),
                 ]
+                for run in runs
             ],
             markdown,
         )
