@@ -97,9 +97,10 @@ def test_bench_smoke_runs_every_scenario_and_accounts_for_every_delivery(tmp_pat
 
     idle = result["idle"]
     assert idle["open_at_end"] == idle["connections"] == args["connections"]
-    e2e = result["e2e"]
-    assert e2e["delivered"] == e2e["expected"] == args["e2e_clients"] * args["saves"]
-    assert e2e["extra_events"] == 0  # one event per save, whatever the editor does
+    assert {run["write"] for run in result["e2e_variants"]} == {"atomic", "plain"}
+    for run in result["e2e_variants"]:
+        assert run["delivered"] == run["expected"] == int(args["e2e_clients"]) * args["saves"]
+        assert run["extra_events"] == 0  # one event per save, whatever the editor does
     storm = result["storm"]
     assert storm["all_caught_up"]
     assert storm["exact"] == storm["clients"] == args["storm_clients"]  # every event, once, in order
