@@ -208,6 +208,26 @@ async def test_one_save_is_one_modified_event(style, connect, config_dir, publis
     assert [(p["change_type"], p["path"]) for p in published] == [("modified", "app.json")]
 
 
+@pytest.mark.gen_test(timeout=TEST_TIMEOUT)
+async def test_a_file_still_open_for_writing_is_not_announced_half_written(connect, config_dir, published):
+    """A file is read at once when its writer is done (closed, or renamed into place); while it
+    is still open for writing, the debounce and max_delay apply as before: a writer that pauses
+    mid-file for less than the debounce is never seen half way."""
+    client = await subscribe(connect, "acme")
+    target = config_dir / "acme" / "app.json"
+    with open(target, "wb") as f:
+        f.write(b'{"half": ')
+        f.flush()
+        await asyncio.sleep(0.01)  # wait-ok: a writer pausing mid-file, well within the debounce
+        f.write(b'"done"}')
+    started = time.perf_counter()
+    event = await change(client)
+    report_latency("in-place save, read at its close", started)
+    assert event["checksum"] == sha(b'{"half": "done"}')
+    await nothing(client)
+    assert [p["checksum"] for p in published] == [sha(b'{"half": "done"}')]
+
+
 @pytest.mark.parametrize("style", list(SAVES))
 @pytest.mark.gen_test(timeout=TEST_TIMEOUT)
 async def test_save_of_unchanged_bytes_gives_no_event(style, connect, config_dir, published):
