@@ -65,9 +65,7 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p.add_argument("--delete-share", type=float, default=0.1,
                    help="share of single saves that delete the file (or create it again) (default 0.1)")
     p.add_argument("--min-rewrite-interval", type=float, default=0.0,
-                   help="seconds before a path is written again (default 0: any time). Two nodes watching one "
-                        "folder publish a path's versions out of step when it changes again within their lag "
-                        "(issue #19): a smoke that must pass on a cluster with that bug spaces the writes")
+                   help="seconds before a path is written again (default 0: any time)")
     p.add_argument("--churn-per-s", type=float, default=10.0, help="client connections dropped per second (default 10)")
     p.add_argument("--fresh-share", type=float, default=0.1,
                    help="share of dropped clients that come back without last_event_id, as a reloaded page (default 0.1)")
