@@ -16,6 +16,7 @@ explains it (``unexpected_resync`` otherwise).
 
 Scenarios (``--scenario``, repeatable or comma-separated; default all):
 
+  none           no fault: the baseline the others compare with, measured in the same run
   hang           Redis stopped (SIGSTOP) for --hang-s, then SIGCONT
   cut-hold       node b's link to Redis held for --cut-s (a partition: nothing forwarded,
                  nothing closed), then released (the heal: what waited goes through)
@@ -44,6 +45,7 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import importlib.util
 import json
 import os
 import random
@@ -117,6 +119,10 @@ class Run:
 
 
 # -- the faults ----------------------------------------------------------------------------------
+
+async def no_fault(run: Run) -> None:
+    run.note("no fault: the baseline")
+
 
 async def hang(run: Run) -> None:
     run.redis.proc.popen.send_signal(signal.SIGSTOP)
@@ -205,6 +211,7 @@ class Scenario:
 
 
 SCENARIOS = {s.name: s for s in (
+    Scenario("none", no_fault),
     Scenario("hang", hang),
     Scenario("cut-hold", cut_hold),
     Scenario("cut-drop", cut_drop),
@@ -547,8 +554,12 @@ def main(argv: list[str] | None = None) -> int:
         return 2
     args.redis_server = program
     raise_nofile()
-    out: dict[str, Any] = {"started": time.strftime("%Y-%m-%dT%H:%M:%S%z"), "args": vars(args)}
-    log(f"scenarios {', '.join(args.scenario)}; seed {args.seed}")
+    # The nodes import tornado_cfgpush as this process would (PYTHONPATH, then the installed one):
+    # say which, since an editable install elsewhere would be tested instead of this checkout.
+    server = importlib.util.find_spec("tornado_cfgpush")
+    origin = str(Path(server.origin).parent.parent) if server and server.origin else "not found"
+    out: dict[str, Any] = {"started": time.strftime("%Y-%m-%dT%H:%M:%S%z"), "args": vars(args), "server": origin}
+    log(f"scenarios {', '.join(args.scenario)}; seed {args.seed}; the server's code from {origin}")
     try:
         coro = interruptible(run_all(args, out))
         try:
