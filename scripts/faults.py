@@ -114,7 +114,7 @@ class Run:
         self.incidents.append(incident)
         log(f"  {incident['at_s']:6.1f} s: {what}" + (f" {details}" if details else ""))
 
-    async def hold(self, seconds: float) -> None:
+    async def lasting(self, seconds: float) -> None:
         await asyncio.sleep(seconds)  # wait-ok: the fault lasts this long
 
 
@@ -128,7 +128,7 @@ async def hang(run: Run) -> None:
     run.redis.proc.popen.send_signal(signal.SIGSTOP)
     run.note("redis stopped (SIGSTOP)")
     try:
-        await run.hold(run.args.hang_s)
+        await run.lasting(run.args.hang_s)
     finally:
         run.redis.proc.popen.send_signal(signal.SIGCONT)
         run.note("redis continued (SIGCONT)")
@@ -138,7 +138,7 @@ async def cut_hold(run: Run) -> None:
     run.proxies["b"].hold()
     run.note("node b cut off from Redis (held)")
     try:
-        await run.hold(run.args.cut_s)
+        await run.lasting(run.args.cut_s)
     finally:
         run.proxies["b"].release()
         run.note("node b's link released")
@@ -148,7 +148,7 @@ async def cut_drop(run: Run) -> None:
     resets = run.proxies["b"].drop(refuse=True)
     run.note("node b cut off from Redis (reset, refused)", connections_reset=resets)
     try:
-        await run.hold(run.args.cut_s)
+        await run.lasting(run.args.cut_s)
     finally:
         run.proxies["b"].release()
         run.note("node b's link accepts connections again")
@@ -160,7 +160,7 @@ async def slow(run: Run) -> None:
         proxy.delay(low, high)
     run.note(f"both links slowed to {low:g}-{high:g} s per chunk, each way")
     try:
-        await run.hold(run.args.slow_s)
+        await run.lasting(run.args.slow_s)
     finally:
         for proxy in run.proxies.values():
             proxy.delay(0)
@@ -180,7 +180,7 @@ async def restart_empty(run: Run) -> None:
     status = run.redis.stop()
     run.note("redis stopped (SIGTERM, no persistence)", exit_status=status,
              events_before=sum(len(e) for e in run.old_history.values()))
-    await run.hold(run.args.redis_down)
+    await run.lasting(run.args.redis_down)
     await run.redis.start()
     run.note("redis started again, empty")
 
