@@ -25,6 +25,7 @@ Timings are measured, never asserted.
     python scripts/bench.py --smoke              # about 20 s: tiny sizes, for the tests
     python scripts/bench.py --scenario fanout,latency --chart bench.png --markdown
 """
+
 from __future__ import annotations
 
 import argparse
@@ -39,9 +40,9 @@ import traceback
 
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 
-from bench import burst, report, scenarios, targets  # noqa: E402
-from bench.loadgen import raise_nofile  # noqa: E402
-from bench.procs import Resources, pin_self  # noqa: E402
+from bench import burst, report, scenarios, targets
+from bench.loadgen import raise_nofile
+from bench.procs import Resources, pin_self
 
 SCENARIOS = ("fanout", "latency", "memory", "idle", "e2e", "storm", "burst")
 
@@ -55,13 +56,21 @@ def _ints(text: str) -> list[int]:
 
 
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
-    p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0],
-                                formatter_class=argparse.RawDescriptionHelpFormatter,
-                                epilog="\n\n".join(__doc__.split("\n\n")[1:]))
-    p.add_argument("--scenario", default="all",
-                   help=f"comma-separated: {','.join(SCENARIOS)}; all (default); none (with --chart: the chart only)")
-    p.add_argument("--servers", default=",".join(targets.ALL_SERVERS),
-                   help="servers of fanout, latency and memory (default: seed,websockets,floor,cfgpush)")
+    p = argparse.ArgumentParser(
+        description=__doc__.split("\n\n")[0],
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+        epilog="\n\n".join(__doc__.split("\n\n")[1:]),
+    )
+    p.add_argument(
+        "--scenario",
+        default="all",
+        help=f"comma-separated: {','.join(SCENARIOS)}; all (default); none (with --chart: the chart only)",
+    )
+    p.add_argument(
+        "--servers",
+        default=",".join(targets.ALL_SERVERS),
+        help="servers of fanout, latency and memory (default: seed,websockets,floor,cfgpush)",
+    )
     g = p.add_argument_group("fanout and latency")
     g.add_argument("--clients", type=int, default=2000, help="clients of one tenant (default 2000)")
     g.add_argument("--events", type=int, default=20, help="back-to-back events of fanout (default 20)")
@@ -73,12 +82,20 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     g.add_argument("--idle-window", type=float, default=20.0, help="seconds of cfgpush CPU measured (default 20)")
     g.add_argument("--settle", type=float, default=2.0, help="seconds after connecting before RSS is read")
     g = p.add_argument_group("e2e")
-    g.add_argument("--e2e-clients", type=int, default=100,
-                   help="clients (default 100: the save-to-event path, not the fan-out, which latency measures)")
+    g.add_argument(
+        "--e2e-clients",
+        default="100,2000",
+        help="clients, comma-separated: each a run (default 100,2000; 100 measures the save-to-event "
+        "path, 2000 adds the fan-out, which latency measures on its own)",
+    )
     g.add_argument("--saves", type=int, default=20, help="measured saves (default 20)")
     g.add_argument("--save-interval", type=float, default=0.5, help="seconds between saves (default 0.5)")
-    g.add_argument("--write", choices=("atomic", "plain"), default="atomic",
-                   help="atomic: a temporary file renamed over it (default); plain: written in place")
+    g.add_argument(
+        "--write",
+        default="atomic,plain",
+        help="how the file is saved, comma-separated: atomic (a temporary file renamed over it), "
+        "plain (written in place); each a run (default both)",
+    )
     g.add_argument("--debounce-ms", type=int, default=None, help="cfgpush's --debounce-ms (default: its own, 50)")
     g = p.add_argument_group("storm")
     g.add_argument("--storm-clients", type=int, default=10_000, help="clients of the restarted node (default 10000)")
@@ -91,37 +108,63 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     g.add_argument("--burst-files", type=int, default=10_000, help="files written at once (default 10000)")
     g.add_argument("--burst-clients", type=int, default=1000, help="clients, spread over the tenants (default 1000)")
     g.add_argument("--burst-tenants", type=int, default=100, help="tenants the files are spread over (default 100)")
-    g.add_argument("--burst-variants", type=_list, default=list(burst.VARIANTS),
-                   help="distinct (every file its own content), identical ({} in every file); default both")
-    g.add_argument("--burst-timeout", type=float, default=120.0,
-                   help="give up on a burst's deliveries after this many seconds (default 120)")
+    g.add_argument(
+        "--burst-variants",
+        type=_list,
+        default=list(burst.VARIANTS),
+        help="distinct (every file its own content), identical ({} in every file); default both",
+    )
+    g.add_argument(
+        "--burst-timeout",
+        type=float,
+        default=120.0,
+        help="give up on a burst's deliveries after this many seconds (default 120)",
+    )
     g.add_argument("--big-mb", type=float, default=50.0, help="the large file's size in MB (default 50)")
     g.add_argument("--big-rounds", type=int, default=5, help="rounds of the large-file case (default 5; 0: skip)")
     g = p.add_argument_group("servers and generator")
-    g.add_argument("--gen-loop", choices=("auto", "asyncio", "uvloop"), default="auto",
-                   help="the generator's loop; auto (default): uvloop when installed, since on asyncio's own "
-                        "loop the generator saturates its core before the fastest servers do")
-    g.add_argument("--server-loop", choices=("asyncio", "uvloop"), default="asyncio",
-                   help="every server's loop (cfgpush: --loop uvloop)")
-    g.add_argument("--ws-compression", action="store_true",
-                   help="also run cfgpush with --ws-compression (permessage-deflate), offered by the clients")
+    g.add_argument(
+        "--gen-loop",
+        choices=("auto", "asyncio", "uvloop"),
+        default="auto",
+        help="the generator's loop; auto (default): uvloop when installed, since on asyncio's own "
+        "loop the generator saturates its core before the fastest servers do",
+    )
+    g.add_argument(
+        "--server-loop",
+        choices=("asyncio", "uvloop"),
+        default="asyncio",
+        help="every server's loop (cfgpush: --loop uvloop)",
+    )
+    g.add_argument(
+        "--ws-compression",
+        action="store_true",
+        help="also run cfgpush with --ws-compression (permessage-deflate), offered by the clients",
+    )
     g.add_argument("--heartbeat", type=float, default=5.0, help="servers' ping interval (default 5)")
     g.add_argument("--concurrency", type=int, default=100, help="handshakes in flight (default 100)")
     g = p.add_argument_group("output")
     g.add_argument("--json", default="bench-results.json", help="write the results here (default bench-results.json)")
     g.add_argument("--markdown", action="store_true", help="also print the results as Markdown (for the README)")
-    g.add_argument("--chart", default="",
-                   help="PNG: deliveries/s and last-client p99 against clients (and <name>-burst.png: the bursts' "
-                        "deliveries over time)")
+    g.add_argument(
+        "--chart",
+        default="",
+        help="PNG: deliveries/s and last-client p99 against clients (and <name>-burst.png: the bursts' "
+        "deliveries over time)",
+    )
     g.add_argument("--chart-clients", type=_ints, default=[250, 500, 1000, 2000, 4000])
     g.add_argument("--chart-latency-events", type=int, default=10)
     g.add_argument("--chart-interval", type=float, default=0.2)
     g.add_argument("--keep-logs", action="store_true", help="keep the servers' logs (their folder is printed)")
-    p.add_argument("--smoke", action="store_true",
-                   help="about 20 s: tiny sizes, one round, every scenario; for tests/test_bench_smoke.py")
+    p.add_argument(
+        "--smoke",
+        action="store_true",
+        help="about 20 s: tiny sizes, one round, every scenario; for tests/test_bench_smoke.py",
+    )
     args = p.parse_args(argv)
-    args.scenarios = (list(SCENARIOS) if args.scenario == "all" else
-                      [] if args.scenario == "none" else _list(args.scenario))
+    args.scenarios = (
+        list(SCENARIOS) if args.scenario == "all" else [] if args.scenario == "none" else _list(args.scenario)
+    )
     unknown = set(args.scenarios) - set(SCENARIOS)
     if unknown:
         p.error(f"unknown scenario {', '.join(sorted(unknown))} (known: {', '.join(SCENARIOS)}, all)")
@@ -133,7 +176,7 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
         args.clients, args.events, args.rounds = 20, 3, 1
         args.latency_events, args.interval = 3, 0.05
         args.connections, args.idle_window, args.settle = 40, 1.0, 0.2
-        args.saves, args.save_interval, args.e2e_clients = 3, 0.2, 20
+        args.saves, args.save_interval, args.e2e_clients = 3, 0.2, "20"
         args.storm_clients, args.storm_before, args.storm_down, args.storm_during = 20, 1, 2, 2
         args.storm_timeout = 60.0
         args.chart_clients, args.chart_latency_events, args.chart_interval = [10, 20], 2, 0.05
@@ -195,54 +238,123 @@ async def run(args: argparse.Namespace, res: Resources, results: dict) -> None:
             return None
 
     if chosen & {"fanout", "latency"}:
-        found = await attempt("fanout/latency", scenarios.fanout_latency(
-            res, opts, servers, clients=args.clients, events=args.events, latency_events=args.latency_events,
-            interval=args.interval, rounds=args.rounds, do_fanout="fanout" in chosen,
-            do_latency="latency" in chosen, concurrency=args.concurrency))
+        found = await attempt(
+            "fanout/latency",
+            scenarios.fanout_latency(
+                res,
+                opts,
+                servers,
+                clients=args.clients,
+                events=args.events,
+                latency_events=args.latency_events,
+                interval=args.interval,
+                rounds=args.rounds,
+                do_fanout="fanout" in chosen,
+                do_latency="latency" in chosen,
+                concurrency=args.concurrency,
+            ),
+        )
         if found:
             note(found.pop("failures"))
             for kind in ("fanout", "latency"):
                 if kind in chosen:
                     results[kind] = found
     if chosen & {"memory", "idle"}:
-        found = await attempt("memory/idle", scenarios.memory_idle(
-            res, opts, servers, connections=args.connections, warm=min(200, args.connections),
-            settle=args.settle, idle_window=args.idle_window, do_memory="memory" in chosen,
-            do_idle="idle" in chosen, concurrency=args.concurrency))
+        found = await attempt(
+            "memory/idle",
+            scenarios.memory_idle(
+                res,
+                opts,
+                servers,
+                connections=args.connections,
+                warm=min(200, args.connections),
+                settle=args.settle,
+                idle_window=args.idle_window,
+                do_memory="memory" in chosen,
+                do_idle="idle" in chosen,
+                concurrency=args.concurrency,
+            ),
+        )
         if found:
             note(found.pop("failures"))
             if "idle" in found:
                 found["idle"]["heartbeat_interval_s"] = args.heartbeat
             results.update(found)
     if "e2e" in chosen:
-        found = await attempt("e2e", scenarios.e2e(res, opts, clients=args.e2e_clients, saves=args.saves,
-                                                   interval=args.save_interval, write=args.write,
-                                                   concurrency=args.concurrency))
-        if found:
-            results["e2e"] = found
+        variants = []
+        for clients in [int(c) for c in str(args.e2e_clients).split(",") if c.strip()]:
+            for write in [w.strip() for w in args.write.split(",") if w.strip()]:
+                found = await attempt(
+                    "e2e",
+                    scenarios.e2e(
+                        res,
+                        opts,
+                        clients=clients,
+                        saves=args.saves,
+                        interval=args.save_interval,
+                        write=write,
+                        concurrency=args.concurrency,
+                    ),
+                )
+                if found:
+                    variants.append(found)
+        if variants:
+            results["e2e"] = variants[0]  # the first run (100 clients, atomic saves), as before
+            results["e2e_variants"] = variants
     if "storm" in chosen:
         program = shutil.which(args.redis_server)
         if program is None:
             errors["storm"] = f"{args.redis_server} not found: the storm needs a private Redis"
         else:
-            found = await attempt("storm", scenarios.storm(
-                res, opts, clients=args.storm_clients, before=args.storm_before, down=args.storm_down,
-                during=args.storm_during, concurrency=args.concurrency, redis_program=program,
-                timeout=args.storm_timeout))
+            found = await attempt(
+                "storm",
+                scenarios.storm(
+                    res,
+                    opts,
+                    clients=args.storm_clients,
+                    before=args.storm_before,
+                    down=args.storm_down,
+                    during=args.storm_during,
+                    concurrency=args.concurrency,
+                    redis_program=program,
+                    timeout=args.storm_timeout,
+                ),
+            )
             if found:
                 results["storm"] = found
     if "burst" in chosen:
-        found = await attempt("burst", burst.run(
-            res, opts, files=args.burst_files, clients=args.burst_clients, tenants=args.burst_tenants,
-            variants=args.burst_variants, big_bytes=int(args.big_mb * 1e6), big_rounds=args.big_rounds,
-            concurrency=args.concurrency, timeout=args.burst_timeout))
+        found = await attempt(
+            "burst",
+            burst.run(
+                res,
+                opts,
+                files=args.burst_files,
+                clients=args.burst_clients,
+                tenants=args.burst_tenants,
+                variants=args.burst_variants,
+                big_bytes=int(args.big_mb * 1e6),
+                big_rounds=args.big_rounds,
+                concurrency=args.concurrency,
+                timeout=args.burst_timeout,
+            ),
+        )
         if found:
             note(found.pop("failures"))
             results["burst"] = found
     if args.chart:
-        found = await attempt("chart", scenarios.sweep(
-            res, opts, servers, args.chart_clients, events=args.events, latency_events=args.chart_latency_events,
-            interval=args.chart_interval, concurrency=args.concurrency))
+        found = await attempt(
+            "chart",
+            scenarios.sweep(
+                res,
+                opts,
+                servers,
+                args.chart_clients,
+                events=args.events,
+                latency_events=args.chart_latency_events,
+                interval=args.chart_interval,
+                concurrency=args.concurrency,
+            ),
+        )
         if found:
             results["chart"] = found
 
@@ -275,12 +387,22 @@ def main(argv: list[str] | None = None) -> int:
     pinned = pin_self()
     nofile = raise_nofile()
     machine = report.machine()
-    results: dict = {"machine": machine, "started": time.strftime("%Y-%m-%dT%H:%M:%S%z"),
-                     "options": {"server_loop": args.server_loop, "gen_loop": args.gen_loop, "pinned": pinned,
-                                 "nofile": nofile, "heartbeat_s": args.heartbeat, "concurrency": args.concurrency,
-                                 "ws_compression": args.ws_compression, "smoke": args.smoke},
-                     "args": {k: v for k, v in vars(args).items() if k not in ("scenarios", "server_list")},
-                     "errors": {}}
+    results: dict = {
+        "machine": machine,
+        "started": time.strftime("%Y-%m-%dT%H:%M:%S%z"),
+        "options": {
+            "server_loop": args.server_loop,
+            "gen_loop": args.gen_loop,
+            "pinned": pinned,
+            "nofile": nofile,
+            "heartbeat_s": args.heartbeat,
+            "concurrency": args.concurrency,
+            "ws_compression": args.ws_compression,
+            "smoke": args.smoke,
+        },
+        "args": {k: v for k, v in vars(args).items() if k not in ("scenarios", "server_list")},
+        "errors": {},
+    }
     needed = max(args.connections, args.storm_clients, args.clients) + 200
     if nofile < needed:
         report.warn(f"RLIMIT_NOFILE is {nofile}, under the {needed} sockets this run may open")

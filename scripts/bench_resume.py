@@ -8,6 +8,7 @@ only (no replay), measured in the same run:
 
     python scripts/bench_resume.py --events 1000 --rounds 5
 """
+
 from __future__ import annotations
 
 import argparse
@@ -20,13 +21,13 @@ import time
 
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
-from tornado.httpserver import HTTPServer  # noqa: E402
-from tornado.testing import bind_unused_port  # noqa: E402
-from tornado.websocket import websocket_connect  # noqa: E402
+from tornado.httpserver import HTTPServer
+from tornado.testing import bind_unused_port
+from tornado.websocket import websocket_connect
 
-from tornado_cfgpush.app import CfgPush, make_app  # noqa: E402
-from tornado_cfgpush.plugins import get_plugin_manager  # noqa: E402
-from tornado_cfgpush.settings import Settings  # noqa: E402
+from tornado_cfgpush.app import CfgPush, make_app
+from tornado_cfgpush.plugins import get_plugin_manager
+from tornado_cfgpush.settings import Settings
 
 
 async def timed_connect(url: str, expect: int) -> float:
@@ -51,8 +52,15 @@ async def main(events: int, rounds: int) -> dict:
     server.add_sockets([sock])
     first = None
     for i in range(events + 1):
-        event_id = await core.publish({"tenant_id": "bench", "change_type": "modified", "path": f"f{i}.json",
-                                       "checksum": "sha256:" + f"{i:064x}"}, "bench")
+        event_id = await core.publish(
+            {
+                "tenant_id": "bench",
+                "change_type": "modified",
+                "path": f"f{i}.json",
+                "checksum": "sha256:" + f"{i:064x}",
+            },
+            "bench",
+        )
         first = first or event_id
     base = f"ws://127.0.0.1:{port}/ws?tenant_id=bench"
     welcome_only, replay = [], []
@@ -61,8 +69,11 @@ async def main(events: int, rounds: int) -> dict:
         replay.append(await timed_connect(f"{base}&last_event_id={first}", events))
     server.stop()
     await core.stop()
-    result = {"events": events, "welcome_only_ms": 1000 * statistics.median(welcome_only),
-              "replay_ms": 1000 * statistics.median(replay)}
+    result = {
+        "events": events,
+        "welcome_only_ms": 1000 * statistics.median(welcome_only),
+        "replay_ms": 1000 * statistics.median(replay),
+    }
     result["replay_per_event_us"] = 1000 * (result["replay_ms"] - result["welcome_only_ms"]) / events
     return result
 
@@ -73,5 +84,7 @@ if __name__ == "__main__":
     parser.add_argument("--rounds", type=int, default=5)
     args = parser.parse_args()
     r = asyncio.run(main(args.events, args.rounds))
-    print(f"connect + Welcome: {r['welcome_only_ms']:.1f} ms; connect + Welcome + replay of {r['events']} events: "
-          f"{r['replay_ms']:.1f} ms ({r['replay_per_event_us']:.1f} µs per replayed event, client included)")
+    print(
+        f"connect + Welcome: {r['welcome_only_ms']:.1f} ms; connect + Welcome + replay of {r['events']} events: "
+        f"{r['replay_ms']:.1f} ms ({r['replay_per_event_us']:.1f} µs per replayed event, client included)"
+    )

@@ -11,6 +11,7 @@ The browser tests (tests/test_browser.py) use the same functions: ``chromium()``
 browser and ``capture_dashboard()`` for everything on the page, so the picture in the README is
 made by the code path the tests prove.
 """
+
 from __future__ import annotations
 
 import argparse
@@ -25,13 +26,21 @@ import sys
 import tempfile
 import threading
 import time
+from collections.abc import AsyncIterator, Sequence
 from pathlib import Path
-from typing import AsyncIterator, Sequence
 
 CHROMIUM = "/usr/bin/chromium"
 # Debian's Chromium, headless, with nothing that calls home or needs a GPU or a sandbox.
-CHROMIUM_ARGS = ["--headless", "--no-sandbox", "--disable-gpu", "--disable-quic", "--no-first-run",
-                 "--disable-background-networking", "--disable-component-update", "--disable-sync"]
+CHROMIUM_ARGS = [
+    "--headless",
+    "--no-sandbox",
+    "--disable-gpu",
+    "--disable-quic",
+    "--no-first-run",
+    "--disable-background-networking",
+    "--disable-component-update",
+    "--disable-sync",
+]
 ROOT = Path(__file__).resolve().parent.parent
 WAIT_MS = 15_000
 
@@ -71,8 +80,12 @@ async def chromium(user_data_dir: Path) -> AsyncIterator[object]:
 
     async with async_playwright() as playwright:
         context = await playwright.chromium.launch_persistent_context(
-            str(user_data_dir), executable_path=CHROMIUM, args=CHROMIUM_ARGS, headless=True,
-            viewport={"width": 1200, "height": 540})
+            str(user_data_dir),
+            executable_path=CHROMIUM,
+            args=CHROMIUM_ARGS,
+            headless=True,
+            viewport={"width": 1200, "height": 540},
+        )
         try:
             yield context
         finally:
@@ -94,8 +107,16 @@ async def start_client(page, tenant_id: str, options: dict | None = None) -> int
     return await page.evaluate("([t, o]) => window.startClient(t, o)", [tenant_id, options or {}])
 
 
-async def capture_dashboard(context, base_url: str, *, admin_token: str, tenant: str,
-                            edits: Sequence[tuple[Path, str]], out: Path, apps: int = 2) -> dict:
+async def capture_dashboard(
+    context,
+    base_url: str,
+    *,
+    admin_token: str,
+    tenant: str,
+    edits: Sequence[tuple[Path, str]],
+    out: Path,
+    apps: int = 2,
+) -> dict:
     """Applications subscribe, the dashboard watches ``tenant``, ``edits`` are saved one by one
     (each waited for on the page), convergence is awaited, and the page is saved to ``out``.
 
@@ -160,11 +181,17 @@ def write_atomically(path: Path, text: str) -> None:
 
 # -- the script ------------------------------------------------------------------------------------
 
+
 def _serve(config_dir: Path, admin_token: str) -> tuple[subprocess.Popen, str]:
     command = shutil.which("cfgpush-serve", path=str(Path(sys.executable).parent)) or "cfgpush-serve"
-    proc = subprocess.Popen([command, "--config-dir", str(config_dir), "--port", "0", "--log-level", "INFO"],
-                            env={**os.environ, "CFGPUSH_ADMIN_TOKEN": admin_token},
-                            stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
+    proc = subprocess.Popen(
+        [command, "--config-dir", str(config_dir), "--port", "0", "--log-level", "INFO"],
+        env={**os.environ, "CFGPUSH_ADMIN_TOKEN": admin_token},
+        stdin=subprocess.DEVNULL,
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.PIPE,
+        text=True,
+    )
     deadline = time.monotonic() + 60
     for line in proc.stderr:
         found = re.search(r"listening on (http://127\.0\.0\.1:\d+)", line)
@@ -189,13 +216,17 @@ async def _main(out: Path) -> dict:
         limits = json.loads((config / "acme" / "billing" / "limits.json").read_text())
         ui = json.loads((config / "acme" / "ui.json").read_text())
         edits = [
-            (config / "acme" / "ui.json", json.dumps({**ui, "theme": "light", "banner": "Maintenance at 22:00"}, indent=2)),
+            (
+                config / "acme" / "ui.json",
+                json.dumps({**ui, "theme": "light", "banner": "Maintenance at 22:00"}, indent=2),
+            ),
             (config / "acme" / "billing" / "limits.json", json.dumps({**limits, "burst": 50}, indent=2)),
             (config / "acme" / "features" / "search.toml", 'enabled = true\nengine = "v2"\n'),
         ]
         async with chromium(work / "profile") as context:
-            return await capture_dashboard(context, base_url, admin_token=admin_token, tenant="acme",
-                                           edits=edits, out=out)
+            return await capture_dashboard(
+                context, base_url, admin_token=admin_token, tenant="acme", edits=edits, out=out
+            )
     finally:
         if proc is not None:
             proc.terminate()

@@ -41,6 +41,7 @@ from the fault's end until every client had every save made before it, and each 
     python scripts/faults.py --scenario hang,flush-behind       # some of them
     python scripts/faults.py --quick --scenario cut-hold        # the tests' sizes (tests/test_faults.py)
 """
+
 from __future__ import annotations
 
 import argparse
@@ -55,20 +56,21 @@ import signal
 import sys
 import time
 import traceback
+from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Awaitable, Callable
+from typing import Any
 
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 
-from bench import checker, targets, timeline  # noqa: E402
-from bench.checker import Event, event_key  # noqa: E402
-from bench.cluster import KEY_PREFIX, Fleet, Folder, Node, RedisProc, interruptible, quiesce, start_node  # noqa: E402
-from bench.loadgen import perf_counter, raise_nofile  # noqa: E402
-from bench.procs import Resources  # noqa: E402
-from bench.targets import HOST, Options  # noqa: E402
-from bench.tcpproxy import FaultProxy  # noqa: E402
-from bench.writer import Writer  # noqa: E402
+from bench import checker, targets, timeline
+from bench.checker import Event, event_key
+from bench.cluster import KEY_PREFIX, Fleet, Folder, Node, RedisProc, interruptible, quiesce, start_node
+from bench.loadgen import perf_counter, raise_nofile
+from bench.procs import Resources
+from bench.targets import HOST, Options
+from bench.tcpproxy import FaultProxy
+from bench.writer import Writer
 
 # The old history's ids in flush-behind and restart-empty: far ahead of any clock (year 2286).
 FAR_MS = 9_999_999_999_999
@@ -85,6 +87,7 @@ def log(message: str) -> None:
 
 
 # -- one run ------------------------------------------------------------------------------------
+
 
 @dataclass
 class Run:
@@ -119,6 +122,7 @@ class Run:
 
 
 # -- the faults ----------------------------------------------------------------------------------
+
 
 async def no_fault(run: Run) -> None:
     run.note("no fault: the baseline")
@@ -178,8 +182,11 @@ async def restart_empty(run: Run) -> None:
     await run.redis.command("CLIENT", "PAUSE", "10000", "WRITE")
     run.old_history = await run.redis.snapshot(run.tenants)
     status = run.redis.stop()
-    run.note("redis stopped (SIGTERM, no persistence)", exit_status=status,
-             events_before=sum(len(e) for e in run.old_history.values()))
+    run.note(
+        "redis stopped (SIGTERM, no persistence)",
+        exit_status=status,
+        events_before=sum(len(e) for e in run.old_history.values()),
+    )
     await run.lasting(run.args.redis_down)
     await run.redis.start()
     run.note("redis started again, empty")
@@ -210,20 +217,24 @@ class Scenario:
     ids_ahead: bool = False  # the old history's ids far ahead of Redis's clock
 
 
-SCENARIOS = {s.name: s for s in (
-    Scenario("none", no_fault),
-    Scenario("hang", hang),
-    Scenario("cut-hold", cut_hold),
-    Scenario("cut-drop", cut_drop),
-    Scenario("slow", slow),
-    Scenario("flush", flush, LOST_HISTORY),
-    Scenario("flush-behind", flush, LOST_HISTORY, ids_ahead=True),
-    Scenario("restart-empty", restart_empty, LOST_HISTORY, ids_ahead=True),
-    Scenario("node-restart", node_restart),
-)}
+SCENARIOS = {
+    s.name: s
+    for s in (
+        Scenario("none", no_fault),
+        Scenario("hang", hang),
+        Scenario("cut-hold", cut_hold),
+        Scenario("cut-drop", cut_drop),
+        Scenario("slow", slow),
+        Scenario("flush", flush, LOST_HISTORY),
+        Scenario("flush-behind", flush, LOST_HISTORY, ids_ahead=True),
+        Scenario("restart-empty", restart_empty, LOST_HISTORY, ids_ahead=True),
+        Scenario("node-restart", node_restart),
+    )
+}
 
 
 # -- setting up, sampling, writing -----------------------------------------------------------------
+
 
 def options(args: argparse.Namespace) -> Options:
     return Options(heartbeat=args.heartbeat, debounce_ms=args.debounce_ms)
@@ -234,8 +245,9 @@ async def ids_ahead(redis: RedisProc, tenants: list[str]) -> None:
     in an epoch of its own, as a cluster's records are once it has published: an old
     Redis whose clock was ahead of the one that replaces it."""
     for tenant in tenants:
-        await redis.command("HSET", f"{KEY_PREFIX}{{{tenant}}}:paths", "/newest", f"{FAR_MS}-0",
-                            "/epoch", f"old-epoch-{tenant}")
+        await redis.command(
+            "HSET", f"{KEY_PREFIX}{{{tenant}}}:paths", "/newest", f"{FAR_MS}-0", "/epoch", f"old-epoch-{tenant}"
+        )
 
 
 async def sample(run: Run, stop: asyncio.Event) -> None:
@@ -265,7 +277,7 @@ async def sample(run: Run, stop: asyncio.Event) -> None:
             run.samples.append(row)
         try:
             await asyncio.wait_for(stop.wait(), SAMPLE_EVERY)
-        except asyncio.TimeoutError:
+        except TimeoutError:
             pass
 
 
@@ -283,12 +295,13 @@ async def write(writer: Writer, folder: Folder, args: argparse.Namespace, stop: 
         due += interval
         try:
             await asyncio.wait_for(stop.wait(), max(0.0, due - perf_counter()))
-        except asyncio.TimeoutError:
+        except TimeoutError:
             pass
     return saves
 
 
 # -- a scenario -------------------------------------------------------------------------------------
+
 
 async def run_scenario(scenario: Scenario, args: argparse.Namespace, res: Resources) -> dict:
     random.seed(f"{args.seed}-{scenario.name}")
@@ -306,9 +319,16 @@ async def run_scenario(scenario: Scenario, args: argparse.Namespace, res: Resour
     if scenario.ids_ahead:
         await ids_ahead(redis, tenants)
     proxies = {name: await FaultProxy(redis.port, seed=args.seed).start() for name in ("a", "b")}
-    run = Run(args, res, config_dir, tenants, redis, proxies,
-              [Node("a", targets.free_port()), Node("b", targets.free_port())],
-              Fleet(tenants, 2 * args.clients_per_node, args.concurrency))
+    run = Run(
+        args,
+        res,
+        config_dir,
+        tenants,
+        redis,
+        proxies,
+        [Node("a", targets.free_port()), Node("b", targets.free_port())],
+        Fleet(tenants, 2 * args.clients_per_node, args.concurrency),
+    )
     try:
         for node in run.nodes:
             await start_node(node, res, options(args), config_dir, run.broker(node), extra=NODE_FLAGS)
@@ -321,8 +341,10 @@ async def run_scenario(scenario: Scenario, args: argparse.Namespace, res: Resour
                 raise RuntimeError(f"only {fleet.connected()} of {len(fleet.virtual)} clients connected within 120 s")
             await asyncio.sleep(0.1)
         per_node = {n.name: fleet.per_node().get(n.port, 0) for n in run.nodes}
-        log(f"{scenario.name}: redis :{redis.port}, nodes a :{run.nodes[0].port} and b :{run.nodes[1].port} "
-            f"through proxies :{proxies['a'].port} and :{proxies['b'].port}; clients {per_node}")
+        log(
+            f"{scenario.name}: redis :{redis.port}, nodes a :{run.nodes[0].port} and b :{run.nodes[1].port} "
+            f"through proxies :{proxies['a'].port} and :{proxies['b'].port}; clients {per_node}"
+        )
 
         run.t0 = perf_counter()
         stop_sampling, stop_writing = asyncio.Event(), asyncio.Event()
@@ -360,14 +382,18 @@ async def run_scenario(scenario: Scenario, args: argparse.Namespace, res: Resour
             published.setdefault(tenant, []).extend(events)
     writes = checker.read_writer_log(writes_log)
     streams = [vc.stream for vc in run.fleet.virtual]
-    verdict = checker.check(writes, streams, published=published, baseline_seq=baseline_seq,
-                            epoch_of=epochs(scenario, run.old_history))
+    verdict = checker.check(
+        writes, streams, published=published, baseline_seq=baseline_seq, epoch_of=epochs(scenario, run.old_history)
+    )
     for stream in streams:
-        for item, at in zip(stream.items, stream.times):
+        for item, at in zip(stream.items, stream.times, strict=True):
             if item[0] == "resync" and item[2] not in scenario.resyncs:
-                verdict.add("unexpected_resync", f"client {stream.name} ({stream.tenant}): Resync {item[2]} at "
-                                                 f"{at - run.t0:.2f} s (the fault: {fault_start - run.t0:.2f} to "
-                                                 f"{fault_end - run.t0:.2f} s)")
+                verdict.add(
+                    "unexpected_resync",
+                    f"client {stream.name} ({stream.tenant}): Resync {item[2]} at "
+                    f"{at - run.t0:.2f} s (the fault: {fault_start - run.t0:.2f} to "
+                    f"{fault_end - run.t0:.2f} s)",
+                )
     reaches = timeline.reach(writes, streams, verdict, baseline_seq=baseline_seq)
     return figures(scenario, run, verdict, reaches, saves=saves, quiet=quiet, fault=(fault_start, fault_end))
 
@@ -382,8 +408,16 @@ def epochs(scenario: Scenario, old: dict[str, list[Event]]) -> checker.EpochOf |
     return lambda tenant, event_id: 0 if tenant in last and event_key(event_id) <= last[tenant] else 1
 
 
-def figures(scenario: Scenario, run: Run, verdict: checker.Verdict, reaches: list[timeline.Reach], *, saves: int,
-            quiet: bool, fault: tuple[float, float]) -> dict:
+def figures(
+    scenario: Scenario,
+    run: Run,
+    verdict: checker.Verdict,
+    reaches: list[timeline.Reach],
+    *,
+    saves: int,
+    quiet: bool,
+    fault: tuple[float, float],
+) -> dict:
     v, c = verdict.violations, verdict.counts
     latency = timeline.latency_figures(reaches)
     nodes: dict[str, dict] = {}
@@ -403,12 +437,16 @@ def figures(scenario: Scenario, run: Run, verdict: checker.Verdict, reaches: lis
     return {
         "scenario": scenario.name,
         "ok": verdict.ok,
-        "saves": saves, "writes": c["writes"], "events": c["events"], "deliveries": c["deliveries"],
+        "saves": saves,
+        "writes": c["writes"],
+        "events": c["events"],
+        "deliveries": c["deliveries"],
         "duplicates": v["duplicate_delivery"] + v["duplicate_event"],
         "rollbacks": v["rollback"],
         "silent_losses": v["missed"] + v["lost_change"] + v["behind_at_end"],
         "restated_in_new_epoch": c["restated_in_new_epoch"],
-        "resyncs": dict(verdict.resyncs), "unexpected_resyncs": v["unexpected_resync"],
+        "resyncs": dict(verdict.resyncs),
+        "unexpected_resyncs": v["unexpected_resync"],
         "save_to_client": latency,
         "catch_up_s": timeline.catch_up(reaches, fault[1]),
         "fault_s": [round(fault[0] - run.t0, 2), round(fault[1] - run.t0, 2)],
@@ -425,28 +463,36 @@ def figures(scenario: Scenario, run: Run, verdict: checker.Verdict, reaches: lis
 
 # -- the report ---------------------------------------------------------------------------------------
 
+
 def _ms(seconds: float | None) -> str:
     return "-" if seconds is None else f"{1000 * seconds:.0f}"
 
 
 def render(results: list[dict]) -> str:
-    lines = ["| scenario | saves | events | deliveries | duplicates | rollbacks | losses | Resyncs (unexpected) "
-             "| save to client p50 / p99 / max ms | caught up after the fault | publish lag max a / b s "
-             "| /readyz a, b (200 / 503 / degraded samples) | verdict |",
-             "| --- | --- | --- | --- | --- | --- | --- | --- | --- | --- | --- | --- | --- |"]
+    lines = [
+        "| scenario | saves | events | deliveries | duplicates | rollbacks | losses | Resyncs (unexpected) "
+        "| save to client p50 / p99 / max ms | caught up after the fault | publish lag max a / b s "
+        "| /readyz a, b (200 / 503 / degraded samples) | verdict |",
+        "| --- | --- | --- | --- | --- | --- | --- | --- | --- | --- | --- | --- | --- |",
+    ]
     for r in results:
         lat, nodes = r["save_to_client"], r["nodes"]
         resyncs = ", ".join(f"{k} {n}" for k, n in sorted(r["resyncs"].items())) or "0"
         lag = " / ".join("-" if nodes[n]["lag_max_s"] is None else f"{nodes[n]['lag_max_s']:.2f}" for n in ("a", "b"))
         ready = ", ".join("/".join(str(nodes[n]["readyz"][k]) for k in ("200", "503", "degraded")) for n in ("a", "b"))
         caught = "never" if r["catch_up_s"] is None else f"{r['catch_up_s']:.2f} s"
-        lines.append(f"| {r['scenario']} | {r['saves']} | {r['events']} | {r['deliveries']} | {r['duplicates']} "
-                     f"| {r['rollbacks']} | {r['silent_losses']} | {resyncs} ({r['unexpected_resyncs']}) "
-                     f"| {_ms(lat['p50_s'])} / {_ms(lat['p99_s'])} / {_ms(lat['max_s'])} | {caught} | {lag} "
-                     f"| {ready} | {'PASS' if r['ok'] else 'FAIL'} |")
+        lines.append(
+            f"| {r['scenario']} | {r['saves']} | {r['events']} | {r['deliveries']} | {r['duplicates']} "
+            f"| {r['rollbacks']} | {r['silent_losses']} | {resyncs} ({r['unexpected_resyncs']}) "
+            f"| {_ms(lat['p50_s'])} / {_ms(lat['p99_s'])} / {_ms(lat['max_s'])} | {caught} | {lag} "
+            f"| {ready} | {'PASS' if r['ok'] else 'FAIL'} |"
+        )
     for r in results:
-        lines += ["", f"{r['scenario']}: the fault from {r['fault_s'][0]:g} to {r['fault_s'][1]:g} s; each node's "
-                      f"publish lag (s) and /readyz every {OVER_TIME_EVERY:g} s:"]
+        lines += [
+            "",
+            f"{r['scenario']}: the fault from {r['fault_s'][0]:g} to {r['fault_s'][1]:g} s; each node's "
+            f"publish lag (s) and /readyz every {OVER_TIME_EVERY:g} s:",
+        ]
         lines += [f"  {node}: {over_time(r['samples'], node)}" for node in ("a", "b")]
         if not r["ok"] or r["restated_in_new_epoch"]:
             lines.append(r["summary"])
@@ -471,20 +517,34 @@ def over_time(samples: list[dict], node: str) -> str:
 
 # -- the program ----------------------------------------------------------------------------------------
 
+
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
-    p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0],
-                                formatter_class=argparse.RawDescriptionHelpFormatter,
-                                epilog="\n\n".join(__doc__.split("\n\n")[1:]))
-    p.add_argument("--scenario", action="append", default=[],
-                   help=f"scenarios to run (repeatable, comma-separated): {', '.join(SCENARIOS)} (default all)")
-    p.add_argument("--quick", action="store_true",
-                   help="the tests' sizes: 20 clients per node, 3 s before and 5 s after each fault, faults of 6 to 10 s")
+    p = argparse.ArgumentParser(
+        description=__doc__.split("\n\n")[0],
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+        epilog="\n\n".join(__doc__.split("\n\n")[1:]),
+    )
+    p.add_argument(
+        "--scenario",
+        action="append",
+        default=[],
+        help=f"scenarios to run (repeatable, comma-separated): {', '.join(SCENARIOS)} (default all)",
+    )
+    p.add_argument(
+        "--quick",
+        action="store_true",
+        help="the tests' sizes: 20 clients per node, 3 s before and 5 s after each fault, faults of 6 to 10 s",
+    )
     p.add_argument("--clients-per-node", type=int, default=None, help="WebSocket clients per node (default 100)")
     p.add_argument("--tenants", type=int, default=10, help="tenants (default 10)")
     p.add_argument("--files-per-tenant", type=int, default=3, help="configuration files per tenant (default 3)")
     p.add_argument("--saves-per-s", type=float, default=5.0, help="atomic saves per second (default 5)")
-    p.add_argument("--delete-share", type=float, default=0.0,
-                   help="share of saves that delete the file (or create it again) (default 0)")
+    p.add_argument(
+        "--delete-share",
+        type=float,
+        default=0.0,
+        help="share of saves that delete the file (or create it again) (default 0)",
+    )
     p.add_argument("--before", type=float, default=None, help="seconds of load before the fault (default 5)")
     p.add_argument("--after", type=float, default=None, help="seconds of load after the fault (default 10)")
     p.add_argument("--hang-s", type=float, default=None, help="hang: seconds Redis stays stopped (default 20)")
@@ -492,8 +552,12 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p.add_argument("--slow-s", type=float, default=None, help="slow: seconds the links stay slow (default 30)")
     p.add_argument("--slow-delay", default="0.1,0.3", help="slow: seconds per chunk, LOW,HIGH (default 0.1,0.3)")
     p.add_argument("--redis-down", type=float, default=2.0, help="restart-empty: seconds Redis stays down (default 2)")
-    p.add_argument("--quiesce-timeout", type=float, default=60.0,
-                   help="seconds allowed at the end for every client to catch up (default 60)")
+    p.add_argument(
+        "--quiesce-timeout",
+        type=float,
+        default=60.0,
+        help="seconds allowed at the end for every client to catch up (default 60)",
+    )
     p.add_argument("--debounce-ms", type=int, default=None, help="the nodes' --debounce-ms (default: theirs, 50)")
     p.add_argument("--heartbeat", type=float, default=5.0, help="the nodes' ping interval (default 5)")
     p.add_argument("--concurrency", type=int, default=50, help="handshakes in flight (default 50)")
@@ -503,8 +567,14 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p.add_argument("--keep-logs", action="store_true", help="keep the nodes', Redis' and the writer's logs")
     args = p.parse_args(argv)
     quick = args.quick
-    for name, full, short in (("clients_per_node", 100, 20), ("before", 5.0, 3.0), ("after", 10.0, 5.0),
-                              ("hang_s", 20.0, 8.0), ("cut_s", 15.0, 6.0), ("slow_s", 30.0, 10.0)):
+    for name, full, short in (
+        ("clients_per_node", 100, 20),
+        ("before", 5.0, 3.0),
+        ("after", 10.0, 5.0),
+        ("hang_s", 20.0, 8.0),
+        ("cut_s", 15.0, 6.0),
+        ("slow_s", 30.0, 10.0),
+    ):
         if getattr(args, name) is None:
             setattr(args, name, short if quick else full)
     names = [n for value in args.scenario for n in value.split(",") if n] or list(SCENARIOS)

@@ -14,6 +14,7 @@ child, run with ``tracemalloc``, reports the Python heap's own figure at the sam
 
     python scripts/measure_tenant_state.py --tenants 50000 --history-ttl 120
 """
+
 from __future__ import annotations
 
 import argparse
@@ -55,8 +56,12 @@ async def child(history_ttl: float, history_max_bytes: int, trace: bool) -> None
     from tornado_cfgpush.plugins import get_plugin_manager
     from tornado_cfgpush.settings import Settings
 
-    settings = Settings(disabled_plugins=("filesystem",), history_ttl=history_ttl,
-                        history_max_bytes=history_max_bytes, publish_token=TOKEN)
+    settings = Settings(
+        disabled_plugins=("filesystem",),
+        history_ttl=history_ttl,
+        history_max_bytes=history_max_bytes,
+        publish_token=TOKEN,
+    )
     core = CfgPush(settings, get_plugin_manager(("filesystem",), load_entry_points=False))
     await core.start()
 
@@ -69,8 +74,14 @@ async def child(history_ttl: float, history_max_bytes: int, trace: bool) -> None
                 except OSError:  # not glibc
                     pass
             state = core.broker.state()
-            self.finish({"rss_kib": rss_kib(), "tenants": state.tenants, "history_bytes": state.history_bytes,
-                         "traced_bytes": tracemalloc.get_traced_memory()[0] if trace else None})
+            self.finish(
+                {
+                    "rss_kib": rss_kib(),
+                    "tenants": state.tenants,
+                    "history_bytes": state.history_bytes,
+                    "traced_bytes": tracemalloc.get_traced_memory()[0] if trace else None,
+                }
+            )
 
     app = make_app(core)
     app.add_handlers(r".*", [(r"/_stats", Stats)])
@@ -100,8 +111,14 @@ def publish_range(port: int, start: int, stop: int, wave: int, errors: list) -> 
     headers = {"Authorization": f"Bearer {TOKEN}", "Content-Type": "application/json"}
     try:
         for i in range(start, stop):
-            body = json.dumps({"tenant_id": f"w{wave}-tenant-{i:06d}", "change_type": "modified", "path": "app.json",
-                               "checksum": "sha256:" + f"{i:064x}"})
+            body = json.dumps(
+                {
+                    "tenant_id": f"w{wave}-tenant-{i:06d}",
+                    "change_type": "modified",
+                    "path": "app.json",
+                    "checksum": "sha256:" + f"{i:064x}",
+                }
+            )
             conn.request("POST", "/api/v1/events", body=body, headers=headers)
             response = conn.getresponse()
             response.read()
@@ -112,9 +129,21 @@ def publish_range(port: int, start: int, stop: int, wave: int, errors: list) -> 
 
 
 def run(tenants: int, history_ttl: float, history_max_bytes: int, trace: bool, threads: int) -> dict:
-    proc = subprocess.Popen([sys.executable, __file__, "--child", "--history-ttl", str(history_ttl),
-                             "--history-max-bytes", str(history_max_bytes)] + (["--trace"] if trace else []),
-                            stdout=subprocess.PIPE, text=True, env={**os.environ, "PYTHONPATH": ROOT})
+    proc = subprocess.Popen(
+        [
+            sys.executable,
+            __file__,
+            "--child",
+            "--history-ttl",
+            str(history_ttl),
+            "--history-max-bytes",
+            str(history_max_bytes),
+        ]
+        + (["--trace"] if trace else []),
+        stdout=subprocess.PIPE,
+        text=True,
+        env={**os.environ, "PYTHONPATH": ROOT},
+    )
     try:
         port = int(proc.stdout.readline())
         figures = {"before": get_stats(port)}
@@ -122,8 +151,10 @@ def run(tenants: int, history_ttl: float, history_max_bytes: int, trace: bool, t
             started = time.monotonic()
             errors: list = []
             step = -(-tenants // threads)
-            workers = [threading.Thread(target=publish_range, args=(port, s, min(s + step, tenants), wave, errors))
-                       for s in range(0, tenants, step)]
+            workers = [
+                threading.Thread(target=publish_range, args=(port, s, min(s + step, tenants), wave, errors))
+                for s in range(0, tenants, step)
+            ]
             for worker in workers:
                 worker.start()
             for worker in workers:
@@ -133,8 +164,10 @@ def run(tenants: int, history_ttl: float, history_max_bytes: int, trace: bool, t
                 raise SystemExit(f"{len(errors)} publishes failed: {sorted(set(errors))}")
             figures[f"published_{wave}"] = published = get_stats(port)
             if figures[f"publish_seconds_{wave}"] >= history_ttl or published["tenants"] != tenants:
-                raise SystemExit(f"publishing took {figures[f'publish_seconds_{wave}']:.0f} s: give a --history-ttl "
-                                 "longer than that, so that every tenant is kept at once")
+                raise SystemExit(
+                    f"publishing took {figures[f'publish_seconds_{wave}']:.0f} s: give a --history-ttl "
+                    "longer than that, so that every tenant is kept at once"
+                )
             deadline = time.monotonic() + history_ttl + 60  # the last tenant's TTL, and a minute
             while get_stats(port)["tenants"]:
                 if time.monotonic() > deadline:
@@ -149,24 +182,35 @@ def run(tenants: int, history_ttl: float, history_max_bytes: int, trace: bool, t
         proc.wait()
 
 
-POINTS = (("before (baseline)", "before"), ("after publishing", "published_1"), ("after expiry", "expired_1"),
-          ("after gc + malloc_trim", "trimmed_1"), ("2nd wave published", "published_2"),
-          ("2nd wave expired", "expired_2"), ("after gc + malloc_trim", "trimmed_2"))
+POINTS = (
+    ("before (baseline)", "before"),
+    ("after publishing", "published_1"),
+    ("after expiry", "expired_1"),
+    ("after gc + malloc_trim", "trimmed_1"),
+    ("2nd wave published", "published_2"),
+    ("2nd wave expired", "expired_2"),
+    ("after gc + malloc_trim", "trimmed_2"),
+)
 
 
 def report(tenants: int, rss: dict, traced: dict | None) -> None:
     mib = 1024 * 1024
     base = rss["before"]["rss_kib"] * 1024
     kept = rss["published_1"]["history_bytes"]
-    print(f"{tenants} tenants, one event each, published in {rss['publish_seconds_1']:.1f} s; all forgotten "
-          f"{rss['expired_after_seconds_1']:.0f} s after publishing started; then {tenants} others")
-    print(f"counted against --history-max-bytes after publishing: {kept / mib:.1f} MiB "
-          f"({kept / tenants:.0f} B per tenant)")
+    print(
+        f"{tenants} tenants, one event each, published in {rss['publish_seconds_1']:.1f} s; all forgotten "
+        f"{rss['expired_after_seconds_1']:.0f} s after publishing started; then {tenants} others"
+    )
+    print(
+        f"counted against --history-max-bytes after publishing: {kept / mib:.1f} MiB "
+        f"({kept / tenants:.0f} B per tenant)"
+    )
     print("RSS of the server process:")
     for label, key in POINTS:
         value = rss[key]["rss_kib"] * 1024
-        print(f"  {label:24} {value / mib:7.1f} MiB  ({(value - base) / mib:+7.1f} MiB, "
-              f"{value / base:.2f}x the baseline)")
+        print(
+            f"  {label:24} {value / mib:7.1f} MiB  ({(value - base) / mib:+7.1f} MiB, {value / base:.2f}x the baseline)"
+        )
     print(f"  per tenant while kept:  {(rss['published_1']['rss_kib'] * 1024 - base) / tenants:.0f} B")
     if traced:
         tbase = traced["before"]["traced_bytes"]
@@ -191,8 +235,9 @@ def main() -> None:
         asyncio.run(child(args.history_ttl, args.history_max_bytes, args.trace))
         return
     rss = run(args.tenants, args.history_ttl, args.history_max_bytes, False, args.threads)
-    traced = None if args.no_tracemalloc else run(args.tenants, args.history_ttl, args.history_max_bytes, True,
-                                                   args.threads)
+    traced = (
+        None if args.no_tracemalloc else run(args.tenants, args.history_ttl, args.history_max_bytes, True, args.threads)
+    )
     report(args.tenants, rss, traced)
     if args.json:
         print(json.dumps({"rss": rss, "tracemalloc": traced}, indent=2))

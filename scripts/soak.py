@@ -22,6 +22,7 @@ all); the exit status is 1 on any violation, 2 on a usage or setup error.
     python scripts/soak.py                                   # 10 minutes, 2 000 clients, 200 tenants
     python scripts/soak.py --duration 60 --clients 200 --tenants 20 --warmup 10   # a smoke
 """
+
 from __future__ import annotations
 
 import argparse
@@ -38,13 +39,13 @@ from typing import Any
 
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 
-from bench import checker, targets  # noqa: E402
-from bench.checker import Event  # noqa: E402
-from bench.cluster import Fleet, Folder, Node, RedisProc, interruptible, quiesce, stacks, start_node  # noqa: E402
-from bench.loadgen import perf_counter, raise_nofile  # noqa: E402
-from bench.procs import Resources  # noqa: E402
-from bench.targets import Options  # noqa: E402
-from bench.writer import Writer  # noqa: E402
+from bench import checker, targets
+from bench.checker import Event
+from bench.cluster import Fleet, Folder, Node, RedisProc, interruptible, quiesce, stacks, start_node
+from bench.loadgen import perf_counter, raise_nofile
+from bench.procs import Resources
+from bench.targets import Options
+from bench.writer import Writer
 
 
 def log(message: str) -> None:
@@ -52,34 +53,64 @@ def log(message: str) -> None:
 
 
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
-    p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0],
-                                formatter_class=argparse.RawDescriptionHelpFormatter,
-                                epilog="\n\n".join(__doc__.split("\n\n")[1:]))
+    p = argparse.ArgumentParser(
+        description=__doc__.split("\n\n")[0],
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+        epilog="\n\n".join(__doc__.split("\n\n")[1:]),
+    )
     p.add_argument("--duration", type=float, default=600.0, help="seconds of load (default 600)")
     p.add_argument("--clients", type=int, default=2000, help="WebSocket clients (default 2000)")
-    p.add_argument("--tenants", type=int, default=200, help="tenants the clients and files are spread over (default 200)")
+    p.add_argument(
+        "--tenants", type=int, default=200, help="tenants the clients and files are spread over (default 200)"
+    )
     p.add_argument("--files-per-tenant", type=int, default=10, help="configuration files per tenant (default 10)")
     p.add_argument("--burst-every", type=float, default=30.0, help="seconds between bursts (default 30)")
     p.add_argument("--burst-files", type=int, default=2000, help="files rewritten by each burst (default 2000)")
     p.add_argument("--edits-per-s", type=float, default=5.0, help="single saves per second between bursts (default 5)")
-    p.add_argument("--delete-share", type=float, default=0.1,
-                   help="share of single saves that delete the file (or create it again) (default 0.1)")
-    p.add_argument("--min-rewrite-interval", type=float, default=0.0,
-                   help="seconds before a path is written again (default 0: any time)")
+    p.add_argument(
+        "--delete-share",
+        type=float,
+        default=0.1,
+        help="share of single saves that delete the file (or create it again) (default 0.1)",
+    )
+    p.add_argument(
+        "--min-rewrite-interval",
+        type=float,
+        default=0.0,
+        help="seconds before a path is written again (default 0: any time)",
+    )
     p.add_argument("--churn-per-s", type=float, default=10.0, help="client connections dropped per second (default 10)")
-    p.add_argument("--fresh-share", type=float, default=0.1,
-                   help="share of dropped clients that come back without last_event_id, as a reloaded page (default 0.1)")
+    p.add_argument(
+        "--fresh-share",
+        type=float,
+        default=0.1,
+        help="share of dropped clients that come back without last_event_id, as a reloaded page (default 0.1)",
+    )
     p.add_argument("--node-restart-at", type=float, default=0.4, help="node b's restart, as a fraction of the duration")
-    p.add_argument("--redis-restart-at", type=float, default=0.65, help="Redis's restart, as a fraction of the duration")
+    p.add_argument(
+        "--redis-restart-at", type=float, default=0.65, help="Redis's restart, as a fraction of the duration"
+    )
     p.add_argument("--redis-down", type=float, default=2.0, help="seconds Redis stays down (default 2)")
-    p.add_argument("--redis-persistence", choices=("aof", "none"), default="aof",
-                   help="aof (default): Redis keeps its streams across the restart; none: it comes back empty")
-    p.add_argument("--warmup", type=float, default=100.0,
-                   help="seconds of load after a node starts before its RSS baseline (default 100: three bursts, "
-                        "which fill the nodes' cache of recent events)")
+    p.add_argument(
+        "--redis-persistence",
+        choices=("aof", "none"),
+        default="aof",
+        help="aof (default): Redis keeps its streams across the restart; none: it comes back empty",
+    )
+    p.add_argument(
+        "--warmup",
+        type=float,
+        default=100.0,
+        help="seconds of load after a node starts before its RSS baseline (default 100: three bursts, "
+        "which fill the nodes' cache of recent events)",
+    )
     p.add_argument("--rss-tolerance", type=float, default=0.10, help="allowed RSS growth after warm-up (default 0.10)")
-    p.add_argument("--quiesce-timeout", type=float, default=60.0,
-                   help="seconds allowed at the end for every client to reconnect and catch up (default 60)")
+    p.add_argument(
+        "--quiesce-timeout",
+        type=float,
+        default=60.0,
+        help="seconds allowed at the end for every client to reconnect and catch up (default 60)",
+    )
     p.add_argument("--debounce-ms", type=int, default=None, help="the nodes' --debounce-ms (default: theirs, 50)")
     p.add_argument("--heartbeat", type=float, default=5.0, help="the nodes' ping interval (default 5)")
     p.add_argument("--concurrency", type=int, default=50, help="handshakes in flight (default 50)")
@@ -96,6 +127,7 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
 
 
 # -- memory ----------------------------------------------------------------------------------------
+
 
 class RSS:
     """Each node process's RSS, sampled every second: its baseline after warm-up, its last."""
@@ -123,18 +155,25 @@ class RSS:
             start = self.load_from[key]
             baseline = next((s for s in series if s[0] >= start + self.warmup), None)
             end = series[-1]
-            out[key] = {"pid": self.pids[key], "samples": len(series), "first_kb": series[0][1],
-                        "peak_kb": max(s[1] for s in series), "end_kb": end[1], "end_connections": end[2],
-                        "baseline_kb": baseline[1] if baseline else None,
-                        "baseline_connections": baseline[2] if baseline else None,
-                        "baseline_at_s": round(baseline[0] - start, 1) if baseline else None,
-                        "growth": (end[1] - baseline[1]) / baseline[1] if baseline else None,
-                        # [seconds since its load began, KB, connections], every 10 s
-                        "series": [[round(t - start, 1), kb, n] for t, kb, n in series[::10]]}
+            out[key] = {
+                "pid": self.pids[key],
+                "samples": len(series),
+                "first_kb": series[0][1],
+                "peak_kb": max(s[1] for s in series),
+                "end_kb": end[1],
+                "end_connections": end[2],
+                "baseline_kb": baseline[1] if baseline else None,
+                "baseline_connections": baseline[2] if baseline else None,
+                "baseline_at_s": round(baseline[0] - start, 1) if baseline else None,
+                "growth": (end[1] - baseline[1]) / baseline[1] if baseline else None,
+                # [seconds since its load began, KB, connections], every 10 s
+                "series": [[round(t - start, 1), kb, n] for t, kb, n in series[::10]],
+            }
         return out
 
 
 # -- the run ---------------------------------------------------------------------------------------
+
 
 async def soak(args: argparse.Namespace, res: Resources, out: dict) -> checker.Verdict:
     random.seed(args.seed)
@@ -154,8 +193,10 @@ async def soak(args: argparse.Namespace, res: Resources, out: dict) -> checker.V
     nodes = [Node("a", targets.free_port()), Node("b", targets.free_port())]
     for node in nodes:
         await start_node(node, res, opts, config_dir, redis.url)
-    log(f"redis on {redis.url} ({args.redis_persistence}); nodes a :{nodes[0].port}, b :{nodes[1].port}; "
-        f"folder {config_dir}; seed {args.seed}")
+    log(
+        f"redis on {redis.url} ({args.redis_persistence}); nodes a :{nodes[0].port}, b :{nodes[1].port}; "
+        f"folder {config_dir}; seed {args.seed}"
+    )
 
     fleet = Fleet(tenants, args.clients, args.concurrency)
     fleet.ports = [node.port for node in nodes]
@@ -227,20 +268,28 @@ async def soak(args: argparse.Namespace, res: Resources, out: dict) -> checker.V
         except Exception:  # subprocess.TimeoutExpired: the SIGTERM was not honoured in time
             status = None
         stop_s = perf_counter() - t_term
-        incident = {"what": f"node {node.name} restart (SIGTERM)", "at_s": round(t_term - t0, 1),
-                    "exit_status": status, "stop_s": round(stop_s, 2)}
+        incident = {
+            "what": f"node {node.name} restart (SIGTERM)",
+            "at_s": round(t_term - t0, 1),
+            "exit_status": status,
+            "stop_s": round(stop_s, 2),
+        }
         if status is None:
             incident["killed"] = True
             incident["stacks"] = stacks(node.target.pid)
-            log(f"node {node.name} did not exit within {stop_s:.0f} s of SIGTERM: killed; its threads were:\n"
-                f"{incident['stacks']}")
+            log(
+                f"node {node.name} did not exit within {stop_s:.0f} s of SIGTERM: killed; its threads were:\n"
+                f"{incident['stacks']}"
+            )
         targets.stop(node.target, res)
         await start_node(node, res, opts, config_dir, redis.url)
         incident["down_s"] = round(perf_counter() - t_term, 2)
         incidents.append(incident)
         fleet.ports = [n.port for n in nodes]
-        log(f"node {node.name} restarted: exit status {status}, stopped in {stop_s:.2f} s, serving again after "
-            f"{incident['down_s']:.2f} s")
+        log(
+            f"node {node.name} restarted: exit status {status}, stopped in {stop_s:.2f} s, serving again after "
+            f"{incident['down_s']:.2f} s"
+        )
 
         await asyncio.sleep(max(0.0, t0 + args.redis_restart_at * args.duration - perf_counter()))
         await read_streams()  # what an emptied Redis would forget
@@ -248,8 +297,14 @@ async def soak(args: argparse.Namespace, res: Resources, out: dict) -> checker.V
         status = redis.stop()
         await asyncio.sleep(args.redis_down)  # wait-ok: the outage itself
         await redis.start()
-        incidents.append({"what": f"redis restart (SIGTERM, {args.redis_persistence})", "at_s": round(t_term - t0, 1),
-                          "exit_status": status, "down_s": round(perf_counter() - t_term, 2)})
+        incidents.append(
+            {
+                "what": f"redis restart (SIGTERM, {args.redis_persistence})",
+                "at_s": round(t_term - t0, 1),
+                "exit_status": status,
+                "down_s": round(perf_counter() - t_term, 2),
+            }
+        )
         log(f"redis restarted: exit status {status}, down {perf_counter() - t_term:.2f} s")
 
     async def sampling() -> None:
@@ -260,9 +315,11 @@ async def soak(args: argparse.Namespace, res: Resources, out: dict) -> checker.V
                 rss.sample(node, t0, per_node.get(node.port, 0))
             if perf_counter() - last_report >= 15:
                 last_report = perf_counter()
-                log(f"{perf_counter() - t0:5.0f} s: {fleet.connected()}/{args.clients} connected, "
+                log(
+                    f"{perf_counter() - t0:5.0f} s: {fleet.connected()}/{args.clients} connected, "
                     f"{fleet.sink.deliveries} deliveries, {len(fleet.sink.parsed)} events, {fleet.sink.resyncs} resyncs, "
-                    f"{stats['bursts']} bursts, {stats['edits']} edits, {stats['drops']} drops")
+                    f"{stats['bursts']} bursts, {stats['edits']} edits, {stats['drops']} drops"
+                )
             await asyncio.sleep(1.0)
 
     sampler = asyncio.ensure_future(sampling())
@@ -290,45 +347,69 @@ async def soak(args: argparse.Namespace, res: Resources, out: dict) -> checker.V
         incidents.append({"what": f"node {node.name} stop at the end (SIGTERM)", "exit_status": status})
     await writer.close()
 
-    verdict = checker.check(checker.read_writer_log(writes_log), [vc.stream for vc in fleet.virtual],
-                            published={t: list(e.values()) for t, e in published.items()}, baseline_seq=baseline_seq)
+    verdict = checker.check(
+        checker.read_writer_log(writes_log),
+        [vc.stream for vc in fleet.virtual],
+        published={t: list(e.values()) for t, e in published.items()},
+        baseline_seq=baseline_seq,
+    )
     for incident in incidents:
         if incident["exit_status"] != 0 and "redis" not in incident["what"]:
-            verdict.add("node_stop", f"{incident['what']}: exit status {incident['exit_status']}"
-                                     + (" (did not stop in time: killed)" if incident.get("killed") else ""))
+            verdict.add(
+                "node_stop",
+                f"{incident['what']}: exit status {incident['exit_status']}"
+                + (" (did not stop in time: killed)" if incident.get("killed") else ""),
+            )
     memory = rss.report()
     for key, r in memory.items():
         if r["growth"] is None:
             verdict.add("rss_unmeasured", f"node {key}: no RSS sample {args.warmup:g} s after its load began")
         elif r["growth"] > args.rss_tolerance:
-            verdict.add("rss_growth", f"node {key} (pid {r['pid']}): {r['baseline_kb']} KB after warm-up, "
-                                      f"{r['end_kb']} KB at the end (+{100 * r['growth']:.1f} %)")
-    out.update({
-        "args": vars(args), "quiesced": quiet, "connected_at_end": connected_at_end,
-        "load": {**stats, "writes": verdict.counts["writes"], "connections": sum(v.connects for v in fleet.virtual),
-                 "failed_attempts": sum(v.failures for v in fleet.virtual), "closes": fleet.sink.closes,
-                 "errors": fleet.sink.errors},
-        "incidents": incidents, "rss": memory, "verdict": verdict.as_dict(),
-    })
+            verdict.add(
+                "rss_growth",
+                f"node {key} (pid {r['pid']}): {r['baseline_kb']} KB after warm-up, "
+                f"{r['end_kb']} KB at the end (+{100 * r['growth']:.1f} %)",
+            )
+    out.update(
+        {
+            "args": vars(args),
+            "quiesced": quiet,
+            "connected_at_end": connected_at_end,
+            "load": {
+                **stats,
+                "writes": verdict.counts["writes"],
+                "connections": sum(v.connects for v in fleet.virtual),
+                "failed_attempts": sum(v.failures for v in fleet.virtual),
+                "closes": fleet.sink.closes,
+                "errors": fleet.sink.errors,
+            },
+            "incidents": incidents,
+            "rss": memory,
+            "verdict": verdict.as_dict(),
+        }
+    )
     return verdict
-
 
 
 def render(out: dict, verdict: checker.Verdict) -> str:
     a = out["args"]
-    lines = [f"soak: {a['duration']:.0f} s, {a['clients']} clients over {a['tenants']} tenants, 2 nodes on one Redis "
-             f"({a['redis_persistence']}), seed {a['seed']}",
-             f"load: {out['load']['bursts']} bursts of {a['burst_files']} files, {out['load']['edits']} single saves "
-             f"({out['load']['deletes']} deletions), {out['load']['writes']} writes; {out['load']['drops']} clients "
-             f"dropped, {out['load']['connections']} connections, {out['load']['failed_attempts']} failed attempts; "
-             f"closes {out['load']['closes']}"]
+    lines = [
+        f"soak: {a['duration']:.0f} s, {a['clients']} clients over {a['tenants']} tenants, 2 nodes on one Redis "
+        f"({a['redis_persistence']}), seed {a['seed']}",
+        f"load: {out['load']['bursts']} bursts of {a['burst_files']} files, {out['load']['edits']} single saves "
+        f"({out['load']['deletes']} deletions), {out['load']['writes']} writes; {out['load']['drops']} clients "
+        f"dropped, {out['load']['connections']} connections, {out['load']['failed_attempts']} failed attempts; "
+        f"closes {out['load']['closes']}",
+    ]
     for incident in out["incidents"]:
         lines.append(f"incident: {json.dumps(incident)}")
     for key, r in out["rss"].items():
         growth = "n/a" if r["growth"] is None else f"{100 * r['growth']:+.1f} %"
-        lines.append(f"rss node {key}: {r['baseline_kb']} KB after warm-up ({r['baseline_at_s']} s in, "
-                     f"{r['baseline_connections']} clients), {r['end_kb']} KB at its end ({r['end_connections']} "
-                     f"clients; {growth}), peak {r['peak_kb']} KB")
+        lines.append(
+            f"rss node {key}: {r['baseline_kb']} KB after warm-up ({r['baseline_at_s']} s in, "
+            f"{r['baseline_connections']} clients), {r['end_kb']} KB at its end ({r['end_connections']} "
+            f"clients; {growth}), peak {r['peak_kb']} KB"
+        )
     lines.append(f"quiesced: {'yes' if out['quiesced'] else 'NO'}; connected at the end {out['connected_at_end']}")
     lines += [f"note: {note}" for note in out.get("notes", [])]
     lines.append(verdict.summary())

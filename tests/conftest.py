@@ -1,163 +1,98 @@
-"""Shared fixtures: a real server (pytest-tornado's ``http_server``) over real sockets and files.
-
-``core`` is the running service (hub, broker, sources) on the test's IOLoop; ``app`` is its
-Tornado application, which pytest-tornado's ``http_server`` serves on a free port.
-Tests change the settings or plugins by overriding the ``settings`` / ``extra_plugins``
-fixtures in their module.
+"""Fixtures of this package's tests only. The running server, the clients, ``publish`` and
+``wait_for`` come from the pytest plugin ``tornado_cfgpush.testing`` (loaded by the conftest.py
+at the repository's root), which the plugin distributions' tests use too.
 """
+
 from __future__ import annotations
 
 import asyncio
-import importlib.util
-import os
 import shutil
+import sys
 
 import pytest
+import redis.asyncio as aioredis
+from tornado.httpserver import HTTPServer
+from tornado.testing import bind_unused_port
 
 from tornado_cfgpush.app import CfgPush, make_app
+from tornado_cfgpush.broker.redis import RedisBroker
 from tornado_cfgpush.plugins import get_plugin_manager
-from tornado_cfgpush.settings import Settings
+from tornado_cfgpush.testing import WebSocketClient
 
-from .wsclient import Client
-
-REQUIRE_SERVICES = os.environ.get("CFGPUSH_REQUIRE_SERVICES") == "1"
-
-
-def need_program(name: str) -> str:
-    """The path of ``name``; skip (or fail under CFGPUSH_REQUIRE_SERVICES=1) without it."""
-    path = shutil.which(name)
-    if path is None:
-        message = f"{name} is not installed (apt-get install the package that provides it)"
-        if REQUIRE_SERVICES:
-            pytest.fail(message + "; CFGPUSH_REQUIRE_SERVICES=1 forbids skipping")
-        pytest.skip(message)
-    return path
-
-
-def ticker_installed() -> bool:
-    """Whether the example third-party plugin (plugins/cfgpush-ticker) is installed."""
-    return importlib.util.find_spec("cfgpush_ticker") is not None
-
-
-def need_ticker() -> None:
-    if not ticker_installed():
-        message = "the example plugin is not installed (pip install ./plugins/cfgpush-ticker)"
-        if REQUIRE_SERVICES:
-            pytest.fail(message + "; CFGPUSH_REQUIRE_SERVICES=1 forbids skipping")
-        pytest.skip(message)
+from .plugintools import Site
+from .redisnodes import Node
 
 
 @pytest.fixture
-def redis_server(io_loop):
-    """A private redis-server on a free port, killed at teardown (tests/redisserver.py)."""
-    from .redisserver import RedisServer
-
-    server = RedisServer(need_program("redis-server"))
-    try:
-        io_loop.run_sync(server.start, timeout=60)
-        yield server
-    finally:
-        server.cleanup()
-
-
-@pytest.fixture
-def config_dir(tmp_path):
-    root = tmp_path / "config"
-    (root / "acme").mkdir(parents=True)
-    (root / "globex").mkdir()
-    (root / "acme" / "app.json").write_text('{"a": 1}')
-    (root / "globex" / "app.json").write_text('{"g": 1}')
-    return root
+def site(tmp_path, monkeypatch):
+    """A folder on ``sys.path`` for distributions the test writes (``Site.add``)."""
+    root = tmp_path / "site"
+    root.mkdir()
+    monkeypatch.syspath_prepend(str(root))
+    before = set(sys.modules)
+    yield Site(root)
+    # Forget the modules imported from the folder, so no other test sees them.
+    for name in set(sys.modules) - before:
+        if str(root) in str(getattr(sys.modules[name], "__file__", "") or ""):
+            del sys.modules[name]
 
 
 @pytest.fixture
-def settings(request, config_dir):
-    """Test settings; ``@pytest.mark.settings(name=value, ...)`` changes some for one test."""
-    marker = request.node.get_closest_marker("settings")
-    overrides = marker.kwargs if marker else {}
-    return Settings(**{"config_dir": config_dir, "debounce_ms": 30, **overrides})
+def admin(io_loop, redis_server):
+    """A separate client, for what an operator (or a failure) does to the Redis."""
+    client = aioredis.from_url(redis_server.url, decode_responses=True)
+    yield client
+    io_loop.run_sync(client.aclose)
 
 
 @pytest.fixture
-def extra_plugins():
-    """``(name, plugin)`` pairs registered besides the built-ins; override per module."""
-    return []
+def cluster(io_loop, settings, redis_server, tmp_path):
+    """``await cluster(url=None, **broker_kwargs)`` -> a running ``Node``; all stopped at teardown."""
+    services: list[CfgPush] = []
+    servers: list[HTTPServer] = []
+    clients: list[WebSocketClient] = []
 
-
-@pytest.fixture
-def core(io_loop, settings, extra_plugins):
-    pm = get_plugin_manager(settings.disabled_plugins, load_entry_points=False, extra_plugins=extra_plugins)
-    service = CfgPush(settings, pm)
-    io_loop.run_sync(service.start)
-    io_loop.run_sync(service.wait_started)
-    yield service
-    io_loop.run_sync(service.stop)
-
-
-@pytest.fixture
-def app(core):
-    return make_app(core)
-
-
-@pytest.fixture
-def server_port(http_server, http_port):
-    """The port of the running test server (``http_port`` alone starts no server)."""
-    return http_port
-
-
-@pytest.fixture
-def ws_url(http_server, http_port):
-    return f"ws://127.0.0.1:{http_port}/ws"
-
-
-@pytest.fixture
-def http_url(http_server, http_port):
-    return f"http://127.0.0.1:{http_port}"
-
-
-@pytest.fixture
-def connect(ws_url):
-    """``await connect("acme", **query)`` -> an open ``Client``; all closed at teardown."""
-    clients: list[Client] = []
-
-    async def _connect(tenant_id: str | None = "acme", **query) -> Client:
-        client = await Client.open(ws_url, tenant_id, **query)
-        clients.append(client)
-        return client
-
-    yield _connect
-    for client in clients:
-        client.close()
-
-
-def publish(core, tenant_id="acme", path="app.json", **extra):
-    """Publish a ``modified`` event through the service's one path (schema, broker, hub)."""
-    return core.publish({"tenant_id": tenant_id, "change_type": "modified", "path": path, **extra}, "test")
-
-
-async def wait_for(predicate, timeout: float = 5.0, interval: float = 0.01) -> None:
-    """Wait until ``predicate()`` is true, or fail after ``timeout`` seconds."""
-    loop = asyncio.get_running_loop()
-    deadline = loop.time() + timeout
-    while not predicate():
-        if loop.time() > deadline:
-            raise AssertionError(f"condition not met within {timeout} s: {predicate}")
-        await asyncio.sleep(interval)  # wait-ok: polling a condition under a deadline
-
-
-@pytest.fixture
-def start(tmp_path):
-    """``start(*args, **env)`` -> a running ``cfgpush-serve`` (tests/serveproc.py) in
-    ``tmp_path``; killed at teardown."""
-    from .serveproc import Server, clean_env
-
-    servers: list[Server] = []
-
-    def _start(*args: str, **env: str) -> Server:
-        server = Server(list(args), tmp_path, clean_env(**env))
+    async def add_node(url: str | None = None, broker_class=RedisBroker, **broker_kwargs) -> Node:
+        node_settings = settings
+        if services:  # each node watches its own copy of the configuration folder
+            copy = tmp_path / f"config-{len(services)}"
+            shutil.copytree(settings.config_dir, copy)
+            node_settings = settings.replace(config_dir=copy)
+        node_settings = node_settings.replace(broker=url or redis_server.url)
+        # The service builds its broker from the settings, as cfgpush-serve --broker does.
+        service = CfgPush(node_settings, get_plugin_manager(load_entry_points=False))
+        assert isinstance(service.broker, RedisBroker)
+        if broker_class is not RedisBroker or broker_kwargs:
+            service.broker = broker_class(
+                service.hub.deliver,
+                node_settings.broker,
+                history_size=node_settings.history_size,
+                history_ttl=node_settings.history_ttl,
+                tenants=service.hub.tenants,
+                on_gap=service._history_lost,
+                **broker_kwargs,
+            )
+        services.append(service)  # stopped at teardown even if starting fails
+        await service.start()
+        await service.wait_started()
+        sock, port = bind_unused_port()
+        server = HTTPServer(make_app(service))
+        server.add_sockets([sock])
         servers.append(server)
-        return server
+        return Node(service, server, port, clients)
 
-    yield _start
-    for server in servers:
-        server.kill()
+    yield add_node
+
+    async def teardown():
+        for client in clients:
+            client.close()
+        for server in servers:
+            server.stop()
+        outcomes = [await asyncio.gather(service.stop(), return_exceptions=True) for service in services]
+        for server in servers:
+            await server.close_all_connections()
+        errors = [outcome[0] for outcome in outcomes if isinstance(outcome[0], BaseException)]
+        if errors:
+            raise errors[0]
+
+    io_loop.run_sync(teardown, timeout=60)

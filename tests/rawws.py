@@ -3,6 +3,7 @@
 It does the handshake and then exactly what the test says: stay silent (no pong), stop
 reading, reset the connection, or send hand-made frames.
 """
+
 from __future__ import annotations
 
 import asyncio
@@ -14,8 +15,9 @@ import struct
 
 
 class RawWebSocket:
-    def __init__(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter, status: int, headers: bytes,
-                 body: bytes = b""):
+    def __init__(
+        self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter, status: int, headers: bytes, body: bytes = b""
+    ):
         self.reader = reader
         self.writer = writer
         self.status = status
@@ -23,8 +25,9 @@ class RawWebSocket:
         self.body = body
 
     @classmethod
-    async def connect(cls, port: int, query: str, *, host: str = "127.0.0.1", rcvbuf: int | None = None,
-                      extra_headers: str = "") -> "RawWebSocket":
+    async def connect(
+        cls, port: int, query: str, *, host: str = "127.0.0.1", rcvbuf: int | None = None, extra_headers: str = ""
+    ) -> RawWebSocket:
         sock = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
         if rcvbuf is not None:
             # Before connect, so the advertised window stays small: a reader that stops
@@ -39,9 +42,11 @@ class RawWebSocket:
             raise
         key = base64.b64encode(os.urandom(16)).decode()
         writer.write(
-            (f"GET /ws?{query} HTTP/1.1\r\nHost: {host}:{port}\r\nUpgrade: websocket\r\n"
-             f"Connection: Upgrade\r\nSec-WebSocket-Key: {key}\r\nSec-WebSocket-Version: 13\r\n"
-             f"{extra_headers}\r\n").encode()
+            (
+                f"GET /ws?{query} HTTP/1.1\r\nHost: {host}:{port}\r\nUpgrade: websocket\r\n"
+                f"Connection: Upgrade\r\nSec-WebSocket-Key: {key}\r\nSec-WebSocket-Version: 13\r\n"
+                f"{extra_headers}\r\n"
+            ).encode()
         )
         head = await asyncio.wait_for(reader.readuntil(b"\r\n\r\n"), 5)
         status = int(head.split(b" ", 2)[1])
@@ -54,6 +59,7 @@ class RawWebSocket:
 
     async def read_frame(self, timeout: float = 3.0) -> tuple[int, bytes]:
         """``(opcode, payload)`` of the next frame (server frames are not masked)."""
+
         async def _read():
             b0, b1 = await self.reader.readexactly(2)
             n = b1 & 0x7F
@@ -62,6 +68,7 @@ class RawWebSocket:
             elif n == 127:
                 n = struct.unpack("!Q", await self.reader.readexactly(8))[0]
             return b0 & 0x0F, await self.reader.readexactly(n)
+
         return await asyncio.wait_for(_read(), timeout)
 
     async def read_json(self, timeout: float = 3.0):

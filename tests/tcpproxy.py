@@ -1,6 +1,7 @@
 """The tests' TCP proxy: ``FaultProxy`` of scripts/bench/tcpproxy.py (delay, hold and release,
 drop, freeze), the one implementation the fault suite (scripts/faults.py) uses too.
 ``FreezableProxy`` is its older name."""
+
 from __future__ import annotations
 
 import sys

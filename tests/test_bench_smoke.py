@@ -5,6 +5,7 @@ clients; the test checks the accounting (every delivery counted, once, in order;
 scenario and server present; the JSON and the chart written) and that the run left no
 process and no temporary folder behind. No timing is asserted anywhere.
 """
+
 from __future__ import annotations
 
 import importlib.util
@@ -17,7 +18,7 @@ from pathlib import Path
 
 import pytest
 
-from .conftest import need_program
+from tornado_cfgpush.testing import need_program
 
 SCRIPTS = Path(__file__).resolve().parent.parent / "scripts"
 SERVERS = ("seed", "websockets", "floor", "cfgpush")
@@ -29,8 +30,15 @@ RUN_TIMEOUT = 100
 def run_bench(args: list[str], cwd: Path) -> subprocess.CompletedProcess:
     """The bench in its own process group: on a timeout, one killpg ends it and every
     server it started (they stay in its group)."""
-    proc = subprocess.Popen([sys.executable, str(SCRIPTS / "bench.py"), *args], cwd=cwd, stdin=subprocess.DEVNULL,
-                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, start_new_session=True)
+    proc = subprocess.Popen(
+        [sys.executable, str(SCRIPTS / "bench.py"), *args],
+        cwd=cwd,
+        stdin=subprocess.DEVNULL,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+        start_new_session=True,
+    )
     try:
         out, err = proc.communicate(timeout=RUN_TIMEOUT)
     except subprocess.TimeoutExpired:
@@ -54,8 +62,9 @@ def test_bench_smoke_runs_every_scenario_and_accounts_for_every_delivery(tmp_pat
     out, chart = tmp_path / "bench.json", tmp_path / "bench.png"
     # The chart needs matplotlib (the [bench] extra, not [test]): drawn when it is there.
     charted = importlib.util.find_spec("matplotlib") is not None
-    done = run_bench(["--smoke", "--json", str(out), "--markdown"] + (["--chart", str(chart)] if charted else []),
-                     tmp_path)
+    done = run_bench(
+        ["--smoke", "--json", str(out), "--markdown"] + (["--chart", str(chart)] if charted else []), tmp_path
+    )
     assert done.returncode == 0, done.stderr[-4000:]
     result = json.loads(out.read_text())
     assert result["errors"] == {}
@@ -74,8 +83,12 @@ def test_bench_smoke_runs_every_scenario_and_accounts_for_every_delivery(tmp_pat
         latency = result["latency"]["servers"][name]["latency"]
         assert [r["delivered"] for r in latency["rounds"]] == [clients * latency_events] * args["rounds"], name
         for check in result["fanout"]["servers"][name]["checks"]:  # no duplicate, gap or stray frame
-            assert (check["disorder"], check["unknown"], check["lost_connections"], check["protocol_errors"]) \
-                == (0, 0, 0, 0), (name, check)
+            assert (check["disorder"], check["unknown"], check["lost_connections"], check["protocol_errors"]) == (
+                0,
+                0,
+                0,
+                0,
+            ), (name, check)
         memory = result["memory"]["servers"][name]
         assert memory["open_at_end"] == memory["connections"] == args["connections"], name
         assert isinstance(memory["kb_per_connection"], float), name
@@ -84,9 +97,10 @@ def test_bench_smoke_runs_every_scenario_and_accounts_for_every_delivery(tmp_pat
 
     idle = result["idle"]
     assert idle["open_at_end"] == idle["connections"] == args["connections"]
-    e2e = result["e2e"]
-    assert e2e["delivered"] == e2e["expected"] == args["e2e_clients"] * args["saves"]
-    assert e2e["extra_events"] == 0  # one event per save, whatever the editor does
+    assert {run["write"] for run in result["e2e_variants"]} == {"atomic", "plain"}
+    for run in result["e2e_variants"]:
+        assert run["delivered"] == run["expected"] == int(args["e2e_clients"]) * args["saves"]
+        assert run["extra_events"] == 0  # one event per save, whatever the editor does
     storm = result["storm"]
     assert storm["all_caught_up"]
     assert storm["exact"] == storm["clients"] == args["storm_clients"]  # every event, once, in order
@@ -107,7 +121,11 @@ def test_bench_smoke_runs_every_scenario_and_accounts_for_every_delivery(tmp_pat
 
 
 def test_resume_benchmark_runs():
-    done = subprocess.run([sys.executable, str(SCRIPTS / "bench_resume.py"), "--events", "50", "--rounds", "1"],
-                          capture_output=True, text=True, timeout=RUN_TIMEOUT)
+    done = subprocess.run(
+        [sys.executable, str(SCRIPTS / "bench_resume.py"), "--events", "50", "--rounds", "1"],
+        capture_output=True,
+        text=True,
+        timeout=RUN_TIMEOUT,
+    )
     assert done.returncode == 0, done.stderr
     assert "replay of 50 events" in done.stdout

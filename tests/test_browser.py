@@ -5,6 +5,7 @@ application's; clients are started in them with ``startClient`` from
 scripts/dashboard_screenshot.py, which also holds the browser set-up and the dashboard's
 walk-through that makes docs/dashboard.png.
 """
+
 from __future__ import annotations
 
 import asyncio
@@ -18,9 +19,8 @@ from pathlib import Path
 import pytest
 
 from tornado_cfgpush.client import subscribe
+from tornado_cfgpush.testing import LISTENING, need_program, wait_for
 
-from .conftest import need_program, wait_for
-from .serveproc import LISTENING
 from .tcpproxy import FreezableProxy
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -54,12 +54,16 @@ def write(path: Path, text: str) -> None:
 
 
 async def client_state(page, index: int = 0) -> dict:
-    return await page.evaluate("""(i) => { const c = window.clients[i];
+    return await page.evaluate(
+        """(i) => { const c = window.clients[i];
         return { events: c.events, resyncs: c.resyncs, welcomes: c.welcomes, statuses: c.statuses,
-                 transport: c.push.transport, lastEventId: c.push.lastEventId }; }""", index)
+                 transport: c.push.transport, lastEventId: c.push.lastEventId }; }""",
+        index,
+    )
 
 
 # -- in-process server -------------------------------------------------------------------------------
+
 
 @pytest.mark.settings(heartbeat_interval=HEARTBEAT, heartbeat_timeout=2)
 @pytest.mark.gen_test(timeout=90)
@@ -100,8 +104,10 @@ async def test_a_burst_of_2000_events_is_acknowledged_within_the_frame_budget(ht
         await shot.start_client(page, "acme")
         await page_wait(page, "window.clients[0].push.state === 'open'")
         [conn] = core.hub.connections("acme")
-        ids = [await core.publish({"tenant_id": "acme", "change_type": "modified", "path": f"burst{i}.json"}, "t")
-               for i in range(2000)]
+        ids = [
+            await core.publish({"tenant_id": "acme", "change_type": "modified", "path": f"burst{i}.json"}, "t")
+            for i in range(2000)
+        ]
         await page_wait(page, "window.clients[0].events.length === 2000", timeout_ms=30_000)
         await wait_for(lambda: conn.acked == ids[-1], timeout=10)
         await asyncio.sleep(0.5)  # wait-ok: a close for too many frames would have come by now
@@ -175,9 +181,21 @@ async def test_falls_back_to_server_sent_events_when_websockets_are_blocked(http
 
 # -- cfgpush-serve processes, restarted --------------------------------------------------------------
 
+
 def serve_args(config_dir: Path, port: int, *extra: str) -> list[str]:
-    return ["--config-dir", str(config_dir), "--port", str(port), "--heartbeat-interval", str(HEARTBEAT),
-            "--heartbeat-timeout", "2", "--debounce-ms", "30", *extra]
+    return [
+        "--config-dir",
+        str(config_dir),
+        "--port",
+        str(port),
+        "--heartbeat-interval",
+        str(HEARTBEAT),
+        "--heartbeat-timeout",
+        "2",
+        "--debounce-ms",
+        "30",
+        *extra,
+    ]
 
 
 async def started(server) -> int:
@@ -263,8 +281,10 @@ async def test_restart_resumes_without_losing_edits_made_while_down(start, redis
                 firsts.append((retry["at"] - statuses[lost]["at"]) / 1000)
             assert all(0 <= d <= 0.5 + 0.1 for d in firsts), firsts
             assert max(firsts) - min(firsts) > 0.05, firsts
-            print(f"first reconnects after the 1001: {sorted(round(d * 1000) for d in firsts)} ms; "
-                  f"all {clients} resumed {resumed_at - back_at:.0f} ms after node A listened again")
+            print(
+                f"first reconnects after the 1001: {sorted(round(d * 1000) for d in firsts)} ms; "
+                f"all {clients} resumed {resumed_at - back_at:.0f} ms after node A listened again"
+            )
     finally:
         await collector.close()
 
@@ -301,7 +321,7 @@ async def down_longer_than_the_history(start, config_dir, tmp_path, redis_url):
             if collector is not None:  # more edits than the history keeps
                 for n in range(4):
                     write(config_dir / "acme" / "app.json", json.dumps({"a": 21 + n}))
-                    await wait_for(lambda: len(collector.events) == 2 + n, timeout=10)
+                    await wait_for(lambda n=n: len(collector.events) == 2 + n, timeout=10)
             await started(start(*serve_args(config_dir, port, *extra)))
             await page_wait(page, "window.clients[0].resyncs.length === 1")
             state = await client_state(page)
@@ -327,16 +347,26 @@ async def test_dashboard_renders_the_stream(start, config_dir, tmp_path):
     out = tmp_path / "dashboard.png"
     async with shot.chromium(tmp_path / "profile") as context:
         context.on("request", lambda r: requests.append(r))
-        shown = await shot.capture_dashboard(context, base, admin_token=ADMIN, tenant="acme", out=out, edits=[
-            (config_dir / "acme" / "app.json", '{"a": 1, "banner": "hello"}'),
-            (config_dir / "acme" / "deep" / "limits.toml", "rate = 5\n"),
-        ])
+        shown = await shot.capture_dashboard(
+            context,
+            base,
+            admin_token=ADMIN,
+            tenant="acme",
+            out=out,
+            edits=[
+                (config_dir / "acme" / "app.json", '{"a": 1, "banner": "hello"}'),
+                (config_dir / "acme" / "deep" / "limits.toml", "rate = 5\n"),
+            ],
+        )
     headers = {r.url: r.headers for r in requests if "/events?" in r.url or "/api/v1/" in r.url}
     assert out.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
     rows = {row["tenant"]: row for row in shown["tenants"]}
     assert rows["acme"]["clients"] == "2" and rows["acme"]["ws"] == "2" and rows["acme"]["sse"] == "1"
     assert rows["acme"]["converged"] == "2/2" and rows["globex"]["clients"] == "0"
-    assert [(e["type"], e["path"]) for e in shown["events"]] == [("created", "deep/limits.toml"), ("modified", "app.json")]
+    assert [(e["type"], e["path"]) for e in shown["events"]] == [
+        ("created", "deep/limits.toml"),
+        ("modified", "app.json"),
+    ]
     assert shown["events"][1]["diff"].strip() == "+/banner"
     assert shown["convergence"] == f"2 of 2 clients on {shown['events'][0]['id']}"
     assert rows["acme"]["newest"] == shown["events"][0]["id"]
@@ -345,7 +375,6 @@ async def test_dashboard_renders_the_stream(start, config_dir, tmp_path):
     assert headers and all(ADMIN not in url for url in headers)
     assert all(h.get("authorization") == f"Bearer {ADMIN}" for h in headers.values())
     assert ADMIN not in server.text()
-
 
 
 JWT_SECRET = "browser-test-secret-of-32-bytes-or-more"

@@ -5,6 +5,7 @@ when a burst's wake-ups filled asyncio's self-pipe. Here: a real ``cfgpush-serve
 in-process server), real files written as fast as the disk takes them, real clients.
 Timings are printed, never asserted; scripts/bench.py's ``burst`` scenario measures them.
 """
+
 from __future__ import annotations
 
 import asyncio
@@ -21,11 +22,10 @@ from tornado import web
 from tornado.httpclient import AsyncHTTPClient
 
 from tornado_cfgpush import hookimpl
+from tornado_cfgpush.testing import LISTENING, wait_for
 
-from .conftest import wait_for
+from .fshelpers import subscribe
 from .rawws import RawWebSocket
-from .serveproc import LISTENING
-from .test_filesystem_source import subscribe
 
 ROUNDS = int(os.environ.get("CFGPUSH_SIGNAL_ROUNDS", "50"))
 BURST = 2_000
@@ -44,7 +44,8 @@ def write_burst(root, n: int, tenants=("acme", "globex"), identical: bool = True
 
 @pytest.mark.gen_test(timeout=120)
 async def test_a_burst_of_identical_files_is_announced_once_each_while_the_server_answers(
-        connect, config_dir, http_url, core):
+    connect, config_dir, http_url, core
+):
     """3 000 files of '{}' took landed main 10.6 s, and /healthz did not answer for 8.9 s."""
     acme = await subscribe(connect, "acme")
     globex = await subscribe(connect, "globex")
@@ -74,8 +75,10 @@ async def test_a_burst_of_identical_files_is_announced_once_each_while_the_serve
         await asyncio.wait([collecting], timeout=0.01)
     await collecting
     writer.join()
-    print(f"\n[burst] 3 000 identical files announced {time.perf_counter() - started:.2f} s after the first write; "
-          f"/healthz worst {1000 * worst:.1f} ms")
+    print(
+        f"\n[burst] 3 000 identical files announced {time.perf_counter() - started:.2f} s after the first write; "
+        f"/healthz worst {1000 * worst:.1f} ms"
+    )
 
 
 class BlockingRoute:
@@ -107,8 +110,11 @@ class TestLoopHealth:
         degraded = json.loads((await client.fetch(f"{http_url}/readyz")).body)
         assert degraded["status"] == "degraded" and "event loop lag" in degraded["reasons"][0], degraded
         metrics = (await client.fetch(f"{http_url}/metrics")).body.decode()
-        buckets = {line.split('le="')[1].split('"')[0]: float(line.rsplit(" ", 1)[1])
-                   for line in metrics.splitlines() if line.startswith("cfgpush_event_loop_lag_seconds_bucket")}
+        buckets = {
+            line.split('le="')[1].split('"')[0]: float(line.rsplit(" ", 1)[1])
+            for line in metrics.splitlines()
+            if line.startswith("cfgpush_event_loop_lag_seconds_bucket")
+        }
         assert buckets["2.5"] - buckets["1.0"] >= 1, buckets  # the stall, in its bucket
         await client.fetch(f"{http_url}/test/block?seconds=1.2")  # the same episode: no second warning
         assert caplog.text.count("the event loop was blocked") == 1
@@ -119,22 +125,25 @@ class TestLoopHealth:
 
 # -- signals --------------------------------------------------------------------------------------
 
+
 async def _round(start, tmp_path, round_: int, rng: random.Random) -> None:
     root = tmp_path / f"round{round_}"
     for tenant in ("acme", "globex"):
         (root / tenant).mkdir(parents=True)
         (root / tenant / "app.json").write_text("{}")
     drain = 5.0
-    server = start("--port", "0", "--config-dir", str(root), "--drain-timeout", str(drain),
-                   "--disable-plugin", "ticker")
+    server = start(
+        "--port", "0", "--config-dir", str(root), "--drain-timeout", str(drain), "--disable-plugin", "ticker"
+    )
     port = int((await server.wait_log(LISTENING)).group(1))
     reading = await RawWebSocket.connect(port, "tenant_id=acme")
     stopped = await RawWebSocket.connect(port, "tenant_id=globex", rcvbuf=4096)  # stops reading
     await reading.read_json(timeout=10)
     await stopped.read_json(timeout=10)
     stop = threading.Event()
-    writer = threading.Thread(target=write_burst, args=(root, BURST), kwargs={"identical": round_ % 2 == 0,
-                                                                           "stop": stop})
+    writer = threading.Thread(
+        target=write_burst, args=(root, BURST), kwargs={"identical": round_ % 2 == 0, "stop": stop}
+    )
     writer.start()
     # Anywhere in the burst, or just after it while events are still going out.
     await asyncio.sleep(rng.uniform(0.0, 0.6))  # wait-ok: the random moment is the point of the test
@@ -166,29 +175,51 @@ async def test_sigterm_at_random_moments_of_bursts_always_drains(start, tmp_path
     when trying to write to the signal wakeup fd'). Every round here exits 0, with 1001."""
     rng = random.Random(int(os.environ.get("CFGPUSH_SIGNAL_SEED", "12")))
     took = [await _round(start, tmp_path, round_, rng) for round_ in range(ROUNDS)]
-    print(f"\n[signals] {ROUNDS} rounds, exit after SIGTERM: max {max(took):.2f} s, "
-          f"median {sorted(took)[len(took) // 2]:.2f} s")
+    print(
+        f"\n[signals] {ROUNDS} rounds, exit after SIGTERM: max {max(took):.2f} s, "
+        f"median {sorted(took)[len(took) // 2]:.2f} s"
+    )
 
 
 @pytest.mark.gen_test(timeout=120)
 async def test_a_second_sigterm_during_the_drain_exits_at_once(start, config_dir):
     drain = 60.0
     token = "publish-token-for-the-test"
-    server = start("--port", "0", "--config-dir", str(config_dir), "--drain-timeout", str(drain),
-                   "--disable-plugin", "ticker", "--publish-token", token, "--max-backlog-bytes", str(64 * 2**20))
+    server = start(
+        "--port",
+        "0",
+        "--config-dir",
+        str(config_dir),
+        "--drain-timeout",
+        str(drain),
+        "--disable-plugin",
+        "ticker",
+        "--publish-token",
+        token,
+        "--max-backlog-bytes",
+        str(64 * 2**20),
+    )
     port = int((await server.wait_log(LISTENING)).group(1))
     stuck = await RawWebSocket.connect(port, "tenant_id=acme", rcvbuf=4096)
     await stuck.read_json(timeout=10)
     # A backlog larger than the kernel's socket buffers: the drain would wait for it (up to
     # half of 60 s) before dropping the reader.
     client = AsyncHTTPClient()
-    body = json.dumps({"tenant_id": "acme", "change_type": "modified", "path": "big.json",
-                       "meta": {"blob": "x" * 3500}})
+    body = json.dumps(
+        {"tenant_id": "acme", "change_type": "modified", "path": "big.json", "meta": {"blob": "x" * 3500}}
+    )
     for _ in range(30):
-        await asyncio.gather(*(client.fetch(f"http://127.0.0.1:{port}/api/v1/events", method="POST", body=body,
-                                            headers={"Authorization": f"Bearer {token}",
-                                                     "Content-Type": "application/json"})
-                               for _ in range(50)))
+        await asyncio.gather(
+            *(
+                client.fetch(
+                    f"http://127.0.0.1:{port}/api/v1/events",
+                    method="POST",
+                    body=body,
+                    headers={"Authorization": f"Bearer {token}", "Content-Type": "application/json"},
+                )
+                for _ in range(50)
+            )
+        )
     server.proc.send_signal(signal.SIGTERM)
     await server.wait_log("shutting down: closing clients")
     sent = time.monotonic()

@@ -2,6 +2,7 @@
 
 Every process is read by threads (no pipe can fill up and block it) and killed at teardown.
 """
+
 from __future__ import annotations
 
 import asyncio
@@ -18,18 +19,10 @@ import pytest
 from tornado.httpclient import AsyncHTTPClient
 
 from tornado_cfgpush import __version__
+from tornado_cfgpush.testing import ERROR_PREFIX, LISTENING, SSEClient, WebSocketClient, clean_env
 
-from .conftest import need_ticker, ticker_installed
-from .serveproc import COMMAND, ERROR_PREFIX, LISTENING, clean_env
-from .sseclient import SSEClient
-from .wsclient import Client
-
-RUN_TIMEOUT = 60.0
-
-
-def run_cli(*args: str, cwd: Path, env: dict[str, str] | None = None) -> subprocess.CompletedProcess:
-    return subprocess.run(COMMAND + list(args), cwd=cwd, env=env if env is not None else clean_env(),
-                          stdin=subprocess.DEVNULL, capture_output=True, text=True, timeout=RUN_TIMEOUT)
+from .clihelpers import assert_one_error_line, run_cli
+from .plugintools import need_ticker, ticker_installed
 
 
 @pytest.fixture
@@ -49,6 +42,7 @@ def listed(result: subprocess.CompletedProcess) -> dict[str, dict]:
 
 # -- informational flags ------------------------------------------------------------------------
 
+
 def test_version(tmp_path):
     result = run_cli("--version", cwd=tmp_path)
     assert result.returncode == 0, result.stderr
@@ -57,12 +51,19 @@ def test_version(tmp_path):
 
 def test_plugins_lists_builtin_and_installed_plugins(tmp_path):
     plugins = listed(run_cli("--plugins", cwd=tmp_path))
-    assert plugins["filesystem"] == {"name": "filesystem", "distribution": "tornado_cfgpush",
-                                     "version": __version__, "hooks": ["cfgpush_register_sources"]}
+    assert plugins["filesystem"] == {
+        "name": "filesystem",
+        "distribution": "tornado_cfgpush",
+        "version": __version__,
+        "hooks": ["cfgpush_register_sources"],
+    }
     if ticker_installed():
-        assert plugins["ticker"] == {"name": "ticker", "distribution": "cfgpush-ticker",
-                                     "version": metadata.version("cfgpush-ticker"),
-                                     "hooks": ["cfgpush_register_sources"]}
+        assert plugins["ticker"] == {
+            "name": "ticker",
+            "distribution": "cfgpush-ticker",
+            "version": metadata.version("cfgpush-ticker"),
+            "hooks": ["cfgpush_register_sources"],
+        }
     else:
         assert "ticker" not in plugins
 
@@ -99,33 +100,60 @@ def test_flags_win_over_environment(tmp_path):
 ERRORS = {
     "bad port flag": (["--port", "70000"], {}, "--port: port must be from 0 to 65535, not 70000"),
     "bad port env": ([], {"CFGPUSH_PORT": "http"}, "CFGPUSH_PORT: port must be a whole number, not 'http'"),
-    "missing config folder": (["--config-dir", "{tmp}/nowhere"], {}, "--config-dir: folder '{tmp}/nowhere' does not exist"),
+    "missing config folder": (
+        ["--config-dir", "{tmp}/nowhere"],
+        {},
+        "--config-dir: folder '{tmp}/nowhere' does not exist",
+    ),
     "missing default config folder": (None, {}, "--config-dir: folder 'config' does not exist"),
     "unknown plugin": (["--disable-plugin", "nosuch"], {}, "unknown plugin 'nosuch' (known: "),
     "unknown plugin env": ([], {"CFGPUSH_DISABLE_PLUGIN": "filesystem,nosuch"}, "unknown plugin 'nosuch'"),
     "unknown flag": (["--bogus"], {}, "unrecognized arguments: --bogus"),
-    "bad log level": (["--log-level", "LOUD"], {}, "--log-level: log level must be one of DEBUG, INFO, WARNING, ERROR, not 'LOUD'"),
-    "bad heartbeat": (["--heartbeat-interval", "10", "--heartbeat-timeout", "5"], {}, "heartbeat_timeout must be at least heartbeat_interval"),
-    "bad heartbeat env": ([], {"CFGPUSH_HEARTBEAT_INTERVAL": "-1"}, "CFGPUSH_HEARTBEAT_INTERVAL: heartbeat interval must be a positive number"),
+    "bad log level": (
+        ["--log-level", "LOUD"],
+        {},
+        "--log-level: log level must be one of DEBUG, INFO, WARNING, ERROR, not 'LOUD'",
+    ),
+    "bad heartbeat": (
+        ["--heartbeat-interval", "10", "--heartbeat-timeout", "5"],
+        {},
+        "heartbeat_timeout must be at least heartbeat_interval",
+    ),
+    "bad heartbeat env": (
+        [],
+        {"CFGPUSH_HEARTBEAT_INTERVAL": "-1"},
+        "CFGPUSH_HEARTBEAT_INTERVAL: heartbeat interval must be a positive number",
+    ),
     "port taken": (["--port", "{port}"], {}, "cannot listen on 127.0.0.1:{port}: "),
     "short admin token": (["--admin-token", "short"], {}, "--admin-token: admin token must be at least 8 characters"),
     "bad loop": (["--loop", "trio"], {}, "--loop: loop must be one of asyncio, uvloop, not 'trio'"),
-    "history bound too small": (["--history-max-bytes", "65536"], {},
-                                "--history-max-bytes: history max bytes must be at least 1048576, not 65536"),
+    "json schema without a file": (
+        ["--json-schema", "ui/*.json"],
+        {},
+        "--json-schema: --json-schema must be GLOB=FILE",
+    ),
+    "json schema missing": (
+        ["--json-schema", "*.json={tmp}/none.json"],
+        {},
+        "--json-schema: cannot read the JSON Schema '{tmp}/none.json': No such file or directory",
+    ),
+    "bad watch fallback": (
+        ["--watch-fallback", "ignore"],
+        {},
+        "--watch-fallback: watch fallback must be one of error, poll",
+    ),
+    "history bound too small": (
+        ["--history-max-bytes", "65536"],
+        {},
+        "--history-max-bytes: history max bytes must be at least 1048576, not 65536",
+    ),
     "bad compression switch": ([], {"CFGPUSH_WS_COMPRESSION": "maybe"}, "CFGPUSH_WS_COMPRESSION: "),
-    "missing secret file": ([], {"CFGPUSH_ADMIN_TOKEN_FILE": "{tmp}/no-such-file"},
-                            "CFGPUSH_ADMIN_TOKEN_FILE: cannot read '{tmp}/no-such-file': No such file or directory"),
+    "missing secret file": (
+        [],
+        {"CFGPUSH_ADMIN_TOKEN_FILE": "{tmp}/no-such-file"},
+        "CFGPUSH_ADMIN_TOKEN_FILE: cannot read '{tmp}/no-such-file': No such file or directory",
+    ),
 }
-
-
-def assert_one_error_line(result: subprocess.CompletedProcess, expected: str) -> None:
-    assert result.returncode == 2, (result.returncode, result.stderr)
-    assert "Traceback" not in result.stderr
-    lines = result.stderr.splitlines()
-    assert len(lines) == 1, result.stderr
-    assert lines[0].startswith(ERROR_PREFIX + " "), lines[0]
-    assert expected in lines[0], lines[0]
-    assert result.stdout == ""
 
 
 @pytest.mark.parametrize("case", list(ERRORS))
@@ -153,37 +181,52 @@ def test_plugin_whose_import_fails_stops_start_up(tmp_path, config_dir):
     (site / "cfgpush_test_explosive.py").write_text('raise RuntimeError("no database driver")\n')
     env = clean_env(PYTHONPATH=str(site))
     result = run_cli("--config-dir", str(config_dir), cwd=tmp_path, env=env)
-    assert_one_error_line(result, "plugin 'explosive' (entry point 'cfgpush_test_explosive' of "
-                                  "cfgpush-test-explosive 1.0) failed to import: RuntimeError: no database driver")
+    assert_one_error_line(
+        result,
+        "plugin 'explosive' (entry point 'cfgpush_test_explosive' of "
+        "cfgpush-test-explosive 1.0) failed to import: RuntimeError: no database driver",
+    )
     # Blocked, it is never imported.
     assert "explosive" not in listed(run_cli("--plugins", "--disable-plugin", "explosive", cwd=tmp_path, env=env))
 
 
 def test_plugin_refusing_its_settings_stops_start_up(tmp_path, config_dir):
     need_ticker()
-    result = run_cli("--config-dir", str(config_dir), "--port", "0", cwd=tmp_path,
-                     env=clean_env(CFGPUSH_TICKER_INTERVAL="soon"))
+    result = run_cli(
+        "--config-dir", str(config_dir), "--port", "0", cwd=tmp_path, env=clean_env(CFGPUSH_TICKER_INTERVAL="soon")
+    )
     assert result.returncode == 2, result.stderr
     assert "Traceback" not in result.stderr
     last = result.stderr.splitlines()[-1]
-    assert last == (f"{ERROR_PREFIX} start-up failed: ValueError: "
-                    "CFGPUSH_TICKER_INTERVAL must be a positive number of seconds, not 'soon'")
+    assert last == (
+        f"{ERROR_PREFIX} start-up failed: ValueError: "
+        "CFGPUSH_TICKER_INTERVAL must be a positive number of seconds, not 'soon'"
+    )
 
 
 # -- serving --------------------------------------------------------------------------------------
 
+
 @pytest.mark.gen_test(timeout=120)
 async def test_serves_and_pushes_a_file_edit(start, config_dir):
     # The environment asks for port 1 and ERROR-only logs; the flags win.
-    server = start("--port", "0", "--log-level", "INFO", "--config-dir", str(config_dir),
-                   CFGPUSH_PORT="1", CFGPUSH_LOG_LEVEL="ERROR")
+    server = start(
+        "--port",
+        "0",
+        "--log-level",
+        "INFO",
+        "--config-dir",
+        str(config_dir),
+        CFGPUSH_PORT="1",
+        CFGPUSH_LOG_LEVEL="ERROR",
+    )
     port = int((await server.wait_log(LISTENING)).group(1))
     assert port not in (0, 1)
     running = (await server.wait_log(r"sources running: (.*)$")).group(1)
     assert set(running.split(", ")) == ({"filesystem", "ticker"} if ticker_installed() else {"filesystem"})
     await server.wait_log(r"watching .* files")  # the filesystem source reports from now on
 
-    client = await Client.open(f"ws://127.0.0.1:{port}/ws", "acme")
+    client = await WebSocketClient.open(f"ws://127.0.0.1:{port}/ws", "acme")
     try:
         assert (await client.expect("Welcome", timeout=10))["tenant_id"] == "acme"
         (config_dir / "acme" / "app.json").write_text('{"a": 2}')
@@ -218,15 +261,20 @@ async def test_admin_token_from_a_file_is_used_and_never_logged(start, config_di
 @pytest.mark.gen_test(timeout=120)
 async def test_installed_ticker_reaches_its_tenant(start, config_dir):
     need_ticker()
-    server = start("--port", "0", "--config-dir", str(config_dir),
-                   CFGPUSH_TICKER_TENANT="globex", CFGPUSH_TICKER_INTERVAL="0.2")
+    server = start(
+        "--port", "0", "--config-dir", str(config_dir), CFGPUSH_TICKER_TENANT="globex", CFGPUSH_TICKER_INTERVAL="0.2"
+    )
     port = int((await server.wait_log(LISTENING)).group(1))
-    client = await Client.open(f"ws://127.0.0.1:{port}/ws", "globex")
+    client = await WebSocketClient.open(f"ws://127.0.0.1:{port}/ws", "globex")
     try:
         await client.expect("Welcome", timeout=10)
         event = await client.expect("ConfigChanged", timeout=15)
-        assert (event["tenant_id"], event["change_type"], event["path"], event["source"]) == \
-            ("globex", "modified", "ticker.json", "ticker")
+        assert (event["tenant_id"], event["change_type"], event["path"], event["source"]) == (
+            "globex",
+            "modified",
+            "ticker.json",
+            "ticker",
+        )
         tick = event["meta"]["tick"]
         following = await client.expect("ConfigChanged", timeout=15)
         assert following["meta"]["tick"] == tick + 1
@@ -240,7 +288,7 @@ async def test_signal_closes_clients_with_1001_and_exits_0(start, config_dir, si
     drain = 5.0
     server = start("--port", "0", "--config-dir", str(config_dir), "--drain-timeout", str(drain))
     port = int((await server.wait_log(LISTENING)).group(1))
-    clients = [await Client.open(f"ws://127.0.0.1:{port}/ws", tenant) for tenant in ("acme", "acme", "globex")]
+    clients = [await WebSocketClient.open(f"ws://127.0.0.1:{port}/ws", tenant) for tenant in ("acme", "acme", "globex")]
     stream = await SSEClient.open(f"http://127.0.0.1:{port}", "acme")
     try:
         for client in clients:

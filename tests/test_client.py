@@ -1,4 +1,5 @@
 """The Python client (tornado_cfgpush.client) and ``cfgpush-tail``, against a real server."""
+
 from __future__ import annotations
 
 import asyncio
@@ -15,10 +16,9 @@ import pytest
 
 from tornado_cfgpush import hookimpl
 from tornado_cfgpush.client import ConfigChanged, Resync, SubscribeError, Welcome, backoff_delay, subscribe, ws_url
-
 from tornado_cfgpush.closing import CloseReason
+from tornado_cfgpush.testing import wait_for
 
-from .conftest import wait_for
 from .tcpproxy import FreezableProxy
 
 TAIL = Path(sys.executable).with_name("cfgpush-tail")
@@ -93,6 +93,7 @@ def server_conn(core):
 
 # -- pure functions ---------------------------------------------------------------------------------
 
+
 def test_backoff_is_full_jitter_doubling_to_the_cap():
     rng = random.Random(7)
     for attempt, cap in [(0, 0.5), (1, 1.0), (3, 4.0), (5, 16.0), (6, 20.0), (60, 20.0)]:
@@ -103,10 +104,15 @@ def test_backoff_is_full_jitter_doubling_to_the_cap():
     assert sum(1 for d in first if d < 0.05) < 200 and first[500] == pytest.approx(0.25, abs=0.06)
 
 
-@pytest.mark.parametrize("given, expected", [
-    ("http://h:1", "ws://h:1/ws"), ("https://h/x/", "wss://h/x/ws"), ("ws://h:1/ws", "ws://h:1/ws"),
-    ("http://h:1/events", "ws://h:1/ws"),
-])
+@pytest.mark.parametrize(
+    "given, expected",
+    [
+        ("http://h:1", "ws://h:1/ws"),
+        ("https://h/x/", "wss://h/x/ws"),
+        ("ws://h:1/ws", "ws://h:1/ws"),
+        ("http://h:1/events", "ws://h:1/ws"),
+    ],
+)
 def test_ws_url(given, expected):
     assert ws_url(given) == expected
 
@@ -118,11 +124,12 @@ def test_ws_url_refuses_other_schemes():
 
 # -- against a server ---------------------------------------------------------------------------------
 
+
 @pytest.mark.gen_test(timeout=30)
 async def test_receives_a_file_edit_and_acknowledges_it(http_url, core, config_dir):
     reader = Reader(subscribe(http_url, "acme", welcome=True, **FAST))
     try:
-        welcome, = await reader.count(1)
+        (welcome,) = await reader.count(1)
         assert isinstance(welcome, Welcome) and welcome.tenant_id == "acme" and welcome.last_event_id is None
         (config_dir / "acme" / "app.json").write_text('{"a": 2, "b": 1}')
         _, change = await reader.count(2)
@@ -207,8 +214,14 @@ async def test_resync_when_the_history_no_longer_holds_the_id(http_url, core):
 async def test_half_open_connection_detected_within_two_intervals(http_port, http_server, core):
     proxy = await FreezableProxy(http_port).start()
     statuses: list[tuple[float, str, dict]] = []
-    reader = Reader(subscribe(f"http://127.0.0.1:{proxy.port}", "acme",
-                              on_status=lambda s, i: statuses.append((time.monotonic(), s, i)), **FAST))
+    reader = Reader(
+        subscribe(
+            f"http://127.0.0.1:{proxy.port}",
+            "acme",
+            on_status=lambda s, i: statuses.append((time.monotonic(), s, i)),
+            **FAST,
+        )
+    )
     try:
         await wait_for(lambda: server_conn(core) is not None)
         await publish(core, "before.json")
@@ -286,8 +299,13 @@ async def test_keeps_trying_while_the_server_is_away():
         probe.bind(("127.0.0.1", 0))
         port = probe.getsockname()[1]
     statuses = []
-    sub = subscribe(f"http://127.0.0.1:{port}", "acme", on_status=lambda s, i: statuses.append((s, i)),
-                    backoff_min=0.02, backoff_max=0.05)
+    sub = subscribe(
+        f"http://127.0.0.1:{port}",
+        "acme",
+        on_status=lambda s, i: statuses.append((s, i)),
+        backoff_min=0.02,
+        backoff_max=0.05,
+    )
     reader = Reader(sub)
     await wait_for(lambda: sum(1 for s, _ in statuses if s == "reconnecting") >= 3)
     await reader.close()
@@ -298,9 +316,11 @@ async def test_keeps_trying_while_the_server_is_away():
 
 # -- cfgpush-tail -------------------------------------------------------------------------------------
 
+
 def _tail(*args: str) -> subprocess.Popen:
-    return subprocess.Popen([str(TAIL), *args], stdin=subprocess.DEVNULL, stdout=subprocess.PIPE,
-                            stderr=subprocess.PIPE, text=True)
+    return subprocess.Popen(
+        [str(TAIL), *args], stdin=subprocess.DEVNULL, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True
+    )
 
 
 @pytest.mark.gen_test(timeout=60)

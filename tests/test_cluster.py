@@ -3,6 +3,7 @@
 Each node is a real process watching its own copy of the configuration (as two machines
 behind a load balancer would); clients move between them with ``last_event_id``.
 """
+
 from __future__ import annotations
 
 import asyncio
@@ -13,33 +14,44 @@ import signal
 import pytest
 from tornado.httpclient import AsyncHTTPClient
 
-from .redisserver import WAIT
-from .serveproc import LISTENING
-from .wsclient import Client, Closed
+from tornado_cfgpush.testing import LISTENING, Closed, WebSocketClient
+from tornado_cfgpush.testing.redisserver import WAIT
 
 
 @pytest.fixture
 def two_nodes(start, redis_server, config_dir, tmp_path):
     """``await two_nodes()`` -> [(server, port, folder), (server, port, folder)]."""
+
     async def _start():
         nodes = []
         for name in ("a", "b"):
             folder = tmp_path / f"node-{name}"
             shutil.copytree(config_dir, folder)
-            server = start("--port", "0", "--config-dir", str(folder), "--broker", redis_server.url,
-                           "--debounce-ms", "30", "--disable-plugin", "ticker")
+            server = start(
+                "--port",
+                "0",
+                "--config-dir",
+                str(folder),
+                "--broker",
+                redis_server.url,
+                "--debounce-ms",
+                "30",
+                "--disable-plugin",
+                "ticker",
+            )
             port = int((await server.wait_log(LISTENING)).group(1))
             nodes.append((server, port, folder))
         return nodes
+
     return _start
 
 
 @pytest.fixture
 def clients():
-    opened: list[Client] = []
+    opened: list[WebSocketClient] = []
 
-    async def _open(port: int, tenant_id: str = "acme", **query) -> Client:
-        client = await Client.open(f"ws://127.0.0.1:{port}/ws", tenant_id, **query)
+    async def _open(port: int, tenant_id: str = "acme", **query) -> WebSocketClient:
+        client = await WebSocketClient.open(f"ws://127.0.0.1:{port}/ws", tenant_id, **query)
         opened.append(client)
         return client
 
@@ -59,7 +71,7 @@ async def readyz(port: int) -> tuple[int, dict]:
 
 @pytest.mark.gen_test(timeout=180)
 async def test_a_change_on_one_node_reaches_both_once(two_nodes, clients):
-    (a, port_a, folder_a), (b, port_b, folder_b) = await two_nodes()
+    (_, port_a, folder_a), (_, port_b, folder_b) = await two_nodes()
     on_a, on_b = await clients(port_a), await clients(port_b)
     other = await clients(port_b, "globex")
     for client in (on_a, on_b, other):
@@ -80,7 +92,7 @@ async def test_a_change_on_one_node_reaches_both_once(two_nodes, clients):
 
 @pytest.mark.gen_test(timeout=180)
 async def test_a_killed_node_s_clients_resume_on_the_other_with_nothing_lost(two_nodes, clients):
-    (a, port_a, folder_a), (b, port_b, folder_b) = await two_nodes()
+    (a, port_a, folder_a), (_, port_b, folder_b) = await two_nodes()
     client = await clients(port_a)
     await client.expect("Welcome", timeout=WAIT)
     (folder_a / "acme" / "app.json").write_text('{"a": 2}')
@@ -113,9 +125,11 @@ async def test_redis_killed_and_restarted_mid_stream_loses_nothing(two_nodes, cl
     assert (await readyz(port_a))[0] == 200
     redis_server.kill()
     for port in (port_a, port_b):
+
         async def not_ready(port=port):
             code, body = await readyz(port)
             return code == 503 and any("redis" in r for r in body["reasons"])
+
         await wait_for_async(not_ready)
     # Clients stay connected and served.
     for client in (on_a, on_b):
@@ -129,8 +143,10 @@ async def test_redis_killed_and_restarted_mid_stream_loses_nothing(two_nodes, cl
     assert (event_a["path"], event_a["change_type"]) == ("app.json", "modified")
     assert await on_b.expect("ConfigChanged", timeout=WAIT) == event_a
     for port in (port_a, port_b):
+
         async def ready(port=port):
             return (await readyz(port))[0] == 200
+
         await wait_for_async(ready)
     # And the stream goes on.
     (folder_b / "acme" / "after.json").write_text("1")
@@ -140,7 +156,7 @@ async def test_redis_killed_and_restarted_mid_stream_loses_nothing(two_nodes, cl
 
 
 async def wait_for_async(check, timeout: float = 60.0) -> None:
-    """Like conftest.wait_for, for a coroutine predicate."""
+    """Like tornado_cfgpush.testing.wait_for, for a coroutine predicate."""
     loop = asyncio.get_running_loop()
     deadline = loop.time() + timeout
     while not await check():
@@ -149,10 +165,23 @@ async def wait_for_async(check, timeout: float = 60.0) -> None:
 
 
 @pytest.mark.gen_test(timeout=180)
-async def test_edits_made_while_the_only_node_was_down_are_published_at_restart(start, redis_server, config_dir,
-                                                                               clients):
-    args = ("--port", "0", "--config-dir", str(config_dir), "--broker", redis_server.url,
-            "--debounce-ms", "30", "--disable-plugin", "ticker", "--publish-token", "publish-token-1")
+async def test_edits_made_while_the_only_node_was_down_are_published_at_restart(
+    start, redis_server, config_dir, clients
+):
+    args = (
+        "--port",
+        "0",
+        "--config-dir",
+        str(config_dir),
+        "--broker",
+        redis_server.url,
+        "--debounce-ms",
+        "30",
+        "--disable-plugin",
+        "ticker",
+        "--publish-token",
+        "publish-token-1",
+    )
     node = start(*args)
     port = int((await node.wait_log(LISTENING)).group(1))
     client = await clients(port)
@@ -162,10 +191,19 @@ async def test_edits_made_while_the_only_node_was_down_are_published_at_restart(
     # Another source's path (here the publish API's): not the filesystem's to delete later.
     http = AsyncHTTPClient(force_instance=True)
     try:
-        await http.fetch(f"http://127.0.0.1:{port}/api/v1/events", method="POST",
-                         headers={"Authorization": "Bearer publish-token-1", "Content-Type": "application/json"},
-                         body=json.dumps({"tenant_id": "acme", "change_type": "created", "path": "from-api.json",
-                                          "checksum": "sha256:" + "e" * 64}))
+        await http.fetch(
+            f"http://127.0.0.1:{port}/api/v1/events",
+            method="POST",
+            headers={"Authorization": "Bearer publish-token-1", "Content-Type": "application/json"},
+            body=json.dumps(
+                {
+                    "tenant_id": "acme",
+                    "change_type": "created",
+                    "path": "from-api.json",
+                    "checksum": "sha256:" + "e" * 64,
+                }
+            ),
+        )
     finally:
         http.close()
     last = (await client.expect("ConfigChanged", timeout=WAIT))["event_id"]

@@ -2,29 +2,29 @@
 that keep a late node from rolling a file back, publishes batched into one round trip, and a
 Redis emptied behind the nodes' backs (its clock behind the old one's) noticed by its epoch.
 
-Two ``CfgPush`` nodes on a private redis-server (tests/test_redis_broker.py's ``cluster``),
+Two ``CfgPush`` nodes on a private redis-server (the ``cluster`` fixture of tests/conftest.py),
 real WebSocket clients. The longer fault scenarios, with a TCP proxy that delays, holds and
 drops, are in scripts/ and tests/test_faults.py.
 """
+
 from __future__ import annotations
 
-import asyncio
-
 import pytest
-import redis.asyncio as aioredis
 
 from tornado_cfgpush.broker.memory import MemoryBroker
+from tornado_cfgpush.testing.redisserver import WAIT
 
-from .conftest import wait_for
-from .redisserver import WAIT
-from .test_redis_broker import admin, cluster, read_ids  # noqa: F401  (fixtures)
+from .redisnodes import read_ids
 
 SUM = {n: "sha256:" + f"{n:064x}" for n in range(1, 10)}
 
 
 def change(node, path: str, checksum: str, version: int | None, **extra):
-    return node.service.publish({"tenant_id": "acme", "change_type": "modified", "path": path,
-                                 "checksum": checksum, **extra}, "filesystem", version=version)
+    return node.service.publish(
+        {"tenant_id": "acme", "change_type": "modified", "path": path, "checksum": checksum, **extra},
+        "filesystem",
+        version=version,
+    )
 
 
 async def welcomed(client):
@@ -53,8 +53,9 @@ async def test_a_late_node_never_rolls_a_file_back(cluster):
     await client.expect_nothing(0.5)
     # A deletion observed after the last version is published; a publish without a version (a
     # plugin, the publish API) is compared by content only, as before.
-    gone = await a.service.publish({"tenant_id": "acme", "change_type": "deleted", "path": "x.json"},
-                                   "filesystem", version=500)
+    gone = await a.service.publish(
+        {"tenant_id": "acme", "change_type": "deleted", "path": "x.json"}, "filesystem", version=500
+    )
     assert await read_ids(client, 1) == [gone]
     assert await change(b, "x.json", SUM[3], 450) == gone  # b's older view of the file: dropped
     again = await change(b, "x.json", SUM[4], None)
@@ -85,8 +86,10 @@ async def test_many_publishes_go_in_one_round_trip_in_order(cluster, redis_serve
     try:
         a = await cluster(url=f"redis://127.0.0.1:{proxy.port}/0")
         client = await welcomed(await a.connect())
-        payloads = [{"tenant_id": "acme", "change_type": "modified", "path": f"f{i}.json",
-                     "checksum": SUM[1 + i % 9]} for i in range(200)]
+        payloads = [
+            {"tenant_id": "acme", "change_type": "modified", "path": f"f{i}.json", "checksum": SUM[1 + i % 9]}
+            for i in range(200)
+        ]
         before = proxy.writes_up
         ids = await a.service.publish_many(payloads, "filesystem", [1000 + i for i in range(200)])
         writes = proxy.writes_up - before

@@ -1,4 +1,5 @@
 """``--config FILE``, ``--print-config`` and ``--log-format`` (issue 8), as a user runs them."""
+
 from __future__ import annotations
 
 import json
@@ -7,10 +8,9 @@ import tomllib
 import pytest
 
 from tornado_cfgpush.cli import load_configuration
+from tornado_cfgpush.testing import LISTENING, WebSocketClient, clean_env
 
-from .serveproc import LISTENING, clean_env
-from .test_cli import assert_one_error_line, run_cli
-from .wsclient import Client
+from .clihelpers import assert_one_error_line, run_cli
 
 
 def write(tmp_path, text: str):
@@ -20,9 +20,12 @@ def write(tmp_path, text: str):
 
 
 def test_file_values_are_used_and_flags_and_environment_win(tmp_path, config_dir):
-    path = write(tmp_path, f'config-dir = "{config_dir}"\nport = 8001\nhost = "127.0.0.2"\n'
-                           'debounce_ms = 70\nlog-format = "json"\nmetrics-tenant-labels = true\n'
-                           'disable-plugin = ["filesystem"]\n')
+    path = write(
+        tmp_path,
+        f'config-dir = "{config_dir}"\nport = 8001\nhost = "127.0.0.2"\n'
+        'debounce_ms = 70\nlog-format = "json"\nmetrics-tenant-labels = true\n'
+        'disable-plugin = ["filesystem"]\n',
+    )
     environ = {"CFGPUSH_PORT": "8002"}
     settings, _, _, origins, _ = load_configuration(["--config", str(path), "--host", "::1"], environ)
     assert (settings.host, settings.port, settings.debounce_ms) == ("::1", 8002, 70)
@@ -46,11 +49,11 @@ def test_defaults_without_a_file(tmp_path):
 
 
 FILE_ERRORS = {
-    "unknown key": ('prot = 1\n', "cfgpush.toml: unknown key 'prot' (keys are the flags without '--': "),
-    "bad value": ('port = 70000\n', "cfgpush.toml: port: port must be from 0 to 65535, not 70000"),
-    "bad type": ('port = [1]\n', "cfgpush.toml: port: expected one value, not a list"),
-    "not toml": ('port = \n', "is not valid TOML"),
-    "a table": ('[server]\nport = 1\n', "cfgpush.toml: [server] is a table; every setting is a top-level key"),
+    "unknown key": ("prot = 1\n", "cfgpush.toml: unknown key 'prot' (keys are the flags without '--': "),
+    "bad value": ("port = 70000\n", "cfgpush.toml: port: port must be from 0 to 65535, not 70000"),
+    "bad type": ("port = [1]\n", "cfgpush.toml: port: expected one value, not a list"),
+    "not toml": ("port = \n", "is not valid TOML"),
+    "a table": ("[server]\nport = 1\n", "cfgpush.toml: [server] is a table; every setting is a top-level key"),
     "bad format": ('log-format = "xml"\n', "cfgpush.toml: log-format: log format must be one of text, json, not 'xml'"),
 }
 
@@ -69,8 +72,11 @@ def test_missing_file_exits_2(tmp_path):
 
 
 def test_print_config_shows_the_merge_with_secrets_redacted(tmp_path, config_dir):
-    path = write(tmp_path, f'config-dir = "{config_dir}"\nport = 8001\nadmin-token = "file-secret-123"\n'
-                           'broker = "redis://user:hunter22@redis.internal:6379/0"\n')
+    path = write(
+        tmp_path,
+        f'config-dir = "{config_dir}"\nport = 8001\nadmin-token = "file-secret-123"\n'
+        'broker = "redis://user:hunter22@redis.internal:6379/0"\n',
+    )
     env = clean_env(CFGPUSH_PUBLISH_TOKEN="env-secret-456", CFGPUSH_DEBOUNCE_MS="90")
     result = run_cli("--config", str(path), "--port", "8003", "--print-config", cwd=tmp_path, env=env)
     assert result.returncode == 0, result.stderr
@@ -86,7 +92,7 @@ def test_print_config_shows_the_merge_with_secrets_redacted(tmp_path, config_dir
     assert printed["log-format"] == "text"
     assert "port = 8003  # --port" in out
     assert "debounce-ms = 90  # CFGPUSH_DEBOUNCE_MS" in out
-    assert f"admin-token = \"<redacted>\"  # {path}: admin-token" in out
+    assert f'admin-token = "<redacted>"  # {path}: admin-token' in out
 
 
 def test_printed_configuration_is_a_valid_config_file(tmp_path, config_dir):
@@ -102,10 +108,10 @@ def test_printed_configuration_is_a_valid_config_file(tmp_path, config_dir):
 async def test_json_logs_carry_tenant_connection_and_source(start, config_dir):
     server = start("--config-dir", str(config_dir), "--port", "0", "--log-format", "json", "--log-level", "DEBUG")
     port = int((await server.wait_log(r'"message": "' + LISTENING))[1])
-    client = await Client.open(f"ws://127.0.0.1:{port}/ws", "acme")
+    client = await WebSocketClient.open(f"ws://127.0.0.1:{port}/ws", "acme")
     try:
         await client.expect("Welcome")
-        await server.wait_log(r'subscribed: tenant acme')
+        await server.wait_log(r"subscribed: tenant acme")
         (config_dir / "acme" / "app.json").write_text('{"a": 2}')
         await client.expect("ConfigChanged", timeout=10)
     finally:

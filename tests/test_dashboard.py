@@ -1,4 +1,5 @@
 """The dashboard's files and ``GET /api/v1/tenants``, over HTTP (the page itself: test_browser.py)."""
+
 from __future__ import annotations
 
 import json
@@ -11,9 +12,7 @@ import pytest
 from tornado.httpclient import AsyncHTTPClient
 
 from tornado_cfgpush.handlers.dashboard import STATIC_DIR
-
-from .conftest import wait_for
-from .sseclient import SSEClient
+from tornado_cfgpush.testing import SSEClient, wait_for
 
 ADMIN = "dashboard-admin-token"
 ROOT = Path(__file__).resolve().parent.parent
@@ -34,16 +33,19 @@ async def test_dashboard_page_has_a_strict_policy(http_url):
     body = response.body.decode()
     assert '<script type="module" src="dashboard.js">' in body
     # The token field has no name: even a form submitted without the script sends nothing.
-    assert '<input id="token" type="password"' in body and "<input name=" not in body and " name=\"token" not in body
+    assert '<input id="token" type="password"' in body and "<input name=" not in body and ' name="token' not in body
 
 
-@pytest.mark.parametrize("path, content_type", [
-    ("/cfgpush.js", "text/javascript; charset=utf-8"),
-    ("/cfgpush.d.ts", "text/plain; charset=utf-8"),
-    ("/dashboard.js", "text/javascript; charset=utf-8"),
-    ("/dashboard.css", "text/css; charset=utf-8"),
-    ("/example.html", "text/html; charset=utf-8"),
-])
+@pytest.mark.parametrize(
+    "path, content_type",
+    [
+        ("/cfgpush.js", "text/javascript; charset=utf-8"),
+        ("/cfgpush.d.ts", "text/plain; charset=utf-8"),
+        ("/dashboard.js", "text/javascript; charset=utf-8"),
+        ("/dashboard.css", "text/css; charset=utf-8"),
+        ("/example.html", "text/html; charset=utf-8"),
+    ],
+)
 @pytest.mark.gen_test
 async def test_static_files(http_url, path, content_type):
     response = await get(http_url + path)
@@ -74,6 +76,7 @@ async def test_other_paths_stay_404(http_url):
 
 # -- GET /api/v1/tenants ------------------------------------------------------------------------------
 
+
 @pytest.mark.gen_test
 async def test_tenant_list_is_off_without_admin_token(http_url):
     response = await get(http_url + "/api/v1/tenants", Authorization=f"Bearer {ADMIN}")
@@ -95,16 +98,29 @@ async def test_tenant_list_counts_connections_and_convergence(http_url, core, co
     url = http_url + "/api/v1/tenants"
     body = json.loads((await get(url, Authorization=f"Bearer {ADMIN}")).body)
     # Configured tenants are listed before anyone connects.
-    assert body == {"connections": 0, "tenants": [
-        {"tenant_id": t, "connections": 0, "connections_by_transport": {}, "observers": 0, "clients": 0,
-         "last_event_id": None, "converged": 0} for t in ("acme", "globex")]}
+    assert body == {
+        "connections": 0,
+        "tenants": [
+            {
+                "tenant_id": t,
+                "connections": 0,
+                "connections_by_transport": {},
+                "observers": 0,
+                "clients": 0,
+                "last_event_id": None,
+                "converged": 0,
+            }
+            for t in ("acme", "globex")
+        ],
+    }
     app_a = await connect("acme")
     app_b = await connect("acme")
     other = await connect("tenant-without-files")
     for client in (app_a, app_b, other):
         await client.expect("Welcome")
-    dashboard = await SSEClient.open(http_url, "acme", headers={"X-CfgPush-Observer": "dashboard",
-                                                                "Authorization": f"Bearer {ADMIN}"})
+    dashboard = await SSEClient.open(
+        http_url, "acme", headers={"X-CfgPush-Observer": "dashboard", "Authorization": f"Bearer {ADMIN}"}
+    )
     try:
         await dashboard.expect("Welcome")
         event_id = await core.publish({"tenant_id": "acme", "change_type": "modified", "path": "app.json"}, "t")
@@ -113,8 +129,15 @@ async def test_tenant_list_counts_connections_and_convergence(http_url, core, co
         body = json.loads((await get(url, Authorization=f"Bearer {ADMIN}")).body)
         tenants = {t["tenant_id"]: t for t in body["tenants"]}
         assert body["connections"] == 4
-        assert tenants["acme"] == {"tenant_id": "acme", "connections": 3, "connections_by_transport": {"ws": 2, "sse": 1},
-                                   "observers": 1, "clients": 2, "last_event_id": event_id, "converged": 1}
+        assert tenants["acme"] == {
+            "tenant_id": "acme",
+            "connections": 3,
+            "connections_by_transport": {"ws": 2, "sse": 1},
+            "observers": 1,
+            "clients": 2,
+            "last_event_id": event_id,
+            "converged": 1,
+        }
         assert tenants["tenant-without-files"]["connections"] == 1  # connected, not configured
         assert tenants["globex"]["connections"] == 0  # configured, not connected
     finally:
@@ -123,10 +146,16 @@ async def test_tenant_list_counts_connections_and_convergence(http_url, core, co
 
 # -- packaging --------------------------------------------------------------------------------------
 
+
 def test_static_files_ship_in_the_package(tmp_path):
     """setup.cfg's package_data: building the package copies every static file into it."""
-    done = subprocess.run([sys.executable, "setup.py", "-q", "build_py", "--build-lib", str(tmp_path / "lib")],
-                          cwd=ROOT, capture_output=True, text=True, timeout=120)
+    done = subprocess.run(
+        [sys.executable, "setup.py", "-q", "build_py", "--build-lib", str(tmp_path / "lib")],
+        cwd=ROOT,
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
     assert done.returncode == 0, done.stderr
     built = tmp_path / "lib" / "tornado_cfgpush" / "static"
     assert sorted(p.name for p in built.iterdir()) == sorted(p.name for p in STATIC_DIR.iterdir())

@@ -7,8 +7,9 @@ in order, no rollback, nothing lost, Resync only where the fault explains it) is
 with evidence that the fault happened and the load ran, never a timing. About 15 to 20 s each.
 
 Below them, minimal reproductions of what the suite found in the server, in-process
-(tests/test_redis_broker.py's ``cluster``): each is a strict xfail until it is fixed.
+(the ``cluster`` fixture of tests/conftest.py): each is a strict xfail until it is fixed.
 """
+
 from __future__ import annotations
 
 import asyncio
@@ -21,10 +22,11 @@ from pathlib import Path
 
 import pytest
 
-from .conftest import need_program, wait_for
-from .redisserver import WAIT
+from tornado_cfgpush.testing import need_program, wait_for
+from tornado_cfgpush.testing.redisserver import WAIT
+
+from .redisnodes import read_ids
 from .tcpproxy import FaultProxy
-from .test_redis_broker import admin, cluster, read_ids  # noqa: F401  (fixtures)
 
 FAULTS = Path(__file__).resolve().parent.parent / "scripts" / "faults.py"
 RUN_TIMEOUT = 150  # one quick scenario: about 20 s, more on two busy cores
@@ -38,9 +40,15 @@ def run_faults(scenario: str, tmp_path: Path, *extra: str) -> dict:
     need_program("redis-server")
     out = tmp_path / "faults.json"
     # Its own process group: on a timeout one killpg ends it and everything it started.
-    proc = subprocess.Popen([sys.executable, str(FAULTS), "--quick", "--scenario", scenario, "--json", str(out),
-                             *extra], cwd=tmp_path, stdin=subprocess.DEVNULL, stdout=subprocess.PIPE,
-                            stderr=subprocess.PIPE, text=True, start_new_session=True)
+    proc = subprocess.Popen(
+        [sys.executable, str(FAULTS), "--quick", "--scenario", scenario, "--json", str(out), *extra],
+        cwd=tmp_path,
+        stdin=subprocess.DEVNULL,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+        start_new_session=True,
+    )
     try:
         stdout, stderr = proc.communicate(timeout=RUN_TIMEOUT)
     except subprocess.TimeoutExpired:
@@ -102,11 +110,15 @@ def test_a_slow_link_delays_but_stays_exact(tmp_path):
 
 # Finding 3 (below) shows when a tenant's saves that waited for Redis are published within the
 # Resync's read of the newest id: often after a restart, rarely after a flush.
-RESYNC_AFTER_EVENTS = pytest.mark.xfail(strict=False, reason="sometimes: test_a_new_epoch_s_resync_comes_before_"
-                                                            "the_events_that_follow_it; strict once it is fixed")
+RESYNC_AFTER_EVENTS = pytest.mark.xfail(
+    strict=False,
+    reason="sometimes: test_a_new_epoch_s_resync_comes_before_the_events_that_follow_it; strict once it is fixed",
+)
 
 
-@pytest.mark.parametrize("scenario", ["flush", "flush-behind", pytest.param("restart-empty", marks=RESYNC_AFTER_EVENTS)])
+@pytest.mark.parametrize(
+    "scenario", ["flush", "flush-behind", pytest.param("restart-empty", marks=RESYNC_AFTER_EVENTS)]
+)
 def test_an_emptied_redis_resyncs_its_clients_and_loses_nothing(tmp_path, scenario):
     result = run_faults(scenario, tmp_path)
     assert result["resyncs"].get("unknown_epoch", 0) > 0
@@ -189,18 +201,27 @@ async def test_a_new_epoch_s_resync_comes_before_the_events_that_follow_it(clust
     it (the same batch: saves that waited for Redis) is delivered live before that Resync."""
     a, b = await cluster(), await cluster()
     on_b = await welcomed(await b.connect())
-    first = await a.service.publish({"tenant_id": "acme", "change_type": "modified", "path": "x.json",
-                                     "checksum": SUM[1]}, "filesystem")
+    first = await a.service.publish(
+        {"tenant_id": "acme", "change_type": "modified", "path": "x.json", "checksum": SUM[1]}, "filesystem"
+    )
     assert await read_ids(on_b, 1) == [first]
     await admin.flushall()
-    await a.service.publish_many([{"tenant_id": "acme", "change_type": "modified", "path": p, "checksum": s}
-                                  for p, s in (("x.json", SUM[2]), ("y.json", SUM[3]))], "filesystem")
+    await a.service.publish_many(
+        [
+            {"tenant_id": "acme", "change_type": "modified", "path": p, "checksum": s}
+            for p, s in (("x.json", SUM[2]), ("y.json", SUM[3]))
+        ],
+        "filesystem",
+    )
     first_after = await on_b.next(WAIT)
     assert list(first_after) == ["Resync"], first_after
 
 
-@pytest.mark.xfail(strict=True, raises=asyncio.TimeoutError,
-                   reason="a cursor set from a record without an epoch drops a new epoch's lower ids")
+@pytest.mark.xfail(
+    strict=True,
+    raises=asyncio.TimeoutError,
+    reason="a cursor set from a record without an epoch drops a new epoch's lower ids",
+)
 @pytest.mark.gen_test(timeout=60)
 async def test_a_record_from_before_epochs_does_not_hide_an_emptied_redis(cluster, admin):
     """Finding 4 (scenario flush-behind with the tenants' records holding ``/newest`` and no
@@ -212,6 +233,7 @@ async def test_a_record_from_before_epochs_does_not_hide_an_emptied_redis(cluste
     a = await cluster()
     client = await welcomed(await a.connect())
     await admin.flushall()
-    await a.service.publish({"tenant_id": "acme", "change_type": "modified", "path": "x.json",
-                             "checksum": SUM[1]}, "filesystem")
+    await a.service.publish(
+        {"tenant_id": "acme", "change_type": "modified", "path": "x.json", "checksum": SUM[1]}, "filesystem"
+    )
     await client.next(3.0)  # a Resync, or the event

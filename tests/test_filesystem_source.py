@@ -1,16 +1,17 @@
-"""The default event source (``sources/filesystem.py``) through the real server.
+"""The default event source (``sources/filesystem/``) through the real server.
 
 Real files under ``tmp_path``, a real server (pytest-tornado's ``http_server``) and a real
-WebSocket client. Every wait has a deadline: ``Client.expect`` / ``expect_nothing`` or
-``conftest.wait_for``. The only sleeps are deliberate pauses that *simulate* something (an
-editor between two writes, a continuous writer, a source that stays down), marked ``wait-ok``.
+WebSocket client. Every wait has a deadline: ``WebSocketClient.expect`` or ``expect_nothing``,
+or ``wait_for`` (tornado_cfgpush.testing). The only sleeps are deliberate pauses that
+*simulate* something (an editor between two writes, a continuous writer, a source that stays
+down), marked ``wait-ok``.
 
 Latencies are printed (``pytest -s``), never asserted: the machine is shared.
 """
+
 from __future__ import annotations
 
 import asyncio
-import hashlib
 import json
 import logging
 import os
@@ -22,21 +23,19 @@ import pytest
 from tornado.httpclient import AsyncHTTPClient
 
 from tornado_cfgpush import hookimpl
-from tornado_cfgpush.schemas import CHECKSUM_RE
 from tornado_cfgpush.settings import Settings
-from tornado_cfgpush.sources.filesystem import source as filesystem_source
 from tornado_cfgpush.sources.filesystem import (
     POLL_INTERVAL,
     FilesystemSource,
     choose_observer_kind,
     is_ignored_name,
 )
+from tornado_cfgpush.sources.filesystem import source as filesystem_source
+from tornado_cfgpush.testing import wait_for
 
-from .conftest import wait_for
+from .fshelpers import EXPECT, QUIET, change, fs_source, nothing, sha, subscribe
 
 TEST_TIMEOUT = 40  # whole test, seconds (pytest-tornado's default is 5)
-EXPECT = 5.0  # an expected message, generous: 2 cores shared with other test runs
-QUIET = 0.4  # expect_nothing after the debounce (30 ms in the conftest settings)
 POLL_EXPECT = 4 * POLL_INTERVAL + 4  # polling observer: one interval plus the debounce, with room
 
 # watchdog 7.1 warns from its one shared inotify reader thread when a folder made with its
@@ -45,38 +44,8 @@ POLL_EXPECT = 4 * POLL_INTERVAL + 4  # polling observer: one interval plus the d
 # with it every inotify observer of the process: setup.cfg filters exactly that warning.
 
 
-def sha(data: bytes) -> str:
-    return "sha256:" + hashlib.sha256(data).hexdigest()
-
-
 def sha_file(path: Path) -> str:
     return sha(path.read_bytes())
-
-
-def fs_source(core) -> FilesystemSource:
-    return next(s for s in core.sources if isinstance(s, FilesystemSource))
-
-
-async def subscribe(connect, tenant_id: str, **query):
-    client = await connect(tenant_id, **query)
-    welcome = await client.expect("Welcome", timeout=EXPECT)
-    assert welcome["tenant_id"] == tenant_id
-    return client
-
-
-async def change(client, timeout: float = EXPECT) -> dict:
-    event = await client.expect("ConfigChanged", timeout=timeout)
-    assert event["source"] == "filesystem"
-    assert event["timestamp"].endswith("Z")
-    if event["change_type"] == "deleted":
-        assert event["checksum"] is None
-    else:
-        assert CHECKSUM_RE.match(event["checksum"]), event
-    return event
-
-
-async def nothing(*clients, timeout: float = QUIET) -> None:
-    await asyncio.gather(*(c.expect_nothing(timeout) for c in clients))
 
 
 def report_latency(label: str, started: float) -> None:
@@ -128,7 +97,7 @@ class Recorder:
     async def nothing(self, timeout: float = QUIET) -> None:
         try:
             payload = await asyncio.wait_for(self.queue.get(), timeout)
-        except asyncio.TimeoutError:
+        except TimeoutError:
             return
         raise AssertionError(f"expected no payload, got {payload!r}")
 
@@ -167,6 +136,7 @@ def summary(payloads) -> set[tuple]:
 
 # -- one save, one event, whatever the editor does ------------------------------------------------
 
+
 def save_in_place(path: Path, data: bytes) -> None:
     with open(path, "wb") as f:  # open('w'): truncates, then writes
         f.write(data)
@@ -185,6 +155,7 @@ def _save_via(tmp_name: str):
         tmp = path.with_name(tmp_name)
         tmp.write_bytes(data)
         os.replace(tmp, path)
+
     return save
 
 
@@ -306,7 +277,10 @@ async def test_nested_paths_are_relative_and_slash_separated(connect, config_dir
     (deep / "limits.json").write_bytes(b'{"rate": 2}')  # the new folder is watched
     event = await change(client)
     assert (event["change_type"], event["path"], event["checksum"]) == (
-        "modified", "billing/eu/limits.json", sha(b'{"rate": 2}'))
+        "modified",
+        "billing/eu/limits.json",
+        sha(b'{"rate": 2}'),
+    )
     await nothing(client)
 
 
@@ -318,16 +292,21 @@ async def test_deleting_a_folder_deletes_each_file(connect, config_dir):
     (sub / "a.json").write_bytes(b"a")
     (sub / "inner" / "b.json").write_bytes(b"b")
     created = [await change(client) for _ in range(2)]
-    assert {(e["change_type"], e["path"]) for e in created} == {("created", "sub/a.json"),
-                                                                ("created", "sub/inner/b.json")}
+    assert {(e["change_type"], e["path"]) for e in created} == {
+        ("created", "sub/a.json"),
+        ("created", "sub/inner/b.json"),
+    }
     shutil.rmtree(sub)
     deleted = [await change(client) for _ in range(2)]
     assert {(e["change_type"], e["path"], e["checksum"]) for e in deleted} == {
-        ("deleted", "sub/a.json", None), ("deleted", "sub/inner/b.json", None)}
+        ("deleted", "sub/a.json", None),
+        ("deleted", "sub/inner/b.json", None),
+    }
     await nothing(client)
 
 
 # -- debounce -------------------------------------------------------------------------------------
+
 
 @pytest.mark.gen_test(timeout=TEST_TIMEOUT)
 async def test_continuous_writer_reports_before_it_stops(connect, config_dir, core):
@@ -354,16 +333,18 @@ async def test_continuous_writer_reports_before_it_stops(connect, config_dir, co
         while True:
             try:
                 event = await change(client)
-            except asyncio.TimeoutError:
+            except TimeoutError:
                 break
             received.append((loop.time() - begin, event, state["done"]))
             if state["done"] and event["checksum"] == sha(state["last"]):
                 break
     finally:
         await task
-    print(f"\n[continuous] {state['writes']} writes in 2 s -> {len(received)} events at "
-          f"{[round(t, 2) for t, _, _ in received]} s (debounce {source.debounce * 1000:.0f} ms, "
-          f"max delay {source.max_delay:.1f} s)")
+    print(
+        f"\n[continuous] {state['writes']} writes in 2 s -> {len(received)} events at "
+        f"{[round(t, 2) for t, _, _ in received]} s (debounce {source.debounce * 1000:.0f} ms, "
+        f"max delay {source.max_delay:.1f} s)"
+    )
     assert received, "no event at all"
     assert received[0][2] is False, "the first event came only after the writer stopped"
     assert all(e["change_type"] == "modified" and e["path"] == "app.json" for _, e, _ in received)
@@ -380,18 +361,21 @@ class TestLongDebounce:
         return Settings(config_dir=config_dir, debounce_ms=300)
 
     @pytest.mark.gen_test(timeout=TEST_TIMEOUT)
-    async def test_writes_within_the_debounce_window_are_coalesced(self, connect, config_dir, published):
+    async def test_saves_within_the_debounce_window_after_the_first_are_coalesced(self, connect, config_dir, published):
+        """The first save is announced the moment its writer is done (closed, or renamed into
+        place); saves that follow within the debounce are one event, the newest."""
         client = await subscribe(connect, "acme")
         target = config_dir / "acme" / "app.json"
         save_in_place(target, b'{"v": 1}')
-        await asyncio.sleep(0.02)  # wait-ok: an editor pausing between two writes
+        first = await change(client)
+        assert first["checksum"] == sha(b'{"v": 1}')
         save_truncate_and_write(target, b'{"v": 2}')
-        await asyncio.sleep(0.02)  # wait-ok: same
+        await asyncio.sleep(0.02)  # wait-ok: an editor pausing between two writes
         _save_via(".app.json.tmp")(target, b'{"v": 3}')
         event = await change(client)
         assert (event["change_type"], event["checksum"]) == ("modified", sha(b'{"v": 3}'))
         await nothing(client, timeout=0.6)
-        assert len(published) == 1
+        assert len(published) == 2
 
     @pytest.mark.gen_test(timeout=TEST_TIMEOUT)
     async def test_vim_style_save_with_pauses_is_one_event(self, connect, config_dir, published):
@@ -405,12 +389,16 @@ class TestLongDebounce:
         backup.unlink()
         event = await change(client)
         assert (event["change_type"], event["path"], event["checksum"]) == (
-            "modified", "app.json", sha(b'{"vim": true}'))
+            "modified",
+            "app.json",
+            sha(b'{"vim": true}'),
+        )
         await nothing(client, timeout=0.6)
         assert len(published) == 1
 
 
 # -- renames ----------------------------------------------------------------------------------------
+
 
 @pytest.mark.gen_test(timeout=TEST_TIMEOUT)
 async def test_rename_inside_a_tenant_is_moved(connect, config_dir, published):
@@ -429,7 +417,10 @@ async def test_rename_inside_a_tenant_is_moved(connect, config_dir, published):
     os.rename(acme / "renamed.json", acme / "sub" / "deeper.json")
     event = await change(client)
     assert (event["change_type"], event["path"], event["meta"]) == (
-        "moved", "sub/deeper.json", {"old_path": "renamed.json"})
+        "moved",
+        "sub/deeper.json",
+        {"old_path": "renamed.json"},
+    )
     await nothing(client)
     assert [p["change_type"] for p in published] == ["moved", "moved"]
 
@@ -448,7 +439,11 @@ async def test_rename_into_a_folder_made_just_before_is_moved(connect, config_di
         os.rename(acme / current, acme / new)
         event = await change(client)
         assert (event["change_type"], event["path"], event.get("meta"), event["checksum"]) == (
-            "moved", new, {"old_path": current}, sha(content)), i
+            "moved",
+            new,
+            {"old_path": current},
+            sha(content),
+        ), i
         current = new
     await nothing(client, timeout=0.8)  # watchdog's late Deleted finds nothing to report
     assert [p["change_type"] for p in published] == ["moved"] * 4
@@ -465,7 +460,11 @@ async def test_quick_rename_chains_leave_nothing_behind(connect, config_dir, cor
     os.rename(acme / "b.json", acme / "c.json")
     event = await change(client)
     assert (event["change_type"], event["path"], event.get("meta"), event["checksum"]) == (
-        "moved", "c.json", {"old_path": "app.json"}, sha(content))
+        "moved",
+        "c.json",
+        {"old_path": "app.json"},
+        sha(content),
+    )
     await nothing(client)
     assert source.manifest("acme") == {"c.json": sha(content)}
 
@@ -475,7 +474,11 @@ async def test_quick_rename_chains_leave_nothing_behind(connect, config_dir, cor
     os.rename(acme / "d.json", acme / "e.json")
     event = await change(client)
     assert (event["change_type"], event["path"], event.get("meta"), event["checksum"]) == (
-        "moved", "e.json", {"old_path": "c.json"}, sha(b"changed on the way"))
+        "moved",
+        "e.json",
+        {"old_path": "c.json"},
+        sha(b"changed on the way"),
+    )
     await nothing(client)
     assert source.manifest("acme") == {"e.json": sha(b"changed on the way")}
 
@@ -491,10 +494,15 @@ async def test_rename_of_a_folder_inside_a_tenant_moves_its_files(connect, confi
     os.rename(acme / "old", acme / "new")
     events = [await change(client) for _ in range(2)]
     assert {(e["change_type"], e["path"], (e.get("meta") or {}).get("old_path"), e["checksum"]) for e in events} == {
-        ("moved", "new/a.json", "old/a.json", sha(b"a")), ("moved", "new/b.json", "old/b.json", sha(b"b"))}
+        ("moved", "new/a.json", "old/a.json", sha(b"a")),
+        ("moved", "new/b.json", "old/b.json", sha(b"b")),
+    }
     await nothing(client)
     assert fs_source(core).manifest("acme") == {
-        "app.json": sha_file(acme / "app.json"), "new/a.json": sha(b"a"), "new/b.json": sha(b"b")}
+        "app.json": sha_file(acme / "app.json"),
+        "new/a.json": sha(b"a"),
+        "new/b.json": sha(b"b"),
+    }
 
 
 @pytest.mark.gen_test(timeout=TEST_TIMEOUT)
@@ -506,7 +514,11 @@ async def test_renamed_tenant_folder_is_deleted_in_one_created_in_the_other(conn
     deleted, created = await asyncio.gather(change(old), change(new))
     assert (deleted["tenant_id"], deleted["change_type"], deleted["path"]) == ("acme", "deleted", "app.json")
     assert (created["tenant_id"], created["change_type"], created["path"], created["checksum"]) == (
-        "acme-renamed", "created", "app.json", sha(content))
+        "acme-renamed",
+        "created",
+        "app.json",
+        sha(content),
+    )
     await nothing(old, new)
     (config_dir / "acme-renamed" / "app.json").write_bytes(b"after")  # watched under its new name
     assert (await change(new))["checksum"] == sha(b"after")
@@ -535,10 +547,18 @@ async def test_rename_across_tenants_is_deleted_then_created(connect, config_dir
     os.rename(config_dir / "acme" / "app.json", config_dir / "globex" / "from-acme.json")
     deleted = await change(acme)
     assert (deleted["tenant_id"], deleted["change_type"], deleted["path"], deleted["checksum"]) == (
-        "acme", "deleted", "app.json", None)
+        "acme",
+        "deleted",
+        "app.json",
+        None,
+    )
     created = await change(globex)
     assert (created["tenant_id"], created["change_type"], created["path"], created["checksum"]) == (
-        "globex", "created", "from-acme.json", sha(content))
+        "globex",
+        "created",
+        "from-acme.json",
+        sha(content),
+    )
     assert "meta" not in created
     await nothing(acme, globex)
     # and to a single-file tenant at the top of the config folder
@@ -552,6 +572,7 @@ async def test_rename_across_tenants_is_deleted_then_created(connect, config_dir
 
 # -- layout: single-file tenants, new tenant folders --------------------------------------------------
 
+
 @pytest.mark.gen_test(timeout=TEST_TIMEOUT)
 async def test_single_file_tenant(connect, config_dir, core):
     solo = await subscribe(connect, "solo")
@@ -560,7 +581,11 @@ async def test_single_file_tenant(connect, config_dir, core):
     path.write_bytes(b'{"s": 1}')
     event = await change(solo)
     assert (event["tenant_id"], event["change_type"], event["path"], event["checksum"]) == (
-        "solo", "created", "solo.json", sha(b'{"s": 1}'))
+        "solo",
+        "created",
+        "solo.json",
+        sha(b'{"s": 1}'),
+    )
     assert fs_source(core).manifest("solo") == {"solo.json": sha(b'{"s": 1}')}
     SAVES["vim"](path, b'{"s": 2}')
     event = await change(solo)
@@ -584,7 +609,11 @@ async def test_tenant_folder_created_after_start_is_watched(connect, config_dir)
     event = await change(client)
     report_latency("file right after mkdir", started)
     assert (event["tenant_id"], event["change_type"], event["path"], event["checksum"]) == (
-        "newco", "created", "a.json", sha(b'{"a": 1}'))
+        "newco",
+        "created",
+        "a.json",
+        sha(b'{"a": 1}'),
+    )
     await nothing(client)
     (folder / "a.json").write_bytes(b'{"a": 2}')
     event = await change(client)
@@ -618,9 +647,20 @@ async def test_tree_moved_in_from_outside_is_reported(connect, config_dir, tmp_p
 # -- what is never configuration --------------------------------------------------------------------
 
 IGNORED = [
-    ".app.json.swp", ".app.json.swx", "app.json.swp", "app.json~", "app.json.tmp", "4913",
-    "#app.json#", ".hidden.json", "app.json.bak", "app.json.orig", "app.json___jb_tmp___",
-    "app.json___jb_old___", "app.json.kate-swp", "download.part",
+    ".app.json.swp",
+    ".app.json.swx",
+    "app.json.swp",
+    "app.json~",
+    "app.json.tmp",
+    "4913",
+    "#app.json#",
+    ".hidden.json",
+    "app.json.bak",
+    "app.json.orig",
+    "app.json___jb_tmp___",
+    "app.json___jb_old___",
+    "app.json.kate-swp",
+    "download.part",
 ]
 
 
@@ -680,8 +720,10 @@ async def test_invalid_tenant_folders_give_no_events(connect, config_dir, core, 
     assert core.metrics.rejected_events == {("filesystem", "invalid_path"): 1}
     assert "not a valid tenant id" in caplog.text
     assert "back\\slash.json" in caplog.text and "cannot be published" in caplog.text
-    assert fs_source(core).manifest("acme") == {"app.json": sha_file(config_dir / "acme" / "app.json"),
-                                                "real.json": sha(b"{}")}
+    assert fs_source(core).manifest("acme") == {
+        "app.json": sha_file(config_dir / "acme" / "app.json"),
+        "real.json": sha(b"{}"),
+    }
 
 
 @pytest.mark.gen_test(timeout=TEST_TIMEOUT)
@@ -712,9 +754,11 @@ async def test_non_ascii_and_spaces_in_paths(connect, config_dir):
 
 # -- symbolic links ---------------------------------------------------------------------------------
 
+
 @pytest.mark.gen_test(timeout=TEST_TIMEOUT)
-async def test_symlinks_leading_out_of_the_config_folder_are_not_followed(connect, config_dir, tmp_path,
-                                                                          core, published, start_direct):
+async def test_symlinks_leading_out_of_the_config_folder_are_not_followed(
+    connect, config_dir, tmp_path, core, published, start_direct
+):
     outside = tmp_path / "outside"
     outside.mkdir()
     secret = outside / "secret.json"
@@ -761,11 +805,15 @@ async def test_symlink_to_a_file_inside_is_followed(connect, config_dir):
     os.symlink("app.json", acme / "alias.json")
     event = await change(client)
     assert (event["change_type"], event["path"], event["checksum"]) == (
-        "created", "alias.json", sha_file(acme / "app.json"))
+        "created",
+        "alias.json",
+        sha_file(acme / "app.json"),
+    )
     await nothing(client)
 
 
 # -- tenant isolation -------------------------------------------------------------------------------
+
 
 @pytest.mark.gen_test(timeout=TEST_TIMEOUT)
 async def test_two_tenants_never_cross(connect, config_dir):
@@ -800,6 +848,7 @@ async def test_two_tenants_never_cross(connect, config_dir):
 
 # -- manifest ---------------------------------------------------------------------------------------
 
+
 @pytest.mark.gen_test(timeout=TEST_TIMEOUT)
 async def test_manifest_lists_the_tenants_files(connect, config_dir, core):
     source = fs_source(core)
@@ -827,6 +876,7 @@ async def test_manifest_lists_the_tenants_files(connect, config_dir, core):
 
 
 # -- polling: forced, or because of the inotify watch limit -------------------------------------------
+
 
 def test_choose_observer_kind():
     assert choose_observer_kind(10, 8192) == "inotify"
@@ -884,8 +934,7 @@ class TestWatchLimitFallback:
         return Settings(config_dir=config_dir, debounce_ms=30, watch_fallback="poll")
 
     @pytest.mark.gen_test(timeout=TEST_TIMEOUT)
-    async def test_falls_back_to_polling_and_says_why(self, connect, config_dir, core, published, caplog,
-                                                      http_url):
+    async def test_falls_back_to_polling_and_says_why(self, connect, config_dir, core, published, caplog, http_url):
         assert fs_source(core).observer_kind == "polling"
         warnings = [r.getMessage() for r in caplog.get_records("setup") if r.levelno == logging.WARNING]
         assert any("max_user_watches" in m and "polling" in m for m in warnings), warnings
@@ -926,6 +975,7 @@ async def test_default_observer_is_inotify(core):
 
 # -- restarts: rescan and report what changed while down ----------------------------------------------
 
+
 @pytest.mark.gen_test(timeout=TEST_TIMEOUT)
 async def test_restart_after_cancel_reports_what_changed_while_down(config_dir, start_direct):
     acme = config_dir / "acme"
@@ -958,8 +1008,11 @@ async def test_restart_after_cancel_reports_what_changed_while_down(config_dir, 
     }
     await second.nothing()
     assert source.manifest("acme") == {
-        "app.json": sha(b'{"a": "while down"}'), "new.json": sha(b"new"),
-        "same.json": sha(b"same"), "touched.json": sha(b"touched")}
+        "app.json": sha(b'{"a": "while down"}'),
+        "new.json": sha(b"new"),
+        "same.json": sha(b"same"),
+        "touched.json": sha(b"touched"),
+    }
     # and it watches again
     (acme / "app.json").write_bytes(b'{"a": "live"}')
     payload = await second.next()
@@ -1005,7 +1058,9 @@ async def test_restart_while_stuck_in_emit_loses_nothing(config_dir, start_direc
     await start_direct(source, second)
     payloads = await second.take(2)
     assert [(p["change_type"], p["path"], p["checksum"]) for p in payloads] == [
-        ("modified", "app.json", sha(b"one")), ("created", "b.json", sha(b"two"))]
+        ("modified", "app.json", sha(b"one")),
+        ("created", "b.json", sha(b"two")),
+    ]
     await second.nothing()
     assert source.manifest("acme") == {"app.json": sha(b"one"), "b.json": sha(b"two")}
 
@@ -1030,7 +1085,7 @@ async def test_crashed_source_restarts_and_catches_up(connect, config_dir, core,
     # The runner waits 0.25-0.5 s before restarting: these happen while no one watches.
     (config_dir / "globex" / "app.json").write_bytes(b'{"g": "while down"}')
     (config_dir / "acme" / "new.json").write_bytes(b"new")
-    # Before it runs again, its clients are told events may be missing (PROTOCOL.md: Resync,
+    # Before it runs again, its clients are told events may be missing (docs/protocol.md: Resync,
     # source_gap); what it finds on its rescan follows, the crashed event first.
     for client in (acme, globex):
         resync = await client.expect("Resync", timeout=EXPECT)
@@ -1038,7 +1093,9 @@ async def test_crashed_source_restarts_and_catches_up(connect, config_dir, core,
     assert resync["manifest"] == {"app.json": sha(b'{"g": 1}')}  # globex's, not yet rescanned
     events = [await change(acme) for _ in range(2)]
     assert [(e["change_type"], e["path"], e["checksum"]) for e in events] == [
-        ("modified", "app.json", sha(b'{"a": "crash"}')), ("created", "new.json", sha(b"new"))]
+        ("modified", "app.json", sha(b'{"a": "crash"}')),
+        ("created", "new.json", sha(b"new")),
+    ]
     event = await change(globex)
     assert (event["change_type"], event["checksum"]) == ("modified", sha(b'{"g": "while down"}'))
     await nothing(acme, globex)
@@ -1051,16 +1108,20 @@ async def test_crashed_source_restarts_and_catches_up(connect, config_dir, core,
 
 # -- what changed, for structured files -----------------------------------------------------------
 
-@pytest.mark.parametrize("name, before, after", [
-    ("limits.json", b'{"rate": 10, "burst": 5, "old": 1}', b'{"rate": 20, "burst": 5, "new": {"x": 1}}'),
-    ("limits.toml", b'rate = 10\nburst = 5\nold = 1\n', b'rate = 20\nburst = 5\n[new]\nx = 1\n'),
-    ("limits.yaml", b'rate: 10\nburst: 5\nold: 1\n', b'rate: 20\nburst: 5\nnew: {x: 1}\n'),
-])
+
+@pytest.mark.parametrize(
+    "name, before, after",
+    [
+        ("limits.json", b'{"rate": 10, "burst": 5, "old": 1}', b'{"rate": 20, "burst": 5, "new": {"x": 1}}'),
+        ("limits.toml", b"rate = 10\nburst = 5\nold = 1\n", b"rate = 20\nburst = 5\n[new]\nx = 1\n"),
+        ("limits.yaml", b"rate: 10\nburst: 5\nold: 1\n", b"rate: 20\nburst: 5\nnew: {x: 1}\n"),
+    ],
+)
 @pytest.mark.gen_test(timeout=30)
 async def test_structured_files_say_what_changed_never_the_values(connect, config_dir, name, before, after):
     path = config_dir / "acme" / name
-    path.write_bytes(before)
     client = await subscribe(connect, "acme")
+    path.write_bytes(before)
     created = await change(client)
     assert (created["change_type"], created["path"]) == ("created", name)
     assert "diff" not in created
@@ -1099,14 +1160,15 @@ async def test_a_file_that_does_not_parse_still_gets_its_event_without_diff(conn
 @pytest.mark.gen_test(timeout=30)
 async def test_unstructured_files_get_no_diff(connect, config_dir):
     path = config_dir / "acme" / "notes.txt"
-    path.write_text("one")
     client = await subscribe(connect, "acme")
+    path.write_text("one")
     await change(client)
     path.write_text("two")
     assert "diff" not in await change(client)
 
 
 # -- links stay in their tenant -------------------------------------------------------------------
+
 
 @pytest.mark.gen_test(timeout=30)
 async def test_links_into_another_tenant_are_not_followed(connect, config_dir, core):

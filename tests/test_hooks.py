@@ -3,6 +3,7 @@
 In-process plugins through ``load_configuration`` (the CLI's merge) and through the real
 server; an installed distribution through ``cfgpush-serve`` in a subprocess.
 """
+
 from __future__ import annotations
 
 import json
@@ -15,8 +16,7 @@ from tornado_cfgpush.cli import UsageError, load_configuration
 from tornado_cfgpush.plugins import PluginError, describe_plugins, get_plugin_manager
 from tornado_cfgpush.settings import Settings
 
-from .test_cli import assert_one_error_line, run_cli
-from .test_plugins import Site, site  # noqa: F401  (the fixture)
+from .clihelpers import assert_one_error_line, run_cli
 
 
 def _positive(text: str) -> int:
@@ -49,9 +49,14 @@ def load(argv, environ=None):
 def test_plugin_options_default_into_settings_extra():
     settings, pm, _, origins, options = load([])
     demo = {k: v for k, v in settings.extra.items() if k.startswith("demo_")}  # installed plugins add theirs
-    assert demo == {"demo_level": 3, "demo_name": "plain", "demo_on": False, "demo_tags": None,
-                              "demo_api_token": None}
-    assert [o.flag for o in options if o.flag.startswith("--demo-")] == ["--demo-level", "--demo-name", "--demo-on", "--demo-tag", "--demo-api-token"]
+    assert demo == {"demo_level": 3, "demo_name": "plain", "demo_on": False, "demo_tags": None, "demo_api_token": None}
+    assert [o.flag for o in options if o.flag.startswith("--demo-")] == [
+        "--demo-level",
+        "--demo-name",
+        "--demo-on",
+        "--demo-tag",
+        "--demo-api-token",
+    ]
     assert origins["demo_level"] == "default"
     assert "cfgpush_add_options" in {h for e in describe_plugins(pm) if e["name"] == "demo" for h in e["hooks"]}
 
@@ -66,16 +71,22 @@ def test_plugin_options_merge_flag_environment_file(tmp_path):
     assert settings.extra["demo_on"] is True
     assert settings.extra["demo_tags"] == ["a", "b"]
     assert (origins["demo_level"], origins["demo_name"], origins["demo_on"]) == (
-        "--demo-level", "CFGPUSH_DEMO_NAME", f"{path}: demo-on")
+        "--demo-level",
+        "CFGPUSH_DEMO_NAME",
+        f"{path}: demo-on",
+    )
     settings, *_ = load([], {"CFGPUSH_DEMO_ON": "false", "CFGPUSH_DEMO_TAG": "x,y"})
     assert (settings.extra["demo_on"], settings.extra["demo_tags"]) == (False, ["x", "y"])
 
 
-@pytest.mark.parametrize("argv, environ, message", [
-    (["--demo-level", "0"], {}, "--demo-level"),
-    ([], {"CFGPUSH_DEMO_LEVEL": "-1"}, "CFGPUSH_DEMO_LEVEL: must be positive, not -1"),
-    ([], {"CFGPUSH_DEMO_ON": "maybe"}, "CFGPUSH_DEMO_ON: expected true or false, not 'maybe'"),
-])
+@pytest.mark.parametrize(
+    "argv, environ, message",
+    [
+        (["--demo-level", "0"], {}, "--demo-level"),
+        ([], {"CFGPUSH_DEMO_LEVEL": "-1"}, "CFGPUSH_DEMO_LEVEL: must be positive, not -1"),
+        ([], {"CFGPUSH_DEMO_ON": "maybe"}, "CFGPUSH_DEMO_ON: expected true or false, not 'maybe'"),
+    ],
+)
 def test_bad_plugin_option_is_a_usage_error(argv, environ, message):
     with pytest.raises(UsageError, match=message):
         load(argv, environ)
@@ -99,8 +110,12 @@ def test_clashing_option_is_a_plugin_error():
         load_configuration([], {}, extra_plugins=[("clash", Clash())])
 
 
-def test_secret_plugin_option_is_redacted_by_print_config(tmp_path, site):  # noqa: F811
-    site.add("cfgpush-test-opts", {"opts": "cfgpush_test_opts"}, {"cfgpush_test_opts": """\
+def test_secret_plugin_option_is_redacted_by_print_config(tmp_path, site):
+    site.add(
+        "cfgpush-test-opts",
+        {"opts": "cfgpush_test_opts"},
+        {
+            "cfgpush_test_opts": """\
 from tornado_cfgpush import hookimpl
 
 @hookimpl
@@ -108,12 +123,15 @@ def cfgpush_add_options(parser):
     parser.add_argument("--opts-api-token", dest="opts_api_token")
     parser.add_argument("--opts-dsn", dest="opts_dsn")
     parser.add_argument("--opts-size", dest="opts_size", type=int, default=5)
-"""})
+"""
+        },
+    )
     env = {"PYTHONPATH": str(site.root), "CFGPUSH_OPTS_API_TOKEN": "tok-very-secret"}
-    from .serveproc import clean_env
+    from tornado_cfgpush.testing import clean_env
 
-    result = run_cli("--print-config", "--opts-dsn", "host=db user=app password=pw-secret",
-                     cwd=tmp_path, env=clean_env(**env))
+    result = run_cli(
+        "--print-config", "--opts-dsn", "host=db user=app password=pw-secret", cwd=tmp_path, env=clean_env(**env)
+    )
     assert result.returncode == 0, result.stderr
     assert "tok-very-secret" not in result.stdout and "pw-secret" not in result.stdout
     assert 'opts-api-token = "<redacted>"  # CFGPUSH_OPTS_API_TOKEN' in result.stdout
@@ -126,6 +144,7 @@ def cfgpush_add_options(parser):
 
 
 # -- cfgpush_register_routes, through the real server --------------------------------------------
+
 
 class EchoHandler(web.RequestHandler):
     def initialize(self, greeting: str) -> None:
@@ -148,8 +167,11 @@ class RoutesPlugin:
     @hookimpl
     def cfgpush_register_routes(self, settings):
         self.settings = settings
-        return [(r"/demo/hello/([a-z]+)", EchoHandler, {"greeting": "hi"}), (r"/healthz", ShadowHandler),
-                web.url(r"/demo/plain", ShadowHandler)]
+        return [
+            (r"/demo/hello/([a-z]+)", EchoHandler, {"greeting": "hi"}),
+            (r"/healthz", ShadowHandler),
+            web.url(r"/demo/plain", ShadowHandler),
+        ]
 
 
 @pytest.fixture

@@ -8,6 +8,7 @@ Every test checks: no 5xx and no 1011 (no crash), a subscription only ever for t
 token names, no event to the wrong tenant, and the honest clients served during the storm.
 The number of inputs tried is printed at the end of the run.
 """
+
 from __future__ import annotations
 
 import asyncio
@@ -20,17 +21,18 @@ from urllib.parse import parse_qs, quote
 
 import jwt
 import pytest
-from hypothesis import HealthCheck, given, settings as hsettings, strategies as st
+from hypothesis import HealthCheck, given
+from hypothesis import settings as hsettings
+from hypothesis import strategies as st
 from marshmallow import ValidationError
 from tornado.httpclient import AsyncHTTPClient, HTTPRequest
 
 from tornado_cfgpush.rules import parse_event_id
 from tornado_cfgpush.schemas import is_valid_tenant_id
+from tornado_cfgpush.testing import WebSocketClient, wait_for
 
-from .conftest import wait_for
+from .rawsse import RawSSE
 from .rawws import RawWebSocket
-from .test_limits import RawSSE
-from .wsclient import Client
 
 SECRET = "hostile-test-secret-of-32-bytes-at-least"
 PUBLISH = "hostile-publish-token"
@@ -39,9 +41,12 @@ TRIED: Counter = Counter()
 
 pytestmark = pytest.mark.settings(jwt_secret=SECRET, publish_token=PUBLISH, max_client_rate=50)
 
-FUZZ = hsettings(max_examples=EXAMPLES, deadline=None, database=None,
-                 suppress_health_check=[HealthCheck.too_slow, HealthCheck.filter_too_much,
-                                        HealthCheck.data_too_large])
+FUZZ = hsettings(
+    max_examples=EXAMPLES,
+    deadline=None,
+    database=None,
+    suppress_health_check=[HealthCheck.too_slow, HealthCheck.filter_too_much, HealthCheck.data_too_large],
+)
 
 
 def token(tenant: str = "acme", exp_in: float = 300) -> str:
@@ -65,6 +70,7 @@ def report_count(request):
 
 # -- honest clients -------------------------------------------------------------------------------
 
+
 class Honest:
     """acme over WebSocket, globex over SSE; each records what it got and checks the tenant."""
 
@@ -76,7 +82,7 @@ class Honest:
         self.rounds = 0
 
         async def open_all():
-            self.ws = await Client.open(f"ws://127.0.0.1:{port}/ws", "acme", token=token(exp_in=3600))
+            self.ws = await WebSocketClient.open(f"ws://127.0.0.1:{port}/ws", "acme", token=token(exp_in=3600))
             assert (await self.ws.expect("Welcome"))["tenant_id"] == "acme"
             self.sse = await RawSSE.connect(port, f"tenant_id=globex&token={token('globex', 3600)}")
             assert self.sse.status == 200
@@ -116,8 +122,9 @@ class Honest:
         path = f"honest/{self.rounds}.json"
         acme_id = await self.core.publish({"tenant_id": "acme", "change_type": "modified", "path": path}, "honest")
         globex_id = await self.core.publish({"tenant_id": "globex", "change_type": "modified", "path": path}, "honest")
-        await wait_for(lambda: any(e["event_id"] == acme_id for e in self.ws_events)
-                       and globex_id in self.sse_ids, timeout=timeout)
+        await wait_for(
+            lambda: any(e["event_id"] == acme_id for e in self.ws_events) and globex_id in self.sse_ids, timeout=timeout
+        )
         assert not self.wrong, self.wrong
 
     def close(self):
@@ -143,14 +150,39 @@ def run(io_loop, coro_fn, timeout=20):
 # -- strategies -----------------------------------------------------------------------------------
 
 tenant_like = st.one_of(
-    st.sampled_from(["acme", "globex", "acme2", "Acme", "a", "a" * 64, "a" * 65, "..", ".hidden", "a/b", "a\\b",
-                     "acme\n", "acme ", " acme", "acme\x00", "café", "%2F", "a..b", "-x", "_x", "x-", "x."]),
+    st.sampled_from(
+        [
+            "acme",
+            "globex",
+            "acme2",
+            "Acme",
+            "a",
+            "a" * 64,
+            "a" * 65,
+            "..",
+            ".hidden",
+            "a/b",
+            "a\\b",
+            "acme\n",
+            "acme ",
+            " acme",
+            "acme\x00",
+            "café",
+            "%2F",
+            "a..b",
+            "-x",
+            "_x",
+            "x-",
+            "x.",
+        ]
+    ),
     st.text(alphabet=string.ascii_letters + string.digits + "._-", min_size=0, max_size=70),
     st.text(max_size=40),
 )
 query_value = st.one_of(tenant_like, st.text(max_size=200), st.binary(max_size=100).map(lambda b: b.decode("latin-1")))
-query_name = st.one_of(st.sampled_from(["tenant_id", "token", "last_event_id", "manifest", "access_token", ""]),
-                       st.text(max_size=12))
+query_name = st.one_of(
+    st.sampled_from(["tenant_id", "token", "last_event_id", "manifest", "access_token", ""]), st.text(max_size=12)
+)
 # Bytes allowed in a request line's query part (no space, CR, LF; the rest raw or escaped).
 raw_query_bytes = st.binary(max_size=300).map(lambda b: bytes(c for c in b if c not in b" \r\n\x00#"))
 
@@ -159,7 +191,7 @@ def encode_pairs(pairs, raw_mode: int) -> str:
     parts = []
     for name, value in pairs:
         if raw_mode == 1:  # partly unescaped: let through what a request line can hold
-            value = "".join(c if 0x21 <= ord(c) < 0x7f and c not in "#&" else quote(c) for c in value)
+            value = "".join(c if 0x21 <= ord(c) < 0x7F and c not in "#&" else quote(c) for c in value)
         else:
             value = quote(value, safe="")
         parts.append(f"{quote(name, safe='')}={value}")
@@ -175,22 +207,30 @@ async def ws_status(port: int, query: str, headers: str = "") -> tuple[int, byte
 
 
 def assert_refusal_is_clean(status: int, body: bytes) -> None:
-    assert status < 500 or status == 503 and b"connection limit" in body, (status, body)
+    assert status < 500 or (status == 503 and b"connection limit" in body), (status, body)
     if status in (400, 401, 403, 414, 429) and body:
         assert "error" in json.loads(body)
 
 
 # -- tenant ids and query strings ------------------------------------------------------------------
 
+
 def test_hostile_tenant_ids_and_tokens(io_loop, server_port, core, honest):
     @FUZZ
-    @given(tenant=tenant_like, with_token=st.sampled_from(["own", "other", "none", "garbage"]),
-           transport=st.sampled_from(["ws", "sse"]))
+    @given(
+        tenant=tenant_like,
+        with_token=st.sampled_from(["own", "other", "none", "garbage"]),
+        transport=st.sampled_from(["ws", "sse"]),
+    )
     def one(tenant, with_token, transport):
         TRIED["tenant ids"] += 1
         valid = is_valid_tenant_id(tenant)
-        tok = {"own": token(tenant) if valid else token(), "other": token("globex" if tenant != "globex" else "acme"),
-               "none": None, "garbage": "x.y.z"}[with_token]
+        tok = {
+            "own": token(tenant) if valid else token(),
+            "other": token("globex" if tenant != "globex" else "acme"),
+            "none": None,
+            "garbage": "x.y.z",
+        }[with_token]
         query = f"tenant_id={quote(tenant, safe='')}" + (f"&token={tok}" if tok else "")
 
         async def go():
@@ -235,8 +275,12 @@ def test_hostile_tenant_ids_and_tokens(io_loop, server_port, core, honest):
 
 def test_hostile_query_strings(io_loop, server_port, core, honest):
     @FUZZ
-    @given(pairs=st.lists(st.tuples(query_name, query_value), max_size=6), raw_mode=st.integers(0, 2),
-           raw=raw_query_bytes, add_token=st.booleans())
+    @given(
+        pairs=st.lists(st.tuples(query_name, query_value), max_size=6),
+        raw_mode=st.integers(0, 2),
+        raw=raw_query_bytes,
+        add_token=st.booleans(),
+    )
     def one(pairs, raw_mode, raw, add_token):
         TRIED["query strings"] += 1
         if raw_mode == 2:
@@ -264,21 +308,57 @@ def test_hostile_query_strings(io_loop, server_port, core, honest):
 
 
 header_name = st.one_of(
-    st.sampled_from(["Origin", "Sec-Fetch-Site", "Authorization", "Host", "Connection", "Upgrade", "Last-Event-ID",
-                     "Sec-WebSocket-Version", "Sec-WebSocket-Key", "Sec-WebSocket-Extensions", "X-Forwarded-For",
-                     "Content-Length", "Transfer-Encoding", "Cookie", "Accept"]),
+    st.sampled_from(
+        [
+            "Origin",
+            "Sec-Fetch-Site",
+            "Authorization",
+            "Host",
+            "Connection",
+            "Upgrade",
+            "Last-Event-ID",
+            "Sec-WebSocket-Version",
+            "Sec-WebSocket-Key",
+            "Sec-WebSocket-Extensions",
+            "X-Forwarded-For",
+            "Content-Length",
+            "Transfer-Encoding",
+            "Cookie",
+            "Accept",
+        ]
+    ),
     st.text(alphabet=string.ascii_letters + string.digits + "-_!#$%&'*+.^`|~", min_size=1, max_size=30),
 )
 header_value = st.one_of(
-    st.sampled_from(["", "null", "https://evil.example", "cross-site", "same-origin", "Bearer ", "Bearer x.y.z",
-                     f"Bearer {PUBLISH}", "websocket", "Upgrade", "13", "99", "chunked", "-1", "1-1", "0" * 50,
-                     "permessage-deflate; client_max_window_bits=1"]),
-    st.text(alphabet=st.characters(min_codepoint=0x20, max_codepoint=0xff, exclude_characters="\x7f"), max_size=300),
+    st.sampled_from(
+        [
+            "",
+            "null",
+            "https://evil.example",
+            "cross-site",
+            "same-origin",
+            "Bearer ",
+            "Bearer x.y.z",
+            f"Bearer {PUBLISH}",
+            "websocket",
+            "Upgrade",
+            "13",
+            "99",
+            "chunked",
+            "-1",
+            "1-1",
+            "0" * 50,
+            "permessage-deflate; client_max_window_bits=1",
+        ]
+    ),
+    st.text(alphabet=st.characters(min_codepoint=0x20, max_codepoint=0xFF, exclude_characters="\x7f"), max_size=300),
 )
 
 
-UPGRADE = "Upgrade: websocket\r\nConnection: Upgrade\r\nSec-WebSocket-Key: dGhlIHNhbXBsZSBub25jZQ==\r\n" \
-          "Sec-WebSocket-Version: 13\r\n"
+UPGRADE = (
+    "Upgrade: websocket\r\nConnection: Upgrade\r\nSec-WebSocket-Key: dGhlIHNhbXBsZSBub25jZQ==\r\n"
+    "Sec-WebSocket-Version: 13\r\n"
+)
 
 
 def test_hostile_headers(io_loop, server_port, core, honest):
@@ -292,11 +372,16 @@ def test_hostile_headers(io_loop, server_port, core, honest):
 
         async def go():
             try:
-                conn = await RawSSE.connect(server_port, query, path="/ws" if transport == "ws" else "/events",
-                                            headers=(UPGRADE if transport == "ws" else "") + extra, timeout=3)
+                conn = await RawSSE.connect(
+                    server_port,
+                    query,
+                    path="/ws" if transport == "ws" else "/events",
+                    headers=(UPGRADE if transport == "ws" else "") + extra,
+                    timeout=3,
+                )
             except (asyncio.IncompleteReadError, ConnectionResetError, BrokenPipeError):
                 return  # Tornado dropped a request it could not parse
-            except asyncio.TimeoutError:
+            except TimeoutError:
                 # Only a request that declares a body may be kept waiting (for that body).
                 assert declares_body, headers
                 return
@@ -318,14 +403,20 @@ def test_hostile_headers(io_loop, server_port, core, honest):
 # -- client frames ----------------------------------------------------------------------------------
 
 json_scalar = st.one_of(st.none(), st.booleans(), st.integers(), st.floats(allow_nan=False), st.text(max_size=200))
-json_value = st.recursive(json_scalar, lambda inner: st.one_of(st.lists(inner, max_size=4),
-                                                                st.dictionaries(st.text(max_size=10), inner, max_size=4)),
-                          max_leaves=12)
+json_value = st.recursive(
+    json_scalar,
+    lambda inner: st.one_of(st.lists(inner, max_size=4), st.dictionaries(st.text(max_size=10), inner, max_size=4)),
+    max_leaves=12,
+)
 message_like = st.one_of(
     st.sampled_from(['"Ping"', "Ping", "Pong", "{}", "[]", "null", '{"Ping": {}}', '{"Ack": {"event_id": "1-1"}}']),
-    st.builds(lambda k, v: json.dumps({k: v}), st.sampled_from(["Ping", "Ack", "Refresh", "Welcome", "Nope"]), json_value),
-    st.builds(lambda v: json.dumps({"Refresh": {"token": v}}),
-              st.one_of(st.text(max_size=300), st.just(token("globex")), st.just(token(exp_in=-5)), st.just(token()))),
+    st.builds(
+        lambda k, v: json.dumps({k: v}), st.sampled_from(["Ping", "Ack", "Refresh", "Welcome", "Nope"]), json_value
+    ),
+    st.builds(
+        lambda v: json.dumps({"Refresh": {"token": v}}),
+        st.one_of(st.text(max_size=300), st.just(token("globex")), st.just(token(exp_in=-5)), st.just(token())),
+    ),
     json_value.map(json.dumps),
     st.text(max_size=300),
 )
@@ -393,14 +484,39 @@ def test_hostile_client_frames(io_loop, server_port, core, honest):
 
 # -- publish bodies and plugin payloads ---------------------------------------------------------------
 
-field_value = st.one_of(json_value, st.sampled_from(["acme", "globex", "modified", "deleted", "moved", "created",
-                                                      "a.json", "../x", "/etc/passwd", "sha256:" + "a" * 64,
-                                                      "2026-11-27T08:00:00Z", "not a date"]))
+field_value = st.one_of(
+    json_value,
+    st.sampled_from(
+        [
+            "acme",
+            "globex",
+            "modified",
+            "deleted",
+            "moved",
+            "created",
+            "a.json",
+            "../x",
+            "/etc/passwd",
+            "sha256:" + "a" * 64,
+            "2026-11-27T08:00:00Z",
+            "not a date",
+        ]
+    ),
+)
 payload_like = st.one_of(
     st.fixed_dictionaries(
         {"tenant_id": tenant_like, "change_type": st.sampled_from(["created", "modified", "deleted", "moved", "x"])},
-        optional={"path": field_value, "checksum": field_value, "timestamp": field_value, "source": field_value,
-                  "meta": json_value, "diff": json_value, "event_id": field_value, "extra": field_value}),
+        optional={
+            "path": field_value,
+            "checksum": field_value,
+            "timestamp": field_value,
+            "source": field_value,
+            "meta": json_value,
+            "diff": json_value,
+            "event_id": field_value,
+            "extra": field_value,
+        },
+    ),
     st.dictionaries(st.text(max_size=12), field_value, max_size=6),
     json_value,
 )
@@ -411,8 +527,10 @@ def test_hostile_publish_bodies(io_loop, http_port, server_port, core, honest):
     url = f"http://127.0.0.1:{http_port}/api/v1/events"
 
     @FUZZ
-    @given(body=st.one_of(payload_like.map(lambda v: json.dumps(v).encode()), st.binary(max_size=300)),
-           content_type=st.sampled_from(["application/json", "application/json; charset=utf-8", "text/plain", ""]))
+    @given(
+        body=st.one_of(payload_like.map(lambda v: json.dumps(v).encode()), st.binary(max_size=300)),
+        content_type=st.sampled_from(["application/json", "application/json; charset=utf-8", "text/plain", ""]),
+    )
     def one(body, content_type):
         TRIED["publish bodies"] += 1
 
@@ -420,8 +538,9 @@ def test_hostile_publish_bodies(io_loop, http_port, server_port, core, honest):
             headers = {"Authorization": f"Bearer {PUBLISH}"}
             if content_type:
                 headers["Content-Type"] = content_type
-            response = await client.fetch(HTTPRequest(url, method="POST", body=body, headers=headers),
-                                          raise_error=False)
+            response = await client.fetch(
+                HTTPRequest(url, method="POST", body=body, headers=headers), raise_error=False
+            )
             assert response.code in (202, 400, 413, 415), (response.code, response.body)
             answer = json.loads(response.body)
             if response.code == 202:
@@ -445,15 +564,32 @@ def test_hostile_publish_bodies(io_loop, http_port, server_port, core, honest):
 def test_hostile_plugin_payloads(io_loop, core, honest):
     """What a plugin's ``emit`` gets goes through ``core.publish``: an event id or a
     ValidationError, never another exception; an accepted event goes to its own tenant only."""
-    weird = st.one_of(field_value, st.binary(max_size=10), st.floats(), st.sets(st.integers(), max_size=3),
-                      st.datetimes(), st.builds(object), st.text(min_size=5000, max_size=6000))
+    weird = st.one_of(
+        field_value,
+        st.binary(max_size=10),
+        st.floats(),
+        st.sets(st.integers(), max_size=3),
+        st.datetimes(),
+        st.builds(object),
+        st.text(min_size=5000, max_size=6000),
+    )
 
     @FUZZ
-    @given(payload=st.one_of(payload_like,
-                             st.fixed_dictionaries({"tenant_id": tenant_like, "change_type": st.just("modified")},
-                                                   optional={"path": weird, "meta": st.dictionaries(st.text(max_size=5), weird,
-                                                                                                     max_size=3),
-                                                             "checksum": weird, "timestamp": weird, "diff": weird})))
+    @given(
+        payload=st.one_of(
+            payload_like,
+            st.fixed_dictionaries(
+                {"tenant_id": tenant_like, "change_type": st.just("modified")},
+                optional={
+                    "path": weird,
+                    "meta": st.dictionaries(st.text(max_size=5), weird, max_size=3),
+                    "checksum": weird,
+                    "timestamp": weird,
+                    "diff": weird,
+                },
+            ),
+        )
+    )
     def one(payload):
         TRIED["plugin payloads"] += 1
 
@@ -472,6 +608,7 @@ def test_hostile_plugin_payloads(io_loop, core, honest):
 
 
 # -- floods -----------------------------------------------------------------------------------------
+
 
 @pytest.mark.settings(jwt_secret=SECRET, publish_token=PUBLISH, max_client_rate=20)
 def test_frame_and_connection_floods_cost_the_honest_clients_nothing(io_loop, server_port, core, honest):
@@ -504,8 +641,9 @@ def test_frame_and_connection_floods_cost_the_honest_clients_nothing(io_loop, se
 
     async def storm():
         started = time.monotonic()
-        tasks = [asyncio.ensure_future(flooder(i)) for i in range(40)] + \
-                [asyncio.ensure_future(churner(i)) for i in range(30)]
+        tasks = [asyncio.ensure_future(flooder(i)) for i in range(40)] + [
+            asyncio.ensure_future(churner(i)) for i in range(30)
+        ]
         rounds = 0
         while not all(t.done() for t in tasks) or rounds < 3:
             await honest.check_served(timeout=5)
@@ -515,12 +653,13 @@ def test_frame_and_connection_floods_cost_the_honest_clients_nothing(io_loop, se
         TRIED["flood connections"] += 30 * 10
         return time.monotonic() - started, rounds
 
-    elapsed, rounds = run(io_loop, storm, timeout=60)
+    _, rounds = run(io_loop, storm, timeout=60)
     assert rounds >= 3
     run(io_loop, lambda: wait_for(lambda: core.limits.total == 2 and core.hub.connection_count() == 2, timeout=15))
 
 
 # -- odd Unicode in every field that reaches the wire (issue 18 item 5) ------------------------------
+
 
 def _has_lone_surrogate(value) -> bool:
     if isinstance(value, str):
@@ -535,25 +674,60 @@ def _has_lone_surrogate(value) -> bool:
 # Lone surrogates (high, low, reversed pair), noncharacters, BOMs, separators, bidi overrides,
 # combining marks, astral characters, control characters, NUL, DEL and C1.
 odd_char = st.one_of(
-    st.sampled_from(["\ud800", "\udbff", "\udc00", "\udfff", "\udc00\ud800", "\ufffe", "\uffff", "\ufeff",
-                     "\u2028", "\u2029", "\u202e", "\u0301", "\U0001f600", "\U0010ffff", "\x00", "\x01", "\x1f",
-                     "\x7f", "\x85", "\u200b", "~", "/", "\\", "\n", "\r"]),
+    st.sampled_from(
+        [
+            "\ud800",
+            "\udbff",
+            "\udc00",
+            "\udfff",
+            "\udc00\ud800",
+            "\ufffe",
+            "\uffff",
+            "\ufeff",
+            "\u2028",
+            "\u2029",
+            "\u202e",
+            "\u0301",
+            "\U0001f600",
+            "\U0010ffff",
+            "\x00",
+            "\x01",
+            "\x1f",
+            "\x7f",
+            "\x85",
+            "\u200b",
+            "~",
+            "/",
+            "\\",
+            "\n",
+            "\r",
+        ]
+    ),
     st.characters(min_codepoint=0xD800, max_codepoint=0xDFFF),  # every lone surrogate
     st.characters(codec="utf-8"),
 )
-odd_text = st.lists(st.one_of(odd_char, st.text(alphabet=string.ascii_letters, max_size=4)), min_size=1,
-                    max_size=8).map("".join)
-odd_json = st.recursive(st.one_of(st.none(), st.integers(), odd_text),
-                        lambda inner: st.one_of(st.lists(inner, max_size=3),
-                                                st.dictionaries(odd_text, inner, max_size=3)),
-                        max_leaves=8)
-odd_fields = st.fixed_dictionaries({}, optional={
-    "path": st.one_of(odd_text, odd_text.map(lambda t: f"dir/{t}.json")),
-    "source": odd_text,
-    "meta": st.dictionaries(odd_text, odd_json, max_size=3),
-    "diff": st.fixed_dictionaries({}, optional={k: st.lists(odd_text.map(lambda t: "/" + t), max_size=3)
-                                                for k in ("added", "removed", "changed")}),
-})
+odd_text = st.lists(
+    st.one_of(odd_char, st.text(alphabet=string.ascii_letters, max_size=4)), min_size=1, max_size=8
+).map("".join)
+odd_json = st.recursive(
+    st.one_of(st.none(), st.integers(), odd_text),
+    lambda inner: st.one_of(st.lists(inner, max_size=3), st.dictionaries(odd_text, inner, max_size=3)),
+    max_leaves=8,
+)
+odd_fields = st.fixed_dictionaries(
+    {},
+    optional={
+        "path": st.one_of(odd_text, odd_text.map(lambda t: f"dir/{t}.json")),
+        "source": odd_text,
+        "meta": st.dictionaries(odd_text, odd_json, max_size=3),
+        "diff": st.fixed_dictionaries(
+            {},
+            optional={
+                k: st.lists(odd_text.map(lambda t: "/" + t), max_size=3) for k in ("added", "removed", "changed")
+            },
+        ),
+    },
+)
 
 
 def test_hostile_unicode_in_publish_fields(io_loop, http_port, server_port, core, honest):
@@ -562,8 +736,9 @@ def test_hostile_unicode_in_publish_fields(io_loop, http_port, server_port, core
     sent; and a client resuming from before the storm is served its replay (no poison)."""
     client = AsyncHTTPClient(force_instance=True)
     url = f"http://127.0.0.1:{http_port}/api/v1/events"
-    before = run(io_loop, lambda: core.publish({"tenant_id": "acme", "change_type": "modified", "path": "before.json"},
-                                               "honest"))
+    before = run(
+        io_loop, lambda: core.publish({"tenant_id": "acme", "change_type": "modified", "path": "before.json"}, "honest")
+    )
     accepted: list[str] = []
     poisons = Counter()
 
@@ -580,8 +755,15 @@ def test_hostile_unicode_in_publish_fields(io_loop, http_port, server_port, core
         body = json.dumps(payload, ensure_ascii=ascii_body or poisoned).encode("utf-8")
 
         async def go():
-            response = await client.fetch(HTTPRequest(url, method="POST", body=body, headers={
-                "Authorization": f"Bearer {PUBLISH}", "Content-Type": "application/json"}), raise_error=False)
+            response = await client.fetch(
+                HTTPRequest(
+                    url,
+                    method="POST",
+                    body=body,
+                    headers={"Authorization": f"Bearer {PUBLISH}", "Content-Type": "application/json"},
+                ),
+                raise_error=False,
+            )
             answer = json.loads(response.body)
             assert response.code in (202, 400, 429), (response.code, answer)
             if poisoned:
@@ -593,8 +775,10 @@ def test_hostile_unicode_in_publish_fields(io_loop, http_port, server_port, core
             if response.code == 202:
                 event_id = answer["event_id"]
                 accepted.append(event_id)
-                await wait_for(lambda: any(e["event_id"] == event_id for e in honest.ws_events)
-                               or event_id in accepted[:-1], timeout=5)  # a repeat answers the earlier id
+                await wait_for(
+                    lambda: any(e["event_id"] == event_id for e in honest.ws_events) or event_id in accepted[:-1],
+                    timeout=5,
+                )  # a repeat answers the earlier id
                 delivered = next((e for e in honest.ws_events if e["event_id"] == event_id), None)
                 if delivered is not None and event_id not in accepted[:-1]:
                     for name in fields:
@@ -647,6 +831,7 @@ odd_message = st.one_of(
 def test_hostile_unicode_in_client_messages(io_loop, server_port, core, honest):
     """Odd strings in every client message field: each message gets a Pong (the id echoed as
     sent), an Error or a Refreshed answer, valid Unicode itself, and the connection stays open."""
+
     @FUZZ
     @given(messages=st.lists(odd_message, min_size=1, max_size=6))
     def one(messages):
@@ -703,37 +888,81 @@ def origin_is_admitted(scheme: str, name: str, port: str) -> bool:
     scheme, name = scheme.lower(), name.lower()
     if scheme != "https" or port not in ("", ":443"):
         return False
-    return name == "app.example.com" or (name.endswith(".trusted.example") and len(name) > len(".trusted.example")
-                                         and "@" not in name)
+    return name == "app.example.com" or (
+        name.endswith(".trusted.example") and len(name) > len(".trusted.example") and "@" not in name
+    )
 
 
 host_name = st.one_of(
-    st.sampled_from(["cfgpush.example.com", "CFGPUSH.Example.Com", "cfgpush.example.com.", "cfgpush.example.com..",
-                     "127.0.0.1", "127.0.0.1.", "evil.example", "cfgpush.example.com.evil.example",
-                     "xcfgpush.example.com", "example.com", "localhost", "[::1]", "0.0.0.0", "127.1", "2130706433",
-                     "a@cfgpush.example.com", "cfgpush.example.com@evil.example", "cfgpush%2eexample.com",
-                     "xn--cfgpush-9za.example.com", "cfgpüsh.example.com", "", " cfgpush.example.com"]),
+    st.sampled_from(
+        [
+            "cfgpush.example.com",
+            "CFGPUSH.Example.Com",
+            "cfgpush.example.com.",
+            "cfgpush.example.com..",
+            "127.0.0.1",
+            "127.0.0.1.",
+            "evil.example",
+            "cfgpush.example.com.evil.example",
+            "xcfgpush.example.com",
+            "example.com",
+            "localhost",
+            "[::1]",
+            "0.0.0.0",
+            "127.1",
+            "2130706433",
+            "a@cfgpush.example.com",
+            "cfgpush.example.com@evil.example",
+            "cfgpush%2eexample.com",
+            "xn--cfgpush-9za.example.com",
+            "cfgpüsh.example.com",
+            "",
+            " cfgpush.example.com",
+        ]
+    ),
     st.text(alphabet=string.ascii_lowercase + string.digits + ".-_[]:@%", max_size=30),
 )
 host_port = st.sampled_from(["", ":{port}", ":443", ":80", ":0", ":99999", ":", ":x"])
 origin_scheme = st.sampled_from(["https", "http", "HTTPS", "ws", "wss", "javascript", ""])
-origin_name = st.sampled_from(["app.example.com", "x.trusted.example", "a.b.trusted.example", "trusted.example",
-                               "eviltrusted.example", "x.trusted.example.evil.net", "x.trusted.example.",
-                               "X.TRUSTED.EXAMPLE", "app.example.com.evil.net", "user@x.trusted.example",
-                               "evil.example", "cfgpush.example.com"])
+origin_name = st.sampled_from(
+    [
+        "app.example.com",
+        "x.trusted.example",
+        "a.b.trusted.example",
+        "trusted.example",
+        "eviltrusted.example",
+        "x.trusted.example.evil.net",
+        "x.trusted.example.",
+        "X.TRUSTED.EXAMPLE",
+        "app.example.com.evil.net",
+        "user@x.trusted.example",
+        "evil.example",
+        "cfgpush.example.com",
+    ]
+)
 origin_port = st.sampled_from(["", ":443", ":8443", ":80"])
 
 
-@pytest.mark.settings(jwt_secret=SECRET, publish_token=PUBLISH, max_client_rate=50, allowed_hosts=ALLOWED_HOSTS,
-                      allowed_origins=ALLOWED_ORIGINS)
+@pytest.mark.settings(
+    jwt_secret=SECRET,
+    publish_token=PUBLISH,
+    max_client_rate=50,
+    allowed_hosts=ALLOWED_HOSTS,
+    allowed_origins=ALLOWED_ORIGINS,
+)
 def test_hostile_hosts_and_origins(io_loop, server_port, core, honest):
     """Host tricks (DNS rebinding: Origin equal to Host), Origin tricks (schemes, ports,
     look-alikes), on /ws and /events: served only for an allowed Host and, cross-site, an
     allowed https origin; never a 5xx; the honest clients keep being served."""
+
     @FUZZ
-    @given(name=host_name, port=host_port, origin=st.one_of(
-        st.just("rebinding"), st.just(None), st.tuples(origin_scheme, origin_name, origin_port)),
-        transport=st.sampled_from(["ws", "sse"]), twice=st.sampled_from([False, False, False, True]))
+    @given(
+        name=host_name,
+        port=host_port,
+        origin=st.one_of(st.just("rebinding"), st.just(None), st.tuples(origin_scheme, origin_name, origin_port)),
+        transport=st.sampled_from(["ws", "sse"]),
+        twice=st.sampled_from([False, False, False, True]),
+    )
     def one(name, port, origin, transport, twice):
         TRIED["hosts and origins"] += 1
         host = name + port.format(port=server_port)
@@ -749,8 +978,7 @@ def test_hostile_hosts_and_origins(io_loop, server_port, core, honest):
         async def go():
             reader, writer = await asyncio.wait_for(asyncio.open_connection("127.0.0.1", server_port), 5)
             try:
-                writer.write((request_line + headers + (UPGRADE if transport == "ws" else "") + "\r\n")
-                             .encode("utf-8"))
+                writer.write((request_line + headers + (UPGRADE if transport == "ws" else "") + "\r\n").encode("utf-8"))
                 try:
                     head = await asyncio.wait_for(reader.readuntil(b"\r\n\r\n"), 5)
                 except (asyncio.IncompleteReadError, ConnectionResetError):

@@ -1,13 +1,14 @@
 """Issue 5, item 5, the cases tests/test_filesystem_source.py does not already cover: a folder
 link into another tenant, and a tenant folder that is a link to another tenant. Links are
 followed only within their own tenant."""
+
 from __future__ import annotations
 
 import os
 
 import pytest
 
-from .test_filesystem_source import QUIET, change, fs_source, nothing, subscribe
+from .fshelpers import QUIET, change, fs_source, nothing, subscribe
 
 
 @pytest.mark.gen_test(timeout=30)

@@ -5,6 +5,7 @@ keeps saving and checks it is served as usual.
 
 What a tenant can and cannot do is in SECURITY.md ("Tenants' files").
 """
+
 from __future__ import annotations
 
 import asyncio
@@ -17,14 +18,15 @@ import threading
 import time
 
 import pytest
-from hypothesis import HealthCheck, given, settings as hsettings, strategies as st
+from hypothesis import HealthCheck, given
+from hypothesis import settings as hsettings
+from hypothesis import strategies as st
 from tornado.httpclient import AsyncHTTPClient
 
 from tornado_cfgpush import structured
 from tornado_cfgpush.sources.filesystem import is_ignored_name
 
-from .conftest import wait_for
-from .test_filesystem_source import EXPECT, QUIET, change, fs_source, nothing, sha, subscribe
+from .fshelpers import EXPECT, QUIET, change, fs_source, nothing, sha, subscribe
 
 TIMEOUT = 60
 
@@ -48,6 +50,7 @@ async def health_ms(http_url) -> float:
 
 # -- names ---------------------------------------------------------------------------------------
 
+
 @pytest.mark.gen_test(timeout=TIMEOUT)
 async def test_a_name_that_is_not_utf8_is_skipped_for_its_tenant_only(connect, config_dir, core, http_url):
     """Landed main: ``evil/\\xff.json`` crashed the source for every tenant, for good."""
@@ -59,7 +62,9 @@ async def test_a_name_that_is_not_utf8_is_skipped_for_its_tenant_only(connect, c
             f.write(b"{}")
         resync = await evil.expect("Resync", timeout=EXPECT)
         assert (resync["tenant_id"], resync["reason"]) == ("evil", "source_gap")
-        print(f"\n[hostile] globex save during evil's bad names: {await honest_save(config_dir, globex, round_):.1f} ms")
+        print(
+            f"\n[hostile] globex save during evil's bad names: {await honest_save(config_dir, globex, round_):.1f} ms"
+        )
     await nothing(globex)
     assert core.runner.restarts["filesystem"] == 0
     assert core.metrics.rejected_events[("filesystem", "invalid_path")] == 3
@@ -98,6 +103,7 @@ async def test_control_characters_in_a_name_are_refused_visibly(connect, config_
 
 # -- keys and contents ------------------------------------------------------------------------------
 
+
 @pytest.mark.gen_test(timeout=TIMEOUT)
 async def test_json_keys_with_control_characters_or_lone_surrogates_never_crash(connect, config_dir, core):
     """Landed main: each such save crashed the source, and every tenant got Resync."""
@@ -124,8 +130,9 @@ async def test_a_yaml_alias_bomb_does_not_freeze_the_server(connect, config_dir,
     tenant's 20 clients were dropped by the heartbeat."""
     if structured.yaml is None:
         pytest.fail("PyYAML is needed for this test (pip install -e '.[test]')")
-    lines = ["a0: &a0 [x, x, x, x]"] + [f"a{i}: &a{i} [*a{i - 1}, *a{i - 1}, *a{i - 1}, *a{i - 1}]"
-                                          for i in range(1, 12)]
+    lines = ["a0: &a0 [x, x, x, x]"] + [
+        f"a{i}: &a{i} [*a{i - 1}, *a{i - 1}, *a{i - 1}, *a{i - 1}]" for i in range(1, 12)
+    ]
     bomb = config_dir / "acme" / "bomb.yaml"
     evil = await subscribe(connect, "acme")
     globex = [await subscribe(connect, "globex") for _ in range(20)]
@@ -144,8 +151,9 @@ async def test_a_yaml_alias_bomb_does_not_freeze_the_server(connect, config_dir,
 
 
 @pytest.mark.gen_test(timeout=TIMEOUT)
-async def test_a_huge_sparse_file_is_hashed_off_the_loop_and_holds_no_other_tenant(connect, config_dir, http_url,
-                                                                                 tmp_path):
+async def test_a_huge_sparse_file_is_hashed_off_the_loop_and_holds_no_other_tenant(
+    connect, config_dir, http_url, tmp_path
+):
     """Landed main: a sparse 4 GiB file was checksummed on the event loop (9.4 s). Here it is
     hashed by the worker's slow lane: the server answers at once, another tenant's save
     overtakes it, and its event still arrives, with the right checksum."""
@@ -177,6 +185,7 @@ async def test_a_fifo_never_hangs_the_reader(connect, config_dir):
 
 # -- links -----------------------------------------------------------------------------------------
 
+
 @pytest.mark.gen_test(timeout=TIMEOUT)
 async def test_a_hard_link_to_another_tenants_file_is_not_read(connect, config_dir, core):
     """Landed main: a hard link in acme's folder to globex's file put globex's checksum in acme's
@@ -203,6 +212,7 @@ def _renameat2_exchange():
         if renameat2(AT_FDCWD, os.fsencode(a), AT_FDCWD, os.fsencode(b), RENAME_EXCHANGE) != 0:
             err = ctypes.get_errno()
             raise OSError(err, os.strerror(err))
+
     return exchange
 
 
@@ -214,6 +224,8 @@ async def test_a_symlink_swap_race_never_hands_acme_globex_content(connect, conf
     descriptor of its tenant's folder, one component at a time, never following a link."""
     exchange = _renameat2_exchange()
     acme_dir, globex_dir = config_dir / "acme", config_dir / "globex"
+    acme = await subscribe(connect, "acme")
+    globex = await subscribe(connect, "globex")
     (globex_dir / "g").mkdir()
     secret_contents = set()
     for i in range(5):
@@ -224,12 +236,7 @@ async def test_a_symlink_swap_race_never_hands_acme_globex_content(connect, conf
     for i in range(5):
         (acme_dir / "d" / f"f{i}.json").write_bytes(json.dumps({"acme_own": i}).encode())
     os.symlink("../globex/g", acme_dir / "swap")
-    acme = await subscribe(connect, "acme")
-    globex = await subscribe(connect, "globex")
-    # The files made above are announced first (the watcher saw them being written).
-    await wait_for(lambda: len(fs_source(core).manifest("globex")) == 6 and len(fs_source(core).manifest("acme")) == 6,
-                   EXPECT)
-    for client in (acme, globex):
+    for client in (acme, globex):  # the files made above, announced first
         for _ in range(5):
             await change(client)
     stop = threading.Event()
@@ -262,7 +269,7 @@ async def test_a_symlink_swap_race_never_hands_acme_globex_content(connect, conf
         while loop.time() < deadline:
             try:
                 received.append(await acme.raw(timeout=0.5))
-            except asyncio.TimeoutError:
+            except TimeoutError:
                 pass
     finally:
         stop.set()
@@ -274,7 +281,7 @@ async def test_a_symlink_swap_race_never_hands_acme_globex_content(connect, conf
     while True:
         try:
             received.append(await acme.raw(timeout=1.0))
-        except asyncio.TimeoutError:
+        except TimeoutError:
             break
     print(f"\n[hostile] {swaps} swaps, {len(received)} messages to acme")
     assert swaps > 1000 and received
@@ -293,23 +300,34 @@ async def test_a_symlink_swap_race_never_hands_acme_globex_content(connect, conf
 # -- a hypothesis family: any name, any content --------------------------------------------------
 
 FILE_EXAMPLES = max(20, int(os.environ.get("CFGPUSH_FUZZ_EXAMPLES", "300")) // 3)
-FILES = hsettings(max_examples=FILE_EXAMPLES, deadline=None, database=None,
-                  suppress_health_check=[HealthCheck.too_slow, HealthCheck.function_scoped_fixture,
-                                         HealthCheck.data_too_large])
-name_bytes = st.one_of(
-    st.binary(min_size=1, max_size=40),  # any bytes: invalid UTF-8, control characters, ...
-    st.text(min_size=1, max_size=40).map(lambda t: t.encode("utf-8", "surrogatepass")),
-    st.sampled_from([b"\xff.json", b"a\nb.json", b"a\\b.json", b"x" * 255, b"\xc3\xa9t\xc3\xa9.yaml", b"a\rb.toml"]),
-).map(lambda b: b.replace(b"/", b"_").replace(b"\x00", b"_")).filter(lambda b: b not in (b".", b".."))
+FILES = hsettings(
+    max_examples=FILE_EXAMPLES,
+    deadline=None,
+    database=None,
+    suppress_health_check=[HealthCheck.too_slow, HealthCheck.function_scoped_fixture, HealthCheck.data_too_large],
+)
+name_bytes = (
+    st.one_of(
+        st.binary(min_size=1, max_size=40),  # any bytes: invalid UTF-8, control characters, ...
+        st.text(min_size=1, max_size=40).map(lambda t: t.encode("utf-8", "surrogatepass")),
+        st.sampled_from(
+            [b"\xff.json", b"a\nb.json", b"a\\b.json", b"x" * 255, b"\xc3\xa9t\xc3\xa9.yaml", b"a\rb.toml"]
+        ),
+    )
+    .map(lambda b: b.replace(b"/", b"_").replace(b"\x00", b"_"))
+    .filter(lambda b: b not in (b".", b".."))
+)
 json_key = st.one_of(st.text(max_size=8), st.sampled_from(["\\ud800", "a\\u0001b", "~/", "\\u0000"]))
-json_doc = st.recursive(st.one_of(st.none(), st.booleans(), st.integers(), st.text(max_size=8)),
-                        lambda inner: st.one_of(st.lists(inner, max_size=4),
-                                                st.dictionaries(st.text(max_size=6), inner, max_size=4)),
-                        max_leaves=20)
+json_doc = st.recursive(
+    st.one_of(st.none(), st.booleans(), st.integers(), st.text(max_size=8)),
+    lambda inner: st.one_of(st.lists(inner, max_size=4), st.dictionaries(st.text(max_size=6), inner, max_size=4)),
+    max_leaves=20,
+)
 content = st.one_of(
     json_doc.map(lambda d: json.dumps(d).encode()),
     st.lists(st.tuples(json_key, st.integers()), max_size=4).map(
-        lambda kv: ("{" + ", ".join(f'"{k}": {v}' for k, v in kv) + "}").encode()),  # raw escapes in keys
+        lambda kv: ("{" + ", ".join(f'"{k}": {v}' for k, v in kv) + "}").encode()
+    ),  # raw escapes in keys
     st.binary(max_size=200),
     st.sampled_from([b"a: &a [*a]", b"a: &x [1]\nb: *x\n", b"{", b"\xff\xfe", b"[" * 2000]),
 )
@@ -343,9 +361,10 @@ def test_any_name_and_any_content_of_one_tenant_reach_its_clients_only(io_loop, 
             kind, body = next(iter(message.items()))
             assert body["tenant_id"] == "acme", message
             if kind == "ConfigChanged":
-                assert os.fsencode(body["path"]) == path[len(evil_dir) + 1:], (path, message)
+                assert os.fsencode(body["path"]) == path[len(evil_dir) + 1 :], (path, message)
             else:  # a name that cannot be announced: its clients reload
                 assert kind == "Resync" and body["reason"] == "source_gap", message
+
         io_loop.run_sync(check, timeout=EXPECT + 5)
 
     one()

@@ -3,6 +3,7 @@
 /ws and /events share the counts; every refusal and every way a connection ends gives its
 slot back: the counts are checked to return to zero after each scenario, under load too.
 """
+
 from __future__ import annotations
 
 import asyncio
@@ -14,8 +15,9 @@ from tornado.httpserver import HTTPServer
 from tornado.testing import bind_unused_port
 
 from tornado_cfgpush.app import server_options
+from tornado_cfgpush.testing import publish, wait_for
 
-from .conftest import publish, wait_for
+from .rawsse import RawSSE
 from .rawws import RawWebSocket
 
 
@@ -29,39 +31,6 @@ async def open_ws(port: int, tenant: str = "acme", headers: str = "") -> RawWebS
     if ws.status == 101:
         assert "Welcome" in await ws.read_json()
     return ws
-
-
-class RawSSE:
-    """``GET /events`` on a plain socket: the test decides when the connection ends
-    (closing tests/sseclient.py's client does not close its socket)."""
-
-    def __init__(self, reader, writer, status: int, head: bytes):
-        self.reader, self.writer, self.status, self.head = reader, writer, status, head
-        self.buffer = b""
-
-    @classmethod
-    async def connect(cls, port: int, query: str, headers: str = "", path: str = "/events",
-                      timeout: float = 10) -> "RawSSE":
-        reader, writer = await asyncio.wait_for(asyncio.open_connection("127.0.0.1", port), 5)
-        writer.write(f"GET {path}?{query} HTTP/1.1\r\nHost: 127.0.0.1:{port}\r\n"
-                     f"Accept: text/event-stream\r\n{headers}\r\n".encode("latin-1"))
-        try:
-            head = await asyncio.wait_for(reader.readuntil(b"\r\n\r\n"), timeout)
-        except BaseException:
-            writer.transport.abort()
-            raise
-        return cls(reader, writer, int(head.split(b" ", 2)[1]), head)
-
-    async def read_until(self, marker: bytes, timeout: float = 5.0) -> None:
-        while marker not in self.buffer:
-            chunk = await asyncio.wait_for(self.reader.read(65536), timeout)
-            if not chunk:
-                raise EOFError(self.buffer)
-            self.buffer += chunk
-        self.buffer = self.buffer[self.buffer.index(marker) + len(marker):]
-
-    def close(self) -> None:
-        self.writer.transport.abort()
 
 
 @pytest.mark.settings(max_connections_per_ip=4)
@@ -129,6 +98,7 @@ async def test_zero_means_no_limit(server_port, core):
 
 
 # -- every way out gives the slot back ------------------------------------------------------------
+
 
 @pytest.mark.settings(max_client_rate=3, max_message_size=64)
 @pytest.mark.gen_test(timeout=30)
@@ -220,7 +190,7 @@ async def test_limits_hold_under_load_and_never_leak(server_port, http_url, core
                 assert (await obj.read_json())["ConfigChanged"]["event_id"] == event_id
             else:
                 await obj.read_until(f"id: {event_id}".encode())
-        for kind, obj in held:
+        for _, obj in held:
             obj.close()
         await wait_for(lambda: counts_are_zero(core), timeout=20)
         assert core.hub.connection_count() == 0
@@ -228,6 +198,7 @@ async def test_limits_hold_under_load_and_never_leak(server_port, http_url, core
 
 
 # -- query string, headers, handshake timeouts -------------------------------------------------------
+
 
 @pytest.mark.settings(max_query_size=300)
 @pytest.mark.gen_test

@@ -1,4 +1,5 @@
-"""``/metrics`` (issue 8) and ``/readyz`` against PROTOCOL.md section 5, on a real server."""
+"""``/metrics`` (issue 8) and ``/readyz`` against docs/protocol.md section 5, on a real server."""
+
 from __future__ import annotations
 
 import asyncio
@@ -10,9 +11,7 @@ from prometheus_client.parser import text_string_to_metric_families
 
 from tornado_cfgpush import hookimpl
 from tornado_cfgpush.closing import CloseReason
-
-from .conftest import wait_for
-from .sseclient import SSEClient
+from tornado_cfgpush.testing import SSEClient, wait_for
 
 VALID = {"tenant_id": "acme", "change_type": "modified", "path": "app.json"}
 
@@ -182,8 +181,10 @@ async def test_with_an_admin_token_metrics_need_it(http_client, http_url, core):
         response = await fetch_metrics(http_client, http_url, token)
         assert response.code == 401, response.body
         assert response.headers["WWW-Authenticate"].startswith("Bearer")
-        assert json.loads(response.body)["error"] in ("admin token required (Authorization: Bearer <token>)",
-                                                      "wrong admin token")
+        assert json.loads(response.body)["error"] in (
+            "admin token required (Authorization: Bearer <token>)",
+            "wrong admin token",
+        )
         assert b"cfgpush_" not in response.body
     response = await fetch_metrics(http_client, http_url, ADMIN)
     assert response.code == 200

@@ -4,6 +4,7 @@ no 5xx, documented status codes and content types, response bodies as described,
 accepted, invalid data refused. The publish budget's 429 and the Host rule's 421 are checked
 against the document too.
 """
+
 from __future__ import annotations
 
 import json
@@ -16,8 +17,7 @@ from hypothesis import HealthCheck, assume, given, settings
 from schemathesis import GenerationMode, checks
 
 from tornado_cfgpush.rules import PATH_MAX, SEGMENT_MAX
-
-from .serveproc import LISTENING
+from tornado_cfgpush.testing import LISTENING
 
 OPENAPI = Path(__file__).resolve().parent.parent / "docs" / "openapi.yaml"
 TOKENS = ("first-publish-token", "second-publish-token")
@@ -26,8 +26,19 @@ EXAMPLES = 150
 
 def serve(start, config_dir, io_loop, *flags: str):
     """``cfgpush-serve`` with two publish tokens (the flag repeated) and ``flags``."""
-    server = start("--port", "0", "--config-dir", str(config_dir), "--disable-plugin", "filesystem",
-                   "--publish-token", TOKENS[0], "--publish-token", TOKENS[1], *flags)
+    server = start(
+        "--port",
+        "0",
+        "--config-dir",
+        str(config_dir),
+        "--disable-plugin",
+        "filesystem",
+        "--publish-token",
+        TOKENS[0],
+        "--publish-token",
+        TOKENS[1],
+        *flags,
+    )
     port = int(io_loop.run_sync(lambda: server.wait_log(LISTENING), timeout=90).group(1))
     return server, f"http://127.0.0.1:{port}"
 
@@ -46,8 +57,9 @@ def bytes_beyond_the_document(path) -> bool:
     segments = path.split("/")
     within_characters = len(path) <= PATH_MAX and all(len(s) <= SEGMENT_MAX for s in segments)
     encoded = [s.encode("utf-8", "surrogatepass") for s in segments]
-    within_bytes = (len(path.encode("utf-8", "surrogatepass")) <= PATH_MAX
-                    and all(len(s) <= SEGMENT_MAX for s in encoded))
+    within_bytes = len(path.encode("utf-8", "surrogatepass")) <= PATH_MAX and all(
+        len(s) <= SEGMENT_MAX for s in encoded
+    )
     return within_characters and not within_bytes
 
 
@@ -65,15 +77,15 @@ def test_publish_api_conforms_to_openapi(publish_server, mode, record_property):
     session = requests.Session()
     tried = {"n": 0, "statuses": {}}
 
-    @settings(max_examples=EXAMPLES, deadline=None, database=None,
-              suppress_health_check=list(HealthCheck))
+    @settings(max_examples=EXAMPLES, deadline=None, database=None, suppress_health_check=list(HealthCheck))
     @given(case=operation.as_strategy(generation_mode=mode))
     def check(case):
         assume(not bytes_beyond_the_document(case.body.get("path") if isinstance(case.body, dict) else None))
         tried["n"] += 1
         token = TOKENS[tried["n"] % 2]  # either token is accepted
-        response = case.call(base_url=base_url, session=session, headers={"Authorization": f"Bearer {token}"},
-                             timeout=10)
+        response = case.call(
+            base_url=base_url, session=session, headers={"Authorization": f"Bearer {token}"}, timeout=10
+        )
         tried["statuses"][response.status_code] = tried["statuses"].get(response.status_code, 0) + 1
         # 413 (over 64 KiB) is a documented refusal that schemathesis' negative check does not
         # count as one; every other check still applies to it.
@@ -103,7 +115,9 @@ def test_wrong_and_missing_tokens_are_refused_as_documented(publish_server):
     url = f"{base_url}/api/v1/events"
     headers = {"Content-Type": "application/json"}
     assert requests.post(url, data=body, headers=headers, timeout=10).status_code == 401
-    wrong = requests.post(url, data=body, headers={**headers, "Authorization": "Bearer not-a-publish-token"}, timeout=10)
+    wrong = requests.post(
+        url, data=body, headers={**headers, "Authorization": "Bearer not-a-publish-token"}, timeout=10
+    )
     assert wrong.status_code == 403
     for token in TOKENS:
         ok = requests.post(url, data=body, headers={**headers, "Authorization": f"Bearer {token}"}, timeout=10)
@@ -113,8 +127,9 @@ def test_wrong_and_missing_tokens_are_refused_as_documented(publish_server):
 def test_budget_and_host_refusals_are_as_documented(start, config_dir, io_loop):
     """Past a token's budget: 429 with Retry-After; the other token has its own budget. A Host
     not in --allowed-host: 421. Both answers checked against the document."""
-    server, base_url = serve(start, config_dir, io_loop, "--publish-rate", "1", "--publish-burst", "2",
-                             "--allowed-host", "127.0.0.1")
+    server, base_url = serve(
+        start, config_dir, io_loop, "--publish-rate", "1", "--publish-burst", "2", "--allowed-host", "127.0.0.1"
+    )
     operation = schemathesis.openapi.from_path(OPENAPI)["/api/v1/events"]["POST"]
     body = {"tenant_id": "acme", "change_type": "modified", "path": "a.json"}
 

@@ -1,14 +1,16 @@
-"""The plugin contract (DESIGN.md): loading, blocking, failures by name, and sources at run time.
+"""The plugin contract (docs/plugins.md): loading, blocking, failures by name, and sources at run time.
 
 Entry-point cases use real distributions: a ``<name>-1.0.dist-info`` folder and its module in a
 folder put on ``sys.path``, found by ``importlib.metadata`` exactly like an installed plugin.
 Run-time cases register an in-process plugin through the ``extra_plugins`` fixture and talk to
 the real server over WebSockets.
 """
+
 from __future__ import annotations
 
 import asyncio
 import inspect
+import itertools
 import logging
 import re
 import sys
@@ -23,47 +25,15 @@ from tornado_cfgpush import PROJECT_NAME, hookimpl, hookspecs
 from tornado_cfgpush.plugins import BUILTIN_PLUGINS, PluginError, describe_plugins, get_plugin_manager
 from tornado_cfgpush.settings import Settings
 from tornado_cfgpush.sources import filesystem
+from tornado_cfgpush.testing import wait_for
 
-from .conftest import need_ticker, wait_for
+from .plugintools import need_ticker
 
 ROOT = Path(__file__).resolve().parent.parent
 TESTS = Path(__file__).resolve().parent
 
 
 # -- real distributions on sys.path ---------------------------------------------------------------
-
-class Site:
-    """A folder on ``sys.path`` holding distributions written by the test."""
-
-    def __init__(self, root: Path):
-        self.root = root
-
-    def add(self, dist: str, entry_points: dict[str, str], modules: dict[str, str] | None = None,
-            folder: str = "") -> None:
-        where = self.root / folder if folder else self.root
-        # The folder name escapes "-" as "_" like an installer does: importlib.metadata tells
-        # distributions apart by the name in it, up to the first "-".
-        info = where / f"{dist.replace('-', '_')}-1.0.dist-info"
-        info.mkdir(parents=True)
-        (info / "METADATA").write_text(f"Metadata-Version: 2.1\nName: {dist}\nVersion: 1.0\n")
-        lines = "".join(f"{name} = {target}\n" for name, target in entry_points.items())
-        (info / "entry_points.txt").write_text(f"[{PROJECT_NAME}]\n{lines}")
-        for module, source in (modules or {}).items():
-            (where / f"{module}.py").write_text(source)
-
-
-@pytest.fixture
-def site(tmp_path, monkeypatch):
-    root = tmp_path / "site"
-    root.mkdir()
-    monkeypatch.syspath_prepend(str(root))
-    before = set(sys.modules)
-    yield Site(root)
-    # Forget the modules imported from the folder, so no other test sees them.
-    for name in set(sys.modules) - before:
-        if str(root) in str(getattr(sys.modules[name], "__file__", "") or ""):
-            del sys.modules[name]
-
 
 GOOD_PLUGIN = """\
 from tornado_cfgpush import hookimpl
@@ -75,6 +45,7 @@ def cfgpush_register_sources(settings):
 
 
 # -- loading and blocking -------------------------------------------------------------------------
+
 
 def test_builtin_filesystem_is_registered(config_dir):
     pm = get_plugin_manager(load_entry_points=False)
@@ -106,16 +77,22 @@ def test_builtin_is_blocked_before_it_is_imported(monkeypatch):
 
 
 def test_entry_point_is_blocked_before_it_is_imported(site):
-    site.add("cfgpush-test-explosive", {"explosive": "cfgpush_test_explosive"},
-             {"cfgpush_test_explosive": 'raise RuntimeError("imported although disabled")\n'})
+    site.add(
+        "cfgpush-test-explosive",
+        {"explosive": "cfgpush_test_explosive"},
+        {"cfgpush_test_explosive": 'raise RuntimeError("imported although disabled")\n'},
+    )
     pm = get_plugin_manager(["explosive"])
     assert not pm.has_plugin("explosive")
     assert "cfgpush_test_explosive" not in sys.modules
 
 
 def test_entry_point_whose_import_fails_is_named(site):
-    site.add("cfgpush-test-explosive", {"explosive": "cfgpush_test_explosive"},
-             {"cfgpush_test_explosive": 'raise RuntimeError("no database driver")\n'})
+    site.add(
+        "cfgpush-test-explosive",
+        {"explosive": "cfgpush_test_explosive"},
+        {"cfgpush_test_explosive": 'raise RuntimeError("no database driver")\n'},
+    )
     with pytest.raises(PluginError) as info:
         get_plugin_manager()
     message = str(info.value)
@@ -137,8 +114,12 @@ def test_entry_point_is_loaded_with_its_distribution(site):
     pm = get_plugin_manager()
     assert pm.get_plugin("good") is sys.modules["cfgpush_test_good"]
     listed = {entry["name"]: entry for entry in describe_plugins(pm)}
-    assert listed["good"] == {"name": "good", "distribution": "cfgpush-test-good", "version": "1.0",
-                              "hooks": ["cfgpush_register_sources"]}
+    assert listed["good"] == {
+        "name": "good",
+        "distribution": "cfgpush-test-good",
+        "version": "1.0",
+        "hooks": ["cfgpush_register_sources"],
+    }
 
 
 def test_entry_point_name_clash_is_refused(site):
@@ -151,8 +132,7 @@ def test_entry_point_name_clash_is_refused(site):
 
 
 def test_entry_point_may_not_take_a_builtin_name(site):
-    site.add("cfgpush-test-impostor", {"filesystem": "cfgpush_test_impostor"},
-             {"cfgpush_test_impostor": GOOD_PLUGIN})
+    site.add("cfgpush-test-impostor", {"filesystem": "cfgpush_test_impostor"}, {"cfgpush_test_impostor": GOOD_PLUGIN})
     with pytest.raises(PluginError) as info:
         get_plugin_manager()
     assert "'filesystem'" in str(info.value)
@@ -171,13 +151,19 @@ def test_one_distribution_seen_twice_on_sys_path_is_loaded_once(site, monkeypatc
 
 
 def test_plugin_with_an_unknown_hook_is_named(site):
-    site.add("cfgpush-test-nope", {"nope": "cfgpush_test_nope"}, {"cfgpush_test_nope": """\
+    site.add(
+        "cfgpush-test-nope",
+        {"nope": "cfgpush_test_nope"},
+        {
+            "cfgpush_test_nope": """\
 from tornado_cfgpush import hookimpl
 
 @hookimpl
 def cfgpush_nope(settings):
     return None
-"""})
+"""
+        },
+    )
     with pytest.raises(PluginError) as info:
         get_plugin_manager()
     assert "'nope'" in str(info.value)
@@ -185,13 +171,19 @@ def cfgpush_nope(settings):
 
 
 def test_plugin_with_wrong_hook_arguments_is_named(site):
-    site.add("cfgpush-test-typo", {"typo": "cfgpush_test_typo"}, {"cfgpush_test_typo": """\
+    site.add(
+        "cfgpush-test-typo",
+        {"typo": "cfgpush_test_typo"},
+        {
+            "cfgpush_test_typo": """\
 from tornado_cfgpush import hookimpl
 
 @hookimpl
 def cfgpush_register_sources(config):
     return []
-"""})
+"""
+        },
+    )
     with pytest.raises(PluginError) as info:
         get_plugin_manager()
     assert "'typo'" in str(info.value)
@@ -349,8 +341,7 @@ async def test_invalid_payload_is_refused_counted_logged_and_never_delivered(con
 
 
 @pytest.mark.gen_test(timeout=60)
-async def test_crashing_source_is_restarted_with_backoff_and_harms_no_one(
-        connect, core, plugin, config_dir, logs):
+async def test_crashing_source_is_restarted_with_backoff_and_harms_no_one(connect, core, plugin, config_dir, logs):
     core.runner.backoff_initial, core.runner.backoff_max = 0.05, 0.4
     client = await connect("acme")
     await client.expect("Welcome")
@@ -369,8 +360,8 @@ async def test_crashing_source_is_restarted_with_backoff_and_harms_no_one(
 
     # Backoff: run k+1 starts at least half of min(initial * 2**k, max) after run k.
     runs = plugin.crasher.runs[:5]
-    for k, (before, after) in enumerate(zip(runs, runs[1:])):
-        least = min(0.05 * 2 ** k, 0.4) / 2
+    for k, (before, after) in enumerate(itertools.pairwise(runs)):
+        least = min(0.05 * 2**k, 0.4) / 2
         assert after - before >= least - 0.002, f"restart {k + 1} came after {after - before:.3f} s"
     assert core.runner.restarts["crasher"] >= 4
 
@@ -414,7 +405,7 @@ async def test_emit_gap_resyncs_the_named_tenants_only(connect, core, plugin):
 
 @pytest.mark.gen_test(timeout=30)
 async def test_one_resync_encoded_once_reaches_every_client_of_the_tenant_in_its_framing(connect, http_url, plugin):
-    from .sseclient import SSEClient
+    from tornado_cfgpush.testing import SSEClient
 
     sockets = [await connect("acme") for _ in range(3)]
     stream = await SSEClient.open(http_url, "acme")
@@ -459,8 +450,7 @@ async def test_source_whose_run_returns_is_not_restarted(connect, core, plugin, 
 
 # -- meta: every hook documented and tested (datasette's test_docs.py) ------------------------------
 
-HOOKS = sorted(name for name, obj in vars(hookspecs).items()
-               if getattr(obj, f"{PROJECT_NAME}_spec", None) is not None)
+HOOKS = sorted(name for name, obj in vars(hookspecs).items() if getattr(obj, f"{PROJECT_NAME}_spec", None) is not None)
 
 
 def test_hookspecs_are_found():
@@ -484,11 +474,13 @@ def test_every_hook_has_a_complete_docstring(hook):
 def test_every_hook_is_documented_in_readme_or_docs(hook):
     readme = ROOT / "README.md"
     if not readme.is_file():
-        pytest.fail(f"README.md is missing at {readme}: its plugin guide must have a section for each hook "
-                    f"({', '.join(HOOKS)})")
+        pytest.fail(
+            f"README.md is missing at {readme}: its plugin guide must have a section for each hook ({', '.join(HOOKS)})"
+        )
     pages = [readme, *sorted((ROOT / "docs").glob("*.md"))]
-    assert any(hook in page.read_text(encoding="utf-8") for page in pages), \
+    assert any(hook in page.read_text(encoding="utf-8") for page in pages), (
         f"{hook} is not documented in README.md or docs/*.md"
+    )
 
 
 @pytest.mark.parametrize("hook", HOOKS)

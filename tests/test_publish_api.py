@@ -1,4 +1,5 @@
-"""``POST /api/v1/events`` (PROTOCOL.md section 4): the same schema and path as every source."""
+"""``POST /api/v1/events`` (docs/protocol.md section 4): the same schema and path as every source."""
+
 import json
 
 import pytest
@@ -17,8 +18,9 @@ async def post(http_client, http_url, body, token=TOKEN, content_type="applicati
     if token is not None:
         headers["Authorization"] = f"Bearer {token}"
     data = body if isinstance(body, (bytes, str)) else json.dumps(body)
-    response = await http_client.fetch(HTTPRequest(f"{http_url}/api/v1/events", method="POST", body=data,
-                                                   headers=headers), raise_error=False)
+    response = await http_client.fetch(
+        HTTPRequest(f"{http_url}/api/v1/events", method="POST", body=data, headers=headers), raise_error=False
+    )
     return response.code, json.loads(response.body)
 
 
@@ -42,18 +44,34 @@ async def test_published_event_reaches_the_tenant_and_is_idempotent(http_client,
 
 
 @pytest.mark.settings(publish_token=TOKEN)
-@pytest.mark.parametrize("body, fields", [
-    ({"change_type": "modified"}, {"tenant_id": ["Missing data for required field."]}),
-    ({"tenant_id": "../etc", "change_type": "modified"}, {"tenant_id": ["tenant_id must start with a letter or digit."]}),
-    ({"tenant_id": "acme", "change_type": "exploded"}, {"change_type": ["must be one of: created, modified, deleted, moved."]}),
-    ({"tenant_id": "acme", "change_type": "modified", "event_id": "1-1"}, {"event_id": ["Unknown field."]}),
-    ({"tenant_id": "acme", "change_type": "modified", "checksum": "md5:x"},
-     {"checksum": ["must be 'sha256:' and 64 lowercase hex digits."]}),
-    ({"tenant_id": "acme", "change_type": "modified", "path": "/etc/passwd"}, {"path": ["path must be relative and '/'-separated."]}),
-    # Found by schemathesis: before year 1 in UTC, a 500 until the schema checked the range.
-    ({"tenant_id": "acme", "change_type": "modified", "timestamp": "0001-01-01T00:42:01+02:00"},
-     {"timestamp": ["timestamp is out of range."]}),
-])
+@pytest.mark.parametrize(
+    "body, fields",
+    [
+        ({"change_type": "modified"}, {"tenant_id": ["Missing data for required field."]}),
+        (
+            {"tenant_id": "../etc", "change_type": "modified"},
+            {"tenant_id": ["tenant_id must start with a letter or digit."]},
+        ),
+        (
+            {"tenant_id": "acme", "change_type": "exploded"},
+            {"change_type": ["must be one of: created, modified, deleted, moved."]},
+        ),
+        ({"tenant_id": "acme", "change_type": "modified", "event_id": "1-1"}, {"event_id": ["Unknown field."]}),
+        (
+            {"tenant_id": "acme", "change_type": "modified", "checksum": "md5:x"},
+            {"checksum": ["must be 'sha256:' and 64 lowercase hex digits."]},
+        ),
+        (
+            {"tenant_id": "acme", "change_type": "modified", "path": "/etc/passwd"},
+            {"path": ["path must be relative and '/'-separated."]},
+        ),
+        # Found by schemathesis: before year 1 in UTC, a 500 until the schema checked the range.
+        (
+            {"tenant_id": "acme", "change_type": "modified", "timestamp": "0001-01-01T00:42:01+02:00"},
+            {"timestamp": ["timestamp is out of range."]},
+        ),
+    ],
+)
 @pytest.mark.gen_test
 async def test_schema_errors_are_400_per_field_and_publish_nothing(http_client, http_url, connect, core, body, fields):
     client = await connect("acme")
@@ -66,12 +84,15 @@ async def test_schema_errors_are_400_per_field_and_publish_nothing(http_client, 
 
 
 @pytest.mark.settings(publish_token=TOKEN)
-@pytest.mark.parametrize("body, content_type, code, fragment", [
-    (b"{not json", "application/json", 400, "the body is not JSON"),
-    (b"[1, 2]", "application/json", 400, "must be a JSON object"),
-    (b"tenant_id=acme", "application/x-www-form-urlencoded", 415, "must be JSON"),
-    (b" " * (64 * 1024 + 1), "application/json", 413, "at most"),
-])
+@pytest.mark.parametrize(
+    "body, content_type, code, fragment",
+    [
+        (b"{not json", "application/json", 400, "the body is not JSON"),
+        (b"[1, 2]", "application/json", 400, "must be a JSON object"),
+        (b"tenant_id=acme", "application/x-www-form-urlencoded", 415, "must be JSON"),
+        (b" " * (64 * 1024 + 1), "application/json", 413, "at most"),
+    ],
+)
 @pytest.mark.gen_test
 async def test_bad_bodies(http_client, http_url, core, body, content_type, code, fragment):
     got, answer = await post(http_client, http_url, body, content_type=content_type)
@@ -111,7 +132,7 @@ def core(io_loop, settings, request):
 @pytest.mark.gen_test(timeout=60)
 async def test_broker_unreachable_is_503_and_nothing_half_published(redis_server, http_client, http_url, core):
     body = {"tenant_id": "acme", "change_type": "modified", "path": "a.json", "checksum": CHECKSUM}
-    code, first = await post(http_client, http_url, body)
+    code, _ = await post(http_client, http_url, body)
     assert code == 202
     redis_server.kill()
     code, answer = await post(http_client, http_url, {**body, "checksum": "sha256:" + "c" * 64})
@@ -120,6 +141,7 @@ async def test_broker_unreachable_is_503_and_nothing_half_published(redis_server
 
 
 # -- the path rule: what Linux allows (issue 12 point 4) -------------------------------------------
+
 
 def long_path(total_bytes: int, segment: str = "d" * 254) -> str:
     """A path of exactly ``total_bytes`` bytes of UTF-8 from ``segment``-sized folders."""
@@ -134,17 +156,20 @@ def long_path(total_bytes: int, segment: str = "d" * 254) -> str:
 
 
 @pytest.mark.settings(publish_token=TOKEN)
-@pytest.mark.parametrize("path, accepted", [
-    (long_path(4095), True),
-    (long_path(4096), False),
-    ("a" * 1500 + "/b", False),  # one segment over 255 bytes
-    ("/".join(["x" * 200] * 7), True),  # 1 406 characters: refused before (1 024 at most)
-    ("é" * 127 + "a", True),  # 255 bytes in 128 characters
-    ("é" * 128, False),  # 256 bytes in 128 characters
-    ("dir/" + "\U0001f600" * 63 + "abc", True),  # 255 bytes
-    ("dir/" + "\U0001f600" * 64, False),  # 256 bytes in 64 characters
-    ("ü" * 2047 + "/x", False),  # 4 096 bytes in 2 049 characters (and a segment too long)
-])
+@pytest.mark.parametrize(
+    "path, accepted",
+    [
+        (long_path(4095), True),
+        (long_path(4096), False),
+        ("a" * 1500 + "/b", False),  # one segment over 255 bytes
+        ("/".join(["x" * 200] * 7), True),  # 1 406 characters: refused before (1 024 at most)
+        ("é" * 127 + "a", True),  # 255 bytes in 128 characters
+        ("é" * 128, False),  # 256 bytes in 128 characters
+        ("dir/" + "\U0001f600" * 63 + "abc", True),  # 255 bytes
+        ("dir/" + "\U0001f600" * 64, False),  # 256 bytes in 64 characters
+        ("ü" * 2047 + "/x", False),  # 4 096 bytes in 2 049 characters (and a segment too long)
+    ],
+)
 @pytest.mark.gen_test
 async def test_paths_up_to_what_linux_allows_are_published(http_client, http_url, connect, path, accepted):
     client = await connect("acme")
@@ -167,8 +192,9 @@ OTHER = "second-publish-token"
 
 @pytest.mark.settings(publish_token=(TOKEN, OTHER), publish_rate=2, publish_burst=3)
 @pytest.mark.gen_test
-async def test_past_its_budget_a_token_gets_429_with_retry_after_and_publishes_nothing(http_client, http_url,
-                                                                                      connect, core):
+async def test_past_its_budget_a_token_gets_429_with_retry_after_and_publishes_nothing(
+    http_client, http_url, connect, core
+):
     client = await connect("acme")
     await client.expect("Welcome")
     body = {"tenant_id": "acme", "change_type": "modified"}
@@ -178,15 +204,21 @@ async def test_past_its_budget_a_token_gets_429_with_retry_after_and_publishes_n
     # A wrong token is refused before it could spend anything.
     assert (await post(http_client, http_url, body, token="not-a-publish-token"))[0] == 403
     newest = (await core.broker.catch_up("acme", None)).last_event_id
-    response = await http_client.fetch(HTTPRequest(
-        f"{http_url}/api/v1/events", method="POST", body=json.dumps({**body, "path": "over.json"}),
-        headers={"Authorization": f"Bearer {TOKEN}", "Content-Type": "application/json"}), raise_error=False)
+    response = await http_client.fetch(
+        HTTPRequest(
+            f"{http_url}/api/v1/events",
+            method="POST",
+            body=json.dumps({**body, "path": "over.json"}),
+            headers={"Authorization": f"Bearer {TOKEN}", "Content-Type": "application/json"},
+        ),
+        raise_error=False,
+    )
     assert response.code == 429
     assert response.headers["Retry-After"] == "1"
     assert "budget of 2 events per second" in json.loads(response.body)["error"]
     assert (await core.broker.catch_up("acme", None)).last_event_id == newest
     # Another publisher has its own budget.
-    code, answer = await post(http_client, http_url, {**body, "path": "other.json"}, token=OTHER)
+    code, _ = await post(http_client, http_url, {**body, "path": "other.json"}, token=OTHER)
     assert code == 202
     paths = [(await client.expect("ConfigChanged"))["path"] for _ in range(3)]
     assert paths == ["0.json", "2.json", "other.json"]

@@ -4,112 +4,29 @@ Every test starts its own ``redis-server`` (free port, no persistence, a tempora
 directory) and kills it at teardown; each node is a ``CfgPush`` with its own ``RedisBroker``
 and its own HTTP server, and each watches its own copy of the configuration folder.
 """
+
 from __future__ import annotations
 
 import asyncio
+import itertools
 import os
 import random
-import shutil
 import signal
 import statistics
 import time
 
 import pytest
-import redis.asyncio as aioredis
-from tornado.httpserver import HTTPServer
-from tornado.testing import bind_unused_port
 
-from tornado_cfgpush.app import CfgPush, make_app
 from tornado_cfgpush.broker import BrokerUnavailable
 from tornado_cfgpush.broker.redis import RedisBroker
 from tornado_cfgpush.rules import parse_event_id
-from tornado_cfgpush.plugins import get_plugin_manager
+from tornado_cfgpush.testing import WebSocketClient, wait_for
+from tornado_cfgpush.testing.redisserver import WAIT
 
-from .conftest import wait_for
-from .redisserver import WAIT
-from .wsclient import Client
-
+from .redisnodes import read_ids
 
 
-@pytest.fixture
-def admin(io_loop, redis_server):
-    """A separate client, for what an operator (or a failure) does to the Redis."""
-    client = aioredis.from_url(redis_server.url, decode_responses=True)
-    yield client
-    io_loop.run_sync(client.aclose)
-
-
-class Node:
-    def __init__(self, service: CfgPush, server: HTTPServer, port: int, clients: list):
-        self.service = service
-        self.broker: RedisBroker = service.broker
-        self.server = server
-        self.port = port
-        self._clients = clients
-
-    async def connect(self, tenant_id: str = "acme", **query) -> Client:
-        client = await Client.open(f"ws://127.0.0.1:{self.port}/ws", tenant_id, **query)
-        self._clients.append(client)
-        return client
-
-    def publish(self, tenant_id: str = "acme", path: str = "app.json", **extra):
-        return self.service.publish({"tenant_id": tenant_id, "change_type": "modified", "path": path, **extra},
-                                    "test")
-
-
-@pytest.fixture
-def cluster(io_loop, settings, redis_server, tmp_path):
-    """``await cluster(url=None, **broker_kwargs)`` -> a running ``Node``; all stopped at teardown."""
-    services: list[CfgPush] = []
-    servers: list[HTTPServer] = []
-    clients: list[Client] = []
-
-    async def add_node(url: str | None = None, broker_class=RedisBroker, **broker_kwargs) -> Node:
-        node_settings = settings
-        if services:  # each node watches its own copy of the configuration folder
-            copy = tmp_path / f"config-{len(services)}"
-            shutil.copytree(settings.config_dir, copy)
-            node_settings = settings.replace(config_dir=copy)
-        node_settings = node_settings.replace(broker=url or redis_server.url)
-        # The service builds its broker from the settings, as cfgpush-serve --broker does.
-        service = CfgPush(node_settings, get_plugin_manager(load_entry_points=False))
-        assert isinstance(service.broker, RedisBroker)
-        if broker_class is not RedisBroker or broker_kwargs:
-            service.broker = broker_class(
-                service.hub.deliver, node_settings.broker, history_size=node_settings.history_size,
-                history_ttl=node_settings.history_ttl, tenants=service.hub.tenants,
-                on_gap=service._history_lost, **broker_kwargs)
-        services.append(service)  # stopped at teardown even if starting fails
-        await service.start()
-        await service.wait_started()
-        sock, port = bind_unused_port()
-        server = HTTPServer(make_app(service))
-        server.add_sockets([sock])
-        servers.append(server)
-        return Node(service, server, port, clients)
-
-    yield add_node
-
-    async def teardown():
-        for client in clients:
-            client.close()
-        for server in servers:
-            server.stop()
-        outcomes = [await asyncio.gather(service.stop(), return_exceptions=True) for service in services]
-        for server in servers:
-            await server.close_all_connections()
-        errors = [outcome[0] for outcome in outcomes if isinstance(outcome[0], BaseException)]
-        if errors:
-            raise errors[0]
-
-    io_loop.run_sync(teardown, timeout=60)
-
-
-async def read_ids(client: Client, count: int, timeout: float = WAIT) -> list[str]:
-    return [(await client.expect("ConfigChanged", timeout))["event_id"] for _ in range(count)]
-
-
-async def welcomed(client: Client) -> Client:
+async def welcomed(client: WebSocketClient) -> WebSocketClient:
     await client.expect("Welcome", WAIT)
     return client
 
@@ -216,7 +133,7 @@ async def test_resync_when_the_stream_no_longer_holds_the_id(cluster, admin):
     # Ids that never were: from the future, or between two retained entries.
     ms, seq = parse_event_id(ids[-1])
     retained = [parse_event_id(entry_id) for entry_id, _ in await admin.xrange(history_key("acme"))]
-    between = next(f"{x[0]}-{x[1] + 1}" for x, y in zip(retained, retained[1:]) if (x[0], x[1] + 1) < y)
+    between = next(f"{x[0]}-{x[1] + 1}" for x, y in itertools.pairwise(retained) if (x[0], x[1] + 1) < y)
     for since in (f"{ms}-{seq + 1}", f"{ms + 1}-0", between):
         unknown = await a.connect(last_event_id=since)
         await unknown.expect("Welcome", WAIT)
@@ -249,7 +166,7 @@ async def test_clients_moving_between_nodes_see_every_event_once_or_a_resync(clu
     tenants = ["acme", "globex"]
     homes = ["acme", "acme", "globex", "acme"]
     published: dict[str, list[str]] = {t: [] for t in tenants}
-    clients: list[Client | None] = [None] * len(homes)
+    clients: list[WebSocketClient | None] = [None] * len(homes)
     position = [0] * len(homes)  # index in published[home] of the next event the client must see
 
     async def join(i: int, since: str | None) -> None:
@@ -269,7 +186,9 @@ async def test_clients_moving_between_nodes_see_every_event_once_or_a_resync(clu
         log = published[homes[i]]
         while position[i] < len(log):
             event = await clients[i].expect("ConfigChanged", WAIT)
-            assert (event["tenant_id"], event["event_id"]) == (homes[i], log[position[i]]), "gap, duplicate or reordering"
+            assert (event["tenant_id"], event["event_id"]) == (homes[i], log[position[i]]), (
+                "gap, duplicate or reordering"
+            )
             position[i] += 1
 
     def last_seen(i: int) -> str | None:
@@ -472,7 +391,7 @@ async def test_an_outage_longer_than_the_history_ends_in_a_resync(cluster, redis
             break
         received.append(message["ConfigChanged"]["event_id"])
     assert (message["Resync"]["reason"], message["Resync"]["last_event_id"]) == ("history_expired", missed[-1])
-    assert received == missed[len(missed) - len(received):]
+    assert received == missed[len(missed) - len(received) :]
 
 
 @pytest.mark.gen_test(timeout=120)
@@ -504,8 +423,10 @@ async def test_cross_node_latency(cluster):
     samples.sort()
     p50 = statistics.median(samples)
     p99 = samples[int(len(samples) * 0.99) - 1]
-    print(f"\ncross-node delivery (publish on A -> client of B), {len(samples)} events: "
-          f"p50 {p50:.2f} ms, p99 {p99:.2f} ms, max {samples[-1]:.2f} ms")
+    print(
+        f"\ncross-node delivery (publish on A -> client of B), {len(samples)} events: "
+        f"p50 {p50:.2f} ms, p99 {p99:.2f} ms, max {samples[-1]:.2f} ms"
+    )
 
 
 @pytest.mark.gen_test(timeout=120)
@@ -542,8 +463,10 @@ async def test_resumes_in_a_storm_share_reads_and_decoded_events_but_never_cross
     assert (await a.broker.catch_up("acme", start["acme"])).events[-1].event_id == later
 
     # Over real sockets: resuming clients of both tenants, all at once.
-    clients = await asyncio.gather(*(a.connect(t, last_event_id=start[t]) for t in ("acme", "globex") for _ in range(10)))
-    for client, tenant in zip(clients, ["acme"] * 10 + ["globex"] * 10):
+    clients = await asyncio.gather(
+        *(a.connect(t, last_event_id=start[t]) for t in ("acme", "globex") for _ in range(10))
+    )
+    for client, tenant in zip(clients, ["acme"] * 10 + ["globex"] * 10, strict=True):
         await welcomed(client)
         expected = published[tenant] + ([later] if tenant == "acme" else [])
         assert await read_ids(client, len(expected)) == expected

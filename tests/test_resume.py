@@ -1,16 +1,17 @@
-"""Resume: nothing missed, nothing twice, or an explicit Resync (PROTOCOL.md section 2)."""
+"""Resume: nothing missed, nothing twice, or an explicit Resync (docs/protocol.md section 2)."""
+
 import asyncio
 import itertools
 
 import pytest
-from hypothesis import HealthCheck, given, settings as hsettings, strategies as st
+from hypothesis import HealthCheck, given
+from hypothesis import settings as hsettings
+from hypothesis import strategies as st
 
 from tornado_cfgpush.app import CfgPush, make_app
 from tornado_cfgpush.broker.memory import MemoryBroker
 from tornado_cfgpush.plugins import get_plugin_manager
-
-from .conftest import publish
-from .wsclient import Client
+from tornado_cfgpush.testing import WebSocketClient, publish
 
 
 async def read_events(client, count):
@@ -74,10 +75,13 @@ async def test_resync_when_history_expired_by_age(connect, core):
     assert await read_events(fresh, 1) == [newest]
 
 
-@pytest.mark.parametrize("since, reason", [
-    ("1-5", "unknown_epoch"),       # an earlier server run
-    ("{epoch}-99", "unknown_event_id"),  # from the future
-])
+@pytest.mark.parametrize(
+    "since, reason",
+    [
+        ("1-5", "unknown_epoch"),  # an earlier server run
+        ("{epoch}-99", "unknown_event_id"),  # from the future
+    ],
+)
 @pytest.mark.gen_test
 async def test_resync_for_ids_of_another_epoch_or_unknown(connect, core, since, reason):
     await publish(core)
@@ -91,6 +95,7 @@ async def test_manifest_in_welcome_on_request(connect, core, config_dir):
     client = await connect("acme", manifest="1")
     welcome = await client.expect("Welcome")
     import hashlib
+
     digest = hashlib.sha256((config_dir / "acme" / "app.json").read_bytes()).hexdigest()
     assert welcome["manifest"] == {"app.json": f"sha256:{digest}"}
     plain = await connect("acme")
@@ -113,7 +118,7 @@ async def test_resync_after_server_restart(io_loop, settings, config_dir):
         return service, server, port
 
     first, server, port = await run_server()
-    client = await Client.open(f"ws://127.0.0.1:{port}/ws", "acme")
+    client = await WebSocketClient.open(f"ws://127.0.0.1:{port}/ws", "acme")
     await client.expect("Welcome")
     old_id = await publish(first)
     assert (await client.expect("ConfigChanged"))["event_id"] == old_id
@@ -123,7 +128,7 @@ async def test_resync_after_server_restart(io_loop, settings, config_dir):
     client.close()
     second, server2, port2 = await run_server()
     try:
-        again = await Client.open(f"ws://127.0.0.1:{port2}/ws", "acme", last_event_id=old_id)
+        again = await WebSocketClient.open(f"ws://127.0.0.1:{port2}/ws", "acme", last_event_id=old_id)
         await again.expect("Welcome")
         resync = await again.expect("Resync")
         assert resync["reason"] == "unknown_epoch"
@@ -167,7 +172,7 @@ def core(io_loop, settings, request):
 @pytest.mark.gen_test
 async def test_events_published_during_the_catch_up_come_after_it_once(ws_url, core):
     before = [await publish(core, path=f"a{i}.json") for i in range(3)]
-    opening = asyncio.ensure_future(Client.open(ws_url, "acme", last_event_id=before[0]))
+    opening = asyncio.ensure_future(WebSocketClient.open(ws_url, "acme", last_event_id=before[0]))
     await asyncio.wait_for(core.broker.entered.wait(), 5)
     during = [await publish(core, path=f"b{i}.json") for i in range(3)]
     core.broker.gate.set()
@@ -211,7 +216,9 @@ async def _scenario(ws_url, core, ops, tenants, homes):
     last = [None, None, None]
 
     async def join(i, since):
-        client = clients[i] = await Client.open(ws_url, homes[i], **({"last_event_id": since} if since else {}))
+        client = clients[i] = await WebSocketClient.open(
+            ws_url, homes[i], **({"last_event_id": since} if since else {})
+        )
         welcome = await client.expect("Welcome")
         log = published[homes[i]]
         assert welcome["last_event_id"] == (log[-1] if log else None)

@@ -1,10 +1,11 @@
 """The settle state machine (sources/filesystem/settle.py) without a disk: observations in,
 events out. The real-disk behaviour is in tests/test_filesystem_source.py."""
+
 from __future__ import annotations
 
-from hypothesis import given, settings, strategies as st
-
 import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
 
 from tornado_cfgpush.sources.filesystem.settle import GONE, MEMORY_CAP, TWIN_GRACE, Read, Settler
 
@@ -215,7 +216,7 @@ def test_a_touch_during_a_read_reads_again():
     disk = Disk()
     disk.files["acme/a.json"] = "v1"
     disk.settler.touched("acme/a.json", ("acme", "a.json"), 0.0)
-    (due,) = disk.settler.due(1.0)
+    disk.settler.due(1.0)
     disk.write("acme/a.json", "v2")  # while the first read is under way
     disk.settler.read_done("acme/a.json", Read("v1"), 1.0)
     assert disk.take() == []
@@ -254,13 +255,16 @@ def test_diffs_and_why_there_is_none():
 # -- a property: whatever happens, applying the events gives the disk -----------------------------
 
 KEYS = [f"{t}/{n}.json" for t in ("acme", "globex") for n in ("a", "b", "c", "d")]
-ops = st.lists(st.one_of(
-    st.tuples(st.just("write"), st.sampled_from(KEYS), st.sampled_from(["x", "y", "z"])),
-    st.tuples(st.just("delete"), st.sampled_from(KEYS)),
-    st.tuples(st.just("rename"), st.sampled_from(KEYS), st.sampled_from(KEYS)),
-    st.tuples(st.just("wait"), st.sampled_from([0.0, DEBOUNCE / 3, DEBOUNCE, MAX_DELAY])),
-    st.tuples(st.just("take"), st.integers(0, 3)),
-), max_size=60)
+ops = st.lists(
+    st.one_of(
+        st.tuples(st.just("write"), st.sampled_from(KEYS), st.sampled_from(["x", "y", "z"])),
+        st.tuples(st.just("delete"), st.sampled_from(KEYS)),
+        st.tuples(st.just("rename"), st.sampled_from(KEYS), st.sampled_from(KEYS)),
+        st.tuples(st.just("wait"), st.sampled_from([0.0, DEBOUNCE / 3, DEBOUNCE, MAX_DELAY])),
+        st.tuples(st.just("take"), st.integers(0, 3)),
+    ),
+    max_size=60,
+)
 
 
 @settings(max_examples=400, deadline=None)

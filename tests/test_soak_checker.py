@@ -4,6 +4,7 @@ A checker that never failed proves nothing: each rule gets a stream that breaks 
 that keeps it. Pure data, no server: the soak smoke (tests/test_soak_smoke.py) runs it on a
 real cluster.
 """
+
 from __future__ import annotations
 
 import hashlib
@@ -14,7 +15,7 @@ import pytest
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent / "scripts"))
 
-from bench.checker import ClientStream, Event, Write, check, event_key  # noqa: E402
+from bench.checker import ClientStream, Event, Write, check, event_key
 
 
 def sha(text: str) -> str:
@@ -23,8 +24,12 @@ def sha(text: str) -> str:
 
 # The folder: acme/a.json and globex/g.json written before the servers start (v0, g0), then
 # a.json twice (v1, v2); BOTH also has globex's g1.
-WRITES = [Write(1, "acme", "a.json", sha("v0")), Write(2, "globex", "g.json", sha("g0")),
-          Write(3, "acme", "a.json", sha("v1")), Write(4, "acme", "a.json", sha("v2"))]
+WRITES = [
+    Write(1, "acme", "a.json", sha("v0")),
+    Write(2, "globex", "g.json", sha("g0")),
+    Write(3, "acme", "a.json", sha("v1")),
+    Write(4, "acme", "a.json", sha("v2")),
+]
 BOTH = WRITES + [Write(5, "globex", "g.json", sha("g1"))]
 E1 = Event("100-1", "acme", "modified", "a.json", sha("v1"))
 E2 = Event("100-2", "acme", "modified", "a.json", sha("v2"))
@@ -40,43 +45,70 @@ def verdict(*clients: ClientStream, writes=WRITES, published=None):
 
 
 def test_a_clean_run_passes_and_counts():
-    v = verdict(client("c1", "acme", ("welcome", None, None), ("event", E1), ("event", E2)),
-                client("c2", "globex", ("welcome", None, None), ("event", G1)), writes=BOTH)
+    v = verdict(
+        client("c1", "acme", ("welcome", None, None), ("event", E1), ("event", E2)),
+        client("c2", "globex", ("welcome", None, None), ("event", G1)),
+        writes=BOTH,
+    )
     assert v.ok, v.summary()
     assert (v.counts["events"], v.counts["deliveries"], v.counts["coalesced_writes"]) == (3, 3, 0)
 
 
 def test_a_skipped_event_is_missed():
-    v = verdict(client("c1", "acme", ("welcome", None, None), ("event", E1), ("event", E2)),
-                client("c2", "acme", ("welcome", None, None), ("event", E2)))
+    v = verdict(
+        client("c1", "acme", ("welcome", None, None), ("event", E1), ("event", E2)),
+        client("c2", "acme", ("welcome", None, None), ("event", E2)),
+    )
     assert v.violations == {"missed": 1}, v.summary()
     assert "c2" in v.examples["missed"][0] and "100-1" in v.examples["missed"][0]
 
 
 def test_an_event_twice_is_a_duplicate_delivery():
-    v = verdict(client("c1", "acme", ("welcome", None, None), ("event", E1), ("closed", 1001),
-                       ("welcome", "100-1", "100-1"), ("event", E1), ("event", E2)))
+    v = verdict(
+        client(
+            "c1",
+            "acme",
+            ("welcome", None, None),
+            ("event", E1),
+            ("closed", 1001),
+            ("welcome", "100-1", "100-1"),
+            ("event", E1),
+            ("event", E2),
+        )
+    )
     assert v.violations == {"duplicate_delivery": 1}, v.summary()
 
 
 def test_resume_owes_what_came_after_the_asked_id_and_a_fresh_start_does_not():
-    resumed = client("c1", "acme", ("welcome", None, None), ("event", E1), ("closed", None),
-                     ("welcome", "100-2", "100-1"), ("event", E2))
-    fresh = client("c2", "acme", ("welcome", None, None), ("event", E1), ("closed", None),
-                   ("welcome", "100-2", None))  # a reload: starts at the newest
+    resumed = client(
+        "c1",
+        "acme",
+        ("welcome", None, None),
+        ("event", E1),
+        ("closed", None),
+        ("welcome", "100-2", "100-1"),
+        ("event", E2),
+    )
+    fresh = client(
+        "c2", "acme", ("welcome", None, None), ("event", E1), ("closed", None), ("welcome", "100-2", None)
+    )  # a reload: starts at the newest
     assert verdict(resumed, fresh).ok
-    lost = client("c3", "acme", ("welcome", None, None), ("event", E1), ("closed", None),
-                  ("welcome", "100-2", "100-1"))  # resumed, and never got 100-2
+    lost = client(
+        "c3", "acme", ("welcome", None, None), ("event", E1), ("closed", None), ("welcome", "100-2", "100-1")
+    )  # resumed, and never got 100-2
     assert verdict(resumed, lost).violations == {"behind_at_end": 1}
 
 
 def test_a_resync_covers_the_events_it_skips():
-    v = verdict(client("c1", "acme", ("welcome", None, None), ("event", E1), ("event", E2)),
-                client("c2", "acme", ("welcome", None, None), ("resync", "100-2", "source_gap")))
+    v = verdict(
+        client("c1", "acme", ("welcome", None, None), ("event", E1), ("event", E2)),
+        client("c2", "acme", ("welcome", None, None), ("resync", "100-2", "source_gap")),
+    )
     assert v.ok, v.summary()
     assert v.counts["covered_by_resync"] == 2 and v.resyncs == {"source_gap": 1}
-    bad = verdict(client("c1", "acme", ("welcome", None, None), ("resync", "100-2", "because")),
-                  published={"acme": [E1, E2]})
+    bad = verdict(
+        client("c1", "acme", ("welcome", None, None), ("resync", "100-2", "because")), published={"acme": [E1, E2]}
+    )
     assert bad.violations == {"bad_resync": 1}
 
 
@@ -89,14 +121,20 @@ def test_an_older_version_after_a_newer_one_is_a_rollback_and_the_same_one_again
 
 
 def test_an_event_of_another_tenant_is_crossed():
-    v = verdict(client("c1", "acme", ("welcome", None, None), ("event", E1), ("event", G1), ("event", E2)),
-                client("c2", "globex", ("welcome", None, None), ("event", G1)), writes=BOTH)
+    v = verdict(
+        client("c1", "acme", ("welcome", None, None), ("event", E1), ("event", G1), ("event", E2)),
+        client("c2", "globex", ("welcome", None, None), ("event", G1)),
+        writes=BOTH,
+    )
     assert v.violations == {"crossed_tenant": 1}, v.summary()
 
 
 def test_a_final_write_never_announced_is_lost():
-    v = verdict(client("c1", "acme", ("welcome", None, None), ("event", E1)),
-                client("c2", "globex", ("welcome", None, None), ("event", G1)), writes=BOTH)
+    v = verdict(
+        client("c1", "acme", ("welcome", None, None), ("event", E1)),
+        client("c2", "globex", ("welcome", None, None), ("event", G1)),
+        writes=BOTH,
+    )
     assert v.violations == {"lost_change": 1}, v.summary()  # acme's v2
     assert "a.json" in v.examples["lost_change"][0]
 
@@ -106,8 +144,10 @@ def test_content_no_write_had_is_unknown_and_one_id_with_two_bodies_conflicts():
     v = verdict(client("c1", "acme", ("welcome", None, None), ("event", E1), ("event", E2), ("event", forged)))
     assert v.violations == {"unknown_content": 1}, v.summary()
     twin = Event("100-2", "acme", "modified", "a.json", sha("v1"))
-    v = verdict(client("c1", "acme", ("welcome", None, None), ("event", E1), ("event", E2)),
-                client("c2", "acme", ("welcome", None, None), ("event", E1), ("event", twin)))
+    v = verdict(
+        client("c1", "acme", ("welcome", None, None), ("event", E1), ("event", E2)),
+        client("c2", "acme", ("welcome", None, None), ("event", E1), ("event", twin)),
+    )
     assert v.violations["conflicting_id"] == 1, v.summary()
 
 
@@ -140,12 +180,18 @@ def test_a_path_restated_in_a_new_epoch_is_counted_and_an_older_version_is_still
     restated = Event("100-1", "acme", "modified", "a.json", sha("v1"))
     newer = Event("100-2", "acme", "modified", "a.json", sha("v2"))
     stream = ("welcome", None, None), ("event", OLD), ("resync", "100-1", "unknown_epoch"), ("event", newer)
-    v = check(WRITES, [client("c1", "acme", *stream)], published={"acme": [restated]}, baseline_seq=2,
-              epoch_of=old_then_new)
+    v = check(
+        WRITES, [client("c1", "acme", *stream)], published={"acme": [restated]}, baseline_seq=2, epoch_of=old_then_new
+    )
     assert v.ok and v.counts["restated_in_new_epoch"] == 1, v.summary()
     older = Event("100-3", "acme", "modified", "a.json", sha("v1"))
-    v = check(WRITES, [client("c1", "acme", *stream, ("event", older))], published={"acme": [restated]},
-              baseline_seq=2, epoch_of=old_then_new)
+    v = check(
+        WRITES,
+        [client("c1", "acme", *stream, ("event", older))],
+        published={"acme": [restated]},
+        baseline_seq=2,
+        epoch_of=old_then_new,
+    )
     assert v.violations == {"rollback": 1}, v.summary()
 
 
@@ -154,15 +200,24 @@ def test_the_timeline_says_when_each_client_had_each_save():
     arrives, or a Resync reloads past it; the catch-up is when the last save before a time was had."""
     from bench.timeline import catch_up, latency_figures, reach
 
-    writes = [Write(1, "acme", "a.json", sha("v0"), 0.0), Write(2, "globex", "g.json", sha("g0"), 0.0),
-              Write(3, "acme", "a.json", sha("v1"), 10.0), Write(4, "acme", "a.json", sha("v2"), 10.5),
-              Write(5, "globex", "g.json", sha("g1"), 10.0), Write(6, "globex", "g.json", sha("g2"), 10.5)]
+    writes = [
+        Write(1, "acme", "a.json", sha("v0"), 0.0),
+        Write(2, "globex", "g.json", sha("g0"), 0.0),
+        Write(3, "acme", "a.json", sha("v1"), 10.0),
+        Write(4, "acme", "a.json", sha("v2"), 10.5),
+        Write(5, "globex", "g.json", sha("g1"), 10.0),
+        Write(6, "globex", "g.json", sha("g2"), 10.5),
+    ]
     on_time = client("c1", "acme", ("welcome", None, None), ("event", E1), ("event", E2))
     on_time.times.extend([1.0, 10.1, 10.6])
     resynced = client("c2", "acme", ("welcome", None, None), ("resync", "100-2", "source_gap"))
     resynced.times.extend([1.0, 12.5])
-    coalesced = client("c3", "globex", ("welcome", None, None),  # g1 and g2 in one event
-                       ("event", Event("100-1", "globex", "modified", "g.json", sha("g2"))))
+    coalesced = client(
+        "c3",
+        "globex",
+        ("welcome", None, None),  # g1 and g2 in one event
+        ("event", Event("100-1", "globex", "modified", "g.json", sha("g2"))),
+    )
     coalesced.times.extend([1.0, 10.7])
     streams = [on_time, resynced, coalesced]
     v = check(writes, streams, baseline_seq=2)

@@ -4,6 +4,7 @@ folder, clients with churn, bursts, a node restart and a Redis restart; the chec
 The run is small (200 clients over 20 tenants) so that it passes on two shared cores; what it
 asserts is the checker's verdict and that the load really happened, never a timing.
 """
+
 from __future__ import annotations
 
 import json
@@ -15,7 +16,7 @@ from pathlib import Path
 
 import pytest
 
-from .conftest import need_program
+from tornado_cfgpush.testing import need_program
 
 SOAK = Path(__file__).resolve().parent.parent / "scripts" / "soak.py"
 DURATION = 60
@@ -23,9 +24,28 @@ DURATION = 60
 RUN_TIMEOUT = 210
 # Any path may be written again at any time: two nodes watching one folder publish each
 # version once and never an older one after a newer (issue #19, point 1).
-SMALL = ["--duration", str(DURATION), "--clients", "200", "--tenants", "20", "--files-per-tenant", "5",
-         "--burst-every", "10", "--burst-files", "100", "--edits-per-s", "3", "--churn-per-s", "5",
-         "--warmup", "10", "--quiesce-timeout", "45"]
+SMALL = [
+    "--duration",
+    str(DURATION),
+    "--clients",
+    "200",
+    "--tenants",
+    "20",
+    "--files-per-tenant",
+    "5",
+    "--burst-every",
+    "10",
+    "--burst-files",
+    "100",
+    "--edits-per-s",
+    "3",
+    "--churn-per-s",
+    "5",
+    "--warmup",
+    "10",
+    "--quiesce-timeout",
+    "45",
+]
 
 
 @pytest.mark.timeout(RUN_TIMEOUT + 30)
@@ -33,9 +53,15 @@ def test_soak_smoke_a_minute_of_churn_bursts_and_restarts_is_exact(tmp_path):
     need_program("redis-server")
     out = tmp_path / "soak.json"
     # Its own process group: on a timeout one killpg ends it and everything it started.
-    proc = subprocess.Popen([sys.executable, str(SOAK), *SMALL, "--json", str(out)], cwd=tmp_path,
-                            stdin=subprocess.DEVNULL, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
-                            start_new_session=True)
+    proc = subprocess.Popen(
+        [sys.executable, str(SOAK), *SMALL, "--json", str(out)],
+        cwd=tmp_path,
+        stdin=subprocess.DEVNULL,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+        start_new_session=True,
+    )
     try:
         stdout, stderr = proc.communicate(timeout=RUN_TIMEOUT)
     except subprocess.TimeoutExpired:

@@ -16,6 +16,7 @@ inotify emitter in the worker process only. Marker files arm it:
 
 ``kill`` and ``mute`` are taken (deleted) when they fire: the restarted worker is healthy.
 """
+
 from __future__ import annotations
 
 import asyncio
@@ -29,9 +30,8 @@ from pathlib import Path
 import pytest
 from tornado.httpclient import AsyncHTTPClient
 
-from .redisserver import WAIT
-from .serveproc import LISTENING
-from .wsclient import Client
+from tornado_cfgpush.testing import LISTENING, WebSocketClient
+from tornado_cfgpush.testing.redisserver import WAIT
 
 SITECUSTOMIZE = textwrap.dedent('''
     """Faults of the filesystem source's watcher, for tests/test_source_health.py."""
@@ -79,7 +79,7 @@ def checksum(text: str) -> str:
 class Watched:
     """A ``cfgpush-serve`` whose watcher can be broken, a client of tenant acme, the folder."""
 
-    def __init__(self, server, port: int, markers: Path, config_dir: Path, client: Client):
+    def __init__(self, server, port: int, markers: Path, config_dir: Path, client: WebSocketClient):
         self.server, self.port, self.markers, self.config_dir, self.client = server, port, markers, config_dir, client
 
     def arm(self, *markers: str) -> None:
@@ -146,14 +146,26 @@ def watched(start, tmp_path, config_dir, io_loop):
     markers = tmp_path / "markers"
     markers.mkdir()
     path = os.pathsep.join(p for p in (str(faults), os.environ.get("PYTHONPATH", "")) if p)
-    clients: list[Client] = []
+    clients: list[WebSocketClient] = []
 
     async def _start() -> Watched:
-        server = start("--port", "0", "--config-dir", str(config_dir), "--watch-canary", str(CANARY),
-                       "--metrics-public", "--debounce-ms", "30", "--disable-plugin", "ticker",
-                       PYTHONPATH=path, TEST_WATCHER_FAULTS=str(markers))
+        server = start(
+            "--port",
+            "0",
+            "--config-dir",
+            str(config_dir),
+            "--watch-canary",
+            str(CANARY),
+            "--metrics-public",
+            "--debounce-ms",
+            "30",
+            "--disable-plugin",
+            "ticker",
+            PYTHONPATH=path,
+            TEST_WATCHER_FAULTS=str(markers),
+        )
         port = int((await server.wait_log(LISTENING)).group(1))
-        client = await Client.open(f"ws://127.0.0.1:{port}/ws", "acme")
+        client = await WebSocketClient.open(f"ws://127.0.0.1:{port}/ws", "acme")
         clients.append(client)
         await client.expect("Welcome", WAIT)
         return Watched(server, port, markers, config_dir, client)

@@ -1,27 +1,13 @@
 """``/events`` (Server-Sent Events) over a real HTTP connection, parsed as the spec says."""
+
 import pytest
 
-from .conftest import publish, wait_for
-from .sseclient import SSEClient
-
-
-@pytest.fixture
-def sse(http_url):
-    opened = []
-
-    async def _open(tenant_id="acme", **kwargs):
-        client = await SSEClient.open(http_url, tenant_id, **kwargs)
-        opened.append(client)
-        return client
-
-    yield _open
-    for client in opened:
-        client.close()
+from tornado_cfgpush.testing import publish, wait_for
 
 
 @pytest.mark.gen_test
-async def test_stream_headers_welcome_and_events(sse, core):
-    client = await sse("acme")
+async def test_stream_headers_welcome_and_events(connect_sse, core):
+    client = await connect_sse("acme")
     welcome = await client.expect("Welcome")
     assert welcome == {"tenant_id": "acme", "last_event_id": None, "heartbeat_interval": 5, "protocol": 1}
     assert client.code == 200
@@ -37,8 +23,8 @@ async def test_stream_headers_welcome_and_events(sse, core):
 
 
 @pytest.mark.gen_test
-async def test_sse_and_ws_share_one_delivery(sse, connect, core):
-    stream = await sse("acme")
+async def test_sse_and_ws_share_one_delivery(connect_sse, connect, core):
+    stream = await connect_sse("acme")
     ws = await connect("acme")
     await stream.expect("Welcome")
     await ws.expect("Welcome")
@@ -49,9 +35,9 @@ async def test_sse_and_ws_share_one_delivery(sse, connect, core):
 
 
 @pytest.mark.gen_test
-async def test_last_event_id_header_resumes(sse, core):
+async def test_last_event_id_header_resumes(connect_sse, core):
     ids = [await publish(core, path=f"f{i}.json") for i in range(5)]
-    client = await sse("acme", headers={"Last-Event-ID": ids[1]})
+    client = await connect_sse("acme", headers={"Last-Event-ID": ids[1]})
     welcome_event = await client.next()
     assert welcome_event.type == "Welcome"
     assert welcome_event.json()["last_event_id"] == ids[-1]
@@ -65,12 +51,12 @@ async def test_last_event_id_header_resumes(sse, core):
 
 
 @pytest.mark.gen_test
-async def test_last_event_id_query_resumes_and_unknown_ids_resync(sse, core):
+async def test_last_event_id_query_resumes_and_unknown_ids_resync(connect_sse, core):
     ids = [await publish(core, path=f"f{i}.json") for i in range(3)]
-    client = await sse("acme", last_event_id=ids[0])
+    client = await connect_sse("acme", last_event_id=ids[0])
     await client.expect("Welcome")
     assert [(await client.next()).id for _ in range(2)] == ids[1:]
-    stale = await sse("acme", last_event_id="1-1")
+    stale = await connect_sse("acme", last_event_id="1-1")
     await stale.expect("Welcome")
     resync = await stale.next()
     assert resync.type == "Resync"
@@ -82,8 +68,8 @@ async def test_last_event_id_query_resumes_and_unknown_ids_resync(sse, core):
 
 @pytest.mark.settings(heartbeat_interval=0.2, heartbeat_timeout=0.4)
 @pytest.mark.gen_test
-async def test_ping_comments_every_interval(sse, core):
-    client = await sse("acme")
+async def test_ping_comments_every_interval(connect_sse, core):
+    client = await connect_sse("acme")
     await client.expect("Welcome")
     await wait_for(lambda: client.comments.count("ping") >= 2, timeout=5)
     # An SSE client cannot answer; silence is not a reason to drop it.
@@ -91,17 +77,22 @@ async def test_ping_comments_every_interval(sse, core):
     assert core.hub.heartbeat_closes == 0
 
 
-@pytest.mark.parametrize("query, reason", [
-    ({"tenant_id": ""}, "tenant_id must not be empty"),
-    ({"tenant_id": "a/b"}, "tenant_id may contain only"),
-    ({"tenant_id": "acme", "last_event_id": "x"}, "last_event_id must look like"),
-])
+@pytest.mark.parametrize(
+    "query, reason",
+    [
+        ({"tenant_id": ""}, "tenant_id must not be empty"),
+        ({"tenant_id": "a/b"}, "tenant_id may contain only"),
+        ({"tenant_id": "acme", "last_event_id": "x"}, "last_event_id must look like"),
+    ],
+)
 @pytest.mark.gen_test
 async def test_same_refusals_as_ws(http_client, http_url, query, reason):
     from urllib.parse import urlencode
+
     response = await http_client.fetch(f"{http_url}/events?{urlencode(query)}", raise_error=False)
     assert response.code == 400
     import json
+
     assert json.loads(response.body)["error"].startswith(reason)
 
 
@@ -112,8 +103,8 @@ async def test_missing_tenant_is_400(http_client, http_url):
 
 
 @pytest.mark.gen_test
-async def test_shutdown_ends_the_stream(sse, core):
-    client = await sse("acme")
+async def test_shutdown_ends_the_stream(connect_sse, core):
+    client = await connect_sse("acme")
     await client.expect("Welcome")
     core.hub.close_all()
     response = await client.ended()
@@ -122,9 +113,9 @@ async def test_shutdown_ends_the_stream(sse, core):
 
 
 @pytest.mark.gen_test
-async def test_tenants_never_cross_on_sse(sse, core):
-    acme = await sse("acme")
-    globex = await sse("globex")
+async def test_tenants_never_cross_on_sse(connect_sse, core):
+    acme = await connect_sse("acme")
+    globex = await connect_sse("globex")
     await acme.expect("Welcome")
     await globex.expect("Welcome")
     await publish(core, tenant_id="globex")

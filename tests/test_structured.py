@@ -1,4 +1,5 @@
 """structured.py on bytes: pointers never values, and bounded parsing of hostile files."""
+
 import json
 
 import pytest
@@ -47,24 +48,30 @@ def test_diff_of_deep_documents_needs_no_recursion():
     assert result["added"] == ["/k" * depth + "/leaf"]
 
 
-@pytest.mark.parametrize("path, data, expected", [
-    ("a.json", b'{"a": 1}', {"a": 1}),
-    ("a.toml", b'a = 1\n[b]\nc = "x"\n', {"a": 1, "b": {"c": "x"}}),
-    pytest.param("a.yaml", b"a: 1\nb: [1, 2]\n", {"a": 1, "b": [1, 2]}, marks=need_yaml),
-    pytest.param("a.YML", b"a: 1\n", {"a": 1}, marks=need_yaml),
-])
+@pytest.mark.parametrize(
+    "path, data, expected",
+    [
+        ("a.json", b'{"a": 1}', {"a": 1}),
+        ("a.toml", b'a = 1\n[b]\nc = "x"\n', {"a": 1, "b": {"c": "x"}}),
+        pytest.param("a.yaml", b"a: 1\nb: [1, 2]\n", {"a": 1, "b": [1, 2]}, marks=need_yaml),
+        pytest.param("a.YML", b"a: 1\n", {"a": 1}, marks=need_yaml),
+    ],
+)
 def test_parse_structured_files(path, data, expected):
     assert structured.parse(path, data) == expected
 
 
-@pytest.mark.parametrize("path, data, why", [
-    ("a.json", b"{not json", DOES_NOT_PARSE),
-    ("a.toml", b"= broken", DOES_NOT_PARSE),
-    ("a.toml", b"\xff\xfe", DOES_NOT_PARSE),
-    ("a.json", b" " * (structured.MAX_PARSED_BYTES + 1), TOO_LARGE),
-    ("a.json", b"[" * 100_000 + b"]" * 100_000, DOES_NOT_PARSE),  # nesting past the parser's limit
-    ("a.json", json.dumps(list(range(structured.MAX_NODES))).encode(), TOO_MANY_NODES),
-])
+@pytest.mark.parametrize(
+    "path, data, why",
+    [
+        ("a.json", b"{not json", DOES_NOT_PARSE),
+        ("a.toml", b"= broken", DOES_NOT_PARSE),
+        ("a.toml", b"\xff\xfe", DOES_NOT_PARSE),
+        ("a.json", b" " * (structured.MAX_PARSED_BYTES + 1), TOO_LARGE),
+        ("a.json", b"[" * 100_000 + b"]" * 100_000, DOES_NOT_PARSE),  # nesting past the parser's limit
+        ("a.json", json.dumps(list(range(structured.MAX_NODES))).encode(), TOO_MANY_NODES),
+    ],
+)
 def test_files_that_give_no_document_say_why(path, data, why):
     assert reason(structured.parse(path, data)) == why
 

@@ -3,13 +3,15 @@ that keeps order, a hold that loses nothing and delivers on release, a drop that
 
 An echo server behind the proxy, a client in front of it; real sockets.
 """
+
 from __future__ import annotations
 
 import asyncio
 
 import pytest
 
-from .conftest import wait_for
+from tornado_cfgpush.testing import wait_for
+
 from .tcpproxy import FaultProxy
 
 WAIT = 10.0
@@ -96,7 +98,7 @@ async def test_a_hold_loses_nothing_and_delivers_in_order_on_release(echo):
         assert len(accepted) == 2
         # A peer that gave up during a hold: what it sent arrives on release, then its close.
         proxy.hold()
-        gone_reader, gone_writer = await connected(proxy)
+        _, gone_writer = await connected(proxy)
         gone_writer.write(b"last words")
         await gone_writer.drain()
         gone_writer.close()

@@ -4,6 +4,7 @@
 Time is the broker's clock, moved forward by the test (``Clock``): the expiry under test is
 by time, not by the tenant's activity, and no test waits for a TTL to pass in real time.
 """
+
 from __future__ import annotations
 
 import asyncio
@@ -30,9 +31,7 @@ from tornado_cfgpush.broker.memory import (
 from tornado_cfgpush.metrics import MAX_TENANT_SERIES
 from tornado_cfgpush.plugins import get_plugin_manager
 from tornado_cfgpush.rules import parse_event_id
-
-from .conftest import publish, wait_for
-from .wsclient import Client
+from tornado_cfgpush.testing import WebSocketClient, publish, wait_for
 
 TOKEN = "publish-token-state"
 TTL = 60.0
@@ -65,17 +64,22 @@ def settings(request, config_dir):
 
     marker = request.node.get_closest_marker("settings")
     overrides = marker.kwargs if marker else {}
-    return Settings(**{"config_dir": config_dir, "debounce_ms": 30, "history_ttl": TTL,
-                       "publish_token": TOKEN, **overrides})
+    return Settings(
+        **{"config_dir": config_dir, "debounce_ms": 30, "history_ttl": TTL, "publish_token": TOKEN, **overrides}
+    )
 
 
 @pytest.fixture
 def core(io_loop, settings, clock):
     """The service, its broker and its metrics on the test's clock."""
     service = CfgPush(settings, get_plugin_manager(load_entry_points=False))
-    service.broker = MemoryBroker(service.hub.deliver, history_size=settings.history_size,
-                                  history_ttl=settings.history_ttl, history_max_bytes=settings.history_max_bytes,
-                                  clock=clock.time)
+    service.broker = MemoryBroker(
+        service.hub.deliver,
+        history_size=settings.history_size,
+        history_ttl=settings.history_ttl,
+        history_max_bytes=settings.history_max_bytes,
+        clock=clock.time,
+    )
     service.metrics.clock = clock.monotonic
     io_loop.run_sync(service.start)
     io_loop.run_sync(service.wait_started)
@@ -84,9 +88,14 @@ def core(io_loop, settings, clock):
 
 
 async def post(http_client, http_url, body):
-    response = await http_client.fetch(HTTPRequest(
-        f"{http_url}/api/v1/events", method="POST", body=json.dumps(body),
-        headers={"Content-Type": "application/json", "Authorization": f"Bearer {TOKEN}"}))
+    response = await http_client.fetch(
+        HTTPRequest(
+            f"{http_url}/api/v1/events",
+            method="POST",
+            body=json.dumps(body),
+            headers={"Content-Type": "application/json", "Authorization": f"Bearer {TOKEN}"},
+        )
+    )
     assert response.code == 202
     return json.loads(response.body)["event_id"]
 
@@ -100,7 +109,7 @@ async def scrape(http_client, http_url) -> dict[tuple, float]:
     return samples
 
 
-async def read_ids(client: Client, count: int) -> list[str]:
+async def read_ids(client: WebSocketClient, count: int) -> list[str]:
     return [(await client.expect("ConfigChanged"))["event_id"] for _ in range(count)]
 
 
@@ -110,12 +119,15 @@ async def read_ids(client: Client, count: int) -> list[str]:
 @pytest.mark.settings(metrics_tenant_labels=True)
 @pytest.mark.gen_test(timeout=300)
 async def test_fifty_thousand_tenants_with_one_event_each_are_forgotten_once_the_ttl_passes(
-        http_client, http_url, core, clock, connect):
+    http_client, http_url, core, clock, connect
+):
     """Issue 18 item 7: 50 000 distinct tenants, one event each, then time passes: the broker,
     the hub, the limits and the metrics hold nothing for them any more."""
     tenants = 50_000
-    via_api = [await post(http_client, http_url, {"tenant_id": f"api-{i}", "change_type": "modified",
-                                                  "path": "app.json"}) for i in range(20)]
+    via_api = [
+        await post(http_client, http_url, {"tenant_id": f"api-{i}", "change_type": "modified", "path": "app.json"})
+        for i in range(20)
+    ]
     assert all(event_id.endswith("-1") for event_id in via_api)  # seq counts per tenant from 1
     for i in range(tenants - len(via_api)):
         await publish(core, tenant_id=f"t{i:05d}", checksum="sha256:" + f"{i:064x}")
@@ -300,8 +312,17 @@ async def test_one_tenant_alone_over_the_bound_keeps_its_newest_event(io_loop, c
     broker = MemoryBroker(delivered.append, history_max_bytes=64 * 1024, clock=clock.time)
     ids = []
     for i in range(500):
-        ids.append(await broker.publish({"tenant_id": "big", "change_type": "modified", "path": f"p{i}.json",
-                                         "checksum": "sha256:" + f"{i:064x}", "meta": {"pad": "x" * 200}}))
+        ids.append(
+            await broker.publish(
+                {
+                    "tenant_id": "big",
+                    "change_type": "modified",
+                    "path": f"p{i}.json",
+                    "checksum": "sha256:" + f"{i:064x}",
+                    "meta": {"pad": "x" * 200},
+                }
+            )
+        )
         assert broker.state().history_bytes <= 64 * 1024
     catchup = await broker.catch_up("big", ids[-2])
     assert [e.event_id for e in catchup.events] == ids[-1:]
@@ -336,7 +357,7 @@ async def _scenario(ws_url, core, clock, ops, tenants):
     published = {t: [] for t in tenants}
     # Where each tenant's current record starts in published[t]: an expiry drops the record,
     # and the next event starts a new one, which follows the tenant's newest id before it.
-    record_start = {t: 0 for t in tenants}
+    record_start = dict.fromkeys(tenants, 0)
     clients = [None, None, None]
     position = [0, 0, 0]  # index in published[home] of the next event the client must see
     last_id = [None, None, None]  # the id the client resumes from, as a client keeps it
@@ -344,7 +365,7 @@ async def _scenario(ws_url, core, clock, ops, tenants):
 
     async def join(i):
         home, since = homes[i], last_id[i]
-        client = clients[i] = await Client.open(ws_url, home, **({"last_event_id": since} if since else {}))
+        client = clients[i] = await WebSocketClient.open(ws_url, home, **({"last_event_id": since} if since else {}))
         welcome = await client.expect("Welcome")
         log = published[home]
         # A forgotten tenant's newest id is still known: Welcome names it.
@@ -431,17 +452,26 @@ def test_the_broker_counts_what_it_keeps_and_never_reuses_an_id(ops, history_siz
     what is kept and stays within the bound, each record with history is in the expiry heap
     once, and no tenant is ever handed the same id twice."""
     clock = Clock()
-    broker = MemoryBroker(lambda event: None, history_size=history_size, history_ttl=TTL,
-                          history_max_bytes=max_bytes, clock=clock.time)
+    broker = MemoryBroker(
+        lambda event: None, history_size=history_size, history_ttl=TTL, history_max_bytes=max_bytes, clock=clock.time
+    )
     handed: dict[str, set[str]] = {}
     loop = asyncio.new_event_loop()
     try:
         for op, a, b, pad in ops:
             if op == "publish":
                 tenant = f"t{a}"
-                event_id = loop.run_until_complete(broker.publish(
-                    {"tenant_id": tenant, "change_type": "modified", "path": f"p{b}.json",
-                     "checksum": "sha256:" + f"{len(handed.get(tenant, ())) + 1:064x}", "meta": {"pad": "x" * pad}}))
+                event_id = loop.run_until_complete(
+                    broker.publish(
+                        {
+                            "tenant_id": tenant,
+                            "change_type": "modified",
+                            "path": f"p{b}.json",
+                            "checksum": "sha256:" + f"{len(handed.get(tenant, ())) + 1:064x}",
+                            "meta": {"pad": "x" * pad},
+                        }
+                    )
+                )
                 assert event_id not in handed.setdefault(tenant, set()), "an id handed out twice"
                 handed[tenant].add(event_id)
                 assert broker.bytes <= max_bytes or len(broker._tenants) == 1
@@ -456,7 +486,8 @@ def test_the_broker_counts_what_it_keeps_and_never_reuses_an_id(ops, history_siz
             total = 0
             for log in broker._tenants.values():
                 assert log.bytes == TENANT_OVERHEAD + sum(c for _, e, c in log.history) + sum(
-                    path_cost(p) for p in log.last_by_path)
+                    path_cost(p) for p in log.last_by_path
+                )
                 assert all(c == event_cost(e) for _, e, c in log.history)
                 total += log.bytes
                 queued = [entry for entry in broker._expiry if entry[2] is log]

@@ -1,10 +1,11 @@
 """``GET /api/v1/tenants/<id>``: connections, newest event, convergence (admin token)."""
+
 import json
 
 import pytest
+from prometheus_client.parser import text_string_to_metric_families
 
-from .conftest import publish
-from .sseclient import SSEClient
+from tornado_cfgpush.testing import SSEClient, publish
 
 TOKEN = "s3cret-admin-token"
 
@@ -20,8 +21,15 @@ async def status(http_client, http_url, tenant="acme", token=TOKEN):
 async def test_convergence_counts_clients_that_acked_the_newest_event(http_client, http_url, connect, core):
     code, body = await status(http_client, http_url)
     assert code == 200
-    assert body == {"tenant_id": "acme", "connections": 0, "connections_by_transport": {},
-                    "last_event_id": None, "converged": 0}
+    assert body == {
+        "tenant_id": "acme",
+        "connections": 0,
+        "connections_by_transport": {},
+        "observers": 0,
+        "clients": 0,
+        "last_event_id": None,
+        "converged": 0,
+    }
     clients = [await connect("acme") for _ in range(3)]
     for client in clients:
         await client.expect("Welcome")
@@ -42,24 +50,90 @@ async def test_convergence_counts_clients_that_acked_the_newest_event(http_clien
     assert (body["last_event_id"], body["converged"]) == (newer, 0)
 
 
+async def three_views(http_client, http_url, tenant="acme"):
+    """The tenant as the status API, the dashboard's list and /metrics (with tenant labels) see it."""
+    headers = {"Authorization": f"Bearer {TOKEN}"}
+    _, status_api = await status(http_client, http_url, tenant)
+    listed = json.loads((await http_client.fetch(f"{http_url}/api/v1/tenants", headers=headers)).body)
+    dashboard = next(t for t in listed["tenants"] if t["tenant_id"] == tenant)
+    text = (await http_client.fetch(f"{http_url}/metrics", headers=headers)).body.decode()
+    metrics = {
+        sample.labels["transport"]: int(sample.value)
+        for family in text_string_to_metric_families(text)
+        if family.name == "cfgpush_connections"
+        for sample in family.samples
+        if sample.labels.get("tenant") == tenant
+    }
+    return status_api, dashboard, metrics
+
+
+@pytest.mark.settings(admin_token=TOKEN, metrics_tenant_labels=True)
+@pytest.mark.gen_test(timeout=20)
+async def test_the_status_api_the_dashboard_and_the_metrics_agree(http_client, http_url, connect, core):
+    """One summary (summary.py) behind all three. A dashboard watching the tenant is an observer:
+    a connection, never a client, so it never counts as converged (docs/protocol.md: the clients
+    whose latest Ack is the newest event, all of them while there is none). The status API used to
+    count it as converged while the tenant had no event."""
+    clients = [await connect("acme") for _ in range(2)]
+    for client in clients:
+        await client.expect("Welcome")
+    stream = await SSEClient.open(http_url, "acme")
+    observer = await connect("acme", headers={"X-CfgPush-Observer": "dashboard", "Authorization": f"Bearer {TOKEN}"})
+    try:
+        await stream.expect("Welcome")
+        await observer.expect("Welcome")
+        status_api, dashboard, metrics = await three_views(http_client, http_url)
+        assert (
+            status_api
+            == dashboard
+            == {
+                "tenant_id": "acme",
+                "connections": 4,
+                "connections_by_transport": {"ws": 3, "sse": 1},
+                "observers": 1,
+                "clients": 3,
+                "last_event_id": None,
+                "converged": 3,
+            }
+        )
+        assert metrics == status_api["connections_by_transport"]
+
+        event_id = await publish(core)
+        for client in (*clients, observer):
+            await client.expect("ConfigChanged")
+            await client.send({"Ack": {"event_id": event_id}})
+        for client in (*clients, observer):
+            await client.send("Ping")
+            assert await client.next() == "Pong"  # its Ack, sent before, has been handled
+        status_api, dashboard, metrics = await three_views(http_client, http_url)
+        assert status_api == dashboard
+        assert (status_api["last_event_id"], status_api["clients"], status_api["converged"]) == (event_id, 3, 2)
+        assert metrics == status_api["connections_by_transport"] == {"ws": 3, "sse": 1}
+    finally:
+        stream.close()
+
+
 @pytest.mark.settings(admin_token=TOKEN)
 @pytest.mark.gen_test
 async def test_sse_clients_are_counted_by_transport(http_client, http_url, core):
     stream = await SSEClient.open(http_url, "acme")
     try:
         await stream.expect("Welcome")
-        code, body = await status(http_client, http_url)
+        _, body = await status(http_client, http_url)
         assert body["connections_by_transport"] == {"sse": 1}
     finally:
         stream.close()
 
 
 @pytest.mark.settings(admin_token=TOKEN)
-@pytest.mark.parametrize("token, code, fragment", [
-    (None, 401, "admin token required"),
-    ("wrong", 401, "wrong admin token"),
-    (TOKEN + "x", 401, "wrong admin token"),
-])
+@pytest.mark.parametrize(
+    "token, code, fragment",
+    [
+        (None, 401, "admin token required"),
+        ("wrong", 401, "wrong admin token"),
+        (TOKEN + "x", 401, "wrong admin token"),
+    ],
+)
 @pytest.mark.gen_test
 async def test_admin_token_is_required(http_client, http_url, core, token, code, fragment):
     got, body = await status(http_client, http_url, token=token)

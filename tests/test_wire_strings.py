@@ -8,6 +8,7 @@ ids after it and every resume from before it closed with 1011. A client's
 ``{"Ping": {"id": "\\ud800"}}`` aborted its own connection without a close frame and logged a
 traceback per message. Real server, real sockets.
 """
+
 from __future__ import annotations
 
 import json
@@ -16,8 +17,9 @@ import logging
 import pytest
 from tornado.httpclient import HTTPRequest
 
+from tornado_cfgpush.testing import SSEClient
+
 from .rawws import RawWebSocket
-from .sseclient import SSEClient
 
 TOKEN = "publish-token-for-wire-tests"
 LONE = "\ud800"
@@ -27,9 +29,15 @@ pytestmark = pytest.mark.settings(publish_token=TOKEN)
 
 
 async def post(http_client, http_url, body) -> tuple[int, dict]:
-    response = await http_client.fetch(HTTPRequest(
-        f"{http_url}/api/v1/events", method="POST", body=json.dumps(body),  # ASCII: "\ud800" escaped
-        headers={"Authorization": f"Bearer {TOKEN}", "Content-Type": "application/json"}), raise_error=False)
+    response = await http_client.fetch(
+        HTTPRequest(
+            f"{http_url}/api/v1/events",
+            method="POST",
+            body=json.dumps(body),  # ASCII: "\ud800" escaped
+            headers={"Authorization": f"Bearer {TOKEN}", "Content-Type": "application/json"},
+        ),
+        raise_error=False,
+    )
     return response.code, json.loads(response.body)
 
 
@@ -37,19 +45,23 @@ def event(**fields) -> dict:
     return {"tenant_id": "acme", "change_type": "modified", "path": "app.json", **fields}
 
 
-@pytest.mark.parametrize("fields, expected", [
-    ({"path": f"a/{LONE}.json"}, {"path": [f"path {WIRE}."]}),
-    ({"source": LONE}, {"source": [WIRE]}),
-    ({"meta": {"note": LONE}}, {"meta": {"note": {"value": [WIRE]}}}),
-    ({"meta": {LONE: 1}}, {"meta": {"\\ud800": {"key": [WIRE]}}}),
-    ({"meta": {"deep": [1, {"x": {"\udfff": 2}}]}}, {"meta": {"deep": {"value": [f"a key at /1/x {WIRE}"]}}}),
-    ({"meta": {"deep": [{"x": f"ok{LONE}"}]}}, {"meta": {"deep": {"value": [f"the string at /0/x {WIRE}"]}}}),
-    ({"diff": {"added": ["/ok", f"/{LONE}"]}}, {"diff": {"added": {"1": [WIRE]}}}),
-    ({"diff": {"changed": ["/\udc80x"]}}, {"diff": {"changed": {"0": [WIRE]}}}),
-])
+@pytest.mark.parametrize(
+    "fields, expected",
+    [
+        ({"path": f"a/{LONE}.json"}, {"path": [f"path {WIRE}."]}),
+        ({"source": LONE}, {"source": [WIRE]}),
+        ({"meta": {"note": LONE}}, {"meta": {"note": {"value": [WIRE]}}}),
+        ({"meta": {LONE: 1}}, {"meta": {"\\ud800": {"key": [WIRE]}}}),
+        ({"meta": {"deep": [1, {"x": {"\udfff": 2}}]}}, {"meta": {"deep": {"value": [f"a key at /1/x {WIRE}"]}}}),
+        ({"meta": {"deep": [{"x": f"ok{LONE}"}]}}, {"meta": {"deep": {"value": [f"the string at /0/x {WIRE}"]}}}),
+        ({"diff": {"added": ["/ok", f"/{LONE}"]}}, {"diff": {"added": {"1": [WIRE]}}}),
+        ({"diff": {"changed": ["/\udc80x"]}}, {"diff": {"changed": {"0": [WIRE]}}}),
+    ],
+)
 @pytest.mark.gen_test(timeout=30)
-async def test_lone_surrogates_are_400_naming_the_field_and_stored_nowhere(http_client, http_url, connect, core,
-                                                                           fields, expected):
+async def test_lone_surrogates_are_400_naming_the_field_and_stored_nowhere(
+    http_client, http_url, connect, core, fields, expected
+):
     ws = await connect("acme")
     await ws.expect("Welcome")
     sse = await SSEClient.open(http_url, "acme")
@@ -96,9 +108,16 @@ async def test_odd_but_valid_unicode_is_accepted_and_delivered_as_sent(http_clie
     ws = await connect("acme")
     await ws.expect("Welcome")
     odd = "\U0001f600\ufffe\ufeff\u2028\u0085é"
-    code, answer = await post(http_client, http_url, event(
-        path=f"{odd}/x.json", source=odd[:5], meta={odd: [odd, {"\U0010ffff": None}]},
-        diff={"added": [f"/{odd}", "/a\u0001b", "/tab\there/~0~1"], "removed": [], "changed": []}))
+    code, answer = await post(
+        http_client,
+        http_url,
+        event(
+            path=f"{odd}/x.json",
+            source=odd[:5],
+            meta={odd: [odd, {"\U0010ffff": None}]},
+            diff={"added": [f"/{odd}", "/a\u0001b", "/tab\there/~0~1"], "removed": [], "changed": []},
+        ),
+    )
     assert code == 202, answer
     delivered = await ws.expect("ConfigChanged")
     assert delivered["path"] == f"{odd}/x.json"
@@ -116,12 +135,18 @@ async def test_a_diff_entry_must_be_a_json_pointer(http_client, http_url, core, 
 
 @pytest.mark.gen_test(timeout=30)
 async def test_a_body_nested_too_deeply_is_400_not_500(http_client, http_url, core):
-    code, answer = await post(http_client, http_url, event())  # warm: the API works
+    code, _ = await post(http_client, http_url, event())  # warm: the API works
     assert code == 202
     deep = '{"tenant_id": "acme", "change_type": "modified", "meta": {"x": ' + "[" * 5000 + "]" * 5000 + "}}"
-    response = await http_client.fetch(HTTPRequest(
-        f"{http_url}/api/v1/events", method="POST", body=deep,
-        headers={"Authorization": f"Bearer {TOKEN}", "Content-Type": "application/json"}), raise_error=False)
+    response = await http_client.fetch(
+        HTTPRequest(
+            f"{http_url}/api/v1/events",
+            method="POST",
+            body=deep,
+            headers={"Authorization": f"Bearer {TOKEN}", "Content-Type": "application/json"},
+        ),
+        raise_error=False,
+    )
     assert response.code == 400
     assert json.loads(response.body) == {"error": "the body is nested too deeply"}
 
@@ -141,8 +166,7 @@ CLIENT_FRAMES = [
 
 @pytest.mark.settings(max_message_size=8192)
 @pytest.mark.gen_test(timeout=30)
-async def test_a_client_frame_with_a_lone_surrogate_gets_an_error_and_the_connection_stays(server_port, core,
-                                                                                          caplog):
+async def test_a_client_frame_with_a_lone_surrogate_gets_an_error_and_the_connection_stays(server_port, core, caplog):
     caplog.set_level(logging.INFO)
     ws = await RawWebSocket.connect(server_port, "tenant_id=acme")
     try:

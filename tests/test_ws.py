@@ -1,4 +1,5 @@
 """``/ws`` over real sockets: refusals, Welcome, client messages, limits, heartbeat, fan-out."""
+
 import asyncio
 import json
 
@@ -6,30 +7,33 @@ import pytest
 
 from tornado_cfgpush import hookimpl
 from tornado_cfgpush.events import Event
+from tornado_cfgpush.testing import publish, wait_for
 
-from .conftest import publish, wait_for
 from .rawws import RawWebSocket
-
 
 # -- refused before the upgrade -------------------------------------------------------------------
 
-@pytest.mark.parametrize("query, reason", [
-    ("", "tenant_id is required"),
-    ("tenant_id=", "tenant_id must not be empty"),
-    ("tenant_id=" + "a" * 65, "tenant_id must be at most 64 characters"),
-    ("tenant_id=..", "tenant_id must start with a letter or digit"),
-    ("tenant_id=.hidden", "tenant_id must start with a letter or digit"),
-    ("tenant_id=a/b", "tenant_id may contain only"),
-    ("tenant_id=a%2Fb", "tenant_id may contain only"),
-    ("tenant_id=a%20b", "tenant_id may contain only"),
-    ("tenant_id=a+b", "tenant_id may contain only"),
-    ("tenant_id=a%00b", "tenant_id may contain only"),
-    ("tenant_id=a%0A", "tenant_id may contain only"),
-    ("tenant_id=caf%C3%A9", "tenant_id may contain only"),
-    ("tenant_id=%ff", "tenant_id is not valid UTF-8"),
-    ("tenant_id=acme&tenant_id=globex", "tenant_id must be given once"),
-    ("tenant_id=acme&last_event_id=abc", "last_event_id must look like"),
-])
+
+@pytest.mark.parametrize(
+    "query, reason",
+    [
+        ("", "tenant_id is required"),
+        ("tenant_id=", "tenant_id must not be empty"),
+        ("tenant_id=" + "a" * 65, "tenant_id must be at most 64 characters"),
+        ("tenant_id=..", "tenant_id must start with a letter or digit"),
+        ("tenant_id=.hidden", "tenant_id must start with a letter or digit"),
+        ("tenant_id=a/b", "tenant_id may contain only"),
+        ("tenant_id=a%2Fb", "tenant_id may contain only"),
+        ("tenant_id=a%20b", "tenant_id may contain only"),
+        ("tenant_id=a+b", "tenant_id may contain only"),
+        ("tenant_id=a%00b", "tenant_id may contain only"),
+        ("tenant_id=a%0A", "tenant_id may contain only"),
+        ("tenant_id=caf%C3%A9", "tenant_id may contain only"),
+        ("tenant_id=%ff", "tenant_id is not valid UTF-8"),
+        ("tenant_id=acme&tenant_id=globex", "tenant_id must be given once"),
+        ("tenant_id=acme&last_event_id=abc", "last_event_id must look like"),
+    ],
+)
 @pytest.mark.gen_test
 async def test_invalid_requests_get_400_with_a_json_reason(server_port, query, reason, core):
     ws = await RawWebSocket.connect(server_port, query)
@@ -61,8 +65,9 @@ async def test_cross_origin_upgrade_gets_403(server_port):
 
 @pytest.mark.gen_test
 async def test_same_origin_upgrade_is_accepted(server_port):
-    ws = await RawWebSocket.connect(server_port, "tenant_id=acme",
-                                    extra_headers=f"Origin: http://127.0.0.1:{server_port}\r\n")
+    ws = await RawWebSocket.connect(
+        server_port, "tenant_id=acme", extra_headers=f"Origin: http://127.0.0.1:{server_port}\r\n"
+    )
     try:
         assert ws.status == 101
         assert "Welcome" in await ws.read_json()
@@ -84,6 +89,7 @@ async def test_healthz(http_client, http_url):
 
 
 # -- after the upgrade ----------------------------------------------------------------------------
+
 
 @pytest.mark.gen_test
 async def test_welcome_names_the_newest_event(connect, core):
@@ -120,15 +126,18 @@ async def test_same_checksum_for_a_path_is_published_once(core, connect):
     await client.expect_nothing()
 
 
-@pytest.mark.parametrize("sent, expected", [
-    ('"Ping"', "Pong"),
-    ("Ping", "Pong"),
-    ('{"Ping": {}}', "Pong"),
-    ('{"Ping": null}', "Pong"),
-    ('{"Ping": {"id": 42}}', {"Pong": {"id": 42}}),
-    ('{"Ping": {"id": "abc"}}', {"Pong": {"id": "abc"}}),
-    ('{"Ping": {"id": null}}', {"Pong": {"id": None}}),
-])
+@pytest.mark.parametrize(
+    "sent, expected",
+    [
+        ('"Ping"', "Pong"),
+        ("Ping", "Pong"),
+        ('{"Ping": {}}', "Pong"),
+        ('{"Ping": null}', "Pong"),
+        ('{"Ping": {"id": 42}}', {"Pong": {"id": 42}}),
+        ('{"Ping": {"id": "abc"}}', {"Pong": {"id": "abc"}}),
+        ('{"Ping": {"id": null}}', {"Pong": {"id": None}}),
+    ],
+)
 @pytest.mark.gen_test
 async def test_ping_gets_pong(connect, sent, expected):
     client = await connect("acme")
@@ -137,20 +146,23 @@ async def test_ping_gets_pong(connect, sent, expected):
     assert await client.next() == expected
 
 
-@pytest.mark.parametrize("sent, fragment", [
-    ("hello", "not JSON"),
-    ("[1, 2]", "expected"),
-    ("42", "expected"),
-    ('"Pong"', "expected"),
-    ("{}", "exactly one message type"),
-    ('{"Nope": {}}', "Nope: Unknown field"),
-    ('{"Ping": {}, "Ack": {"event_id": "1-1"}}', ""),
-    ('{"Ping": {"id": [1]}}', "must be a JSON scalar"),
-    ('{"Ping": {"id": 1, "x": 2}}', "x: Unknown field"),
-    ('{"Ack": {}}', "event_id: Missing data"),
-    ('{"Ack": {"event_id": "../x"}}', "event_id must look like"),
-    (b"\x00\x01binary", "binary frames are not accepted"),
-])
+@pytest.mark.parametrize(
+    "sent, fragment",
+    [
+        ("hello", "not JSON"),
+        ("[1, 2]", "expected"),
+        ("42", "expected"),
+        ('"Pong"', "expected"),
+        ("{}", "exactly one message type"),
+        ('{"Nope": {}}', "Nope: Unknown field"),
+        ('{"Ping": {}, "Ack": {"event_id": "1-1"}}', ""),
+        ('{"Ping": {"id": [1]}}', "must be a JSON scalar"),
+        ('{"Ping": {"id": 1, "x": 2}}', "x: Unknown field"),
+        ('{"Ack": {}}', "event_id: Missing data"),
+        ('{"Ack": {"event_id": "../x"}}', "event_id must look like"),
+        (b"\x00\x01binary", "binary frames are not accepted"),
+    ],
+)
 @pytest.mark.gen_test
 async def test_bad_client_messages_get_an_error_and_the_connection_stays(connect, sent, fragment):
     client = await connect("acme")
@@ -214,6 +226,7 @@ async def test_invalid_utf8_and_bad_frames_drop_only_that_client(server_port, co
 
 # -- tenants never cross --------------------------------------------------------------------------
 
+
 @pytest.mark.gen_test
 async def test_tenants_never_cross(connect, core):
     acme = await connect("acme")
@@ -243,6 +256,7 @@ async def test_similar_tenant_names_do_not_match(connect, core):
 
 
 # -- heartbeat ------------------------------------------------------------------------------------
+
 
 @pytest.mark.settings(heartbeat_interval=0.2, heartbeat_timeout=0.6)
 @pytest.mark.gen_test(timeout=15)
@@ -279,11 +293,13 @@ async def test_protocol_pings_are_sent_every_interval(server_port, core):
 
 # -- delivery -------------------------------------------------------------------------------------
 
+
 async def _open_many(port: int, count: int, tenant: str = "acme") -> list[RawWebSocket]:
     opened: list[RawWebSocket] = []
     for start in range(0, count, 100):
-        batch = await asyncio.gather(*(RawWebSocket.connect(port, f"tenant_id={tenant}")
-                                       for _ in range(min(100, count - start))))
+        batch = await asyncio.gather(
+            *(RawWebSocket.connect(port, f"tenant_id={tenant}") for _ in range(min(100, count - start)))
+        )
         opened.extend(batch)
     for ws in opened:
         assert "Welcome" in await ws.read_json()
@@ -352,7 +368,9 @@ async def test_a_client_that_stops_reading_is_closed_with_1013(server_port, conn
 def test_an_event_is_encoded_once():
     event = Event("1-1", {"tenant_id": "acme", "change_type": "modified", "path": "a.json"})
     assert event.ws_frame is event.ws_frame
-    assert event.text == '{"ConfigChanged":{"tenant_id":"acme","change_type":"modified","event_id":"1-1","path":"a.json"}}'
+    assert (
+        event.text == '{"ConfigChanged":{"tenant_id":"acme","change_type":"modified","event_id":"1-1","path":"a.json"}}'
+    )
     assert event.ws_frame == b"\x81" + bytes([len(event.text)]) + event.text.encode()
 
 
@@ -386,6 +404,7 @@ async def test_readyz_is_503_with_the_reason_while_a_source_starts(http_client, 
 
 # -- what the cfgpush_authorize hook sees on a Refresh ------------------------------------------------
 
+
 class RequestRecorder:
     """A ``cfgpush_authorize`` that records what it is shown and leaves the decision to others."""
 
@@ -395,9 +414,17 @@ class RequestRecorder:
     @hookimpl
     def cfgpush_authorize(self, settings, request, tenant_id, token):
         headers = request.headers
-        self.seen.append({"remote_ip": request.remote_ip, "host": request.host, "app": headers.get("X-App"),
-                          "cookie": headers.get("cookie"), "has_key": "Sec-WebSocket-Key" in headers,
-                          "names": set(headers), "token": token})
+        self.seen.append(
+            {
+                "remote_ip": request.remote_ip,
+                "host": request.host,
+                "app": headers.get("X-App"),
+                "cookie": headers.get("cookie"),
+                "has_key": "Sec-WebSocket-Key" in headers,
+                "names": set(headers),
+                "token": token,
+            }
+        )
         return None
 
 
@@ -411,8 +438,9 @@ async def test_the_hook_sees_the_upgrade_requests_headers_again_on_a_refresh(ser
     """After the upgrade a WebSocket keeps only what the hook reads (headers, remote_ip, ...):
     on a Refresh it sees the same headers and address as at the handshake, less the
     handshake's own headers and the query string."""
-    ws = await RawWebSocket.connect(server_port, "tenant_id=acme",
-                                    extra_headers="X-App: reporting\r\nCookie: a=1\r\nCookie: b=2\r\n")
+    ws = await RawWebSocket.connect(
+        server_port, "tenant_id=acme", extra_headers="X-App: reporting\r\nCookie: a=1\r\nCookie: b=2\r\n"
+    )
     assert "Welcome" in await ws.read_json()
     ws.send_frame(0x1, json.dumps({"Refresh": {"token": "newer"}}).encode())
     assert await ws.read_json() == {"Refreshed": {"expires_at": None}}  # no JWT key: allowed
@@ -432,8 +460,10 @@ def test_head_lines_read_like_http_headers():
 
     from tornado_cfgpush.handlers.ws import HeadLines
 
-    parsed = HTTPHeaders.parse("Host: h:1\r\nX-Forwarded-For: 10.0.0.1\r\nX-Forwarded-For: 10.0.0.2\r\n"
-                               "Sec-WebSocket-Key: k\r\nAuthorization: Bearer t:1\r\n")
+    parsed = HTTPHeaders.parse(
+        "Host: h:1\r\nX-Forwarded-For: 10.0.0.1\r\nX-Forwarded-For: 10.0.0.2\r\n"
+        "Sec-WebSocket-Key: k\r\nAuthorization: Bearer t:1\r\n"
+    )
     lines = HeadLines.of(parsed, frozenset({"sec-websocket-key"}))
     assert lines.get("x-forwarded-for") == parsed.get("X-Forwarded-For") == "10.0.0.1,10.0.0.2"
     assert lines.get_list("X-FORWARDED-FOR") == ["10.0.0.1", "10.0.0.2"]
@@ -452,8 +482,10 @@ def test_the_hub_and_events_need_no_marshmallow():
     import subprocess
     import sys
 
-    code = ("import sys, tornado_cfgpush.hub, tornado_cfgpush.events, tornado_cfgpush.closing, "
-            "tornado_cfgpush.ws.protocol; print(sorted(m for m in sys.modules if m.startswith('marshmallow')))")
+    code = (
+        "import sys, tornado_cfgpush.hub, tornado_cfgpush.events, tornado_cfgpush.closing, "
+        "tornado_cfgpush.ws.protocol; print(sorted(m for m in sys.modules if m.startswith('marshmallow')))"
+    )
     done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=60)
     assert done.returncode == 0, done.stderr
     assert done.stdout.strip() == "[]"

@@ -2,6 +2,7 @@
 what RFC 6455 requires of a server for each kind of broken frame, the close handshake,
 fragmentation, bytes sent before the 101, and permessage-deflate (RFC 7692) against the
 ``websockets`` library's client, an independent implementation."""
+
 from __future__ import annotations
 
 import asyncio
@@ -17,9 +18,9 @@ import websockets
 from websockets.asyncio.client import connect as ws_connect
 from websockets.extensions.permessage_deflate import ClientPerMessageDeflateFactory
 
+from tornado_cfgpush.testing import publish, wait_for
 from tornado_cfgpush.ws.deflate import Deflate
 
-from .conftest import publish, wait_for
 from .rawws import RawWebSocket
 
 
@@ -98,8 +99,12 @@ async def test_a_broken_frame_closes_with_its_code_and_frees_everything(case, se
 async def test_a_fragmented_message_with_a_ping_between_its_fragments(server_port):
     ws = await welcomed(server_port)
     message = b'{"Ping": {"id": "frag"}}'
-    ws.writer.write(raw_frame(0x01, message[:5]) + raw_frame(0x89, b"hb") + raw_frame(0x00, message[5:12])
-                    + raw_frame(0x80, message[12:]))
+    ws.writer.write(
+        raw_frame(0x01, message[:5])
+        + raw_frame(0x89, b"hb")
+        + raw_frame(0x00, message[5:12])
+        + raw_frame(0x80, message[12:])
+    )
     assert await ws.read_frame() == (0xA, b"hb")  # the control frame is answered at once
     assert await ws.read_json() == {"Pong": {"id": "frag"}}
     ws.close()
@@ -117,9 +122,11 @@ async def test_the_close_handshake_echoes_the_peers_code(server_port, core):
 @pytest.mark.gen_test
 async def test_frames_sent_with_the_request_are_answered_after_welcome(server_port):
     reader, writer = await asyncio.open_connection("127.0.0.1", server_port)
-    writer.write(b"GET /ws?tenant_id=acme HTTP/1.1\r\nHost: x\r\nUpgrade: websocket\r\nConnection: Upgrade\r\n"
-                 b"Sec-WebSocket-Key: dGhlIHNhbXBsZSBub25jZQ==\r\nSec-WebSocket-Version: 13\r\n\r\n"
-                 + raw_frame(0x81, b'{"Ping": {"id": "early"}}'))
+    writer.write(
+        b"GET /ws?tenant_id=acme HTTP/1.1\r\nHost: x\r\nUpgrade: websocket\r\nConnection: Upgrade\r\n"
+        b"Sec-WebSocket-Key: dGhlIHNhbXBsZSBub25jZQ==\r\nSec-WebSocket-Version: 13\r\n\r\n"
+        + raw_frame(0x81, b'{"Ping": {"id": "early"}}')
+    )
     head = await asyncio.wait_for(reader.readuntil(b"\r\n\r\n"), 5)
     assert head.startswith(b"HTTP/1.1 101") and b"s3pPLMBiTxaQ9kYGzzhZRbK+xOo=" in head
     ws = RawWebSocket(reader, writer, 101, head)
@@ -130,16 +137,24 @@ async def test_frames_sent_with_the_request_are_answered_after_welcome(server_po
 
 @pytest.mark.gen_test
 async def test_upgrade_header_errors(server_port):
-    bad_version = await RawWebSocket.connect(server_port, "tenant_id=acme", extra_headers="Sec-WebSocket-Version: 8\r\n")
+    bad_version = await RawWebSocket.connect(
+        server_port, "tenant_id=acme", extra_headers="Sec-WebSocket-Version: 8\r\n"
+    )
     # RawWebSocket sends version 13 too: two values are not "13" either.
     bad_version.close()
     assert bad_version.status == 426 and b"sec-websocket-version: 13" in bad_version.headers.lower()
     assert "version 13" in json.loads(bad_version.body)["error"]
     # A key that is not 16 bytes, or not base64, or not even ASCII (found by test_hostile).
-    for key in (b"c2hvcnQ=", b"not base64!", b"\xbe\xbe\xbe\xbe\xbe\xbe\xbe\xbe\xbe\xbe\xbe\xbe\xbe\xbe\xbe\xbe\xbe\xbe\xbe\xbe\xbe\xbe=="):
+    for key in (
+        b"c2hvcnQ=",
+        b"not base64!",
+        b"\xbe\xbe\xbe\xbe\xbe\xbe\xbe\xbe\xbe\xbe\xbe\xbe\xbe\xbe\xbe\xbe\xbe\xbe\xbe\xbe\xbe\xbe==",
+    ):
         reader, writer = await asyncio.open_connection("127.0.0.1", server_port)
-        writer.write(b"GET /ws?tenant_id=acme HTTP/1.1\r\nHost: x\r\nUpgrade: websocket\r\nConnection: Upgrade\r\n"
-                     b"Sec-WebSocket-Key: " + key + b"\r\nSec-WebSocket-Version: 13\r\n\r\n")
+        writer.write(
+            b"GET /ws?tenant_id=acme HTTP/1.1\r\nHost: x\r\nUpgrade: websocket\r\nConnection: Upgrade\r\n"
+            b"Sec-WebSocket-Key: " + key + b"\r\nSec-WebSocket-Version: 13\r\n\r\n"
+        )
         head = await asyncio.wait_for(reader.readuntil(b"\r\n\r\n"), 5)
         writer.close()
         assert head.startswith(b"HTTP/1.1 400"), (key, head)
@@ -155,6 +170,7 @@ async def test_a_client_that_offers_compression_gets_plain_frames_by_default(ser
 
 
 # -- permessage-deflate ---------------------------------------------------------------------------
+
 
 @pytest.mark.gen_test
 @pytest.mark.settings(ws_compression=True)
@@ -216,35 +232,49 @@ async def test_a_compressed_message_that_inflates_past_the_limit_closes_1009(ser
 @pytest.mark.settings(ws_compression=True)
 async def test_a_small_window_the_client_asks_for_is_honoured(server_port, core):
     factory = ClientPerMessageDeflateFactory(server_max_window_bits=10, client_max_window_bits=True)
-    async with ws_connect(f"ws://127.0.0.1:{server_port}/ws?tenant_id=acme", extensions=[factory],
-                          compression=None) as ws:
+    async with ws_connect(
+        f"ws://127.0.0.1:{server_port}/ws?tenant_id=acme", extensions=[factory], compression=None
+    ) as ws:
         assert "server_max_window_bits=10" in ws.response.headers["Sec-WebSocket-Extensions"]
         assert "Welcome" in json.loads(await ws.recv())
         event_id = await publish(core, path="w.json", meta={"note": "y" * 3000})
         assert json.loads(await ws.recv())["ConfigChanged"]["event_id"] == event_id
 
 
-@pytest.mark.parametrize("header, response", [
-    # Without client_max_window_bits the server cannot cap the client's window: it answers
-    # client_no_context_takeover (RFC 7692 section 7.1.1.1), so no inflater outlives a message.
-    ("permessage-deflate", "permessage-deflate; server_no_context_takeover; client_no_context_takeover"),
-    ("permessage-deflate; client_max_window_bits",
-     "permessage-deflate; server_no_context_takeover; client_max_window_bits=9"),
-    ("permessage-deflate; client_max_window_bits=12; client_no_context_takeover",
-     "permessage-deflate; server_no_context_takeover; client_no_context_takeover; client_max_window_bits=9"),
-    ("permessage-deflate; client_no_context_takeover; server_no_context_takeover",
-     "permessage-deflate; server_no_context_takeover; client_no_context_takeover"),
-    ("permessage-deflate; server_max_window_bits=12",
-     "permessage-deflate; server_no_context_takeover; server_max_window_bits=12; client_no_context_takeover"),
-    # A window zlib cannot make declines that offer; the next one is taken.
-    ("permessage-deflate; server_max_window_bits=8, permessage-deflate",
-     "permessage-deflate; server_no_context_takeover; client_no_context_takeover"),
-    ("permessage-deflate; unknown_param", None),
-    ("permessage-deflate; client_no_context_takeover; client_no_context_takeover", None),
-    ("permessage-deflate; server_max_window_bits=99", None),
-    ("x-webkit-deflate-frame", None),
-    ("", None),
-])
+@pytest.mark.parametrize(
+    "header, response",
+    [
+        # Without client_max_window_bits the server cannot cap the client's window: it answers
+        # client_no_context_takeover (RFC 7692 section 7.1.1.1), so no inflater outlives a message.
+        ("permessage-deflate", "permessage-deflate; server_no_context_takeover; client_no_context_takeover"),
+        (
+            "permessage-deflate; client_max_window_bits",
+            "permessage-deflate; server_no_context_takeover; client_max_window_bits=9",
+        ),
+        (
+            "permessage-deflate; client_max_window_bits=12; client_no_context_takeover",
+            "permessage-deflate; server_no_context_takeover; client_no_context_takeover; client_max_window_bits=9",
+        ),
+        (
+            "permessage-deflate; client_no_context_takeover; server_no_context_takeover",
+            "permessage-deflate; server_no_context_takeover; client_no_context_takeover",
+        ),
+        (
+            "permessage-deflate; server_max_window_bits=12",
+            "permessage-deflate; server_no_context_takeover; server_max_window_bits=12; client_no_context_takeover",
+        ),
+        # A window zlib cannot make declines that offer; the next one is taken.
+        (
+            "permessage-deflate; server_max_window_bits=8, permessage-deflate",
+            "permessage-deflate; server_no_context_takeover; client_no_context_takeover",
+        ),
+        ("permessage-deflate; unknown_param", None),
+        ("permessage-deflate; client_no_context_takeover; client_no_context_takeover", None),
+        ("permessage-deflate; server_max_window_bits=99", None),
+        ("x-webkit-deflate-frame", None),
+        ("", None),
+    ],
+)
 def test_deflate_negotiation(header, response):
     negotiated = Deflate.negotiate(header)
     assert (negotiated[1] if negotiated else None) == response
@@ -262,8 +292,10 @@ async def test_a_client_whose_window_cannot_be_capped_gets_no_context_takeover(s
     websockets client accepts that answer, and its compressed messages are understood."""
     url = f"ws://127.0.0.1:{server_port}/ws?tenant_id=acme"
     async with ws_connect(url, extensions=[UNCAPPED], compression=None) as ws:
-        assert ws.response.headers["Sec-WebSocket-Extensions"] == \
-            "permessage-deflate; server_no_context_takeover; client_no_context_takeover"
+        assert (
+            ws.response.headers["Sec-WebSocket-Extensions"]
+            == "permessage-deflate; server_no_context_takeover; client_no_context_takeover"
+        )
         assert "Welcome" in json.loads(await ws.recv())
         for i in range(3):
             await ws.send(json.dumps({"Ping": {"id": f"{i}" + "x" * 100}}))  # compressed by the client
@@ -281,10 +313,11 @@ async def test_memory_of_compressing_clients_whose_window_cannot_be_capped(start
     """The server's memory per connection of 300 clients that compress what they send without
     offering client_max_window_bits (printed, not asserted): with client_no_context_takeover no
     inflater is kept between messages."""
-    from .serveproc import LISTENING
+    from tornado_cfgpush.testing import LISTENING
 
-    server = start("--config-dir", str(config_dir), "--port", "0", "--ws-compression", "true",
-                   "--max-connections-per-ip", "0")
+    server = start(
+        "--config-dir", str(config_dir), "--port", "0", "--ws-compression", "true", "--max-connections-per-ip", "0"
+    )
     port = int((await server.wait_log(LISTENING)).group(1))
     url = f"ws://127.0.0.1:{port}/ws?tenant_id=acme"
 
@@ -303,8 +336,10 @@ async def test_memory_of_compressing_clients_whose_window_cannot_be_capped(start
     for ws in clients[1:]:
         assert "Pong" in json.loads(await ws.recv())
     after = _rss_kb(server.proc.pid)
-    print(f"server memory per connection that sent a compressed message (no client_max_window_bits): "
-          f"{(after - before) / count:.1f} KB ({before} -> {after} KB, {count} connections)")
+    print(
+        f"server memory per connection that sent a compressed message (no client_max_window_bits): "
+        f"{(after - before) / count:.1f} KB ({before} -> {after} KB, {count} connections)"
+    )
     await asyncio.gather(*(ws.close() for ws in clients))
 
 
@@ -341,6 +376,7 @@ async def test_a_failing_catch_up_closes_that_connection_with_1011_only(server_p
 
 
 # -- pongs and the frame budget over real sockets --------------------------------------------------
+
 
 @pytest.mark.gen_test(timeout=60)
 async def test_every_ping_is_answered_while_events_stream(server_port, core):
@@ -435,9 +471,11 @@ async def test_flooders_are_closed_1008_at_once_and_an_honest_client_is_served(s
     await asyncio.gather(*watchers)
     for kind, (code, seconds) in closed.items():
         print(f"flood of {kind}: closed with {code} after {seconds * 1000:.1f} ms")
-    print(f"honest Ping round trip, ms: before p50 {before[5] * 1000:.2f}; "
-          f"during and after the floods p50 {sorted(during)[len(during) // 2] * 1000:.2f}, "
-          f"max {max(during) * 1000:.2f}")
+    print(
+        f"honest Ping round trip, ms: before p50 {before[5] * 1000:.2f}; "
+        f"during and after the floods p50 {sorted(during)[len(during) // 2] * 1000:.2f}, "
+        f"max {max(during) * 1000:.2f}"
+    )
     assert {code for code, _ in closed.values()} == {1008}
     await wait_for(lambda: core.hub.connection_count() == 1 and core.limits.total == 1)
     for _, ws, _ in floods:
@@ -451,12 +489,12 @@ async def test_a_client_within_its_budget_is_never_closed(server_port, core):
     """Twenty frames at once (the burst), then ten a second (pings, Acks, pongs) for three
     seconds: within the budget, never closed."""
     ws = await welcomed(server_port)
-    for n in range(20):
+    for _ in range(20):
         ws.send_frame(0x9, b"")
-    for n in range(20):
+    for _ in range(20):
         assert await ws.read_frame() == (0xA, b"")
     await asyncio.sleep(1.0)  # wait-ok: the bucket refills
-    for n in range(30):
+    for _ in range(30):
         ws.send_frame(0x1, b'"Ping"')
         assert await ws.read_json(timeout=5) == "Pong"
         await asyncio.sleep(0.1)  # wait-ok: the pace of an honest client

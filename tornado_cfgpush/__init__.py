@@ -59,9 +59,11 @@ The rules the server keeps for you:
 
 Every hook is specified, with its arguments, in :mod:`tornado_cfgpush.hookspecs`.
 """
+
 from __future__ import annotations
 
-from typing import Any, Awaitable, Callable, Protocol, runtime_checkable
+from collections.abc import Iterable
+from typing import Any, Protocol, runtime_checkable
 
 import pluggy
 
@@ -73,10 +75,26 @@ PROJECT_NAME = "cfgpush"
 hookimpl = pluggy.HookimplMarker(PROJECT_NAME)
 """Marks a function as an implementation of a ``cfgpush_*`` hook."""
 
-Emit = Callable[[dict[str, Any]], Awaitable[str]]
-"""``await emit(payload)`` validates, publishes and returns the event id; the object a
-source receives also has ``await emit.gap(tenant_ids=None)`` and ``await emit.skipped(...)``
-(see the guide above)."""
+
+class Emit(Protocol):
+    """What a source's ``run`` receives (see the guide above)."""
+
+    async def __call__(self, payload: dict[str, Any], *, version: int | None = None) -> str:
+        """Validate ``payload``, publish it, return its event id. ``version`` (optional) orders
+        what several nodes observe of one path: the broker drops a change older than the one
+        it recorded (``CfgPush.publish``)."""
+        ...  # pragma: no cover - a protocol
+
+    async def gap(self, tenant_ids: Iterable[str] | None = None) -> None:
+        """Events of ``tenant_ids`` (None: of any tenant) may be lost: their clients resync."""
+        ...  # pragma: no cover - a protocol
+
+    async def skipped(
+        self, tenant_id: str, what: str, why: str, reason: str = "invalid", *, resync: bool = True
+    ) -> None:
+        """A change of ``what`` of ``tenant_id`` cannot be published, ``why`` in words: logged
+        once, counted under ``reason``, and (``resync``) that tenant's clients resync."""
+        ...  # pragma: no cover - a protocol
 
 
 @runtime_checkable

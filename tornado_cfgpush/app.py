@@ -3,18 +3,21 @@
 ``CfgPush`` knows nothing of the HTTP server that serves it, so tests run it under
 pytest-tornado's ``http_server`` and the CLI under its own ``HTTPServer``.
 """
+
 from __future__ import annotations
 
 import asyncio
 import gc
 import logging
 import socket
-from typing import Any, Iterable
+from collections.abc import Iterable
+from typing import Any
 
 from marshmallow import ValidationError
 from pluggy import PluginManager
 from tornado import httpserver, netutil, web
 
+from .auth import Decision, decide
 from .broker import HISTORY_EXPIRED, SOURCE_GAP, Broker, BrokerUnavailable
 from .broker.memory import MemoryBroker
 from .handlers import default_handlers
@@ -43,8 +46,7 @@ class StartupError(Exception):
 class CfgPush:
     """One node's service: validate -> publish -> deliver, for every source."""
 
-    def __init__(self, settings: Settings, plugin_manager: PluginManager | None = None,
-                 broker: Broker | None = None):
+    def __init__(self, settings: Settings, plugin_manager: PluginManager | None = None, broker: Broker | None = None):
         self.settings = settings
         self.pm = plugin_manager if plugin_manager is not None else get_plugin_manager(settings.disabled_plugins)
         self.hub = Hub(heartbeat_interval=settings.heartbeat_interval, heartbeat_timeout=settings.heartbeat_timeout)
@@ -58,13 +60,22 @@ class CfgPush:
     def _make_broker(self) -> Broker:
         settings = self.settings
         if not settings.broker:
-            return MemoryBroker(self.hub.deliver, history_size=settings.history_size,
-                                history_ttl=settings.history_ttl, history_max_bytes=settings.history_max_bytes)
+            return MemoryBroker(
+                self.hub.deliver,
+                history_size=settings.history_size,
+                history_ttl=settings.history_ttl,
+                history_max_bytes=settings.history_max_bytes,
+            )
         from .broker.redis import RedisBroker  # redis-py is an optional dependency
 
-        return RedisBroker(self.hub.deliver, settings.broker, history_size=settings.history_size,
-                           history_ttl=settings.history_ttl, tenants=self.hub.tenants,
-                           on_gap=self._history_lost)
+        return RedisBroker(
+            self.hub.deliver,
+            settings.broker,
+            history_size=settings.history_size,
+            history_ttl=settings.history_ttl,
+            tenants=self.hub.tenants,
+            on_gap=self._history_lost,
+        )
 
     def _history_lost(self, tenant_id: str, reason: str = HISTORY_EXPIRED) -> None:
         """The shared history dropped events before this node delivered them (an outage
@@ -85,9 +96,14 @@ class CfgPush:
         duplicates = {n for n in names if names.count(n) > 1}
         if duplicates:
             raise ValueError(f"two event sources share the name(s): {', '.join(sorted(duplicates))}")
-        self.runner = SourceRunner(sources, self.publish, publish_many=self.publish_many, gap=self.source_gap,
-                                   published_states=self.broker.published_states,
-                                   count_rejected=self.metrics.rejected)
+        self.runner = SourceRunner(
+            sources,
+            self.publish,
+            publish_many=self.publish_many,
+            gap=self.source_gap,
+            published_states=self.broker.published_states,
+            count_rejected=self.metrics.rejected,
+        )
         self.runner.start()
         self.hub.start()
         self.loop_lag.start()
@@ -108,8 +124,12 @@ class CfgPush:
             await self.runner.stop()
         sources = loop.time()
         await self.broker.stop()
-        log.info("stopped: clients closed in %.2f s, sources in %.2f s, broker in %.2f s",
-                 closed - started, sources - closed, loop.time() - sources)
+        log.info(
+            "stopped: clients closed in %.2f s, sources in %.2f s, broker in %.2f s",
+            closed - started,
+            sources - closed,
+            loop.time() - sources,
+        )
 
     async def publish(self, payload: dict[str, Any], source: str | None = None, *, version: int | None = None) -> str:
         """The one path of every event: schema, then broker (which delivers).
@@ -128,8 +148,9 @@ class CfgPush:
         self.metrics.published(counted, fields["tenant_id"])
         return event_id
 
-    async def publish_many(self, payloads: list[dict[str, Any]], source: str,
-                           versions: list[int | None] | None = None) -> list[str | ValidationError]:
+    async def publish_many(
+        self, payloads: list[dict[str, Any]], source: str, versions: list[int | None] | None = None
+    ) -> list[str | ValidationError]:
         """``publish`` for many events at once, in order: with a shared broker one round trip
         for all of them (the time a batch takes does not depend on the link's latency). Each
         result is the event id, or the ``ValidationError`` of a payload the schema refused."""
@@ -148,7 +169,7 @@ class CfgPush:
         except BrokerUnavailable:
             self.metrics.rejected(source, BROKER_UNAVAILABLE)
             raise
-        for (i, fields, _), event_id in zip(batch, ids):
+        for (i, fields, _), event_id in zip(batch, ids, strict=True):
             results[i] = event_id
             self.metrics.published(source, fields["tenant_id"])
         return results
@@ -177,14 +198,19 @@ class CfgPush:
                 newest = None  # still tell them: a reload is what they need either way
             try:
                 manifest = self.manifest(tenant_id)
-                prepared: dict = {}  # the Resync is the same for every client: encoded once per framing
+                prepared: dict[object, bytes] = {}  # the Resync is the same for every client: encoded once per framing
                 for conn in self.hub.connections(tenant_id):
                     conn.notify_gap(newest, manifest, reason, prepared)
             except Exception:  # one tenant's failure must not keep the others from their Resync
                 log.exception("sending Resync to the clients of tenant %s failed", tenant_id)
                 continue
-            log.info("sent Resync (%s from %s) to %d clients of tenant %s",
-                     reason, source, self.hub.connection_count(tenant_id), tenant_id)
+            log.info(
+                "sent Resync (%s from %s) to %d clients of tenant %s",
+                reason,
+                source,
+                self.hub.connection_count(tenant_id),
+                tenant_id,
+            )
 
     def degraded_reasons(self) -> list[str]:
         """Why this node serves worse than it should, while still serving (empty: fine)."""
@@ -200,7 +226,9 @@ class CfgPush:
                     reasons.append(f"source {source.name}: {why}")
                 behind = self.runner.publish_lag(source)
                 if behind > PUBLISH_LAG_DEGRADED:
-                    reasons.append(f"source {source.name} is {behind:.1f} s behind publishing (a slow or unreachable broker)")
+                    reasons.append(
+                        f"source {source.name} is {behind:.1f} s behind publishing (a slow or unreachable broker)"
+                    )
         return reasons
 
     def not_ready_reasons(self) -> list[str]:
@@ -226,6 +254,11 @@ class CfgPush:
         events = [s.started for s in self.sources if isinstance(getattr(s, "started", None), asyncio.Event)]
         await asyncio.wait_for(asyncio.gather(*(e.wait() for e in events)), timeout)
 
+    def authorize(self, request: Any, tenant_id: str, token: str | None) -> Decision:
+        """Whether a subscriber may receive ``tenant_id``'s events: the ``cfgpush_authorize``
+        hook's answer (``auth.decide``)."""
+        return decide(self.pm.hook.cfgpush_authorize, self.settings, request, tenant_id, token)
+
     def manifest(self, tenant_id: str) -> dict[str, str] | None:
         """``{path: checksum}`` of the tenant's files, from every source that can list them
         (the filesystem and a database may both hold some); None when none can."""
@@ -249,7 +282,7 @@ def make_app(core: CfgPush, **tornado_settings: Any) -> web.Application:
     # plugin cannot take over /ws, /metrics, ...
     plugin_routes = [r for found in core.pm.hook.cfgpush_register_routes(settings=core.settings) for r in found or ()]
     app = web.Application(default_handlers(core) + plugin_routes, **settings)
-    app.cfgpush = core
+    app.cfgpush = core  # type: ignore[attr-defined]  # where plugins' route handlers find the service
     return app
 
 
@@ -259,8 +292,14 @@ def log_request(handler: web.RequestHandler) -> None:
     level = logging.INFO if status < 400 else logging.WARNING if status < 500 else logging.ERROR
     request = handler.request
     logging.getLogger("tornado.access").log(
-        level, "%d %s %s (%s) %.2fms", status, request.method, request.path, request.remote_ip,
-        1000.0 * request.request_time())
+        level,
+        "%d %s %s (%s) %.2fms",
+        status,
+        request.method,
+        request.path,
+        request.remote_ip,
+        1000.0 * request.request_time(),
+    )
 
 
 # Pending connections the kernel queues for us (capped by net.core.somaxconn). Tornado's
@@ -286,8 +325,12 @@ def server_options(settings: Settings) -> dict[str, Any]:
     }
 
 
-async def serve(settings: Settings, plugin_manager: PluginManager | None = None,
-                stop: asyncio.Event | None = None, sockets: list[socket.socket] | None = None) -> None:
+async def serve(
+    settings: Settings,
+    plugin_manager: PluginManager | None = None,
+    stop: asyncio.Event | None = None,
+    sockets: list[socket.socket] | None = None,
+) -> None:
     """Run until SIGTERM/SIGINT (or ``stop`` is set); then close clients with 1001 and return."""
     stop = stop or asyncio.Event()
     loop = asyncio.get_running_loop()
@@ -300,8 +343,8 @@ async def serve(settings: Settings, plugin_manager: PluginManager | None = None,
     except Exception as exc:
         # A plugin refusing its own settings in cfgpush_register_sources or in
         # cfgpush_register_routes (or two sources sharing a name) is a start-up error like a
-        # bad flag: it used to escape as a traceback from asyncio.run. Undo what started; the
-        # CLI reports it in one line.
+        # bad flag, not a traceback from asyncio.run: undo what started; the CLI reports it
+        # in one line.
         try:
             await core.stop()
         except Exception:
@@ -313,7 +356,7 @@ async def serve(settings: Settings, plugin_manager: PluginManager | None = None,
     try:
         # Listen once the sources report changes: "listening" then means "nothing is missed".
         await core.wait_started(timeout=settings.drain_timeout * 6)
-    except asyncio.TimeoutError:
+    except TimeoutError:
         log.warning("some sources have not started yet; listening anyway")
     server = httpserver.HTTPServer(app, **server_options(settings))
     server.add_sockets(sockets)
@@ -334,6 +377,6 @@ async def serve(settings: Settings, plugin_manager: PluginManager | None = None,
         try:
             await asyncio.wait_for(core.stop(), drain)
             await asyncio.wait_for(server.close_all_connections(), drain)
-        except asyncio.TimeoutError:
+        except TimeoutError:
             log.warning("shutdown took longer than %.1f s; exiting anyway", drain)
         uninstall_signal_handlers()

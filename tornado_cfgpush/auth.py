@@ -24,6 +24,7 @@ It also holds the other request checks that are about who may talk to the server
 (``--allowed-origin``), hosts (``--allowed-host``), tokens in requests, and keeping tokens out
 of every log line, Tornado's own included (``MalformedRequestRedactor``).
 """
+
 from __future__ import annotations
 
 import functools
@@ -33,10 +34,11 @@ import logging
 import os
 import re
 import threading
+from collections.abc import Callable, Iterable
 from dataclasses import dataclass
 from pathlib import Path
-from typing import TYPE_CHECKING, Any, Iterable
-from urllib.parse import unquote_plus
+from typing import TYPE_CHECKING, Any
+from urllib.parse import urlsplit
 
 import jwt
 from cryptography.hazmat.primitives.asymmetric import ec, rsa
@@ -53,12 +55,12 @@ log = logging.getLogger("cfgpush.auth")
 
 ALGORITHMS = ("HS256", "RS256", "ES256")
 HMAC_MIN_BYTES = 32  # RFC 7518 section 3.2: a key at least as long as the hash
-TOKEN_PARAMS = {"token", "access_token"}  # query parameters redacted from every log line
 CLAIM_RE = re.compile(r"[A-Za-z0-9_.:/-]{1,128}\Z")
 NUMERIC_DATE_CLAIMS = ("exp", "nbf", "iat")
 
 
 # -- the decision ---------------------------------------------------------------------------------
+
 
 @dataclass(frozen=True)
 class Decision:
@@ -75,21 +77,22 @@ class Decision:
     subject: str | None = None
 
     @classmethod
-    def allow(cls, expires_at: float | None = None, subject: str | None = None) -> "Decision":
+    def allow(cls, expires_at: float | None = None, subject: str | None = None) -> Decision:
         return cls(True, 200, "", expires_at, subject)
 
     @classmethod
-    def deny(cls, status: int, reason: str) -> "Decision":
+    def deny(cls, status: int, reason: str) -> Decision:
         if status not in (401, 403, 503):
             raise ValueError(f"a refusal is 401, 403 or 503, not {status}")
         return cls(False, status, reason)
 
 
-def auth_enabled(settings: "Settings") -> bool:
+def auth_enabled(settings: Settings) -> bool:
     return bool(settings.jwt_secret or settings.jwt_public_key or settings.jwks)
 
 
 # -- keys -----------------------------------------------------------------------------------------
+
 
 class KeyProblem(ValueError):
     """A key, key file or algorithm setting that cannot be used; the message says why."""
@@ -131,7 +134,7 @@ def load_jwks(path: Path) -> dict[str | None, tuple[Any, str]]:
     except ValueError:
         raise KeyProblem(f"{str(path)!r} is not JSON") from None
     if not isinstance(document, dict) or not isinstance(document.get("keys"), list) or not document["keys"]:
-        raise KeyProblem(f"{str(path)!r} is not a JWKS: expected {{\"keys\": [...]}} with at least one key")
+        raise KeyProblem(f'{str(path)!r} is not a JWKS: expected {{"keys": [...]}} with at least one key')
     keys: dict[str | None, tuple[Any, str]] = {}
     for index, entry in enumerate(document["keys"]):
         if not isinstance(entry, dict):
@@ -159,7 +162,7 @@ def load_jwks(path: Path) -> dict[str | None, tuple[Any, str]]:
 class Verifier:
     """The JWT check of one ``Settings``; re-reads a key file when it changes on disk."""
 
-    def __init__(self, settings: "Settings"):
+    def __init__(self, settings: Settings):
         self.settings = settings
         self._lock = threading.Lock()
         self._stamp: tuple | None = None
@@ -245,8 +248,11 @@ class Verifier:
             return Decision.deny(401, f"token algorithm is not accepted for this key (expected {key_alg})")
         try:
             claims = jwt.decode(
-                token, key, algorithms=[key_alg],
-                issuer=settings.jwt_issuer, audience=settings.jwt_audience,
+                token,
+                key,
+                algorithms=[key_alg],
+                issuer=settings.jwt_issuer,
+                audience=settings.jwt_audience,
                 options={"require": ["exp"], "verify_aud": settings.jwt_audience is not None},
             )
         except jwt.ExpiredSignatureError:
@@ -284,15 +290,34 @@ class Verifier:
 
 
 @functools.lru_cache(maxsize=16)
-def verifier(settings: "Settings") -> Verifier:
+def verifier(settings: Settings) -> Verifier:
     return Verifier(settings)
+
+
+def decide(hook: Callable[..., Any], settings: Settings, request: Any, tenant_id: str, token: str | None) -> Decision:
+    """The answer of ``hook`` (the ``cfgpush_authorize`` hook caller) for one subscriber: a
+    plugin that raises refuses (503), never allows; no answer allows only while no JWT key is
+    set."""
+    try:
+        decision = hook(settings=settings, request=request, tenant_id=tenant_id, token=token)
+    except Exception:
+        log.exception("cfgpush_authorize raised; refusing the subscriber of tenant %s", tenant_id)
+        return Decision.deny(503, "authorization is unavailable; retry later")
+    if decision is None:
+        if auth_enabled(settings):
+            return Decision.deny(401, "token cannot be checked: no authorization plugin answered")
+        return Decision.allow()
+    if not isinstance(decision, Decision):
+        log.error("cfgpush_authorize returned %s, not a Decision; refusing", type(decision).__name__)
+        return Decision.deny(503, "authorization is unavailable; retry later")
+    return decision
 
 
 # -- the built-in hook implementation -------------------------------------------------------------
 
+
 @hookimpl(trylast=True)
-def cfgpush_authorize(settings: "Settings", request: "HTTPServerRequest", tenant_id: str,
-                      token: str | None) -> Decision:
+def cfgpush_authorize(settings: Settings, request: HTTPServerRequest, tenant_id: str, token: str | None) -> Decision:
     if not auth_enabled(settings):
         return Decision.allow()
     try:
@@ -305,7 +330,8 @@ def cfgpush_authorize(settings: "Settings", request: "HTTPServerRequest", tenant
 
 # -- tokens in requests and logs ------------------------------------------------------------------
 
-def bearer(request: "HTTPServerRequest") -> str | None:
+
+def bearer(request: HTTPServerRequest) -> str | None:
     """The token of ``Authorization: Bearer <token>``, or None."""
     scheme, _, token = request.headers.get("Authorization", "").partition(" ")
     if scheme.lower() != "bearer" or not token.strip():
@@ -332,18 +358,6 @@ def token_list(value: str | Iterable[str] | None) -> tuple[str, ...]:
     return tuple(t.strip() for item in items for t in re.split(r"[,\s]+", item) if t.strip())
 
 
-def redact_uri(uri: str) -> str:
-    """``uri`` with the value of every token parameter replaced by ``<redacted>``."""
-    path, sep, query = uri.partition("?")
-    if not sep:
-        return uri
-    parts = []
-    for part in query.split("&"):
-        name = unquote_plus(part.split("=", 1)[0]).strip().lower()
-        parts.append(part.split("=", 1)[0] + "=<redacted>" if name in TOKEN_PARAMS else part)
-    return path + "?" + "&".join(parts)
-
-
 # -- origins --------------------------------------------------------------------------------------
 
 _DEFAULT_PORTS = {"http": 80, "https": 443}
@@ -361,7 +375,7 @@ def _split_origin(text: str) -> tuple[str | None, str, int | None]:
     host, port = text, None
     if text.startswith("["):  # IPv6 literal
         end = text.find("]")
-        host, rest = text[:end + 1], text[end + 1:]
+        host, rest = text[: end + 1], text[end + 1 :]
         if rest:
             if not rest.startswith(":") or not rest[1:].isdigit():
                 raise ValueError("bad port")
@@ -394,8 +408,9 @@ def parse_origin(text: str) -> str:
     if not _HOST_RE.match(name) or "*" in name:
         raise ValueError(f"allowed origin {original!r}: expected https://host[:port] or *.example.com")
     if wildcard and "." not in name:
-        raise ValueError(f"allowed origin {original!r}: a pattern needs a domain of two labels at least "
-                         "(*.example.com, not *.com)")
+        raise ValueError(
+            f"allowed origin {original!r}: a pattern needs a domain of two labels at least (*.example.com, not *.com)"
+        )
     if not wildcard and scheme is None:
         raise ValueError(f"allowed origin {original!r}: an exact origin needs its scheme (https://{host})")
     shown = (f"{scheme}://" if scheme else "") + host + (f":{port}" if port is not None else "")
@@ -433,12 +448,34 @@ def origin_allowed(origin: str, patterns: Iterable[str]) -> bool:
     return False
 
 
+def cross_site_refused(headers: Any, allowed_origins: Iterable[str]) -> bool:
+    """Whether a request is from a browser page of another site that ``--allowed-origin``
+    does not admit (403 ``Origin not allowed``). ``headers``: the request's (``get``).
+
+    Tornado 6.6's cross-origin rule (what ``WebSocketHandler`` checks), on public values only:
+    ``Sec-Fetch-Site: same-origin`` or ``none`` passes; without that header, a request without
+    ``Origin`` (not a browser) or whose ``Origin`` names the ``Host`` passes; otherwise only
+    an allowed origin does (``Sec-Fetch-Site: cross-site`` with ``Origin`` equal to ``Host``
+    included: a DNS-rebinding page)."""
+    fetch_site = headers.get("Sec-Fetch-Site")
+    if fetch_site in ("same-origin", "none"):
+        return False
+    origin = headers.get("Origin")
+    if fetch_site is None:
+        if origin is None:
+            return False
+        if urlsplit(origin).netloc.lower() == headers.get("Host", "").lower():
+            return False
+    return not (origin and origin_allowed(origin, allowed_origins))
+
+
 # -- hosts ----------------------------------------------------------------------------------------
 #
 # DNS rebinding: a hostile page at evil.example makes its name resolve to the server's address;
 # the victim's browser then sends "Origin: http://evil.example" with "Host: evil.example", which
 # is same-origin to every Origin check. Only the Host header tells such a request apart, so with
 # --allowed-host the server answers only for the names it is reached by.
+
 
 def _split_host(text: str) -> tuple[str, int | None]:
     """``(host, port or None)`` of a Host header value or an ``--allowed-host``, lowercased,
@@ -464,8 +501,9 @@ def parse_host(text: str) -> str:
     if not _HOST_RE.match(name) or "*" in name:
         raise ValueError(f"allowed host {original!r}: expected a host name or address, or *.example.com")
     if wildcard and "." not in name:
-        raise ValueError(f"allowed host {original!r}: a pattern needs a domain of two labels at least "
-                         "(*.example.com, not *.com)")
+        raise ValueError(
+            f"allowed host {original!r}: a pattern needs a domain of two labels at least (*.example.com, not *.com)"
+        )
     return host + (f":{port}" if port is not None else "")
 
 
@@ -494,7 +532,7 @@ def host_allowed(host_header: str | None, patterns: Iterable[str]) -> bool:
     return False
 
 
-def host_refusal(request: "HTTPServerRequest", allowed_hosts: Iterable[str]) -> str | None:
+def host_refusal(request: HTTPServerRequest, allowed_hosts: Iterable[str]) -> str | None:
     """Why ``request`` is not answered for its ``Host`` header (the caller answers 421), or
     None when it is. Without ``--allowed-host`` every host is answered, as before."""
     allowed_hosts = tuple(allowed_hosts)
@@ -508,9 +546,15 @@ def host_refusal(request: "HTTPServerRequest", allowed_hosts: Iterable[str]) -> 
 # Tornado errors that quote what the client sent after a fixed text: the text is kept, the
 # value withheld (tornado/httputil.py, tornado/http1connection.py).
 _VALUE_AFTER = (
-    "Invalid header name", "Invalid header value", "Invalid Host header", "Multiple host headers not allowed",
-    "Invalid query string", "Multiple unequal Content-Lengths", "Only integer Content-Length is allowed",
-    "Unsupported Transfer-Encoding", "invalid gzip data",
+    "Invalid header name",
+    "Invalid header value",
+    "Invalid Host header",
+    "Multiple host headers not allowed",
+    "Invalid query string",
+    "Multiple unequal Content-Lengths",
+    "Only integer Content-Length is allowed",
+    "Unsupported Transfer-Encoding",
+    "invalid gzip data",
 )
 _LEADING_WORDS = re.compile(r"[A-Za-z][A-Za-z0-9 ,-]*")
 
@@ -521,7 +565,7 @@ def describe_input_error(error: object) -> str:
     text = str(error)
     for prefix in _VALUE_AFTER:
         if text.startswith(prefix):
-            return prefix + (" (value withheld)" if text[len(prefix):].strip(" :") else "")
+            return prefix + (" (value withheld)" if text[len(prefix) :].strip(" :") else "")
     found = _LEADING_WORDS.match(text)  # a message we do not know: its leading words only
     kept = found.group(0).rstrip(" ,-") if found else ""
     return (kept or "malformed request") + (" (value withheld)" if len(kept) < len(text.strip()) else "")
@@ -556,6 +600,7 @@ _install_malformed_request_redactor()
 
 
 # -- flag parsers (cli.py's SETTING_FLAGS) --------------------------------------------------------
+
 
 def parse_algorithm(text: str) -> str:
     value = text.strip().upper()
@@ -604,6 +649,5 @@ def parse_tokens(what: str, min_length: int = 8):
         if short:
             raise ValueError(f"each {what} must be at least {min_length} characters")
         return tuple(dict.fromkeys(tokens))
+
     return parse
-
-

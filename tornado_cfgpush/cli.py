@@ -4,6 +4,7 @@ Every setting flag ``--some-flag`` can also be given as ``CFGPUSH_SOME_FLAG``; a
 over the environment, the environment over the default (from ``Settings``). A bad value
 anywhere ends the program with one line on stderr and exit status 2.
 """
+
 from __future__ import annotations
 
 import argparse
@@ -14,14 +15,16 @@ import json
 import logging
 import os
 import sys
+from collections.abc import Callable, Sequence
 from pathlib import Path
-from typing import Any, Callable, NoReturn, Sequence
-from urllib.parse import urlsplit, urlunsplit
+from typing import Any, NoReturn
+from urllib.parse import urlsplit
 
 from . import __version__, auth, logs
 from .config_file import ConfigFile, PluginOption, add_plugin_options, parse_bool, plugin_values
 from .config_file import render as render_config
 from .plugins import PluginError, describe_plugins, get_plugin_manager, known_plugin_names
+from .redaction import REDACTED, redact
 from .settings import EVENT_LOOPS, WATCH_FALLBACKS, Settings
 
 PROG = "cfgpush-serve"
@@ -44,6 +47,7 @@ def _int_in(low: int, high: int | None, what: str) -> Callable[[str], int]:
             bound = f"from {low} to {high}" if high is not None else f"at least {low}"
             raise ValueError(f"{what} must be {bound}, not {value}")
         return value
+
     return parse
 
 
@@ -56,6 +60,7 @@ def _positive_float(what: str) -> Callable[[str], float]:
         if not value > 0 or value == float("inf"):
             raise ValueError(f"{what} must be a positive number of seconds, not {text!r}")
         return value
+
     return parse
 
 
@@ -68,6 +73,7 @@ def _seconds_or_zero(what: str) -> Callable[[str], float]:
         if not value >= 0 or value == float("inf"):
             raise ValueError(f"{what} must be 0 or a positive number of seconds, not {text!r}")
         return value
+
     return parse
 
 
@@ -76,6 +82,7 @@ def _one_of(what: str, choices: Sequence[str]) -> Callable[[str], str]:
         if text.lower() not in choices:
             raise ValueError(f"{what} must be one of {', '.join(choices)}, not {text!r}")
         return text.lower()
+
     return parse
 
 
@@ -105,29 +112,36 @@ def _secret(what: str) -> Callable[[str], str]:
         if len(text) < 8:
             raise ValueError(f"{what} must be at least 8 characters")
         return text
+
     return parse
 
 
 def _broker_url(text: str) -> str:
     scheme = urlsplit(text).scheme
     if scheme not in ("redis", "rediss", "unix"):
-        raise ValueError(f"broker must be a redis://, rediss:// or unix:// URL, not {redact_url(text)!r}")
+        raise ValueError(f"broker must be a redis://, rediss:// or unix:// URL, not {redact(text)!r}")
     if importlib.util.find_spec("redis") is None:
         raise ValueError("a Redis broker needs redis-py: pip install 'tornado_cfgpush[redis]'")
     return text
 
 
-def redact_url(url: str) -> str:
-    """``url`` without its password, for logs and error messages."""
-    parts = urlsplit(url)
-    if parts.password is None:
-        return url
-    netloc = parts.netloc.replace(":" + parts.password + "@", ":<redacted>@", 1)
-    return urlunsplit(parts._replace(netloc=netloc))
-
-
 def _names(text: str) -> list[str]:
     return [n.strip() for n in text.split(",") if n.strip()]
+
+
+def _schema_rules(text: str) -> list[str]:
+    """``GLOB=FILE`` rules, each schema loaded and checked now: a bad one is a start-up error."""
+    from .gate import SchemaError, load_schema, parse_schema_rule
+
+    rules = []
+    for item in _names(text):
+        glob, path = parse_schema_rule(item)
+        try:
+            load_schema(path)
+        except SchemaError as exc:
+            raise ValueError(str(exc)) from None
+        rules.append(f"{glob}={os.path.abspath(path)}")
+    return rules
 
 
 # flag -> (Settings field, parser of one string, help). The one table of setting flags.
@@ -136,73 +150,171 @@ SETTING_FLAGS: dict[str, tuple[str, Callable[[str], Any], str]] = {
     "--port": ("port", _int_in(0, 65535, "port"), "port to listen on (0: any free port)"),
     "--config-dir": ("config_dir", Path, "folder of tenant configurations: <dir>/<tenant>/... or <dir>/<tenant>.<ext>"),
     "--debounce-ms": ("debounce_ms", _int_in(0, 60_000, "debounce"), "coalesce writes to one file within this window"),
-    "--heartbeat-interval": ("heartbeat_interval", _positive_float("heartbeat interval"), "seconds between protocol pings"),
-    "--heartbeat-timeout": ("heartbeat_timeout", _positive_float("heartbeat timeout"), "drop a client silent for this long"),
+    "--heartbeat-interval": (
+        "heartbeat_interval",
+        _positive_float("heartbeat interval"),
+        "seconds between protocol pings",
+    ),
+    "--heartbeat-timeout": (
+        "heartbeat_timeout",
+        _positive_float("heartbeat timeout"),
+        "drop a client silent for this long",
+    ),
     "--log-level": ("log_level", _log_level, "DEBUG, INFO, WARNING or ERROR"),
-    "--log-format": ("log_format", _log_format, "text, or json (one JSON object per line, with tenant, connection "
-                     "and source where they apply)"),
-    "--metrics-tenant-labels": ("metrics_tenant_labels", parse_bool, "label /metrics series by tenant "
-                                "(one series per tenant: small fleets only)"),
-    "--metrics-public": ("metrics_public", parse_bool, "serve /metrics without the admin token "
-                         "(a scraper on a private network); it needs the token when one is set"),
-    "--max-message-size": ("max_message_size", _int_in(16, None, "max message size"), "largest client frame in bytes (1009 past it)"),
-    "--max-client-rate": ("max_client_rate", _int_in(1, None, "max client rate"), "client frames per second, any kind, in bursts of as many (1008 past it)"),
-    "--max-backlog-bytes": ("max_backlog_bytes", _int_in(1024, None, "max backlog"), "unsent bytes per client before it is closed with 1013"),
+    "--log-format": (
+        "log_format",
+        _log_format,
+        "text, or json (one JSON object per line, with tenant, connection and source where they apply)",
+    ),
+    "--metrics-tenant-labels": (
+        "metrics_tenant_labels",
+        parse_bool,
+        "label /metrics series by tenant (one series per tenant: small fleets only)",
+    ),
+    "--metrics-public": (
+        "metrics_public",
+        parse_bool,
+        "serve /metrics without the admin token (a scraper on a private network); it needs the token when one is set",
+    ),
+    "--max-message-size": (
+        "max_message_size",
+        _int_in(16, None, "max message size"),
+        "largest client frame in bytes (1009 past it)",
+    ),
+    "--max-client-rate": (
+        "max_client_rate",
+        _int_in(1, None, "max client rate"),
+        "client frames per second, any kind, in bursts of as many (1008 past it)",
+    ),
+    "--max-backlog-bytes": (
+        "max_backlog_bytes",
+        _int_in(1024, None, "max backlog"),
+        "unsent bytes per client before it is closed with 1013",
+    ),
     "--history-size": ("history_size", _int_in(0, None, "history size"), "events kept per tenant for resume"),
-    "--history-ttl": ("history_ttl", _positive_float("history ttl"), "seconds an event is kept for resume; "
-                      "a tenant with no event for this long is forgotten"),
-    "--history-max-bytes": ("history_max_bytes", _int_in(1024 * 1024, None, "history max bytes"),
-                            "memory the embedded broker's history may use, all tenants together; past it the "
-                            "least recently published tenants' history is dropped"),
+    "--history-ttl": (
+        "history_ttl",
+        _positive_float("history ttl"),
+        "seconds an event is kept for resume; a tenant with no event for this long is forgotten",
+    ),
+    "--history-max-bytes": (
+        "history_max_bytes",
+        _int_in(1024 * 1024, None, "history max bytes"),
+        "memory the embedded broker's history may use, all tenants together; past it the "
+        "least recently published tenants' history is dropped",
+    ),
     "--drain-timeout": ("drain_timeout", _positive_float("drain timeout"), "seconds a graceful shutdown may take"),
-    "--broker": ("broker", _broker_url, "redis://host:port/db (or rediss://, unix://) to share events between nodes; "
-                 "the embedded broker without it"),
+    "--broker": (
+        "broker",
+        _broker_url,
+        "redis://host:port/db (or rediss://, unix://) to share events between nodes; the embedded broker without it",
+    ),
     "--admin-token": ("admin_token", _secret("admin token"), "bearer token for /api/v1/tenants/<id> (off without it)"),
-    "--publish-token": ("publish_token", auth.parse_tokens("publish token"),
-                        "bearer token(s) for POST /api/v1/events, repeatable or comma-separated (off without it)"),
-    "--publish-rate": ("publish_rate", _int_in(0, None, "publish rate"), "events per second each publish token "
-                       "may send (429 past it; 0: no limit)"),
-    "--publish-burst": ("publish_burst", _int_in(0, None, "publish burst"), "events a publish token may send "
-                        "at once before --publish-rate applies"),
+    "--publish-token": (
+        "publish_token",
+        auth.parse_tokens("publish token"),
+        "bearer token(s) for POST /api/v1/events, repeatable or comma-separated (off without it)",
+    ),
+    "--publish-rate": (
+        "publish_rate",
+        _int_in(0, None, "publish rate"),
+        "events per second each publish token may send (429 past it; 0: no limit)",
+    ),
+    "--publish-burst": (
+        "publish_burst",
+        _int_in(0, None, "publish burst"),
+        "events a publish token may send at once before --publish-rate applies",
+    ),
     "--jwt-secret": ("jwt_secret", auth.parse_jwt_secret, "HS256 secret (32 bytes at least): subscribers need a JWT"),
-    "--jwt-public-key": ("jwt_public_key", auth.parse_public_key_file, "PEM public key FILE (RS256 or ES256): "
-                         "subscribers need a JWT"),
+    "--jwt-public-key": (
+        "jwt_public_key",
+        auth.parse_public_key_file,
+        "PEM public key FILE (RS256 or ES256): subscribers need a JWT",
+    ),
     "--jwks": ("jwks", auth.parse_jwks_file, "JWKS FILE of public keys (kid picks one): subscribers need a JWT"),
     "--jwt-algorithm": ("jwt_algorithm", auth.parse_algorithm, "HS256, RS256 or ES256 (default: from the key)"),
     "--jwt-tenant-claim": ("jwt_tenant_claim", auth.parse_claim, "JWT claim naming the tenant"),
     "--jwt-issuer": ("jwt_issuer", str, "required iss of JWTs (not checked without it)"),
     "--jwt-audience": ("jwt_audience", str, "required aud of JWTs (not checked without it)"),
-    "--allowed-origin": ("allowed_origins", auth.parse_origins, "cross-site page allowed to connect: https://app.example.com "
-                         "or *.example.com (https only without a scheme); repeatable or comma-separated "
-                         "(same-origin always is)"),
-    "--allowed-host": ("allowed_hosts", auth.parse_hosts, "host name /ws, /events, /metrics and the APIs answer for "
-                       "(others get 421): cfgpush.example.com[:port] or *.example.com; repeatable or "
-                       "comma-separated (default: any)"),
-    "--max-connections": ("max_connections", _int_in(0, None, "max connections"), "connections to /ws and /events "
-                          "(503 past it; 0: no limit)"),
-    "--max-connections-per-ip": ("max_connections_per_ip", _int_in(0, None, "max connections per ip"),
-                                 "connections from one client address (429 past it; 0: no limit)"),
-    "--max-connections-per-tenant": ("max_connections_per_tenant", _int_in(0, None, "max connections per tenant"),
-                                     "connections of one tenant (429 past it; 0: no limit)"),
-    "--handshake-timeout": ("handshake_timeout", _positive_float("handshake timeout"), "seconds a connection may take "
-                            "to send its request headers (idle before the upgrade included)"),
-    "--max-header-size": ("max_header_size", _int_in(1024, None, "max header size"), "bytes of request line and "
-                          "headers (the connection is closed past it)"),
-    "--max-query-size": ("max_query_size", _int_in(256, None, "max query size"), "bytes of the query string of "
-                         "/ws and /events (414 past it)"),
-    "--ws-compression": ("ws_compression", parse_bool, "permessage-deflate on /ws for clients that offer it "
-                         "(each event compressed once, no context takeover)"),
-    "--watch-canary": ("watch_canary", _seconds_or_zero("watch canary"), "seconds without a file event after which "
-                       "the filesystem source checks its watcher with a canary file (0: never)"),
-    "--watch-fallback": ("watch_fallback", _one_of("watch fallback", WATCH_FALLBACKS),
-                         "when the config folder needs more inotify watches than the kernel allows: error "
-                         "(a start-up error naming the sysctl) or poll (every second, /readyz degraded)"),
+    "--allowed-origin": (
+        "allowed_origins",
+        auth.parse_origins,
+        "cross-site page allowed to connect: https://app.example.com "
+        "or *.example.com (https only without a scheme); repeatable or comma-separated "
+        "(same-origin always is)",
+    ),
+    "--allowed-host": (
+        "allowed_hosts",
+        auth.parse_hosts,
+        "host name /ws, /events, /metrics and the APIs answer for "
+        "(others get 421): cfgpush.example.com[:port] or *.example.com; repeatable or "
+        "comma-separated (default: any)",
+    ),
+    "--max-connections": (
+        "max_connections",
+        _int_in(0, None, "max connections"),
+        "connections to /ws and /events (503 past it; 0: no limit)",
+    ),
+    "--max-connections-per-ip": (
+        "max_connections_per_ip",
+        _int_in(0, None, "max connections per ip"),
+        "connections from one client address (429 past it; 0: no limit)",
+    ),
+    "--max-connections-per-tenant": (
+        "max_connections_per_tenant",
+        _int_in(0, None, "max connections per tenant"),
+        "connections of one tenant (429 past it; 0: no limit)",
+    ),
+    "--handshake-timeout": (
+        "handshake_timeout",
+        _positive_float("handshake timeout"),
+        "seconds a connection may take to send its request headers (idle before the upgrade included)",
+    ),
+    "--max-header-size": (
+        "max_header_size",
+        _int_in(1024, None, "max header size"),
+        "bytes of request line and headers (the connection is closed past it)",
+    ),
+    "--max-query-size": (
+        "max_query_size",
+        _int_in(256, None, "max query size"),
+        "bytes of the query string of /ws and /events (414 past it)",
+    ),
+    "--ws-compression": (
+        "ws_compression",
+        parse_bool,
+        "permessage-deflate on /ws for clients that offer it (each event compressed once, no context takeover)",
+    ),
+    "--watch-canary": (
+        "watch_canary",
+        _seconds_or_zero("watch canary"),
+        "seconds without a file event after which "
+        "the filesystem source checks its watcher with a canary file (0: never)",
+    ),
+    "--watch-fallback": (
+        "watch_fallback",
+        _one_of("watch fallback", WATCH_FALLBACKS),
+        "when the config folder needs more inotify watches than the kernel allows: error "
+        "(a start-up error naming the sysctl) or poll (every second, /readyz degraded)",
+    ),
+    "--validate": (
+        "validate",
+        _names,
+        "tenant-relative glob (fnmatch; * crosses /) of files that must parse (JSON, TOML, YAML) "
+        "before a change of them is announced; repeatable or comma-separated",
+    ),
+    "--json-schema": (
+        "json_schemas",
+        _schema_rules,
+        "GLOB=FILE: files matching GLOB must also satisfy that JSON Schema (draft 2020-12; "
+        "pip install 'tornado_cfgpush[schema]'); repeatable or comma-separated",
+    ),
     "--loop": ("event_loop", _event_loop, "the event loop: asyncio, or uvloop (pip install 'tornado_cfgpush[fast]')"),
 }
 # Settings that are secrets: never logged, and readable from a file named by CFGPUSH_<FLAG>_FILE.
 SECRET_FIELDS = {"admin_token", "publish_token", "jwt_secret"}
 # Flags that may be given more than once; the values are joined by commas, as in the environment.
-REPEATABLE_FIELDS = {"allowed_origins", "allowed_hosts", "publish_token"}
+REPEATABLE_FIELDS = {"allowed_origins", "allowed_hosts", "publish_token", "validate", "json_schemas"}
 # Settings that are switches: the flag alone means true (--metrics-tenant-labels [true|false]).
 BOOLEAN_FIELDS = {"metrics_tenant_labels", "metrics_public", "ws_compression"}
 
@@ -221,26 +333,52 @@ def build_parser() -> argparse.ArgumentParser:
     parser = _Parser(prog=PROG, description="Push per-tenant configuration changes to WebSocket clients.")
     for flag, (field, _, help_text) in SETTING_FLAGS.items():
         # type=str: values are parsed after merging with the environment, by one parser.
-        parser.add_argument(flag, dest=field, default=None, metavar=field.upper(),
-                            **({"nargs": "?", "const": "true"} if field in BOOLEAN_FIELDS else {}),
-                            **({"action": "append"} if field in REPEATABLE_FIELDS else {}),
-                            help=f"{help_text} (default {getattr(defaults, field)}; env {env_name(flag)})")
-    parser.add_argument("--disable-plugin", dest="disabled_plugins", action="append", default=None, metavar="NAME",
-                        help="do not load this plugin, built-in or third-party; repeatable "
-                             "(env CFGPUSH_DISABLE_PLUGIN, comma-separated)")
-    parser.add_argument("--config", metavar="FILE", default=None,
-                        help="read settings from this TOML file, every flag a key without '--' "
-                             "(env CFGPUSH_CONFIG); flags and environment variables win over it")
-    parser.add_argument("--print-config", action="store_true",
-                        help="print the effective configuration as TOML (secrets redacted) and exit")
+        shape: dict[str, Any] = {}
+        if field in BOOLEAN_FIELDS:
+            shape.update(nargs="?", const="true")
+        if field in REPEATABLE_FIELDS:
+            shape["action"] = "append"
+        parser.add_argument(
+            flag,
+            dest=field,
+            default=None,
+            metavar=field.upper(),
+            help=f"{help_text} (default {getattr(defaults, field)}; env {env_name(flag)})",
+            **shape,
+        )
+    parser.add_argument(
+        "--disable-plugin",
+        dest="disabled_plugins",
+        action="append",
+        default=None,
+        metavar="NAME",
+        help="do not load this plugin, built-in or third-party; repeatable "
+        "(env CFGPUSH_DISABLE_PLUGIN, comma-separated)",
+    )
+    parser.add_argument(
+        "--config",
+        metavar="FILE",
+        default=None,
+        help="read settings from this TOML file, every flag a key without '--' "
+        "(env CFGPUSH_CONFIG); flags and environment variables win over it",
+    )
+    parser.add_argument(
+        "--print-config",
+        action="store_true",
+        help="print the effective configuration as TOML (secrets redacted) and exit",
+    )
     parser.add_argument("--plugins", action="store_true", help="print the loaded plugins as JSON and exit")
     parser.add_argument("--version", action="version", version=f"{PROG} {__version__}")
     return parser
 
 
-def settings_from(args: argparse.Namespace, environ: dict[str, str], config: ConfigFile | None = None,
-                  plugin_options: Sequence[PluginOption] | None = None,
-                  origins: dict[str, str] | None = None) -> Settings:
+def settings_from(
+    args: argparse.Namespace,
+    environ: dict[str, str],
+    config: ConfigFile | None = None,
+    plugin_options: Sequence[PluginOption] | None = None,
+    origins: dict[str, str] | None = None,
+) -> Settings:
     """Merge flags over environment over the ``--config`` file over defaults; raise UsageError
     naming the culprit. ``plugin_options`` (None: not known yet, the file's other keys are not
     checked) land in ``settings.extra``; ``origins`` gets where each value came from."""
@@ -274,8 +412,11 @@ def settings_from(args: argparse.Namespace, environ: dict[str, str], config: Con
             origins[field] = origin
     disabled = args.disabled_plugins
     origins["disabled_plugins"] = "--disable-plugin" if disabled is not None else "default"
-    if disabled is None and not (environ.get("CFGPUSH_DISABLE_PLUGIN") or environ.get("CFGPUSH_DISABLE_PLUGINS")) \
-            and config.has("--disable-plugin"):
+    if (
+        disabled is None
+        and not (environ.get("CFGPUSH_DISABLE_PLUGIN") or environ.get("CFGPUSH_DISABLE_PLUGINS"))
+        and config.has("--disable-plugin")
+    ):
         try:
             disabled = _names(config.text("--disable-plugin", many=True))
         except ValueError as exc:
@@ -288,8 +429,9 @@ def settings_from(args: argparse.Namespace, environ: dict[str, str], config: Con
     known = known_plugin_names()
     unknown = sorted(set(disabled) - known)
     if unknown:
-        raise UsageError(f"--disable-plugin: unknown plugin {', '.join(map(repr, unknown))} "
-                         f"(known: {', '.join(sorted(known))})")
+        raise UsageError(
+            f"--disable-plugin: unknown plugin {', '.join(map(repr, unknown))} (known: {', '.join(sorted(known))})"
+        )
     values["disabled_plugins"] = tuple(dict.fromkeys(disabled))
     if plugin_options is not None:
         try:
@@ -338,17 +480,20 @@ def main(argv: Sequence[str] | None = None, environ: dict[str, str] | None = Non
     environ = dict(os.environ if environ is None else environ)
     try:
         settings, pm, args, origins, plugin_options = load_configuration(
-            sys.argv[1:] if argv is None else argv, environ)
+            sys.argv[1:] if argv is None else argv, environ
+        )
         if args.plugins:
             print(json.dumps(describe_plugins(pm), indent=2))
             return 0
         if args.print_config:
-            print(render_config(settings, origins, SETTING_FLAGS, SECRET_FIELDS, plugin_options, redact_url), end="")
+            print(render_config(settings, origins, SETTING_FLAGS, SECRET_FIELDS, plugin_options), end="")
             return 0
         if "filesystem" not in settings.disabled_plugins:
             if not settings.config_dir.is_dir():
-                raise UsageError(f"--config-dir: folder {str(settings.config_dir)!r} does not exist "
-                                 "(create it, or point --config-dir / CFGPUSH_CONFIG_DIR elsewhere)")
+                raise UsageError(
+                    f"--config-dir: folder {str(settings.config_dir)!r} does not exist "
+                    "(create it, or point --config-dir / CFGPUSH_CONFIG_DIR elsewhere)"
+                )
             if settings.watch_fallback == "error":
                 from .sources.filesystem.watch import watch_limit_error
 
@@ -356,6 +501,7 @@ def main(argv: Sequence[str] | None = None, environ: dict[str, str] | None = Non
                 if problem:
                     raise UsageError(problem)
         from .app import StartupError, bind, serve
+
         try:
             sockets = bind(settings)
         except OSError as exc:
@@ -401,9 +547,9 @@ def _shown(settings: Settings) -> str:
     shown = {f.name: getattr(settings, f.name) for f in dataclasses.fields(settings) if f.name != "extra"}
     for name in SECRET_FIELDS:
         if shown.get(name):
-            shown[name] = "<redacted>"
+            shown[name] = REDACTED
     if settings.broker:
-        shown["broker"] = redact_url(settings.broker)
+        shown["broker"] = redact(settings.broker)
     shown["config_dir"] = str(settings.config_dir)
     return json.dumps(shown, default=str)  # default: the key files' paths (jwt_public_key, jwks)
 

@@ -26,6 +26,7 @@ raises ``SubscribeError``. Use ``async with subscribe(...) as events:`` to close
 connection the moment the block ends (a ``break`` out of a bare ``async for`` closes it when
 the generator is collected).
 """
+
 from __future__ import annotations
 
 import asyncio
@@ -36,8 +37,9 @@ import json
 import logging
 import random
 import time
+from collections.abc import AsyncGenerator, AsyncIterator, Awaitable, Callable
 from dataclasses import dataclass, field
-from typing import Any, AsyncIterator, Awaitable, Callable, Union
+from typing import Any
 from urllib.parse import urlencode, urlsplit, urlunsplit
 
 from tornado.httpclient import HTTPClientError, HTTPRequest
@@ -105,8 +107,8 @@ class Welcome:
         return {"Welcome": self.raw}
 
 
-Event = Union[ConfigChanged, Resync, Welcome]
-TokenSource = Callable[[], Union[str, Awaitable[str]]]
+Event = ConfigChanged | Resync | Welcome
+TokenSource = Callable[[], str | Awaitable[str]]
 
 
 class SubscribeError(Exception):
@@ -127,8 +129,9 @@ class _Reconnect(Exception):
         self.dead = dead  # the peer is silent: abort the socket rather than wait for its close frame
 
 
-def backoff_delay(attempt: int, low: float = BACKOFF_MIN, high: float = BACKOFF_MAX,
-                  rng: Callable[[], float] = random.random) -> float:
+def backoff_delay(
+    attempt: int, low: float = BACKOFF_MIN, high: float = BACKOFF_MAX, rng: Callable[[], float] = random.random
+) -> float:
     """Full jitter: uniform in ``[0, min(high, low * 2**attempt)]``, so clients dropped at
     once (a server restart) come back spread over the window instead of all together."""
     return rng() * min(high, low * 2 ** min(attempt, 30))
@@ -161,7 +164,7 @@ def jwt_exp(token: str | None) -> float | None:
     return float(exp) if isinstance(exp, (int, float)) and not isinstance(exp, bool) else None
 
 
-def _retrieve(future: "asyncio.Future[Any]") -> None:
+def _retrieve(future: asyncio.Future[Any]) -> None:
     if not future.cancelled():
         future.exception()  # a write to a closing socket: handled by the reader, not logged
 
@@ -169,12 +172,26 @@ def _retrieve(future: "asyncio.Future[Any]") -> None:
 class Subscription:
     """An async iterable of one tenant's events across reconnects; see the module docstring."""
 
-    def __init__(self, url: str, tenant_id: str, *, last_event_id: str | None = None, token: str | None = None,
-                 get_token: TokenSource | None = None, manifest: bool = False, welcome: bool = False,
-                 headers: dict[str, str] | None = None, backoff_min: float = BACKOFF_MIN,
-                 backoff_max: float = BACKOFF_MAX, stable_after: float = 5.0, connect_timeout: float = 10.0,
-                 refresh_lead: float = 30.0, max_queue: int = 10_000, ack_interval: float = ACK_INTERVAL,
-                 on_status: Callable[[str, dict], None] | None = None):
+    def __init__(
+        self,
+        url: str,
+        tenant_id: str,
+        *,
+        last_event_id: str | None = None,
+        token: str | None = None,
+        get_token: TokenSource | None = None,
+        manifest: bool = False,
+        welcome: bool = False,
+        headers: dict[str, str] | None = None,
+        backoff_min: float = BACKOFF_MIN,
+        backoff_max: float = BACKOFF_MAX,
+        stable_after: float = 5.0,
+        connect_timeout: float = 10.0,
+        refresh_lead: float = 30.0,
+        max_queue: int = 10_000,
+        ack_interval: float = ACK_INTERVAL,
+        on_status: Callable[[str, dict], None] | None = None,
+    ):
         self.url = ws_url(url)
         self.tenant_id = tenant_id
         self.last_event_id = last_event_id  # applied (acknowledged)
@@ -200,8 +217,8 @@ class Subscription:
         self._ever_welcomed = False
         self._closed = asyncio.Event()
         self._conn: WebSocketClientConnection | None = None
-        self._inbox: asyncio.Queue[str | None] = asyncio.Queue()
-        self._iterator: AsyncIterator[Event] | None = None
+        self._inbox: asyncio.Queue[str | bytes | None] = asyncio.Queue()  # None: closed
+        self._iterator: AsyncGenerator[Event, None] | None = None
         # This connection's Acks: the id sent last, when, and the timer of the next one.
         self._acked: str | None = None
         self._acked_at = float("-inf")
@@ -214,7 +231,7 @@ class Subscription:
             self._iterator = self._run()
         return self._iterator
 
-    async def __aenter__(self) -> "Subscription":
+    async def __aenter__(self) -> Subscription:
         return self
 
     async def __aexit__(self, *exc: Any) -> None:
@@ -226,12 +243,12 @@ class Subscription:
         self._drop(1000, "client closed")
         # From inside the loop's body the generator is suspended: close it now. From another
         # task it may be running: the dropped connection and the set flag end it.
-        if self._iterator is not None and not self._iterator.ag_running:
+        if self._iterator is not None and not self._iterator.ag_running:  # type: ignore[attr-defined]  # typeshed's AsyncGenerator lacks it
             await self._iterator.aclose()
 
     # -- the loop ----------------------------------------------------------------------------
 
-    async def _run(self) -> AsyncIterator[Event]:
+    async def _run(self) -> AsyncGenerator[Event, None]:
         try:
             while not self._closed.is_set():
                 try:
@@ -260,7 +277,7 @@ class Subscription:
                 self._status("reconnecting", reason=reason, delay=delay, attempt=self._attempt)
                 try:
                     await asyncio.wait_for(self._closed.wait(), delay)
-                except asyncio.TimeoutError:
+                except TimeoutError:
                     pass
         finally:
             self._drop(1000, "client closed")
@@ -281,23 +298,29 @@ class Subscription:
             query["token"] = self.token
         if self.manifest:
             query["manifest"] = "1"
-        request = HTTPRequest(f"{self.url}?{urlencode(query)}", headers=self.headers,
-                              connect_timeout=self.connect_timeout, request_timeout=self.connect_timeout)
-        self._inbox = inbox = asyncio.Queue()
+        request = HTTPRequest(
+            f"{self.url}?{urlencode(query)}",
+            headers=self.headers,
+            connect_timeout=self.connect_timeout,
+            request_timeout=self.connect_timeout,
+        )
+        inbox: asyncio.Queue[str | bytes | None] = asyncio.Queue()
+        self._inbox = inbox
         try:
-            conn = await asyncio.wait_for(websocket_connect(request, on_message_callback=inbox.put_nowait),
-                                          self.connect_timeout)
+            conn = await asyncio.wait_for(
+                websocket_connect(request, on_message_callback=inbox.put_nowait), self.connect_timeout
+            )
         except HTTPClientError as exc:
             reason = _error_reason(exc)
             if exc.code == 400 or (exc.code in (401, 403) and self.get_token is None):
                 raise SubscribeError(f"refused with {exc.code}: {reason}", exc.code) from None
             raise _Reconnect(f"refused with {exc.code}: {reason}") from None
-        except (OSError, StreamClosedError, WebSocketError, asyncio.TimeoutError) as exc:
+        except (TimeoutError, OSError, StreamClosedError, WebSocketError) as exc:
             raise _Reconnect(f"cannot connect: {exc!r}") from None
         self._conn = conn
         return conn
 
-    async def _session(self, conn: WebSocketClientConnection) -> AsyncIterator[tuple[Event | None, str | None]]:
+    async def _session(self, conn: WebSocketClientConnection) -> AsyncGenerator[tuple[Event | None, str | None], None]:
         """``(event to hand out, id to acknowledge once it is handled)`` pairs of one connection."""
         loop = asyncio.get_running_loop()
         welcome = self._parse(await self._next(conn, self.connect_timeout, "no Welcome in time"))
@@ -311,8 +334,15 @@ class Subscription:
             self._cursor = newest = welcome.last_event_id
             if not first and newest is not None:
                 # No id to resume from (the tenant had no event yet) and events came meanwhile.
-                yield Resync(self.tenant_id, newest, "no_resume_point",
-                             raw={"tenant_id": self.tenant_id, "last_event_id": newest, "reason": "no_resume_point"}), newest
+                yield (
+                    Resync(
+                        self.tenant_id,
+                        newest,
+                        "no_resume_point",
+                        raw={"tenant_id": self.tenant_id, "last_event_id": newest, "reason": "no_resume_point"},
+                    ),
+                    newest,
+                )
             else:
                 yield (welcome if self.yield_welcome else None), newest
         else:
@@ -347,7 +377,7 @@ class Subscription:
             wait = min(next_ping, dead_at, refresh_at if refresh_at is not None else dead_at) - loop.time()
             try:
                 text = await self._next(conn, max(wait, 0.0), None)
-            except asyncio.TimeoutError:
+            except TimeoutError:
                 if loop.time() >= dead_at:
                     raise _Reconnect("server silent for two heartbeat intervals", dead=True) from None
                 continue
@@ -374,13 +404,13 @@ class Subscription:
     async def _next(self, conn: WebSocketClientConnection, timeout: float, why: str | None) -> str:
         try:
             text = await asyncio.wait_for(self._inbox.get(), timeout)
-        except asyncio.TimeoutError:
+        except TimeoutError:
             if why is None:
                 raise
             raise _Reconnect(why) from None
         if text is None:
             raise _Reconnect(f"closed by the server ({conn.close_code} {conn.close_reason or ''})".strip())
-        return text
+        return text if isinstance(text, str) else text.decode("utf-8", "replace")  # the server sends text frames
 
     def _parse(self, text: str) -> Any:
         try:
@@ -391,17 +421,39 @@ class Subscription:
             return message
         if not isinstance(message, dict) or len(message) != 1:
             return None
-        (kind, body), = message.items()
-        body = body if isinstance(body, dict) else {}
+        ((kind, inside),) = message.items()
+        body: Any = inside if isinstance(inside, dict) else {}
         if kind == "ConfigChanged":
-            return ConfigChanged(**{k: body.get(k) for k in ("tenant_id", "change_type", "event_id", "path", "checksum",
-                                                             "timestamp", "source", "diff", "meta")}, raw=body)
+            return ConfigChanged(
+                **{
+                    k: body.get(k)
+                    for k in (
+                        "tenant_id",
+                        "change_type",
+                        "event_id",
+                        "path",
+                        "checksum",
+                        "timestamp",
+                        "source",
+                        "diff",
+                        "meta",
+                    )
+                },
+                raw=body,
+            )
         if kind == "Resync":
-            return Resync(body.get("tenant_id"), body.get("last_event_id"), body.get("reason", ""),
-                          body.get("manifest"), raw=body)
+            return Resync(
+                body.get("tenant_id"), body.get("last_event_id"), body.get("reason", ""), body.get("manifest"), raw=body
+            )
         if kind == "Welcome":
-            return Welcome(body.get("tenant_id"), body.get("last_event_id"), body.get("heartbeat_interval", 5),
-                           body.get("protocol", 1), body.get("manifest"), raw=body)
+            return Welcome(
+                body.get("tenant_id"),
+                body.get("last_event_id"),
+                body.get("heartbeat_interval", 5),
+                body.get("protocol", 1),
+                body.get("manifest"),
+                raw=body,
+            )
         return kind  # "Pong", "Refreshed", "Error"
 
     # -- helpers -----------------------------------------------------------------------------
@@ -456,6 +508,7 @@ class Subscription:
             stream.close()  # a dead peer would never answer the close frame: free the socket now
 
     async def _call_token(self) -> str:
+        assert self.get_token is not None  # called only when the subscription has one
         token = self.get_token()
         if inspect.isawaitable(token):
             token = await token

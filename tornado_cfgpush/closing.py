@@ -9,6 +9,7 @@ frame, and whether an SSE stream ends cleanly (a final chunk) or is dropped. Con
 closed for a broken frame (1002, 1007, 1008, 1009) got their close frame, with the specific
 text, from the protocol core (ws/protocol.py) already.
 """
+
 from __future__ import annotations
 
 import enum
@@ -39,8 +40,13 @@ class CloseReason(enum.Enum):
     # No frame from the client for --heartbeat-timeout.
     HEARTBEAT_TIMEOUT = ("heartbeat_timeout", CloseCode.NORMAL, "heartbeat timeout", Linger.ABORT, False)
     # The broker could not be asked for the catch-up: reconnect later.
-    BROKER_UNAVAILABLE = ("broker_unavailable", CloseCode.TRY_AGAIN_LATER, "broker unavailable, reconnect later",
-                          Linger.WAIT, True)
+    BROKER_UNAVAILABLE = (
+        "broker_unavailable",
+        CloseCode.TRY_AGAIN_LATER,
+        "broker unavailable, reconnect later",
+        Linger.WAIT,
+        True,
+    )
     # A bug on our side while serving this connection (logged with its traceback).
     INTERNAL_ERROR = ("internal_error", CloseCode.INTERNAL_ERROR, "internal server error", Linger.FLUSH, False)
     # Frames the protocol core refused: it has queued the close frame, with the specific text.
@@ -59,7 +65,7 @@ class CloseReason(enum.Enum):
         self.sse_clean = sse_clean
 
     @classmethod
-    def of_failure(cls, code: int) -> "CloseReason":
+    def of_failure(cls, code: int) -> CloseReason:
         """The reason of a frame the protocol core failed with ``code``."""
         return _FAILURES.get(code, cls.PROTOCOL_ERROR)
 

@@ -8,20 +8,21 @@ default; this module reads the file, adds the plugins' options (``cfgpush_add_op
 that merge, and prints the result. Errors are ``ValueError`` whose message names the file and
 key; the CLI reports them in one line with exit status 2.
 """
+
 from __future__ import annotations
 
 import argparse
 import dataclasses
 import json
-import re
 import tomllib
+from collections.abc import Callable, Iterable
 from pathlib import Path
-from typing import Any, Callable, Iterable
+from typing import Any
 
-REDACTED = "<redacted>"
+from .redaction import REDACTED, redact
+
 # Plugin options whose dest contains one of these are secrets for --print-config.
 SECRET_WORDS = ("secret", "token", "password")
-_DSN_PASSWORD = re.compile(r"(password\s*=\s*)('(?:[^'\\]|\\.)*'|\S+)", re.IGNORECASE)
 TRUE = ("1", "true", "yes", "on")
 FALSE = ("0", "false", "no", "off")
 
@@ -43,7 +44,7 @@ class ConfigFile:
         self.values = values or {}
 
     @classmethod
-    def load(cls, path: str | None) -> "ConfigFile":
+    def load(cls, path: str | None) -> ConfigFile:
         if not path:
             return cls()
         try:
@@ -56,8 +57,9 @@ class ConfigFile:
         values: dict[str, Any] = {}
         for key, value in data.items():
             if isinstance(value, dict):
-                raise ValueError(f"{path}: [{key}] is a table; every setting is a top-level key "
-                                 "(write it above any [table])")
+                raise ValueError(
+                    f"{path}: [{key}] is a table; every setting is a top-level key (write it above any [table])"
+                )
             name = key.replace("_", "-")
             if name in values:
                 raise ValueError(f"{path}: {key!r} is given twice")
@@ -90,17 +92,20 @@ class ConfigFile:
         known = {f.lstrip("-") for f in flags}
         unknown = sorted(set(self.values) - known)
         if unknown:
-            raise ValueError(f"{self.path}: unknown key {', '.join(map(repr, unknown))} "
-                             f"(keys are the flags without '--': {', '.join(sorted(known))})")
+            raise ValueError(
+                f"{self.path}: unknown key {', '.join(map(repr, unknown))} "
+                f"(keys are the flags without '--': {', '.join(sorted(known))})"
+            )
 
 
 # -- plugins' options -------------------------------------------------------------------------------
 
+
 @dataclasses.dataclass
 class PluginOption:
     action: argparse.Action
-    flag: str      # the long option string, e.g. --postgres-dsn
-    default: Any   # the plugin's default, used when no flag, variable or key gives a value
+    flag: str  # the long option string, e.g. --postgres-dsn
+    default: Any  # the plugin's default, used when no flag, variable or key gives a value
 
     @property
     def dest(self) -> str:
@@ -129,9 +134,14 @@ def add_plugin_options(parser: argparse.ArgumentParser, pm: Any) -> list[PluginO
     return options
 
 
-def plugin_values(options: list[PluginOption], args: argparse.Namespace, environ: dict[str, str],
-                  config: ConfigFile, env_name: Callable[[str], str],
-                  origins: dict[str, str]) -> dict[str, Any]:
+def plugin_values(
+    options: list[PluginOption],
+    args: argparse.Namespace,
+    environ: dict[str, str],
+    config: ConfigFile,
+    env_name: Callable[[str], str],
+    origins: dict[str, str],
+) -> dict[str, Any]:
     """``settings.extra``: each option's value, flag > environment > file > its default."""
     extra: dict[str, Any] = {}
     for option in options:
@@ -168,7 +178,8 @@ def _convert(option: PluginOption, text: str) -> Any:
         return action.const if on else option.default
     many = _many(action)
     parts = [p.strip() for p in text.split(",") if p.strip()] if many else [text]
-    values = [action.type(p) if action.type else p for p in parts]
+    convert: Callable[[str], Any] | None = action.type  # type: ignore[assignment]  # argparse types it loosely
+    values = [convert(p) if convert else p for p in parts]
     if action.choices is not None:
         for value in values:
             if value not in action.choices:
@@ -177,10 +188,6 @@ def _convert(option: PluginOption, text: str) -> Any:
 
 
 # -- --print-config ----------------------------------------------------------------------------------
-
-def redact_text(text: str, redact_url: Callable[[str], str]) -> str:
-    """Passwords out of URLs (``postgresql://u:pw@h``) and libpq strings (``password=pw``)."""
-    return _DSN_PASSWORD.sub(lambda m: m.group(1) + REDACTED, redact_url(text))
 
 
 def _toml(value: Any) -> str:
@@ -193,11 +200,18 @@ def _toml(value: Any) -> str:
     return json.dumps(str(value))
 
 
-def render(settings: Any, origins: dict[str, str], setting_flags: dict[str, tuple], secret_fields: set[str],
-           options: list[PluginOption], redact_url: Callable[[str], str]) -> str:
+def render(
+    settings: Any,
+    origins: dict[str, str],
+    setting_flags: dict[str, tuple],
+    secret_fields: set[str],
+    options: list[PluginOption],
+) -> str:
     """The effective configuration as a TOML file ``--config`` accepts, each key's origin beside it."""
-    lines = ["# cfgpush-serve: the effective configuration (flag > environment > file > default).",
-             f"# Secrets read {REDACTED}. Each comment says where the value came from."]
+    lines = [
+        "# cfgpush-serve: the effective configuration (flag > environment > file > default).",
+        f"# Secrets read {REDACTED}. Each comment says where the value came from.",
+    ]
 
     def line(key: str, value: Any, origin: str, secret: bool) -> None:
         if value is None:
@@ -206,7 +220,7 @@ def render(settings: Any, origins: dict[str, str], setting_flags: dict[str, tupl
         if secret:
             value = REDACTED
         elif isinstance(value, str):
-            value = redact_text(value, redact_url)
+            value = redact(value)
         elif isinstance(value, Path):
             value = str(value)
         lines.append(f"{key} = {_toml(value)}  # {origin}")
@@ -218,6 +232,10 @@ def render(settings: Any, origins: dict[str, str], setting_flags: dict[str, tupl
         lines.append("")
         lines.append("# Plugins' options (cfgpush_add_options), in settings.extra")
         for option in options:
-            line(option.flag.lstrip("-"), settings.extra.get(option.dest), origins.get(option.dest, "default"),
-                 option.secret)
+            line(
+                option.flag.lstrip("-"),
+                settings.extra.get(option.dest),
+                origins.get(option.dest, "default"),
+                option.secret,
+            )
     return "\n".join(lines) + "\n"

@@ -4,6 +4,7 @@ An event is encoded when it is published, once: the JSON text of ``{"ConfigChang
 and, lazily, the WebSocket frame that carries it. Every connection of the tenant is then
 written the very same bytes (encoding per recipient doubles the CPU per delivery).
 """
+
 from __future__ import annotations
 
 import json
@@ -24,7 +25,7 @@ def sse_message(kind: str, data_json: str, event_id: str | None = None) -> bytes
     """One Server-Sent Events message (docs/protocol.md section 3). ``data_json`` is one line:
     the compact JSON encoding escapes every newline inside strings."""
     head = f"id: {event_id}\n" if event_id else ""
-    return f"{head}event: {kind}\ndata: {data_json}\n\n".encode("utf-8")
+    return f"{head}event: {kind}\ndata: {data_json}\n\n".encode()
 
 
 def http_chunk(data: bytes) -> bytes:

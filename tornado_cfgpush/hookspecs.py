@@ -4,6 +4,7 @@ Hooks are called with keyword arguments only. Implementations run last-registere
 so a third-party plugin's implementation runs before the built-in ones; the built-in
 defaults of hooks that return one answer (``firstresult``) are ``trylast``.
 """
+
 from __future__ import annotations
 
 from typing import TYPE_CHECKING
@@ -25,7 +26,7 @@ hookspec = pluggy.HookspecMarker(PROJECT_NAME)
 
 
 @hookspec
-def cfgpush_register_sources(settings: "Settings") -> "list[EventSource]":
+def cfgpush_register_sources(settings: Settings) -> list[EventSource]:
     """Return the event sources this plugin provides.
 
     Called once at start-up, after the settings are final and before the server listens.
@@ -39,8 +40,9 @@ def cfgpush_register_sources(settings: "Settings") -> "list[EventSource]":
 
 
 @hookspec(firstresult=True)
-def cfgpush_authorize(settings: "Settings", request: "HTTPServerRequest", tenant_id: str,
-                      token: "str | None") -> "Decision | None":
+def cfgpush_authorize(
+    settings: Settings, request: HTTPServerRequest, tenant_id: str, token: str | None
+) -> Decision | None:
     """Decide whether a subscriber may receive ``tenant_id``'s events (``firstresult``).
 
     Called for every ``/ws`` and ``/events`` request that passed the tenant-id and Origin
@@ -71,7 +73,7 @@ def cfgpush_authorize(settings: "Settings", request: "HTTPServerRequest", tenant
 
 
 @hookspec
-def cfgpush_add_options(parser: "argparse.ArgumentParser") -> None:
+def cfgpush_add_options(parser: argparse.ArgumentParser) -> None:
     """Add this plugin's command-line options to ``cfgpush-serve``.
 
     Called once by ``cfgpush-serve``, after the plugins are loaded and before the command
@@ -91,7 +93,7 @@ def cfgpush_add_options(parser: "argparse.ArgumentParser") -> None:
 
 
 @hookspec
-def cfgpush_register_routes(settings: "Settings") -> "list[tuple]":
+def cfgpush_register_routes(settings: Settings) -> list[tuple]:
     """Return HTTP (or WebSocket) routes this plugin serves.
 
     Called once per application, when the server builds it (after

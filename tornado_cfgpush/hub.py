@@ -6,13 +6,15 @@ the event's prepared bytes to its sink (handlers/subscription.py). No Task, coro
 Future is created per recipient. Its counters change only through its own methods:
 ``deliver`` counts deliveries, ``leave`` counts why connections ended.
 """
+
 from __future__ import annotations
 
 import asyncio
 import logging
 import time
+from collections.abc import Callable, Iterable
 from time import perf_counter
-from typing import Callable, Iterable, Protocol
+from typing import Protocol
 
 from tornado.ioloop import PeriodicCallback
 
@@ -38,8 +40,13 @@ class Subscriber(Protocol):
     def last_seen(self) -> float: ...  # time.monotonic() of the client's last sign of life
 
     def deliver(self, event: Event) -> None: ...
-    def notify_gap(self, last_event_id: str | None, manifest: dict | None, reason: str = ...,
-                   prepared: dict | None = None) -> None: ...
+    def notify_gap(
+        self,
+        last_event_id: str | None,
+        manifest: dict[str, str] | None,
+        reason: str = ...,
+        prepared: dict[object, bytes] | None = None,
+    ) -> None: ...
     def ping(self) -> None: ...
     def close(self, reason: CloseReason) -> None: ...
     def abort(self) -> None: ...
@@ -166,8 +173,12 @@ class Hub:
         for sub in tuple(subs):  # a copy: a close removes the subscription from its slice
             last_seen = sub.last_seen
             if last_seen < deadline:
-                log.info("closing silent connection (tenant %s, no frame for %.1f s)", sub.tenant_id,
-                         now - last_seen, extra={"tenant": sub.tenant_id, "connection": getattr(sub, "conn_id", None)})
+                log.info(
+                    "closing silent connection (tenant %s, no frame for %.1f s)",
+                    sub.tenant_id,
+                    now - last_seen,
+                    extra={"tenant": sub.tenant_id, "connection": getattr(sub, "conn_id", None)},
+                )
                 sub.close(CloseReason.HEARTBEAT_TIMEOUT)
             else:
                 sub.ping()
@@ -188,12 +199,12 @@ class Hub:
         self._drained = asyncio.Event()
         try:
             await asyncio.wait_for(self._drained.wait(), timeout)
-        except asyncio.TimeoutError:
+        except TimeoutError:
             for sub in list(self._open):
                 sub.abort()  # gone on the next loop iteration
             try:
                 await asyncio.wait_for(self._drained.wait(), 1.0)
-            except asyncio.TimeoutError:
+            except TimeoutError:
                 log.warning("%d connection(s) still open after being aborted", len(self._open))
         finally:
             self._drained = None

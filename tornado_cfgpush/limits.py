@@ -4,6 +4,7 @@ A subscriber takes a ``Slot`` after every other check passed and gives it back e
 whatever ends the connection (``Slot.release`` is idempotent): counts never leak. Everything
 runs on the IOLoop, so plain integers suffice.
 """
+
 from __future__ import annotations
 
 from typing import TYPE_CHECKING
@@ -25,7 +26,7 @@ class LimitReached(Exception):
 class Slot:
     __slots__ = ("_limits", "ip", "tenant_id", "released")
 
-    def __init__(self, limits: "ConnectionLimits", ip: str, tenant_id: str):
+    def __init__(self, limits: ConnectionLimits, ip: str, tenant_id: str):
         self._limits = limits
         self.ip = ip
         self.tenant_id = tenant_id
@@ -56,7 +57,7 @@ class ConnectionLimits:
         self.refused: dict[str, int] = {"server": 0, "ip": 0, "tenant": 0}
 
     @classmethod
-    def from_settings(cls, settings: "Settings") -> "ConnectionLimits":
+    def from_settings(cls, settings: Settings) -> ConnectionLimits:
         return cls(settings.max_connections, settings.max_connections_per_ip, settings.max_connections_per_tenant)
 
     def acquire(self, ip: str, tenant_id: str) -> Slot:

@@ -15,6 +15,7 @@ filter puts them on every record. A call may also name them itself with
 ``tenant``, ``connection`` and ``source`` appear only where they apply; ``exception`` carries
 a traceback.
 """
+
 from __future__ import annotations
 
 import contextvars

@@ -8,11 +8,12 @@ the bound), and ``/readyz`` says ``degraded`` with the reason meanwhile.
 
 Cost: one timer callback per interval (a few microseconds), whatever the load.
 """
+
 from __future__ import annotations
 
 import asyncio
 import logging
-from typing import Callable
+from collections.abc import Callable
 
 log = logging.getLogger("cfgpush.loop")
 
@@ -23,8 +24,14 @@ LAG_BUCKETS = (0.001, 0.002, 0.005, 0.01, 0.02, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 
 
 
 class LoopLag:
-    def __init__(self, observe: Callable[[float], None] | None = None, *, interval: float = INTERVAL,
-                 degraded_after: float = DEGRADED_AFTER, calm_for: float = CALM_FOR):
+    def __init__(
+        self,
+        observe: Callable[[float], None] | None = None,
+        *,
+        interval: float = INTERVAL,
+        degraded_after: float = DEGRADED_AFTER,
+        calm_for: float = CALM_FOR,
+    ):
         self._observe = observe
         self.interval = interval
         self.degraded_after = degraded_after
@@ -73,5 +80,7 @@ class LoopLag:
         """Why the node is degraded (an episode is on), or None."""
         if self._episode_worst is None:
             return None
-        return (f"event loop lag over {self.degraded_after:g} s "
-                f"(worst {self._episode_worst:.2f} s, within the last {self.calm_for:g} s)")
+        return (
+            f"event loop lag over {self.degraded_after:g} s "
+            f"(worst {self._episode_worst:.2f} s, within the last {self.calm_for:g} s)"
+        )

@@ -11,11 +11,13 @@ deliveries; a tenant's counters are then forgotten once it has had no event for
 ``--history-ttl`` (as the broker forgets it), and at most ``MAX_TENANT_SERIES`` tenants are
 counted at once (the least recently active go first).
 """
+
 from __future__ import annotations
 
 import time
 from collections import OrderedDict
-from typing import TYPE_CHECKING, Iterator
+from collections.abc import Iterator
+from typing import TYPE_CHECKING
 
 from prometheus_client import CollectorRegistry, Histogram, PlatformCollector, ProcessCollector
 from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, Metric
@@ -23,10 +25,11 @@ from prometheus_client.registry import Collector
 
 from . import __version__
 from .loop_health import LAG_BUCKETS
+from .summary import count_by_transport
 
 if TYPE_CHECKING:  # pragma: no cover
-    from .app import CfgPush
     from .events import Event
+    from .ports import Metered
 
 TRANSPORTS = ("ws", "sse")
 # Fan-out of one event to every local connection of its tenant: microseconds for a few
@@ -45,7 +48,7 @@ RATE_LIMITED = "rate_limited"  # the publish API, past a token's budget (429)
 class Metrics:
     """One service's metrics: its own registry (no process-wide global), read at scrape time."""
 
-    def __init__(self, core: "CfgPush"):
+    def __init__(self, core: Metered):
         self.core = core
         self.tenant_labels = bool(core.settings.metrics_tenant_labels)
         self.tenant_ttl = core.settings.history_ttl
@@ -62,11 +65,15 @@ class Metrics:
         self.latency = Histogram(
             "cfgpush_delivery_seconds",
             "Time to hand one event to every local connection of its tenant (per event, not per client)",
-            buckets=LATENCY_BUCKETS, registry=self.registry)
+            buckets=LATENCY_BUCKETS,
+            registry=self.registry,
+        )
         self.loop_lag = Histogram(
             "cfgpush_event_loop_lag_seconds",
             "How late a timer sampled every 10 ms fires: how long every client waits for the event loop",
-            buckets=LAG_BUCKETS, registry=self.registry)
+            buckets=LAG_BUCKETS,
+            registry=self.registry,
+        )
         self.registry.register(_ServiceCollector(self))
         ProcessCollector(registry=self.registry)
         PlatformCollector(registry=self.registry)
@@ -84,7 +91,7 @@ class Metrics:
         key = (source, reason)
         self.rejected_events[key] = self.rejected_events.get(key, 0) + 1
 
-    def delivered(self, event: "Event", recipients: int, seconds: float) -> None:
+    def delivered(self, event: Event, recipients: int, seconds: float) -> None:
         """The hub's observer: once per event that had at least one local recipient."""
         self.latency.observe(seconds)
         if self.tenant_labels:
@@ -151,25 +158,31 @@ class _ServiceCollector(Collector):
             conns = hub.connections(tenant_id)
             if conns:
                 tenants += 1
-            for conn in conns:
-                transport = getattr(conn, "transport", "") or "other"
+            # The connections' one count (summary.py), as the status APIs report them.
+            for transport, count in count_by_transport(conns).items():
                 key = (transport, tenant_id) if m.tenant_labels else (transport,)
-                counts[key] = counts.get(key, 0) + 1
-        for key, value in sorted(counts.items()):
-            connections.add_metric(list(key), value)
+                counts[key] = counts.get(key, 0) + count
+        for series, value in sorted(counts.items()):
+            connections.add_metric(list(series), value)
         yield connections
-        yield GaugeMetricFamily("cfgpush_tenants_with_clients", "Tenants with at least one open connection",
-                                value=tenants)
+        yield GaugeMetricFamily(
+            "cfgpush_tenants_with_clients", "Tenants with at least one open connection", value=tenants
+        )
 
-        published = CounterMetricFamily("cfgpush_events_published", "Events accepted and published, by source",
-                                        labels=["source", "tenant"] if m.tenant_labels else ["source"])
-        for key, value in sorted(m.published_events.items()):
-            published.add_metric(list(key), value)
+        published = CounterMetricFamily(
+            "cfgpush_events_published",
+            "Events accepted and published, by source",
+            labels=["source", "tenant"] if m.tenant_labels else ["source"],
+        )
+        for series, value in sorted(m.published_events.items()):
+            published.add_metric(list(series), value)
         yield published
         rejected = CounterMetricFamily(
             "cfgpush_events_rejected",
             "Events refused, by source and reason (invalid: the schema refused it; broker_unavailable: "
-            "each attempt that could not be published)", labels=["source", "reason"])
+            "each attempt that could not be published)",
+            labels=["source", "reason"],
+        )
         for key, value in sorted(m.rejected_events.items()):
             rejected.add_metric(list(key), value)
         yield rejected
@@ -181,24 +194,31 @@ class _ServiceCollector(Collector):
             yield deliveries
         else:
             yield CounterMetricFamily("cfgpush_deliveries", "Events handed to a connection", value=hub.deliveries)
-        yield CounterMetricFamily("cfgpush_slow_client_disconnects",
-                                  "Connections closed with 1013: unsent backlog over --max-backlog-bytes",
-                                  value=hub.slow_closes)
-        yield CounterMetricFamily("cfgpush_heartbeat_closes",
-                                  "Connections dropped after --heartbeat-timeout of silence",
-                                  value=hub.heartbeat_closes)
+        yield CounterMetricFamily(
+            "cfgpush_slow_client_disconnects",
+            "Connections closed with 1013: unsent backlog over --max-backlog-bytes",
+            value=hub.slow_closes,
+        )
+        yield CounterMetricFamily(
+            "cfgpush_heartbeat_closes",
+            "Connections dropped after --heartbeat-timeout of silence",
+            value=hub.heartbeat_closes,
+        )
         closes = CounterMetricFamily("cfgpush_connection_closes", "Connections ended, by reason", labels=["reason"])
         for reason, value in hub.closes.items():
             closes.add_metric([reason.label], value)
         yield closes
 
         runner = core.runner
-        restarts = CounterMetricFamily("cfgpush_source_restarts", "Event sources restarted after a crash",
-                                       labels=["source"])
+        restarts = CounterMetricFamily(
+            "cfgpush_source_restarts", "Event sources restarted after a crash", labels=["source"]
+        )
         up = GaugeMetricFamily("cfgpush_source_up", "1 while the event source runs", labels=["source"])
-        lag = GaugeMetricFamily("cfgpush_source_publish_lag_seconds",
-                                "How long the oldest change of the source has waited to be published",
-                                labels=["source"])
+        lag = GaugeMetricFamily(
+            "cfgpush_source_publish_lag_seconds",
+            "How long the oldest change of the source has waited to be published",
+            labels=["source"],
+        )
         if runner is not None:
             for source in runner.sources:
                 restarts.add_metric([source.name], runner.restarts.get(source.name, 0))
@@ -207,30 +227,41 @@ class _ServiceCollector(Collector):
         yield restarts
         yield up
         yield lag
-        yield GaugeMetricFamily("cfgpush_broker_up", "1 when the broker is reachable",
-                                value=0 if core.broker.readiness() else 1)
+        yield GaugeMetricFamily(
+            "cfgpush_broker_up", "1 when the broker is reachable", value=0 if core.broker.readiness() else 1
+        )
         state = core.broker.state()
-        yield GaugeMetricFamily("cfgpush_broker_tenants",
-                                "Tenants the broker keeps state for in this process (embedded: history and "
-                                "idempotence record; Redis: delivery cursors of tenants with local clients)",
-                                value=state.tenants)
+        yield GaugeMetricFamily(
+            "cfgpush_broker_tenants",
+            "Tenants the broker keeps state for in this process (embedded: history and "
+            "idempotence record; Redis: delivery cursors of tenants with local clients)",
+            value=state.tenants,
+        )
         if state.history_bytes is not None:
-            yield GaugeMetricFamily("cfgpush_history_bytes",
-                                    "What the embedded broker's kept history and idempotence records count for "
-                                    "against --history-max-bytes", value=state.history_bytes)
-            yield GaugeMetricFamily("cfgpush_history_max_bytes", "--history-max-bytes",
-                                    value=core.settings.history_max_bytes)
-        dropped = CounterMetricFamily("cfgpush_broker_tenants_dropped",
-                                      "Tenants' records the broker dropped (expired: no event for --history-ttl; "
-                                      "memory: past --history-max-bytes)", labels=["reason"])
-        for reason, value in sorted(state.dropped.items()):
-            dropped.add_metric([reason], value)
+            yield GaugeMetricFamily(
+                "cfgpush_history_bytes",
+                "What the embedded broker's kept history and idempotence records count for against --history-max-bytes",
+                value=state.history_bytes,
+            )
+            yield GaugeMetricFamily(
+                "cfgpush_history_max_bytes", "--history-max-bytes", value=core.settings.history_max_bytes
+            )
+        dropped = CounterMetricFamily(
+            "cfgpush_broker_tenants_dropped",
+            "Tenants' records the broker dropped (expired: no event for --history-ttl; "
+            "memory: past --history-max-bytes)",
+            labels=["reason"],
+        )
+        for why, value in sorted(state.dropped.items()):
+            dropped.add_metric([why], value)
         yield dropped
         if state.history_bytes is not None:
-            yield CounterMetricFamily("cfgpush_history_evicted_events",
-                                      "Events dropped from the history before --history-ttl to stay within "
-                                      "--history-max-bytes (the oldest of all tenants first)",
-                                      value=state.evicted_events)
+            yield CounterMetricFamily(
+                "cfgpush_history_evicted_events",
+                "Events dropped from the history before --history-ttl to stay within "
+                "--history-max-bytes (the oldest of all tenants first)",
+                value=state.evicted_events,
+            )
         info = GaugeMetricFamily("cfgpush_build_info", "The running version", labels=["version", "broker"])
         info.add_metric([__version__, "redis" if core.settings.broker else "memory"], 1)
         yield info

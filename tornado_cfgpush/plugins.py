@@ -3,11 +3,12 @@
 ``get_plugin_manager()`` is a factory, not an import-time global (pluggy's eggsample):
 each server, test or ``--plugins`` listing builds its own.
 """
+
 from __future__ import annotations
 
 import importlib
+from collections.abc import Iterable
 from importlib import metadata
-from typing import Iterable
 
 import pluggy
 
@@ -39,7 +40,9 @@ def _entry_points() -> list[tuple[metadata.EntryPoint, metadata.Distribution]]:
     # Walking metadata.distributions() ourselves saw a distribution twice when its metadata
     # sits both in site-packages and on another sys.path entry (say a build's *.egg-info in
     # the working folder) and reported its plugin as clashing with itself.
-    return [(ep, ep.dist) for ep in metadata.entry_points(group=ENTRY_POINT_GROUP)]
+    # Each is read from its distribution, so ep.dist is set (typeshed allows None for an
+    # EntryPoint made by hand).
+    return [(ep, ep.dist) for ep in metadata.entry_points(group=ENTRY_POINT_GROUP) if ep.dist is not None]
 
 
 def known_plugin_names() -> set[str]:
@@ -47,8 +50,9 @@ def known_plugin_names() -> set[str]:
     return set(BUILTIN_PLUGINS) | {ep.name for ep, _ in _entry_points()}
 
 
-def get_plugin_manager(disabled: Iterable[str] = (), *, load_entry_points: bool = True,
-                       extra_plugins: Iterable[tuple[str, object]] = ()) -> CfgPushPluginManager:
+def get_plugin_manager(
+    disabled: Iterable[str] = (), *, load_entry_points: bool = True, extra_plugins: Iterable[tuple[str, object]] = ()
+) -> CfgPushPluginManager:
     """Build a plugin manager.
 
     :param disabled: plugin names to block before anything is loaded (``--disable-plugin``).

@@ -4,9 +4,12 @@
 filesystem source's worker process use them directly, so that none of those needs the schema
 library to ask "is this a tenant id, a path, an event id?". One rule, one place.
 """
+
 from __future__ import annotations
 
+import fnmatch
 import re
+from collections.abc import Iterable
 from typing import Any
 
 TENANT_ID_MAX = 64
@@ -59,6 +62,7 @@ def is_valid_tenant_id(value: Any) -> bool:
 
 # -- the wire rule --------------------------------------------------------------------------------
 
+
 def wire_string_error(value: str) -> str | None:
     """Why ``value`` cannot be sent to a client, or None when it can.
 
@@ -108,6 +112,7 @@ def safe_text(value: str) -> str:
 
 # -- paths ----------------------------------------------------------------------------------------
 
+
 def path_error(value: str) -> str | None:
     """Why ``value`` is not a tenant-relative ``/``-separated path, or None when it is.
 
@@ -144,3 +149,10 @@ def parse_event_id(event_id: str) -> tuple[int, int]:
         raise ValueError(f"not an event id: {event_id!r}")
     epoch, seq = event_id.split("-")
     return int(epoch), int(seq)
+
+
+def path_matches(path: str, patterns: Iterable[str]) -> bool:
+    """Whether a tenant-relative path matches one of ``patterns``: ``fnmatch`` on the whole path,
+    ``*`` crossing ``/`` (``*.json`` is every JSON file; ``ui/*.json`` those under ``ui/``). The
+    one matching rule of the path patterns of the settings (``--validate``, ``--json-schema``)."""
+    return any(fnmatch.fnmatchcase(path, pattern) for pattern in patterns)

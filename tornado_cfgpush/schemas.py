@@ -1,6 +1,6 @@
 """marshmallow schemas: the one place where outside input is judged.
 
-* the tenant id rule (PROTOCOL.md section 1), used by every edge;
+* the tenant id rule (docs/protocol.md section 1), used by every edge;
 * ``ConfigChangedSchema``: what a source's ``emit`` and the publish API accept;
 * ``ClientMessageSchema``: what a client may send over ``/ws``.
 
@@ -9,10 +9,11 @@ Unknown fields are refused everywhere (marshmallow's default ``RAISE``; set agai
 holds to the wire rule (``rules.wire_string_error``: valid Unicode, no lone surrogate), so
 nothing accepted here can fail to encode later, after it was stored.
 """
+
 from __future__ import annotations
 
 import json
-from datetime import datetime, timezone
+from datetime import UTC, datetime
 from typing import Any
 
 from marshmallow import (
@@ -157,7 +158,7 @@ class ConfigChangedSchema(Schema):
             raise ValidationError("a moved event needs the new path.", "path")
         if "timestamp" in data:
             try:  # year 1 with a positive offset is before year 1 in UTC
-                data["timestamp"].astimezone(timezone.utc)
+                data["timestamp"].astimezone(UTC)
             except (OverflowError, ValueError):
                 raise ValidationError("timestamp is out of range.", "timestamp") from None
         if "meta" in data:
@@ -172,7 +173,7 @@ class ConfigChangedSchema(Schema):
 
     @post_load
     def _normalise(self, data, **kwargs):
-        when = data.get("timestamp") or datetime.now(timezone.utc)
+        when = data.get("timestamp") or datetime.now(UTC)
         data["timestamp"] = format_timestamp(when)
         if data["change_type"] == "deleted":
             data["checksum"] = None
@@ -180,8 +181,8 @@ class ConfigChangedSchema(Schema):
 
 
 def format_timestamp(when: datetime) -> str:
-    """UTC, ISO 8601, millisecond precision, ``Z`` suffix (PROTOCOL.md's example form)."""
-    when = when.astimezone(timezone.utc)
+    """UTC, ISO 8601, millisecond precision, ``Z`` suffix (docs/protocol.md's example form)."""
+    when = when.astimezone(UTC)
     return when.strftime("%Y-%m-%dT%H:%M:%S.") + f"{when.microsecond // 1000:03d}Z"
 
 
@@ -227,15 +228,15 @@ def parse_client_message(text: str) -> tuple[str, dict]:
     try:
         message = json.loads(text)
     except ValueError:
-        raise ValidationError("not JSON: expected \"Ping\", {\"Ping\": {...}} or {\"Ack\": {...}}.") from None
+        raise ValidationError('not JSON: expected "Ping", {"Ping": {...}} or {"Ack": {...}}.') from None
     except RecursionError:
         raise ValidationError(f"the message is {TOO_DEEP}.") from None
     if message == "Ping":
         return "Ping", {}
     if not isinstance(message, dict):
-        raise ValidationError("expected \"Ping\", {\"Ping\": {...}} or {\"Ack\": {...}}.")
+        raise ValidationError('expected "Ping", {"Ping": {...}} or {"Ack": {...}}.')
     loaded = client_message_schema.load(message)
-    (kind, body), = loaded.items()
+    ((kind, body),) = loaded.items()
     return kind, body or {}
 
 

@@ -2,6 +2,7 @@
 
 Defaults live here and only here; ``cli.py`` derives its flags' defaults from this class.
 """
+
 from __future__ import annotations
 
 import dataclasses
@@ -31,7 +32,7 @@ class Settings:
     # on a private network, without credentials).
     metrics_public: bool = False
     disabled_plugins: tuple[str, ...] = ()
-    # Client frames: PROTOCOL.md section 2 (1009 over the size, 1008 over the rate).
+    # Client frames: docs/protocol.md section 2 (1009 over the size, 1008 over the rate).
     max_message_size: int = 4096
     max_client_rate: int = 20
     # Unsent bytes a connection may hold before it is closed with 1013.
@@ -98,13 +99,18 @@ class Settings:
     # (fs.inotify.max_user_watches): "error", a start-up error naming the sysctl and the number
     # needed; or "poll", the folder is polled every second instead (and /readyz says degraded).
     watch_fallback: str = "error"
+    # The validation gate (tornado_cfgpush.gate): tenant-relative globs whose files must parse
+    # before a change is announced, and "GLOB=FILE" rules whose files must also satisfy a JSON
+    # Schema (draft 2020-12).
+    validate: tuple[str, ...] = ()
+    json_schemas: tuple[str, ...] = ()
     # The event loop: "asyncio" (the standard library's) or "uvloop" (pip install
     # 'tornado_cfgpush[fast]'): cheaper I/O per delivery.
     event_loop: str = "asyncio"
     # Extra, plugin-owned settings (name -> value); never interpreted by the core.
     extra: dict = field(default_factory=dict, hash=False, compare=False)
 
-    def replace(self, **changes) -> "Settings":
+    def replace(self, **changes) -> Settings:
         return dataclasses.replace(self, **changes)
 
     def __post_init__(self) -> None:
@@ -116,20 +122,26 @@ class Settings:
         if self.event_loop not in EVENT_LOOPS:
             raise ValueError(f"--loop must be one of {', '.join(EVENT_LOOPS)}, not {self.event_loop!r}")
         if self.watch_fallback not in WATCH_FALLBACKS:
-            raise ValueError(f"--watch-fallback must be one of {', '.join(WATCH_FALLBACKS)}, not {self.watch_fallback!r}")
+            raise ValueError(
+                f"--watch-fallback must be one of {', '.join(WATCH_FALLBACKS)}, not {self.watch_fallback!r}"
+            )
         if self.debounce_ms < 0:
             raise ValueError("debounce_ms must not be negative")
         for name in ("jwt_public_key", "jwks"):
             if isinstance(getattr(self, name), str):
                 object.__setattr__(self, name, Path(getattr(self, name)))
         object.__setattr__(self, "allowed_origins", tuple(self.allowed_origins))
+        object.__setattr__(self, "validate", tuple(self.validate))
+        object.__setattr__(self, "json_schemas", tuple(self.json_schemas))
         object.__setattr__(self, "allowed_hosts", tuple(self.allowed_hosts))
         if self.publish_rate < 0 or self.publish_burst < 0:
             raise ValueError("publish_rate and publish_burst must not be negative")
         keys = [name for name in ("jwt_secret", "jwt_public_key", "jwks") if getattr(self, name)]
         if len(keys) > 1:
-            raise ValueError("give one JWT key only: --jwt-secret, --jwt-public-key or --jwks, not "
-                             + " and ".join("--" + k.replace("_", "-") for k in keys))
+            raise ValueError(
+                "give one JWT key only: --jwt-secret, --jwt-public-key or --jwks, not "
+                + " and ".join("--" + k.replace("_", "-") for k in keys)
+            )
         if self.jwt_algorithm and self.jwt_secret and self.jwt_algorithm != "HS256":
             raise ValueError(f"--jwt-algorithm {self.jwt_algorithm} needs --jwt-public-key or --jwks, not --jwt-secret")
         if self.jwt_algorithm == "HS256" and (self.jwt_public_key or self.jwks):

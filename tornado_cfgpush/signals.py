@@ -13,6 +13,7 @@ other than the loop's.
 The first signal starts the graceful shutdown; a second one while it drains exits at once
 (status 128 + the signal number, as a shell reports a process ended by a signal).
 """
+
 from __future__ import annotations
 
 import asyncio
@@ -20,7 +21,7 @@ import logging
 import os
 import signal
 import socket
-from typing import Callable
+from collections.abc import Callable
 
 log = logging.getLogger("cfgpush")
 

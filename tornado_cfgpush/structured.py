@@ -17,11 +17,13 @@ the watcher for long or blow up in memory.
 
 Past a bound the event still goes out, without ``diff``, and ``parse`` says why (``Unparsed``).
 """
+
 from __future__ import annotations
 
 import json
 import tomllib
-from typing import Any, Callable, Iterator
+from collections.abc import Callable, Iterator
+from typing import Any
 
 try:  # YAML only when PyYAML is installed
     import yaml
@@ -39,16 +41,18 @@ TOO_LARGE = "too_large"
 DOES_NOT_PARSE = "does_not_parse"
 TOO_MANY_NODES = "too_many_nodes"
 
-_YAML_LOADER = getattr(yaml, "CSafeLoader", None) or getattr(yaml, "SafeLoader", None)
+_YAML_LOADER: Any = getattr(yaml, "CSafeLoader", None) or getattr(yaml, "SafeLoader", None)
 
 
 class Unparsed:
-    """A structured file with no document to diff, and why (one of the reasons above)."""
+    """A structured file with no document to diff, and why (one of the reasons above); for a
+    document that does not parse, ``detail`` is the parser's own words (a line and column)."""
 
-    __slots__ = ("reason",)
+    __slots__ = ("reason", "detail")
 
-    def __init__(self, reason: str):
+    def __init__(self, reason: str, detail: str = ""):
         self.reason = reason
+        self.detail = detail
 
     def __repr__(self) -> str:
         return f"Unparsed({self.reason!r})"
@@ -159,8 +163,8 @@ def parse(path: str, data: bytes) -> Any:
         _count_json_nodes(doc, MAX_NODES)
     except _TooBig:
         return Unparsed(TOO_MANY_NODES)
-    except Exception:  # any parse error (RecursionError for absurd nesting too)
-        return Unparsed(DOES_NOT_PARSE)
+    except Exception as exc:  # any parse error (RecursionError for absurd nesting too)
+        return Unparsed(DOES_NOT_PARSE, " ".join(str(exc).split())[:200])
     return doc
 
 

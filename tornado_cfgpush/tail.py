@@ -5,6 +5,7 @@ the wire (``{"ConfigChanged": {...}}``, ``{"Resync": {...}}``, and ``{"Welcome":
 ``--welcome``); connection news goes to stderr. SIGINT or SIGTERM ends it with status 0; a
 refusal that retrying cannot cure (an invalid tenant id, a refused token) with status 2.
 """
+
 from __future__ import annotations
 
 import argparse
@@ -14,8 +15,9 @@ import logging
 import os
 import signal
 import sys
+from collections.abc import Sequence
 from pathlib import Path
-from typing import NoReturn, Sequence
+from typing import NoReturn
 
 from .client import SubscribeError, Subscription
 
@@ -33,8 +35,11 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("url", help="the server, e.g. http://127.0.0.1:7945 (or ws://host:port/ws)")
     parser.add_argument("--tenant", "-t", required=True, help="the tenant id")
     parser.add_argument("--last-event-id", default=None, help="resume after this event id")
-    parser.add_argument("--token", default=None,
-                        help="subscriber token (?token=); also CFGPUSH_TOKEN or CFGPUSH_TOKEN_FILE (safer: not in ps)")
+    parser.add_argument(
+        "--token",
+        default=None,
+        help="subscriber token (?token=); also CFGPUSH_TOKEN or CFGPUSH_TOKEN_FILE (safer: not in ps)",
+    )
     parser.add_argument("--manifest", action="store_true", help="ask for the manifest in Welcome")
     parser.add_argument("--welcome", action="store_true", help="print Welcome messages too")
     parser.add_argument("--quiet", "-q", action="store_true", help="no connection news on stderr")
@@ -60,11 +65,18 @@ def _news(quiet: bool):
             return
         if state == "open":
             welcome = info.get("welcome") or {}
-            print(f"{PROG}: subscribed to {welcome.get('tenant_id')} (newest event {welcome.get('last_event_id')})",
-                  file=sys.stderr, flush=True)
+            print(
+                f"{PROG}: subscribed to {welcome.get('tenant_id')} (newest event {welcome.get('last_event_id')})",
+                file=sys.stderr,
+                flush=True,
+            )
         elif state == "reconnecting":
-            print(f"{PROG}: {info.get('reason')}; reconnecting in {info.get('delay', 0):.2f} s",
-                  file=sys.stderr, flush=True)
+            print(
+                f"{PROG}: {info.get('reason')}; reconnecting in {info.get('delay', 0):.2f} s",
+                file=sys.stderr,
+                flush=True,
+            )
+
     return on_status
 
 
@@ -73,8 +85,15 @@ async def tail(args: argparse.Namespace, environ: dict[str, str]) -> int:
     loop = asyncio.get_running_loop()
     for signum in (signal.SIGINT, signal.SIGTERM):
         loop.add_signal_handler(signum, stop.set)
-    subscription = Subscription(args.url, args.tenant, last_event_id=args.last_event_id, token=_token(args, environ),
-                                manifest=args.manifest, welcome=args.welcome, on_status=_news(args.quiet))
+    subscription = Subscription(
+        args.url,
+        args.tenant,
+        last_event_id=args.last_event_id,
+        token=_token(args, environ),
+        manifest=args.manifest,
+        welcome=args.welcome,
+        on_status=_news(args.quiet),
+    )
 
     async def pump() -> None:
         async for event in subscription:
@@ -93,8 +112,9 @@ async def tail(args: argparse.Namespace, environ: dict[str, str]) -> int:
         await subscription.aclose()
         for signum in (signal.SIGINT, signal.SIGTERM):
             loop.remove_signal_handler(signum)
-    if task.done() and not task.cancelled() and task.exception() is not None:
-        raise task.exception()
+    failure = task.exception() if task.done() and not task.cancelled() else None
+    if failure is not None:
+        raise failure
     return 0
 
 

@@ -9,6 +9,7 @@ reconnect the source compares every row's checksum with what it knew and emits w
 while it was away, so no change is lost (the states in between are, as with a file edited
 twice while the server was down).
 """
+
 from __future__ import annotations
 
 import argparse
@@ -74,8 +75,7 @@ CREATE OR REPLACE TRIGGER cfgpush_config_notify_truncate
 """
 
 # Checksums are computed by the server: a reconnect transfers 64 hex digits per row, not contents.
-SNAPSHOT_SQL = ("SELECT tenant_id, path, encode(sha256(convert_to(content, 'UTF8')), 'hex') "
-                "FROM cfgpush_config")
+SNAPSHOT_SQL = "SELECT tenant_id, path, encode(sha256(convert_to(content, 'UTF8')), 'hex') FROM cfgpush_config"
 
 
 class PostgresSource:
@@ -83,8 +83,15 @@ class PostgresSource:
 
     name = "postgres"
 
-    def __init__(self, dsn: str, *, install: bool = False, backoff_initial: float = 0.5,
-                 backoff_max: float = 30.0, idle_check: float = 30.0):
+    def __init__(
+        self,
+        dsn: str,
+        *,
+        install: bool = False,
+        backoff_initial: float = 0.5,
+        backoff_max: float = 30.0,
+        idle_check: float = 30.0,
+    ):
         self.dsn = dsn
         self.install = install
         self.backoff_initial = backoff_initial
@@ -94,7 +101,7 @@ class PostgresSource:
         self.known: dict[tuple[str, str], str] = {}  # (tenant_id, path) -> "sha256:<hex>"
         self.connected = False
         self.connections = 0  # sessions opened
-        self.failures = 0     # sessions lost or refused
+        self.failures = 0  # sessions lost or refused
         self.backend_pid: int | None = None
         self._session_worked = False
 
@@ -128,7 +135,8 @@ class PostgresSource:
 
     async def _session(self, emit: Emit) -> None:
         async with await psycopg.AsyncConnection.connect(
-                self.dsn, autocommit=True, application_name=APPLICATION_NAME) as conn:
+            self.dsn, autocommit=True, application_name=APPLICATION_NAME
+        ) as conn:
             if self.install:
                 await conn.execute(INSTALL_SQL)
                 self.install = False  # once per process is enough
@@ -194,8 +202,9 @@ class PostgresSource:
             await self._emit(emit, key, "created" if before is None else "modified", checksum, False)
         return True
 
-    async def _emit(self, emit: Emit, key: tuple[str, str], change_type: str, checksum: str | None,
-                    reconciled: bool) -> None:
+    async def _emit(
+        self, emit: Emit, key: tuple[str, str], change_type: str, checksum: str | None, reconciled: bool
+    ) -> None:
         tenant_id, path = key
         payload: dict[str, Any] = {"tenant_id": tenant_id, "change_type": change_type, "path": path}
         if change_type != "deleted":
@@ -214,14 +223,23 @@ class PostgresSource:
 
 # -- hooks ------------------------------------------------------------------------------------------
 
+
 @hookimpl
 def cfgpush_add_options(parser: argparse.ArgumentParser) -> None:
     group = parser.add_argument_group("cfgpush-postgres")
-    group.add_argument("--postgres-dsn", dest="postgres_dsn", metavar="DSN",
-                       help="PostgreSQL connection string (postgresql://user@host/db or 'host=... dbname=...') "
-                            "of the database holding cfgpush_config; the source is off without it")
-    group.add_argument("--postgres-install", dest="postgres_install", action="store_true",
-                       help="create the cfgpush_config table and its trigger at start (idempotent)")
+    group.add_argument(
+        "--postgres-dsn",
+        dest="postgres_dsn",
+        metavar="DSN",
+        help="PostgreSQL connection string (postgresql://user@host/db or 'host=... dbname=...') "
+        "of the database holding cfgpush_config; the source is off without it",
+    )
+    group.add_argument(
+        "--postgres-install",
+        dest="postgres_install",
+        action="store_true",
+        help="create the cfgpush_config table and its trigger at start (idempotent)",
+    )
 
 
 @hookimpl
@@ -234,9 +252,11 @@ def cfgpush_register_sources(settings) -> list[PostgresSource]:
 
 # -- cfgpush-postgres install | sql ------------------------------------------------------------------
 
+
 def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(prog="cfgpush-postgres",
-                                     description="Set up PostgreSQL for the cfgpush postgres source.")
+    parser = argparse.ArgumentParser(
+        prog="cfgpush-postgres", description="Set up PostgreSQL for the cfgpush postgres source."
+    )
     commands = parser.add_subparsers(dest="command", required=True)
     install = commands.add_parser("install", help="create the table cfgpush_config and its trigger (idempotent)")
     install.add_argument("dsn", help="connection string of the database")

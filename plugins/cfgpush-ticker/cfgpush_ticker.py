@@ -4,6 +4,7 @@ Every ``CFGPUSH_TICKER_INTERVAL`` seconds (default 10) it reports that ``ticker.
 of tenant ``CFGPUSH_TICKER_TENANT`` (default ``demo``) was modified. Useful to see
 events flow end to end without touching a file, and as the smallest complete plugin.
 """
+
 from __future__ import annotations
 
 import asyncio
@@ -30,8 +31,9 @@ class Ticker:
         while True:
             await asyncio.sleep(self.interval)
             tick += 1
-            await emit({"tenant_id": self.tenant_id, "change_type": "modified",
-                        "path": "ticker.json", "meta": {"tick": tick}})
+            await emit(
+                {"tenant_id": self.tenant_id, "change_type": "modified", "path": "ticker.json", "meta": {"tick": tick}}
+            )
 
 
 def interval_from(text: str) -> float:

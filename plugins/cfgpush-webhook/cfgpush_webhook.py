@@ -10,6 +10,7 @@ The repository holds ``[<root>/]<tenant>/<path>``: each added, modified or remov
 push to the watched branch becomes ``created``, ``modified`` or ``deleted`` for that tenant and
 path. Payloads carry no content, so events have no ``checksum`` (``null`` when deleted).
 """
+
 from __future__ import annotations
 
 import argparse
@@ -83,8 +84,9 @@ class ReplayGuard:
 
 
 class WebhookConfig:
-    def __init__(self, secret: str, root: str = "", branch: str | None = None,
-                 replay_memory: int = DEFAULT_REPLAY_MEMORY):
+    def __init__(
+        self, secret: str, root: str = "", branch: str | None = None, replay_memory: int = DEFAULT_REPLAY_MEMORY
+    ):
         self.secret = secret.encode("utf-8")
         self.root = root.strip("/")
         self.branch = branch
@@ -95,7 +97,7 @@ def net_changes(commits: list[dict]) -> dict[str, str]:
     """``{file: change_type}`` over a push's commits, oldest first: a file added then modified is
     ``created``; added then removed is nothing; removed then added again is ``modified``."""
     before: dict[str, bool] = {}  # existed before the push
-    after: dict[str, bool] = {}   # exists after it
+    after: dict[str, bool] = {}  # exists after it
     for commit in commits:
         for kind, exists in (("removed", False), ("added", True), ("modified", True)):
             for name in commit.get(kind) or ():
@@ -152,8 +154,9 @@ class PushHandler(web.RequestHandler):
             self.set_status(202)
             return self.finish({"ignored": f"event {event!r}"})
         if not delivery:
-            return self._json_error(400, "the delivery id header is missing "
-                                         "(X-GitHub-Delivery, X-Gitlab-Event-UUID or Idempotency-Key)")
+            return self._json_error(
+                400, "the delivery id header is missing (X-GitHub-Delivery, X-Gitlab-Event-UUID or Idempotency-Key)"
+            )
         keys = (f"{forge}:id:{delivery}", f"{forge}:body:{hashlib.sha256(body).hexdigest()}")
         if self.config.replays.seen(*keys):
             log.warning("refused a replayed %s delivery %s", forge, delivery)
@@ -190,8 +193,12 @@ class PushHandler(web.RequestHandler):
             return {"ignored": f"ref {ref!r} is not refs/heads/{branch}", "events": []}
         commits = [c for c in payload.get("commits") or () if isinstance(c, dict)]
         after = payload.get("after") or payload.get("checkout_sha")
-        meta = {"forge": forge, "ref": ref, "commit": after,
-                "repository": repository.get("full_name") or repository.get("path_with_namespace")}
+        meta = {
+            "forge": forge,
+            "ref": ref,
+            "commit": after,
+            "repository": repository.get("full_name") or repository.get("path_with_namespace"),
+        }
         meta = {k: v for k, v in meta.items() if isinstance(v, str)}
         events, tenants, skipped = [], set(), []
         for name, change_type in sorted(net_changes(commits).items()):
@@ -211,13 +218,21 @@ class PushHandler(web.RequestHandler):
             tenants.add(tenant_id)
             events.append({"event_id": event_id, "tenant_id": tenant_id, "path": path, "change_type": change_type})
         truncated = (forge == "github" and len(commits) >= GITHUB_COMMITS_LISTED) or (
-            forge == "gitlab" and isinstance(payload.get("total_commits_count"), int)
-            and payload["total_commits_count"] > len(commits))
+            forge == "gitlab"
+            and isinstance(payload.get("total_commits_count"), int)
+            and payload["total_commits_count"] > len(commits)
+        )
         if truncated:
             # The payload does not list every commit: some changed files may be missing.
             await emit.gap(None)
-        log.info("%s push %s: %d events, %d files outside the layout%s", forge, after, len(events), len(skipped),
-                 "; payload truncated, every client resyncs" if truncated else "")
+        log.info(
+            "%s push %s: %d events, %d files outside the layout%s",
+            forge,
+            after,
+            len(events),
+            len(skipped),
+            "; payload truncated, every client resyncs" if truncated else "",
+        )
         return {"events": events, "skipped": skipped, "resync": truncated}
 
     def _target(self, name: str) -> tuple[str, str] | None:
@@ -226,7 +241,7 @@ class PushHandler(web.RequestHandler):
         if root:
             if not name.startswith(root + "/"):
                 return None
-            name = name[len(root) + 1:]
+            name = name[len(root) + 1 :]
         tenant_id, sep, path = name.partition("/")
         if not sep or tenant_id_error(tenant_id) or path_error(path):
             return None
@@ -235,20 +250,41 @@ class PushHandler(web.RequestHandler):
 
 # -- hooks ------------------------------------------------------------------------------------------
 
+
 @hookimpl
 def cfgpush_add_options(parser: argparse.ArgumentParser) -> None:
     group = parser.add_argument_group("cfgpush-webhook")
-    group.add_argument("--webhook-secret", dest="webhook_secret", metavar="SECRET",
-                       help="GitHub webhook secret / GitLab secret token (16 characters at least); "
-                            "the route is off without it")
-    group.add_argument("--webhook-path", dest="webhook_path", default=DEFAULT_PATH,
-                       help=f"where the forge posts (default {DEFAULT_PATH})")
-    group.add_argument("--webhook-root", dest="webhook_root", default="",
-                       help="folder of the repository holding <tenant>/<path> (default: its top)")
-    group.add_argument("--webhook-branch", dest="webhook_branch", default=None,
-                       help="branch whose pushes count (default: the repository's default branch)")
-    group.add_argument("--webhook-replay-memory", dest="webhook_replay_memory", type=_replay_memory,
-                       default=DEFAULT_REPLAY_MEMORY, help="deliveries remembered to refuse replays")
+    group.add_argument(
+        "--webhook-secret",
+        dest="webhook_secret",
+        metavar="SECRET",
+        help="GitHub webhook secret / GitLab secret token (16 characters at least); the route is off without it",
+    )
+    group.add_argument(
+        "--webhook-path",
+        dest="webhook_path",
+        default=DEFAULT_PATH,
+        help=f"where the forge posts (default {DEFAULT_PATH})",
+    )
+    group.add_argument(
+        "--webhook-root",
+        dest="webhook_root",
+        default="",
+        help="folder of the repository holding <tenant>/<path> (default: its top)",
+    )
+    group.add_argument(
+        "--webhook-branch",
+        dest="webhook_branch",
+        default=None,
+        help="branch whose pushes count (default: the repository's default branch)",
+    )
+    group.add_argument(
+        "--webhook-replay-memory",
+        dest="webhook_replay_memory",
+        type=_replay_memory,
+        default=DEFAULT_REPLAY_MEMORY,
+        help="deliveries remembered to refuse replays",
+    )
 
 
 def _replay_memory(text: str) -> int:
@@ -290,7 +326,10 @@ def cfgpush_register_routes(settings) -> list[tuple]:
     if not secret:
         return []
     path = _path(settings)
-    config = WebhookConfig(secret, root=settings.extra.get("webhook_root") or "",
-                           branch=settings.extra.get("webhook_branch"),
-                           replay_memory=int(settings.extra.get("webhook_replay_memory") or DEFAULT_REPLAY_MEMORY))
+    config = WebhookConfig(
+        secret,
+        root=settings.extra.get("webhook_root") or "",
+        branch=settings.extra.get("webhook_branch"),
+        replay_memory=int(settings.extra.get("webhook_replay_memory") or DEFAULT_REPLAY_MEMORY),
+    )
     return [(re.escape(path), PushHandler, {"config": config})]

@@ -15,6 +15,7 @@
 Nothing here asserts a timing; a burst that is not delivered within ``timeout`` is reported
 with what did arrive.
 """
+
 from __future__ import annotations
 
 import asyncio
@@ -102,7 +103,7 @@ class BurstSink(Sink):
 async def _scrape_lag(target: targets.Target, timeout: float = 60.0) -> dict[float, float] | None:
     try:
         status, body = await target.publisher.get("/metrics", timeout)
-    except (OSError, asyncio.TimeoutError, ConnectionError):
+    except (TimeoutError, OSError, ConnectionError):
         target.publisher.close()
         return None
     return lag.histogram(body.decode("utf-8", "replace")) if status == 200 else None
@@ -121,8 +122,17 @@ def _timeline(times: list[float], start: float, total: int) -> list[list[float]]
     return points
 
 
-async def one_burst(res: Resources, opts: Options, variant: str, *, files: int, clients: int, tenants: int,
-                    concurrency: int, timeout: float) -> dict:
+async def one_burst(
+    res: Resources,
+    opts: Options,
+    variant: str,
+    *,
+    files: int,
+    clients: int,
+    tenants: int,
+    concurrency: int,
+    timeout: float,
+) -> dict:
     config_dir = res.mkdir(f"burst-{variant}")
     names = [tenant_name(k) for k in range(tenants)]
     for name in names:  # the repository as deployed before the checkout
@@ -157,7 +167,7 @@ async def one_burst(res: Resources, opts: Options, variant: str, *, files: int, 
         complete = True
         try:
             await asyncio.wait_for(asyncio.shield(sink.done), max(0.0, t_command + timeout - perf_counter()))
-        except asyncio.TimeoutError:
+        except TimeoutError:
             complete = False
         end = perf_counter()
         in_time = sink.unique
@@ -177,13 +187,24 @@ async def one_burst(res: Resources, opts: Options, variant: str, *, files: int, 
                 clients_short += bool(short)
         lost = sum(gen.stats.lost for gen in gens) + sum(gen.stats.server_closes for gen in gens)
         result = {
-            "variant": variant, "files": files, "tenants": tenants, "clients": per_client * tenants,
-            "expected": expected, "delivered": sink.unique, "delivered_in_time": in_time,
+            "variant": variant,
+            "files": files,
+            "tenants": tenants,
+            "clients": per_client * tenants,
+            "expected": expected,
+            "delivered": sink.unique,
+            "delivered_in_time": in_time,
             "all_received": complete and missing == 0,
-            "missing": missing, "clients_missing_events": clients_short, "duplicates": sink.duplicates,
-            "crossed_tenants": sink.crossed, "resyncs": sink.resyncs, "lost_connections": lost,
-            "server_closes": sum(gen.stats.server_closes for gen in gens), "closes_by_code": dict(sink.closes),
-            "connect_s": connect_s, "write_s": last - first,
+            "missing": missing,
+            "clients_missing_events": clients_short,
+            "duplicates": sink.duplicates,
+            "crossed_tenants": sink.crossed,
+            "resyncs": sink.resyncs,
+            "lost_connections": lost,
+            "server_closes": sum(gen.stats.server_closes for gen in gens),
+            "closes_by_code": dict(sink.closes),
+            "connect_s": connect_s,
+            "write_s": last - first,
             "last_write_to_last_delivery_s": (last_delivery - last) if complete and last_delivery else None,
             "first_write_to_last_delivery_s": (last_delivery - first) if complete and last_delivery else None,
             "gave_up_after_s": None if complete else end - first,
@@ -196,14 +217,22 @@ async def one_burst(res: Resources, opts: Options, variant: str, *, files: int, 
         }
         probe_fig = result["lag_probe"]
         metric_fig = result["lag_metric"]
-        log(f"burst  {variant:9} {files} files, {result['clients']} clients: "
-            + (f"last write -> last delivery {result['last_write_to_last_delivery_s']:.2f} s"
-               if complete else f"NOT delivered within {timeout:.0f} s ({in_time} were)")
+        log(
+            f"burst  {variant:9} {files} files, {result['clients']} clients: "
+            + (
+                f"last write -> last delivery {result['last_write_to_last_delivery_s']:.2f} s"
+                if complete
+                else f"NOT delivered within {timeout:.0f} s ({in_time} were)"
+            )
             + f" ({sink.unique}/{expected}, {sink.duplicates} duplicates, {sink.resyncs} resyncs, {lost} connections "
-              f"lost or closed by the server {sink.closes}); loop lag "
-            + (f"metric p99 {lag.describe_bound(metric_fig['p99_le_s'])}, max {lag.describe_bound(metric_fig['max_le_s'])}; "
-               if metric_fig else "metric absent; ")
-            + f"probe p99 {_ms(probe_fig['p99_ms'])}, max {_ms(probe_fig['max_ms'])}")
+            f"lost or closed by the server {sink.closes}); loop lag "
+            + (
+                f"metric p99 {lag.describe_bound(metric_fig['p99_le_s'])}, max {lag.describe_bound(metric_fig['max_le_s'])}; "
+                if metric_fig
+                else "metric absent; "
+            )
+            + f"probe p99 {_ms(probe_fig['p99_ms'])}, max {_ms(probe_fig['max_ms'])}"
+        )
         return result
     finally:
         probe.kill()
@@ -240,8 +269,7 @@ class TimedSink(Sink):
         return future
 
 
-async def large_file(res: Resources, opts: Options, *, size: int, rounds: int, clients: int,
-                     concurrency: int) -> dict:
+async def large_file(res: Resources, opts: Options, *, size: int, rounds: int, clients: int, concurrency: int) -> dict:
     """Rounds of: tenant ``small``'s file saved alone (normal), then tenant ``big``'s
     ``size``-byte file rewritten in place followed at once by the same small save (loaded).
     The delay is a loaded save's last-client latency minus the median of the normal ones."""
@@ -275,8 +303,10 @@ async def large_file(res: Resources, opts: Options, *, size: int, rounds: int, c
             k_big += 1
             done = sink.waiter(small, k_small, clients)
             big_done = sink.waiter(big, k_big, clients)
-            answer = await writer.write([(big_path, {"bytes": size}, "plain"),
-                                         (small_path, f'{{"n": {k_small}, "loaded": true}}\n', "atomic")], times=True)
+            answer = await writer.write(
+                [(big_path, {"bytes": size}, "plain"), (small_path, f'{{"n": {k_small}, "loaded": true}}\n', "atomic")],
+                times=True,
+            )
             got = await asyncio.wait_for(done, 60)
             await asyncio.wait_for(big_done, 60)
             if rnd:
@@ -284,13 +314,21 @@ async def large_file(res: Resources, opts: Options, *, size: int, rounds: int, c
             await asyncio.sleep(0.3)
         base = statistics.median(normal)
         delays = [x - base for x in loaded]
-        result = {"bytes": size, "rounds": rounds, "clients_per_tenant": clients,
-                  "normal_ms": [round(x * 1000, 2) for x in normal], "loaded_ms": [round(x * 1000, 2) for x in loaded],
-                  "normal_p50_ms": base * 1000, "delay_p50_ms": statistics.median(delays) * 1000,
-                  "delay_max_ms": max(delays) * 1000}
-        log(f"large  {size / 1e6:.0f} MB file rewritten: the other tenant's event {result['delay_p50_ms']:.1f} ms "
+        result = {
+            "bytes": size,
+            "rounds": rounds,
+            "clients_per_tenant": clients,
+            "normal_ms": [round(x * 1000, 2) for x in normal],
+            "loaded_ms": [round(x * 1000, 2) for x in loaded],
+            "normal_p50_ms": base * 1000,
+            "delay_p50_ms": statistics.median(delays) * 1000,
+            "delay_max_ms": max(delays) * 1000,
+        }
+        log(
+            f"large  {size / 1e6:.0f} MB file rewritten: the other tenant's event {result['delay_p50_ms']:.1f} ms "
             f"later than normal (median), {result['delay_max_ms']:.1f} ms at most ({rounds} rounds; normal "
-            f"{result['normal_p50_ms']:.1f} ms)")
+            f"{result['normal_p50_ms']:.1f} ms)"
+        )
         return result
     finally:
         for gen in gens:
@@ -300,19 +338,44 @@ async def large_file(res: Resources, opts: Options, *, size: int, rounds: int, c
             targets.stop(target, res)
 
 
-async def run(res: Resources, opts: Options, *, files: int, clients: int, tenants: int, variants: list[str],
-              big_bytes: int, big_rounds: int, concurrency: int, timeout: float) -> dict[str, Any]:
+async def run(
+    res: Resources,
+    opts: Options,
+    *,
+    files: int,
+    clients: int,
+    tenants: int,
+    variants: list[str],
+    big_bytes: int,
+    big_rounds: int,
+    concurrency: int,
+    timeout: float,
+) -> dict[str, Any]:
     out: dict[str, Any] = {"files": files, "clients": clients, "tenants": tenants, "variants": {}, "failures": []}
     for variant in variants:
         try:
-            out["variants"][variant] = await one_burst(res, opts, variant, files=files, clients=clients,
-                                                       tenants=tenants, concurrency=concurrency, timeout=timeout)
+            out["variants"][variant] = await one_burst(
+                res,
+                opts,
+                variant,
+                files=files,
+                clients=clients,
+                tenants=tenants,
+                concurrency=concurrency,
+                timeout=timeout,
+            )
         except Exception as exc:  # one variant failing still lets the others run
             out["failures"].append(failure(f"burst {variant}", exc, None))
     if big_rounds > 0:
         try:
-            out["large_file"] = await large_file(res, opts, size=big_bytes, rounds=big_rounds,
-                                                 clients=min(10, max(1, clients // tenants)), concurrency=concurrency)
+            out["large_file"] = await large_file(
+                res,
+                opts,
+                size=big_bytes,
+                rounds=big_rounds,
+                clients=min(10, max(1, clients // tenants)),
+                concurrency=concurrency,
+            )
         except Exception as exc:  # one variant failing still lets the others run
             out["failures"].append(failure("large file", exc, None))
     return out

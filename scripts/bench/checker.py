@@ -41,6 +41,7 @@ reload by then. An older version is still a rollback.
 ``check(...)`` returns a ``Verdict``: counts, violations by kind with a few examples each.
 Nothing here does I/O except ``read_writer_log``.
 """
+
 from __future__ import annotations
 
 import bisect
@@ -48,17 +49,28 @@ import hashlib
 import json
 from array import array
 from collections import Counter
+from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Callable, Iterable
+from typing import Any
 
 RESYNC_REASONS = {"history_expired", "unknown_event_id", "unknown_epoch", "source_gap"}
 EMPTY = "sha256:" + hashlib.sha256(b"").hexdigest()
 EXAMPLES = 5
 
 # Violation kinds, in the order the summary lists them.
-KINDS = ("crossed_tenant", "missed", "duplicate_delivery", "behind_at_end", "duplicate_event", "rollback",
-         "unknown_content", "lost_change", "conflicting_id", "bad_resync")
+KINDS = (
+    "crossed_tenant",
+    "missed",
+    "duplicate_delivery",
+    "behind_at_end",
+    "duplicate_event",
+    "rollback",
+    "unknown_content",
+    "lost_change",
+    "conflicting_id",
+    "bad_resync",
+)
 
 
 @dataclass(frozen=True)
@@ -82,11 +94,17 @@ class Event:
     old_path: str | None = None  # of a "moved"
 
     @classmethod
-    def from_body(cls, body: dict[str, Any]) -> "Event":
+    def from_body(cls, body: dict[str, Any]) -> Event:
         """From the inside of ``{"ConfigChanged": {...}}``."""
         meta = body.get("meta") or {}
-        return cls(body["event_id"], body["tenant_id"], body["change_type"], body.get("path"), body.get("checksum"),
-                   meta.get("old_path") if isinstance(meta, dict) else None)
+        return cls(
+            body["event_id"],
+            body["tenant_id"],
+            body["change_type"],
+            body.get("path"),
+            body.get("checksum"),
+            meta.get("old_path") if isinstance(meta, dict) else None,
+        )
 
 
 @dataclass
@@ -160,18 +178,26 @@ class Verdict:
         return not self.violations
 
     def as_dict(self) -> dict[str, Any]:
-        return {"ok": self.ok, "counts": dict(self.counts), "resyncs": dict(self.resyncs),
-                "violations": dict(self.violations), "examples": self.examples, **self.extra}
+        return {
+            "ok": self.ok,
+            "counts": dict(self.counts),
+            "resyncs": dict(self.resyncs),
+            "violations": dict(self.violations),
+            "examples": self.examples,
+            **self.extra,
+        }
 
     def summary(self) -> str:
         c = self.counts
-        lines = [f"clients {c['clients']} ({c['clients_connected_at_end']} connected at the end) over "
-                 f"{c['tenants']} tenants; writes {c['writes']} ({c['coalesced_writes']} coalesced by the debounce, "
-                 f"{c['transient_states']} half-written states seen); events {c['events']}; deliveries "
-                 f"{c['deliveries']}; resyncs {sum(self.resyncs.values())} "
-                 f"({', '.join(f'{k} {v}' for k, v in sorted(self.resyncs.items())) or 'none'}) covering "
-                 f"{c['covered_by_resync']} events"
-                 + (f"; {c['restated_in_new_epoch']} restated in a new epoch" if c["restated_in_new_epoch"] else "")]
+        lines = [
+            f"clients {c['clients']} ({c['clients_connected_at_end']} connected at the end) over "
+            f"{c['tenants']} tenants; writes {c['writes']} ({c['coalesced_writes']} coalesced by the debounce, "
+            f"{c['transient_states']} half-written states seen); events {c['events']}; deliveries "
+            f"{c['deliveries']}; resyncs {sum(self.resyncs.values())} "
+            f"({', '.join(f'{k} {v}' for k, v in sorted(self.resyncs.items())) or 'none'}) covering "
+            f"{c['covered_by_resync']} events"
+            + (f"; {c['restated_in_new_epoch']} restated in a new epoch" if c["restated_in_new_epoch"] else "")
+        ]
         if self.ok:
             lines.append("violations: none")
         else:
@@ -205,7 +231,7 @@ class _Versions:
 class _PathWalk:
     """One tenant's stream, event by event: the version each path is at (rules 2 and 3)."""
 
-    def __init__(self, tenant: str, versions: dict[tuple[str, str], _Versions], verdict: "Verdict"):
+    def __init__(self, tenant: str, versions: dict[tuple[str, str], _Versions], verdict: Verdict):
         self.tenant, self.versions, self.verdict = tenant, versions, verdict
         self.current: dict[str, int] = {}
         self.last_event: dict[str, Event] = {}
@@ -229,8 +255,11 @@ class _PathWalk:
         now = self.at(path)
         index, how = v.find(checksum, now)
         if how == "unknown":
-            verdict.add("unknown_content", f"tenant {tenant}: {event.event_id} {path} {event.change_type} "
-                                           f"{checksum}: no write of that path had this content")
+            verdict.add(
+                "unknown_content",
+                f"tenant {tenant}: {event.event_id} {path} {event.change_type} "
+                f"{checksum}: no write of that path had this content",
+            )
             return
         if how == "old":
             before = self.last_event.get(path)
@@ -239,9 +268,12 @@ class _PathWalk:
                 self.epoch[path] = key[0]
                 return
             kind = "duplicate_event" if index == now else "rollback"
-            verdict.add(kind, f"tenant {tenant} {path}: {event.event_id} announces version {index + 1} of "
-                              f"{len(v.checksums)} after {before.event_id if before else 'the start'} "
-                              f"announced version {now + 1}")
+            verdict.add(
+                kind,
+                f"tenant {tenant} {path}: {event.event_id} announces version {index + 1} of "
+                f"{len(v.checksums)} after {before.event_id if before else 'the start'} "
+                f"announced version {now + 1}",
+            )
             return
         self.announced += 1
         self.current[path] = index
@@ -250,8 +282,14 @@ class _PathWalk:
         self.record.append((key, event.event_id, path, index))
 
 
-def check(writes: list[Write], clients: list[ClientStream], *, published: dict[str, list[Event]] | None = None,
-          baseline_seq: int = 0, epoch_of: EpochOf | None = None) -> Verdict:
+def check(
+    writes: list[Write],
+    clients: list[ClientStream],
+    *,
+    published: dict[str, list[Event]] | None = None,
+    baseline_seq: int = 0,
+    epoch_of: EpochOf | None = None,
+) -> Verdict:
     """The verdict; ``baseline_seq``: writes up to it made the folder the servers started on;
     ``epoch_of``: which history each id belongs to, when Redis was emptied (see Epochs)."""
     verdict = Verdict()
@@ -290,8 +328,9 @@ def check(writes: list[Write], clients: list[ClientStream], *, published: dict[s
                     verdict.add("crossed_tenant", f"client {client.name} of {client.tenant} got {event}")
                     continue
                 gather(client.tenant, event, f"client {client.name}")
-    canon: dict[str, list[Event]] = {t: sorted(s.values(), key=lambda e, t=t: key(t, e.event_id))
-                                     for t, s in streams.items()}
+    canon: dict[str, list[Event]] = {
+        t: sorted(s.values(), key=lambda e, t=t: key(t, e.event_id)) for t, s in streams.items()
+    }
     canon_keys = {t: [key(t, e.event_id) for e in events] for t, events in canon.items()}
     counts["events"] = sum(len(events) for events in canon.values())
 
@@ -309,8 +348,11 @@ def check(writes: list[Write], clients: list[ClientStream], *, published: dict[s
         announced += walk.announced
         for (t, path), v in versions.items():
             if t == tenant and walk.at(path) != len(v.checksums) - 1:
-                verdict.add("lost_change", f"tenant {tenant} {path}: written {len(v.checksums)} times, the last "
-                                           f"announced is version {walk.at(path) + 1}")
+                verdict.add(
+                    "lost_change",
+                    f"tenant {tenant} {path}: written {len(v.checksums)} times, the last "
+                    f"announced is version {walk.at(path) + 1}",
+                )
     for (tenant, path), v in versions.items():  # tenants whose stream is empty
         if tenant not in canon and v.baseline != len(v.checksums) - 1:
             verdict.add("lost_change", f"tenant {tenant} {path}: written {len(v.checksums)} times, never announced")
@@ -337,14 +379,19 @@ def check(writes: list[Write], clients: list[ClientStream], *, published: dict[s
                 expected = bisect.bisect_right(keys, position) if position is not None else 0
                 index = bisect.bisect_left(keys, at)
                 if position is not None and at <= position:
-                    verdict.add("duplicate_delivery", f"client {client.name} ({client.tenant}) got {event.event_id} "
-                                                      f"at position {_fmt(position)}")
+                    verdict.add(
+                        "duplicate_delivery",
+                        f"client {client.name} ({client.tenant}) got {event.event_id} at position {_fmt(position)}",
+                    )
                     continue
                 if index > expected:
                     skipped = events[expected:index]
-                    verdict.add("missed", f"client {client.name} ({client.tenant}) skipped {len(skipped)} event(s) "
-                                          f"{', '.join(e.event_id for e in skipped[:3])} before {event.event_id}",
-                                n=len(skipped))
+                    verdict.add(
+                        "missed",
+                        f"client {client.name} ({client.tenant}) skipped {len(skipped)} event(s) "
+                        f"{', '.join(e.event_id for e in skipped[:3])} before {event.event_id}",
+                        n=len(skipped),
+                    )
                 position = at
             elif kind == "resync":
                 last_event_id, reason = item[1], item[2]
@@ -360,8 +407,12 @@ def check(writes: list[Write], clients: list[ClientStream], *, published: dict[s
             counts["clients_connected_at_end"] += 1
             behind = len(keys) - (bisect.bisect_right(keys, position) if position is not None else 0)
             if behind > 0:
-                verdict.add("behind_at_end", f"client {client.name} ({client.tenant}) ends {behind} event(s) behind: "
-                                             f"at {_fmt(position)}, newest {events[-1].event_id}", n=behind)
+                verdict.add(
+                    "behind_at_end",
+                    f"client {client.name} ({client.tenant}) ends {behind} event(s) behind: "
+                    f"at {_fmt(position)}, newest {events[-1].event_id}",
+                    n=behind,
+                )
     return verdict
 
 

@@ -10,6 +10,7 @@
 * ``quiesce``: wait until every client is connected and at its tenant's newest event;
 * ``interruptible``: a run that Ctrl-C and SIGTERM cancel.
 """
+
 from __future__ import annotations
 
 import asyncio
@@ -18,8 +19,9 @@ import random
 import shutil
 import signal
 import sys
+from collections.abc import Callable
 from pathlib import Path
-from typing import Any, Callable
+from typing import Any
 
 from . import targets
 from .checker import ClientStream, Event
@@ -36,11 +38,23 @@ def log(message: str) -> None:
 
 # -- clients -----------------------------------------------------------------------------------
 
+
 class Virtual:
     """One client across its connections: its stream (for the checker) and where it is."""
 
-    __slots__ = ("stream", "tenant", "position", "asked", "fresh_next", "client", "welcomed", "attempt",
-                 "failures", "connects", "port")
+    __slots__ = (
+        "stream",
+        "tenant",
+        "position",
+        "asked",
+        "fresh_next",
+        "client",
+        "welcomed",
+        "attempt",
+        "failures",
+        "connects",
+        "port",
+    )
 
     def __init__(self, name: str, tenant: str):
         self.stream = ClientStream(name, tenant)
@@ -65,7 +79,7 @@ class ClusterSink(Sink):
 
     def __init__(self) -> None:
         self.connector: Connector | None = None
-        self.fleet: "Fleet | None" = None
+        self.fleet: Fleet | None = None
         self.reconnect = True
         self.parsed: dict[bytes, Event] = {}  # the same frame reaches every client of a tenant
         self.deliveries = 0
@@ -202,6 +216,7 @@ class Fleet:
 
 # -- the folder --------------------------------------------------------------------------------
 
+
 class Folder:
     """The files the writer works on: which exist, and a unique content for every write (so
     that each announced checksum names exactly one write). With ``min_interval``, a path is
@@ -258,6 +273,7 @@ class Folder:
 
 # -- Redis ---------------------------------------------------------------------------------------
 
+
 class RedisProc:
     """The private redis-server, restartable on its port (and folder, for its append-only file)."""
 
@@ -268,8 +284,9 @@ class RedisProc:
         self.port = 0
 
     async def start(self) -> None:
-        self.proc, self.url = await targets.start_redis(self.res, self.program, port=self.port or None,
-                                                        persist=self.persist)
+        self.proc, self.url = await targets.start_redis(
+            self.res, self.program, port=self.port or None, persist=self.persist
+        )
         self.port = int(self.url.rsplit(":", 1)[1].split("/")[0])
 
     def stop(self) -> int | None:
@@ -291,8 +308,9 @@ class RedisProc:
                 pipe.flushall()
             found = {}
             for tenant, entries in zip(tenants, await pipe.execute(), strict=False):
-                found[tenant] = [Event.from_body({**json.loads(fields["e"]), "event_id": entry_id})
-                                 for entry_id, fields in entries]
+                found[tenant] = [
+                    Event.from_body({**json.loads(fields["e"]), "event_id": entry_id}) for entry_id, fields in entries
+                ]
             return found
         finally:
             await client.aclose()
@@ -322,6 +340,7 @@ class RedisProc:
 
 # -- nodes ---------------------------------------------------------------------------------------
 
+
 class Node:
     def __init__(self, name: str, port: int):
         self.name, self.port = name, port
@@ -338,11 +357,21 @@ class Node:
 NODE_FLAGS = ("--log-level", "INFO")
 
 
-async def start_node(node: Node, res: Resources, opts: Options, config_dir: Path, broker: str,
-                     extra: tuple[str, ...] = ()) -> None:
+async def start_node(
+    node: Node, res: Resources, opts: Options, config_dir: Path, broker: str, extra: tuple[str, ...] = ()
+) -> None:
     """Start (or start again) ``node`` on its port; ``extra``: more cfgpush-serve flags."""
-    node.target = await targets.start("cfgpush", res, opts, port=node.port, config_dir=config_dir, broker=broker,
-                                      cpu=None, timeout=120.0, extra=NODE_FLAGS + tuple(extra))
+    node.target = await targets.start(
+        "cfgpush",
+        res,
+        opts,
+        port=node.port,
+        config_dir=config_dir,
+        broker=broker,
+        cpu=None,
+        timeout=120.0,
+        extra=NODE_FLAGS + tuple(extra),
+    )
     node.generation += 1
     node.serving_since = perf_counter()
 
@@ -355,8 +384,7 @@ def stacks(pid: int) -> str:
     if spy is None:
         return "(py-spy not on PATH: no stacks)"
     try:
-        done = subprocess.run([spy, "dump", "--pid", str(pid)], capture_output=True, text=True, timeout=30,
-                              check=False)
+        done = subprocess.run([spy, "dump", "--pid", str(pid)], capture_output=True, text=True, timeout=30, check=False)
     except (OSError, subprocess.TimeoutExpired) as exc:
         return f"(py-spy failed: {exc})"
     return (done.stdout or done.stderr)[-6000:]
@@ -375,8 +403,9 @@ async def interruptible(body):
             loop.remove_signal_handler(signum)
 
 
-async def quiesce(fleet: Fleet, redis: RedisProc, tenants: list[str], timeout: float,
-                  log: Callable[[str], None] = log) -> bool:
+async def quiesce(
+    fleet: Fleet, redis: RedisProc, tenants: list[str], timeout: float, log: Callable[[str], None] = log
+) -> bool:
     """Until every client is connected and at its tenant's newest event in Redis, the same for
     two seconds (the sources may still be publishing), or ``timeout``."""
     deadline = perf_counter() + timeout
@@ -389,9 +418,12 @@ async def quiesce(fleet: Fleet, redis: RedisProc, tenants: list[str], timeout: f
             log(f"quiesce: cannot read Redis yet: {exc}")
             newest = None
         caught_up = newest is not None and all(
-            vc.client is not None and vc.client.open and vc.welcomed
+            vc.client is not None
+            and vc.client.open
+            and vc.welcomed
             and (vc.position == newest[vc.tenant] or newest[vc.tenant] is None)  # None: an emptied Redis, no event yet
-            for vc in fleet.virtual)
+            for vc in fleet.virtual
+        )
         if caught_up and newest == previous:
             if stable_since is None:
                 stable_since = perf_counter()

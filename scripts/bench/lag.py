@@ -12,6 +12,7 @@
 
 ``window(...)`` and ``probe_window(...)`` turn either into the same figures: samples, p99, max.
 """
+
 from __future__ import annotations
 
 import asyncio
@@ -53,7 +54,7 @@ def window(before: dict[float, float] | None, after: dict[float, float] | None) 
         return {"samples": 0, "p99_le_s": None, "max_le_s": None}
 
     def bound_for(count: float) -> float:
-        return next(b for b, c in zip(bounds, delta) if c >= count)
+        return next(b for b, c in zip(bounds, delta, strict=True) if c >= count)
 
     return {"samples": int(total), "p99_le_s": bound_for(0.99 * total), "max_le_s": bound_for(total)}
 
@@ -69,8 +70,8 @@ def describe_bound(seconds: float | None, top: float = 10.0) -> str:
 
 # -- the probe -----------------------------------------------------------------------------------
 
-def probe_window(samples: list[list[float]], start: float, end: float, stopped: float,
-                 unanswered: list[float]) -> dict:
+
+def probe_window(samples: list[list[float]], start: float, end: float, stopped: float, unanswered: list[float]) -> dict:
     """From the probe's ``[sent, round trip]`` samples: the idle round trip (median of those sent
     before ``start``), and over the pings sent in ``[start, end]`` the lateness p99 and max.
     A ping still unanswered when the probe stopped counts as late by at least ``stopped - sent``."""
@@ -82,8 +83,13 @@ def probe_window(samples: list[list[float]], start: float, end: float, stopped: 
     if not late:
         return {"samples": 0, "baseline_ms": baseline * 1000, "p99_ms": None, "max_ms": None, "unanswered": 0}
     p99 = late[min(len(late) - 1, math.ceil(0.99 * len(late)) - 1)]
-    return {"samples": len(late), "baseline_ms": baseline * 1000, "p99_ms": p99 * 1000, "max_ms": late[-1] * 1000,
-            "unanswered": sum(1 for sent in unanswered if start <= sent <= end)}
+    return {
+        "samples": len(late),
+        "baseline_ms": baseline * 1000,
+        "p99_ms": p99 * 1000,
+        "max_ms": late[-1] * 1000,
+        "unanswered": sum(1 for sent in unanswered if start <= sent <= end),
+    }
 
 
 class Probe:
@@ -100,9 +106,9 @@ class Probe:
 
         cmd = [sys.executable, __file__, "probe", self.host, str(self.port), self.tenant]
         with open(self.res.log_path("lag-probe"), "ab") as err:
-            self.proc = await asyncio.create_subprocess_exec(*cmd, stdin=asyncio.subprocess.PIPE,
-                                                             stdout=asyncio.subprocess.PIPE, stderr=err,
-                                                             limit=PIPE_LIMIT)
+            self.proc = await asyncio.create_subprocess_exec(
+                *cmd, stdin=asyncio.subprocess.PIPE, stdout=asyncio.subprocess.PIPE, stderr=err, limit=PIPE_LIMIT
+            )
         if self.cpu is not None and TWO_CORES:
             try:
                 os.sched_setaffinity(self.proc.pid, {self.cpu})
@@ -163,8 +169,10 @@ async def _probe(host: str, port: int, tenant: str) -> None:
     await loop.connect_read_pipe(lambda: asyncio.StreamReaderProtocol(reader), sys.stdin)
     await reader.readline()  # "stop" (or the parent went away)
     stopped = closed[0] if closed else time.perf_counter()
-    print(json.dumps({"samples": samples, "unanswered": list(sent), "stopped": stopped, "closed": bool(closed)}),
-          flush=True)
+    print(
+        json.dumps({"samples": samples, "unanswered": list(sent), "stopped": stopped, "closed": bool(closed)}),
+        flush=True,
+    )
     client.close()
 
 

@@ -15,6 +15,7 @@ coroutines alive. The storm scenario's reconnects go through the same pool.
 (``POST /api/v1/events``, pipelined), so that the publish time and the receipt times are
 read in this one process, with no thread hop in between.
 """
+
 from __future__ import annotations
 
 import asyncio
@@ -26,7 +27,8 @@ import struct
 import time
 import zlib
 from collections import deque
-from typing import Any, Callable
+from collections.abc import Callable
+from typing import Any
 
 perf_counter = time.perf_counter
 
@@ -44,8 +46,10 @@ def raise_nofile() -> int:
 def handshake_request(host: str, port: int, target: str, deflate: bool) -> bytes:
     key = base64.b64encode(os.urandom(16)).decode()
     ext = f"Sec-WebSocket-Extensions: {DEFLATE_OFFER}\r\n" if deflate else ""
-    return (f"GET {target} HTTP/1.1\r\nHost: {host}:{port}\r\nUpgrade: websocket\r\nConnection: Upgrade\r\n"
-            f"Sec-WebSocket-Key: {key}\r\nSec-WebSocket-Version: 13\r\n{ext}\r\n").encode()
+    return (
+        f"GET {target} HTTP/1.1\r\nHost: {host}:{port}\r\nUpgrade: websocket\r\nConnection: Upgrade\r\n"
+        f"Sec-WebSocket-Key: {key}\r\nSec-WebSocket-Version: 13\r\n{ext}\r\n"
+    ).encode()
 
 
 def masked(opcode: int, payload: bytes) -> bytes:
@@ -65,16 +69,16 @@ class HandshakeError(Exception):
 class Sink:
     """What a scenario does with the messages; every method is called from ``data_received``."""
 
-    def welcome(self, client: "Client", payload: bytes, now: float) -> None:
+    def welcome(self, client: Client, payload: bytes, now: float) -> None:
         pass
 
-    def change(self, client: "Client", payload: bytes, now: float) -> None:
+    def change(self, client: Client, payload: bytes, now: float) -> None:
         pass
 
-    def other(self, client: "Client", payload: bytes, now: float) -> None:
+    def other(self, client: Client, payload: bytes, now: float) -> None:
         pass
 
-    def lost(self, client: "Client") -> None:
+    def lost(self, client: Client) -> None:
         pass
 
 
@@ -92,10 +96,9 @@ class Client(asyncio.Protocol):
     """One WebSocket client connection. ``vc`` is the virtual client it belongs to (the
     storm's reconnecting clients outlive their connections)."""
 
-    __slots__ = ("gen", "transport", "buf", "opened", "open", "deflate", "next", "count", "vc", "closing",
-                 "close_code")
+    __slots__ = ("gen", "transport", "buf", "opened", "open", "deflate", "next", "count", "vc", "closing", "close_code")
 
-    def __init__(self, gen: "LoadGen", request: bytes, vc: Any = None):
+    def __init__(self, gen: LoadGen, request: bytes, vc: Any = None):
         self.gen = gen
         self.transport = None
         self.buf = request  # the handshake to send, then the unparsed input
@@ -145,7 +148,7 @@ class Client(asyncio.Protocol):
                 self.buf = buf
                 return
             self.handshake(buf[:end])
-            buf = buf[end + 4:]
+            buf = buf[end + 4 :]
             if not self.open:
                 return
         self.buf = self.frames(buf, now)
@@ -178,7 +181,7 @@ class Client(asyncio.Protocol):
                 n, off = struct.unpack_from("!Q", buf, 2)[0], 10
             if len(buf) < off + n:
                 break
-            payload, buf = buf[off:off + n], buf[off + n:]
+            payload, buf = buf[off : off + n], buf[off + n :]
             opcode = b0 & 0x0F
             if opcode == 0x1:
                 if not b0 & 0x80:
@@ -227,8 +230,9 @@ class Client(asyncio.Protocol):
 class LoadGen:
     """The clients of one server under test, and the sink their messages go to."""
 
-    def __init__(self, host: str, port: int, sink: Sink, *, tenant: str = "bench", deflate: bool = False,
-                 welcome: bool = False):
+    def __init__(
+        self, host: str, port: int, sink: Sink, *, tenant: str = "bench", deflate: bool = False, welcome: bool = False
+    ):
         self.loop = asyncio.get_running_loop()
         self.host, self.port, self.tenant, self.deflate = host, port, tenant, deflate
         # cfgpush subscribes after the upgrade (with Redis, after a round trip to it): events
@@ -247,8 +251,15 @@ class LoadGen:
             target += f"&last_event_id={last_event_id}"
         return handshake_request(self.host, port or self.port, target, self.deflate)
 
-    async def open_one(self, vc: Any = None, last_event_id: str | None = None, timeout: float = 30.0, *,
-                       tenant: str | None = None, port: int | None = None) -> Client:
+    async def open_one(
+        self,
+        vc: Any = None,
+        last_event_id: str | None = None,
+        timeout: float = 30.0,
+        *,
+        tenant: str | None = None,
+        port: int | None = None,
+    ) -> Client:
         """One connection; ``tenant`` and ``port`` default to the generator's own (the soak's
         clients each have a tenant and pick a node per connection)."""
         client = Client(self, self.request(last_event_id, tenant=tenant, port=port), vc)
@@ -361,6 +372,7 @@ class Connector:
 
 # -- the trigger -------------------------------------------------------------------------------
 
+
 class HttpClient(asyncio.Protocol):
     """Keep-alive HTTP/1.1 client: requests may be pipelined, answers come back in order."""
 
@@ -394,15 +406,16 @@ class HttpClient(asyncio.Protocol):
                     length = int(value)
             if len(self.buf) < end + 4 + length:
                 return
-            body = self.buf[end + 4:end + 4 + length]
-            self.buf = self.buf[end + 4 + length:]
+            body = self.buf[end + 4 : end + 4 + length]
+            self.buf = self.buf[end + 4 + length :]
             status = int(head[0].split(" ")[1])
             future = self.waiting.popleft()
             if not future.done():
                 future.set_result((status, body))
 
-    def send(self, method: str, target: str, host: str, body: bytes = b"",
-             headers: dict | None = None) -> asyncio.Future:
+    def send(
+        self, method: str, target: str, host: str, body: bytes = b"", headers: dict | None = None
+    ) -> asyncio.Future:
         lines = [f"{method} {target} HTTP/1.1", f"Host: {host}", f"Content-Length: {len(body)}"]
         lines += [f"{k}: {v}" for k, v in (headers or {}).items()]
         future = asyncio.get_running_loop().create_future()
@@ -434,7 +447,7 @@ class Publisher:
                 status, _ = await asyncio.wait_for(http.send("GET", "/healthz", f"{self.host}:{self.port}"), 2)
                 if status == 200:
                     return
-            except (OSError, asyncio.TimeoutError):
+            except (TimeoutError, OSError):
                 self.close()
             if loop.time() > deadline:
                 raise TimeoutError(f"no 200 from http://{self.host}:{self.port}/healthz within {timeout} s")
@@ -454,8 +467,13 @@ class Publisher:
         """Write the request now (the caller reads the clock just before); the Future gives
         ``(status, body)``. The connection must be open: ``await connect()`` first."""
         body = json.dumps({"tenant_id": tenant or self.tenant, "change_type": "modified", "path": path}).encode()
-        return self.http.send("POST", "/api/v1/events", f"{self.host}:{self.port}", body,
-                              {"Authorization": f"Bearer {self.token}", "Content-Type": "application/json"})
+        return self.http.send(
+            "POST",
+            "/api/v1/events",
+            f"{self.host}:{self.port}",
+            body,
+            {"Authorization": f"Bearer {self.token}", "Content-Type": "application/json"},
+        )
 
     async def post(self, path: str, tenant: str | None = None) -> str:
         """Publish and wait: the event id (connection reopened if the server closed it)."""

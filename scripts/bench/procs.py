@@ -8,6 +8,7 @@ it on a timeout) reaches them too.
 CPU and memory are read from ``/proc/<pid>``: ``stat`` (utime, stime: all threads, in clock
 ticks), ``task/*/schedstat`` (run time in ns, finer than ticks) and ``status`` (VmRSS).
 """
+
 from __future__ import annotations
 
 import atexit

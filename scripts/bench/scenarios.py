@@ -12,6 +12,7 @@
 Events are told apart by their path, ``b<seq>.json``: ``seq`` counts up per server process, so
 every event is new to cfgpush's dedupe, and a client can check it got them all, once, in order.
 """
+
 from __future__ import annotations
 
 import asyncio
@@ -110,6 +111,7 @@ def no_gc():
 
 # -- sinks -------------------------------------------------------------------------------------
 
+
 class SeqSink(Sink):
     """Receipt times per event sequence number; per client, checks the order (no gap, no
     duplicate). ``waiter(seq, n)`` is a Future done when ``n`` clients have event ``seq``."""
@@ -169,6 +171,7 @@ class OrdinalSink(SeqSink):
 
 # -- one server with N clients -----------------------------------------------------------------
 
+
 class Session:
     """A server under test with ``n`` connected clients."""
 
@@ -177,7 +180,7 @@ class Session:
         self.seq = 0
 
     @classmethod
-    async def open(cls, target: Target, n: int, concurrency: int, sink: SeqSink | None = None) -> "Session":
+    async def open(cls, target: Target, n: int, concurrency: int, sink: SeqSink | None = None) -> Session:
         sink = sink or SeqSink()
         gen = LoadGen(HOST, target.ws_port, sink, deflate=target.deflate, welcome=target.welcomes)
         session = cls(target, gen, sink, n)
@@ -200,10 +203,12 @@ class Session:
         await asyncio.wait_for(self.target.publisher.post(f"b{seq}.json"), timeout)
         try:
             await asyncio.wait_for(done, timeout)
-        except asyncio.TimeoutError:
+        except TimeoutError:
             got = len(self.sink.times.get(seq, ()))
-            raise RuntimeError(f"{self.target.name}: only {got} of {self.n} clients got the warm-up event "
-                               f"within {timeout} s (open: {self.gen.open_count()})") from None
+            raise RuntimeError(
+                f"{self.target.name}: only {got} of {self.n} clients got the warm-up event "
+                f"within {timeout} s (open: {self.gen.open_count()})"
+            ) from None
 
     async def burst(self, events: int, timeout: float) -> dict:
         """``events`` publishes written back to back (pipelined); server CPU per delivery."""
@@ -221,7 +226,7 @@ class Session:
             complete = True
             try:
                 await asyncio.wait_for(asyncio.gather(*waits), timeout)
-            except asyncio.TimeoutError:
+            except TimeoutError:
                 complete = False
             wall = perf_counter() - t0
             user, sys_, run = server.delta()
@@ -231,10 +236,16 @@ class Session:
         delivered = sum(len(self.sink.times.get(s, ())) for s in seqs)
         per = 1e6 / max(delivered, 1)
         return {
-            "clients": self.n, "events": events, "expected": self.n * events, "delivered": delivered,
+            "clients": self.n,
+            "events": events,
+            "expected": self.n * events,
+            "delivered": delivered,
             "all_received": complete and delivered == self.n * events,
-            "wall_s": wall, "deliveries_per_s": delivered / wall if wall > 0 else 0.0,
-            "server_us_per_delivery": (user + sys_) * per, "user_us": user * per, "sys_us": sys_ * per,
+            "wall_s": wall,
+            "deliveries_per_s": delivered / wall if wall > 0 else 0.0,
+            "server_us_per_delivery": (user + sys_) * per,
+            "user_us": user * per,
+            "sys_us": sys_ * per,
             "server_run_us_per_delivery": run * per,  # schedstat: ns resolution
             "generator_cpu_percent": gen_percent,
         }
@@ -249,9 +260,14 @@ class Session:
         delivered = sum(len(self.sink.times.get(s, ())) for s in range(self.seq - events + 1, self.seq + 1))
         ms = 1000.0
         return {
-            "clients": self.n, "events": events, "interval_s": interval,
-            "expected": self.n * events, "delivered": delivered, "all_received": delivered == self.n * events,
-            "p50_ms": _ms(percentile(per_delivery, 50)), "p99_ms": _ms(percentile(per_delivery, 99)),
+            "clients": self.n,
+            "events": events,
+            "interval_s": interval,
+            "expected": self.n * events,
+            "delivered": delivered,
+            "all_received": delivered == self.n * events,
+            "p50_ms": _ms(percentile(per_delivery, 50)),
+            "p99_ms": _ms(percentile(per_delivery, 99)),
             "last_client_p50_ms": _ms(percentile(last_client, 50)),
             "last_client_p99_ms": _ms(percentile(last_client, 99)),
             "last_client_max_ms": max(last_client) * ms if last_client else None,
@@ -259,8 +275,9 @@ class Session:
             "generator_cpu_percent": gen.percent(),
         }
 
-    async def _paced(self, events: int, interval: float, timeout: float, per_delivery: list[float],
-                     last_client: list[float]) -> None:
+    async def _paced(
+        self, events: int, interval: float, timeout: float, per_delivery: list[float], last_client: list[float]
+    ) -> None:
         pub = self.target.publisher
         for _ in range(events):
             await pub.connect()
@@ -270,7 +287,7 @@ class Session:
             answer = pub.publish(f"b{seq}.json")
             try:
                 await asyncio.wait_for(done, timeout)
-            except asyncio.TimeoutError:
+            except TimeoutError:
                 pass
             pub.event_id(await answer)
             times = self.sink.times.get(seq, [])
@@ -289,17 +306,34 @@ def _ms(seconds: float | None) -> float | None:
 def checks(session: Session) -> dict:
     """What the clients saw besides the counted events: the accounting's other half."""
     sink, stats = session.sink, session.gen.stats
-    return {"disorder": sink.disorder, "unknown": sink.unknown, "lost_connections": stats.lost,
-            "server_closes": stats.server_closes, "protocol_errors": stats.protocol_errors,
-            "pings_answered": stats.pings,
-            "deflate_negotiated": sum(1 for c in session.gen.clients if c.deflate)}
+    return {
+        "disorder": sink.disorder,
+        "unknown": sink.unknown,
+        "lost_connections": stats.lost,
+        "server_closes": stats.server_closes,
+        "protocol_errors": stats.protocol_errors,
+        "pings_answered": stats.pings,
+        "deflate_negotiated": sum(1 for c in session.gen.clients if c.deflate),
+    }
 
 
 # -- fanout and latency ------------------------------------------------------------------------
 
-async def fanout_latency(res: Resources, opts: Options, servers: list[str], *, clients: int, events: int,
-                         latency_events: int, interval: float, rounds: int, do_fanout: bool, do_latency: bool,
-                         concurrency: int) -> dict:
+
+async def fanout_latency(
+    res: Resources,
+    opts: Options,
+    servers: list[str],
+    *,
+    clients: int,
+    events: int,
+    latency_events: int,
+    interval: float,
+    rounds: int,
+    do_fanout: bool,
+    do_latency: bool,
+    concurrency: int,
+) -> dict:
     """Every server, interleaved round by round (each round: every server in turn, a fresh
     process each time), so that all see the same machine state."""
     runs: dict[str, dict[str, list]] = {name: {"fanout": [], "latency": [], "checks": []} for name in servers}
@@ -316,8 +350,10 @@ async def fanout_latency(res: Resources, opts: Options, servers: list[str], *, c
                 if do_fanout:
                     r = await session.burst(events, timeout=max(60.0, clients * events * 200e-6))
                     runs[name]["fanout"].append(r)
-                    line += (f" fanout {r['deliveries_per_s']:9.0f}/s {r['server_us_per_delivery']:6.1f} µs/delivery"
-                             f" ({r['delivered']}/{r['expected']})")
+                    line += (
+                        f" fanout {r['deliveries_per_s']:9.0f}/s {r['server_us_per_delivery']:6.1f} µs/delivery"
+                        f" ({r['delivered']}/{r['expected']})"
+                    )
                 if do_latency:
                     r = await session.paced(latency_events, interval, timeout=max(10.0, 10 * interval))
                     runs[name]["latency"].append(r)
@@ -342,10 +378,13 @@ async def fanout_latency(res: Resources, opts: Options, servers: list[str], *, c
         entry: dict[str, Any] = {"checks": r["checks"]}
         for kind in ("fanout", "latency"):
             if r[kind]:
-                entry[kind] = {"rounds": r[kind], "median": median_of(r[kind]),
-                               "all_received": all(x["all_received"] for x in r[kind]),
-                               "delivered": sum(x["delivered"] for x in r[kind]),
-                               "expected": sum(x["expected"] for x in r[kind])}
+                entry[kind] = {
+                    "rounds": r[kind],
+                    "median": median_of(r[kind]),
+                    "all_received": all(x["all_received"] for x in r[kind]),
+                    "delivered": sum(x["delivered"] for x in r[kind]),
+                    "expected": sum(x["expected"] for x in r[kind]),
+                }
         out["servers"][name] = entry
     return out
 
@@ -368,8 +407,20 @@ def _fmt(value: float | None) -> str:
 
 # -- memory and idle ---------------------------------------------------------------------------
 
-async def memory_idle(res: Resources, opts: Options, servers: list[str], *, connections: int, warm: int,
-                      settle: float, idle_window: float, do_memory: bool, do_idle: bool, concurrency: int) -> dict:
+
+async def memory_idle(
+    res: Resources,
+    opts: Options,
+    servers: list[str],
+    *,
+    connections: int,
+    warm: int,
+    settle: float,
+    idle_window: float,
+    do_memory: bool,
+    do_idle: bool,
+    concurrency: int,
+) -> dict:
     """RSS per idle connection for ``servers``; cfgpush's idle CPU on the same 10 000."""
     memory: dict[str, Any] = {}
     idle: dict[str, Any] = {}
@@ -396,22 +447,30 @@ async def memory_idle(res: Resources, opts: Options, servers: list[str], *, conn
             session.seq = warmup.seq
             connect_s = perf_counter() - started
             user, sys_, _ = server.delta()
-            handshake = {"server_us_per_handshake": 1e6 * (user + sys_) / connections,
-                         "server_cpu_percent_connecting": 100.0 * (user + sys_) / connect_s,
-                         "generator_cpu_percent_connecting": gen.percent()}
+            handshake = {
+                "server_us_per_handshake": 1e6 * (user + sys_) / connections,
+                "server_cpu_percent_connecting": 100.0 * (user + sys_) / connect_s,
+                "generator_cpu_percent_connecting": gen.percent(),
+            }
             await session.barrier(timeout=120.0)
             await asyncio.sleep(settle)
             rss_after = target.proc.rss_kb()
             if do_memory:
                 memory[name] = {
-                    "connections": connections, "rss_before_kb": rss_before, "rss_after_kb": rss_after,
+                    "connections": connections,
+                    "rss_before_kb": rss_before,
+                    "rss_after_kb": rss_after,
                     "kb_per_connection": (rss_after - rss_before) / connections,
-                    "connect_s": connect_s, "connections_per_s": connections / connect_s, **handshake,
+                    "connect_s": connect_s,
+                    "connections_per_s": connections / connect_s,
+                    **handshake,
                     "open_at_end": session.gen.open_count(),
                 }
-                log(f"memory {name:15} {memory[name]['kb_per_connection']:6.2f} KB per connection "
+                log(
+                    f"memory {name:15} {memory[name]['kb_per_connection']:6.2f} KB per connection "
                     f"({rss_before} -> {rss_after} KB, {connections} connections in {connect_s:.1f} s, "
-                    f"{handshake['server_us_per_handshake']:.0f} µs of server CPU each)")
+                    f"{handshake['server_us_per_handshake']:.0f} µs of server CPU each)"
+                )
             if do_idle and name == "cfgpush":
                 idle = await idle_window_cpu(target, session, idle_window)
         except Exception as exc:
@@ -440,23 +499,33 @@ async def idle_window_cpu(target: Target, session: Session, window: float) -> di
     n = session.n
     core_percent = 100.0 * (user + sys_) / elapsed
     result = {
-        "connections": n, "window_s": elapsed, "heartbeat_interval_s": None,
-        "server_cpu_s": user + sys_, "user_s": user, "sys_s": sys_, "server_run_s": run,
-        "core_percent": core_percent, "core_percent_per_1000": core_percent / (n / 1000.0),
+        "connections": n,
+        "window_s": elapsed,
+        "heartbeat_interval_s": None,
+        "server_cpu_s": user + sys_,
+        "user_s": user,
+        "sys_s": sys_,
+        "server_run_s": run,
+        "core_percent": core_percent,
+        "core_percent_per_1000": core_percent / (n / 1000.0),
         "run_core_percent_per_1000": 100.0 * run / elapsed / (n / 1000.0),
         "pings_answered": session.gen.stats.pings - pings_before,
         "open_at_end": session.gen.open_count(),
     }
-    log(f"idle   cfgpush {result['core_percent_per_1000']:.3f} % of a core per 1 000 connections "
+    log(
+        f"idle   cfgpush {result['core_percent_per_1000']:.3f} % of a core per 1 000 connections "
         f"({n} connections, {elapsed:.0f} s, {result['pings_answered']} pings answered, "
-        f"{result['open_at_end']} still open)")
+        f"{result['open_at_end']} still open)"
+    )
     return result
 
 
 # -- e2e ---------------------------------------------------------------------------------------
 
-async def e2e(res: Resources, opts: Options, *, clients: int, saves: int, interval: float, write: str,
-              concurrency: int) -> dict:
+
+async def e2e(
+    res: Resources, opts: Options, *, clients: int, saves: int, interval: float, write: str, concurrency: int
+) -> dict:
     """A save in the config folder to every client's receipt, through the filesystem source."""
     config_dir = targets.bench_config_dir(res)
     path = config_dir / targets.TENANT / "x.json"
@@ -475,7 +544,7 @@ async def e2e(res: Resources, opts: Options, *, clients: int, saves: int, interv
                 save(path, f'{{"n": {seq}, "at": {time.time()!r}}}\n', write)
                 try:
                     await asyncio.wait_for(done, max(5.0, 10 * interval))
-                except asyncio.TimeoutError:
+                except TimeoutError:
                     pass
                 times = session.sink.times.get(seq, [])
                 if k:
@@ -488,17 +557,25 @@ async def e2e(res: Resources, opts: Options, *, clients: int, saves: int, interv
                     await asyncio.sleep(rest)
         await asyncio.sleep(min(interval, 0.5))  # a late duplicate event would show here
         result = {
-            "clients": clients, "saves": saves, "interval_s": interval, "write": write,
+            "clients": clients,
+            "saves": saves,
+            "interval_s": interval,
+            "write": write,
             "debounce_ms": opts.debounce_ms if opts.debounce_ms is not None else 50,
-            "expected": clients * saves, "delivered": delivered, "all_received": delivered == clients * saves,
+            "expected": clients * saves,
+            "delivered": delivered,
+            "all_received": delivered == clients * saves,
             "extra_events": session.sink.total - clients * (saves + 1),
-            "p50_ms": _ms(percentile(per_delivery, 50)), "p99_ms": _ms(percentile(per_delivery, 99)),
+            "p50_ms": _ms(percentile(per_delivery, 50)),
+            "p99_ms": _ms(percentile(per_delivery, 99)),
             "last_client_p50_ms": _ms(percentile(last_client, 50)),
             "last_client_p99_ms": _ms(percentile(last_client, 99)),
             **checks(session),
         }
-        log(f"e2e    cfgpush save -> every client: p50 {_fmt(result['last_client_p50_ms'])} ms, "
-            f"p99 {_fmt(result['last_client_p99_ms'])} ms ({delivered}/{clients * saves})")
+        log(
+            f"e2e    cfgpush save -> every client: p50 {_fmt(result['last_client_p50_ms'])} ms, "
+            f"p99 {_fmt(result['last_client_p99_ms'])} ms ({delivered}/{clients * saves})"
+        )
         return result
     finally:
         if session is not None:
@@ -519,6 +596,7 @@ def save(path: Path, text: str, how: str) -> None:
 
 
 # -- storm -------------------------------------------------------------------------------------
+
 
 class Virtual:
     """A reconnecting client: survives its connections, remembers what it received."""
@@ -590,8 +668,11 @@ class StormSink(Sink):
 
     def lost(self, client: Client) -> None:
         if self.reconnect:
-            self.retry(client.vc, stable=client.vc.welcomed_at is not None
-                       and perf_counter() - client.vc.welcomed_at >= self.STABLE_AFTER)
+            self.retry(
+                client.vc,
+                stable=client.vc.welcomed_at is not None
+                and perf_counter() - client.vc.welcomed_at >= self.STABLE_AFTER,
+            )
 
     def failed(self, exc: BaseException, vc: Virtual) -> None:
         vc.failures += 1
@@ -607,8 +688,18 @@ class StormSink(Sink):
         self.connector.submit(vc, delay)
 
 
-async def storm(res: Resources, opts: Options, *, clients: int, before: int, down: int, during: int,
-                concurrency: int, redis_program: str, timeout: float) -> dict:
+async def storm(
+    res: Resources,
+    opts: Options,
+    *,
+    clients: int,
+    before: int,
+    down: int,
+    during: int,
+    concurrency: int,
+    redis_program: str,
+    timeout: float,
+) -> dict:
     """A node with ``clients`` clients restarts (SIGTERM, then again on the same port) while a
     second node on the same Redis publishes ``down`` events (and ``during`` more as clients
     come back); every client must end with every event exactly once, in order."""
@@ -670,8 +761,9 @@ async def storm(res: Resources, opts: Options, *, clients: int, before: int, dow
         t_listening = perf_counter()
         node_cpu = ServerCPU(node)
         # Healthz answers once the node serves; a client may have been welcomed a moment earlier.
-        first_welcome = min((vc.welcomed_at for vc in virtual if vc.welcomed_at and vc.welcomed_at >= t_restart),
-                            default=t_listening)
+        first_welcome = min(
+            (vc.welcomed_at for vc in virtual if vc.welcomed_at and vc.welcomed_at >= t_restart), default=t_listening
+        )
         t_listening = min(t_listening, first_welcome)
         for i in range(during):
             await asyncio.sleep(0.1)
@@ -680,7 +772,7 @@ async def storm(res: Resources, opts: Options, *, clients: int, before: int, dow
         complete = True
         try:
             await asyncio.wait_for(finished, timeout)
-        except asyncio.TimeoutError:
+        except TimeoutError:
             complete = False
         t_done = perf_counter()
         user, sys_, _ = node_cpu.delta()
@@ -692,25 +784,38 @@ async def storm(res: Resources, opts: Options, *, clients: int, before: int, dow
         duplicates = sum(1 for vc in virtual if len(set(vc.received)) != len(vc.received))
         gaps = sum(1 for vc in virtual if not set(published) <= set(vc.received))
         result = {
-            "clients": clients, "events_before": before, "events_while_down": down,
-            "events_during_reconnect": during, "published": len(published),
-            "connect_s": connect_s, "node_exit_status": exit_status, "node_stop_s": t_exited - t_term,
-            "down_s": t_listening - t_exited, "restart_to_listening_s": t_listening - t_restart,
-            "all_caught_up": complete, "caught_up": sink.caught_up,
+            "clients": clients,
+            "events_before": before,
+            "events_while_down": down,
+            "events_during_reconnect": during,
+            "published": len(published),
+            "connect_s": connect_s,
+            "node_exit_status": exit_status,
+            "node_stop_s": t_exited - t_term,
+            "down_s": t_listening - t_exited,
+            "restart_to_listening_s": t_listening - t_restart,
+            "all_caught_up": complete,
+            "caught_up": sink.caught_up,
             "seconds_from_listening": (sink.caught_up_at - t_listening) if complete else None,
             "seconds_from_sigterm": (sink.caught_up_at - t_term) if complete else None,
-            "exact": exact, "lost": clients - exact, "with_duplicates": duplicates, "with_gaps": gaps,
+            "exact": exact,
+            "lost": clients - exact,
+            "with_duplicates": duplicates,
+            "with_gaps": gaps,
             "resyncs": sum(vc.resyncs for vc in virtual),
             "failed_attempts": sum(vc.failures for vc in virtual),
             "connections": sum(vc.connects for vc in virtual),
             "max_attempt": max(vc.attempt for vc in virtual),
-            "caught_up_p50_s": percentile(ready, 50), "caught_up_p90_s": percentile(ready, 90),
+            "caught_up_p50_s": percentile(ready, 50),
+            "caught_up_p90_s": percentile(ready, 90),
             # Was the restarted node the limit? Its CPU from listening to the last catch-up.
             "node_cpu_percent": 100.0 * (user + sys_) / max(t_done - t_listening, 1e-9),
             "node_us_per_reconnect": 1e6 * (user + sys_) / clients,
         }
-        log(f"storm  all {clients} reconnected and caught up {_fmt(result['seconds_from_listening'])} s after the "
-            f"node listened; exact {exact}/{clients}, resyncs {result['resyncs']}")
+        log(
+            f"storm  all {clients} reconnected and caught up {_fmt(result['seconds_from_listening'])} s after the "
+            f"node listened; exact {exact}/{clients}, resyncs {result['resyncs']}"
+        )
         return result
     finally:
         sink.reconnect = False
@@ -722,8 +827,18 @@ async def storm(res: Resources, opts: Options, *, clients: int, before: int, dow
 
 # -- the chart's points ------------------------------------------------------------------------
 
-async def sweep(res: Resources, opts: Options, servers: list[str], sizes: list[int], *, events: int,
-                latency_events: int, interval: float, concurrency: int) -> dict:
+
+async def sweep(
+    res: Resources,
+    opts: Options,
+    servers: list[str],
+    sizes: list[int],
+    *,
+    events: int,
+    latency_events: int,
+    interval: float,
+    concurrency: int,
+) -> dict:
     """Deliveries/s and last-client p99 against the number of clients, one round each."""
     points: dict[str, list[dict]] = {name: [] for name in servers}
     config_dir = targets.bench_config_dir(res)
@@ -736,16 +851,28 @@ async def sweep(res: Resources, opts: Options, servers: list[str], sizes: list[i
                 await session.barrier()
                 burst = await session.burst(events, timeout=max(60.0, size * events * 200e-6))
                 paced = await session.paced(latency_events, interval, timeout=max(10.0, 10 * interval))
-                points[name].append({"clients": size, "deliveries_per_s": burst["deliveries_per_s"],
-                                     "server_us_per_delivery": burst["server_us_per_delivery"],
-                                     "last_client_p99_ms": paced["last_client_p99_ms"],
-                                     "all_received": burst["all_received"] and paced["all_received"],
-                                     "generator_cpu_percent": burst["generator_cpu_percent"]})
-                log(f"chart  {size:5} clients {name:15} {burst['deliveries_per_s']:9.0f}/s, last-client p99 "
-                    f"{_fmt(paced['last_client_p99_ms'])} ms")
+                points[name].append(
+                    {
+                        "clients": size,
+                        "deliveries_per_s": burst["deliveries_per_s"],
+                        "server_us_per_delivery": burst["server_us_per_delivery"],
+                        "last_client_p99_ms": paced["last_client_p99_ms"],
+                        "all_received": burst["all_received"] and paced["all_received"],
+                        "generator_cpu_percent": burst["generator_cpu_percent"],
+                    }
+                )
+                log(
+                    f"chart  {size:5} clients {name:15} {burst['deliveries_per_s']:9.0f}/s, last-client p99 "
+                    f"{_fmt(paced['last_client_p99_ms'])} ms"
+                )
             finally:
                 if session is not None:
                     session.close()
                 targets.stop(target, res)
-    return {"sizes": sizes, "events": events, "latency_events": latency_events, "interval_s": interval,
-            "servers": points}
+    return {
+        "sizes": sizes,
+        "events": events,
+        "latency_events": latency_events,
+        "interval_s": interval,
+        "servers": points,
+    }

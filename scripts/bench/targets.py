@@ -5,6 +5,7 @@ the baselines are the programs of ``bench/servers/``. All are pinned to the serv
 answer ``POST /api/v1/events`` and ``GET /healthz`` (see ``servers/_common.py``); "ready"
 means ``/healthz`` answered 200, i.e. the server serves, not merely binds.
 """
+
 from __future__ import annotations
 
 import asyncio
@@ -73,15 +74,40 @@ def cfgpush_flags() -> str:
     return done.stdout
 
 
-def cfgpush_command(port: int, opts: Options, *, config_dir: Path | None, broker: str | None = None,
-                    deflate: bool = False, connections: int = 50_000, extra: tuple[str, ...] = ()) -> list[str]:
-    cmd = CFGPUSH + ["--host", HOST, "--port", str(port), "--publish-token", TOKEN, "--log-level", "WARNING",
-                     "--heartbeat-interval", str(opts.heartbeat), "--heartbeat-timeout", str(2 * opts.heartbeat),
-                     "--max-connections", str(connections), "--max-connections-per-ip", str(connections),
-                     "--max-connections-per-tenant", str(connections),
-                     # The bench measures delivery: its pipelined bursts are not held to the
-                     # publish API's budget per token.
-                     "--publish-rate", "0"]
+def cfgpush_command(
+    port: int,
+    opts: Options,
+    *,
+    config_dir: Path | None,
+    broker: str | None = None,
+    deflate: bool = False,
+    connections: int = 50_000,
+    extra: tuple[str, ...] = (),
+) -> list[str]:
+    cmd = CFGPUSH + [
+        "--host",
+        HOST,
+        "--port",
+        str(port),
+        "--publish-token",
+        TOKEN,
+        "--log-level",
+        "WARNING",
+        "--heartbeat-interval",
+        str(opts.heartbeat),
+        "--heartbeat-timeout",
+        str(2 * opts.heartbeat),
+        "--max-connections",
+        str(connections),
+        "--max-connections-per-ip",
+        str(connections),
+        "--max-connections-per-tenant",
+        str(connections),
+        # The bench measures delivery: its pipelined bursts are not held to the
+        # publish API's budget per token.
+        "--publish-rate",
+        "0",
+    ]
     if config_dir is not None:
         cmd += ["--config-dir", str(config_dir)]
     else:  # published through the API only: no folder, no watcher
@@ -106,9 +132,18 @@ def bench_config_dir(res: Resources) -> Path:
     return root
 
 
-async def start(name: str, res: Resources, opts: Options, *, port: int | None = None, config_dir: Path | None = None,
-                broker: str | None = None, cpu: int | None = SERVER_CPU, timeout: float = 60.0,
-                extra: tuple[str, ...] = ()) -> Target:
+async def start(
+    name: str,
+    res: Resources,
+    opts: Options,
+    *,
+    port: int | None = None,
+    config_dir: Path | None = None,
+    broker: str | None = None,
+    cpu: int | None = SERVER_CPU,
+    timeout: float = 60.0,
+    extra: tuple[str, ...] = (),
+) -> Target:
     """Start server ``name`` (a baseline, ``cfgpush`` or ``cfgpush+deflate``); wait until it serves.
 
     cfgpush watches ``config_dir`` (its filesystem source on, as deployed) or, without one,
@@ -116,9 +151,22 @@ async def start(name: str, res: Resources, opts: Options, *, port: int | None = 
     port = port or free_port()
     if name in BASELINES:
         publish_port = free_port() if name == "websockets" else port
-        cmd = [sys.executable, str(SERVERS_DIR / f"{'websockets_server' if name == 'websockets' else name}.py"),
-               "--host", HOST, "--port", str(port), "--publish-port", str(publish_port), "--publish-token", TOKEN,
-               "--heartbeat-interval", str(opts.heartbeat), "--loop", opts.server_loop]
+        cmd = [
+            sys.executable,
+            str(SERVERS_DIR / f"{'websockets_server' if name == 'websockets' else name}.py"),
+            "--host",
+            HOST,
+            "--port",
+            str(port),
+            "--publish-port",
+            str(publish_port),
+            "--publish-token",
+            TOKEN,
+            "--heartbeat-interval",
+            str(opts.heartbeat),
+            "--loop",
+            opts.server_loop,
+        ]
         target = Target(name, res.start(name, cmd, cpu), port, publish_port)
     else:
         deflate = name == DEFLATE
@@ -133,8 +181,10 @@ async def wait_serving(target: Target, timeout: float) -> None:
     try:
         while not probe.done():
             if not target.proc.alive():
-                raise RuntimeError(f"{target.name} exited with {target.proc.popen.returncode} before serving; "
-                                   f"its log:\n{target.proc.tail()}")
+                raise RuntimeError(
+                    f"{target.name} exited with {target.proc.popen.returncode} before serving; "
+                    f"its log:\n{target.proc.tail()}"
+                )
             await asyncio.wait([probe], timeout=0.05)
         probe.result()
     except BaseException:
@@ -150,15 +200,37 @@ def stop(target: Target, res: Resources) -> None:
 
 # -- redis-server ------------------------------------------------------------------------------
 
-async def start_redis(res: Resources, program: str = "redis-server", timeout: float = 20.0, *,
-                      port: int | None = None, persist: bool = False) -> tuple[Proc, str]:
+
+async def start_redis(
+    res: Resources,
+    program: str = "redis-server",
+    timeout: float = 20.0,
+    *,
+    port: int | None = None,
+    persist: bool = False,
+) -> tuple[Proc, str]:
     """A private redis-server on a free port (or ``port``: a restart), no persistence unless
     ``persist`` (an append-only file, flushed when it stops on SIGTERM, read when it starts
     again in the same folder); returns it and its URL."""
     port = port or free_port()
     work = res.mkdir(f"redis-{port}")
-    proc = res.start("redis", [program, "--port", str(port), "--bind", HOST, "--save", "",
-                               "--appendonly", "yes" if persist else "no", "--dir", str(work)], cpu=None)
+    proc = res.start(
+        "redis",
+        [
+            program,
+            "--port",
+            str(port),
+            "--bind",
+            HOST,
+            "--save",
+            "",
+            "--appendonly",
+            "yes" if persist else "no",
+            "--dir",
+            str(work),
+        ],
+        cpu=None,
+    )
     loop = asyncio.get_running_loop()
     deadline = loop.time() + timeout
     while True:
@@ -171,7 +243,7 @@ async def start_redis(res: Resources, program: str = "redis-server", timeout: fl
             writer.close()
             if answer.startswith(b"+PONG"):
                 return proc, f"redis://{HOST}:{port}/0"
-        except (OSError, asyncio.TimeoutError):
+        except (TimeoutError, OSError):
             pass
         if loop.time() > deadline:
             raise RuntimeError(f"redis-server did not answer PING within {timeout} s:\n{proc.tail()}")

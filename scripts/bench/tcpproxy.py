@@ -25,6 +25,7 @@ crosses the link: a pipeline of many commands is a few chunks), ``resets`` the c
 ``drop`` reset. Used by scripts/faults.py (each node's link to Redis) and by the tests
 (tests/tcpproxy.py).
 """
+
 from __future__ import annotations
 
 import asyncio
@@ -79,7 +80,7 @@ class FaultProxy:
         self._delay = (0.0, 0.0)
         self._random = random.Random(seed)
 
-    async def start(self) -> "FaultProxy":
+    async def start(self) -> FaultProxy:
         self._server = await asyncio.start_server(self._accept, "127.0.0.1", 0)
         self.port = self._server.sockets[0].getsockname()[1]
         return self
@@ -142,8 +143,10 @@ class FaultProxy:
                 return
             for src, dst, up in ((reader, link.upstream, True), (up_reader, writer, False)):
                 queue: asyncio.Queue = asyncio.Queue(QUEUED_CHUNKS)
-                link.tasks += [asyncio.ensure_future(self._read(src, queue, link)),
-                               asyncio.ensure_future(self._write(queue, dst, link, up))]
+                link.tasks += [
+                    asyncio.ensure_future(self._read(src, queue, link)),
+                    asyncio.ensure_future(self._write(queue, dst, link, up)),
+                ]
             for task in link.tasks:
                 self._tasks.add(task)
                 task.add_done_callback(self._tasks.discard)

@@ -15,6 +15,7 @@ A client *has* a save of a path once it knows that version of the path or a newe
 Only saves made after the servers started count (``baseline_seq``), and only for clients of
 the save's tenant. ``reach`` gives, for each (client, save), when the client had it, or None.
 """
+
 from __future__ import annotations
 
 import bisect
@@ -45,9 +46,44 @@ class _TenantState:
 
     def state_at(self, key: tuple[int, int, int]) -> dict[str, int]:
         state: dict[str, int] = {}
-        for path, index in self.changes[:bisect.bisect_right(self.keys, key)]:
+        for path, index in self.changes[: bisect.bisect_right(self.keys, key)]:
             state[path] = max(index, state.get(path, -1))
         return state
+
+
+class _ClientWalk:
+    """One client's stream, item by item: which version of each path it has had, and when."""
+
+    def __init__(self, client: ClientStream, state: _TenantState, paths: dict[str, list[Write]], verdict: Verdict):
+        self.client, self.state, self.paths, self.verdict = client, state, paths, verdict
+        self.had: dict[tuple[str, int], float] = {}  # (path, version index) -> when
+        self.next_index = dict.fromkeys(paths, 0)  # per path: the first version not had yet
+
+    def mark(self, path: str, index: int, at: float) -> None:
+        start = self.next_index.get(path)
+        if start is None or index < start:
+            return
+        for i in range(start, min(index, len(self.paths[path]) - 1) + 1):
+            self.had[(path, i)] = at
+        self.next_index[path] = index + 1
+
+    def reload(self, last_event_id: str | None, at: float) -> None:
+        if last_event_id:
+            key = self.verdict.key(self.client.tenant, last_event_id)
+            for path, index in self.state.state_at(key).items():
+                self.mark(path, index, at)
+
+    def walk(self) -> None:
+        for item, at in zip(self.client.items, self.client.times, strict=True):
+            kind = item[0]
+            if kind == "welcome" and item[2] is None:  # a fresh connection: a (re)load
+                self.reload(item[1], at)
+            elif kind == "resync":
+                self.reload(item[1], at)
+            elif kind == "event" and item[1].tenant == self.client.tenant:
+                announced = self.state.by_event.get(item[1].event_id)
+                if announced is not None:
+                    self.mark(*announced, at)
 
 
 def reach(writes: list[Write], clients: list[ClientStream], verdict: Verdict, baseline_seq: int = 0) -> list[Reach]:
@@ -60,39 +96,13 @@ def reach(writes: list[Write], clients: list[ClientStream], verdict: Verdict, ba
     empty = _TenantState([])
     found: list[Reach] = []
     for client in clients:
-        tenant = client.tenant
-        state = tenants.get(tenant, empty)
-        paths = {p: ws for (t, p), ws in by_path.items() if t == tenant}
-        had: dict[tuple[str, int], float] = {}  # (path, index) -> when
-        next_index = {p: 0 for p in paths}  # per path: the first version not had yet
-
-        def mark(path: str, index: int, at: float) -> None:
-            start = next_index.get(path)
-            if start is None or index < start:
-                return
-            for i in range(start, min(index, len(paths[path]) - 1) + 1):
-                had[(path, i)] = at
-            next_index[path] = index + 1
-
-        def reload(last_event_id: str | None, at: float) -> None:
-            if last_event_id:
-                for path, index in state.state_at(verdict.key(tenant, last_event_id)).items():
-                    mark(path, index, at)
-
-        for item, at in zip(client.items, client.times):
-            kind = item[0]
-            if kind == "welcome" and item[2] is None:  # a fresh connection: a (re)load
-                reload(item[1], at)
-            elif kind == "resync":
-                reload(item[1], at)
-            elif kind == "event" and item[1].tenant == tenant:
-                announced = state.by_event.get(item[1].event_id)
-                if announced is not None:
-                    mark(*announced, at)
+        paths = {p: ws for (t, p), ws in by_path.items() if t == client.tenant}
+        walk = _ClientWalk(client, tenants.get(client.tenant, empty), paths, verdict)
+        walk.walk()
         for path, ws in paths.items():
             for i, w in enumerate(ws):
                 if w.seq > baseline_seq:
-                    found.append(Reach(client.name, w, had.get((path, i))))
+                    found.append(Reach(client.name, w, walk.had.get((path, i))))
     return found
 
 
@@ -108,9 +118,13 @@ def latency_figures(reaches: list[Reach]) -> dict[str, float | int | None]:
     """Save to client, in seconds: p50, p99, max over every (client, save); and how many
     pairs were never had."""
     latencies = [r.latency for r in reaches if r.latency is not None]
-    return {"pairs": len(reaches), "never": sum(1 for r in reaches if r.at is None),
-            "p50_s": percentile(latencies, 0.50), "p99_s": percentile(latencies, 0.99),
-            "max_s": max(latencies) if latencies else None}
+    return {
+        "pairs": len(reaches),
+        "never": sum(1 for r in reaches if r.at is None),
+        "p50_s": percentile(latencies, 0.50),
+        "p99_s": percentile(latencies, 0.99),
+        "max_s": max(latencies) if latencies else None,
+    }
 
 
 def catch_up(reaches: list[Reach], fault_end: float) -> float | None:

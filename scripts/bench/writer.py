@@ -24,6 +24,7 @@ With ``--log FILE`` every write is appended to FILE, in the order of the writes,
 line ``{"seq": n, "path": path, "sha256": "<hex>" or null for a deletion, "t": t}``: the
 record of what the folder went through, which ``checker.py`` compares the clients with.
 """
+
 from __future__ import annotations
 
 import asyncio
@@ -45,7 +46,7 @@ def _generated(path: str, size: int, serial: int) -> tuple[list[bytes], str]:
     filler = b"x" * CHUNK
     chunks, left, digest = [head[:size]], size - min(len(head), size), hashlib.sha256(head[:size])
     while left > 0:
-        piece = filler[:min(left, CHUNK)]
+        piece = filler[: min(left, CHUNK)]
         chunks.append(piece)
         digest.update(piece)
         left -= len(piece)
@@ -119,8 +120,12 @@ class Child:
             times = self.write(command["files"]) if op == "write" else self.delete(command["paths"])
             if self.log is not None:
                 self.log.flush()
-            answer = {"count": len(times), "first": times[0] if times else None,
-                      "last": times[-1] if times else None, "times": times if command.get("times") else None}
+            answer = {
+                "count": len(times),
+                "first": times[0] if times else None,
+                "last": times[-1] if times else None,
+                "times": times if command.get("times") else None,
+            }
             sys.stdout.write(json.dumps(answer) + "\n")
             sys.stdout.flush()
         if self.log is not None:
@@ -141,9 +146,9 @@ class Writer:
 
         cmd = [sys.executable, __file__, str(self.config_dir)] + (["--log", str(self.log)] if self.log else [])
         with open(self.res.log_path("writer"), "ab") as err:
-            self.proc = await asyncio.create_subprocess_exec(*cmd, stdin=asyncio.subprocess.PIPE,
-                                                             stdout=asyncio.subprocess.PIPE, stderr=err,
-                                                             limit=PIPE_LIMIT)
+            self.proc = await asyncio.create_subprocess_exec(
+                *cmd, stdin=asyncio.subprocess.PIPE, stdout=asyncio.subprocess.PIPE, stderr=err, limit=PIPE_LIMIT
+            )
         if self.cpu is not None and TWO_CORES:
             try:
                 os.sched_setaffinity(self.proc.pid, {self.cpu})
@@ -157,8 +162,9 @@ class Writer:
             await self.proc.stdin.drain()
             line = await self.proc.stdout.readline()
         if not line:
-            raise RuntimeError(f"the writer process ended (status {self.proc.returncode}); see its log in "
-                               f"{self.res.dir}")
+            raise RuntimeError(
+                f"the writer process ended (status {self.proc.returncode}); see its log in {self.res.dir}"
+            )
         return json.loads(line)
 
     async def write(self, files: list, *, times: bool = False) -> dict:
@@ -174,7 +180,7 @@ class Writer:
                 self.proc.stdin.write(b'{"op": "quit"}\n')
                 await self.proc.stdin.drain()
                 await asyncio.wait_for(self.proc.wait(), 30)
-            except (OSError, asyncio.TimeoutError):
+            except (TimeoutError, OSError):
                 self.kill()
                 await self.proc.wait()
 
@@ -192,5 +198,5 @@ if __name__ == "__main__":
     if "--log" in args:
         at = args.index("--log")
         log_file = args[at + 1]
-        del args[at:at + 2]
+        del args[at : at + 2]
     Child(args[0], log_file).serve()

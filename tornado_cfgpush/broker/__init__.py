@@ -3,12 +3,14 @@
 The handlers know only this interface; the embedded broker (``memory``) is the default and
 a shared one (Redis) fits behind the same four calls.
 """
+
 from __future__ import annotations
 
 import abc
 import asyncio
+from collections.abc import Callable
 from dataclasses import dataclass, field
-from typing import Any, Callable
+from typing import Any
 
 from ..events import Event
 
@@ -19,7 +21,7 @@ class BrokerUnavailable(Exception):
     """The broker cannot take or give events right now; nothing was half-published."""
 
 
-# Resync reasons (PROTOCOL.md section 2, `Resync`).
+# Resync reasons (docs/protocol.md section 2, `Resync`).
 HISTORY_EXPIRED = "history_expired"
 UNKNOWN_EPOCH = "unknown_epoch"
 UNKNOWN_EVENT_ID = "unknown_event_id"

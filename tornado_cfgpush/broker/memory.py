@@ -21,6 +21,7 @@ numbers its events above every seq of the dropped ones (``_floor``), so an id a 
 holds from before can only be answered with ``Resync``, or, when it was its tenant's very
 last, with exactly what followed.
 """
+
 from __future__ import annotations
 
 import asyncio
@@ -29,8 +30,9 @@ import itertools
 import logging
 import time
 from collections import OrderedDict
+from collections.abc import Callable
 from time import perf_counter
-from typing import Any, Callable
+from typing import Any
 
 from ..events import Event
 from ..rules import parse_event_id
@@ -176,8 +178,13 @@ class MemoryBroker(Broker):
             self._sweeper = None
 
     def state(self) -> BrokerState:
-        return BrokerState(tenants=len(self._tenants), history_bytes=self.bytes, dropped=dict(self.dropped),
-                           evicted_events=self.evicted_events, forgotten=len(self._forgotten))
+        return BrokerState(
+            tenants=len(self._tenants),
+            history_bytes=self.bytes,
+            dropped=dict(self.dropped),
+            evicted_events=self.evicted_events,
+            forgotten=len(self._forgotten),
+        )
 
     # -- publish --------------------------------------------------------------------------------
 
@@ -194,7 +201,7 @@ class MemoryBroker(Broker):
         key = _dedupe_key(fields)
         path = fields.get("path")
         previous = log.last_by_path.get(path) if path else None
-        if previous is not None:
+        if path and previous is not None:
             state, previous_id, by, recorded = previous
             if version is not None and recorded is not None and version < recorded:
                 return previous_id  # another node published a newer observation of this path
@@ -375,7 +382,7 @@ class MemoryBroker(Broker):
         while True:
             await asyncio.sleep(self.sweep_interval)
             try:
-                while not self.sweep():
+                while not self.sweep():  # noqa: ASYNC110  (slices of work, not a wait for a condition)
                     await asyncio.sleep(0)  # let the loop run between slices
             except Exception:  # a bug here must not stop expiry for good
                 log.exception("history sweep failed")
@@ -393,8 +400,11 @@ class MemoryBroker(Broker):
         log = self._live_log(tenant_id, self._clock())
         if log is None:
             return {}
-        return {path: None if state == "deleted" else state
-                for path, (state, _, by, _) in log.last_by_path.items() if by == source and state}
+        return {
+            path: None if state == "deleted" else state
+            for path, (state, _, by, _) in log.last_by_path.items()
+            if by == source and state
+        }
 
     async def catch_up(self, tenant_id: str, since: str | None) -> Catchup:
         newest = self.newest_event_id(tenant_id)

@@ -30,6 +30,7 @@ are then answered as ``unknown_event_id`` (or ``history_expired`` once the new s
 are trimmed). There is no epoch. Tested on Redis 7.0; uses nothing newer than 6.2
 (exclusive ranges, ``MINID``).
 """
+
 from __future__ import annotations
 
 import asyncio
@@ -38,12 +39,14 @@ import logging
 import random
 import uuid
 from collections import OrderedDict
-from typing import Any, Callable, Iterable
+from collections.abc import Callable, Iterable
+from typing import Any
 
 import redis.asyncio as aioredis
 from redis.asyncio.retry import Retry
 from redis.backoff import NoBackoff
-from redis.exceptions import ConnectionError as RedisConnectionError, RedisError
+from redis.exceptions import ConnectionError as RedisConnectionError
+from redis.exceptions import RedisError
 from redis.exceptions import TimeoutError as RedisTimeoutError
 
 from ..events import Event, encode_json
@@ -178,7 +181,7 @@ def _state_and_source(value: str) -> tuple[str, str]:
 def _entry(raw: list) -> tuple[tuple[int, int], tuple[int, int], str]:
     """A stream entry ``[id, [field, value, ...]]`` as (id, predecessor's id, body JSON)."""
     entry_id, flat = raw
-    fields = dict(zip(flat[::2], flat[1::2]))
+    fields = dict(zip(flat[::2], flat[1::2], strict=True))
     return parse_event_id(entry_id), parse_event_id(fields["p"]), fields["e"]
 
 
@@ -218,8 +221,12 @@ class RedisBroker(Broker):
         # minute against a stalled server), and a retried publish could append twice.
         # Callers get BrokerUnavailable within seconds instead.
         self._timeout = socket_timeout
-        options = dict(decode_responses=True, socket_timeout=socket_timeout,
-                       socket_connect_timeout=socket_timeout, retry=Retry(NoBackoff(), 0))
+        options: dict[str, Any] = {
+            "decode_responses": True,
+            "socket_timeout": socket_timeout,
+            "socket_connect_timeout": socket_timeout,
+            "retry": Retry(NoBackoff(), 0),
+        }
         self._redis = aioredis.from_url(url, **options)
         # The listener's own pool: its reconnects never disturb (or borrow) command connections.
         self._listener_redis = aioredis.from_url(url, **options)
@@ -293,9 +300,11 @@ class RedisBroker(Broker):
         try:
             async with self._redis.pipeline(transaction=False) as pipe:
                 for fields, version in items:
-                    await self._publish(keys=[self._key(fields["tenant_id"], "history"),
-                                              self._key(fields["tenant_id"], "paths")],
-                                        args=self._publish_args(fields, version), client=pipe)
+                    await self._publish(
+                        keys=[self._key(fields["tenant_id"], "history"), self._key(fields["tenant_id"], "paths")],
+                        args=self._publish_args(fields, version),
+                        client=pipe,
+                    )
                 return await pipe.execute()
         except RedisError as exc:
             # Timeouts are ambiguous (the scripts may have run): a retry of a checksummed event
@@ -305,16 +314,28 @@ class RedisBroker(Broker):
     def _publish_args(self, fields: dict[str, Any], version: int | None) -> list[Any]:
         old_path = (fields.get("meta") or {}).get("old_path")
         moved_from = old_path if fields["change_type"] == "moved" and isinstance(old_path, str) else ""
-        return [encode_json(fields), fields.get("path") or "", _dedupe_key(fields) or "", moved_from,
-                self.history_size, _ms(self.history_ttl), self.channel, fields.get("source") or "",
-                _ms(self.record_ttl), NEWEST_FIELD, "" if version is None else str(int(version)), EPOCH_FIELD,
-                uuid.uuid4().hex]
+        return [
+            encode_json(fields),
+            fields.get("path") or "",
+            _dedupe_key(fields) or "",
+            moved_from,
+            self.history_size,
+            _ms(self.history_ttl),
+            self.channel,
+            fields.get("source") or "",
+            _ms(self.record_ttl),
+            NEWEST_FIELD,
+            "" if version is None else str(int(version)),
+            EPOCH_FIELD,
+            uuid.uuid4().hex,
+        ]
 
     async def _read_stream(self, tenant_id: str, after: str, count: int | None):
         try:
             newest, first, entries, now_ms, epoch = await self._read(
                 keys=[self._key(tenant_id, "history"), self._key(tenant_id, "paths")],
-                args=[after, "" if count is None else count, NEWEST_FIELD, EPOCH_FIELD])
+                args=[after, "" if count is None else count, NEWEST_FIELD, EPOCH_FIELD],
+            )
         except RedisError as exc:
             raise BrokerUnavailable(f"redis unavailable: {exc}") from exc
         self._last_epoch = epoch or None
@@ -324,7 +345,7 @@ class RedisBroker(Broker):
 
     async def published_states(self, tenant_id: str, source: str) -> dict[str, str | None]:
         try:
-            record = await self._redis.hgetall(self._key(tenant_id, "paths"))
+            record: dict[str, str] = await self._redis.hgetall(self._key(tenant_id, "paths"))  # type: ignore[assignment]
         except RedisError as exc:
             raise BrokerUnavailable(f"redis unavailable: {exc}") from exc
         states = {}
@@ -371,7 +392,7 @@ class RedisBroker(Broker):
         except ValueError:
             since_id = None
         valid = since_id is not None and since_id[0] < MAX_ID and since_id[1] <= MAX_ID
-        after = _fmt(since_id) if valid else ""
+        after = _fmt(since_id) if since_id is not None and valid else ""
         for attempt in (1, 2):
             newest, first, entries, now_ms = await self._read_stream(tenant_id, after, self.history_size + 1)
             newest_id = parse_event_id(newest) if newest else None
@@ -384,7 +405,7 @@ class RedisBroker(Broker):
         await self._sync(tenant_id, newest_id)
         if since is None or (valid and since_id == newest_id):
             return Catchup(newest)
-        if not valid or newest_id is None or since_id > newest_id:
+        if not valid or since_id is None or newest_id is None or since_id > newest_id:
             return Catchup(newest, resync=UNKNOWN_EVENT_ID)
         if not entries:
             # since_id < newest_id, and the stream holds nothing after it: the stream expired
@@ -441,19 +462,27 @@ class RedisBroker(Broker):
         newest, _, entries, _ = await self._read_stream(tenant_id, _fmt(cursor), None)
         self._deliver_entries(tenant_id, cursor, entries, parse_event_id(newest) if newest else None)
 
-    def _deliver_entries(self, tenant_id: str, cursor: tuple[int, int], entries: list,
-                         newest_id: tuple[int, int] | None = None) -> None:
+    def _deliver_entries(
+        self, tenant_id: str, cursor: tuple[int, int], entries: list, newest_id: tuple[int, int] | None = None
+    ) -> None:
         # A gap: the first entry after the cursor does not follow it, or there is none though
         # the tenant's newest id is past the cursor (the stream expired with what followed it).
         gap = entries[0][1] != cursor if entries else newest_id is not None and newest_id > cursor
         for event_id, _, body in entries:
             if event_id > self._cursor.get(tenant_id, ZERO):  # parse only what is new here
                 self._deliver(event_id, json.loads(body))
-        if gap and not entries and tenant_id in self._cursor and self._cursor[tenant_id] < newest_id:
+        if (
+            gap
+            and not entries
+            and newest_id is not None
+            and tenant_id in self._cursor
+            and self._cursor[tenant_id] < newest_id
+        ):
             self._cursor[tenant_id] = newest_id  # nothing up to it can be delivered any more
         if gap:
-            log.warning("tenant %s: events after %s were trimmed before this node delivered them",
-                        tenant_id, _fmt(cursor))
+            log.warning(
+                "tenant %s: events after %s were trimmed before this node delivered them", tenant_id, _fmt(cursor)
+            )
             if self._on_gap is not None:
                 self._on_gap(tenant_id, HISTORY_EXPIRED)
 
@@ -523,7 +552,7 @@ class RedisBroker(Broker):
             await asyncio.sleep(CURSOR_SWEEP_INTERVAL)
             tenant_ids = list(self._cursor)
             for start in range(0, len(tenant_ids), CURSOR_SWEEP_SLICE):
-                self.forget_idle_cursors(tenant_ids[start:start + CURSOR_SWEEP_SLICE])
+                self.forget_idle_cursors(tenant_ids[start : start + CURSOR_SWEEP_SLICE])
                 await asyncio.sleep(0)
 
     # -- the pub/sub listener ---------------------------------------------------------------------

@@ -1,4 +1,5 @@
 """HTTP and WebSocket handlers; ``default_handlers(core)`` lists the routes."""
+
 from __future__ import annotations
 
 from typing import TYPE_CHECKING
@@ -12,10 +13,10 @@ from .tenants import TenantStatusHandler
 from .ws import ConfigWebSocket
 
 if TYPE_CHECKING:  # pragma: no cover
-    from ..app import CfgPush
+    from ..ports import Service
 
 
-def default_handlers(core: "CfgPush") -> list[tuple]:
+def default_handlers(core: Service) -> list[tuple]:
     return [
         (r"/ws", ConfigWebSocket, {"core": core}),
         (r"/events", EventStreamHandler, {"core": core}),

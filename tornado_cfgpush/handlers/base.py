@@ -1,23 +1,27 @@
 """What every cfgpush HTTP handler shares: JSON errors, refusing with a reason, no token in
-a log line; what ``/ws`` and ``/events`` check before they serve anyone (``AdmissionMixin``):
+a log line; the APIs' Host and bearer-token checks (``check_host``, ``check_token``); what
+``/ws`` and ``/events`` check before they serve anyone (``AdmissionMixin``):
 query-string size, Origin, authorization (``cfgpush_authorize``), connection limits; and the
 ``Lease`` an admitted subscriber holds.
 """
+
 from __future__ import annotations
 
 import logging
 import time
-from typing import TYPE_CHECKING, Any, Callable
+from collections.abc import Callable, Iterable
+from typing import TYPE_CHECKING, Any
 
-from tornado import web
+from tornado import httputil, web
 from tornado.ioloop import IOLoop
 
-from ..auth import Decision, auth_enabled, bearer, host_refusal, matches_any, origin_allowed, redact_uri
+from ..auth import Decision, bearer, cross_site_refused, host_refusal, matches_any, origin_allowed
 from ..limits import LimitReached, Slot
+from ..redaction import redact
 from ..rules import tenant_id_error
 
 if TYPE_CHECKING:  # pragma: no cover
-    from ..app import CfgPush
+    from ..ports import Subscribing
 
 log = logging.getLogger("cfgpush.auth")
 app_log = logging.getLogger("tornado.application")
@@ -34,21 +38,25 @@ class Refused(Exception):
         self.headers = headers or {}
 
 
-class JsonErrorsMixin:
+class JsonErrorsMixin(web.RequestHandler):
     """Errors as ``{"error": "<reason>"}`` (docs/protocol.md section 2), never an HTML page."""
 
-    def write_error(self: web.RequestHandler, status_code: int, **kwargs: Any) -> None:
-        reason = self._reason
+    def write_error(self, status_code: int, **kwargs: Any) -> None:
         exc_info = kwargs.get("exc_info")
-        if exc_info and isinstance(exc_info[1], web.HTTPError) and exc_info[1].log_message:
+        error = exc_info[1] if exc_info else None
+        if isinstance(error, web.HTTPError) and error.log_message:
             # log_message is ours (raised with a reason meant for the client).
-            reason = exc_info[1].log_message % exc_info[1].args if exc_info[1].args else exc_info[1].log_message
+            reason = error.log_message % error.args if error.args else error.log_message
+        else:  # the status line's reason, as Tornado's send_error chose it
+            reason = (error.reason if isinstance(error, web.HTTPError) else None) or httputil.responses.get(
+                status_code, "Unknown"
+            )
         if status_code >= 500:
             reason = "internal server error"
         self.set_header("Content-Type", "application/json; charset=UTF-8")
         self.finish({"error": reason})
 
-    def refuse(self: web.RequestHandler, refused: Refused) -> None:
+    def refuse(self, refused: Refused) -> None:
         self.clear()
         self.set_status(refused.status)
         self.set_header("Content-Type", "application/json; charset=UTF-8")
@@ -58,10 +66,10 @@ class JsonErrorsMixin:
 
     # Tornado's access and error logs name the request by its URI, whose query string may
     # carry a token (?token=): never write it (SECURITY.md).
-    def _request_summary(self: web.RequestHandler) -> str:
-        return f"{self.request.method} {redact_uri(self.request.uri or '')} ({self.request.remote_ip})"
+    def _request_summary(self) -> str:
+        return f"{self.request.method} {redact(self.request.uri or '')} ({self.request.remote_ip})"
 
-    def log_exception(self: web.RequestHandler, typ: Any, value: Any, tb: Any) -> None:
+    def log_exception(self, typ: Any, value: Any, tb: Any) -> None:
         """Tornado's, less the ``repr`` of the request (its URI, with the query string)."""
         if isinstance(value, web.HTTPError):
             if value.log_message:
@@ -95,28 +103,43 @@ def tenant_from_query(handler: web.RequestHandler) -> str:
     return tenant_id
 
 
+def check_host(handler: Any) -> None:
+    """``Refused(421)`` when ``--allowed-host`` is set and the request's Host is not in it."""
+    misdirected = host_refusal(handler.request, handler.core.settings.allowed_hosts)
+    if misdirected:
+        raise Refused(421, misdirected)
+
+
+def check_token(handler: Any, expected: str | Iterable[str] | None, what: str, wrong_status: int = 401) -> str:
+    """Refuse unless the request bears ``expected`` (or one of several), compared in constant
+    time with each; return the token it bears.
+
+    Every API's check, so the Host rule (``check_host``: 421) comes first here. Then no token
+    configured: 403 (the API is off). Missing: 401. Wrong: ``wrong_status`` (the publish API
+    answers 403, docs/protocol.md section 4).
+    """
+    check_host(handler)
+    expected = (expected,) if isinstance(expected, str) else tuple(expected or ())
+    if not expected:
+        raise Refused(403, f"the {what} API is disabled on this server (no {what} token configured)")
+    given = bearer(handler.request)
+    if given is None:
+        raise Refused(
+            401,
+            f"{what} token required (Authorization: Bearer <token>)",
+            {"WWW-Authenticate": 'Bearer realm="cfgpush"'},
+        )
+    if not matches_any(given, expected):
+        raise Refused(
+            wrong_status, f"wrong {what} token", {"WWW-Authenticate": 'Bearer realm="cfgpush", error="invalid_token"'}
+        )
+    return given
+
+
 def check_query_size(handler: web.RequestHandler, limit: int) -> None:
     """``Refused(414)`` when the query string is longer than ``limit`` bytes."""
     if len(handler.request.query) > limit:
         raise Refused(414, f"the query string must be at most {limit} bytes")
-
-
-def decide(core: "CfgPush", request: Any, tenant_id: str, token: str | None) -> Decision:
-    """The ``cfgpush_authorize`` hook's answer; a plugin error refuses (503), never allows."""
-    settings = core.settings
-    try:
-        decision = core.pm.hook.cfgpush_authorize(settings=settings, request=request, tenant_id=tenant_id, token=token)
-    except Exception:
-        log.exception("cfgpush_authorize raised; refusing the subscriber of tenant %s", tenant_id)
-        return Decision.deny(503, "authorization is unavailable; retry later")
-    if decision is None:
-        if auth_enabled(settings):
-            return Decision.deny(401, "token cannot be checked: no authorization plugin answered")
-        return Decision.allow()
-    if not isinstance(decision, Decision):
-        log.error("cfgpush_authorize returned %s, not a Decision; refusing", type(decision).__name__)
-        return Decision.deny(503, "authorization is unavailable; retry later")
-    return decision
 
 
 class Lease:
@@ -128,7 +151,7 @@ class Lease:
 
     __slots__ = ("core", "request", "auth", "_slot", "_expiry")
 
-    def __init__(self, core: "CfgPush", request: Any, auth: Decision, slot: Slot | None):
+    def __init__(self, core: Subscribing, request: Any, auth: Decision, slot: Slot | None):
         self.core = core
         self.request = request
         self.auth = auth
@@ -146,7 +169,7 @@ class Lease:
     def refresh(self, tenant_id: str, token: str, on_expired: Callable[[], None]) -> str | None:
         """A newer token for the same tenant moves the expiry; None when accepted, else why not
         (a refused token changes nothing)."""
-        decision = decide(self.core, self.request, tenant_id, token)
+        decision = self.core.authorize(self.request, tenant_id, token)
         if not decision.allowed:
             return decision.reason
         current = self.auth.expires_at
@@ -175,11 +198,12 @@ class AdmissionMixin:
     Admitted, the request holds a ``Lease`` (``self.lease``) that its connection takes over.
     """
 
-    core: "CfgPush"
+    core: Subscribing
     request: Any
     lease: Lease | None = None
 
-    # Tornado's check_origin / cross_origin_protection consult this for cross-site requests.
+    # Whether an allowed page of another origin may read the response (the SSE stream's CORS
+    # header); Tornado's own cross_origin_protection would consult it too.
     def check_trusted_origin(self, origin: str) -> bool:
         return origin_allowed(origin, self.core.settings.allowed_origins)
 
@@ -188,7 +212,7 @@ class AdmissionMixin:
         misdirected = host_refusal(self.request, self.core.settings.allowed_hosts)
         if misdirected:
             raise Refused(421, misdirected)
-        if self._check_cross_origin(self.check_trusted_origin) is not None:  # type: ignore[attr-defined]
+        if cross_site_refused(self.request.headers, self.core.settings.allowed_origins):
             raise Refused(403, "Origin not allowed")
         decision = self.authorize_request(tenant_id)
         if not decision.allowed:
@@ -201,8 +225,13 @@ class AdmissionMixin:
         try:
             slot = self.core.limits.acquire(self.request.remote_ip or "", tenant_id)
         except LimitReached as limit:
-            log.warning("refused %s (%s): %s limit reached, tenant %s", self.request.path,
-                        self.request.remote_ip, limit.scope, tenant_id)
+            log.warning(
+                "refused %s (%s): %s limit reached, tenant %s",
+                self.request.path,
+                self.request.remote_ip,
+                limit.scope,
+                tenant_id,
+            )
             raise Refused(limit.status, limit.reason, {"Retry-After": "1" if limit.status == 429 else "5"}) from None
         self.lease = Lease(self.core, self.request, decision, slot)
         return self.lease
@@ -218,4 +247,4 @@ class AdmissionMixin:
         query_token = raw[0].decode("utf-8", "replace") if raw else None
         if query_token and header_token and query_token != header_token:
             raise Refused(400, "give the token once: in ?token= or in the Authorization header")
-        return decide(self.core, self.request, tenant_id, query_token or header_token or None)
+        return self.core.authorize(self.request, tenant_id, query_token or header_token or None)

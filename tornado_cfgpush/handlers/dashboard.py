@@ -5,30 +5,29 @@ The pages are static files of the package (``tornado_cfgpush/static``): no templ
 step. The admin token is typed into the page and sent in an ``Authorization`` header only;
 nothing the dashboard needs puts it in a URL.
 """
+
 from __future__ import annotations
 
 import asyncio
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING
 
 from tornado import web
 
 from ..broker import BrokerUnavailable
-from .base import JsonErrorsMixin, Refused
-from .tenants import check_token
+from ..summary import summarize
+from .base import JsonErrorsMixin, Refused, check_token
 
 if TYPE_CHECKING:  # pragma: no cover
-    from ..app import CfgPush
+    from ..ports import Observing
 
 STATIC_DIR = Path(__file__).resolve().parent.parent / "static"
 
-# A subscriber whose request carries this header is a dashboard watching the tenant, not a
-# client applying its configuration: it is counted apart and never holds convergence back.
-OBSERVER_HEADER = "X-CfgPush-Observer"
-
 # The dashboard's own policy: only its own scripts, styles and connections; no framing.
-DASHBOARD_CSP = ("default-src 'none'; script-src 'self'; style-src 'self'; img-src 'self' data:; "
-                 "connect-src 'self'; base-uri 'none'; form-action 'none'; frame-ancestors 'none'")
+DASHBOARD_CSP = (
+    "default-src 'none'; script-src 'self'; style-src 'self'; img-src 'self' data:; "
+    "connect-src 'self'; base-uri 'none'; form-action 'none'; frame-ancestors 'none'"
+)
 
 CONTENT_TYPES = {
     ".js": "text/javascript; charset=utf-8",
@@ -58,21 +57,16 @@ class StaticHandler(web.StaticFileHandler):
         return CONTENT_TYPES.get(suffix) or super().get_content_type()
 
 
-def is_observer(conn: Any) -> bool:
-    request = getattr(conn, "request", None)
-    return request is not None and request.headers.get(OBSERVER_HEADER, "") != ""
-
-
 class TenantListHandler(JsonErrorsMixin, web.RequestHandler):
     """``GET /api/v1/tenants`` (admin token): every tenant with connections or configuration.
 
     Tenants come from the hub (connected) and from every source that can name its tenants
-    (``tenants()``, the filesystem source does). Per tenant: connections by transport, the
-    newest event id, and how many of its clients (dashboards watching it excluded) have
-    acknowledged that event.
+    (``tenants()``, the filesystem source does). Per tenant, its summary (summary.py), as
+    ``GET /api/v1/tenants/<id>`` answers it: connections by transport, observers and clients,
+    the newest event id, and how many clients have acknowledged that event.
     """
 
-    def initialize(self, core: "CfgPush") -> None:
+    def initialize(self, core: Observing) -> None:
         self.core = core
 
     def known_tenants(self) -> list[str]:
@@ -100,28 +94,16 @@ class TenantListHandler(JsonErrorsMixin, web.RequestHandler):
             self.set_header("Retry-After", "1")
             self.finish({"error": "the broker is unavailable; retry later"})
             return
-        tenants = []
-        for tenant_id, catchup in zip(names, catchups):
-            newest = catchup.last_event_id
-            conns = self.core.hub.connections(tenant_id)
-            by_transport: dict[str, int] = {}
-            for conn in conns:
-                by_transport[conn.transport] = by_transport.get(conn.transport, 0) + 1
-            clients = [c for c in conns if not is_observer(c)]
-            tenants.append({
-                "tenant_id": tenant_id,
-                "connections": len(conns),
-                "connections_by_transport": by_transport,
-                "observers": len(conns) - len(clients),
-                "clients": len(clients),
-                "last_event_id": newest,
-                "converged": len(clients) if newest is None else sum(1 for c in clients if getattr(c, "acked", None) == newest),
-            })
+        hub = self.core.hub
+        tenants = [
+            summarize(tenant_id, hub.connections(tenant_id), catchup.last_event_id).as_json()
+            for tenant_id, catchup in zip(names, catchups, strict=True)
+        ]
         self.set_header("Cache-Control", "no-store")
         self.finish({"tenants": tenants, "connections": self.core.hub.connection_count()})
 
 
-def dashboard_handlers(core: "CfgPush") -> list[tuple]:
+def dashboard_handlers(core: Observing) -> list[tuple]:
     static = {"path": str(STATIC_DIR)}
     return [
         (r"/()", StaticHandler, {**static, "default_filename": "index.html"}),

@@ -1,4 +1,5 @@
-"""``/healthz`` and ``/readyz`` (PROTOCOL.md section 5)."""
+"""``/healthz`` and ``/readyz`` (docs/protocol.md section 5)."""
+
 from __future__ import annotations
 
 from typing import TYPE_CHECKING
@@ -8,7 +9,7 @@ from tornado import web
 from .base import JsonErrorsMixin
 
 if TYPE_CHECKING:  # pragma: no cover
-    from ..app import CfgPush
+    from ..ports import Observing
 
 
 class HealthHandler(JsonErrorsMixin, web.RequestHandler):
@@ -21,7 +22,7 @@ class ReadyHandler(JsonErrorsMixin, web.RequestHandler):
     """200 when the broker is reachable and every source has started, else 503 and why;
     200 ``degraded`` with the reasons while it serves worse than it should (a blocked loop)."""
 
-    def initialize(self, core: "CfgPush") -> None:
+    def initialize(self, core: Observing) -> None:
         self.core = core
 
     def get(self) -> None:

@@ -1,10 +1,11 @@
-"""``/metrics`` (PROTOCOL.md section 5): the Prometheus text format, from ``core.metrics``.
+"""``/metrics`` (docs/protocol.md section 5): the Prometheus text format, from ``core.metrics``.
 
 With an admin token configured, a scrape needs it (``Authorization: Bearer <admin token>``,
 Prometheus' ``authorization`` setting): the series count every tenant's events and, with
 ``--metrics-tenant-labels``, name tenants. ``--metrics-public`` leaves it open for a scraper
 on a private network. The Host rule (``--allowed-host``) applies either way.
 """
+
 from __future__ import annotations
 
 from typing import TYPE_CHECKING
@@ -12,15 +13,14 @@ from typing import TYPE_CHECKING
 from prometheus_client import CONTENT_TYPE_LATEST
 from tornado import web
 
-from .base import JsonErrorsMixin, Refused
-from .tenants import check_host, check_token
+from .base import JsonErrorsMixin, Refused, check_host, check_token
 
 if TYPE_CHECKING:  # pragma: no cover
-    from ..app import CfgPush
+    from ..ports import Observing
 
 
 class MetricsHandler(JsonErrorsMixin, web.RequestHandler):
-    def initialize(self, core: "CfgPush") -> None:
+    def initialize(self, core: Observing) -> None:
         self.core = core
 
     def get(self) -> None:

@@ -4,13 +4,15 @@ Each publish token has a budget (``PublishBudget``, ``--publish-rate`` / ``--pub
 every request it authenticates spends one event of it, valid or not, since a refused body
 costs the loop too. Past it: 429 with ``Retry-After``, and nothing is published.
 """
+
 from __future__ import annotations
 
 import json
 import logging
 import math
 import time
-from typing import TYPE_CHECKING, Callable
+from collections.abc import Callable
+from typing import TYPE_CHECKING
 
 from marshmallow import ValidationError
 from tornado import web
@@ -19,11 +21,10 @@ from ..auth import token_list
 from ..broker import BrokerUnavailable
 from ..metrics import RATE_LIMITED
 from ..schemas import TOO_DEEP, wire_safe_messages
-from .base import JsonErrorsMixin, Refused
-from .tenants import check_token
+from .base import JsonErrorsMixin, Refused, check_token
 
 if TYPE_CHECKING:  # pragma: no cover
-    from ..app import CfgPush
+    from ..ports import Publishing
     from ..settings import Settings
 
 log = logging.getLogger("cfgpush.publish")
@@ -46,7 +47,7 @@ class PublishBudget:
         self._buckets: dict[str, tuple[float, float]] = {}  # token -> (events left, when)
 
     @classmethod
-    def from_settings(cls, settings: "Settings") -> "PublishBudget":
+    def from_settings(cls, settings: Settings) -> PublishBudget:
         return cls(settings.publish_rate, settings.publish_burst)
 
     def spend(self, token: str) -> float:
@@ -65,7 +66,7 @@ class PublishBudget:
 
 
 class PublishHandler(JsonErrorsMixin, web.RequestHandler):
-    def initialize(self, core: "CfgPush", budget: PublishBudget) -> None:
+    def initialize(self, core: Publishing, budget: PublishBudget) -> None:
         self.core = core
         self.budget = budget  # one per application (handlers.default_handlers), kept across requests
 
@@ -76,9 +77,12 @@ class PublishHandler(JsonErrorsMixin, web.RequestHandler):
             wait = self.budget.spend(token)
             if wait:
                 self.core.metrics.rejected(SOURCE_NAME, RATE_LIMITED)
-                raise Refused(429, f"over this token's budget of {self.budget.rate} events per second "
-                                   f"(burst {self.budget.burst}); retry later",
-                              {"Retry-After": str(max(1, math.ceil(wait)))})
+                raise Refused(
+                    429,
+                    f"over this token's budget of {self.budget.rate} events per second "
+                    f"(burst {self.budget.burst}); retry later",
+                    {"Retry-After": str(max(1, math.ceil(wait)))},
+                )
             payload = self._payload()
         except Refused as refused:
             self.refuse(refused)
@@ -88,8 +92,12 @@ class PublishHandler(JsonErrorsMixin, web.RequestHandler):
         except ValidationError as exc:
             self.set_status(400)
             # Field names come from the body: written so that the answer is valid Unicode.
-            self.finish({"error": "the event does not match the ConfigChanged schema",
-                         "fields": wire_safe_messages(exc.messages)})
+            self.finish(
+                {
+                    "error": "the event does not match the ConfigChanged schema",
+                    "fields": wire_safe_messages(exc.messages),
+                }
+            )
             return
         except BrokerUnavailable as exc:
             log.warning("publish refused: %s", exc)

@@ -18,6 +18,7 @@ only part that differs between the transports::
 ``handlers/ws.py`` has the WebSocket sink, ``handlers/sse.py`` the Server-Sent Events one. A
 sink tells its subscription when the client is gone or too slow by calling ``close`` too.
 """
+
 from __future__ import annotations
 
 import itertools
@@ -31,10 +32,10 @@ from ..closing import CloseReason
 from ..events import Event
 from ..logs import bind as bind_log_context
 from ..rules import EVENT_ID_RE, parse_event_id
-from .base import Lease, Refused, single_query_argument, tenant_from_query
+from .base import JsonErrorsMixin, Lease, Refused, single_query_argument, tenant_from_query
 
 if TYPE_CHECKING:  # pragma: no cover
-    from ..app import CfgPush
+    from ..ports import Subscribing
 
 log = logging.getLogger("cfgpush.subscription")
 _ids = itertools.count(1)
@@ -74,7 +75,7 @@ class Subscription:
 
     __slots__ = ("core", "tenant_id", "conn_id", "sink", "lease", "acked", "_pending", "_held_gap", "_closed")
 
-    def __init__(self, core: "CfgPush", tenant_id: str, conn_id: str, sink: Sink, lease: Lease):
+    def __init__(self, core: Subscribing, tenant_id: str, conn_id: str, sink: Sink, lease: Lease):
         self.core = core
         self.tenant_id = tenant_id
         self.conn_id = conn_id
@@ -82,7 +83,7 @@ class Subscription:
         self.lease = lease
         self.acked: str | None = None  # the newest event the client says it applied
         self._pending: list[Event] | None = None  # live events held back while catching up
-        self._held_gap: tuple[str | None, dict | None, str] | None = None  # a gap during it
+        self._held_gap: tuple[str | None, dict[str, str] | None, str] | None = None  # a gap during it
         self._closed = False
 
     # -- what others read ------------------------------------------------------------------------
@@ -163,8 +164,13 @@ class Subscription:
         sink = self.sink
         sink.write(sink.encode_event(event))
 
-    def notify_gap(self, last_event_id: str | None, manifest: dict | None, reason: str = SOURCE_GAP,
-                   prepared: dict | None = None) -> None:
+    def notify_gap(
+        self,
+        last_event_id: str | None,
+        manifest: dict[str, str] | None,
+        reason: str = SOURCE_GAP,
+        prepared: dict[object, bytes] | None = None,
+    ) -> None:
         """Events may be lost: ``Resync`` now, or right after Welcome when subscribing.
         ``prepared``: a dict shared by the clients of one tenant given the same Resync, so that
         it is encoded (its manifest may be large) once per framing, not once per client."""
@@ -176,8 +182,13 @@ class Subscription:
     def ping(self) -> None:
         self.sink.ping()
 
-    def _send_resync(self, last_event_id: str | None, manifest: dict | None, reason: str,
-                     prepared: dict | None = None) -> None:
+    def _send_resync(
+        self,
+        last_event_id: str | None,
+        manifest: dict[str, str] | None,
+        reason: str,
+        prepared: dict[object, bytes] | None = None,
+    ) -> None:
         framing = (type(self.sink), getattr(self.sink, "chunked", None))
         if prepared is not None and framing in prepared:
             self.sink.write(prepared[framing])
@@ -237,8 +248,9 @@ def next_conn_id(transport: str) -> str:
     return f"{transport}-{next(_ids)}"
 
 
-def read_subscription_query(handler: web.RequestHandler, conn_id: str,
-                            since_header: str | None = None) -> tuple[str, str | None, bool]:
+def read_subscription_query(
+    handler: web.RequestHandler, conn_id: str, since_header: str | None = None
+) -> tuple[str, str | None, bool]:
     """``(tenant_id, last_event_id, manifest)`` of a subscribe request, or ``Refused``;
     ``last_event_id`` may come from the SSE ``Last-Event-ID`` header instead."""
     tenant_id = tenant_from_query(handler)
@@ -254,6 +266,6 @@ def read_subscription_query(handler: web.RequestHandler, conn_id: str,
     return tenant_id, since, single_query_argument(handler, "manifest") in ("1", "true")
 
 
-def refuse_with_log(handler: web.RequestHandler, refused: Refused) -> None:
+def refuse_with_log(handler: JsonErrorsMixin, refused: Refused) -> None:
     log.info("refused %s: %s %s (%s)", handler.request.path, refused.status, refused.reason, handler.request.remote_ip)
     handler.refuse(refused)

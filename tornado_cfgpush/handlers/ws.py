@@ -13,6 +13,7 @@ connection is then served, for its whole life, by three small objects and nothin
 
 The handler, the HTTP connection, the ``IOStream`` and the request are dropped at the upgrade.
 """
+
 from __future__ import annotations
 
 import asyncio
@@ -40,7 +41,7 @@ from .base import AdmissionMixin, JsonErrorsMixin, Refused, check_query_size
 from .subscription import Subscription, next_conn_id, read_subscription_query, refuse_with_log
 
 if TYPE_CHECKING:  # pragma: no cover
-    from ..app import CfgPush
+    from ..ports import Subscribing
 
 log = logging.getLogger("cfgpush.ws")
 
@@ -51,7 +52,7 @@ HELD_BYTES = 64 * 1024
 class ConfigWebSocket(AdmissionMixin, JsonErrorsMixin, web.RequestHandler):
     """The upgrade: every check, then ``101`` and the hand-over (``_upgrade``)."""
 
-    def initialize(self, core: "CfgPush") -> None:
+    def initialize(self, core: Subscribing) -> None:
         self.core = core
         self.conn_id = next_conn_id("ws")
 
@@ -100,8 +101,9 @@ class ConfigWebSocket(AdmissionMixin, JsonErrorsMixin, web.RequestHandler):
         self.set_status(101)
         self.set_header("Upgrade", "websocket")
         self.set_header("Connection", "Upgrade")
-        self.set_header("Sec-WebSocket-Accept",
-                        WebSocketProtocol13.compute_accept_value(self.request.headers["Sec-WebSocket-Key"]))
+        self.set_header(
+            "Sec-WebSocket-Accept", WebSocketProtocol13.compute_accept_value(self.request.headers["Sec-WebSocket-Key"])
+        )
         self.finish()
         stream = self.detach()
         # Bytes the client sent right after its request (it may, before reading our 101)
@@ -109,7 +111,7 @@ class ConfigWebSocket(AdmissionMixin, JsonErrorsMixin, web.RequestHandler):
         # private to Tornado, but it is the only place they are.
         early = bytes(stream._read_buffer)
         try:
-            if stream._write_buffer:  # rarely: the 101 did not fit in the socket at once
+            if stream.writing():  # rarely: the 101 did not fit in the socket at once
                 await stream.write(b"")
             sock = stream.socket.dup()  # ours; Tornado's copy closes with its stream
         except (StreamClosedError, AttributeError, OSError):  # the peer left meanwhile
@@ -270,8 +272,9 @@ class CompressingWebSocketSink(WebSocketSink):
 # -- what is kept of the upgrade request ---------------------------------------------------------------
 
 # Headers of the handshake itself, of no use once it is done.
-_HANDSHAKE_HEADERS = frozenset({"upgrade", "connection", "sec-websocket-key", "sec-websocket-version",
-                                "sec-websocket-extensions"})
+_HANDSHAKE_HEADERS = frozenset(
+    {"upgrade", "connection", "sec-websocket-key", "sec-websocket-version", "sec-websocket-extensions"}
+)
 
 
 class HeadLines(Mapping):
@@ -286,9 +289,10 @@ class HeadLines(Mapping):
         self._text = text  # "\n<lower-case name>: <value>" per header
 
     @classmethod
-    def of(cls, headers: HTTPHeaders, leave_out: frozenset = frozenset()) -> "HeadLines":
-        return cls("".join(f"\n{name.lower()}: {value}" for name, value in headers.get_all()
-                           if name.lower() not in leave_out))
+    def of(cls, headers: HTTPHeaders, leave_out: frozenset = frozenset()) -> HeadLines:
+        return cls(
+            "".join(f"\n{name.lower()}: {value}" for name, value in headers.get_all() if name.lower() not in leave_out)
+        )
 
     def get_list(self, name: str) -> list[str]:
         text, key, start = self._text, f"\n{name.lower()}: ", 0
@@ -301,7 +305,7 @@ class HeadLines(Mapping):
             end = text.find("\n", start)
             found.append(text[start:] if end < 0 else text[start:end])
 
-    def get(self, name: str, default: Any = None) -> Any:  # type: ignore[override]
+    def get(self, name: str, default: Any = None) -> Any:
         values = self.get_list(name)
         return ",".join(values) if values else default
 

@@ -5,6 +5,7 @@ the server runs (whatever fails in it is logged, and it tries again). Each sourc
 ``emit``, bound to its name, so logs and counters say which source an event or a rejection
 came from.
 """
+
 from __future__ import annotations
 
 import asyncio
@@ -13,7 +14,8 @@ import logging
 import random
 import time
 from collections import OrderedDict
-from typing import Any, Awaitable, Callable, Iterable, Iterator
+from collections.abc import Awaitable, Callable, Iterable, Iterator
+from typing import Any
 
 from marshmallow import ValidationError
 
@@ -50,7 +52,7 @@ class SourceEmit:
 
     __slots__ = ("source_name", "_runner")
 
-    def __init__(self, runner: "SourceRunner", source_name: str):
+    def __init__(self, runner: SourceRunner, source_name: str):
         self._runner = runner
         self.source_name = source_name
 
@@ -60,8 +62,9 @@ class SourceEmit:
         with runner.emitting(self.source_name):
             return await self._retrying(lambda: runner._publish(payload, self.source_name, version=version))
 
-    async def many(self, payloads: list[dict[str, Any]], *,
-                   versions: list[int | None] | None = None) -> list[str | ValidationError]:
+    async def many(
+        self, payloads: list[dict[str, Any]], *, versions: list[int | None] | None = None
+    ) -> list[str | ValidationError]:
         """Publish several events, in order, at once (with a shared broker, one round trip for
         all of them: throughput then does not depend on the link's latency). Returns, per
         payload, its event id or the ``ValidationError`` that refused it (logged and counted
@@ -79,8 +82,13 @@ class SourceEmit:
     def _refused(self, exc: ValidationError) -> None:
         runner, name = self._runner, self.source_name
         runner.rejected[name] = runner.rejected.get(name, 0) + 1
-        runner.log_once(logging.WARNING, (name, "invalid", repr(exc.messages)),
-                        "source %s: invalid event refused: %s", name, flatten_messages(exc.messages))
+        runner.log_once(
+            logging.WARNING,
+            (name, "invalid", repr(exc.messages)),
+            "source %s: invalid event refused: %s",
+            name,
+            flatten_messages(exc.messages),
+        )
 
     async def _retrying(self, attempt: Callable[[], Awaitable[Any]]) -> Any:
         name = self.source_name
@@ -108,8 +116,9 @@ class SourceEmit:
         to report what changed while it was down. Empty with the embedded broker after a restart."""
         return await self._runner._published_states(tenant_id, self.source_name)
 
-    async def skipped(self, tenant_id: str, what: str, why: str, reason: str = "invalid", *,
-                      resync: bool = True) -> None:
+    async def skipped(
+        self, tenant_id: str, what: str, why: str, reason: str = "invalid", *, resync: bool = True
+    ) -> None:
         """A change of ``what`` (a path, say) of ``tenant_id`` that cannot be published, ``why``
         in words; ``reason`` is the ``cfgpush_events_rejected_total`` label (a short constant).
         Its clients are told to reload (``Resync`` ``source_gap``) rather than hold what may be
@@ -117,15 +126,25 @@ class SourceEmit:
         ``gap`` for many skipped changes itself."""
         runner = self._runner
         runner._count(self.source_name, reason)
-        runner.log_once(logging.WARNING, (self.source_name, tenant_id, what, why),
-                        "source %s: a change of tenant %s cannot be published (%s): %s; its clients resync",
-                        self.source_name, tenant_id, what, why)
+        runner.log_once(
+            logging.WARNING,
+            (self.source_name, tenant_id, what, why),
+            "source %s: a change of tenant %s cannot be published (%s): %s%s",
+            self.source_name,
+            tenant_id,
+            what,
+            why,
+            "; its clients resync" if resync else "",
+        )
         if resync:
             await runner._gap([tenant_id], self.source_name)
 
     async def gap(self, tenant_ids: Iterable[str] | None = None) -> None:
-        log.warning("source %s reports lost events (tenants: %s)", self.source_name,
-                    "all" if tenant_ids is None else ", ".join(sorted(tenant_ids)) or "none")
+        log.warning(
+            "source %s reports lost events (tenants: %s)",
+            self.source_name,
+            "all" if tenant_ids is None else ", ".join(sorted(tenant_ids)) or "none",
+        )
         await self._runner._gap(tenant_ids, self.source_name)
 
 
@@ -167,8 +186,9 @@ class SourceRunner:
         self.running: set[str] = set()
         self.finished: set[str] = set()  # sources whose run returned: done, not failing
 
-    async def _one_by_one(self, payloads: list[dict[str, Any]], source: str,
-                          versions: list[int | None] | None = None) -> list:
+    async def _one_by_one(
+        self, payloads: list[dict[str, Any]], source: str, versions: list[int | None] | None = None
+    ) -> list:
         results: list = []
         for i, payload in enumerate(payloads):
             try:
@@ -230,8 +250,8 @@ class SourceRunner:
         bind_log_context(source=name)  # this task's records (the source's own too) name it
         emit = self.emit_for(source)
         # The delay reads backoff_initial/backoff_max at each failure, not when the task
-        # starts: changing them on a running runner (a test shortening the backoff after
-        # start-up) used to leave the first delay at the old value.
+        # starts, so changing them on a running runner (a test shortening the backoff after
+        # start-up) applies from the next failure on.
         delay = 0.0  # no failure yet
         while True:
             started = time.monotonic()

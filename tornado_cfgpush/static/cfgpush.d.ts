@@ -1,6 +1,6 @@
 // Types of cfgpush.js, the browser client of a cfgpush server (docs/protocol.md).
 
-/** One configuration change of the tenant (PROTOCOL.md section 2, `ConfigChanged`). */
+/** One configuration change of the tenant (docs/protocol.md section 2, `ConfigChanged`). */
 export interface ConfigChanged {
   tenant_id: string;
   change_type: "created" | "modified" | "deleted" | "moved";

@@ -21,6 +21,7 @@ writes what the core says to send, and owns what needs I/O or a clock:
 Subclasses (handlers/ws.py) get ``on_message``, ``on_peer_close``, ``on_failure``,
 ``on_backlog_full`` and ``on_lost``.
 """
+
 from __future__ import annotations
 
 import asyncio

@@ -15,6 +15,7 @@ Client messages are inflated with a context the size of the window the server ag
   answers ``client_no_context_takeover`` (RFC 7692 section 7.1.1.1 allows it even when not
   offered): each message then carries its own context, and no inflater outlives a message.
 """
+
 from __future__ import annotations
 
 import zlib
@@ -39,7 +40,7 @@ class Deflate:
         self._inflater: Any = None
 
     @classmethod
-    def negotiate(cls, header: str) -> tuple["Deflate", str] | None:
+    def negotiate(cls, header: str) -> tuple[Deflate, str] | None:
         """The first acceptable ``permessage-deflate`` offer of a ``Sec-WebSocket-Extensions``
         header, as (parameters, response header value); None when there is none."""
         for offer in header.split(","):
@@ -52,7 +53,7 @@ class Deflate:
         return None
 
     @classmethod
-    def _accept(cls, params: list[str]) -> tuple["Deflate", str] | None:
+    def _accept(cls, params: list[str]) -> tuple[Deflate, str] | None:
         seen: dict[str, str | None] = {}
         for param in params:
             if not param:

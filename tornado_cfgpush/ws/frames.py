@@ -3,6 +3,7 @@
 Pure functions over bytes; no I/O. Server frames are never masked and never fragmented: every
 message the server sends fits in one final frame.
 """
+
 from __future__ import annotations
 
 import enum

@@ -18,6 +18,7 @@ ping, pong and close frames alike, in a token bucket that holds ``burst`` frames
 ``rate`` per second. A frame past it fails with 1008 before it is unmasked or answered, so a
 client flooding pings or empty continuation frames costs a few frames' work and is closed.
 """
+
 from __future__ import annotations
 
 import struct
@@ -45,6 +46,7 @@ class FrameLimits:
 
 
 # -- events ------------------------------------------------------------------------------------------
+
 
 class Message:
     """A complete data message: ``str`` for text, ``bytes`` for binary."""
@@ -136,12 +138,23 @@ class _Fail(Exception):
 
 # -- the protocol --------------------------------------------------------------------------------------
 
+
 class ServerProtocol:
     """One connection's framing state. Thousands live for hours: slots, and nothing allocated
     per connection that an idle one does not need."""
 
-    __slots__ = ("limits", "deflate", "state", "_out", "_buffer", "_fragments", "_fragment_opcode",
-                 "_fragment_compressed", "_tokens", "_stamp")
+    __slots__ = (
+        "limits",
+        "deflate",
+        "state",
+        "_out",
+        "_buffer",
+        "_fragments",
+        "_fragment_opcode",
+        "_fragment_compressed",
+        "_tokens",
+        "_stamp",
+    )
 
     def __init__(self, limits: FrameLimits, deflate: Deflate | None = None):
         self.limits = limits
@@ -173,26 +186,27 @@ class ServerProtocol:
                 if length == 126:
                     if end - pos < 4:
                         break
-                    length, head = int.from_bytes(buf[pos + 2:pos + 4], "big"), 4
+                    length, head = int.from_bytes(buf[pos + 2 : pos + 4], "big"), 4
                 elif length == 127:
                     if end - pos < 10:
                         break
-                    length, head = int.from_bytes(buf[pos + 2:pos + 10], "big"), 10
+                    length, head = int.from_bytes(buf[pos + 2 : pos + 10], "big"), 10
                 opcode = first & 0x0F
                 if not second & 0x80:
                     raise _Fail(CloseCode.PROTOCOL_ERROR, "client frames must be masked")
                 if opcode & 0x8:
                     if length > 125 or not first & 0x80:
                         raise _Fail(CloseCode.PROTOCOL_ERROR, "control frames must be final and at most 125 bytes")
-                elif length + (len(self._fragments) if self._fragments is not None else 0) \
-                        > self.limits.max_message_size:
+                elif (
+                    length + (len(self._fragments) if self._fragments is not None else 0) > self.limits.max_message_size
+                ):
                     raise _Fail(CloseCode.MESSAGE_TOO_BIG, "message too big")
                 if end - pos < head + 4 + length:
                     break
                 if not self._spend(now):
                     raise _Fail(CloseCode.POLICY_VIOLATION, "rate limit exceeded")
                 start = pos + head + 4
-                payload = unmask(buf[pos + head:start], buf[start:start + length])
+                payload = unmask(buf[pos + head : start], buf[start : start + length])
                 pos = start + length
                 self._frame(first, opcode, payload, events)
                 if self.state == CLOSED:

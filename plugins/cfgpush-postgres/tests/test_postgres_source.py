@@ -3,9 +3,9 @@
 Each run creates its own database and drops it at the end. The plugin is loaded from its
 installed entry point (``pip install ./plugins/cfgpush-postgres``), as a user's would be.
 """
+
 from __future__ import annotations
 
-import asyncio
 import hashlib
 import json
 import os
@@ -13,32 +13,19 @@ import subprocess
 import sys
 import uuid
 from importlib import metadata
-from pathlib import Path
 
 import psycopg
 import pytest
-from tornado.websocket import websocket_connect
 
-from tornado_cfgpush.app import CfgPush, make_app
 from tornado_cfgpush.plugins import get_plugin_manager, known_plugin_names
 from tornado_cfgpush.settings import Settings
+from tornado_cfgpush.testing import COMMAND, clean_env, unavailable, wait_for
 
 ADMIN_DSN = os.environ.get("CFGPUSH_TEST_POSTGRES_DSN", "postgresql://postgres@127.0.0.1:5432/postgres")
-REQUIRE_SERVICES = os.environ.get("CFGPUSH_REQUIRE_SERVICES") == "1"
-SERVE = Path(sys.executable).with_name("cfgpush-serve")
 
 
 def checksum(content: str) -> str:
     return "sha256:" + hashlib.sha256(content.encode("utf-8")).hexdigest()
-
-
-async def wait_for(predicate, timeout: float = 10.0) -> None:
-    loop = asyncio.get_running_loop()
-    deadline = loop.time() + timeout
-    while not predicate():
-        if loop.time() > deadline:
-            raise AssertionError(f"condition not met within {timeout} s")
-        await asyncio.sleep(0.01)  # wait-ok: polling a condition under a deadline
 
 
 @pytest.fixture
@@ -48,10 +35,7 @@ def database():
     try:
         admin = psycopg.connect(ADMIN_DSN, autocommit=True, connect_timeout=5)
     except psycopg.OperationalError as exc:
-        message = f"PostgreSQL is not reachable at {ADMIN_DSN}: {exc}"
-        if REQUIRE_SERVICES:
-            pytest.fail(message + "; CFGPUSH_REQUIRE_SERVICES=1 forbids skipping")
-        pytest.skip(message)
+        unavailable(f"PostgreSQL is not reachable at {ADMIN_DSN}: {exc}")
     with admin:
         admin.execute(f'CREATE DATABASE "{name}"')
         try:
@@ -66,49 +50,39 @@ def dsn(database):
     return database[0]
 
 
-@pytest.fixture
-def core(io_loop, dsn, tmp_path):
-    # Only this distribution's plugin: the installed entry point, as a user gets it.
-    pm = get_plugin_manager(sorted(known_plugin_names() - {"postgres"}))
-    settings = Settings(config_dir=tmp_path, extra={"postgres_dsn": dsn, "postgres_install": True})
-    service = CfgPush(settings, pm)
-    io_loop.run_sync(service.start)
-    io_loop.run_sync(service.wait_started)
-    source = next(s for s in service.sources if s.name == "postgres")
-    source.backoff_initial, source.backoff_max = 0.05, 0.2
-    yield service
-    io_loop.run_sync(service.stop)
+# The running server is tornado_cfgpush.testing's (``core``, ``app``, ``connect``), made of these:
 
 
 @pytest.fixture
-def app(core):
-    return make_app(core)
+def settings(dsn, tmp_path):
+    return Settings(config_dir=tmp_path, extra={"postgres_dsn": dsn, "postgres_install": True})
+
+
+@pytest.fixture
+def plugin_manager(settings):
+    """Only this distribution's plugin: the installed entry point, as a user gets it."""
+    return get_plugin_manager(sorted(known_plugin_names() - {"postgres"}))
 
 
 @pytest.fixture
 def source(core):
-    return next(s for s in core.sources if s.name == "postgres")
+    source = next(s for s in core.sources if s.name == "postgres")
+    source.backoff_initial, source.backoff_max = 0.05, 0.2  # reconnect quickly
+    return source
 
 
 @pytest.fixture
-def ws(http_server, http_port):
-    conns = []
+def ws(connect):
+    async def welcomed(tenant_id: str):
+        client = await connect(tenant_id)
+        await client.expect("Welcome", timeout=5)
+        return client
 
-    async def connect(tenant_id: str):
-        conn = await asyncio.wait_for(websocket_connect(f"ws://127.0.0.1:{http_port}/ws?tenant_id={tenant_id}"), 5)
-        conns.append(conn)
-        assert "Welcome" in json.loads(await asyncio.wait_for(conn.read_message(), 5))
-        return conn
-
-    yield connect
-    for conn in conns:
-        conn.close()
+    return welcomed
 
 
-async def expect(conn, kind: str = "ConfigChanged", timeout: float = 5.0) -> dict:
-    message = json.loads(await asyncio.wait_for(conn.read_message(), timeout))
-    assert list(message) == [kind], message
-    return message[kind]
+async def expect(client, kind: str = "ConfigChanged", timeout: float = 5.0) -> dict:
+    return await client.expect(kind, timeout)
 
 
 @pytest.fixture
@@ -122,21 +96,30 @@ def writer(io_loop, dsn, core):
 async def test_row_changes_become_events(ws, writer, source):
     acme = await ws("acme")
     globex = await ws("globex")
-    await writer.execute("INSERT INTO cfgpush_config (tenant_id, path, content) VALUES "
-                         "('acme', 'billing/limits.json', '{\"rate\": 1}')")
+    await writer.execute(
+        "INSERT INTO cfgpush_config (tenant_id, path, content) VALUES ('acme', 'billing/limits.json', '{\"rate\": 1}')"
+    )
     event = await expect(acme)
     assert (event["change_type"], event["path"], event["checksum"], event["source"]) == (
-        "created", "billing/limits.json", checksum('{"rate": 1}'), "postgres")
+        "created",
+        "billing/limits.json",
+        checksum('{"rate": 1}'),
+        "postgres",
+    )
     assert "meta" not in event
     await writer.execute("UPDATE cfgpush_config SET content = content WHERE tenant_id = 'acme'")  # no byte changed
-    await writer.execute("UPDATE cfgpush_config SET content = '{\"rate\": 2}', updated_at = now() "
-                         "WHERE tenant_id = 'acme'")
+    await writer.execute(
+        "UPDATE cfgpush_config SET content = '{\"rate\": 2}', updated_at = now() WHERE tenant_id = 'acme'"
+    )
     event = await expect(acme)
     assert (event["change_type"], event["checksum"]) == ("modified", checksum('{"rate": 2}'))
     await writer.execute("UPDATE cfgpush_config SET path = 'billing/quota.json' WHERE tenant_id = 'acme'")
     moved_away, moved_in = await expect(acme), await expect(acme)
     assert (moved_away["change_type"], moved_away["path"], moved_away["checksum"]) == (
-        "deleted", "billing/limits.json", None)
+        "deleted",
+        "billing/limits.json",
+        None,
+    )
     assert (moved_in["change_type"], moved_in["path"]) == ("created", "billing/quota.json")
     await writer.execute("DELETE FROM cfgpush_config WHERE tenant_id = 'acme'")
     event = await expect(acme)
@@ -161,10 +144,13 @@ async def test_a_row_that_breaks_the_rules_is_refused_and_the_next_one_delivered
 
 @pytest.mark.gen_test(timeout=60)
 async def test_changes_made_while_the_connection_is_down_are_emitted_after_the_reconnect(
-        ws, writer, source, database, http_client, http_port):
+    ws, writer, source, database, http_client, http_port
+):
     _, admin, name = database
-    await writer.execute("INSERT INTO cfgpush_config (tenant_id, path, content) VALUES "
-                         "('acme', 'keep.json', 'k'), ('acme', 'change.json', 'v1'), ('acme', 'drop.json', 'd')")
+    await writer.execute(
+        "INSERT INTO cfgpush_config (tenant_id, path, content) VALUES "
+        "('acme', 'keep.json', 'k'), ('acme', 'change.json', 'v1'), ('acme', 'drop.json', 'd')"
+    )
     acme = await ws("acme")
     await wait_for(lambda: len(source.known) == 3)
     # Keep it away: no new connection to the database, then kill the one it has.
@@ -207,21 +193,31 @@ async def test_truncate_deletes_every_row(ws, writer):
 
 
 def test_install_command_creates_the_table_and_trigger(database):
-    dsn, admin, _ = database
+    dsn, _, _ = database
     sql = subprocess.run([sys.executable, "-m", "cfgpush_postgres", "sql"], capture_output=True, text=True, timeout=60)
     assert sql.returncode == 0 and "CREATE TABLE IF NOT EXISTS cfgpush_config" in sql.stdout
     for _ in range(2):  # idempotent
-        done = subprocess.run([sys.executable, "-m", "cfgpush_postgres", "install", dsn],
-                              capture_output=True, text=True, timeout=60)
+        done = subprocess.run(
+            [sys.executable, "-m", "cfgpush_postgres", "install", dsn], capture_output=True, text=True, timeout=60
+        )
         assert done.returncode == 0, done.stderr
     with psycopg.connect(dsn) as conn:
-        columns = [r[0] for r in conn.execute("SELECT column_name FROM information_schema.columns "
-                                              "WHERE table_name = 'cfgpush_config' ORDER BY ordinal_position")]
+        columns = [
+            r[0]
+            for r in conn.execute(
+                "SELECT column_name FROM information_schema.columns "
+                "WHERE table_name = 'cfgpush_config' ORDER BY ordinal_position"
+            )
+        ]
         triggers = {r[0] for r in conn.execute("SELECT tgname FROM pg_trigger WHERE NOT tgisinternal")}
     assert columns == ["tenant_id", "path", "content", "updated_at"]
     assert triggers == {"cfgpush_config_notify", "cfgpush_config_notify_truncate"}
-    bad = subprocess.run([sys.executable, "-m", "cfgpush_postgres", "install", dsn + "_missing"],
-                         capture_output=True, text=True, timeout=60)
+    bad = subprocess.run(
+        [sys.executable, "-m", "cfgpush_postgres", "install", dsn + "_missing"],
+        capture_output=True,
+        text=True,
+        timeout=60,
+    )
     assert bad.returncode == 2 and bad.stderr.startswith("cfgpush-postgres: error: ")
 
 
@@ -230,23 +226,26 @@ def test_without_a_dsn_there_is_no_source():
     assert pm.hook.cfgpush_register_sources(settings=Settings()) == [[]]
 
 
-def clean_env(**extra: str) -> dict[str, str]:
-    env = {k: v for k, v in os.environ.items() if not k.startswith("CFGPUSH_")}
-    env.update(extra)
-    return env
-
-
 def test_cfgpush_serve_lists_it_and_takes_its_options(tmp_path):
-    listed = subprocess.run([str(SERVE), "--plugins"], capture_output=True, text=True, timeout=60, cwd=tmp_path,
-                            env=clean_env())
+    listed = subprocess.run(
+        [*COMMAND, "--plugins"], capture_output=True, text=True, timeout=60, cwd=tmp_path, env=clean_env()
+    )
     assert listed.returncode == 0, listed.stderr
     plugins = {entry["name"]: entry for entry in json.loads(listed.stdout)}
-    assert plugins["postgres"] == {"name": "postgres", "distribution": "cfgpush-postgres",
-                                   "version": metadata.version("cfgpush-postgres"),
-                                   "hooks": ["cfgpush_add_options", "cfgpush_register_sources"]}
-    shown = subprocess.run([str(SERVE), "--print-config", "--postgres-dsn", "postgresql://app:pw-secret@db/cfg"],
-                           capture_output=True, text=True, timeout=60, cwd=tmp_path,
-                           env=clean_env(CFGPUSH_POSTGRES_INSTALL="true"))
+    assert plugins["postgres"] == {
+        "name": "postgres",
+        "distribution": "cfgpush-postgres",
+        "version": metadata.version("cfgpush-postgres"),
+        "hooks": ["cfgpush_add_options", "cfgpush_register_sources"],
+    }
+    shown = subprocess.run(
+        [*COMMAND, "--print-config", "--postgres-dsn", "postgresql://app:pw-secret@db/cfg"],
+        capture_output=True,
+        text=True,
+        timeout=60,
+        cwd=tmp_path,
+        env=clean_env(CFGPUSH_POSTGRES_INSTALL="true"),
+    )
     assert shown.returncode == 0, shown.stderr
     assert 'postgres-dsn = "postgresql://app:<redacted>@db/cfg"  # --postgres-dsn' in shown.stdout
     assert "postgres-install = true  # CFGPUSH_POSTGRES_INSTALL" in shown.stdout

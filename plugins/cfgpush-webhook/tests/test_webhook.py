@@ -4,31 +4,25 @@ WebSocket. The plugin is loaded from its installed entry point, as a user's woul
 "Nothing was emitted" is proved by order, never by waiting: after a refused request, a valid
 one is sent, and the next event the client gets must be the valid one's.
 """
+
 from __future__ import annotations
 
-import asyncio
 import hashlib
 import hmac
 import json
-import os
 import subprocess
-import sys
 import uuid
 from importlib import metadata
-from pathlib import Path
-
-import pytest
-from tornado.websocket import websocket_connect
-
-from tornado_cfgpush.app import CfgPush, make_app
-from tornado_cfgpush.plugins import get_plugin_manager, known_plugin_names
-from tornado_cfgpush.settings import Settings
 
 import cfgpush_webhook
+import pytest
 from cfgpush_webhook import ReplayGuard, net_changes
 
+from tornado_cfgpush.plugins import get_plugin_manager, known_plugin_names
+from tornado_cfgpush.settings import Settings
+from tornado_cfgpush.testing import COMMAND, clean_env
+
 SECRET = "s3cret-webhook-0123456789"
-SERVE = Path(sys.executable).with_name("cfgpush-serve")
 
 
 @pytest.fixture
@@ -36,51 +30,52 @@ def extra():
     return {"webhook_secret": SECRET, "webhook_root": "config", "webhook_replay_memory": 100}
 
 
-@pytest.fixture
-def core(io_loop, extra, tmp_path):
-    pm = get_plugin_manager(sorted(known_plugin_names() - {"webhook"}))
-    service = CfgPush(Settings(config_dir=tmp_path, extra=extra), pm)
-    io_loop.run_sync(service.start)
-    io_loop.run_sync(service.wait_started)
-    yield service
-    io_loop.run_sync(service.stop)
+# The running server is tornado_cfgpush.testing's (``core``, ``app``, ``connect``), made of these:
 
 
 @pytest.fixture
-def app(core):
-    return make_app(core)
+def settings(extra, tmp_path):
+    return Settings(config_dir=tmp_path, extra=extra)
 
 
 @pytest.fixture
-def ws(http_server, http_port):
-    conns = []
-
-    async def connect(tenant_id: str):
-        conn = await asyncio.wait_for(websocket_connect(f"ws://127.0.0.1:{http_port}/ws?tenant_id={tenant_id}"), 5)
-        conns.append(conn)
-        assert "Welcome" in json.loads(await asyncio.wait_for(conn.read_message(), 5))
-        return conn
-
-    yield connect
-    for conn in conns:
-        conn.close()
+def plugin_manager(settings):
+    """Only this distribution's plugin: the installed entry point, as a user gets it."""
+    return get_plugin_manager(sorted(known_plugin_names() - {"webhook"}))
 
 
-async def expect(conn, timeout: float = 5.0) -> dict:
-    message = json.loads(await asyncio.wait_for(conn.read_message(), timeout))
-    assert list(message) == ["ConfigChanged"], message
-    return message["ConfigChanged"]
+@pytest.fixture
+def ws(connect):
+    async def welcomed(tenant_id: str):
+        client = await connect(tenant_id)
+        await client.expect("Welcome", timeout=5)
+        return client
+
+    return welcomed
+
+
+async def expect(client, timeout: float = 5.0) -> dict:
+    return await client.expect("ConfigChanged", timeout)
 
 
 def github_push(commits, ref="refs/heads/main", after=None):
-    return {"ref": ref, "after": after or uuid.uuid4().hex + "00000000",
-            "repository": {"full_name": "acme/config", "default_branch": "main"}, "commits": commits}
+    return {
+        "ref": ref,
+        "after": after or uuid.uuid4().hex + "00000000",
+        "repository": {"full_name": "acme/config", "default_branch": "main"},
+        "commits": commits,
+    }
 
 
 def gitlab_push(commits, ref="refs/heads/main", total=None):
-    return {"object_kind": "push", "ref": ref, "checkout_sha": uuid.uuid4().hex,
-            "project": {"path_with_namespace": "acme/config", "default_branch": "main"},
-            "commits": commits, "total_commits_count": len(commits) if total is None else total}
+    return {
+        "object_kind": "push",
+        "ref": ref,
+        "checkout_sha": uuid.uuid4().hex,
+        "project": {"path_with_namespace": "acme/config", "default_branch": "main"},
+        "commits": commits,
+        "total_commits_count": len(commits) if total is None else total,
+    }
 
 
 def commit(added=(), modified=(), removed=()):
@@ -102,9 +97,11 @@ def post(http_client, http_port):
             if secret is not None:
                 headers["X-Gitlab-Token"] = secret
         headers["Content-Type"] = "application/json"
-        response = await http_client.fetch(f"http://127.0.0.1:{http_port}/hooks/git", method="POST", body=body,
-                                           headers=headers, raise_error=False)
+        response = await http_client.fetch(
+            f"http://127.0.0.1:{http_port}/hooks/git", method="POST", body=body, headers=headers, raise_error=False
+        )
         return response.code, json.loads(response.body)
+
     return _post
 
 
@@ -112,12 +109,17 @@ def post(http_client, http_port):
 async def test_github_push_emits_one_event_per_changed_file(ws, post):
     acme = await ws("acme")
     globex = await ws("globex")
-    payload = github_push([
-        commit(added=["config/acme/new.json", "README.md", "config/.github/x.yml"], modified=["config/acme/app.json"]),
-        commit(modified=["config/acme/new.json"], removed=["config/globex/old.json"]),
-        commit(added=["config/acme/tmp.json"]),
-        commit(removed=["config/acme/tmp.json"]),
-    ], after="c0ffee" * 6 + "abcd")
+    payload = github_push(
+        [
+            commit(
+                added=["config/acme/new.json", "README.md", "config/.github/x.yml"], modified=["config/acme/app.json"]
+            ),
+            commit(modified=["config/acme/new.json"], removed=["config/globex/old.json"]),
+            commit(added=["config/acme/tmp.json"]),
+            commit(removed=["config/acme/tmp.json"]),
+        ],
+        after="c0ffee" * 6 + "abcd",
+    )
     code, body = await post(payload)
     assert code == 202, body
     assert sorted(body["skipped"]) == ["README.md", "config/.github/x.yml"]
@@ -128,8 +130,12 @@ async def test_github_push_emits_one_event_per_changed_file(ws, post):
     assert {p: e["change_type"] for p, e in got.items()} == {"app.json": "modified", "new.json": "created"}
     assert all("checksum" not in e for e in got.values())  # unknown: a push carries no content
     assert got["app.json"]["source"] == "webhook"
-    assert got["app.json"]["meta"] == {"forge": "github", "ref": "refs/heads/main",
-                                       "commit": "c0ffee" * 6 + "abcd", "repository": "acme/config"}
+    assert got["app.json"]["meta"] == {
+        "forge": "github",
+        "ref": "refs/heads/main",
+        "commit": "c0ffee" * 6 + "abcd",
+        "repository": "acme/config",
+    }
     deleted = await expect(globex)
     assert (deleted["path"], deleted["change_type"], deleted["checksum"]) == ("old.json", "deleted", None)
     assert {e["event_id"] for e in body["events"]} == {e["event_id"] for e in got.values()} | {deleted["event_id"]}
@@ -165,12 +171,13 @@ async def test_replays_are_refused(ws, post):
     delivery = str(uuid.uuid4())
     assert (await post(payload, delivery=delivery))[0] == 202
     assert (await expect(acme))["path"] == "once.json"
-    assert (await post(payload, delivery=delivery))[0] == 409                # same delivery id
-    assert (await post(payload))[0] == 409                                   # same signed body, new id
+    assert (await post(payload, delivery=delivery))[0] == 409  # same delivery id
+    assert (await post(payload))[0] == 409  # same signed body, new id
     other = github_push([commit(modified=["config/acme/x.json"])])
-    assert (await post(other, delivery=delivery))[0] == 409                  # same id, other body
-    assert (await post(gitlab_push([commit(modified=["config/acme/y.json"])]), forge="gitlab",
-                       delivery=delivery))[0] == 202                         # ids are per forge
+    assert (await post(other, delivery=delivery))[0] == 409  # same id, other body
+    assert (await post(gitlab_push([commit(modified=["config/acme/y.json"])]), forge="gitlab", delivery=delivery))[
+        0
+    ] == 202  # ids are per forge
     assert (await expect(acme))["path"] == "y.json"
 
 
@@ -200,20 +207,28 @@ async def test_truncated_push_resyncs_every_client(ws, post):
     code, body = await post(gitlab_push([commit(modified=["config/acme/a.json"])], total=40), forge="gitlab")
     assert (code, body["resync"]) == (202, True)
     assert (await expect(acme))["path"] == "a.json"
-    message = json.loads(await asyncio.wait_for(acme.read_message(), 5))
-    assert message["Resync"]["reason"] == "source_gap"
+    assert (await acme.expect("Resync", timeout=5))["reason"] == "source_gap"
 
 
 def test_net_changes_across_commits():
-    assert net_changes([commit(added=["a"]), commit(modified=["a"]), commit(removed=["b"]), commit(added=["b"]),
-                        commit(added=["c"]), commit(removed=["c"]), commit(modified=["d"])]) == {
-        "a": "created", "b": "modified", "d": "modified"}
+    assert net_changes(
+        [
+            commit(added=["a"]),
+            commit(modified=["a"]),
+            commit(removed=["b"]),
+            commit(added=["b"]),
+            commit(added=["c"]),
+            commit(removed=["c"]),
+            commit(modified=["d"]),
+        ]
+    ) == {"a": "created", "b": "modified", "d": "modified"}
 
 
 @pytest.mark.gen_test(timeout=30)
 async def test_not_a_forge_request_is_refused(http_client, http_port, core):
-    response = await http_client.fetch(f"http://127.0.0.1:{http_port}/hooks/git", method="POST", body=b"{}",
-                                       raise_error=False)
+    response = await http_client.fetch(
+        f"http://127.0.0.1:{http_port}/hooks/git", method="POST", body=b"{}", raise_error=False
+    )
     assert response.code == 400
 
 
@@ -224,25 +239,28 @@ def test_no_route_and_no_source_without_a_secret():
         cfgpush_webhook.cfgpush_register_sources(settings=Settings(extra={"webhook_secret": "short"}))
 
 
-def clean_env(**extra: str) -> dict[str, str]:
-    env = {k: v for k, v in os.environ.items() if not k.startswith("CFGPUSH_")}
-    env.update(extra)
-    return env
-
-
 def test_cfgpush_serve_lists_it_and_takes_its_options(tmp_path):
-    listed = subprocess.run([str(SERVE), "--plugins"], capture_output=True, text=True, timeout=60, cwd=tmp_path,
-                            env=clean_env())
+    listed = subprocess.run(
+        [*COMMAND, "--plugins"], capture_output=True, text=True, timeout=60, cwd=tmp_path, env=clean_env()
+    )
     assert listed.returncode == 0, listed.stderr
     plugins = {entry["name"]: entry for entry in json.loads(listed.stdout)}
-    assert plugins["webhook"] == {"name": "webhook", "distribution": "cfgpush-webhook",
-                                  "version": metadata.version("cfgpush-webhook"),
-                                  "hooks": ["cfgpush_add_options", "cfgpush_register_routes",
-                                            "cfgpush_register_sources"]}
+    assert plugins["webhook"] == {
+        "name": "webhook",
+        "distribution": "cfgpush-webhook",
+        "version": metadata.version("cfgpush-webhook"),
+        "hooks": ["cfgpush_add_options", "cfgpush_register_routes", "cfgpush_register_sources"],
+    }
     config = tmp_path / "c.toml"
     config.write_text('webhook-root = "tenants"\nwebhook-replay-memory = 50\n')
-    shown = subprocess.run([str(SERVE), "--config", str(config), "--print-config"], capture_output=True, text=True,
-                           timeout=60, cwd=tmp_path, env=clean_env(CFGPUSH_WEBHOOK_SECRET=SECRET))
+    shown = subprocess.run(
+        [*COMMAND, "--config", str(config), "--print-config"],
+        capture_output=True,
+        text=True,
+        timeout=60,
+        cwd=tmp_path,
+        env=clean_env(CFGPUSH_WEBHOOK_SECRET=SECRET),
+    )
     assert shown.returncode == 0, shown.stderr
     assert SECRET not in shown.stdout
     assert 'webhook-secret = "<redacted>"  # CFGPUSH_WEBHOOK_SECRET' in shown.stdout

@@ -7,6 +7,7 @@ A baseline that cannot answer HTTP on its WebSocket port (the ``websockets`` lib
 answers on a second port. This module is imported by the baseline programs only (run as
 ``python scripts/bench/servers/<name>.py``), with nothing but the standard library.
 """
+
 from __future__ import annotations
 
 import argparse
@@ -16,7 +17,7 @@ import json
 import resource
 import sys
 import time
-from typing import Callable
+from collections.abc import Callable
 
 TENANT = "bench"
 
@@ -60,7 +61,7 @@ class EventMaker:
 
     def make(self, fields: dict) -> dict:
         self.seq += 1
-        now = datetime.datetime.now(datetime.timezone.utc)
+        now = datetime.datetime.now(datetime.UTC)
         return {
             "tenant_id": fields["tenant_id"],
             "change_type": fields.get("change_type", "modified"),
@@ -74,8 +75,9 @@ class EventMaker:
 def http_response(status: int, body: dict | None = None) -> bytes:
     reason = {200: "OK", 202: "Accepted", 400: "Bad Request", 403: "Forbidden", 404: "Not Found"}[status]
     data = json.dumps(body if body is not None else {}).encode()
-    return (f"HTTP/1.1 {status} {reason}\r\nContent-Type: application/json\r\n"
-            f"Content-Length: {len(data)}\r\n\r\n").encode() + data
+    return (
+        f"HTTP/1.1 {status} {reason}\r\nContent-Type: application/json\r\nContent-Length: {len(data)}\r\n\r\n"
+    ).encode() + data
 
 
 class ControlHTTP:
@@ -102,8 +104,8 @@ class ControlHTTP:
             length = int(headers.get("content-length", "0"))
             if len(self.buf) < end + 4 + length:
                 break
-            body = self.buf[end + 4:end + 4 + length]
-            self.buf = self.buf[end + 4 + length:]
+            body = self.buf[end + 4 : end + 4 + length]
+            self.buf = self.buf[end + 4 + length :]
             out.append(self.answer(head[0], headers, body))
         return b"".join(out)
 

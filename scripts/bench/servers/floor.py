@@ -6,6 +6,7 @@ answered, no heartbeat of its own; a published event is encoded once (JSON, then
 WebSocket frame) and the very same bytes are written to every transport of the tenant.
 ``POST /api/v1/events`` and ``GET /healthz`` are answered on the same port.
 """
+
 from __future__ import annotations
 
 import asyncio
@@ -17,7 +18,7 @@ import struct
 import sys
 
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
-from _common import ControlHTTP, EventMaker, arguments, listening, raise_nofile, run  # noqa: E402
+from _common import ControlHTTP, EventMaker, arguments, listening, raise_nofile, run
 
 GUID = b"258EAFA5-E914-47DA-95CA-C5AB0DC85B11"
 by_tenant: dict[str, set] = {}
@@ -35,7 +36,7 @@ def text_frame(payload: bytes) -> bytes:
 def unmask(mask: bytes, data: bytes) -> bytes:
     if not data:
         return data
-    key = int.from_bytes((mask * (len(data) // 4 + 1))[:len(data)], "big")
+    key = int.from_bytes((mask * (len(data) // 4 + 1))[: len(data)], "big")
     return (int.from_bytes(data, "big") ^ key).to_bytes(len(data), "big")
 
 
@@ -70,7 +71,7 @@ class Floor(asyncio.Protocol):
             return
         end = self.buf.find(b"\r\n\r\n")
         if end >= 0:
-            head, self.buf = self.buf[:end].decode("latin-1"), self.buf[end + 4:]
+            head, self.buf = self.buf[:end].decode("latin-1"), self.buf[end + 4 :]
             self.upgrade(head)
 
     def upgrade(self, head: str) -> None:
@@ -80,8 +81,12 @@ class Floor(asyncio.Protocol):
         query = dict(p.partition("=")[::2] for p in target.partition("?")[2].split("&") if p)
         key = headers.get("sec-websocket-key", "")
         accept = base64.b64encode(hashlib.sha1(key.encode() + GUID).digest()).decode()
-        self.transport.write((f"HTTP/1.1 101 Switching Protocols\r\nUpgrade: websocket\r\n"
-                              f"Connection: Upgrade\r\nSec-WebSocket-Accept: {accept}\r\n\r\n").encode())
+        self.transport.write(
+            (
+                f"HTTP/1.1 101 Switching Protocols\r\nUpgrade: websocket\r\n"
+                f"Connection: Upgrade\r\nSec-WebSocket-Accept: {accept}\r\n\r\n"
+            ).encode()
+        )
         self.tenant = query.get("tenant_id", "")
         by_tenant.setdefault(self.tenant, set()).add(self.transport)
         if self.buf:
@@ -99,8 +104,8 @@ class Floor(asyncio.Protocol):
                 n, off = struct.unpack_from("!Q", buf, 2)[0], 10
             if len(buf) < off + 4 + n:
                 break
-            payload = unmask(buf[off:off + 4], buf[off + 4:off + 4 + n])
-            buf = buf[off + 4 + n:]
+            payload = unmask(buf[off : off + 4], buf[off + 4 : off + 4 + n])
+            buf = buf[off + 4 + n :]
             if opcode == 0x9:
                 self.transport.write(struct.pack("!BB", 0x8A, len(payload)) + payload)
             elif opcode == 0x8:
@@ -124,8 +129,9 @@ def main() -> None:
 
     async def serve() -> None:
         loop = asyncio.get_running_loop()
-        server = await loop.create_server(lambda: Floor(ControlHTTP(args.publish_token, publish)),
-                                          args.host, args.port, backlog=128)
+        server = await loop.create_server(
+            lambda: Floor(ControlHTTP(args.publish_token, publish)), args.host, args.port, backlog=128
+        )
         listening("floor", args.port)
         async with server:
             await server.serve_forever()

@@ -7,6 +7,7 @@ recipient, each write through Tornado's buffered ``IOStream.write`` (a Future pe
 Tornado's own protocol pings every 5 s, as the protocol requires of a server.
 ``POST /api/v1/events`` and ``GET /healthz`` are Tornado handlers on the same port.
 """
+
 from __future__ import annotations
 
 import json
@@ -17,7 +18,7 @@ import tornado.web
 import tornado.websocket
 
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
-from _common import EventMaker, arguments, listening, raise_nofile, run  # noqa: E402
+from _common import EventMaker, arguments, listening, raise_nofile, run
 
 by_tenant: dict[str, set] = {}
 maker = EventMaker()
@@ -69,7 +70,9 @@ def main() -> None:
 
         app = tornado.web.Application(
             [(r"/ws", Seed), (r"/api/v1/events", Publish, {"token": args.publish_token}), (r"/healthz", Health)],
-            websocket_ping_interval=args.heartbeat_interval, websocket_ping_timeout=2 * args.heartbeat_interval)
+            websocket_ping_interval=args.heartbeat_interval,
+            websocket_ping_timeout=2 * args.heartbeat_interval,
+        )
         app.listen(args.port, args.host, backlog=128)
         listening("seed", args.port)
         await asyncio.Event().wait()

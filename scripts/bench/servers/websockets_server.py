@@ -7,6 +7,7 @@ and ``broadcast(connections, text)`` per event. The library's server answers onl
 handshakes, so the trigger (``POST /api/v1/events``, ``GET /healthz``) is served on a second
 port by the same process, with the same minimal HTTP code as the floor's.
 """
+
 from __future__ import annotations
 
 import asyncio
@@ -19,7 +20,7 @@ from urllib.parse import parse_qs, urlsplit
 from websockets.asyncio.server import broadcast, serve
 
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
-from _common import ControlProtocol, EventMaker, arguments, listening, raise_nofile, run  # noqa: E402
+from _common import ControlProtocol, EventMaker, arguments, listening, raise_nofile, run
 
 by_tenant: dict[str, set] = {}
 
@@ -47,10 +48,17 @@ def main() -> None:
 
     async def main_async() -> None:
         loop = asyncio.get_running_loop()
-        control = await loop.create_server(lambda: ControlProtocol(args.publish_token, publish),
-                                           args.host, args.publish_port)
-        async with serve(handler, args.host, args.port, ping_interval=args.heartbeat_interval,
-                         ping_timeout=2 * args.heartbeat_interval, backlog=128) as server:
+        control = await loop.create_server(
+            lambda: ControlProtocol(args.publish_token, publish), args.host, args.publish_port
+        )
+        async with serve(
+            handler,
+            args.host,
+            args.port,
+            ping_interval=args.heartbeat_interval,
+            ping_timeout=2 * args.heartbeat_interval,
+            backlog=128,
+        ) as server:
             listening("websockets", args.port)
             async with control:
                 await server.serve_forever()

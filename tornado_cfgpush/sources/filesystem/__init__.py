@@ -17,6 +17,7 @@ Comparing checksums instead of trusting event kinds is what makes one save one e
 whatever the editor does (in place, truncate and write, temp file and rename), and a save
 that changes no byte (or a ``touch``) no event at all.
 """
+
 from __future__ import annotations
 
 from typing import TYPE_CHECKING, Any
@@ -28,8 +29,14 @@ from .watch import POLL_INTERVAL, choose_observer_kind
 if TYPE_CHECKING:  # pragma: no cover
     from .source import SOURCE_NAME, FilesystemSource
 
-__all__ = ["SOURCE_NAME", "FilesystemSource", "POLL_INTERVAL", "choose_observer_kind", "is_ignored_name",
-           "cfgpush_register_sources"]
+__all__ = [
+    "SOURCE_NAME",
+    "FilesystemSource",
+    "POLL_INTERVAL",
+    "choose_observer_kind",
+    "is_ignored_name",
+    "cfgpush_register_sources",
+]
 
 
 def __getattr__(name: str) -> Any:
@@ -43,8 +50,17 @@ def __getattr__(name: str) -> Any:
 
 
 @hookimpl
-def cfgpush_register_sources(settings) -> list["FilesystemSource"]:
+def cfgpush_register_sources(settings) -> list[FilesystemSource]:
+    from ...gate import parse_schema_rule
     from .source import FilesystemSource
 
-    return [FilesystemSource(settings.config_dir, settings.debounce_ms / 1000, canary=settings.watch_canary,
-                             fallback=settings.watch_fallback)]
+    return [
+        FilesystemSource(
+            settings.config_dir,
+            settings.debounce_ms / 1000,
+            canary=settings.watch_canary,
+            fallback=settings.watch_fallback,
+            validate=settings.validate,
+            schemas=tuple(parse_schema_rule(rule) for rule in settings.json_schemas),
+        )
+    ]

@@ -9,6 +9,7 @@ characters, longer than the path rule allows) is ``Unpublishable``: the source c
 it, and says so instead of dropping it silently (logged once, counted, ``Resync`` for that
 tenant).
 """
+
 from __future__ import annotations
 
 import os
@@ -18,8 +19,21 @@ from ...rules import path_error, tenant_id_error, wire_string_error
 
 # Editors' temporary, swap, lock and backup files: never configuration.
 _IGNORED_SUFFIXES = (
-    "~", ".swp", ".swo", ".swx", ".swpx", ".tmp", ".temp", ".bak", ".orig", ".rej",
-    ".part", ".crdownload", "___jb_tmp___", "___jb_old___", ".kate-swp",
+    "~",
+    ".swp",
+    ".swo",
+    ".swx",
+    ".swpx",
+    ".tmp",
+    ".temp",
+    ".bak",
+    ".orig",
+    ".rej",
+    ".part",
+    ".crdownload",
+    "___jb_tmp___",
+    "___jb_old___",
+    ".kate-swp",
 )
 _IGNORED_NAMES = {"4913"}  # vim probes whether it may create files in the folder
 
@@ -59,7 +73,7 @@ def split(root: str, path: str) -> list[str] | None:
     """The parts of ``path`` below ``root``; None when it is ``root`` itself or outside it."""
     if not path.startswith(root + os.sep):
         return None
-    return path[len(root) + 1:].split(os.sep)
+    return path[len(root) + 1 :].split(os.sep)
 
 
 def classify_parts(parts: list[str]) -> Target | Unpublishable | str | None:

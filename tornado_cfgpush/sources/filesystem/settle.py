@@ -24,11 +24,14 @@ new file whose content a known file of its tenant has waits ``TWIN_GRACE`` for i
 through indexes, never by scanning the known files: a burst of thousands of identical files
 costs what a burst of distinct ones costs (and waits the grace once).
 """
+
 from __future__ import annotations
 
+import enum
 import heapq
 import itertools
-from typing import Any, Iterable, NamedTuple
+from collections.abc import Iterable
+from typing import Any, Final, NamedTuple
 
 from ...structured import Unparsed
 from .names import Key, Target
@@ -54,11 +57,18 @@ class Read:
     microseconds: set by the kernel, the same for every reader), or, for a file found gone,
     the time it was found so (before any later re-creation's ctime)."""
 
-    __slots__ = ("checksum", "copy", "size", "diff", "skip", "extra", "version")
+    __slots__ = ("checksum", "copy", "size", "diff", "skip", "extra", "version", "refused")
 
-    def __init__(self, checksum: str | None, copy: Any = None, size: int = 0,
-                 diff: dict | None = None, skip: str | None = None, extra: Any = None,
-                 version: int | None = None):
+    def __init__(
+        self,
+        checksum: str | None,
+        copy: Any = None,
+        size: int = 0,
+        diff: dict[str, Any] | None = None,
+        skip: str | None = None,
+        extra: Any = None,
+        version: int | None = None,
+    ):
         self.checksum = checksum
         self.copy = copy
         self.size = size
@@ -66,6 +76,7 @@ class Read:
         self.skip = skip
         self.extra = extra  # the reader's own (tree.Content, for rescans)
         self.version = version
+        self.refused: Any = None  # the gate's Failure: this version may not be announced
 
 
 GONE = Read(None)
@@ -81,8 +92,23 @@ class Taken(NamedTuple):
 
 
 class _File:
-    __slots__ = ("target", "sent", "sent_copy", "sent_size", "current", "first", "deadline", "reading",
-                 "again", "ready", "ready_at", "moved_from", "moved_to", "cached")
+    __slots__ = (
+        "target",
+        "sent",
+        "sent_copy",
+        "sent_size",
+        "current",
+        "first",
+        "deadline",
+        "reading",
+        "again",
+        "ready",
+        "ready_at",
+        "moved_from",
+        "moved_to",
+        "cached",
+        "read_at",
+    )
 
     def __init__(self, target: Target):
         self.target = target
@@ -96,6 +122,7 @@ class _File:
         self.again = False  # touched while being read: read once more after
         self.ready = False  # read and waiting to be taken
         self.ready_at = 0.0  # when it was read
+        self.read_at = float("-inf")  # when a read was last asked for
         self.moved_from: Key | None = None  # the other end of a rename into this file
         self.moved_to: Key | None = None  # and of a rename out of it: its event is the other's
         self.cached: Any = None  # the reader's last Content, offered back for rescans
@@ -114,7 +141,7 @@ class Settler:
         # Renames the watcher did not pair: files read as gone whose sent content was
         # (tenant, checksum), and how many files with that sent content are still to be read.
         self._gone: dict[tuple[str, str], dict[Key, None]] = {}
-        self._unread: dict[tuple[str, str], int] = {}
+        self._unread: dict[tuple[str, str | None], int] = {}
         # How many files of a tenant the server knows with a content: a new file with one of
         # those may be a rename whose other half the watcher has not reported yet.
         self._sent_count: dict[tuple[str, str], int] = {}
@@ -126,8 +153,9 @@ class Settler:
 
     # -- what the server was told ------------------------------------------------------------
 
-    def baseline(self, key: Key, target: Target, checksum: str, copy: Any = None, size: int = 0,
-                 cached: Any = None) -> None:
+    def baseline(
+        self, key: Key, target: Target, checksum: str, copy: Any = None, size: int = 0, cached: Any = None
+    ) -> None:
         """The server knows ``key`` with this content (a start-up scan, or a restart's record)."""
         f = self._file(key, target)
         self._set_sent(f, checksum)
@@ -158,8 +186,12 @@ class Settler:
     # -- what the watcher saw -----------------------------------------------------------------
 
     def touched(self, key: Key, target: Target, now: float, *, at_once: bool = False) -> None:
-        """``key`` may have changed: read it once the debounce passes (``at_once``: now)."""
+        """``key`` may have changed: read it once the debounce passes (``at_once``: now, its
+        writer being done; but not twice within a debounce: a writer that saves again and
+        again is coalesced like any other)."""
         f = self._file(key, target)
+        if at_once and now - f.read_at < self.debounce:
+            at_once = False
         if f.reading:
             f.again = True
             return
@@ -178,7 +210,9 @@ class Settler:
             f.deadline = deadline
             heapq.heappush(self._timers, (deadline, next(self._n), key))
 
-    def renamed(self, src: Key, src_target: Target, dest: Key, dest_target: Target, now: float) -> None:
+    def renamed(
+        self, src: Key, src_target: Target, dest: Key, dest_target: Target, now: float, *, at_once: bool = False
+    ) -> None:
         """``src`` was renamed to ``dest``; one ``moved`` event when it is a rename inside a
         tenant of a file the server knows, else whatever each end turns out to be."""
         f = self._files.get(src)
@@ -191,7 +225,7 @@ class Settler:
         if origin is not None:
             self._file(dest, dest_target).moved_from = origin
             self._files[origin].moved_to = dest
-        self.touched(dest, dest_target, now)
+        self.touched(dest, dest_target, now, at_once=at_once)
         self.touched(src, src_target, now)
 
     # -- reading --------------------------------------------------------------------------------
@@ -224,6 +258,7 @@ class Settler:
                 continue
             f.deadline = None
             f.reading = True
+            f.read_at = now
             out.append((key, f.sent_copy if f.sent is not None else None, f.cached))
         return out
 
@@ -245,6 +280,23 @@ class Settler:
         self._ready[key] = None
         if read.checksum is None and f.sent is not None:
             self._gone.setdefault((f.target[0], f.sent), {})[key] = None
+
+    def read_refused(self, key: Key, now: float) -> None:
+        """What was read of ``key`` may not be announced (the validation gate refused it): as if
+        nothing changed, the server keeps the last version it was told."""
+        f = self._files[key]
+        f.reading = False
+        if f.sent is not None:
+            self._count_unread(f, -1)
+        f.first = None
+        if f.again:
+            f.again = False
+            self.touched(key, f.target, now)
+            return
+        if f.moved_from is not None:
+            f.moved_from = None
+        if f.sent is None and f.deadline is None:
+            self._forget(key, f)
 
     # -- events ---------------------------------------------------------------------------------
 
@@ -276,11 +328,11 @@ class Settler:
                     continue
                 progress = True
                 if found is not None:
-                    payload, old, version = found  # type: ignore[misc]
+                    payload, old, version = found
                     out.append(Taken(key, payload, old, version))
         return out
 
-    def _event(self, key: Key) -> tuple[Payload, Key | None, int | None] | None | object:
+    def _event(self, key: Key) -> tuple[Payload, Key | None, int | None] | _Wait | None:
         f = self._files[key]
         read = f.current
         assert read is not None
@@ -297,8 +349,14 @@ class Settler:
             src_key, f.moved_from = f.moved_from, None
             if src is not None and src.moved_to == key:
                 src.moved_to = None
-            if (src is not None and src.ready and src.current is not None and src.current.checksum is None
-                    and src.sent is not None and read.checksum is not None):
+            if (
+                src is not None
+                and src.ready
+                and src.current is not None
+                and src.current.checksum is None
+                and src.sent is not None
+                and read.checksum is not None
+            ):
                 return self._moved(key, f, src_key, src)
         if read.checksum is None:
             if f.sent is None:
@@ -307,15 +365,18 @@ class Settler:
             payload = _payload(tenant_id, "deleted", rel, None)
         elif f.sent is None:
             twin = self._twin(tenant_id, read.checksum)
-            if twin is None and self._sent_count.get((tenant_id, read.checksum)) \
-                    and self._now < f.ready_at + TWIN_GRACE:
+            if (
+                twin is None
+                and self._sent_count.get((tenant_id, read.checksum))
+                and self._now < f.ready_at + TWIN_GRACE
+            ):
                 twin = _WAIT  # a file of that content may be gone, its report still on the way
                 retry = f.ready_at + TWIN_GRACE
                 self._retry_at = retry if self._retry_at is None else min(self._retry_at, retry)
             if twin is _WAIT:
                 return _WAIT
             if twin is not None:
-                return self._moved(key, f, twin, self._files[twin])  # type: ignore[index]
+                return self._moved(key, f, twin, self._files[twin])
             payload = _payload(tenant_id, "created", rel, read.checksum)
         elif f.sent == read.checksum:
             self._taken(key, f)  # the same bytes again: a touch, or a save of what was there
@@ -339,7 +400,7 @@ class Settler:
         self._taken(key, f)
         return payload, src_key, max(versions) if versions else None
 
-    def _twin(self, tenant_id: str, checksum: str) -> Key | None | object:
+    def _twin(self, tenant_id: str, checksum: str) -> Key | _Wait | None:
         gone = self._gone.get((tenant_id, checksum))
         if gone:
             return next(iter(gone))
@@ -439,11 +500,18 @@ class Settler:
                 del self._gone[(f.target[0], f.sent)]
 
 
-_WAIT = object()
+class _Wait(enum.Enum):
+    """Not yet: the other end of a rename is still to be read (or reported)."""
+
+    WAIT = "wait"
 
 
-def _payload(tenant_id: str, change_type: str, rel: str, checksum: str | None, *,
-             meta: dict | None = None) -> Payload:
+_WAIT: Final = _Wait.WAIT
+
+
+def _payload(
+    tenant_id: str, change_type: str, rel: str, checksum: str | None, *, meta: dict[str, Any] | None = None
+) -> Payload:
     payload: Payload = {"tenant_id": tenant_id, "change_type": change_type, "path": rel, "checksum": checksum}
     if meta:
         payload["meta"] = meta

@@ -16,6 +16,7 @@ thousand short steps between which clients are served, not one long one.
 What the server was told is kept here too (``manifest``, ``tenants``), and handed to the next
 worker when the source restarts, which then reports only what differs on disk.
 """
+
 from __future__ import annotations
 
 import asyncio
@@ -44,7 +45,8 @@ WORKER_SILENCE = 20.0
 # One event may carry a long diff; a line is cut at 256 KiB of events, but never splits one.
 LINE_LIMIT = 64 * 1024 * 1024
 PUBLISH_BATCH = 500  # events per emit.many: one round trip with a shared broker
-REFUSED = "invalid_path"  # cfgpush_events_rejected_total's reason for a name that cannot be announced
+REFUSED = "invalid_path"
+INVALID_CONTENT = "invalid_content"  # cfgpush_events_rejected_total's reason for what the gate refused  # cfgpush_events_rejected_total's reason for a name that cannot be announced
 
 
 class WorkerFailed(Exception):
@@ -54,8 +56,18 @@ class WorkerFailed(Exception):
 class FilesystemSource:
     name = SOURCE_NAME
 
-    def __init__(self, config_dir: Path | str, debounce: float = 0.05, *, max_delay: float | None = None,
-                 polling: bool = False, canary: float = 60.0, fallback: str = "poll"):
+    def __init__(
+        self,
+        config_dir: Path | str,
+        debounce: float = 0.05,
+        *,
+        max_delay: float | None = None,
+        polling: bool = False,
+        canary: float = 60.0,
+        fallback: str = "poll",
+        validate: tuple[str, ...] = (),
+        schemas: tuple[tuple[str, str], ...] = (),
+    ):
         self.config_dir = Path(config_dir)
         self.debounce = debounce
         # A file written continuously still reports, at least this often.
@@ -63,6 +75,8 @@ class FilesystemSource:
         self.force_polling = polling
         self.canary = canary  # seconds of silence before the worker checks its watcher (0: never)
         self.fallback = fallback  # when the kernel allows too few watches: "poll" or "error"
+        self.validate = validate  # the validation gate (tornado_cfgpush.gate): globs that must parse
+        self.schemas = schemas  # and (glob, JSON Schema file) pairs
         self._polling_because = ""  # why it polls though it was not asked to (degraded)
         self.observer_kind = ""
         self.root = ""
@@ -76,6 +90,8 @@ class FilesystemSource:
         # The version (see settle.Read) of each file of the start-up scan, for what it reports
         # as changed while no one watched.
         self._versions: dict[str, int | None] = {}
+        # tenant -> path -> what the validation gate refused there (the newest version), and since when
+        self._invalid: dict[str, dict[str, dict[str, Any]]] = {}
         self._ran_before = False
         # Set once watching and the initial scan are done: changes from then on are reported.
         self.started = asyncio.Event()
@@ -91,17 +107,31 @@ class FilesystemSource:
         first_run = not self._ran_before
         self._ran_before = True
         proc = await asyncio.create_subprocess_exec(
-            sys.executable, "-m", WORKER_MODULE, stdin=asyncio.subprocess.PIPE, stdout=asyncio.subprocess.PIPE,
+            sys.executable,
+            "-m",
+            WORKER_MODULE,
+            stdin=asyncio.subprocess.PIPE,
+            stdout=asyncio.subprocess.PIPE,
             limit=LINE_LIMIT,
             # Its own session: a Ctrl-C in a terminal goes to the server, which stops it.
-            start_new_session=True)
+            start_new_session=True,
+        )
         try:
             assert proc.stdin is not None and proc.stdout is not None
             known = None if first_run else [[k, t, r, c] for k, (t, r, c) in self._files.items()]
-            config = {"root": self.root, "debounce": self.debounce, "max_delay": self.max_delay,
-                      "polling": self.force_polling, "watch_limit": inotify_watch_limit(), "known": known,
-                      "canary": self.canary, "fallback": self.fallback,
-                      "log_level": logging.getLogger("cfgpush").getEffectiveLevel()}
+            config = {
+                "root": self.root,
+                "debounce": self.debounce,
+                "max_delay": self.max_delay,
+                "polling": self.force_polling,
+                "watch_limit": inotify_watch_limit(),
+                "known": known,
+                "canary": self.canary,
+                "fallback": self.fallback,
+                "validate": list(self.validate),
+                "schemas": [list(rule) for rule in self.schemas],
+                "log_level": logging.getLogger("cfgpush").getEffectiveLevel(),
+            }
             proc.stdin.write(json.dumps(config).encode() + b"\n")
             await proc.stdin.drain()  # stdin stays open: its end tells the worker to stop
             if first_run:
@@ -133,6 +163,14 @@ class FilesystemSource:
                     unsent.append(item)
             elif kind == "refused":
                 await self._refused(emit, message, gaps)
+            elif kind == "invalid":
+                await self._gate_refused(emit, message)
+            elif kind == "valid":
+                files = self._invalid.get(message["tenant"])
+                if files is not None:
+                    files.pop(message["path"], None)
+                    if not files:
+                        del self._invalid[message["tenant"]]
             elif kind == "log":
                 logging.getLogger(message["name"]).log(message["level"], "%s", message["msg"])
             elif kind == "known":
@@ -142,16 +180,24 @@ class FilesystemSource:
                         self._versions[key] = version
             elif kind == "ready":
                 self.observer_kind = message["observer"]
-                self._polling_because = ("the kernel allows too few inotify watches for the config folder "
-                                         "(fs.inotify.max_user_watches): polling it every second"
-                                         if self.observer_kind == "polling" and not message.get("forced") else "")
+                self._polling_because = (
+                    "the kernel allows too few inotify watches for the config folder "
+                    "(fs.inotify.max_user_watches): polling it every second"
+                    if self.observer_kind == "polling" and not message.get("forced")
+                    else ""
+                )
                 if first_run:
                     # A shared broker remembers what was published before this process started:
                     # report what changed on disk while no source was watching.
                     await self._reconcile_with_published(emit)
                     self._versions.clear()  # needed for that comparison only
-                log.info("watching %s (%s, %d files, debounce %.0f ms)", self.root, self.observer_kind,
-                         len(self._files), self.debounce * 1000)
+                log.info(
+                    "watching %s (%s, %d files, debounce %.0f ms)",
+                    self.root,
+                    self.observer_kind,
+                    len(self._files),
+                    self.debounce * 1000,
+                )
                 self.started.set()
             elif kind == "gap":
                 tenants = message["tenants"]
@@ -191,7 +237,7 @@ class FilesystemSource:
                         results.append(exc)
             else:
                 results = await many([item[1] for item in batch], versions=[item[3] for item in batch])
-            for item, result in zip(batch, results):
+            for item, result in zip(batch, results, strict=True):
                 if isinstance(result, ValidationError):
                     await self._refused_by_schema(emit, item, result, gaps)
             for _ in batch:
@@ -211,8 +257,13 @@ class FilesystemSource:
                 refused = exc
         skipped = getattr(emit, "skipped", None)
         if skipped is not None:
-            await skipped(payload["tenant_id"], str(payload.get("path")),
-                          "refused by the schema: " + flatten_messages(refused.messages), "invalid", resync=False)
+            await skipped(
+                payload["tenant_id"],
+                str(payload.get("path")),
+                "refused by the schema: " + flatten_messages(refused.messages),
+                "invalid",
+                resync=False,
+            )
         gaps.add(payload["tenant_id"])
 
     def publish_lag(self) -> float:
@@ -220,6 +271,32 @@ class FilesystemSource:
         if not self._unsent:
             return 0.0
         return max(0.0, time.monotonic() - self._unsent[0][4])
+
+    async def _gate_refused(self, emit: Emit, message: dict[str, Any]) -> None:
+        """A version the validation gate refused: not announced (clients keep the last good one,
+        so nothing to resync); logged once, counted, and listed for the status API."""
+        tenant_id, path = message["tenant"], message["path"]
+        where = f" at {message['pointer']}" if message["pointer"] else ""
+        self._invalid.setdefault(tenant_id, {})[path] = {
+            "path": path,
+            "since": message["since"],
+            "pointer": message["pointer"],
+            "reason": message["reason"],
+        }
+        skipped = getattr(emit, "skipped", None)
+        if skipped is not None:
+            await skipped(
+                tenant_id,
+                path,
+                f"refused by the validation gate{where}: {message['reason']}",
+                INVALID_CONTENT,
+                resync=False,
+            )
+
+    def invalid(self, tenant_id: str) -> list[dict[str, Any]]:
+        """The files of ``tenant_id`` whose newest version the validation gate refused:
+        ``{"path", "since" (Unix time), "pointer", "reason"}``, by path."""
+        return [dict(v) for _, v in sorted(self._invalid.get(tenant_id, {}).items())]
 
     async def _refused(self, emit: Emit, message: dict[str, Any], gaps: set[str]) -> None:
         skipped = getattr(emit, "skipped", None)
@@ -237,14 +314,22 @@ class FilesystemSource:
             if not previous:
                 continue  # never published (or a fresh embedded broker): nothing to compare
             files = self._by_tenant.get(tenant_id, {})
-            for rel in sorted(set(files) | set(previous)):
+            refused = self._invalid.get(tenant_id, {})  # what the gate refused stays as recorded
+            for rel in sorted((set(files) | set(previous)) - set(refused)):
                 now, before = files.get(rel), previous.get(rel)
                 if now == before:
                     continue
                 change = "deleted" if now is None else "created" if before is None else "modified"
                 key = keys.get((tenant_id, rel))
-                self._unsent.append([key, {"tenant_id": tenant_id, "change_type": change, "path": rel,
-                                           "checksum": now}, None, self._versions.get(key), time.monotonic()])
+                self._unsent.append(
+                    [
+                        key,
+                        {"tenant_id": tenant_id, "change_type": change, "path": rel, "checksum": now},
+                        None,
+                        self._versions.get(key) if key is not None else None,
+                        time.monotonic(),
+                    ]
+                )
 
     def degraded(self) -> str | None:
         """Why this source serves worse than it should, or None (``/readyz`` says it)."""

@@ -18,6 +18,7 @@ level 1: a few times smaller than the file, many times smaller than its parsed d
 parsed only when a change asks for a diff (the worker's ``_finish``). At start, reading is
 hashing and compressing: about 60 µs for a file of 5 KB.
 """
+
 from __future__ import annotations
 
 import errno
@@ -27,7 +28,8 @@ import stat
 import time
 import zlib
 from collections import deque
-from typing import Any, Iterator, NamedTuple
+from collections.abc import Iterator
+from typing import Any, NamedTuple
 
 from ... import structured
 from .names import Key, is_ignored_name, key_of
@@ -162,7 +164,7 @@ class Tree:
                         for fd_ in opened:
                             os.close(fd_)
                         opened.clear()
-                        target = target[len(inside):]
+                        target = target[len(inside) :]
                     todo.extendleft(reversed(target.split("/")))
                     continue
                 if last:
@@ -210,8 +212,8 @@ class Tree:
                     data += f.read(limit + 1 - len(data))
                 if len(data) <= limit:
                     checksum = "sha256:" + hashlib.sha256(data).hexdigest()
-                    copy = zlib.compress(data, 1)
-                    return Content(checksum, copy, len(copy), signature(opened.info), time.time())
+                    compressed = zlib.compress(data, 1)
+                    return Content(checksum, compressed, len(compressed), signature(opened.info), time.time())
                 digest = hashlib.sha256(data)  # it grew since the stat: hash the rest too
             else:
                 digest = hashlib.sha256()

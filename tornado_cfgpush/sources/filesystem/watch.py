@@ -7,14 +7,16 @@ tree and tells the server its tenants may have missed changes (``Resync(source_g
 a kernel queue overflow (``IN_Q_OVERFLOW``, reported by watchdog only as a log record, which
 ``OverflowWatch`` listens for).
 """
+
 from __future__ import annotations
 
 import logging
 import os
 import threading
 from collections import deque
+from collections.abc import Callable
 from pathlib import Path
-from typing import Any, Callable
+from typing import Any
 
 from watchdog.events import (
     DirCreatedEvent,
@@ -44,8 +46,16 @@ INBOX_BOUND = 200_000
 # The events the settle machine uses. Without opens and closes-without-write (watchdog's
 # default asks the kernel for every kind), the worker's own reads of a file give no events,
 # and a burst fills the kernel's queue half as fast.
-EVENTS = [FileCreatedEvent, DirCreatedEvent, FileModifiedEvent, FileClosedEvent, FileDeletedEvent, DirDeletedEvent,
-          FileMovedEvent, DirMovedEvent]
+EVENTS = [
+    FileCreatedEvent,
+    DirCreatedEvent,
+    FileModifiedEvent,
+    FileClosedEvent,
+    FileDeletedEvent,
+    DirDeletedEvent,
+    FileMovedEvent,
+    DirMovedEvent,
+]
 
 _WATCHDOG_INOTIFY_LOGGER = "watchdog.observers.inotify_c"
 _OVERFLOW_MESSAGE = "Inotify queue overflowed"
@@ -99,10 +109,12 @@ def watch_limit_error(root: Path | str) -> str | None:
     directories = count_directories(root)
     if choose_observer_kind(directories, limit) == "inotify":
         return None
-    return (f"--config-dir: the folder has {directories} directories to watch, and the kernel allows "
-            f"{limit} inotify watches (fs.inotify.max_user_watches): raise it, e.g. "
-            f"`sysctl fs.inotify.max_user_watches={_enough(directories)}` (persist it in /etc/sysctl.d/), "
-            f"or start with --watch-fallback poll to poll the folder every {POLL_INTERVAL:g} s instead")
+    return (
+        f"--config-dir: the folder has {directories} directories to watch, and the kernel allows "
+        f"{limit} inotify watches (fs.inotify.max_user_watches): raise it, e.g. "
+        f"`sysctl fs.inotify.max_user_watches={_enough(directories)}` (persist it in /etc/sysctl.d/), "
+        f"or start with --watch-fallback poll to poll the folder every {POLL_INTERVAL:g} s instead"
+    )
 
 
 def adjust_watchdog() -> None:
@@ -182,8 +194,15 @@ class OverflowWatch(logging.Filter):
         logging.getLogger(_WATCHDOG_INOTIFY_LOGGER).addFilter(self)
 
 
-def start_observer(root: str, handler: FileSystemEventHandler, *, polling: bool, watch_limit: int | None,
-                   log: logging.Logger, fallback: str = "poll"):
+def start_observer(
+    root: str,
+    handler: FileSystemEventHandler,
+    *,
+    polling: bool,
+    watch_limit: int | None,
+    log: logging.Logger,
+    fallback: str = "poll",
+):
     """An observer watching ``root`` recursively, started, and its kind: ``inotify``, or
     ``polling`` when forced, or (``fallback`` "poll") when the kernel's watch limit is too low;
     with ``fallback`` "error" a too-low limit raises ``WatchLimitReached``."""

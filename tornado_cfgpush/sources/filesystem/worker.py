@@ -26,6 +26,7 @@ there, so a large file never holds the others), stdin's reader (end of input) an
 writer (the server reads when it is ready: while it is behind, changes coalesce in the settle
 machine instead of queueing).
 """
+
 from __future__ import annotations
 
 import json
@@ -38,9 +39,11 @@ import threading
 import time
 import traceback
 import warnings
-from typing import Any, Callable, Iterable
+from collections.abc import Callable, Iterable
+from typing import Any
 
 from ... import structured
+from ...gate import Failure, Gate
 from ...rules import wire_string_error
 from .names import Unpublishable, classify, shown, split
 from .settle import MEMORY_CAP, NO_PREVIOUS, NOT_REPRESENTABLE, Read, Settler
@@ -58,6 +61,10 @@ REFUSED_AGAIN_AFTER = 1.0  # seconds: the events of one save of an unpublishable
 # Overflows come in floods (a tenant renaming in a loop): one rescan per this many seconds at
 # most; the events that still arrive meanwhile are handled as usual.
 RESCAN_EVERY = 0.5
+# A file whose writer says it is done (closed after writing, or renamed into place) is read at
+# once instead of after the debounce: milliseconds from a save to the browsers. Not when more
+# than this many events arrive together (a burst: the debounce coalesces it).
+FAST_BATCH = 32
 # The watcher's canary (``--watch-canary``): a dotfile of this worker's own in the config
 # folder's top, made after a quiet spell and expected back from the watcher within this long
 # (or two poll intervals); removed once seen. Other nodes sharing the folder ignore it, as
@@ -185,6 +192,8 @@ class Worker:
         self.inbox = inbox
         self.tree = Tree(self.root)
         self.settler = Settler(config["debounce"], config["max_delay"])
+        self.gate = Gate(config.get("validate") or (), [tuple(rule) for rule in config.get("schemas") or ()])
+        self._invalid: dict[str, tuple[Failure, float]] = {}  # key -> (why refused, since: Unix time)
         self.lane = Lane(inbox, self._finish)
         self.observer: Any = None
         self.observer_kind = ""
@@ -195,6 +204,7 @@ class Worker:
         self._stopping = False
         self._rescan_at: float | None = None  # an overflow was seen: rescan then
         self._last_rescan = float("-inf")
+        self._fast = True  # see FAST_BATCH
         self._canary_every = float(config.get("canary") or 0)
         self._canary_name = f"{CANARY_PREFIX}{socket.gethostname()}-{os.getpid()}"
         self._canary_sent: float | None = None  # when the canary was made, until it is seen
@@ -206,9 +216,14 @@ class Worker:
         adjust_watchdog()
         OverflowWatch(self._on_kernel_overflow).install()
         handler = ToInbox(self.inbox)
-        self.observer, kind = start_observer(self.root, handler, polling=self.config["polling"],
-                                             watch_limit=self.config.get("watch_limit"), log=log,
-                                             fallback=self.config.get("fallback", "poll"))
+        self.observer, kind = start_observer(
+            self.root,
+            handler,
+            polling=self.config["polling"],
+            watch_limit=self.config.get("watch_limit"),
+            log=log,
+            fallback=self.config.get("fallback", "poll"),
+        )
         self.observer_kind = kind
         known = self.config.get("known")
         now = time.monotonic()
@@ -237,6 +252,9 @@ class Worker:
                 continue
             read = self._read_now(key, None, None)
             if read is None or read.checksum is None:
+                continue
+            if read.refused is not None:  # not announced, at start either: no good version known
+                self._note_refused(key, read.refused)
                 continue
             self.settler.baseline(key, target, read.checksum, read.copy, read.size, read.extra)
             chunk.append([key, target[0], target[1], read.checksum, read.version])
@@ -274,10 +292,13 @@ class Worker:
             if self._rescan_at is not None and now >= self._rescan_at:
                 self._rescan(now)
                 continue
+            # Many events at once is a burst still arriving: the debounce gathers it, and no
+            # file is read the moment its writer is done (it may be written again at once).
+            self._fast = sum(not isinstance(item, tuple) for item in items) <= FAST_BATCH
             for item in items:
                 if isinstance(item, tuple):
                     if item[0] == "read":
-                        self.settler.read_done(item[1], item[2], now)
+                        self._read_done(item[1], item[2], now)
                     elif item[0] == "stop":
                         self._stopping = True
                 else:
@@ -295,8 +316,11 @@ class Worker:
         reload."""
         self._rescan_at = None
         self._last_rescan = now
-        log.warning("events were lost (the kernel's inotify queue or the watcher's own overflowed): "
-                    "rescanning %s (raise fs.inotify.max_queued_events if this recurs)", self.root)
+        log.warning(
+            "events were lost (the kernel's inotify queue or the watcher's own overflowed): "
+            "rescanning %s (raise fs.inotify.max_queued_events if this recurs)",
+            self.root,
+        )
         self._touch_all(now)
         tenants = self._send_events(everything=True)
         if tenants:
@@ -305,10 +329,14 @@ class Worker:
     def _check_health(self, now: float) -> None:
         if not observer_alive(self.observer) or not self.lane.alive():
             raise RuntimeError("a watcher thread died")
+        for problem in self.gate.reload():  # a JSON Schema file that changed
+            log.error("%s", problem)
         if self._canary_sent is not None:
             if now - self._canary_sent > self._canary_timeout():
-                raise RuntimeError(f"the watcher stopped delivering events: the canary {self._canary_name} "
-                                   f"was not reported within {self._canary_timeout():g} s")
+                raise RuntimeError(
+                    f"the watcher stopped delivering events: the canary {self._canary_name} "
+                    f"was not reported within {self._canary_timeout():g} s"
+                )
         elif self._canary_every and now - self._last_event >= self._canary_every:
             self._make_canary(now)
         if now - self.output.last_write >= ALIVE_EVERY:
@@ -319,12 +347,20 @@ class Worker:
 
     def _make_canary(self, now: float) -> None:
         try:
-            fd = os.open(self._canary_name, os.O_WRONLY | os.O_CREAT | os.O_TRUNC | os.O_NOFOLLOW, 0o600,
-                         dir_fd=self.tree.root_fd)
+            fd = os.open(
+                self._canary_name,
+                os.O_WRONLY | os.O_CREAT | os.O_TRUNC | os.O_NOFOLLOW,
+                0o600,
+                dir_fd=self.tree.root_fd,
+            )
             os.close(fd)
         except OSError as exc:  # read-only, or not ours to write: no canary, say so once
-            log.info("cannot make the watcher's canary in %s (%s): a watcher that stops delivering is "
-                     "noticed only when its threads die", self.root, exc.strerror or exc)
+            log.info(
+                "cannot make the watcher's canary in %s (%s): a watcher that stops delivering is "
+                "noticed only when its threads die",
+                self.root,
+                exc.strerror or exc,
+            )
             self._canary_every = 0.0
             return
         self._canary_sent = now
@@ -378,25 +414,30 @@ class Worker:
         src_parts = split(self.root, src)
         if kind != "moved":
             if src_parts is not None:
-                self._touch("/".join(src_parts), now)
+                # A close after writing says the writer is done: read now, not after the
+                # debounce (unless a burst is arriving, see run).
+                self._touch("/".join(src_parts), now, at_once=kind == "closed" and self._fast)
             return
         dest_parts = split(self.root, dest)
         src_key = "/".join(src_parts) if src_parts is not None else None
         dest_key = "/".join(dest_parts) if dest_parts is not None else None
         src_target = self._target(src_key) if src_key is not None else None
         dest_target = self._target(dest_key) if dest_key is not None else None
-        if src_target is not None and dest_target is not None:
-            self.settler.renamed(src_key, src_target, dest_key, dest_target, now)
+        # A rename's destination is complete when reported (an atomic save's last step): read it
+        # now. Its source waits the debounce: an editor renaming a file away (to a backup name)
+        # is writing it again a moment later.
+        if src_key is not None and dest_key is not None and src_target is not None and dest_target is not None:
+            self.settler.renamed(src_key, src_target, dest_key, dest_target, now, at_once=self._fast)
             return
         if src_key is not None:
             self._touch(src_key, now)
         if dest_key is not None:
-            self._touch(dest_key, now)
+            self._touch(dest_key, now, at_once=self._fast)
 
-    def _touch(self, key: str, now: float) -> None:
+    def _touch(self, key: str, now: float, at_once: bool = False) -> None:
         target = self._target(key)
         if target is not None:
-            self.settler.touched(key, target, now)
+            self.settler.touched(key, target, now, at_once=at_once)
 
     def _target(self, key: str) -> tuple[str, str] | None:
         found = classify(key)
@@ -407,8 +448,12 @@ class Worker:
             return found
         if found not in self._bad_tenants and len(self._bad_tenants) < 1000:
             self._bad_tenants.add(found)
-            log.warning("ignoring %s: %s is not a valid tenant id (1 to 64 of A-Z a-z 0-9 . _ -, "
-                        "starting with a letter or digit)", shown(key), shown(found))
+            log.warning(
+                "ignoring %s: %s is not a valid tenant id (1 to 64 of A-Z a-z 0-9 . _ -, "
+                "starting with a letter or digit)",
+                shown(key),
+                shown(found),
+            )
         return None
 
     def _refuse(self, key: str, found: Unpublishable) -> None:
@@ -429,7 +474,7 @@ class Worker:
         for key, old_copy, cached in self.settler.due(now):
             read = self._read_now(key, old_copy, cached if rescan else None, inline=inline)
             if read is not None:
-                self.settler.read_done(key, read, now)
+                self._read_done(key, read, now)
 
     def _read_now(self, key: str, old_copy: Any, cached: Content | None, *, inline: bool = True) -> Read | None:
         """Read ``key`` here, or hand it to the slow lane (None then: its result comes later)."""
@@ -456,28 +501,68 @@ class Worker:
             log.warning("cannot read %s: %s", shown(key), exc)
             return _gone(looked)
 
-    @staticmethod
-    def _finish(key: str, content: Content, old_copy: Any) -> Read:
-        """A read's ``Read``: its diff against ``old_copy`` (both parsed here, only now that a
-        change asks for it), or why there is none."""
+    def _finish(self, key: str, content: Content, old_copy: Any) -> Read:
+        """A read's ``Read``: refused by the gate, or with its diff against ``old_copy`` (both
+        parsed here, only now that a change asks for it), or why there is none. Runs on the
+        settle loop or the slow lane: reads shared state only (the gate's validators)."""
         copy = content.copy
         read = Read(content.checksum, copy, content.size, extra=content, version=content.sig.ctime_ns // 1000)
-        if copy is None or old_copy is None and isinstance(copy, bytes):
+        gated = bool(self.gate) and self.gate.applies(_rel(key))
+        if copy is None or (old_copy is None and isinstance(copy, bytes) and not gated):
             return read  # not structured, or new: no diff to make
         doc = Tree.parse(key, copy)
+        if gated:
+            read.refused = self.gate.judge(_rel(key), doc)
+            if read.refused is not None or old_copy is None:
+                return read
         if isinstance(doc, structured.Unparsed):
             read.skip = doc.reason
             return read
-        old_copy = Tree.parse(key, old_copy) if old_copy is not None else None
-        if old_copy is None or isinstance(old_copy, structured.Unparsed):
-            read.skip = MEMORY_CAP if getattr(old_copy, "reason", None) == MEMORY_CAP else NO_PREVIOUS
+        old_doc = Tree.parse(key, old_copy) if old_copy is not None else None
+        if old_doc is None or isinstance(old_doc, structured.Unparsed):
+            read.skip = MEMORY_CAP if getattr(old_doc, "reason", None) == MEMORY_CAP else NO_PREVIOUS
             return read
-        diff = structured.diff(old_copy, doc)
+        diff = structured.diff(old_doc, doc)
         if _representable(diff.values()):
             read.diff = diff
         else:
             read.skip = NOT_REPRESENTABLE
         return read
+
+    def _read_done(self, key: str, read: Read, now: float) -> None:
+        """A read's result to the settle machine, through the gate: a refused version is not a
+        change (the last good one stays what the server knows), and says so once."""
+        refused = read.refused
+        if refused is None:
+            if key in self._invalid:
+                del self._invalid[key]
+                target = self._target(key)
+                if target is not None:
+                    self.output.send({"t": "valid", "key": key, "tenant": target[0], "path": target[1]})
+            self.settler.read_done(key, read, now)
+            return
+        self.settler.read_refused(key, now)
+        self._note_refused(key, refused)
+
+    def _note_refused(self, key: str, refused: Failure) -> None:
+        if self._invalid.get(key, (None,))[0] == refused:
+            return  # the same failure again (saved twice): said already
+        target = self._target(key)
+        if target is None:
+            return
+        since = self._invalid[key][1] if key in self._invalid else time.time()
+        self._invalid[key] = (refused, since)
+        self.output.send(
+            {
+                "t": "invalid",
+                "key": key,
+                "tenant": target[0],
+                "path": target[1],
+                "pointer": refused.pointer,
+                "reason": refused.reason,
+                "since": since,
+            }
+        )
 
     def _log_refusal(self, key: str, why: str) -> None:
         marker = (key, why)
@@ -495,6 +580,12 @@ class Worker:
         self.remove_canary()
         if self.observer is not None:
             self.observer.stop()
+
+
+def _rel(key: str) -> str:
+    """The tenant-relative path of a key ("acme/ui/a.json" -> "ui/a.json"; "globex.json" stays)."""
+    tenant, sep, rel = key.partition("/")
+    return rel if sep else tenant
 
 
 def _now_us() -> int:

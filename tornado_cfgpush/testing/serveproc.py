@@ -1,4 +1,5 @@
 """``cfgpush-serve`` in a subprocess, as a user runs it; its log read by a thread."""
+
 from __future__ import annotations
 
 import os
@@ -8,7 +9,7 @@ import sys
 import threading
 from pathlib import Path
 
-from .conftest import wait_for
+from .waiting import wait_for
 
 SCRIPT = Path(sys.executable).with_name("cfgpush-serve")
 COMMAND = [str(SCRIPT)] if SCRIPT.exists() else [sys.executable, "-m", "tornado_cfgpush.cli"]
@@ -25,16 +26,25 @@ def clean_env(**extra: str) -> dict[str, str]:
     return env
 
 
-class Server:
+class ServeProcess:
     """A running ``cfgpush-serve``; its stderr (the log) is collected line by line."""
 
     def __init__(self, args: list[str], cwd: Path, env: dict[str, str]):
-        self.proc = subprocess.Popen(COMMAND + args, cwd=cwd, env=env, stdin=subprocess.DEVNULL,
-                                     stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+        self.proc = subprocess.Popen(
+            COMMAND + args,
+            cwd=cwd,
+            env=env,
+            stdin=subprocess.DEVNULL,
+            stdout=subprocess.PIPE,
+            stderr=subprocess.PIPE,
+            text=True,
+        )
         self.log: list[str] = []
         self.out: list[str] = []
-        self._readers = [threading.Thread(target=self._pump, args=(stream, lines), daemon=True)
-                         for stream, lines in ((self.proc.stderr, self.log), (self.proc.stdout, self.out))]
+        self._readers = [
+            threading.Thread(target=self._pump, args=(stream, lines), daemon=True)
+            for stream, lines in ((self.proc.stderr, self.log), (self.proc.stdout, self.out))
+        ]
         for reader in self._readers:
             reader.start()
 
@@ -55,6 +65,7 @@ class Server:
 
     async def wait_log(self, pattern: str, timeout: float = START_TIMEOUT) -> re.Match:
         """The first log line matching ``pattern``; fails early if the process ends first."""
+
         def seen() -> bool:
             if self.find(pattern):
                 return True
@@ -62,8 +73,10 @@ class Server:
                 self.join()
                 if self.find(pattern):
                     return True
-                raise AssertionError(f"cfgpush-serve exited with {self.proc.returncode} before logging "
-                                     f"{pattern!r}; its log:\n{self.text()}")
+                raise AssertionError(
+                    f"cfgpush-serve exited with {self.proc.returncode} before logging "
+                    f"{pattern!r}; its log:\n{self.text()}"
+                )
             return False
 
         try:
@@ -72,7 +85,9 @@ class Server:
             if "exited" in str(exc):
                 raise
             raise AssertionError(f"no log line {pattern!r} within {timeout} s; the log:\n{self.text()}") from None
-        return self.find(pattern)
+        found = self.find(pattern)
+        assert found is not None  # seen() found it
+        return found
 
     async def wait_exit(self, timeout: float) -> int:
         await wait_for(lambda: self.proc.poll() is not None, timeout)
@@ -88,5 +103,6 @@ class Server:
             self.proc.kill()
         self.proc.wait(timeout=30)
         self.join()
-        self.proc.stdout.close()
-        self.proc.stderr.close()
+        for stream in (self.proc.stdout, self.proc.stderr):
+            if stream is not None:
+                stream.close()

@@ -4,6 +4,7 @@ Tornado's HTTP client de-chunks the body (so the server's chunk framing is check
 this parser splits lines on CRLF, LF or CR, ignores comments (but records them), collects
 ``data`` lines, keeps the last ``id``, and dispatches an event at each blank line.
 """
+
 from __future__ import annotations
 
 import asyncio
@@ -29,7 +30,7 @@ class SSEClient:
         self.events: asyncio.Queue[SSEEvent | None] = asyncio.Queue()
         self.comments: list[str] = []
         self.last_event_id = ""
-        self.headers = None
+        self.headers: dict[str, str] | None = None  # lower-case names, once the response head came
         self.code: int | None = None
         self._buffer = ""
         self._pending_cr = False
@@ -39,11 +40,16 @@ class SSEClient:
         self._fetch: asyncio.Future | None = None
 
     @classmethod
-    async def open(cls, http_url: str, tenant_id: str = "acme", *, headers: dict | None = None, **query) -> "SSEClient":
+    async def open(cls, http_url: str, tenant_id: str = "acme", *, headers: dict | None = None, **query) -> SSEClient:
         self = cls()
         params = {"tenant_id": tenant_id, **query}
-        request = HTTPRequest(f"{http_url}/events?{urlencode(params)}", headers={"Accept": "text/event-stream", **(headers or {})},
-                              streaming_callback=self._feed, header_callback=self._header, request_timeout=120)
+        request = HTTPRequest(
+            f"{http_url}/events?{urlencode(params)}",
+            headers={"Accept": "text/event-stream", **(headers or {})},
+            streaming_callback=self._feed,
+            header_callback=self._header,
+            request_timeout=120,
+        )
         self._fetch = asyncio.ensure_future(self._client.fetch(request, raise_error=False))
         self._fetch.add_done_callback(lambda _: self.events.put_nowait(None))
         return self
@@ -67,8 +73,8 @@ class SSEClient:
             if cut < 0:
                 return
             line = self._buffer[:cut]
-            skip = 2 if self._buffer[cut:cut + 2] == "\r\n" else 1
-            self._buffer = self._buffer[cut + skip:]
+            skip = 2 if self._buffer[cut : cut + 2] == "\r\n" else 1
+            self._buffer = self._buffer[cut + skip :]
             self._line(line)
 
     def _line(self, line: str) -> None:
@@ -102,6 +108,7 @@ class SSEClient:
 
     async def ended(self, timeout: float = 5.0):
         """Wait for the server to end the stream; returns the response."""
+        assert self._fetch is not None  # opened by SSEClient.open
         response = await asyncio.wait_for(asyncio.shield(self._fetch), timeout)
         return response
 

@@ -1,4 +1,5 @@
 """A private ``redis-server`` for tests that must break it (kill, restart, pause)."""
+
 from __future__ import annotations
 
 import shutil
@@ -8,7 +9,7 @@ import subprocess
 import tempfile
 from pathlib import Path
 
-from .conftest import wait_for
+from .waiting import wait_for
 
 # Two cores shared with other test runs: waits are generous, nothing asserts a duration.
 WAIT = 15.0
@@ -30,6 +31,7 @@ class RedisServer:
         return f"redis://127.0.0.1:{self.port}/0"
 
     def _accepting(self) -> bool:
+        assert self.proc is not None  # started
         if self.proc.poll() is not None:
             raise RuntimeError(f"redis-server exited with {self.proc.returncode}")
         with socket.socket(socket.AF_UNIX) as probe:
@@ -46,10 +48,27 @@ class RedisServer:
                     s.bind(("127.0.0.1", 0))
                     self.port = s.getsockname()[1]
             self.proc = subprocess.Popen(
-                [self.program, "--port", str(self.port), "--bind", "127.0.0.1",
-                 "--unixsocket", str(self.sock), "--save", "", "--appendonly", "no",
-                 "--dir", str(self.dir), "--logfile", str(self.dir / "redis.log")],
-                stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+                [
+                    self.program,
+                    "--port",
+                    str(self.port),
+                    "--bind",
+                    "127.0.0.1",
+                    "--unixsocket",
+                    str(self.sock),
+                    "--save",
+                    "",
+                    "--appendonly",
+                    "no",
+                    "--dir",
+                    str(self.dir),
+                    "--logfile",
+                    str(self.dir / "redis.log"),
+                ],
+                stdin=subprocess.DEVNULL,
+                stdout=subprocess.DEVNULL,
+                stderr=subprocess.DEVNULL,
+            )
             try:
                 await wait_for(self._accepting, WAIT)
                 return

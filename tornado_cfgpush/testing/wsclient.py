@@ -1,4 +1,5 @@
 """A small test client over a real WebSocket: typed reads with timeouts, close codes."""
+
 from __future__ import annotations
 
 import asyncio
@@ -17,13 +18,20 @@ class Closed(Exception):
         self.reason = reason
 
 
-class Client:
+class WebSocketClient:
     def __init__(self, conn: WebSocketClientConnection):
         self.conn = conn
 
     @classmethod
-    async def open(cls, ws_url: str, tenant_id: str | None = "acme", *, headers: dict | None = None,
-                   ping_interval: float | None = None, **query: Any) -> "Client":
+    async def open(
+        cls,
+        ws_url: str,
+        tenant_id: str | None = "acme",
+        *,
+        headers: dict | None = None,
+        ping_interval: float | None = None,
+        **query: Any,
+    ) -> WebSocketClient:
         params = dict(query)
         if tenant_id is not None:
             params = {"tenant_id": tenant_id, **params}
@@ -32,7 +40,7 @@ class Client:
         conn = await asyncio.wait_for(websocket_connect(request, ping_interval=ping_interval), 5)
         return cls(conn)
 
-    async def raw(self, timeout: float = 3.0) -> str:
+    async def raw(self, timeout: float = 3.0) -> str | bytes:
         message = await asyncio.wait_for(self.conn.read_message(), timeout)
         if message is None:
             raise Closed(self.conn.close_code, self.conn.close_reason)
@@ -50,7 +58,7 @@ class Client:
     async def expect_nothing(self, timeout: float = 0.3) -> None:
         try:
             message = await asyncio.wait_for(self.conn.read_message(), timeout)
-        except asyncio.TimeoutError:
+        except TimeoutError:
             return
         raise AssertionError(f"expected no message, got {message!r}")
 
@@ -64,8 +72,9 @@ class Client:
                 return Closed(self.conn.close_code, self.conn.close_reason)
 
     async def send(self, message: Any) -> None:
-        await self.conn.write_message(message if isinstance(message, (str, bytes)) else json.dumps(message),
-                                      binary=isinstance(message, bytes))
+        await self.conn.write_message(
+            message if isinstance(message, (str, bytes)) else json.dumps(message), binary=isinstance(message, bytes)
+        )
 
     def close(self) -> None:
         self.conn.close()
