@@ -145,7 +145,7 @@ async def welcomed(client):
 @pytest.mark.xfail(strict=True, reason="a node's first run reports every file with no record in Redis as created")
 @pytest.mark.gen_test(timeout=60)
 async def test_a_starting_node_announces_only_what_changed(cluster, settings):
-    """Finding 1 (scenario node-restart: 4 to 11 duplicate events in three full runs). A node
+    """Finding 1 (scenario node-restart: 4 to 14 duplicate events in four full runs). A node
     that starts with a shared broker compares the disk with what was published
     (``FilesystemSource._reconcile_with_published``): a file never published since the cluster
     started (unchanged since) has no record, and is announced ``created`` with the content
@@ -163,7 +163,7 @@ async def test_a_starting_node_announces_only_what_changed(cluster, settings):
 @pytest.mark.gen_test(timeout=90)
 async def test_changes_that_wait_for_a_slow_link_go_out_in_one_batch(cluster, redis_server, settings):
     """Finding 2 (scenario slow: at 5 saves/s over 100-300 ms per chunk the publish lag grew
-    by about 0.75 s every second, to 22.6 s after 30 s; /readyz degraded). The source reads one
+    by about 0.77 s every second, to 22.3 s after 30 s; /readyz degraded). The source reads one
     line of the worker's output, publishes it, then reads the next (``FilesystemSource._serve``):
     saves that settle one by one are one line each, so a batch is one event and the throughput
     is one event per round trip again. Here: six saves made during the first publish's round
