@@ -40,9 +40,9 @@ import traceback
 
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 
-from bench import burst, report, scenarios, targets  # noqa: E402
-from bench.loadgen import raise_nofile  # noqa: E402
-from bench.procs import Resources, pin_self  # noqa: E402
+from bench import burst, report, scenarios, targets
+from bench.loadgen import raise_nofile
+from bench.procs import Resources, pin_self
 
 SCENARIOS = ("fanout", "latency", "memory", "idle", "e2e", "storm", "burst")
 

@@ -21,13 +21,13 @@ import time
 
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
-from tornado.httpserver import HTTPServer  # noqa: E402
-from tornado.testing import bind_unused_port  # noqa: E402
-from tornado.websocket import websocket_connect  # noqa: E402
+from tornado.httpserver import HTTPServer
+from tornado.testing import bind_unused_port
+from tornado.websocket import websocket_connect
 
-from tornado_cfgpush.app import CfgPush, make_app  # noqa: E402
-from tornado_cfgpush.plugins import get_plugin_manager  # noqa: E402
-from tornado_cfgpush.settings import Settings  # noqa: E402
+from tornado_cfgpush.app import CfgPush, make_app
+from tornado_cfgpush.plugins import get_plugin_manager
+from tornado_cfgpush.settings import Settings
 
 
 async def timed_connect(url: str, expect: int) -> float:

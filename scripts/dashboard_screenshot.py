@@ -26,8 +26,8 @@ import sys
 import tempfile
 import threading
 import time
+from collections.abc import AsyncIterator, Sequence
 from pathlib import Path
-from typing import AsyncIterator, Sequence
 
 CHROMIUM = "/usr/bin/chromium"
 # Debian's Chromium, headless, with nothing that calls home or needs a GPU or a sandbox.

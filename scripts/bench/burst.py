@@ -103,7 +103,7 @@ class BurstSink(Sink):
 async def _scrape_lag(target: targets.Target, timeout: float = 60.0) -> dict[float, float] | None:
     try:
         status, body = await target.publisher.get("/metrics", timeout)
-    except (OSError, asyncio.TimeoutError, ConnectionError):
+    except (TimeoutError, OSError, ConnectionError):
         target.publisher.close()
         return None
     return lag.histogram(body.decode("utf-8", "replace")) if status == 200 else None
@@ -167,7 +167,7 @@ async def one_burst(
         complete = True
         try:
             await asyncio.wait_for(asyncio.shield(sink.done), max(0.0, t_command + timeout - perf_counter()))
-        except asyncio.TimeoutError:
+        except TimeoutError:
             complete = False
         end = perf_counter()
         in_time = sink.unique

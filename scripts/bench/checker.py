@@ -30,6 +30,14 @@ The rules (docs/protocol.md):
    connected at the end must have reached its tenant's newest event (``behind_at_end``).
 5. **No event crosses tenants** (``crossed_tenant``): a client only gets its own tenant's.
 
+**Epochs.** An emptied or replaced Redis starts a tenant's history again (docs/protocol.md,
+``unknown_epoch``), its ids perhaps below the old ones (a clock behind). ``epoch_of(tenant,
+event_id)`` says which history an id belongs to (0, 1, ... in the order they followed each
+other); ids are ordered by epoch first. In a new epoch the first event of a path may restate
+the version the path is at (a node publishing what it saw just before the flush, now into an
+empty record): counted (``restated_in_new_epoch``), not a duplicate; its clients were told to
+reload by then. An older version is still a rollback.
+
 ``check(...)`` returns a ``Verdict``: counts, violations by kind with a few examples each.
 Nothing here does I/O except ``read_writer_log``.
 """
@@ -39,10 +47,12 @@ from __future__ import annotations
 import bisect
 import hashlib
 import json
+from array import array
 from collections import Counter
+from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Iterable
+from typing import Any
 
 RESYNC_REASONS = {"history_expired", "unknown_event_id", "unknown_epoch", "source_gap"}
 EMPTY = "sha256:" + hashlib.sha256(b"").hexdigest()
@@ -71,6 +81,7 @@ class Write:
     tenant: str
     path: str  # relative to the tenant, "/"-separated, as in events
     checksum: str | None
+    t: float | None = None  # when it was complete (the writer's time.monotonic()), when logged
 
 
 @dataclass(frozen=True)
@@ -83,7 +94,7 @@ class Event:
     old_path: str | None = None  # of a "moved"
 
     @classmethod
-    def from_body(cls, body: dict[str, Any]) -> "Event":
+    def from_body(cls, body: dict[str, Any]) -> Event:
         """From the inside of ``{"ConfigChanged": {...}}``."""
         meta = body.get("meta") or {}
         return cls(
@@ -101,12 +112,19 @@ class ClientStream:
     """What one (virtual) client received, across its connections, in order. Items:
     ``("welcome", last_event_id, resumed_from)`` (``resumed_from``: the ``last_event_id`` the
     connection asked for, None for a fresh one), ``("event", Event)``,
-    ``("resync", last_event_id, reason)``, ``("closed", code or None)``."""
+    ``("resync", last_event_id, reason)``, ``("closed", code or None)``. ``times``: when each
+    item arrived (``time.perf_counter()``), when the runner records them (``record``); the
+    checks here do not use them (``timeline.py`` does)."""
 
     name: str
     tenant: str
     items: list[tuple] = field(default_factory=list)
     connected_at_end: bool = False
+    times: array = field(default_factory=lambda: array("d"))
+
+    def record(self, item: tuple, at: float) -> None:
+        self.items.append(item)
+        self.times.append(at)
 
 
 def read_writer_log(path: Path | str, root_tenants: Iterable[str] | None = None) -> list[Write]:
@@ -117,13 +135,23 @@ def read_writer_log(path: Path | str, root_tenants: Iterable[str] | None = None)
             record = json.loads(line)
             tenant, _, rel = record["path"].partition("/")
             sha = record["sha256"]
-            writes.append(Write(record["seq"], tenant, rel, None if sha is None else f"sha256:{sha}"))
+            writes.append(Write(record["seq"], tenant, rel, None if sha is None else f"sha256:{sha}", record.get("t")))
     return writes
 
 
 def event_key(event_id: str) -> tuple[int, int]:
     ms, _, seq = event_id.partition("-")
     return int(ms), int(seq)
+
+
+EpochOf = Callable[[str, str], int]  # (tenant, event id) -> its history's rank
+
+
+def ordering(epoch_of: EpochOf | None = None) -> Callable[[str, str], tuple[int, int, int]]:
+    """``key(tenant, event_id)``: the position of an id in its tenant's stream, epoch first."""
+    if epoch_of is None:
+        return lambda tenant, event_id: (0, *event_key(event_id))
+    return lambda tenant, event_id: (epoch_of(tenant, event_id), *event_key(event_id))
 
 
 class Verdict:
@@ -133,6 +161,11 @@ class Verdict:
         self.examples: dict[str, list[str]] = {}
         self.resyncs: Counter[str] = Counter()
         self.extra: dict[str, Any] = {}
+        # For timeline.py, not reported: the ordering used (``ordering``), and per tenant, in
+        # stream order, each event that brought a path to a newer version:
+        # (key, event id, path, version index in the writer's log).
+        self.key: Callable[[str, str], tuple[int, int, int]] = ordering()
+        self.announced: dict[str, list[tuple[tuple[int, int, int], str, str, int]]] = {}
 
     def add(self, kind: str, example: str, n: int = 1) -> None:
         self.violations[kind] += n
@@ -163,6 +196,7 @@ class Verdict:
             f"{c['deliveries']}; resyncs {sum(self.resyncs.values())} "
             f"({', '.join(f'{k} {v}' for k, v in sorted(self.resyncs.items())) or 'none'}) covering "
             f"{c['covered_by_resync']} events"
+            + (f"; {c['restated_in_new_epoch']} restated in a new epoch" if c["restated_in_new_epoch"] else "")
         ]
         if self.ok:
             lines.append("violations: none")
@@ -197,17 +231,19 @@ class _Versions:
 class _PathWalk:
     """One tenant's stream, event by event: the version each path is at (rules 2 and 3)."""
 
-    def __init__(self, tenant: str, versions: dict[tuple[str, str], _Versions], verdict: "Verdict"):
+    def __init__(self, tenant: str, versions: dict[tuple[str, str], _Versions], verdict: Verdict):
         self.tenant, self.versions, self.verdict = tenant, versions, verdict
         self.current: dict[str, int] = {}
         self.last_event: dict[str, Event] = {}
+        self.epoch: dict[str, int] = {}  # the epoch of each path's last announcement
         self.announced = 0
+        self.record = verdict.announced.setdefault(tenant, [])
 
     def at(self, path: str) -> int:
         v = self.versions[(self.tenant, path)]
         return self.current.get(path, v.baseline)
 
-    def step(self, path: str, checksum: str | None, event: Event) -> None:
+    def step(self, path: str, checksum: str | None, event: Event, key: tuple[int, int, int]) -> None:
         tenant, verdict = self.tenant, self.verdict
         v = self.versions.get((tenant, path))
         if v is None:
@@ -227,6 +263,10 @@ class _PathWalk:
             return
         if how == "old":
             before = self.last_event.get(path)
+            if index == now and key[0] > self.epoch.get(path, 0):
+                verdict.counts["restated_in_new_epoch"] += 1
+                self.epoch[path] = key[0]
+                return
             kind = "duplicate_event" if index == now else "rollback"
             verdict.add(
                 kind,
@@ -238,6 +278,8 @@ class _PathWalk:
         self.announced += 1
         self.current[path] = index
         self.last_event[path] = event
+        self.epoch[path] = key[0]
+        self.record.append((key, event.event_id, path, index))
 
 
 def check(
@@ -246,9 +288,12 @@ def check(
     *,
     published: dict[str, list[Event]] | None = None,
     baseline_seq: int = 0,
+    epoch_of: EpochOf | None = None,
 ) -> Verdict:
-    """The verdict; ``baseline_seq``: writes up to it made the folder the servers started on."""
+    """The verdict; ``baseline_seq``: writes up to it made the folder the servers started on;
+    ``epoch_of``: which history each id belongs to, when Redis was emptied (see Epochs)."""
     verdict = Verdict()
+    key = verdict.key = ordering(epoch_of)
     counts = verdict.counts
     versions: dict[tuple[str, str], _Versions] = {}
     for w in writes:
@@ -284,9 +329,9 @@ def check(
                     continue
                 gather(client.tenant, event, f"client {client.name}")
     canon: dict[str, list[Event]] = {
-        t: sorted(s.values(), key=lambda e: event_key(e.event_id)) for t, s in streams.items()
+        t: sorted(s.values(), key=lambda e, t=t: key(t, e.event_id)) for t, s in streams.items()
     }
-    canon_keys = {t: [event_key(e.event_id) for e in events] for t, events in canon.items()}
+    canon_keys = {t: [key(t, e.event_id) for e in events] for t, events in canon.items()}
     counts["events"] = sum(len(events) for events in canon.values())
 
     # 2. and 3. Each path's versions along its tenant's stream.
@@ -296,9 +341,10 @@ def check(
         for event in events:
             if event.path is None:
                 continue
+            at = key(tenant, event.event_id)
             if event.change_type == "moved" and event.old_path:
-                walk.step(event.old_path, None, event)
-            walk.step(event.path, None if event.change_type == "deleted" else event.checksum, event)
+                walk.step(event.old_path, None, event, at)
+            walk.step(event.path, None if event.change_type == "deleted" else event.checksum, event, at)
         announced += walk.announced
         for (t, path), v in versions.items():
             if t == tenant and walk.at(path) != len(v.checksums) - 1:
@@ -316,7 +362,7 @@ def check(
     for client in clients:
         keys = canon_keys.get(client.tenant, [])
         events = canon.get(client.tenant, [])
-        position: tuple[int, int] | None = None
+        position: tuple[int, int, int] | None = None
         for item in client.items:
             kind = item[0]
             if kind == "welcome":
@@ -324,15 +370,15 @@ def check(
                 # the id it asked for.
                 last_event_id, resumed_from = item[1], item[2]
                 target = resumed_from if resumed_from is not None else last_event_id
-                position = event_key(target) if target else None
+                position = key(client.tenant, target) if target else None
             elif kind == "event":
                 event = item[1]
                 if event.tenant != client.tenant:
                     continue
-                key = event_key(event.event_id)
+                at = key(client.tenant, event.event_id)
                 expected = bisect.bisect_right(keys, position) if position is not None else 0
-                index = bisect.bisect_left(keys, key)
-                if position is not None and key <= position:
+                index = bisect.bisect_left(keys, at)
+                if position is not None and at <= position:
                     verdict.add(
                         "duplicate_delivery",
                         f"client {client.name} ({client.tenant}) got {event.event_id} at position {_fmt(position)}",
@@ -346,13 +392,13 @@ def check(
                         f"{', '.join(e.event_id for e in skipped[:3])} before {event.event_id}",
                         n=len(skipped),
                     )
-                position = key
+                position = at
             elif kind == "resync":
                 last_event_id, reason = item[1], item[2]
                 verdict.resyncs[reason] += 1
                 if reason not in RESYNC_REASONS:
                     verdict.add("bad_resync", f"client {client.name}: Resync reason {reason!r}")
-                target = event_key(last_event_id) if last_event_id else None
+                target = key(client.tenant, last_event_id) if last_event_id else None
                 if target is not None:
                     low = bisect.bisect_right(keys, position) if position is not None else 0
                     counts["covered_by_resync"] += max(0, bisect.bisect_right(keys, target) - low)
@@ -370,5 +416,9 @@ def check(
     return verdict
 
 
-def _fmt(key: tuple[int, int] | None) -> str:
-    return "the start" if key is None else f"{key[0]}-{key[1]}"
+def _fmt(key: tuple[int, ...] | None) -> str:
+    """An id from its key (the epoch, when there is one, as a prefix: ``e1:<id>``)."""
+    if key is None:
+        return "the start"
+    *epoch, ms, seq = key
+    return (f"e{epoch[0]}:" if epoch and epoch[0] else "") + f"{ms}-{seq}"

@@ -54,7 +54,7 @@ def window(before: dict[float, float] | None, after: dict[float, float] | None) 
         return {"samples": 0, "p99_le_s": None, "max_le_s": None}
 
     def bound_for(count: float) -> float:
-        return next(b for b, c in zip(bounds, delta) if c >= count)
+        return next(b for b, c in zip(bounds, delta, strict=True) if c >= count)
 
     return {"samples": int(total), "p99_le_s": bound_for(0.99 * total), "max_le_s": bound_for(total)}
 

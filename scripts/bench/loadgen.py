@@ -27,7 +27,8 @@ import struct
 import time
 import zlib
 from collections import deque
-from typing import Any, Callable
+from collections.abc import Callable
+from typing import Any
 
 perf_counter = time.perf_counter
 
@@ -68,16 +69,16 @@ class HandshakeError(Exception):
 class Sink:
     """What a scenario does with the messages; every method is called from ``data_received``."""
 
-    def welcome(self, client: "Client", payload: bytes, now: float) -> None:
+    def welcome(self, client: Client, payload: bytes, now: float) -> None:
         pass
 
-    def change(self, client: "Client", payload: bytes, now: float) -> None:
+    def change(self, client: Client, payload: bytes, now: float) -> None:
         pass
 
-    def other(self, client: "Client", payload: bytes, now: float) -> None:
+    def other(self, client: Client, payload: bytes, now: float) -> None:
         pass
 
-    def lost(self, client: "Client") -> None:
+    def lost(self, client: Client) -> None:
         pass
 
 
@@ -97,7 +98,7 @@ class Client(asyncio.Protocol):
 
     __slots__ = ("gen", "transport", "buf", "opened", "open", "deflate", "next", "count", "vc", "closing", "close_code")
 
-    def __init__(self, gen: "LoadGen", request: bytes, vc: Any = None):
+    def __init__(self, gen: LoadGen, request: bytes, vc: Any = None):
         self.gen = gen
         self.transport = None
         self.buf = request  # the handshake to send, then the unparsed input
@@ -446,7 +447,7 @@ class Publisher:
                 status, _ = await asyncio.wait_for(http.send("GET", "/healthz", f"{self.host}:{self.port}"), 2)
                 if status == 200:
                     return
-            except (OSError, asyncio.TimeoutError):
+            except (TimeoutError, OSError):
                 self.close()
             if loop.time() > deadline:
                 raise TimeoutError(f"no 200 from http://{self.host}:{self.port}/healthz within {timeout} s")

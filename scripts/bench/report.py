@@ -7,7 +7,8 @@ from __future__ import annotations
 
 import platform
 import sys
-from typing import Any, Callable
+from collections.abc import Callable
+from typing import Any
 
 GEN_SATURATED = 90.0  # % of the generator's core: past it, the generator set the pace
 

@@ -180,7 +180,7 @@ class Session:
         self.seq = 0
 
     @classmethod
-    async def open(cls, target: Target, n: int, concurrency: int, sink: SeqSink | None = None) -> "Session":
+    async def open(cls, target: Target, n: int, concurrency: int, sink: SeqSink | None = None) -> Session:
         sink = sink or SeqSink()
         gen = LoadGen(HOST, target.ws_port, sink, deflate=target.deflate, welcome=target.welcomes)
         session = cls(target, gen, sink, n)
@@ -203,7 +203,7 @@ class Session:
         await asyncio.wait_for(self.target.publisher.post(f"b{seq}.json"), timeout)
         try:
             await asyncio.wait_for(done, timeout)
-        except asyncio.TimeoutError:
+        except TimeoutError:
             got = len(self.sink.times.get(seq, ()))
             raise RuntimeError(
                 f"{self.target.name}: only {got} of {self.n} clients got the warm-up event "
@@ -226,7 +226,7 @@ class Session:
             complete = True
             try:
                 await asyncio.wait_for(asyncio.gather(*waits), timeout)
-            except asyncio.TimeoutError:
+            except TimeoutError:
                 complete = False
             wall = perf_counter() - t0
             user, sys_, run = server.delta()
@@ -287,7 +287,7 @@ class Session:
             answer = pub.publish(f"b{seq}.json")
             try:
                 await asyncio.wait_for(done, timeout)
-            except asyncio.TimeoutError:
+            except TimeoutError:
                 pass
             pub.event_id(await answer)
             times = self.sink.times.get(seq, [])
@@ -544,7 +544,7 @@ async def e2e(
                 save(path, f'{{"n": {seq}, "at": {time.time()!r}}}\n', write)
                 try:
                     await asyncio.wait_for(done, max(5.0, 10 * interval))
-                except asyncio.TimeoutError:
+                except TimeoutError:
                     pass
                 times = session.sink.times.get(seq, [])
                 if k:
@@ -772,7 +772,7 @@ async def storm(
         complete = True
         try:
             await asyncio.wait_for(finished, timeout)
-        except asyncio.TimeoutError:
+        except TimeoutError:
             complete = False
         t_done = perf_counter()
         user, sys_, _ = node_cpu.delta()

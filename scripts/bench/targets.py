@@ -243,7 +243,7 @@ async def start_redis(
             writer.close()
             if answer.startswith(b"+PONG"):
                 return proc, f"redis://{HOST}:{port}/0"
-        except (OSError, asyncio.TimeoutError):
+        except (TimeoutError, OSError):
             pass
         if loop.time() > deadline:
             raise RuntimeError(f"redis-server did not answer PING within {timeout} s:\n{proc.tail()}")

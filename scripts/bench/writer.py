@@ -180,7 +180,7 @@ class Writer:
                 self.proc.stdin.write(b'{"op": "quit"}\n')
                 await self.proc.stdin.drain()
                 await asyncio.wait_for(self.proc.wait(), 30)
-            except (OSError, asyncio.TimeoutError):
+            except (TimeoutError, OSError):
                 self.kill()
                 await self.proc.wait()
 

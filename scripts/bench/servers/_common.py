@@ -17,7 +17,7 @@ import json
 import resource
 import sys
 import time
-from typing import Callable
+from collections.abc import Callable
 
 TENANT = "bench"
 
@@ -61,7 +61,7 @@ class EventMaker:
 
     def make(self, fields: dict) -> dict:
         self.seq += 1
-        now = datetime.datetime.now(datetime.timezone.utc)
+        now = datetime.datetime.now(datetime.UTC)
         return {
             "tenant_id": fields["tenant_id"],
             "change_type": fields.get("change_type", "modified"),

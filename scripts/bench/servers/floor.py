@@ -18,7 +18,7 @@ import struct
 import sys
 
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
-from _common import ControlHTTP, EventMaker, arguments, listening, raise_nofile, run  # noqa: E402
+from _common import ControlHTTP, EventMaker, arguments, listening, raise_nofile, run
 
 GUID = b"258EAFA5-E914-47DA-95CA-C5AB0DC85B11"
 by_tenant: dict[str, set] = {}

@@ -18,7 +18,7 @@ import tornado.web
 import tornado.websocket
 
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
-from _common import EventMaker, arguments, listening, raise_nofile, run  # noqa: E402
+from _common import EventMaker, arguments, listening, raise_nofile, run
 
 by_tenant: dict[str, set] = {}
 maker = EventMaker()

@@ -20,7 +20,7 @@ from urllib.parse import parse_qs, urlsplit
 from websockets.asyncio.server import broadcast, serve
 
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
-from _common import ControlProtocol, EventMaker, arguments, listening, raise_nofile, run  # noqa: E402
+from _common import ControlProtocol, EventMaker, arguments, listening, raise_nofile, run
 
 by_tenant: dict[str, set] = {}
 

@@ -571,9 +571,13 @@ class Worker:
         self._refusals_logged.add(marker)
         log.info("not reading %s: %s", shown(key), why)
 
-    def stop(self) -> None:
+    def remove_canary(self) -> None:
+        """The canary out, seen or not, is removed: never left behind in the folder."""
         if self._canary_sent is not None:
-            self._canary_seen()  # not seen, but not to be left behind
+            self._canary_seen()
+
+    def stop(self) -> None:
+        self.remove_canary()
         if self.observer is not None:
             self.observer.stop()
 
@@ -634,6 +638,9 @@ def main() -> int:
         worker.start()
         worker.run()
     except Exception:
+        # Before the fatal line: the server kills this process once it reads it, and a canary
+        # out (the watcher that failed to report it, say) would stay in the folder.
+        worker.remove_canary()
         output.send({"t": "fatal", "error": traceback.format_exc()})
         output.close()
         return 1
