@@ -159,7 +159,6 @@ async def test_a_starting_node_announces_only_what_changed(cluster, settings):
     await client.expect_nothing(1.0)
 
 
-@pytest.mark.xfail(strict=True, reason="the filesystem source publishes one worker line per round trip")
 @pytest.mark.gen_test(timeout=90)
 async def test_changes_that_wait_for_a_slow_link_go_out_in_one_batch(cluster, redis_server, settings):
     """Finding 2 (scenario slow: at 5 saves/s over 100-300 ms per chunk the publish lag grew

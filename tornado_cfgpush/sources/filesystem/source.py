@@ -45,8 +45,12 @@ WORKER_SILENCE = 20.0
 # One event may carry a long diff; a line is cut at 256 KiB of events, but never splits one.
 LINE_LIMIT = 64 * 1024 * 1024
 PUBLISH_BATCH = 500  # events per emit.many: one round trip with a shared broker
-REFUSED = "invalid_path"
-INVALID_CONTENT = "invalid_content"  # cfgpush_events_rejected_total's reason for what the gate refused  # cfgpush_events_rejected_total's reason for a name that cannot be announced
+# Lines read ahead of the publishing: while a publish waits for a slow broker, the saves that
+# settle meanwhile (a line each) are read, and go out together in the next round trip instead
+# of one round trip each. Bounded, so a flood still fills the pipe and the worker coalesces.
+READ_AHEAD = 64
+REFUSED = "invalid_path"  # cfgpush_events_rejected_total's reason for a name that cannot be announced
+INVALID_CONTENT = "invalid_content"  # cfgpush_events_rejected_total's reason for what the gate refused
 
 
 class WorkerFailed(Exception):
@@ -148,76 +152,108 @@ class FilesystemSource:
         assert reader is not None
         unsent = self._unsent  # published first; whatever is left when this run ends stays
         gaps: set[str] = set()
-        while True:
-            if unsent:
-                await self._publish_all(emit, unsent, gaps)
-            if gaps:  # one Resync per tenant for the skipped changes of a line
-                tenants = sorted(gaps)
-                gaps.clear()
-                await emit.gap(tenants)
-            message = await self._next(proc, reader)
-            kind = message.get("t")
-            if kind == "events":
-                for item in message["items"]:
-                    self._record(item)
-                    unsent.append(item)
-            elif kind == "refused":
-                await self._refused(emit, message, gaps)
-            elif kind == "invalid":
-                await self._gate_refused(emit, message)
-            elif kind == "valid":
-                files = self._invalid.get(message["tenant"])
-                if files is not None:
-                    files.pop(message["path"], None)
-                    if not files:
-                        del self._invalid[message["tenant"]]
-            elif kind == "log":
-                logging.getLogger(message["name"]).log(message["level"], "%s", message["msg"])
-            elif kind == "known":
-                if first_run:
-                    for key, tenant_id, rel, checksum, version in message["files"]:
-                        self._set(key, tenant_id, rel, checksum)
-                        self._versions[key] = version
-            elif kind == "ready":
-                self.observer_kind = message["observer"]
-                self._polling_because = (
-                    "the kernel allows too few inotify watches for the config folder "
-                    "(fs.inotify.max_user_watches): polling it every second"
-                    if self.observer_kind == "polling" and not message.get("forced")
-                    else ""
-                )
-                if first_run:
-                    # A shared broker remembers what was published before this process started:
-                    # report what changed on disk while no source was watching.
-                    await self._reconcile_with_published(emit)
-                    self._versions.clear()  # needed for that comparison only
-                log.info(
-                    "watching %s (%s, %d files, debounce %.0f ms)",
-                    self.root,
-                    self.observer_kind,
-                    len(self._files),
-                    self.debounce * 1000,
-                )
-                self.started.set()
-            elif kind == "gap":
-                tenants = message["tenants"]
-                await emit.gap(self.tenants() if tenants is None else tenants)
-            elif kind == "fatal":
-                raise WorkerFailed("the filesystem watcher failed:\n" + message["error"])
-
-    async def _next(self, proc: asyncio.subprocess.Process, reader: asyncio.StreamReader) -> dict[str, Any]:
-        # asyncio.timeout, not wait_for: on Python 3.11, wait_for returns the line when it
-        # arrives together with a cancellation and so swallows the cancellation; the source
-        # then ran on after a shutdown had cancelled it (and the shutdown waited its whole limit).
+        lines: asyncio.Queue[dict[str, Any] | BaseException] = asyncio.Queue(READ_AHEAD)
+        reading = asyncio.ensure_future(self._read_lines(proc, reader, lines))
         try:
-            async with asyncio.timeout(WORKER_SILENCE):
-                line = await reader.readline()
-        except TimeoutError:
-            raise WorkerFailed(f"the filesystem watcher said nothing for {WORKER_SILENCE:g} s") from None
-        if not line:
-            code = await proc.wait()
-            raise WorkerFailed(f"the filesystem watcher exited (status {code})")
-        return json.loads(line)
+            while True:
+                if unsent:
+                    await self._publish_all(emit, unsent, gaps)
+                if gaps:  # one Resync per tenant for the skipped changes of a line
+                    tenants = sorted(gaps)
+                    gaps.clear()
+                    await emit.gap(tenants)
+                await self._handle(await self._next(lines), emit, first_run, gaps)
+                # What was read meanwhile (saves settled while a publish waited) joins this batch.
+                while not lines.empty() and len(unsent) < PUBLISH_BATCH:
+                    await self._handle(await self._next(lines), emit, first_run, gaps)
+        finally:
+            reading.cancel()
+
+    async def _handle(self, message: dict[str, Any], emit: Emit, first_run: bool, gaps: set[str]) -> None:
+        """One line of the worker's."""
+        kind = message.get("t")
+        if kind == "events":
+            for item in message["items"]:
+                self._record(item)
+                self._unsent.append(item)
+        elif kind == "refused":
+            await self._refused(emit, message, gaps)
+        elif kind == "invalid":
+            await self._gate_refused(emit, message)
+        elif kind == "valid":
+            files = self._invalid.get(message["tenant"])
+            if files is not None:
+                files.pop(message["path"], None)
+                if not files:
+                    del self._invalid[message["tenant"]]
+        elif kind == "log":
+            logging.getLogger(message["name"]).log(message["level"], "%s", message["msg"])
+        elif kind == "known":
+            if first_run:
+                for key, tenant_id, rel, checksum, version in message["files"]:
+                    self._set(key, tenant_id, rel, checksum)
+                    self._versions[key] = version
+        elif kind == "ready":
+            self.observer_kind = message["observer"]
+            self._polling_because = (
+                "the kernel allows too few inotify watches for the config folder "
+                "(fs.inotify.max_user_watches): polling it every second"
+                if self.observer_kind == "polling" and not message.get("forced")
+                else ""
+            )
+            if first_run:
+                # A shared broker remembers what was published before this process started:
+                # report what changed on disk while no source was watching.
+                await self._reconcile_with_published(emit)
+                self._versions.clear()  # needed for that comparison only
+            log.info(
+                "watching %s (%s, %d files, debounce %.0f ms)",
+                self.root,
+                self.observer_kind,
+                len(self._files),
+                self.debounce * 1000,
+            )
+            self.started.set()
+        elif kind == "gap":
+            tenants = message["tenants"]
+            await emit.gap(self.tenants() if tenants is None else tenants)
+        elif kind == "fatal":
+            raise WorkerFailed("the filesystem watcher failed:\n" + message["error"])
+
+    @staticmethod
+    async def _next(lines: asyncio.Queue[dict[str, Any] | BaseException]) -> dict[str, Any]:
+        message = await lines.get()
+        if isinstance(message, BaseException):
+            raise message
+        return message
+
+    @staticmethod
+    async def _read_lines(
+        proc: asyncio.subprocess.Process,
+        reader: asyncio.StreamReader,
+        lines: asyncio.Queue[dict[str, Any] | BaseException],
+    ) -> None:
+        """The worker's lines, parsed, into ``lines``; the end (its exit, or its silence) as a
+        WorkerFailed, last."""
+        while True:
+            # asyncio.timeout, not wait_for: on Python 3.11, wait_for returns the line when it
+            # arrives together with a cancellation and so swallows the cancellation.
+            try:
+                async with asyncio.timeout(WORKER_SILENCE):
+                    line = await reader.readline()
+            except TimeoutError:
+                await lines.put(WorkerFailed(f"the filesystem watcher said nothing for {WORKER_SILENCE:g} s"))
+                return
+            if not line:
+                code = await proc.wait()
+                await lines.put(WorkerFailed(f"the filesystem watcher exited (status {code})"))
+                return
+            try:
+                message = json.loads(line)
+            except ValueError as exc:
+                await lines.put(WorkerFailed(f"the filesystem watcher wrote a line that is not JSON: {exc}"))
+                return
+            await lines.put(message)
 
     async def _publish_all(self, emit: Emit, unsent: deque[list[Any]], gaps: set[str]) -> None:
         """Everything read and not yet published, in order, ``PUBLISH_BATCH`` at a time (one
