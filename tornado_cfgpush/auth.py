@@ -464,7 +464,11 @@ def cross_site_refused(headers: Any, allowed_origins: Iterable[str]) -> bool:
     if fetch_site is None:
         if origin is None:
             return False
-        if urlsplit(origin).netloc.lower() == headers.get("Host", "").lower():
+        try:
+            netloc = urlsplit(origin).netloc
+        except ValueError:  # "http://[": not a URL, so no site's; only an allowed origin passes
+            netloc = None
+        if netloc is not None and netloc.lower() == headers.get("Host", "").lower():
             return False
     return not (origin and origin_allowed(origin, allowed_origins))
 
