@@ -210,6 +210,11 @@ class Settler:
             f.deadline = deadline
             heapq.heappush(self._timers, (deadline, next(self._n), key))
 
+    def announced(self, key: Key) -> bool:
+        """Whether the server was told of ``key`` (and not of its deletion since)."""
+        f = self._files.get(key)
+        return f is not None and f.sent is not None
+
     def renamed(
         self, src: Key, src_target: Target, dest: Key, dest_target: Target, now: float, *, at_once: bool = False
     ) -> None:

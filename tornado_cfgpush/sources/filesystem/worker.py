@@ -415,8 +415,11 @@ class Worker:
         if kind != "moved":
             if src_parts is not None:
                 # A close after writing says the writer is done: read now, not after the
-                # debounce (unless a burst is arriving, see run).
-                self._touch("/".join(src_parts), now, at_once=kind == "closed" and self._fast)
+                # debounce (unless a burst is arriving, see run). Only a file the server knows:
+                # a new one may be an atomic save's temporary file ("sedX1b2c3"), renamed
+                # away a moment after its close, and never to be announced.
+                key = "/".join(src_parts)
+                self._touch(key, now, at_once=kind == "closed" and self._fast and self.settler.announced(key))
             return
         dest_parts = split(self.root, dest)
         src_key = "/".join(src_parts) if src_parts is not None else None
