@@ -22,6 +22,7 @@ from pathlib import Path
 
 import pytest
 
+from tornado_cfgpush.rules import parse_event_id
 from tornado_cfgpush.testing import need_program, wait_for
 from tornado_cfgpush.testing.redisserver import WAIT
 
@@ -190,14 +191,14 @@ async def test_changes_that_wait_for_a_slow_link_go_out_in_one_batch(cluster, re
         await proxy.close()
 
 
-@pytest.mark.xfail(strict=True, reason="a new epoch's Resync is sent after the live events that follow it")
 @pytest.mark.gen_test(timeout=60)
 async def test_a_new_epoch_s_resync_comes_before_the_events_that_follow_it(cluster, admin):
     """Finding 3 (scenario restart-empty: 11 clients of one tenant got 1795986254750-0 of the new
     history before their Resync, having never had 1795986254749-0). The first event of a new
     epoch moves the node's cursor and starts the Resync (``RedisBroker._check_epoch`` ->
     ``CfgPush.source_gap``, which reads the newest id first); an event published right after
-    it (the same batch: saves that waited for Redis) is delivered live before that Resync."""
+    it (the same batch: saves that waited for Redis) is delivered live before that Resync.
+    Now the Resync goes out at once, naming the id that revealed the new epoch."""
     a, b = await cluster(), await cluster()
     on_b = await welcomed(await b.connect())
     first = await a.service.publish(
@@ -214,20 +215,22 @@ async def test_a_new_epoch_s_resync_comes_before_the_events_that_follow_it(clust
     )
     first_after = await on_b.next(WAIT)
     assert list(first_after) == ["Resync"], first_after
+    resync = first_after["Resync"]
+    assert resync["reason"] == "unknown_epoch"
+    # The reload covers x.json's new version; y.json's follows it, after the id the Resync named.
+    after = await on_b.expect("ConfigChanged", WAIT)
+    assert after["path"] == "y.json" and after["checksum"] == SUM[3]
+    assert parse_event_id(after["event_id"]) > parse_event_id(resync["last_event_id"])
 
 
-@pytest.mark.xfail(
-    strict=True,
-    raises=asyncio.TimeoutError,
-    reason="a cursor set from a record without an epoch drops a new epoch's lower ids",
-)
 @pytest.mark.gen_test(timeout=60)
 async def test_a_record_from_before_epochs_does_not_hide_an_emptied_redis(cluster, admin):
     """Finding 4 (scenario flush-behind with the tenants' records holding ``/newest`` and no
     ``/epoch``, as records written before epochs do). A node's cursor set from such a record
     has no epoch to compare with (``RedisBroker._check_epoch``: "nothing to compare"), so when
     Redis is emptied with its clock behind, the new history's events are at or below the
-    cursor and dropped: no event, no Resync."""
+    cursor and dropped: no event, no Resync. Now an id at or before such a cursor is taken
+    for a new history's."""
     await admin.hset("cfgpush:{acme}:paths", "/newest", "9999999999999-5")  # written before epochs
     a = await cluster()
     client = await welcomed(await a.connect())
@@ -235,4 +238,5 @@ async def test_a_record_from_before_epochs_does_not_hide_an_emptied_redis(cluste
     await a.service.publish(
         {"tenant_id": "acme", "change_type": "modified", "path": "x.json", "checksum": SUM[1]}, "filesystem"
     )
-    await client.next(3.0)  # a Resync, or the event
+    message = await client.next(WAIT)
+    assert list(message) == ["Resync"] and message["Resync"]["reason"] == "unknown_epoch", message

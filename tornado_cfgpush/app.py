@@ -18,7 +18,7 @@ from pluggy import PluginManager
 from tornado import httpserver, netutil, web
 
 from .auth import Decision, decide
-from .broker import HISTORY_EXPIRED, SOURCE_GAP, Broker, BrokerUnavailable
+from .broker import SOURCE_GAP, Broker, BrokerUnavailable
 from .broker.memory import MemoryBroker
 from .handlers import default_handlers
 from .handlers.health import NotFoundHandler
@@ -55,7 +55,6 @@ class CfgPush:
         self.limits = ConnectionLimits.from_settings(settings)  # /ws + /events slots (limits.py)
         self.loop_lag = LoopLag(self.metrics.loop_lag.observe)
         self.runner: SourceRunner | None = None
-        self._tasks: set[asyncio.Task] = set()  # Resyncs started from the broker's callbacks
 
     def _make_broker(self) -> Broker:
         settings = self.settings
@@ -77,13 +76,12 @@ class CfgPush:
             on_gap=self._history_lost,
         )
 
-    def _history_lost(self, tenant_id: str, reason: str = HISTORY_EXPIRED) -> None:
+    def _history_lost(self, tenant_id: str, reason: str, newest: str) -> None:
         """The shared history dropped events before this node delivered them (an outage
         longer than the history), or was emptied or replaced (``unknown_epoch``): its clients
-        of that tenant must reload."""
-        task = asyncio.ensure_future(self.source_gap([tenant_id], "broker", reason=reason))
-        self._tasks.add(task)
-        task.add_done_callback(self._tasks.discard)
+        of that tenant must reload, up to ``newest``. Sent at once, within the broker's
+        delivery: the events after ``newest`` that follow reach them after this Resync."""
+        self._resync(tenant_id, newest, reason, "broker")
 
     @property
     def sources(self) -> list:
@@ -113,9 +111,6 @@ class CfgPush:
         loop = asyncio.get_running_loop()
         started = loop.time()
         self.loop_lag.stop()
-        for task in list(self._tasks):
-            task.cancel()
-        await asyncio.gather(*self._tasks, return_exceptions=True)
         self.hub.stop()
         # 1001 to every client; half the drain time for what they still have to read.
         await self.hub.drain(self.settings.drain_timeout / 2)
@@ -196,21 +191,25 @@ class CfgPush:
                 newest = (await self.broker.catch_up(tenant_id, None)).last_event_id
             except BrokerUnavailable:
                 newest = None  # still tell them: a reload is what they need either way
-            try:
-                manifest = self.manifest(tenant_id)
-                prepared: dict[object, bytes] = {}  # the Resync is the same for every client: encoded once per framing
-                for conn in self.hub.connections(tenant_id):
-                    conn.notify_gap(newest, manifest, reason, prepared)
-            except Exception:  # one tenant's failure must not keep the others from their Resync
-                log.exception("sending Resync to the clients of tenant %s failed", tenant_id)
-                continue
-            log.info(
-                "sent Resync (%s from %s) to %d clients of tenant %s",
-                reason,
-                source,
-                self.hub.connection_count(tenant_id),
-                tenant_id,
-            )
+            self._resync(tenant_id, newest, reason, source)
+
+    def _resync(self, tenant_id: str, newest: str | None, reason: str, source: str) -> None:
+        """``Resync`` naming ``newest`` to every client of ``tenant_id`` here, now."""
+        try:
+            manifest = self.manifest(tenant_id)
+            prepared: dict[object, bytes] = {}  # the Resync is the same for every client: encoded once per framing
+            for conn in self.hub.connections(tenant_id):
+                conn.notify_gap(newest, manifest, reason, prepared)
+        except Exception:  # one tenant's failure must not keep the others from their Resync
+            log.exception("sending Resync to the clients of tenant %s failed", tenant_id)
+            return
+        log.info(
+            "sent Resync (%s from %s) to %d clients of tenant %s",
+            reason,
+            source,
+            self.hub.connection_count(tenant_id),
+            tenant_id,
+        )
 
     def degraded_reasons(self) -> list[str]:
         """Why this node serves worse than it should, while still serving (empty: fine)."""

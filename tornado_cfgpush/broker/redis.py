@@ -195,17 +195,18 @@ class RedisBroker(Broker):
         history_ttl: float = 600.0,
         key_prefix: str = "cfgpush:",
         tenants: Callable[[], Iterable[str]] | None = None,
-        on_gap: Callable[..., Any] | None = None,
+        on_gap: Callable[[str, str, str], Any] | None = None,
         socket_timeout: float = 2.0,
         record_ttl: float = RECORD_TTL,
     ):
         """``tenants()``: the tenants this node has clients for (the hub's, registered before
         their catch-up; ``in`` on it should be cheap: a set or a dict's keys); only they have
         events delivered here and a cursor kept. None: every tenant published anywhere.
-        ``on_gap(tenant_id, reason)`` is called when events this node's clients needed were
-        trimmed before it could deliver them (an outage longer than the history: reason
+        ``on_gap(tenant_id, reason, newest)`` is called when events this node's clients needed
+        were trimmed before it could deliver them (an outage longer than the history: reason
         ``history_expired``) or the history was emptied or replaced (``unknown_epoch``): tell
-        them to resync. ``record_ttl``: how long a tenant's record outlives its last event (at least
+        them to resync, now (before anything after ``newest``, the id the reload covers, is
+        delivered to them). ``record_ttl``: how long a tenant's record outlives its last event (at least
         ``history_ttl``)."""
         super().__init__(deliver)
         if history_size < 1:
@@ -468,23 +469,19 @@ class RedisBroker(Broker):
         # A gap: the first entry after the cursor does not follow it, or there is none though
         # the tenant's newest id is past the cursor (the stream expired with what followed it).
         gap = entries[0][1] != cursor if entries else newest_id is not None and newest_id > cursor
-        for event_id, _, body in entries:
-            if event_id > self._cursor.get(tenant_id, ZERO):  # parse only what is new here
-                self._deliver(event_id, json.loads(body))
-        if (
-            gap
-            and not entries
-            and newest_id is not None
-            and tenant_id in self._cursor
-            and self._cursor[tenant_id] < newest_id
-        ):
-            self._cursor[tenant_id] = newest_id  # nothing up to it can be delivered any more
-        if gap:
-            log.warning(
-                "tenant %s: events after %s were trimmed before this node delivered them", tenant_id, _fmt(cursor)
-            )
-            if self._on_gap is not None:
-                self._on_gap(tenant_id, HISTORY_EXPIRED)
+        if not gap:
+            for event_id, _, body in entries:
+                if event_id > self._cursor.get(tenant_id, ZERO):  # parse only what is new here
+                    self._deliver(event_id, json.loads(body))
+            return
+        log.warning("tenant %s: events after %s were trimmed before this node delivered them", tenant_id, _fmt(cursor))
+        # The clients reload: that covers what was read after the gap too, so it is not
+        # delivered; the cursor moves past it, and the Resync goes out first, naming it.
+        last = entries[-1][0] if entries else newest_id
+        if tenant_id in self._cursor and last is not None and self._cursor[tenant_id] < last:
+            self._cursor[tenant_id] = last
+        if self._on_gap is not None and tenant_id in self._cursor:
+            self._on_gap(tenant_id, HISTORY_EXPIRED, _fmt(self._cursor[tenant_id]))
 
     def _check_epoch(self, tenant_id: str, epoch: str | None, newest: tuple[int, int]) -> bool:
         """Note the epoch of ``tenant_id``'s history; True when it differs from the one its
@@ -493,20 +490,20 @@ class RedisBroker(Broker):
         here are told to reload (``Resync``, which names the newest id of the new history, so
         nothing of it is missed), and the cursor moves to ``newest``: delivery never drops an
         event only because its id is not after a position of another epoch."""
-        if epoch is None:
+        if epoch is None or tenant_id not in self._cursor:
             return False
         known = self._epochs.get(tenant_id)
-        if known == epoch or tenant_id not in self._cursor:
-            if tenant_id in self._cursor:
-                self._epochs[tenant_id] = epoch
-            return False
         self._epochs[tenant_id] = epoch
-        if known is None:
-            return False  # a record from before epochs: nothing to compare
+        if known == epoch:
+            return False
+        if known is None and newest > self._cursor[tenant_id]:
+            # The cursor was set from a record written before epochs: an id after it goes on
+            # from there. One at or before it is a new history's (the old one's ids only grow).
+            return False
         log.warning("tenant %s: its history in Redis was emptied or replaced; its clients here resync", tenant_id)
         self._cursor[tenant_id] = newest
         if self._on_gap is not None:
-            self._on_gap(tenant_id, UNKNOWN_EPOCH)
+            self._on_gap(tenant_id, UNKNOWN_EPOCH, _fmt(newest))
         return True
 
     def _deliver(self, event_id: tuple[int, int], fields: dict[str, Any], epoch: str | None = None) -> None:
