@@ -47,14 +47,16 @@ def admin(io_loop, redis_server):
 
 @pytest.fixture
 def cluster(io_loop, settings, redis_server, tmp_path):
-    """``await cluster(url=None, **broker_kwargs)`` -> a running ``Node``; all stopped at teardown."""
+    """``await cluster(url=None, shared=False, **broker_kwargs)`` -> a running ``Node``; all stopped
+    at teardown. Each node watches its own copy of the configuration folder (made when it
+    starts), or with ``shared`` the one folder itself."""
     services: list[CfgPush] = []
     servers: list[HTTPServer] = []
     clients: list[WebSocketClient] = []
 
-    async def add_node(url: str | None = None, broker_class=RedisBroker, **broker_kwargs) -> Node:
+    async def add_node(url: str | None = None, broker_class=RedisBroker, shared: bool = False, **broker_kwargs) -> Node:
         node_settings = settings
-        if services:  # each node watches its own copy of the configuration folder
+        if services and not shared:  # each node watches its own copy of the configuration folder
             copy = tmp_path / f"config-{len(services)}"
             shutil.copytree(settings.config_dir, copy)
             node_settings = settings.replace(config_dir=copy)
@@ -79,7 +81,15 @@ def cluster(io_loop, settings, redis_server, tmp_path):
         server = HTTPServer(make_app(service))
         server.add_sockets([sock])
         servers.append(server)
-        return Node(service, server, port, clients)
+
+        async def stop() -> None:  # before the teardown, as a SIGTERM would
+            server.stop()
+            servers.remove(server)
+            services.remove(service)
+            await service.stop()
+            await server.close_all_connections()
+
+        return Node(service, server, port, clients, stop)
 
     yield add_node
 

@@ -3,6 +3,8 @@ HTTP server (the ``cluster`` fixture in tests/conftest.py builds them), and read
 
 from __future__ import annotations
 
+from collections.abc import Awaitable, Callable
+
 from tornado.httpserver import HTTPServer
 
 from tornado_cfgpush.app import CfgPush
@@ -12,12 +14,25 @@ from tornado_cfgpush.testing.redisserver import WAIT
 
 
 class Node:
-    def __init__(self, service: CfgPush, server: HTTPServer, port: int, clients: list):
+    def __init__(
+        self,
+        service: CfgPush,
+        server: HTTPServer,
+        port: int,
+        clients: list,
+        stop: Callable[[], Awaitable[None]] | None = None,
+    ):
         self.service = service
         self.broker: RedisBroker = service.broker
         self.server = server
         self.port = port
         self._clients = clients
+        self._stop = stop
+
+    async def stop(self) -> None:
+        """Stop this node now (the ``cluster`` fixture's), not at the teardown."""
+        assert self._stop is not None, "a node made without a stop"
+        await self._stop()
 
     async def connect(self, tenant_id: str = "acme", **query) -> WebSocketClient:
         client = await WebSocketClient.open(f"ws://127.0.0.1:{self.port}/ws", tenant_id, **query)

@@ -7,7 +7,7 @@ in order, no rollback, nothing lost, Resync only where the fault explains it) is
 with evidence that the fault happened and the load ran, never a timing. About 15 to 20 s each.
 
 Below them, minimal reproductions of what the suite found in the server, in-process
-(the ``cluster`` fixture of tests/conftest.py): each is a strict xfail until it is fixed.
+(the ``cluster`` fixture of tests/conftest.py), each fixed since.
 """
 
 from __future__ import annotations
@@ -32,8 +32,6 @@ from .tcpproxy import FaultProxy
 FAULTS = Path(__file__).resolve().parent.parent / "scripts" / "faults.py"
 RUN_TIMEOUT = 150  # one quick scenario: about 20 s, more on two busy cores
 SUM = {n: "sha256:" + f"{n:064x}" for n in range(1, 10)}
-# A node that starts publishes files that never changed (finding 1, below).
-SPURIOUS_CREATED = "a node that starts announces files no one changed: test_a_starting_node_announces_only_what_changed"
 
 
 def run_faults(scenario: str, tmp_path: Path, *extra: str) -> dict:
@@ -109,24 +107,13 @@ def test_a_slow_link_delays_but_stays_exact(tmp_path):
     assert result["resyncs"] == {}
 
 
-# Finding 3 (below) shows when a tenant's saves that waited for Redis are published within the
-# Resync's read of the newest id: often after a restart, rarely after a flush.
-RESYNC_AFTER_EVENTS = pytest.mark.xfail(
-    strict=False,
-    reason="sometimes: test_a_new_epoch_s_resync_comes_before_the_events_that_follow_it; strict once it is fixed",
-)
-
-
-@pytest.mark.parametrize(
-    "scenario", ["flush", "flush-behind", pytest.param("restart-empty", marks=RESYNC_AFTER_EVENTS)]
-)
+@pytest.mark.parametrize("scenario", ["flush", "flush-behind", "restart-empty"])
 def test_an_emptied_redis_resyncs_its_clients_and_loses_nothing(tmp_path, scenario):
     result = run_faults(scenario, tmp_path)
     assert result["resyncs"].get("unknown_epoch", 0) > 0
     assert set(result["resyncs"]) <= {"unknown_epoch", "unknown_event_id", "history_expired"}
 
 
-@pytest.mark.xfail(strict=True, reason=SPURIOUS_CREATED)
 def test_a_restarted_node_loses_nothing_and_doubles_nothing(tmp_path):
     result = run_faults("node-restart", tmp_path)
     stopped = next(i for i in result["incidents"] if i["what"].startswith("node b stopped"))
@@ -143,20 +130,43 @@ async def welcomed(client):
     return client
 
 
-@pytest.mark.xfail(strict=True, reason="a node's first run reports every file with no record in Redis as created")
 @pytest.mark.gen_test(timeout=60)
 async def test_a_starting_node_announces_only_what_changed(cluster, settings):
     """Finding 1 (scenario node-restart: 4 to 14 duplicate events in four full runs). A node
     that starts with a shared broker compares the disk with what was published
     (``FilesystemSource._reconcile_with_published``): a file never published since the cluster
     started (unchanged since) has no record, and is announced ``created`` with the content
-    clients already have, in every tenant that has any published file."""
+    clients already have, in every tenant that has any published file. Now the record keeps
+    when it began (the version, a ctime, of its first event): a file with no record and an
+    older ctime is nothing new."""
     (settings.config_dir / "acme" / "untouched.json").write_text('{"never": "changed"}')
     a = await cluster()
     client = await welcomed(await a.connect())
     (settings.config_dir / "acme" / "app.json").write_text('{"a": 2}')
     assert (await client.expect("ConfigChanged", WAIT))["path"] == "app.json"
-    await cluster()  # node b starts: nothing changed on disk since app.json's event
+    await cluster(shared=True)  # node b starts: nothing changed on disk since app.json's event
+    await client.expect_nothing(1.0)
+
+
+@pytest.mark.gen_test(timeout=60)
+async def test_a_starting_node_announces_a_file_made_while_no_node_watched(cluster, settings):
+    """The other side of finding 1's fix (a file never published and older than the tenant's
+    record is not new): a file with no record made after the record began is, even with
+    an old modification time (tar -x, cp -p, rsync -t keep the mtime; the ctime is the
+    kernel's)."""
+    a = await cluster()
+    client = await welcomed(await a.connect())
+    (settings.config_dir / "acme" / "app.json").write_text('{"a": 2}')
+    seen = await client.expect("ConfigChanged", WAIT)
+    assert seen["path"] == "app.json"
+    await a.stop()
+    made = settings.config_dir / "acme" / "unpacked.json"
+    made.write_text('{"from": "an archive"}')
+    os.utime(made, (1_000_000_000, 1_000_000_000))  # 2001: far before the record began
+    b = await cluster(shared=True)  # started: what it found is published
+    client = await welcomed(await b.connect(last_event_id=seen["event_id"]))  # the client comes back
+    event = await client.expect("ConfigChanged", WAIT)
+    assert (event["change_type"], event["path"]) == ("created", "unpacked.json")
     await client.expect_nothing(1.0)
 
 

@@ -257,10 +257,10 @@ async def test_the_idempotence_record_expires_with_the_tenant(core, clock):
     checksum = "sha256:" + "c" * 64
     first = await publish(core, checksum=checksum)
     assert await publish(core, checksum=checksum) == first  # a repeat: the earlier id
-    assert await core.broker.published_states("acme", "test") == {"app.json": checksum}
+    assert (await core.broker.published_states("acme", "test")).states == {"app.json": checksum}
     clock.advance(TTL + 1)
     await wait_for(lambda: core.broker.state().tenants == 0)
-    assert await core.broker.published_states("acme", "test") == {}
+    assert (await core.broker.published_states("acme", "test")).states == {}
     assert await publish(core, checksum=checksum) != first  # a new event: nothing to repeat
 
 

@@ -43,6 +43,20 @@ class Catchup:
 
 
 @dataclass
+class Published:
+    """What a shared broker remembers of a tenant's paths (see ``Broker.published_states``).
+
+    ``states``: ``{path: checksum, or None when deleted}``, of the paths whose last event came
+    from the source asked about. ``since``: when the tenant's record began (the version of its
+    first event, else the broker's clock; microseconds since the epoch), or None when unknown:
+    a file not in ``states`` whose content is older than that was there, unchanged, before
+    anything was published for the tenant, and is nothing new."""
+
+    states: dict[str, str | None] = field(default_factory=dict)
+    since: int | None = None
+
+
+@dataclass
 class BrokerState:
     """What a broker keeps in this process, for ``/metrics``.
 
@@ -98,11 +112,11 @@ class Broker(abc.ABC):
     async def catch_up(self, tenant_id: str, since: str | None) -> Catchup:
         """The newest id of ``tenant_id`` and, when ``since`` is given, what came after it."""
 
-    async def published_states(self, tenant_id: str, source: str) -> dict[str, str | None]:
-        """``{path: checksum, or None when deleted}`` for the paths of the tenant whose last
-        event came from ``source`` (the idempotence record). A source that starts after a
-        downtime compares it with what it finds, so changes made meanwhile are not lost."""
-        return {}
+    async def published_states(self, tenant_id: str, source: str) -> Published:
+        """What was published for the tenant's paths by ``source`` (the idempotence record).
+        A source that starts after a downtime compares it with what it finds, so changes made
+        meanwhile are not lost."""
+        return Published()
 
     def state(self) -> BrokerState:
         return BrokerState()

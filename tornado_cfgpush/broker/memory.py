@@ -44,6 +44,7 @@ from . import (
     BrokerState,
     Catchup,
     Deliver,
+    Published,
 )
 
 log = logging.getLogger("cfgpush.broker.memory")
@@ -396,15 +397,17 @@ class MemoryBroker(Broker):
         forgotten = self._forgotten.get(tenant_id)
         return f"{self.epoch}-{forgotten[0]}" if forgotten else None
 
-    async def published_states(self, tenant_id: str, source: str) -> dict[str, str | None]:
+    async def published_states(self, tenant_id: str, source: str) -> Published:
         log = self._live_log(tenant_id, self._clock())
         if log is None:
-            return {}
-        return {
-            path: None if state == "deleted" else state
-            for path, (state, _, by, _) in log.last_by_path.items()
-            if by == source and state
-        }
+            return Published()
+        return Published(
+            {
+                path: None if state == "deleted" else state
+                for path, (state, _, by, _) in log.last_by_path.items()
+                if by == source and state
+            }
+        )
 
     async def catch_up(self, tenant_id: str, since: str | None) -> Catchup:
         newest = self.newest_event_id(tenant_id)

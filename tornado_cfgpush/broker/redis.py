@@ -51,7 +51,17 @@ from redis.exceptions import TimeoutError as RedisTimeoutError
 
 from ..events import Event, encode_json
 from ..rules import parse_event_id
-from . import HISTORY_EXPIRED, UNKNOWN_EPOCH, UNKNOWN_EVENT_ID, Broker, BrokerState, BrokerUnavailable, Catchup, Deliver
+from . import (
+    HISTORY_EXPIRED,
+    UNKNOWN_EPOCH,
+    UNKNOWN_EVENT_ID,
+    Broker,
+    BrokerState,
+    BrokerUnavailable,
+    Catchup,
+    Deliver,
+    Published,
+)
 from .memory import _dedupe_key
 
 log = logging.getLogger("cfgpush.broker.redis")
@@ -64,10 +74,12 @@ log = logging.getLogger("cfgpush.broker.redis")
 # KEYS: history stream, paths hash. ARGV: body (JSON), path, state ("" = not comparable), old
 # path of a move, history size, history ttl (ms), channel, source, record ttl (ms), the newest
 # id's field, version ("" = none: digits, microseconds), the epoch's field, a new epoch (used
-# when the record has none). The paths hash holds "<state> <id> <version> <source>" per path
+# when the record has none), the since field, and when the record began (the version, else
+# Redis's clock; microseconds), kept with a new epoch. The paths hash holds "<state> <id> <version> <source>" per path
 # ("-" for a state that is not comparable and for no version; records written before versions
 # were "<state> <id> <source>"), the newest id, and the tenant's epoch: a token made with the
-# record, announced with each event, so that a node sees an emptied or replaced Redis.
+# record, announced with each event, so that a node sees an emptied or replaced Redis, and
+# when the record began (published_states).
 PUBLISH = """
 local path, state, version = ARGV[2], ARGV[3], ARGV[11]
 if path ~= '' then
@@ -93,6 +105,12 @@ local epoch = redis.call('HGET', KEYS[2], ARGV[12])
 if not epoch then
   epoch = ARGV[13]
   redis.call('HSET', KEYS[2], ARGV[12], epoch)
+  local since = version
+  if since == '' then
+    local t = redis.call('TIME')
+    since = t[1] .. string.format('%06d', tonumber(t[2]))
+  end
+  redis.call('HSET', KEYS[2], ARGV[14], since)
 end
 local last = redis.call('XREVRANGE', KEYS[1], '+', '-', 'COUNT', 1)[1]
 local prev = last and last[1] or redis.call('HGET', KEYS[2], ARGV[10]) or '0-0'
@@ -153,6 +171,7 @@ IDLE_PING = 5.0  # seconds of pub/sub silence before we ask whether the connecti
 RECORD_TTL = 7 * 24 * 3600.0
 NEWEST_FIELD = "/newest"  # the record's newest id: never a path (paths are relative)
 EPOCH_FIELD = "/epoch"  # the record's epoch
+SINCE_FIELD = "/since"  # when the record began (Published.since)
 # The cursors of tenants without local clients are dropped this often (in slices).
 CURSOR_SWEEP_INTERVAL = 10.0
 CURSOR_SWEEP_SLICE = 1000
@@ -329,6 +348,7 @@ class RedisBroker(Broker):
             "" if version is None else str(int(version)),
             EPOCH_FIELD,
             uuid.uuid4().hex,
+            SINCE_FIELD,
         ]
 
     async def _read_stream(self, tenant_id: str, after: str, count: int | None):
@@ -344,7 +364,7 @@ class RedisBroker(Broker):
             entries = []  # read after a position of the old history: the Resync covers the new one
         return newest, _entry(first) if first else None, [_entry(e) for e in entries], int(now_ms)
 
-    async def published_states(self, tenant_id: str, source: str) -> dict[str, str | None]:
+    async def published_states(self, tenant_id: str, source: str) -> Published:
         try:
             record: dict[str, str] = await self._redis.hgetall(self._key(tenant_id, "paths"))  # type: ignore[assignment]
         except RedisError as exc:
@@ -352,11 +372,12 @@ class RedisBroker(Broker):
         states = {}
         record.pop(NEWEST_FIELD, None)
         record.pop(EPOCH_FIELD, None)
+        since = record.pop(SINCE_FIELD, None)  # None: a record from before it was kept
         for path, value in record.items():
             state, by = _state_and_source(value)
             if by == source and state != "-":
                 states[path] = None if state == "deleted" else state
-        return states
+        return Published(states, int(since) if since is not None and since.isdigit() else None)
 
     async def catch_up(self, tenant_id: str, since: str | None) -> Catchup:
         """One read of the stream for every subscriber of ``tenant_id`` resuming from ``since``

@@ -20,7 +20,7 @@ from typing import Any
 from marshmallow import ValidationError
 
 from .. import EventSource
-from ..broker import BrokerUnavailable
+from ..broker import BrokerUnavailable, Published
 from ..logs import bind as bind_log_context
 from ..schemas import flatten_messages
 
@@ -110,10 +110,10 @@ class SourceEmit:
                 await asyncio.sleep(random.uniform(delay / 2, delay))
                 delay = min(delay * 2, EMIT_RETRY_MAX)
 
-    async def published_states(self, tenant_id: str) -> dict[str, str | None]:
-        """``{path: checksum, or None when deleted}`` of the tenant's paths as this source
-        (by its name, on any node) last published them: what a source compares with at start,
-        to report what changed while it was down. Empty with the embedded broker after a restart."""
+    async def published_states(self, tenant_id: str) -> Published:
+        """The tenant's paths as this source (by its name, on any node) last published them,
+        and since when the tenant's record is kept: what a source compares with at start, to
+        report what changed while it was down. Empty with the embedded broker after a restart."""
         return await self._runner._published_states(tenant_id, self.source_name)
 
     async def skipped(
@@ -162,7 +162,7 @@ class SourceRunner:
         *,
         publish_many: PublishMany | None = None,
         gap: Gap | None = None,
-        published_states: Callable[[str, str], Awaitable[dict[str, str | None]]] | None = None,
+        published_states: Callable[[str, str], Awaitable[Published]] | None = None,
         count_rejected: Count | None = None,
         backoff_initial: float = 0.5,
         backoff_max: float = 30.0,
@@ -291,8 +291,8 @@ async def _no_gap(tenant_ids: Iterable[str] | None, source_name: str) -> None:
     return None
 
 
-async def _no_states(tenant_id: str, source: str) -> dict[str, str | None]:
-    return {}
+async def _no_states(tenant_id: str, source: str) -> Published:
+    return Published()
 
 
 def _no_count(source: str, reason: str) -> None:

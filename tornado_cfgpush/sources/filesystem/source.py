@@ -346,7 +346,8 @@ class FilesystemSource:
             return
         keys = {(t, r): k for k, (t, r, _) in self._files.items()}
         for tenant_id in sorted(self._by_tenant):
-            previous = await lookup(tenant_id)
+            published = await lookup(tenant_id)
+            previous = published.states
             if not previous:
                 continue  # never published (or a fresh embedded broker): nothing to compare
             files = self._by_tenant.get(tenant_id, {})
@@ -355,14 +356,19 @@ class FilesystemSource:
                 now, before = files.get(rel), previous.get(rel)
                 if now == before:
                     continue
-                change = "deleted" if now is None else "created" if before is None else "modified"
                 key = keys.get((tenant_id, rel))
+                version = self._versions.get(key) if key is not None else None
+                if before is None and rel not in previous and _unchanged_since(version, published.since):
+                    # Never published, and its content older than the tenant's record: it was
+                    # there before anything was announced for the tenant, and clients have it.
+                    continue
+                change = "deleted" if now is None else "created" if before is None else "modified"
                 self._unsent.append(
                     [
                         key,
                         {"tenant_id": tenant_id, "change_type": change, "path": rel, "checksum": now},
                         None,
-                        self._versions.get(key) if key is not None else None,
+                        version,
                         time.monotonic(),
                     ]
                 )
@@ -407,3 +413,10 @@ class FilesystemSource:
             files.pop(rel, None)
             if not files:
                 del self._by_tenant[tenant_id]
+
+
+def _unchanged_since(version: int | None, since: int | None) -> bool:
+    """Whether a file whose content changed at ``version`` (its ctime, in microseconds: set by
+    the kernel, so an unpacked archive's or a copy's new file has a new one) was unchanged
+    since ``since``. Unknown either way: no (it is announced: a duplicate at worst)."""
+    return version is not None and since is not None and version < since
