@@ -141,6 +141,12 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
         action="store_true",
         help="also run cfgpush with --ws-compression (permessage-deflate), offered by the clients",
     )
+    g.add_argument(
+        "--tls",
+        action="store_true",
+        help="also run cfgpush with --certfile/--keyfile (a private CA's certificate), its clients on "
+        "wss:// (fanout and latency: beside plain cfgpush, as cfgpush+tls)",
+    )
     g.add_argument("--heartbeat", type=float, default=5.0, help="servers' ping interval (default 5)")
     g.add_argument("--concurrency", type=int, default=100, help="handshakes in flight (default 100)")
     g = p.add_argument_group("output")
@@ -201,6 +207,8 @@ def preflight(args: argparse.Namespace) -> str | None:
     wanted = []
     if args.ws_compression:
         wanted.append("--ws-compression")
+    if args.tls:
+        wanted.append("--certfile")
     if args.server_loop != "asyncio":
         wanted.append("--loop")
     uses_cfgpush = "cfgpush" in args.server_list or bool({"idle", "e2e", "storm", "burst"} & set(args.scenarios))
@@ -222,6 +230,8 @@ async def run(args: argparse.Namespace, res: Resources, results: dict) -> None:
     servers = list(args.server_list)
     if args.ws_compression and "cfgpush" in servers:
         servers.append(targets.DEFLATE)
+    if args.tls and "cfgpush" in servers:
+        servers.append(targets.TLS)
     chosen = set(args.scenarios)
     errors = results["errors"]
 

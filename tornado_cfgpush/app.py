@@ -31,6 +31,7 @@ from .schemas import config_changed_schema
 from .settings import Settings
 from .signals import install as install_signal_handlers
 from .sources.runner import SourceRunner
+from .tls import CertificateReloader, TLSError
 
 log = logging.getLogger("cfgpush")
 
@@ -335,6 +336,17 @@ async def serve(
     loop = asyncio.get_running_loop()
     uninstall_signal_handlers = install_signal_handlers(loop, stop.set)
     sockets = sockets if sockets is not None else bind(settings)
+    certificates = None
+    if settings.certfile is not None:
+        try:
+            certificates = CertificateReloader(
+                settings.certfile, settings.keyfile, settings.keyfile_password, settings.tls_reload_interval
+            )
+        except TLSError as exc:
+            for sock in sockets:
+                sock.close()
+            uninstall_signal_handlers()
+            raise StartupError(f"--certfile/--keyfile: {exc}") from None
     core = CfgPush(settings, plugin_manager)
     try:
         await core.start()
@@ -357,12 +369,17 @@ async def serve(
         await core.wait_started(timeout=settings.drain_timeout * 6)
     except TimeoutError:
         log.warning("some sources have not started yet; listening anyway")
-    server = httpserver.HTTPServer(app, **server_options(settings))
+    tls: dict[str, Any] = {}
+    if certificates is not None:
+        tls["ssl_options"] = certificates.context  # one context; new pairs reach it by SNI (tls.py)
+        certificates.start()
+    server = httpserver.HTTPServer(app, **server_options(settings), **tls)
     server.add_sockets(sockets)
+    http, ws = ("https", "wss") if certificates is not None else ("http", "ws")
     for sock in sockets:
         host, port = sock.getsockname()[:2]
         shown = f"[{host}]" if ":" in host else host
-        log.info("listening on http://%s:%d (WebSocket ws://%s:%d/ws?tenant_id=...)", shown, port, shown, port)
+        log.info("listening on %s://%s:%d (WebSocket %s://%s:%d/ws?tenant_id=...)", http, shown, port, ws, shown, port)
     # Everything allocated so far lives as long as the process: keep it out of the
     # collector's generations, so collections do not rescan it during broadcasts.
     gc.collect()
@@ -372,6 +389,8 @@ async def serve(
     finally:
         log.info("shutting down: closing clients (1001), stopping sources")
         server.stop()
+        if certificates is not None:
+            await certificates.stop()
         drain = settings.drain_timeout
         try:
             await asyncio.wait_for(core.stop(), drain)

@@ -116,6 +116,25 @@ def _secret(what: str) -> Callable[[str], str]:
     return parse
 
 
+def _password(text: str) -> str:
+    text = text.rstrip("\r\n")  # as read from CFGPUSH_KEYFILE_PASSWORD_FILE
+    if not text:
+        raise ValueError("keyfile password must not be empty")
+    return text
+
+
+def _readable_file(what: str) -> Callable[[str], Path]:
+    def parse(text: str) -> Path:
+        path = Path(text).expanduser()
+        if not path.is_file():
+            raise ValueError(f"{what} {text!r} is not a file")
+        if not os.access(path, os.R_OK):
+            raise ValueError(f"{what} {text!r} is not readable")
+        return path.absolute()  # the reloader re-reads it whatever the working folder
+
+    return parse
+
+
 def _broker_url(text: str) -> str:
     scheme = urlsplit(text).scheme
     if scheme not in ("redis", "rediss", "unix"):
@@ -309,10 +328,22 @@ SETTING_FLAGS: dict[str, tuple[str, Callable[[str], Any], str]] = {
         "GLOB=FILE: files matching GLOB must also satisfy that JSON Schema (draft 2020-12; "
         "pip install 'tornado_cfgpush[schema]'); repeatable or comma-separated",
     ),
+    "--certfile": (
+        "certfile",
+        _readable_file("certfile"),
+        "PEM certificate chain FILE (leaf first): serve HTTPS and wss:// on --port; reloaded when it changes",
+    ),
+    "--keyfile": ("keyfile", _readable_file("keyfile"), "PEM private key FILE of --certfile (default: in --certfile)"),
+    "--keyfile-password": ("keyfile_password", _password, "password of an encrypted --keyfile"),
+    "--tls-reload-interval": (
+        "tls_reload_interval",
+        _seconds_or_zero("tls reload interval"),
+        "seconds between checks of --certfile/--keyfile for a new pair (0: never)",
+    ),
     "--loop": ("event_loop", _event_loop, "the event loop: asyncio, or uvloop (pip install 'tornado_cfgpush[fast]')"),
 }
 # Settings that are secrets: never logged, and readable from a file named by CFGPUSH_<FLAG>_FILE.
-SECRET_FIELDS = {"admin_token", "publish_token", "jwt_secret"}
+SECRET_FIELDS = {"admin_token", "publish_token", "jwt_secret", "keyfile_password"}
 # Flags that may be given more than once; the values are joined by commas, as in the environment.
 REPEATABLE_FIELDS = {"allowed_origins", "allowed_hosts", "publish_token", "validate", "json_schemas"}
 # Settings that are switches: the flag alone means true (--metrics-tenant-labels [true|false]).
@@ -500,6 +531,13 @@ def main(argv: Sequence[str] | None = None, environ: dict[str, str] | None = Non
                 problem = watch_limit_error(settings.config_dir)
                 if problem:
                     raise UsageError(problem)
+        if settings.certfile is not None:
+            from .tls import TLSError, make_context
+
+            try:  # a bad pair is a start-up error; serve() loads it again, and keeps watching it
+                make_context(settings.certfile, settings.keyfile, settings.keyfile_password)
+            except TLSError as exc:
+                raise UsageError(f"--certfile/--keyfile: {exc}") from None
         from .app import StartupError, bind, serve
 
         try:

@@ -182,7 +182,7 @@ class Session:
     @classmethod
     async def open(cls, target: Target, n: int, concurrency: int, sink: SeqSink | None = None) -> Session:
         sink = sink or SeqSink()
-        gen = LoadGen(HOST, target.ws_port, sink, deflate=target.deflate, welcome=target.welcomes)
+        gen = LoadGen(HOST, target.ws_port, sink, deflate=target.deflate, welcome=target.welcomes, ssl=target.tls)
         session = cls(target, gen, sink, n)
         started = perf_counter()
         await gen.connect(n, concurrency=concurrency)

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import asyncio
 import os
+import ssl
 import subprocess
 import sys
 from dataclasses import dataclass, field
@@ -30,6 +31,8 @@ CFGPUSH = [sys.executable, "-c", CFGPUSH_MAIN]
 # Order of the tables: the seed first, the floor last before cfgpush, as in the issue.
 ALL_SERVERS = ("seed", "websockets", "floor", "cfgpush")
 DEFLATE = "cfgpush+deflate"
+# cfgpush with --certfile/--keyfile: every client on wss:// (bench.py --tls).
+TLS = "cfgpush+tls"
 
 
 @dataclass
@@ -48,10 +51,11 @@ class Target:
     ws_port: int
     publish_port: int
     deflate: bool = False
+    tls: ssl.SSLContext | None = None  # the clients' context when the server speaks TLS
     publisher: Publisher = field(init=False)
 
     def __post_init__(self) -> None:
-        self.publisher = Publisher(HOST, self.publish_port, TOKEN, TENANT)
+        self.publisher = Publisher(HOST, self.publish_port, TOKEN, TENANT, ssl=self.tls)
 
     @property
     def pid(self) -> int:
@@ -123,6 +127,19 @@ def cfgpush_command(
     return cmd + list(extra)
 
 
+def tls_pair(res: Resources) -> tuple[ssl.SSLContext, tuple[str, ...]]:
+    """A certificate for localhost from a private CA: the clients'
+    context that trusts it, and the cfgpush flags that serve it (an ECDSA P-256 key, as
+    certificate managers issue by default); a fresh pair at each start."""
+    from tornado_cfgpush.testing.certs import TestCA
+
+    folder = res.mkdir("tls")
+    certfile, keyfile = folder / "cert.pem", folder / "key.pem"
+    ca = TestCA.create(folder)
+    ca.issue(certfile, keyfile)
+    return ca.client_context(), ("--certfile", str(certfile), "--keyfile", str(keyfile))
+
+
 def bench_config_dir(res: Resources) -> Path:
     """A config folder with the bench tenant and one file, as a deployment would have
     (the same folder each call; the e2e scenario saves ``bench/x.json`` in it)."""
@@ -170,8 +187,13 @@ async def start(
         target = Target(name, res.start(name, cmd, cpu), port, publish_port)
     else:
         deflate = name == DEFLATE
+        client_tls = None
+        if name == TLS:
+            client_tls, tls_flags = tls_pair(res)
+            extra = (*extra, *tls_flags)
         cmd = cfgpush_command(port, opts, config_dir=config_dir, broker=broker, deflate=deflate, extra=extra)
-        target = Target(name, res.start(name.replace("+", "-"), cmd, cpu, env=clean_env()), port, port, deflate)
+        proc = res.start(name.replace("+", "-"), cmd, cpu, env=clean_env())
+        target = Target(name, proc, port, port, deflate, client_tls)
     await wait_serving(target, timeout)
     return target
 
