@@ -145,7 +145,7 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
         "--tls",
         action="store_true",
         help="also run cfgpush with --certfile/--keyfile (a private CA's certificate), its clients on "
-        "wss:// (fanout and latency: beside plain cfgpush, as cfgpush+tls)",
+        "wss:// (fanout and latency: beside plain cfgpush, as cfgpush+tls; storm: run again over wss://)",
     )
     g.add_argument("--heartbeat", type=float, default=5.0, help="servers' ping interval (default 5)")
     g.add_argument("--concurrency", type=int, default=100, help="handshakes in flight (default 100)")
@@ -332,6 +332,24 @@ async def run(args: argparse.Namespace, res: Resources, results: dict) -> None:
             )
             if found:
                 results["storm"] = found
+            if args.tls:
+                found = await attempt(
+                    "storm_tls",
+                    scenarios.storm(
+                        res,
+                        opts,
+                        clients=args.storm_clients,
+                        before=args.storm_before,
+                        down=args.storm_down,
+                        during=args.storm_during,
+                        concurrency=args.concurrency,
+                        redis_program=program,
+                        timeout=args.storm_timeout,
+                        tls=True,
+                    ),
+                )
+                if found:
+                    results["storm_tls"] = found
     if "burst" in chosen:
         found = await attempt(
             "burst",

@@ -128,16 +128,16 @@ def cfgpush_command(
 
 
 def tls_pair(res: Resources) -> tuple[ssl.SSLContext, tuple[str, ...]]:
-    """A certificate for localhost from a private CA: the clients'
-    context that trusts it, and the cfgpush flags that serve it (an ECDSA P-256 key, as
-    certificate managers issue by default); a fresh pair at each start."""
-    from tornado_cfgpush.testing.certs import TestCA
-
+    """A certificate for localhost from a private CA, made once per run (a restarted node
+    serves the same one): the clients' context that trusts it, and the cfgpush flags that
+    serve it (an ECDSA P-256 key, as certificate managers issue by default)."""
     folder = res.mkdir("tls")
-    certfile, keyfile = folder / "cert.pem", folder / "key.pem"
-    ca = TestCA.create(folder)
-    ca.issue(certfile, keyfile)
-    return ca.client_context(), ("--certfile", str(certfile), "--keyfile", str(keyfile))
+    certfile, keyfile, cafile = folder / "cert.pem", folder / "key.pem", folder / "ca.pem"
+    if not certfile.exists():
+        from tornado_cfgpush.testing.certs import TestCA
+
+        TestCA.create(folder).issue(certfile, keyfile)
+    return ssl.create_default_context(cafile=str(cafile)), ("--certfile", str(certfile), "--keyfile", str(keyfile))
 
 
 def bench_config_dir(res: Resources) -> Path:
