@@ -123,6 +123,7 @@ LAYERS: tuple[tuple[str, ...], ...] = tuple(
             "loop_health",
             "signals",
             "tls",
+            "proxies",
         ),
         ("ws.protocol",),
         ("ws.connection", "ws.iostream"),

@@ -16,6 +16,7 @@ from typing import Any
 from marshmallow import ValidationError
 from pluggy import PluginManager
 from tornado import httpserver, netutil, web
+from tornado.httputil import HTTPServerRequest
 
 from .auth import Decision, decide
 from .broker import SOURCE_GAP, Broker, BrokerUnavailable
@@ -27,6 +28,7 @@ from .limits import ConnectionLimits
 from .loop_health import LoopLag
 from .metrics import BROKER_UNAVAILABLE, INVALID, Metrics
 from .plugins import get_plugin_manager
+from .proxies import TrustedProxies
 from .schemas import config_changed_schema
 from .settings import Settings
 from .signals import install as install_signal_handlers
@@ -271,6 +273,20 @@ class CfgPush:
         return manifest
 
 
+class ProxiedApplication(web.Application):
+    """Behind a ``--trusted-proxy``: a request from one carries its client's address and scheme
+    (proxies.py) before any handler, limit, hook or log line sees it."""
+
+    trusted_proxies: TrustedProxies
+
+    def find_handler(self, request: HTTPServerRequest, **kwargs: Any) -> Any:
+        if request.remote_ip:
+            request.remote_ip, scheme = self.trusted_proxies.client(request.remote_ip, request.headers)
+            if scheme is not None:
+                request.protocol = scheme
+        return super().find_handler(request, **kwargs)
+
+
 def make_app(core: CfgPush, **tornado_settings: Any) -> web.Application:
     settings = {
         "default_handler_class": NotFoundHandler,
@@ -281,7 +297,12 @@ def make_app(core: CfgPush, **tornado_settings: Any) -> web.Application:
     # Plugins' routes come after the built-in ones: Tornado takes the first match, so a
     # plugin cannot take over /ws, /metrics, ...
     plugin_routes = [r for found in core.pm.hook.cfgpush_register_routes(settings=core.settings) for r in found or ()]
-    app = web.Application(default_handlers(core) + plugin_routes, **settings)
+    app: web.Application
+    if core.settings.trusted_proxies:
+        app = ProxiedApplication(default_handlers(core) + plugin_routes, **settings)
+        app.trusted_proxies = TrustedProxies(core.settings.trusted_proxies)
+    else:  # no proxy to believe: not a step more per request
+        app = web.Application(default_handlers(core) + plugin_routes, **settings)
     app.cfgpush = core  # type: ignore[attr-defined]  # where plugins' route handlers find the service
     return app
 

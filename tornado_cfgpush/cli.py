@@ -24,6 +24,7 @@ from . import __version__, auth, logs
 from .config_file import ConfigFile, PluginOption, add_plugin_options, parse_bool, plugin_values
 from .config_file import render as render_config
 from .plugins import PluginError, describe_plugins, get_plugin_manager, known_plugin_names
+from .proxies import parse_networks
 from .redaction import REDACTED, redact
 from .settings import EVENT_LOOPS, WATCH_FALLBACKS, Settings
 
@@ -340,12 +341,26 @@ SETTING_FLAGS: dict[str, tuple[str, Callable[[str], Any], str]] = {
         _seconds_or_zero("tls reload interval"),
         "seconds between checks of --certfile/--keyfile for a new pair (0: never)",
     ),
+    "--trusted-proxy": (
+        "trusted_proxies",
+        parse_networks,
+        "address or CIDR network of a reverse proxy whose X-Forwarded-For / Forwarded / "
+        "X-Forwarded-Proto are believed (the right-most hop not in these networks is the client); "
+        "repeatable or comma-separated",
+    ),
     "--loop": ("event_loop", _event_loop, "the event loop: asyncio, or uvloop (pip install 'tornado_cfgpush[fast]')"),
 }
 # Settings that are secrets: never logged, and readable from a file named by CFGPUSH_<FLAG>_FILE.
 SECRET_FIELDS = {"admin_token", "publish_token", "jwt_secret", "keyfile_password"}
 # Flags that may be given more than once; the values are joined by commas, as in the environment.
-REPEATABLE_FIELDS = {"allowed_origins", "allowed_hosts", "publish_token", "validate", "json_schemas"}
+REPEATABLE_FIELDS = {
+    "allowed_origins",
+    "allowed_hosts",
+    "publish_token",
+    "validate",
+    "json_schemas",
+    "trusted_proxies",
+}
 # Settings that are switches: the flag alone means true (--metrics-tenant-labels [true|false]).
 BOOLEAN_FIELDS = {"metrics_tenant_labels", "metrics_public", "ws_compression"}
 

@@ -114,6 +114,9 @@ class Settings:
     keyfile: Path | None = None
     keyfile_password: str | None = field(default=None, repr=False)
     tls_reload_interval: float = 5.0
+    # Reverse proxies whose X-Forwarded-For / Forwarded / X-Forwarded-Proto are believed
+    # (tornado_cfgpush.proxies): addresses or CIDR networks. Empty: the peer is the client.
+    trusted_proxies: tuple[str, ...] = ()
     # Extra, plugin-owned settings (name -> value); never interpreted by the core.
     extra: dict = field(default_factory=dict, hash=False, compare=False)
 
@@ -141,6 +144,7 @@ class Settings:
         object.__setattr__(self, "validate", tuple(self.validate))
         object.__setattr__(self, "json_schemas", tuple(self.json_schemas))
         object.__setattr__(self, "allowed_hosts", tuple(self.allowed_hosts))
+        object.__setattr__(self, "trusted_proxies", tuple(self.trusted_proxies))
         if self.keyfile and not self.certfile:
             raise ValueError("--keyfile needs --certfile")
         if self.keyfile_password and not self.certfile:
