@@ -113,6 +113,7 @@ class CfgPush:
     async def stop(self) -> None:
         loop = asyncio.get_running_loop()
         started = loop.time()
+        self.limits.close()  # from now on /ws and /events answer 503
         self.loop_lag.stop()
         self.hub.stop()
         # 1001 to every client; half the drain time for what they still have to read.
