@@ -124,6 +124,7 @@ LAYERS: tuple[tuple[str, ...], ...] = tuple(
             "signals",
             "tls",
             "proxies",
+            "workerinfo",
         ),
         ("ws.protocol",),
         ("ws.connection", "ws.iostream"),
@@ -134,9 +135,10 @@ LAYERS: tuple[tuple[str, ...], ...] = tuple(
         ("sources",),
         ("ports",),
         ("summary", "metrics"),
+        ("worker_metrics",),
         ("handlers",),
         ("app",),
-        ("cli", "config_file", "client", "tail"),
+        ("cli", "config_file", "client", "tail", "workers"),
         ("testing",),
     )
 )

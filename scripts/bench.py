@@ -147,6 +147,13 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
         help="also run cfgpush with --certfile/--keyfile (a private CA's certificate), its clients on "
         "wss:// (fanout and latency: beside plain cfgpush, as cfgpush+tls; storm: run again over wss://)",
     )
+    g.add_argument(
+        "--workers",
+        type=int,
+        default=0,
+        help="also run cfgpush on a private Redis as one process (cfgpush+redis) and with --workers N "
+        "(cfgpush+Nw, on every core) in fanout and latency",
+    )
     g.add_argument("--heartbeat", type=float, default=5.0, help="servers' ping interval (default 5)")
     g.add_argument("--concurrency", type=int, default=100, help="handshakes in flight (default 100)")
     g = p.add_argument_group("output")
@@ -209,6 +216,8 @@ def preflight(args: argparse.Namespace) -> str | None:
         wanted.append("--ws-compression")
     if args.tls:
         wanted.append("--certfile")
+    if args.workers > 1:
+        wanted.append("--workers")
     if args.server_loop != "asyncio":
         wanted.append("--loop")
     uses_cfgpush = "cfgpush" in args.server_list or bool({"idle", "e2e", "storm", "burst"} & set(args.scenarios))
@@ -232,6 +241,8 @@ async def run(args: argparse.Namespace, res: Resources, results: dict) -> None:
         servers.append(targets.DEFLATE)
     if args.tls and "cfgpush" in servers:
         servers.append(targets.TLS)
+    if args.workers > 1 and "cfgpush" in servers:
+        servers += [targets.REDIS_ONE, targets.workers_name(args.workers)]
     chosen = set(args.scenarios)
     errors = results["errors"]
 

@@ -34,6 +34,8 @@ from .settings import Settings
 from .signals import install as install_signal_handlers
 from .sources.runner import SourceRunner
 from .tls import CertificateReloader, TLSError
+from .worker_metrics import serve_metrics
+from .workerinfo import Worker
 
 log = logging.getLogger("cfgpush")
 
@@ -330,9 +332,16 @@ def log_request(handler: web.RequestHandler) -> None:
 LISTEN_BACKLOG = 4096
 
 
-def bind(settings: Settings) -> list[socket.socket]:
-    """Bind before anything starts, so a taken port fails fast and cleanly."""
-    return netutil.bind_sockets(settings.port, settings.host, family=socket.AF_UNSPEC, backlog=LISTEN_BACKLOG)
+def bind(settings: Settings, port: int | None = None, reuse_port: bool = False) -> list[socket.socket]:
+    """Bind before anything starts, so a taken port fails fast and cleanly. ``reuse_port``:
+    one of ``--workers``, on the port they share (tornado_cfgpush.workers)."""
+    return netutil.bind_sockets(
+        settings.port if port is None else port,
+        settings.host,
+        family=socket.AF_UNSPEC,
+        backlog=LISTEN_BACKLOG,
+        reuse_port=reuse_port,
+    )
 
 
 def server_options(settings: Settings) -> dict[str, Any]:
@@ -352,6 +361,7 @@ async def serve(
     plugin_manager: PluginManager | None = None,
     stop: asyncio.Event | None = None,
     sockets: list[socket.socket] | None = None,
+    worker: Worker | None = None,
 ) -> None:
     """Run until SIGTERM/SIGINT (or ``stop`` is set); then close clients with 1001 and return."""
     stop = stop or asyncio.Event()
@@ -391,6 +401,7 @@ async def serve(
         await core.wait_started(timeout=settings.drain_timeout * 6)
     except TimeoutError:
         log.warning("some sources have not started yet; listening anyway")
+    peers = await serve_metrics(worker, core.metrics) if worker is not None else None
     tls: dict[str, Any] = {}
     if certificates is not None:
         tls["ssl_options"] = certificates.context  # one context; new pairs reach it by SNI (tls.py)
@@ -398,10 +409,20 @@ async def serve(
     server = httpserver.HTTPServer(app, **server_options(settings), **tls)
     server.add_sockets(sockets)
     http, ws = ("https", "wss") if certificates is not None else ("http", "ws")
+    which = f", worker {worker.index} of {worker.count}" if worker is not None else ""
     for sock in sockets:
         host, port = sock.getsockname()[:2]
         shown = f"[{host}]" if ":" in host else host
-        log.info("listening on %s://%s:%d (WebSocket %s://%s:%d/ws?tenant_id=...)", http, shown, port, ws, shown, port)
+        log.info(
+            "listening on %s://%s:%d (WebSocket %s://%s:%d/ws?tenant_id=...%s)",
+            http,
+            shown,
+            port,
+            ws,
+            shown,
+            port,
+            which,
+        )
     # Everything allocated so far lives as long as the process: keep it out of the
     # collector's generations, so collections do not rescan it during broadcasts.
     gc.collect()
@@ -413,6 +434,8 @@ async def serve(
         server.stop()
         if certificates is not None:
             await certificates.stop()
+        if peers is not None:
+            peers.close()
         drain = settings.drain_timeout
         try:
             await asyncio.wait_for(core.stop(), drain)

@@ -27,6 +27,8 @@ from .plugins import PluginError, describe_plugins, get_plugin_manager, known_pl
 from .proxies import parse_networks
 from .redaction import REDACTED, redact
 from .settings import EVENT_LOOPS, WATCH_FALLBACKS, Settings
+from .workerinfo import Worker
+from .workers import worker_count
 
 PROG = "cfgpush-serve"
 ENV_PREFIX = "CFGPUSH_"
@@ -348,6 +350,12 @@ SETTING_FLAGS: dict[str, tuple[str, Callable[[str], Any], str]] = {
         "X-Forwarded-Proto are believed (the right-most hop not in these networks is the client); "
         "repeatable or comma-separated",
     ),
+    "--workers": (
+        "workers",
+        worker_count,
+        "processes serving --port together (SO_REUSEPORT), each a node of --broker (which it needs); "
+        "auto: one per core",
+    ),
     "--loop": ("event_loop", _event_loop, "the event loop: asyncio, or uvloop (pip install 'tornado_cfgpush[fast]')"),
 }
 # Settings that are secrets: never logged, and readable from a file named by CFGPUSH_<FLAG>_FILE.
@@ -555,14 +563,29 @@ def main(argv: Sequence[str] | None = None, environ: dict[str, str] | None = Non
                 raise UsageError(f"--certfile/--keyfile: {exc}") from None
         from .app import StartupError, bind, serve
 
+        worker = Worker.from_env(environ)
         try:
-            sockets = bind(settings)
+            if worker is not None:  # one of --workers: its own socket on the shared port
+                sockets = bind(settings, port=worker.port, reuse_port=True)
+            elif settings.workers > 1:
+                from .workers import reserve
+
+                sockets = reserve(settings.host, settings.port)
+            else:
+                sockets = bind(settings)
         except OSError as exc:
             raise UsageError(f"cannot listen on {settings.host}:{settings.port}: {exc.strerror or exc}") from None
     except (UsageError, PluginError) as exc:
         print(f"{PROG}: error: {exc}", file=sys.stderr)
         return 2
     configure_logging(settings.log_level, settings.log_format)
+    if worker is None and settings.workers > 1:
+        from .workers import supervise
+
+        logging.getLogger("cfgpush").info(
+            "cfgpush %s starting %d workers on port %d", __version__, settings.workers, sockets[0].getsockname()[1]
+        )
+        return supervise(sys.argv[1:] if argv is None else argv, environ, settings, sockets)
     logging.getLogger("cfgpush").info("cfgpush %s starting with %s", __version__, _shown(settings))
     raise_open_files_limit()
     run = asyncio.run
@@ -571,7 +594,7 @@ def main(argv: Sequence[str] | None = None, environ: dict[str, str] | None = Non
 
         run = uvloop.run
     try:
-        run(serve(settings, pm, sockets=sockets))
+        run(serve(settings, pm, sockets=sockets, worker=worker))
     except StartupError as exc:  # after logging started, still one line and status 2
         print(f"{PROG}: error: {exc}", file=sys.stderr)
         return 2

@@ -117,6 +117,8 @@ class Settings:
     # Reverse proxies whose X-Forwarded-For / Forwarded / X-Forwarded-Proto are believed
     # (tornado_cfgpush.proxies): addresses or CIDR networks. Empty: the peer is the client.
     trusted_proxies: tuple[str, ...] = ()
+    # Processes serving the one port (tornado_cfgpush.workers): each a node of --broker.
+    workers: int = 1
     # Extra, plugin-owned settings (name -> value); never interpreted by the core.
     extra: dict = field(default_factory=dict, hash=False, compare=False)
 
@@ -149,6 +151,13 @@ class Settings:
             raise ValueError("--keyfile needs --certfile")
         if self.keyfile_password and not self.certfile:
             raise ValueError("--keyfile-password needs --certfile")
+        if self.workers < 1:
+            raise ValueError("workers must be at least 1")
+        if self.workers > 1 and not self.broker:
+            raise ValueError(
+                f"--workers {self.workers} needs --broker redis://...: the embedded broker keeps the events "
+                "in one process, and every worker must serve the same event ids and history"
+            )
         if self.tls_reload_interval < 0:
             raise ValueError("tls_reload_interval must not be negative")
         if self.publish_rate < 0 or self.publish_burst < 0:

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import asyncio
 import os
+import re
 import ssl
 import subprocess
 import sys
@@ -17,7 +18,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from .loadgen import Publisher
-from .procs import SERVER_CPU, Proc, Resources, free_port
+from .procs import ALL_CPUS, SERVER_CPU, Proc, Resources, free_port
 
 HERE = Path(__file__).resolve().parent
 SERVERS_DIR = HERE / "servers"
@@ -33,6 +34,29 @@ ALL_SERVERS = ("seed", "websockets", "floor", "cfgpush")
 DEFLATE = "cfgpush+deflate"
 # cfgpush with --certfile/--keyfile: every client on wss:// (bench.py --tls).
 TLS = "cfgpush+tls"
+# bench.py --workers N: cfgpush on a private Redis as one process ("cfgpush+redis", pinned to
+# the server core as the others) and as N workers ("cfgpush+<N>w", on every core: the
+# generator's included, which a real deployment would not share).
+REDIS_ONE = "cfgpush+redis"
+
+
+def workers_name(n: int) -> str:
+    return f"cfgpush+{n}w"
+
+
+def workers_of(name: str) -> int | None:
+    found = re.fullmatch(r"cfgpush\+(\d+)w", name)
+    return int(found.group(1)) if found else None
+
+
+_redis_urls: dict[int, str] = {}
+
+
+async def shared_redis(res: Resources) -> str:
+    """One private redis-server for the run's Redis-backed targets (started at first use)."""
+    if id(res) not in _redis_urls:
+        _, _redis_urls[id(res)] = await start_redis(res)
+    return _redis_urls[id(res)]
 
 
 @dataclass
@@ -191,6 +215,12 @@ async def start(
         if name == TLS:
             client_tls, tls_flags = tls_pair(res)
             extra = (*extra, *tls_flags)
+        workers = workers_of(name)
+        if name == REDIS_ONE or workers:
+            broker = broker or await shared_redis(res)
+        if workers:
+            extra = (*extra, "--workers", str(workers))
+            cpu = ALL_CPUS
         cmd = cfgpush_command(port, opts, config_dir=config_dir, broker=broker, deflate=deflate, extra=extra)
         proc = res.start(name.replace("+", "-"), cmd, cpu, env=clean_env())
         target = Target(name, proc, port, port, deflate, client_tls)
