@@ -124,6 +124,7 @@ LAYERS: tuple[tuple[str, ...], ...] = tuple(
             "signals",
             "tls",
             "proxies",
+            "proxy_protocol",
             "workerinfo",
         ),
         ("ws.protocol",),

@@ -3,14 +3,25 @@ from those peers only, as far as the right-most untrusted hop; spoofed headers c
 
 from __future__ import annotations
 
+import asyncio
 import logging
+import socket
 
 import pytest
 from tornado.httputil import HTTPHeaders
 
 from tornado_cfgpush.cli import UsageError, build_parser, settings_from
 from tornado_cfgpush.proxies import TrustedProxies, forwarded_elements
-from tornado_cfgpush.testing import wait_for
+from tornado_cfgpush.proxy_protocol import (
+    V2_SIGNATURE,
+    ProxyHeaderError,
+    parse_v1,
+    parse_v2,
+    v1_header,
+    v2_header,
+    v2_length,
+)
+from tornado_cfgpush.testing import LISTENING, wait_for
 
 from .rawsse import RawSSE
 from .rawws import RawWebSocket
@@ -159,3 +170,108 @@ async def test_spoofed_forwarding_headers_from_an_untrusted_peer_change_nothing(
         first.close()
         second.close()
     await wait_for(lambda: core.limits.by_ip == {})
+
+
+# -- the PROXY protocol (--proxy-protocol) ------------------------------------------------------
+
+
+@pytest.mark.parametrize(
+    ("line", "expected"),
+    [
+        (b"PROXY TCP4 198.51.100.1 10.0.0.1 40000 7945\r\n", ("198.51.100.1", 40000)),
+        (b"PROXY TCP6 2001:db8::1 ::1 40000 7945\r\n", ("2001:db8::1", 40000)),
+        (b"PROXY UNKNOWN\r\n", None),
+        (b"PROXY UNKNOWN whatever follows\r\n", None),
+    ],
+)
+def test_proxy_v1_lines(line, expected):
+    assert parse_v1(line) == expected
+
+
+@pytest.mark.parametrize(
+    "line",
+    [
+        b"PROXY TCP4 198.51.100.1 10.0.0.1 40000\r\n",
+        b"PROXY TCP4 2001:db8::1 10.0.0.1 40000 7945\r\n",
+        b"PROXY TCP4 198.51.100.300 10.0.0.1 40000 7945\r\n",
+        b"PROXY TCP4 198.51.100.1 10.0.0.1 70000 7945\r\n",
+        b"PROXY UDP4 198.51.100.1 10.0.0.1 1 2\r\n",
+        b"PROXY TCP4 198.51.100.1 10.0.0.1 1 2\n",
+    ],
+)
+def test_proxy_v1_bad_lines(line):
+    with pytest.raises(ProxyHeaderError):
+        parse_v1(line)
+
+
+def test_proxy_v2_round_trip_local_and_bad():
+    for client in (("198.51.100.1", 40000), ("2001:db8::1", 1)):
+        header = v2_header(client, ("::1" if ":" in client[0] else "10.0.0.1", 7945))
+        assert parse_v2(header[:16], header[16 : 16 + v2_length(header[:16])]) == client
+    local = V2_SIGNATURE + bytes([0x20, 0x00, 0, 0])
+    assert v2_length(local) == 0 and parse_v2(local, b"") is None
+    with pytest.raises(ProxyHeaderError, match="version or command"):
+        v2_length(V2_SIGNATURE + bytes([0x31, 0x11, 0, 12]))
+    with pytest.raises(ProxyHeaderError, match="too many"):
+        v2_length(V2_SIGNATURE + bytes([0x21, 0x11, 0xFF, 0xFF]))
+
+
+async def _raw_upgrade(port: int, prefix: bytes, source: str = "127.0.0.1") -> bytes:
+    """A WebSocket upgrade after ``prefix`` from ``source``: the status line, or b"" when the
+    server closed the connection without an answer."""
+    sock = socket.socket()
+    sock.bind((source, 0))
+    sock.setblocking(False)
+    loop = asyncio.get_running_loop()
+    try:
+        await loop.sock_connect(sock, ("127.0.0.1", port))
+        request = (
+            f"GET /ws?tenant_id=acme HTTP/1.1\r\nHost: 127.0.0.1:{port}\r\nUpgrade: websocket\r\n"
+            "Connection: Upgrade\r\nSec-WebSocket-Key: dGhlIHNhbXBsZSBub25jZQ==\r\nSec-WebSocket-Version: 13\r\n\r\n"
+        )
+        await loop.sock_sendall(sock, prefix + request.encode())
+        async with asyncio.timeout(15):
+            answer = await loop.sock_recv(sock, 4096)
+        return answer.split(b"\r\n", 1)[0]
+    finally:
+        sock.close()
+
+
+@pytest.mark.gen_test(timeout=90)
+async def test_proxy_protocol_from_a_trusted_balancer_only(start, config_dir):
+    server = start(
+        "--port", "0", "--config-dir", str(config_dir), "--trusted-proxy", "127.0.0.1",
+        "--proxy-protocol", "--max-connections-per-ip", "1",
+    )  # fmt: skip
+    port = int((await server.wait_log(LISTENING)).group(1))
+    here = ("127.0.0.1", port)
+    held = []
+    try:
+        # v1 and v2 name two clients: each gets its connection; the same client again is over
+        # its limit, whichever version names it.
+        for header in (v1_header(("198.51.100.1", 40000), here), v2_header(("2001:db8::7", 40001), here)):
+            sock = socket.create_connection(here)
+            held.append(sock)
+            sock.sendall(
+                header + b"GET /ws?tenant_id=acme HTTP/1.1\r\nHost: x\r\nUpgrade: websocket\r\nConnection: Upgrade\r\n"
+                b"Sec-WebSocket-Key: dGhlIHNhbXBsZSBub25jZQ==\r\nSec-WebSocket-Version: 13\r\n\r\n"
+            )
+            assert (await asyncio.to_thread(sock.recv, 4096)).startswith(b"HTTP/1.1 101")
+        assert await _raw_upgrade(port, v1_header(("198.51.100.1", 40002), here)) == b"HTTP/1.1 429 Too Many Requests"
+        assert await _raw_upgrade(port, v2_header(("2001:db8::7", 40003), here)) == b"HTTP/1.1 429 Too Many Requests"
+        await server.wait_log(r"refused /ws \(2001:db8::7\): ip limit reached")
+        # From the trusted balancer, no header or a bad one: closed without an answer.
+        assert await _raw_upgrade(port, b"") == b""
+        assert await _raw_upgrade(port, b"PROXY TCP4 nonsense\r\n") == b""
+        await server.wait_log(r"closed a connection from 127\.0\.0\.1: .*PROXY")
+        # From any other peer, plain HTTP, and a PROXY header is not believed.
+        assert await _raw_upgrade(port, b"", source="127.0.0.2") == b"HTTP/1.1 101 Switching Protocols"
+        assert await _raw_upgrade(port, v1_header(("198.51.100.9", 1), here), source="127.0.0.2") in (
+            b"",  # Tornado closes the connection on a request line it cannot parse
+            b"HTTP/1.1 400 Bad Request",
+        )
+    finally:
+        for sock in held:
+            sock.close()
+    assert "198.51.100.9" not in server.text()
+    assert "Traceback" not in server.text()

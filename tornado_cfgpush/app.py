@@ -17,6 +17,7 @@ from marshmallow import ValidationError
 from pluggy import PluginManager
 from tornado import httpserver, netutil, web
 from tornado.httputil import HTTPServerRequest
+from tornado.iostream import IOStream, StreamClosedError, UnsatisfiableReadError
 
 from .auth import Decision, decide
 from .broker import SOURCE_GAP, Broker, BrokerUnavailable
@@ -28,7 +29,8 @@ from .limits import ConnectionLimits
 from .loop_health import LoopLag
 from .metrics import BROKER_UNAVAILABLE, INVALID, Metrics
 from .plugins import get_plugin_manager
-from .proxies import TrustedProxies
+from .proxies import TrustedProxies, parse_address
+from .proxy_protocol import V1_MAX, V1_PREFIX, V2_SIGNATURE, ProxyHeaderError, parse_v1, parse_v2, v2_length
 from .schemas import config_changed_schema
 from .settings import Settings
 from .signals import install as install_signal_handlers
@@ -290,6 +292,42 @@ class ProxiedApplication(web.Application):
         return super().find_handler(request, **kwargs)
 
 
+class ProxyProtocolServer(httpserver.HTTPServer):
+    """``--proxy-protocol``: a connection from a ``--trusted-proxy`` peer starts with a PROXY
+    header (proxy_protocol.py), read before any HTTP; the client it names is the peer from then
+    on. A missing, malformed or slow header closes the connection."""
+
+    trusted_proxies: TrustedProxies
+    header_timeout: float
+
+    # TCPServer.handle_stream may be a coroutine (Tornado waits on it); HTTPServer types it as not.
+    async def handle_stream(self, stream: IOStream, address: tuple) -> None:  # type: ignore[override]
+        if not self.trusted_proxies.trusts(parse_address(address[0])):
+            super().handle_stream(stream, address)
+            return
+        try:
+            async with asyncio.timeout(self.header_timeout):
+                client = await read_proxy_header(stream)
+        except (ProxyHeaderError, StreamClosedError, UnsatisfiableReadError, TimeoutError) as exc:
+            log.warning("closed a connection from %s: %s", address[0], exc or "no PROXY header in time")
+            stream.close()
+            return
+        super().handle_stream(stream, client or address)
+
+
+async def read_proxy_header(stream: IOStream) -> tuple[str, int] | None:
+    """The PROXY header at the start of ``stream`` (v1 or v2) -> the client's address, or None
+    when the balancer speaks for itself (``UNKNOWN``, ``LOCAL``)."""
+    first = await stream.read_bytes(5)
+    if first == V1_PREFIX:
+        return parse_v1(first + await stream.read_until(b"\r\n", max_bytes=V1_MAX - len(first)))
+    if first == V2_SIGNATURE[:5]:
+        head = first + await stream.read_bytes(11)
+        length = v2_length(head)
+        return parse_v2(head, await stream.read_bytes(length) if length else b"")
+    raise ProxyHeaderError("a trusted proxy's connection must start with a PROXY header (--proxy-protocol)")
+
+
 def make_app(core: CfgPush, **tornado_settings: Any) -> web.Application:
     settings = {
         "default_handler_class": NotFoundHandler,
@@ -406,7 +444,13 @@ async def serve(
     if certificates is not None:
         tls["ssl_options"] = certificates.context  # one context; new pairs reach it by SNI (tls.py)
         certificates.start()
-    server = httpserver.HTTPServer(app, **server_options(settings), **tls)
+    server: httpserver.HTTPServer
+    if settings.proxy_protocol:
+        server = ProxyProtocolServer(app, **server_options(settings), **tls)
+        server.trusted_proxies = TrustedProxies(settings.trusted_proxies)
+        server.header_timeout = settings.handshake_timeout
+    else:
+        server = httpserver.HTTPServer(app, **server_options(settings), **tls)
     server.add_sockets(sockets)
     http, ws = ("https", "wss") if certificates is not None else ("http", "ws")
     which = f", worker {worker.index} of {worker.count}" if worker is not None else ""

@@ -350,6 +350,12 @@ SETTING_FLAGS: dict[str, tuple[str, Callable[[str], Any], str]] = {
         "X-Forwarded-Proto are believed (the right-most hop not in these networks is the client); "
         "repeatable or comma-separated",
     ),
+    "--proxy-protocol": (
+        "proxy_protocol",
+        parse_bool,
+        "connections from a --trusted-proxy start with a PROXY header (v1 or v2, as TCP load balancers "
+        "send) naming the client; one without it is closed",
+    ),
     "--workers": (
         "workers",
         worker_count,
@@ -370,7 +376,7 @@ REPEATABLE_FIELDS = {
     "trusted_proxies",
 }
 # Settings that are switches: the flag alone means true (--metrics-tenant-labels [true|false]).
-BOOLEAN_FIELDS = {"metrics_tenant_labels", "metrics_public", "ws_compression"}
+BOOLEAN_FIELDS = {"metrics_tenant_labels", "metrics_public", "ws_compression", "proxy_protocol"}
 
 
 def env_name(flag: str) -> str:

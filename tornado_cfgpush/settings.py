@@ -117,6 +117,9 @@ class Settings:
     # Reverse proxies whose X-Forwarded-For / Forwarded / X-Forwarded-Proto are believed
     # (tornado_cfgpush.proxies): addresses or CIDR networks. Empty: the peer is the client.
     trusted_proxies: tuple[str, ...] = ()
+    # The PROXY protocol (v1, v2) from the trusted proxies: each of their connections starts
+    # with a header naming the client (tornado_cfgpush.proxy_protocol).
+    proxy_protocol: bool = False
     # Processes serving the one port (tornado_cfgpush.workers): each a node of --broker.
     workers: int = 1
     # Extra, plugin-owned settings (name -> value); never interpreted by the core.
@@ -151,6 +154,13 @@ class Settings:
             raise ValueError("--keyfile needs --certfile")
         if self.keyfile_password and not self.certfile:
             raise ValueError("--keyfile-password needs --certfile")
+        if self.proxy_protocol and not self.trusted_proxies:
+            raise ValueError("--proxy-protocol needs --trusted-proxy: the load balancers allowed to send the header")
+        if self.proxy_protocol and self.certfile:
+            raise ValueError(
+                "--proxy-protocol with --certfile is not supported: terminate TLS at the load balancer, "
+                "or pass TLS through without the PROXY header"
+            )
         if self.workers < 1:
             raise ValueError("workers must be at least 1")
         if self.workers > 1 and not self.broker:
