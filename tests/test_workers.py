@@ -15,6 +15,7 @@ from tornado_cfgpush.testing import ERROR_PREFIX, WebSocketClient, wait_for
 
 WORKER_LISTENING = r"listening on http://127\.0\.0\.1:(\d+) .*worker (\d) of 2\)"
 CLIENTS = 24
+TOKEN = "workers-publish-token"
 
 
 def _alive(pid: int) -> bool:
@@ -59,11 +60,18 @@ def _series(text: str, name: str) -> dict[str, float]:
     return values
 
 
+@pytest.fixture(params=["embedded", "redis"])
+def shared(request) -> list[str]:
+    """Embedded: worker 0 runs the broker and the sources, worker 1 follows it over the link
+    (killed below: a follower). Redis: both are nodes of a private one."""
+    return ["--broker", request.getfixturevalue("redis_server").url] if request.param == "redis" else []
+
+
 @pytest.mark.gen_test(timeout=180)
-async def test_two_workers_share_a_port_ids_resume_metrics_restart_and_drain(start, redis_server, config_dir):
+async def test_two_workers_share_a_port_ids_resume_metrics_restart_and_drain(start, config_dir, shared):
     server = start(
-        "--port", "0", "--config-dir", str(config_dir), "--broker", redis_server.url, "--workers", "2",
-        "--metrics-public", "--heartbeat-interval", "1", "--heartbeat-timeout", "3",
+        "--port", "0", "--config-dir", str(config_dir), *shared, "--workers", "2",
+        "--metrics-public", "--heartbeat-interval", "1", "--heartbeat-timeout", "3", "--publish-token", TOKEN,
     )  # fmt: skip
     await wait_for(lambda: len(_listening(server)) == 2 or server.proc.poll() is not None, 60)
     ports = set(_listening(server).values())
@@ -71,10 +79,11 @@ async def test_two_workers_share_a_port_ids_resume_metrics_restart_and_drain(sta
     port = ports.pop()
     url = f"ws://127.0.0.1:{port}/ws"
     http = AsyncHTTPClient(force_instance=True)
-    clients = [await WebSocketClient.open(url, "acme") for _ in range(CLIENTS)]
+    clients = [await WebSocketClient.open(url, "acme", manifest="1") for _ in range(CLIENTS)]
     try:
         for client in clients:
-            await client.expect("Welcome", timeout=10)
+            # The manifest too, whichever worker answers (a follower asks the leader for it).
+            assert set((await client.expect("Welcome", timeout=10))["manifest"]) == {"app.json"}
         # Both workers have clients (the kernel spreads connections by their addresses), and
         # /metrics from whichever worker answers shows both.
         metrics = (await http.fetch(f"http://127.0.0.1:{port}/metrics")).body.decode()
@@ -88,7 +97,21 @@ async def test_two_workers_share_a_port_ids_resume_metrics_restart_and_drain(sta
         assert len({e["event_id"] for e in events}) == 1 and events[0]["path"] == "app.json"
         for client in clients:
             await client.expect_nothing(0.3)
-        first = events[0]["event_id"]
+        # The publish API, one connection per request (whichever worker takes it: a follower
+        # publishes through the leader): every client gets the three in one order, one id each.
+        for n in range(3):
+            answer = await http.fetch(
+                f"http://127.0.0.1:{port}/api/v1/events",
+                method="POST",
+                headers={"Authorization": f"Bearer {TOKEN}", "Content-Type": "application/json"},
+                body=json.dumps({"tenant_id": "acme", "change_type": "modified", "path": f"api{n}.json"}),
+            )
+            assert answer.code in (200, 201, 202)
+        orders = set()
+        for client in clients:
+            orders.add(tuple([(await client.expect("ConfigChanged", timeout=15))["event_id"] for _ in range(3)]))
+        assert len(orders) == 1
+        first = orders.pop()[-1]
 
         # A worker killed: the supervisor starts it again, on the same port; its clients
         # reconnect (to either worker) and resume from their last event with nothing missed.
@@ -126,13 +149,16 @@ async def test_two_workers_share_a_port_ids_resume_metrics_restart_and_drain(sta
 
 
 @pytest.mark.gen_test(timeout=60)
-async def test_workers_need_a_shared_broker_and_a_count(start, config_dir):
-    alone = start("--port", "0", "--config-dir", str(config_dir), "--workers", "2")
-    assert await alone.wait_exit(60) == 2
-    assert alone.log == [
-        f"{ERROR_PREFIX} --workers 2 needs --broker redis://...: the embedded broker keeps the events in one "
-        "process, and every worker must serve the same event ids and history"
-    ]
+async def test_a_bad_worker_count_is_one_line(start, config_dir):
     bad = start("--port", "0", "--config-dir", str(config_dir), "--workers", "many")
     assert await bad.wait_exit(60) == 2
     assert bad.log == [f"{ERROR_PREFIX} --workers: workers must be a whole number or auto, not 'many'"]
+
+
+@pytest.mark.gen_test(timeout=90)
+async def test_workers_end_with_a_killed_supervisor(start, config_dir):
+    server = start("--port", "0", "--config-dir", str(config_dir), "--workers", "2")
+    await wait_for(lambda: len(_listening(server)) == 2 or server.proc.poll() is not None, 60)
+    pids = _worker_pids(server)
+    server.proc.kill()  # SIGKILL: no chance to stop them itself
+    await wait_for(lambda: not any(_alive(pid) for pid in pids.values()), 30)

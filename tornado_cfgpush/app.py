@@ -9,6 +9,8 @@ from __future__ import annotations
 import asyncio
 import gc
 import logging
+import os
+import signal
 import socket
 from collections.abc import Iterable
 from typing import Any
@@ -21,7 +23,9 @@ from tornado.iostream import IOStream, StreamClosedError, UnsatisfiableReadError
 
 from .auth import Decision, decide
 from .broker import SOURCE_GAP, Broker, BrokerUnavailable
+from .broker.link import FollowerBroker, LeaderLink
 from .broker.memory import MemoryBroker
+from .events import Event
 from .handlers import default_handlers
 from .handlers.health import NotFoundHandler
 from .hub import Hub
@@ -53,21 +57,41 @@ class StartupError(Exception):
 class CfgPush:
     """One node's service: validate -> publish -> deliver, for every source."""
 
-    def __init__(self, settings: Settings, plugin_manager: PluginManager | None = None, broker: Broker | None = None):
+    def __init__(
+        self,
+        settings: Settings,
+        plugin_manager: PluginManager | None = None,
+        broker: Broker | None = None,
+        worker: Worker | None = None,
+    ):
         self.settings = settings
         self.pm = plugin_manager if plugin_manager is not None else get_plugin_manager(settings.disabled_plugins)
         self.hub = Hub(heartbeat_interval=settings.heartbeat_interval, heartbeat_timeout=settings.heartbeat_timeout)
-        self.broker = broker if broker is not None else self._make_broker()
+        # Under --workers without a shared broker (broker/link.py): the leader's link to the
+        # other workers, or this follower's broker (which then runs no source).
+        self.link: LeaderLink | None = None
+        self.follower: FollowerBroker | None = None
+        self.broker = broker if broker is not None else self._make_broker(worker)
         self.metrics = Metrics(self)  # /metrics; counts per event, reads the hub's counters
         self.limits = ConnectionLimits.from_settings(settings)  # /ws + /events slots (limits.py)
         self.loop_lag = LoopLag(self.metrics.loop_lag.observe)
         self.runner: SourceRunner | None = None
+        self._background: set[asyncio.Task] = set()
 
-    def _make_broker(self) -> Broker:
+    def _make_broker(self, worker: Worker | None = None) -> Broker:
         settings = self.settings
+        if not settings.broker and worker is not None and worker.index > 0:
+            self.follower = FollowerBroker(
+                self.hub.deliver, str(worker.broker_socket()), on_gap=self._gap_from_leader, on_lost=_stop_this_process
+            )
+            return self.follower
         if not settings.broker:
+            deliver = self.hub.deliver
+            if worker is not None:  # the leader: what it delivers, its followers deliver too
+                self.link = LeaderLink(str(worker.broker_socket()), self.manifest)
+                deliver = self._deliver_and_share
             return MemoryBroker(
-                self.hub.deliver,
+                deliver,
                 history_size=settings.history_size,
                 history_ttl=settings.history_ttl,
                 history_max_bytes=settings.history_max_bytes,
@@ -83,6 +107,17 @@ class CfgPush:
             on_gap=self._history_lost,
         )
 
+    def _deliver_and_share(self, event: Event) -> None:
+        self.hub.deliver(event)
+        assert self.link is not None
+        self.link.event(event)
+
+    def _gap_from_leader(self, tenant_ids: list[str] | None, source: str, reason: str) -> None:
+        """A source gap on the leader: this follower's clients of those tenants resync too."""
+        task = asyncio.ensure_future(self.source_gap(tenant_ids, source, reason))
+        self._background.add(task)
+        task.add_done_callback(self._background.discard)
+
     def _history_lost(self, tenant_id: str, reason: str, newest: str) -> None:
         """The shared history dropped events before this node delivered them (an outage
         longer than the history), or was emptied or replaced (``unknown_epoch``): its clients
@@ -96,7 +131,11 @@ class CfgPush:
 
     async def start(self) -> None:
         await self.broker.start()
+        if self.link is not None:
+            await self.link.start(self.broker)
         sources = [s for found in self.pm.hook.cfgpush_register_sources(settings=self.settings) for s in found or ()]
+        if self.follower is not None:
+            sources = []  # the leader runs them; this worker delivers what it publishes
         names = [s.name for s in sources]
         duplicates = {n for n in names if names.count(n) > 1}
         if duplicates:
@@ -126,6 +165,8 @@ class CfgPush:
         if self.runner is not None:
             await self.runner.stop()
         sources = loop.time()
+        if self.link is not None:
+            await self.link.stop()
         await self.broker.stop()
         log.info(
             "stopped: clients closed in %.2f s, sources in %.2f s, broker in %.2f s",
@@ -189,6 +230,9 @@ class CfgPush:
 
     async def source_gap(self, tenant_ids: Iterable[str] | None, source: str, reason: str = SOURCE_GAP) -> None:
         """``Resync`` (``source_gap`` by default) to the clients of ``tenant_ids`` (None: every tenant)."""
+        if self.link is not None:
+            tenant_ids = None if tenant_ids is None else list(tenant_ids)
+            self.link.gap(tenant_ids, source, reason)  # the followers' clients too
         targets = list(self.hub.tenants()) if tenant_ids is None else sorted(set(tenant_ids))
         for n, tenant_id in enumerate(targets):
             if n:
@@ -269,6 +313,8 @@ class CfgPush:
     def manifest(self, tenant_id: str) -> dict[str, str] | None:
         """``{path: checksum}`` of the tenant's files, from every source that can list them
         (the filesystem and a database may both hold some); None when none can."""
+        if self.follower is not None:
+            return self.follower.manifest(tenant_id)
         manifest: dict[str, str] | None = None
         for source in self.sources:
             lister = getattr(source, "manifest", None)
@@ -326,6 +372,12 @@ async def read_proxy_header(stream: IOStream) -> tuple[str, int] | None:
         length = v2_length(head)
         return parse_v2(head, await stream.read_bytes(length) if length else b"")
     raise ProxyHeaderError("a trusted proxy's connection must start with a PROXY header (--proxy-protocol)")
+
+
+def _stop_this_process() -> None:
+    """A follower without its leader: shut down as on SIGTERM (clients get 1001); the
+    supervisor starts this worker again."""
+    os.kill(os.getpid(), signal.SIGTERM)
 
 
 def make_app(core: CfgPush, **tornado_settings: Any) -> web.Application:
@@ -417,7 +469,7 @@ async def serve(
                 sock.close()
             uninstall_signal_handlers()
             raise StartupError(f"--certfile/--keyfile: {exc}") from None
-    core = CfgPush(settings, plugin_manager)
+    core = CfgPush(settings, plugin_manager, worker=worker)
     try:
         await core.start()
         app = make_app(core, log_function=log_request)  # plugins' routes are asked for here

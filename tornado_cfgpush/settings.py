@@ -163,11 +163,6 @@ class Settings:
             )
         if self.workers < 1:
             raise ValueError("workers must be at least 1")
-        if self.workers > 1 and not self.broker:
-            raise ValueError(
-                f"--workers {self.workers} needs --broker redis://...: the embedded broker keeps the events "
-                "in one process, and every worker must serve the same event ids and history"
-            )
         if self.tls_reload_interval < 0:
             raise ValueError("tls_reload_interval must not be negative")
         if self.publish_rate < 0 or self.publish_burst < 0:
