@@ -136,7 +136,7 @@ LAYERS: tuple[tuple[str, ...], ...] = tuple(
         ("sources",),
         ("ports",),
         ("summary", "metrics"),
-        ("worker_metrics",),
+        ("worker_peers",),
         ("handlers",),
         ("app",),
         ("cli", "config_file", "client", "tail", "workers"),

@@ -16,6 +16,7 @@ from tornado_cfgpush.testing import ERROR_PREFIX, WebSocketClient, wait_for
 WORKER_LISTENING = r"listening on http://127\.0\.0\.1:(\d+) .*worker (\d) of 2\)"
 CLIENTS = 24
 TOKEN = "workers-publish-token"
+ADMIN = "workers-admin-token"
 
 
 def _alive(pid: int) -> bool:
@@ -50,6 +51,10 @@ def _worker_pids(server) -> dict[int, int]:
     return pids
 
 
+def _admin() -> dict[str, str]:
+    return {"Authorization": f"Bearer {ADMIN}"}
+
+
 def _series(text: str, name: str) -> dict[str, float]:
     """worker -> value of an unlabelled-but-for-worker (or transport=ws) series."""
     values = {}
@@ -71,7 +76,8 @@ def shared(request) -> list[str]:
 async def test_two_workers_share_a_port_ids_resume_metrics_restart_and_drain(start, config_dir, shared):
     server = start(
         "--port", "0", "--config-dir", str(config_dir), *shared, "--workers", "2",
-        "--metrics-public", "--heartbeat-interval", "1", "--heartbeat-timeout", "3", "--publish-token", TOKEN,
+        "--heartbeat-interval", "1", "--heartbeat-timeout", "3", "--publish-token", TOKEN,
+        "--admin-token", ADMIN,
     )  # fmt: skip
     await wait_for(lambda: len(_listening(server)) == 2 or server.proc.poll() is not None, 60)
     ports = set(_listening(server).values())
@@ -86,10 +92,18 @@ async def test_two_workers_share_a_port_ids_resume_metrics_restart_and_drain(sta
             assert set((await client.expect("Welcome", timeout=10))["manifest"]) == {"app.json"}
         # Both workers have clients (the kernel spreads connections by their addresses), and
         # /metrics from whichever worker answers shows both.
-        metrics = (await http.fetch(f"http://127.0.0.1:{port}/metrics")).body.decode()
+        metrics = (await http.fetch(f"http://127.0.0.1:{port}/metrics", headers=_admin())).body.decode()
         connections = _series(metrics, "cfgpush_connections")
         assert set(connections) == {"0", "1"} and sum(connections.values()) == CLIENTS, metrics
         assert min(connections.values()) > 0, connections
+
+        # The tenant's status from whichever worker answers counts every worker's clients.
+        status = json.loads((await http.fetch(f"http://127.0.0.1:{port}/api/v1/tenants/acme", headers=_admin())).body)
+        assert (status["connections"], status["connections_by_transport"], status["converged"]) == (
+            CLIENTS,
+            {"ws": CLIENTS},
+            CLIENTS,
+        ), status
 
         # One change: every client gets it once, under one id, whichever worker serves it.
         (config_dir / "acme" / "app.json").write_text('{"a": 2}')

@@ -39,8 +39,9 @@ from .schemas import config_changed_schema
 from .settings import Settings
 from .signals import install as install_signal_handlers
 from .sources.runner import SourceRunner
+from .summary import summarize
 from .tls import CertificateReloader, TLSError
-from .worker_metrics import serve_metrics
+from .worker_peers import Peers
 from .workerinfo import Worker
 
 log = logging.getLogger("cfgpush")
@@ -77,6 +78,7 @@ class CfgPush:
         self.loop_lag = LoopLag(self.metrics.loop_lag.observe)
         self.runner: SourceRunner | None = None
         self._background: set[asyncio.Task] = set()
+        self.peers: Peers | None = None  # under --workers: the other workers (app.serve sets it)
 
     def _make_broker(self, worker: Worker | None = None) -> Broker:
         settings = self.settings
@@ -310,6 +312,17 @@ class CfgPush:
         hook's answer (``auth.decide``)."""
         return decide(self.pm.hook.cfgpush_authorize, self.settings, request, tenant_id, token)
 
+    def local_summary(self, tenant_id: str, last_event_id: str | None) -> dict[str, Any]:
+        """The tenant's connections on this process (the status API's answer)."""
+        return summarize(tenant_id, self.hub.connections(tenant_id), last_event_id).as_json()
+
+    async def tenant_summary(self, tenant_id: str) -> dict[str, Any]:
+        """``GET /api/v1/tenants/<id>``: the tenant's connections and convergence, over every
+        worker under ``--workers`` (worker_peers.py)."""
+        last_event_id = (await self.broker.catch_up(tenant_id, None)).last_event_id
+        own = self.local_summary(tenant_id, last_event_id)
+        return own if self.peers is None else await self.peers.tenant_summary(own)
+
     def manifest(self, tenant_id: str) -> dict[str, str] | None:
         """``{path: checksum}`` of the tenant's files, from every source that can list them
         (the filesystem and a database may both hold some); None when none can."""
@@ -491,7 +504,10 @@ async def serve(
         await core.wait_started(timeout=settings.drain_timeout * 6)
     except TimeoutError:
         log.warning("some sources have not started yet; listening anyway")
-    peers = await serve_metrics(worker, core.metrics) if worker is not None else None
+    peers = None
+    if worker is not None:
+        peers = core.peers = Peers(worker, core.metrics, core.local_summary)
+        await peers.start()
     tls: dict[str, Any] = {}
     if certificates is not None:
         tls["ssl_options"] = certificates.context  # one context; new pairs reach it by SNI (tls.py)

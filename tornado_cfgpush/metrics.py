@@ -139,7 +139,7 @@ class Metrics:
 
     async def scrape(self) -> bytes:
         """What ``/metrics`` answers: this process's exposition, or under ``--workers`` every
-        worker's (tornado_cfgpush.worker_metrics sets ``peers``)."""
+        worker's (tornado_cfgpush.worker_peers sets ``peers``)."""
         own = self.exposition()
         return own if self.peers is None else await self.peers(own)
 
