@@ -10,17 +10,14 @@ from __future__ import annotations
 
 import importlib.util
 import json
-import os
-import signal
 import subprocess
 import sys
 from pathlib import Path
 
-import pytest
-
 from tornado_cfgpush.testing import need_program
 
-SCRIPTS = Path(__file__).resolve().parent.parent / "scripts"
+from .scriptrun import SCRIPTS, run_script
+
 SERVERS = ("seed", "websockets", "floor", "cfgpush")
 SCENARIOS = ("fanout", "latency", "memory", "idle", "e2e", "storm", "burst")
 # The smoke run takes 15 to 25 s on two busy cores; pytest's own timeout is 120 s.
@@ -28,33 +25,7 @@ RUN_TIMEOUT = 100
 
 
 def run_bench(args: list[str], cwd: Path) -> subprocess.CompletedProcess:
-    """The bench in its own process group: on a timeout, one killpg ends it and every
-    server it started (they stay in its group)."""
-    proc = subprocess.Popen(
-        [sys.executable, str(SCRIPTS / "bench.py"), *args],
-        cwd=cwd,
-        stdin=subprocess.DEVNULL,
-        stdout=subprocess.PIPE,
-        stderr=subprocess.PIPE,
-        text=True,
-        start_new_session=True,
-    )
-    try:
-        out, err = proc.communicate(timeout=RUN_TIMEOUT)
-    except subprocess.TimeoutExpired:
-        os.killpg(proc.pid, signal.SIGKILL)
-        out, err = proc.communicate()
-        pytest.fail(f"bench.py --smoke ran over {RUN_TIMEOUT} s; its stderr:\n{err[-4000:]}")
-    finally:
-        # Whatever happened, nothing of the run may survive it.
-        try:
-            os.killpg(proc.pid, 0)
-        except ProcessLookupError:
-            pass
-        else:
-            os.killpg(proc.pid, signal.SIGKILL)
-            pytest.fail("bench.py left processes running in its group")
-    return subprocess.CompletedProcess(proc.args, proc.returncode, out, err)
+    return run_script("bench.py", args, cwd, RUN_TIMEOUT)
 
 
 def test_bench_smoke_runs_every_scenario_and_accounts_for_every_delivery(tmp_path):
