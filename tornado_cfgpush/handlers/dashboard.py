@@ -15,7 +15,7 @@ from typing import TYPE_CHECKING
 from tornado import web
 
 from ..broker import BrokerUnavailable
-from ..summary import summarize
+from ..summary import refused_files, summarize
 from .base import JsonErrorsMixin, Refused, check_token
 
 if TYPE_CHECKING:  # pragma: no cover
@@ -96,7 +96,12 @@ class TenantListHandler(JsonErrorsMixin, web.RequestHandler):
             return
         hub = self.core.hub
         tenants = [
-            summarize(tenant_id, hub.connections(tenant_id), catchup.last_event_id).as_json()
+            summarize(
+                tenant_id,
+                hub.connections(tenant_id),
+                catchup.last_event_id,
+                refused_files(self.core.sources, tenant_id),
+            ).as_json()
             for tenant_id, catchup in zip(names, catchups, strict=True)
         ]
         self.set_header("Cache-Control", "no-store")
