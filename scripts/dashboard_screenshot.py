@@ -53,12 +53,13 @@ HARNESS = """async () => {
   window.clients = [];
   window.startClient = (tenantId, options = {}) => {
     const record = { events: [], resyncs: [], welcomes: [], statuses: [] };
-    const { slowMs, ...rest } = options;
+    const { slowMs, failWith, ...rest } = options;
     record.push = new CfgPush(location.origin, {
       tenantId, ...rest,
       onChange: async (event) => {
         record.events.push(event);
         if (slowMs) await new Promise((resolve) => setTimeout(resolve, slowMs));
+        if (failWith) throw new RangeError(failWith); // a rejected onChange: reported in the Ack
       },
       onResync: (resync) => { record.resyncs.push(resync); },
       onWelcome: (welcome) => { record.welcomes.push(welcome); },

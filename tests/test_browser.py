@@ -96,6 +96,30 @@ async def test_page_receives_a_file_edit_pings_and_acknowledges(http_url, core, 
 
 
 @pytest.mark.gen_test(timeout=90)
+async def test_a_rejected_on_change_is_answered_with_an_ack_error(http_url, core, config_dir, tmp_path):
+    """issue #16.2: onChange rejects, so the event is answered ``{"Ack": {"event_id", "error"}}``
+    (the error's name and message); the page that applied it acknowledges as before."""
+    from tornado_cfgpush.events import AckFailure
+
+    async with shot.chromium(tmp_path / "profile") as context:
+        page = await shot.open_app_page(context, http_url)
+        await shot.start_client(page, "acme", {"failWith": "limits.rate must be a number\nat apply()"})
+        await shot.start_client(page, "acme")
+        await page_wait(page, "window.clients.every((c) => c.push.state === 'open')")
+        write(config_dir / "acme" / "app.json", '{"a": 3}')
+        await page_wait(page, "window.clients.every((c) => c.events.length === 1)")
+        event_id = (await client_state(page))["events"][0]["event_id"]
+        failure = AckFailure(event_id, "RangeError: limits.rate must be a number")
+        await wait_for(
+            lambda: (
+                sorted(map(str, (c.acked for c in core.hub.connections("acme"))))
+                == sorted(map(str, [failure, event_id]))
+            )
+        )
+        assert (await client_state(page, 0))["lastEventId"] != event_id  # not applied: not saved as applied
+
+
+@pytest.mark.gen_test(timeout=90)
 async def test_a_burst_of_2000_events_is_acknowledged_within_the_frame_budget(http_url, core, tmp_path):
     """Acks are coalesced (the newest, at most every 100 ms): a page that applies 2 000 events
     in a burst stays within the server's frame budget (20 frames a second) and is not closed."""

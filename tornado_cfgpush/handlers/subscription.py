@@ -208,7 +208,11 @@ class Subscription:
     def ack(self, event_id: str, error: str | None = None) -> None:
         """The client applied the configuration up to ``event_id`` (convergence), or, with
         ``error``, could not apply that event (why, in its words)."""
-        self.acked = event_id if error is None else AckFailure(event_id, error)
+        if error is None:
+            self.acked = event_id
+        else:
+            self.acked = AckFailure(event_id, error)
+            log.debug("%s tenant %s: could not apply %s: %s", self.conn_id, self.tenant_id, event_id, error)
 
     def refresh(self, token: str) -> str | None:
         """A ``Refresh``: None when the new token is taken, else why it is refused."""
