@@ -152,7 +152,7 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
         "--chart",
         default="",
         help="PNG: deliveries/s and last-client p99 against clients (and <name>-burst.png: the bursts' "
-        "deliveries over time)",
+        "deliveries over time; <name>-scale.png: ready time and RSS against files)",
     )
     g.add_argument("--chart-clients", type=_ints, default=[250, 500, 1000, 2000, 4000])
     g.add_argument("--chart-latency-events", type=int, default=10)
@@ -457,6 +457,11 @@ def main(argv: list[str] | None = None) -> int:
         burst_png = f"{stem}-burst.{ext}" if dot else f"{args.chart}-burst.png"
         report.burst_chart(results["burst"], burst_png, report.describe_machine(machine))
         print(f"bench: burst chart written to {burst_png}", file=sys.stderr)
+    if args.chart and (results.get("scale") or {}).get("sizes"):
+        stem, dot, ext = args.chart.rpartition(".")
+        scale_png = f"{stem}-scale.{ext}" if dot else f"{args.chart}-scale.png"
+        report.scale_chart(results["scale"], scale_png, report.describe_machine(machine))
+        print(f"bench: scale chart written to {scale_png}", file=sys.stderr)
     if args.json:
         with open(args.json, "w") as f:
             json.dump(results, f, indent=2)

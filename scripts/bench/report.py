@@ -674,5 +674,37 @@ def burst_chart(burst: dict, path: str, title: str) -> None:
     plt.close(fig)
 
 
+def scale_chart(scale: dict, path: str, title: str) -> None:
+    """Ready time and RSS against the tree's files, beside hashing the tree alone."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    rows = scale["sizes"]
+    files = [0] + [row["files"] for row in rows]
+    fig, (left, right) = plt.subplots(1, 2, figsize=(9, 3.8))
+    left.plot(files, [scale["empty"]["ready_s"]] + [row["ready_s"] for row in rows], "o-", label="cfgpush: /readyz 200")
+    left.plot(files[1:], [row["hash_s"] for row in rows], "o--", label="reading and hashing alone")
+    left.set_xlabel("files (5 KB JSON, 10 per tenant)")
+    left.set_ylabel("seconds after start")
+    left.legend()
+    right.plot(
+        files, [scale["empty"]["rss_mb"]] + [row["rss_mb"] for row in rows], "o-", label="cfgpush RSS when ready"
+    )
+    right.plot(files[1:], [row["tree_mb"] for row in rows], "o--", label="the tree on disk")
+    right.set_xlabel("files")
+    right.set_ylabel("MB")
+    right.legend()
+    for ax in (left, right):
+        ax.grid(True, alpha=0.3)
+        ax.set_xlim(left=0)
+        ax.set_ylim(bottom=0)
+    fig.suptitle(title, fontsize=8)
+    fig.tight_layout()
+    fig.savefig(path, dpi=120)
+    plt.close(fig)
+
+
 def warn(message: str) -> None:
     print(f"bench: {message}", file=sys.stderr, flush=True)
