@@ -19,7 +19,7 @@ from tornado_cfgpush.testing import need_program
 from .scriptrun import SCRIPTS, run_script
 
 SERVERS = ("seed", "websockets", "floor", "cfgpush")
-SCENARIOS = ("fanout", "latency", "memory", "idle", "e2e", "storm", "burst")
+SCENARIOS = ("fanout", "latency", "memory", "idle", "e2e", "storm", "burst", "scale")
 # The smoke run takes 15 to 25 s on two busy cores; pytest's own timeout is 120 s.
 RUN_TIMEOUT = 100
 
@@ -85,9 +85,17 @@ def test_bench_smoke_runs_every_scenario_and_accounts_for_every_delivery(tmp_pat
         assert b["lag_probe"]["samples"] > 0, variant
     assert len(burst["large_file"]["loaded_ms"]) == args["big_rounds"]
 
+    scale = result["scale"]  # every size started, was ready, and its change carried a diff
+    assert [row["files"] for row in scale["sizes"]] == args["scale_files"]
+    for row in scale["sizes"]:
+        assert row["written"] > 0 and row["ready_s"] > 0 and row["rss_mb"] > 0 and row["diff"] is True, row
+        assert row["tenants"] * scale["files_per_tenant"] == row["files"]
+    assert scale["empty"]["rss_mb"] > 0 and scale["idle_tenants"]["tenants"] == args["scale_idle_tenants"]
+
     names = {t["name"] for t in result["targets"]}
     assert any("cfgpush / floor" in n for n in names) and any("storm" in n for n in names)
     assert any("burst identical" in n for n in names) and any("MB rewrite" in n for n in names)
+    assert any(n.startswith("scale: ready after start") for n in names)
     assert "targets (issues #7 and #12)" in done.stdout and "| server |" in done.stdout  # the table and its Markdown
 
 

@@ -66,7 +66,9 @@ export interface CfgPushOptions {
   /** Called before every connection and, for a JWT, before it expires; wins over `token`. */
   getToken?: () => string | Promise<string>;
   /** One call per change, in order; the event is acknowledged once the returned promise resolves
-   * (coalesced: the newest applied event, at most once per `ackInterval`). */
+   * (coalesced: the newest applied event, at most once per `ackInterval`). When it throws or
+   * rejects, the event is answered with `{"Ack": {"event_id", "error"}}` (the error's first line,
+   * at most 200 characters: `ackError`), shown on the dashboard until a later event applies. */
   onChange?: (event: ConfigChanged) => unknown | Promise<unknown>;
   /** Reload the configuration; the client then goes on from `resync.last_event_id`. */
   onResync?: (resync: Resync) => unknown | Promise<unknown>;
@@ -95,6 +97,9 @@ export interface CfgPushOptions {
   /** Milliseconds: at most one `Ack` (of the newest applied event) per interval (default 100). */
   ackInterval?: number;
 }
+
+/** The `error` of an `Ack` for what a callback threw: `"<name>: <message>"`, first line, at most 200 characters. */
+export declare function ackError(error: unknown): string;
 
 export declare function backoffDelay(attempt: number, min?: number, max?: number, random?: () => number): number;
 
