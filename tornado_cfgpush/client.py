@@ -50,6 +50,7 @@ import inspect
 import json
 import logging
 import random
+import ssl
 import time
 from collections.abc import AsyncGenerator, AsyncIterator, Awaitable, Callable
 from dataclasses import dataclass, field
@@ -206,6 +207,7 @@ class Subscription:
         max_queue: int = 10_000,
         ack_interval: float = ACK_INTERVAL,
         on_status: Callable[[str, dict], None] | None = None,
+        ssl_context: ssl.SSLContext | None = None,
     ):
         self.url = ws_url(url)
         self.tenant_id = tenant_id
@@ -224,6 +226,9 @@ class Subscription:
         self.max_queue = max_queue
         self.ack_interval = ack_interval
         self.on_status = on_status
+        # wss:// (https://): None verifies the server against the system's CAs; a context of
+        # one's own trusts a private CA (ssl.create_default_context(cafile=...)).
+        self.ssl_context = ssl_context
         self.heartbeat_interval: float | None = None
         self.state = "idle"
         self.connections = 0  # successful subscriptions (Welcome received), for the curious
@@ -338,6 +343,7 @@ class Subscription:
             headers=self.headers,
             connect_timeout=self.connect_timeout,
             request_timeout=self.connect_timeout,
+            ssl_options=self.ssl_context,
         )
         inbox: asyncio.Queue[str | bytes | None] = asyncio.Queue()
         self._inbox = inbox
