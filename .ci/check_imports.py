@@ -122,6 +122,7 @@ LAYERS: tuple[tuple[str, ...], ...] = tuple(
             "limits",
             "loop_health",
             "signals",
+            "content",
         ),
         ("ws.protocol",),
         ("ws.connection",),

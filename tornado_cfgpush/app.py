@@ -7,6 +7,7 @@ pytest-tornado's ``http_server`` and the CLI under its own ``HTTPServer``.
 from __future__ import annotations
 
 import asyncio
+import functools
 import gc
 import logging
 import socket
@@ -20,6 +21,7 @@ from tornado import httpserver, netutil, web
 from .auth import Decision, decide
 from .broker import SOURCE_GAP, Broker, BrokerUnavailable
 from .broker.memory import MemoryBroker
+from .content import ContentChanging, Version, VersionCache, served
 from .handlers import default_handlers
 from .handlers.health import NotFoundHandler
 from .hub import Hub
@@ -39,6 +41,14 @@ log = logging.getLogger("cfgpush")
 PUBLISH_LAG_DEGRADED = 10.0
 
 
+# A served file read from disk whose bytes are not the announced version (saved again since):
+# read again this many times, a little later each time, before answering 503 (its event, with
+# the new checksum, is on the way; what was read was never announced: it may be half-written,
+# or refused by the validation gate, so it is never served).
+CONTENT_READS = 4
+CONTENT_RETRY_DELAY = 0.05
+
+
 class StartupError(Exception):
     """The service could not start (a plugin's hook raised, say); the message says why."""
 
@@ -55,6 +65,8 @@ class CfgPush:
         self.limits = ConnectionLimits.from_settings(settings)  # /ws + /events slots (limits.py)
         self.loop_lag = LoopLag(self.metrics.loop_lag.observe)
         self.runner: SourceRunner | None = None
+        self.versions = VersionCache()  # served files' versions, prepared once (content.py)
+        self._reading: dict[tuple[str, str, str], asyncio.Future[Version | None]] = {}
 
     def _make_broker(self) -> Broker:
         settings = self.settings
@@ -268,6 +280,68 @@ class CfgPush:
             if found is not None:
                 manifest = {**(manifest or {}), **found}
         return manifest
+
+    # -- served content (--serve-content; content.py) ------------------------------------------------
+
+    def served_files(self, tenant_id: str) -> dict[str, str]:
+        """``{path: checksum}`` of the tenant's files whose content may be served (the manifest
+        filtered by ``--serve-content``)."""
+        patterns = self.settings.serve_content
+        if not patterns:
+            return {}
+        return {path: c for path, c in sorted((self.manifest(tenant_id) or {}).items()) if served(path, patterns)}
+
+    async def file_content(self, tenant_id: str, path: str) -> Version | None:
+        """The announced version of a served file, or None (no such file, or not served: the
+        caller answers both alike). Many requests for one new version share one read.
+        ``ContentChanging`` when the disk keeps holding bytes that were not announced."""
+        if not self.settings.serve_content or not served(path, self.settings.serve_content):
+            return None
+        for attempt in range(CONTENT_READS):
+            checksum = (self.manifest(tenant_id) or {}).get(path)
+            if checksum is None:
+                return None
+            version = self.versions.get(tenant_id, path, checksum)
+            if version is not None:
+                return version
+            key = (tenant_id, path, checksum)
+            reading = self._reading.get(key)
+            if reading is None:
+                reading = self._reading[key] = asyncio.ensure_future(self._read_version(tenant_id, path))
+                reading.add_done_callback(functools.partial(self._read_ended, key))
+            version = await asyncio.shield(reading)
+            if version is None:
+                return None
+            if version.checksum == checksum:
+                return version
+            if version.checksum == (self.manifest(tenant_id) or {}).get(path):
+                return version  # announced meanwhile
+            await asyncio.sleep(CONTENT_RETRY_DELAY * (attempt + 1))
+        raise ContentChanging(path)
+
+    def _read_ended(self, key: tuple[str, str, str], _: object) -> None:
+        self._reading.pop(key, None)
+
+    async def _read_version(self, tenant_id: str, path: str) -> Version | None:
+        """Read the file from the first source that has it, prepare it off the loop, and keep it
+        when it is the announced version."""
+        loop = asyncio.get_running_loop()
+        for source in self.sources:
+            reader = getattr(source, "content", None)
+            if reader is None:
+                continue
+            try:
+                data = await reader(tenant_id, path)
+            except Exception as exc:  # too large, unreadable: not served; said in the log
+                log.warning("not serving %s of tenant %s: %s", path, tenant_id, type(exc).__name__)
+                return None
+            if data is None:
+                continue
+            version = await loop.run_in_executor(None, Version.prepare, path, data)
+            if version.checksum == (self.manifest(tenant_id) or {}).get(path):
+                self.versions.put(tenant_id, path, version)
+            return version
+        return None
 
 
 def make_app(core: CfgPush, **tornado_settings: Any) -> web.Application:

@@ -309,12 +309,23 @@ SETTING_FLAGS: dict[str, tuple[str, Callable[[str], Any], str]] = {
         "GLOB=FILE: files matching GLOB must also satisfy that JSON Schema (draft 2020-12; "
         "pip install 'tornado_cfgpush[schema]'); repeatable or comma-separated",
     ),
+    "--serve-content": (
+        "serve_content",
+        _names,
+        "tenant-relative glob (fnmatch, as --validate) of files whose content may leave the server: "
+        "GET /api/v1/tenants/<tenant>/files/<path> and JSON Patches in events; repeatable or comma-separated",
+    ),
+    "--max-patch-bytes": (
+        "max_patch_bytes",
+        _int_in(0, None, "max patch bytes"),
+        "largest JSON Patch an event of a served file carries (bytes of its JSON); over it none (0: never)",
+    ),
     "--loop": ("event_loop", _event_loop, "the event loop: asyncio, or uvloop (pip install 'tornado_cfgpush[fast]')"),
 }
 # Settings that are secrets: never logged, and readable from a file named by CFGPUSH_<FLAG>_FILE.
 SECRET_FIELDS = {"admin_token", "publish_token", "jwt_secret"}
 # Flags that may be given more than once; the values are joined by commas, as in the environment.
-REPEATABLE_FIELDS = {"allowed_origins", "allowed_hosts", "publish_token", "validate", "json_schemas"}
+REPEATABLE_FIELDS = {"allowed_origins", "allowed_hosts", "publish_token", "validate", "json_schemas", "serve_content"}
 # Settings that are switches: the flag alone means true (--metrics-tenant-labels [true|false]).
 BOOLEAN_FIELDS = {"metrics_tenant_labels", "metrics_public", "ws_compression"}
 
