@@ -123,6 +123,7 @@ LAYERS: tuple[tuple[str, ...], ...] = tuple(
             "loop_health",
             "signals",
             "content",
+            "patching",
         ),
         ("ws.protocol",),
         ("ws.connection",),

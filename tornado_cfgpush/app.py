@@ -21,7 +21,7 @@ from tornado import httpserver, netutil, web
 from .auth import Decision, decide
 from .broker import SOURCE_GAP, Broker, BrokerUnavailable
 from .broker.memory import MemoryBroker
-from .content import ContentChanging, Version, VersionCache, served
+from .content import ContentChanging, Version, VersionCache, keep_served, served
 from .handlers import default_handlers
 from .handlers.health import NotFoundHandler
 from .hub import Hub
@@ -189,7 +189,7 @@ class CfgPush:
             raise
         if source is not None:
             fields.setdefault("source", source)
-        return fields
+        return keep_served(fields, self.settings.serve_content)
 
     async def source_gap(self, tenant_ids: Iterable[str] | None, source: str, reason: str = SOURCE_GAP) -> None:
         """``Resync`` (``source_gap`` by default) to the clients of ``tenant_ids`` (None: every tenant)."""

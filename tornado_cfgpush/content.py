@@ -50,6 +50,21 @@ def served(path: str, patterns: Iterable[str]) -> bool:
     return path_matches(path, patterns)
 
 
+CONTENT_FIELDS = ("patch", "base_checksum", "document_checksum")
+
+
+def keep_served(fields: dict, patterns: Iterable[str]) -> dict:
+    """``fields`` of an event without the values it carries (``patch``) unless its path is
+    served: the one place that keeps content from leaving for a path the operator did not name,
+    whatever the source sent."""
+    if any(name in fields for name in CONTENT_FIELDS) and not (
+        isinstance(fields.get("path"), str) and served(fields["path"], patterns)
+    ):
+        for name in CONTENT_FIELDS:
+            fields.pop(name, None)
+    return fields
+
+
 def checksum_of(data: bytes) -> str:
     """An event's ``checksum`` of ``data`` (``sha256:<hex>``)."""
     return "sha256:" + hashlib.sha256(data).hexdigest()

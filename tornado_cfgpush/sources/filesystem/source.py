@@ -31,7 +31,7 @@ from typing import Any
 from marshmallow import ValidationError
 
 from ... import Emit
-from ...content import MAX_SERVED_BYTES
+from ...content import CONTENT_FIELDS, MAX_SERVED_BYTES
 from ...schemas import flatten_messages
 from .settle import NOT_REPRESENTABLE
 from .tree import Refused, Tree
@@ -73,6 +73,8 @@ class FilesystemSource:
         fallback: str = "poll",
         validate: tuple[str, ...] = (),
         schemas: tuple[tuple[str, str], ...] = (),
+        serve_content: tuple[str, ...] = (),
+        max_patch_bytes: int = 16 * 1024,
     ):
         self.config_dir = Path(config_dir)
         self.debounce = debounce
@@ -83,6 +85,8 @@ class FilesystemSource:
         self.fallback = fallback  # when the kernel allows too few watches: "poll" or "error"
         self.validate = validate  # the validation gate (tornado_cfgpush.gate): globs that must parse
         self.schemas = schemas  # and (glob, JSON Schema file) pairs
+        self.serve_content = serve_content  # files whose events carry patches (content.served)
+        self.max_patch_bytes = max_patch_bytes
         self._polling_because = ""  # why it polls though it was not asked to (degraded)
         self.observer_kind = ""
         self.root = ""
@@ -136,6 +140,8 @@ class FilesystemSource:
                 "fallback": self.fallback,
                 "validate": list(self.validate),
                 "schemas": [list(rule) for rule in self.schemas],
+                "serve_content": list(self.serve_content),
+                "max_patch_bytes": self.max_patch_bytes,
                 "log_level": logging.getLogger("cfgpush").getEffectiveLevel(),
             }
             proc.stdin.write(json.dumps(config).encode() + b"\n")
@@ -286,7 +292,7 @@ class FilesystemSource:
         diff the wire cannot carry goes out without it."""
         payload, version = item[1], item[3]
         if "diff" in payload:
-            trimmed = {k: v for k, v in payload.items() if k != "diff"}
+            trimmed = {k: v for k, v in payload.items() if k not in ("diff", *CONTENT_FIELDS)}
             trimmed["meta"] = {**payload.get("meta", {}), "diff_skipped": NOT_REPRESENTABLE}
             try:
                 await (emit(trimmed, version=version) if hasattr(emit, "many") else emit(trimmed))
