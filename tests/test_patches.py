@@ -5,6 +5,7 @@ patch functions are checked on their own too."""
 
 from __future__ import annotations
 
+import asyncio
 import json
 
 import pytest
@@ -20,7 +21,7 @@ from tornado_cfgpush.patching import (
     es_number,
     make_patch,
 )
-from tornado_cfgpush.testing import publish
+from tornado_cfgpush.testing import publish, wait_for
 
 from .fshelpers import change, sha, subscribe
 
@@ -167,3 +168,66 @@ async def test_a_patch_over_the_bound_is_left_out(config_dir, connect, core):
     event = await change(client)
     assert "patch" not in event and event["meta"]["patch_skipped"] == "too_large"
     assert event["diff"]["changed"] == ["/pad"]
+
+
+# -- the Python client and cfgpush-tail --content -------------------------------------------------
+
+
+@pytest.mark.gen_test(timeout=60)
+async def test_the_python_client_applies_the_patch_and_fetches_only_what_it_must(config_dir, http_url, core):
+    from tornado_cfgpush.client import ConfigChanged, Files, Resync, subscribe
+
+    target = config_dir / "acme" / "ui" / "theme.json"
+    async with subscribe(http_url, "acme", content=True, welcome=True) as sub:
+        events = aiter(sub)
+        await anext(events)  # Welcome
+        theme = await sub.file("ui/theme.json")
+        assert theme.document == THEME and theme.content == target.read_bytes()
+        new = {**THEME, "color": "red"}
+        target.write_text(json.dumps(new))
+        event = await asyncio.wait_for(anext(events), 10)
+        assert isinstance(event, ConfigChanged) and event.value.document == new
+        assert event.value.content is None and event.value.checksum == event.checksum  # from the patch
+        (config_dir / "acme" / "secret.json").write_text('{"password": "x"}')
+        other = await asyncio.wait_for(anext(events), 10)
+        assert other.path == "secret.json" and other.value is None  # not a file it keeps
+        assert sub.files.fetches == 1
+    # A Resync asks again for the kept files whose checksum changed, and only those.
+    files = Files(http_url, "acme", lambda: None, fetch_jitter=0)
+    await files.get("ui/theme.json")
+    toml = await files.get("limits.toml")
+    assert toml.document == {"rate": 5, "name": "x"}
+    target.write_text(json.dumps({"color": "green"}))
+    await wait_for(lambda: core.manifest("acme")["ui/theme.json"] == sha(target.read_bytes()))
+    changed = await files.resynced(Resync("acme", None, "source_gap", manifest=core.manifest("acme")))
+    assert list(changed) == ["ui/theme.json"] and changed["ui/theme.json"].document == {"color": "green"}
+    assert files.fetches == 3
+
+
+@pytest.mark.gen_test(timeout=60)
+async def test_tail_content_prints_the_new_value(config_dir, http_url, core):
+    import subprocess
+    import sys
+    from pathlib import Path
+
+    tail = Path(sys.executable).with_name("cfgpush-tail")
+    proc = subprocess.Popen(
+        [str(tail), http_url, "--tenant", "acme", "--content", "--file", "ui/theme.json", "-q"],
+        stdin=subprocess.DEVNULL,
+        stdout=subprocess.PIPE,
+        text=True,
+    )
+    loop = asyncio.get_running_loop()
+    try:
+        first = json.loads(await asyncio.wait_for(loop.run_in_executor(None, proc.stdout.readline), 20))
+        assert first["File"]["document"] == THEME
+        await wait_for(lambda: core.hub.connection_count("acme") == 1, 10)
+        (config_dir / "acme" / "ui" / "theme.json").write_text(json.dumps({**THEME, "color": "red"}))
+        event = json.loads(await asyncio.wait_for(loop.run_in_executor(None, proc.stdout.readline), 10))
+        shown = json.loads(await asyncio.wait_for(loop.run_in_executor(None, proc.stdout.readline), 10))
+        assert event["ConfigChanged"]["patch"] == [{"op": "replace", "path": "/color", "value": "red"}]
+        assert shown["File"]["document"]["color"] == "red" and shown["File"]["text"] is None
+    finally:
+        proc.terminate()
+        proc.wait()
+        proc.stdout.close()
