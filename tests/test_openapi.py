@@ -81,6 +81,9 @@ def test_publish_api_conforms_to_openapi(publish_server, mode, record_property):
     @given(case=operation.as_strategy(generation_mode=mode))
     def check(case):
         assume(not bytes_beyond_the_document(case.body.get("path") if isinstance(case.body, dict) else None))
+        # content must be the bytes of checksum (422 otherwise): a condition between two fields
+        # the document states in words; generated pairs never meet it.
+        assume(not (mode == GenerationMode.POSITIVE and isinstance(case.body, dict) and "content" in case.body))
         tried["n"] += 1
         token = TOKENS[tried["n"] % 2]  # either token is accepted
         response = case.call(

@@ -121,6 +121,17 @@ class ContentChanging(Exception):
     """A served file changes faster than it can be read as an announced version: retry soon."""
 
 
+class ContentRefused(ValueError):
+    """Content handed with an event that may not be announced: ``pointer`` (a JSON Pointer, ""
+    for the whole document) and ``reason`` say where and why (the validation gate's words, or a
+    checksum that is not the content's)."""
+
+    def __init__(self, pointer: str, reason: str):
+        super().__init__(f"{reason} (at {pointer!r})" if pointer else reason)
+        self.pointer = pointer
+        self.reason = reason
+
+
 class Version:
     """One announced version of a served file: its bytes, their gzip (when worth it), its
     ETag and Content-Type. Built off the event loop (``prepare``), shared by every answer."""
@@ -180,3 +191,40 @@ class VersionCache:
 
     def __len__(self) -> int:
         return len(self._items)
+
+
+class EmittedStore:
+    """The content sources handed with their events (``emit(payload, content=...)``, the publish
+    API): the newest version of each served path, all tenants within ``max_bytes`` (the least
+    recently published go first: their files then answer 404, and clients that need them
+    reload as after any fetch that fails). The filesystem source's files are read from disk
+    instead; an event of a path without content drops what is kept of it."""
+
+    def __init__(self, max_bytes: int = CACHE_BYTES):
+        self.max_bytes = max_bytes
+        self.bytes = 0
+        self._items: OrderedDict[tuple[str, str], Version] = OrderedDict()
+
+    def get(self, tenant_id: str, path: str) -> Version | None:
+        return self._items.get((tenant_id, path))
+
+    def put(self, tenant_id: str, path: str, version: Version) -> None:
+        self.drop(tenant_id, path)
+        if version.size > self.max_bytes:
+            return
+        self._items[(tenant_id, path)] = version
+        self.bytes += version.size
+        while self.bytes > self.max_bytes:
+            _, dropped = self._items.popitem(last=False)
+            self.bytes -= dropped.size
+
+    def drop(self, tenant_id: str, path: str) -> None:
+        old = self._items.pop((tenant_id, path), None)
+        if old is not None:
+            self.bytes -= old.size
+
+    def files(self, tenant_id: str) -> dict[str, str]:
+        return {path: v.checksum for (t, path), v in self._items.items() if t == tenant_id}
+
+    def __bool__(self) -> bool:
+        return bool(self._items)

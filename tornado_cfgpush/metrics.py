@@ -43,6 +43,7 @@ MAX_TENANT_SERIES = 10_000
 INVALID = "invalid"
 BROKER_UNAVAILABLE = "broker_unavailable"
 RATE_LIMITED = "rate_limited"  # the publish API, past a token's budget (429)
+INVALID_CONTENT = "invalid_content"  # content the validation gate refused (or not the checksum's)
 
 
 class Metrics:

@@ -307,6 +307,25 @@ def apply_patch(doc: Any, patch: list[dict[str, Any]]) -> Any:
     return doc
 
 
+# Why an event of a served file carries no patch (meta.patch_skipped).
+PATCH_TOO_LARGE = "too_large"  # over --max-patch-bytes
+PATCH_NOT_JSON = "not_json"  # a value canonical JSON cannot write
+
+
+def patch_between(old: Any, new: Any, max_bytes: int) -> tuple[list[dict[str, Any]], str] | str:
+    """What a served file's event carries, made once for every client: ``(patch,
+    document_checksum)`` from ``old`` to ``new``, or why there is none (``PATCH_TOO_LARGE``
+    past ``max_bytes``, ``PATCH_NOT_JSON``)."""
+    try:
+        checksum = document_checksum(new)
+    except NotJson:
+        return PATCH_NOT_JSON
+    patch = make_patch(old, new)
+    if patch_bytes(patch) > max_bytes:
+        return PATCH_TOO_LARGE
+    return patch, checksum
+
+
 def patch_bytes(patch: list[dict[str, Any]]) -> int:
     """The size of ``patch`` as an event carries it (compact JSON)."""
     return len(json.dumps(patch, separators=(",", ":"), ensure_ascii=False).encode("utf-8", "surrogatepass"))

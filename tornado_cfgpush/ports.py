@@ -85,7 +85,9 @@ class Publishing(Configured, Protocol):
     @property
     def metrics(self) -> ServiceMetrics: ...
 
-    async def publish(self, payload: dict[str, Any], source: str | None = None) -> str: ...
+    async def publish(
+        self, payload: dict[str, Any], source: str | None = None, *, content: bytes | None = None
+    ) -> str: ...
 
 
 class Observing(Configured, Protocol):

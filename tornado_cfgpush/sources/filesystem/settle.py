@@ -43,9 +43,6 @@ NO_PREVIOUS = "no_previous_version"  # the version before did not parse, or is n
 MEMORY_CAP = "memory_cap"  # the kept copies reached the source's bound
 TWIN_GRACE = 0.06  # seconds: twice watchdog's hold of an unpaired rename half, and some
 NOT_REPRESENTABLE = "keys_not_representable"  # a key the wire cannot carry (a lone surrogate)
-# Why a served file's event carries no patch (meta.patch_skipped).
-PATCH_TOO_LARGE = "too_large"  # over --max-patch-bytes
-PATCH_NOT_JSON = "not_json"  # a value canonical JSON cannot write (patching.py says which)
 
 
 class Read:

@@ -45,10 +45,10 @@ from typing import Any
 from ... import structured
 from ...content import served
 from ...gate import Failure, Gate
-from ...patching import NotJson, document_checksum, make_patch, patch_bytes
+from ...patching import patch_between
 from ...rules import wire_string_error
 from .names import Unpublishable, classify, shown, split
-from .settle import MEMORY_CAP, NO_PREVIOUS, NOT_REPRESENTABLE, PATCH_NOT_JSON, PATCH_TOO_LARGE, Read, Settler
+from .settle import MEMORY_CAP, NO_PREVIOUS, NOT_REPRESENTABLE, Read, Settler
 from .tree import Content, Refused, Tree, signature
 from .watch import POLL_INTERVAL, Inbox, OverflowWatch, ToInbox, adjust_watchdog, observer_alive, start_observer
 
@@ -539,18 +539,12 @@ class Worker:
         return read
 
     def _patch(self, read: Read, old_doc: Any, doc: Any) -> None:
-        """A served file's patch from the previous document, made once here, for every client;
-        none past ``--max-patch-bytes`` or for a document canonical JSON cannot write."""
-        try:
-            checksum = document_checksum(doc)
-        except NotJson:
-            read.patch_skip = PATCH_NOT_JSON
-            return
-        patch = make_patch(old_doc, doc)
-        if patch_bytes(patch) > self.max_patch_bytes:
-            read.patch_skip = PATCH_TOO_LARGE
-            return
-        read.patch, read.document_checksum = patch, checksum
+        """A served file's patch from the previous document, made once here, for every client."""
+        made = patch_between(old_doc, doc, self.max_patch_bytes)
+        if isinstance(made, str):
+            read.patch_skip = made
+        else:
+            read.patch, read.document_checksum = made
 
     def _read_done(self, key: str, read: Read, now: float) -> None:
         """A read's result to the settle machine, through the gate: a refused version is not a
