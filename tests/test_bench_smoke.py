@@ -22,7 +22,7 @@ from tornado_cfgpush.testing import need_program
 
 SCRIPTS = Path(__file__).resolve().parent.parent / "scripts"
 SERVERS = ("seed", "websockets", "floor", "cfgpush")
-SCENARIOS = ("fanout", "latency", "memory", "idle", "e2e", "storm", "burst")
+SCENARIOS = ("fanout", "latency", "memory", "idle", "e2e", "storm", "burst", "herd")
 # The smoke run takes 15 to 25 s on two busy cores; pytest's own timeout is 120 s.
 RUN_TIMEOUT = 100
 
@@ -113,6 +113,13 @@ def test_bench_smoke_runs_every_scenario_and_accounts_for_every_delivery(tmp_pat
         assert (b["all_received"], b["duplicates"], b["crossed_tenants"], b["missing"]) == (True, 0, 0, 0), variant
         assert b["lag_probe"]["samples"] > 0, variant
     assert len(burst["large_file"]["loaded_ms"]) == args["big_rounds"]
+
+    herd = result["herd"]  # every client held the new value, in each of the three ways
+    assert set(herd["modes"]) == {"static", "cfgpush", "patch"}
+    for mode, m in herd["modes"].items():
+        assert (m["all_hold"], m["failures"]) == (True, 0), (mode, m)
+    assert herd["modes"]["patch"]["patch_checked"] is True and herd["modes"]["patch"]["http_bytes"] == 0
+    assert herd["modes"]["cfgpush"]["statuses"] == {"200": args["herd_clients"]}
 
     names = {t["name"] for t in result["targets"]}
     assert any("cfgpush / floor" in n for n in names) and any("storm" in n for n in names)
