@@ -10,6 +10,8 @@ asyncio clients, ``bench/loadgen.py``), is pinned to core 1. Scenarios:
 * idle     cfgpush's CPU at 10 000 idle connections with its 5 s heartbeat
 * e2e      a file saved in the config folder -> every client's receipt (cfgpush, filesystem source)
 * storm    10 000 clients of a Redis-backed node that restarts: reconnect and catch-up time
+* scale    ready time and RSS at 10 000, 50 000 and 100 000 files (5 KB of JSON, 10 per tenant)
+           against hashing the tree alone and an empty tree; memory per idle tenant at 10 000
 * burst    10 000 files written at once (distinct, then identical contents) with 1 000 clients
            over 100 tenants: last write to last delivery, each event once, the loop's lag; and a
            50 MB file rewritten beside another tenant's small save (issue #12)
@@ -44,11 +46,11 @@ import traceback
 
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 
-from bench import burst, herd, report, scenarios, targets
+from bench import burst, herd, report, scale, scenarios, targets
 from bench.loadgen import raise_nofile
 from bench.procs import Resources, pin_self
 
-SCENARIOS = ("fanout", "latency", "memory", "idle", "e2e", "storm", "burst", "herd")
+SCENARIOS = ("fanout", "latency", "memory", "idle", "e2e", "storm", "burst", "scale", "herd")
 
 
 def _list(text: str) -> list[str]:
@@ -157,12 +159,17 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
         "--chart",
         default="",
         help="PNG: deliveries/s and last-client p99 against clients (and <name>-burst.png: the bursts' "
-        "deliveries over time)",
+        "deliveries over time; <name>-scale.png: ready time and RSS against files)",
     )
     g.add_argument("--chart-clients", type=_ints, default=[250, 500, 1000, 2000, 4000])
     g.add_argument("--chart-latency-events", type=int, default=10)
     g.add_argument("--chart-interval", type=float, default=0.2)
     g.add_argument("--keep-logs", action="store_true", help="keep the servers' logs (their folder is printed)")
+    g = p.add_argument_group("scale")
+    g.add_argument("--scale-files", type=_ints, default=[10_000, 50_000, 100_000], help="tree sizes, in files")
+    g.add_argument("--scale-file-bytes", type=int, default=5000, help="bytes of JSON per file")
+    g.add_argument("--scale-idle-tenants", type=int, default=10_000, help="tenants of the idle-tenant memory figure")
+    g.add_argument("--scale-timeout", type=float, default=300.0, help="seconds a start may take")
     p.add_argument(
         "--smoke",
         action="store_true",
@@ -189,6 +196,7 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
         args.chart_clients, args.chart_latency_events, args.chart_interval = [10, 20], 2, 0.05
         args.burst_files, args.burst_clients, args.burst_tenants, args.burst_timeout = 200, 20, 4, 60.0
         args.big_mb, args.big_rounds = 1.0, 2
+        args.scale_files, args.scale_idle_tenants, args.scale_timeout = [100, 300], 200, 60.0
         args.herd_clients, args.herd_kb = 20, 4.0
     if args.gen_loop == "auto":
         try:
@@ -212,7 +220,7 @@ def preflight(args: argparse.Namespace) -> str | None:
     if args.server_loop != "asyncio":
         wanted.append("--loop")
     uses_cfgpush = "cfgpush" in args.server_list or bool(
-        {"idle", "e2e", "storm", "burst", "herd"} & set(args.scenarios)
+        {"idle", "e2e", "storm", "burst", "scale", "herd"} & set(args.scenarios)
     )
     if wanted and uses_cfgpush:
         flags = targets.cfgpush_flags()
@@ -351,10 +359,32 @@ async def run(args: argparse.Namespace, res: Resources, results: dict) -> None:
         if found:
             note(found.pop("failures"))
             results["burst"] = found
+    if "scale" in chosen:
+        found = await attempt(
+            "scale",
+            scale.run(
+                res,
+                opts,
+                sizes=args.scale_files,
+                file_bytes=args.scale_file_bytes,
+                idle_tenants=args.scale_idle_tenants,
+                timeout=args.scale_timeout,
+            ),
+        )
+        if found:
+            note(found.pop("failures"))
+            results["scale"] = found
     if "herd" in chosen:
         found = await attempt(
             "herd",
-            herd.run(res, opts, clients=args.herd_clients, size=int(args.herd_kb * 1000), concurrency=args.concurrency),
+            herd.run(
+                res,
+                opts,
+                clients=args.herd_clients,
+                size=int(args.herd_kb * 1000),
+                concurrency=args.concurrency,
+                timeout=20.0 if args.smoke else 120.0,
+            ),
         )
         if found:
             results["herd"] = found
@@ -449,6 +479,11 @@ def main(argv: list[str] | None = None) -> int:
         burst_png = f"{stem}-burst.{ext}" if dot else f"{args.chart}-burst.png"
         report.burst_chart(results["burst"], burst_png, report.describe_machine(machine))
         print(f"bench: burst chart written to {burst_png}", file=sys.stderr)
+    if args.chart and (results.get("scale") or {}).get("sizes"):
+        stem, dot, ext = args.chart.rpartition(".")
+        scale_png = f"{stem}-scale.{ext}" if dot else f"{args.chart}-scale.png"
+        report.scale_chart(results["scale"], scale_png, report.describe_machine(machine))
+        print(f"bench: scale chart written to {scale_png}", file=sys.stderr)
     if args.json:
         with open(args.json, "w") as f:
             json.dump(results, f, indent=2)

@@ -16,6 +16,20 @@ or a ``Resync``), sends ``"Ping"`` every heartbeat interval and treats two silen
 a dead connection, acknowledges events (``Ack``) once the loop's body for them has finished
 (when the next event is asked for), and refreshes a JWT before it expires.
 
+A failure comes back too (docs/protocol.md, Additions): call ``failed(error)`` in the loop's
+body for the event it could not apply, and the client answers that event with
+``{"Ack": {"event_id", "error"}}`` instead (the error's first line, at most 200 characters),
+until a later event is applied. In ``async with subscribe(...) as events:``, a body that raises
+out of the block reports the exception for the event it was handling before the connection
+closes::
+
+    async with subscribe(url, "acme") as events:
+        async for event in events:
+            try:
+                reload(event)
+            except ValueError as exc:
+                events.failed(exc)  # shown on the dashboard and in the status API
+
 An ``Ack`` means "applied up to this event", so the client sends the newest one, at once when
 it has sent none for ``ack_interval`` (0.1 s) and otherwise when that interval is over: a
 burst of thousands of events costs at most ten ``Ack`` frames a second, within the server's
@@ -66,6 +80,7 @@ BACKOFF_MIN = 0.5
 BACKOFF_MAX = 20.0
 # At most one Ack per interval (seconds): the newest applied event id.
 ACK_INTERVAL = 0.1
+ACK_ERROR_MAX = 200  # characters of an Ack's error (the server refuses more)
 
 
 @dataclass(frozen=True)
@@ -351,8 +366,12 @@ class Subscription:
         self._conn: WebSocketClientConnection | None = None
         self._inbox: asyncio.Queue[str | bytes | None] = asyncio.Queue()  # None: closed
         self._iterator: AsyncGenerator[Event, None] | None = None
-        # This connection's Acks: the id sent last, when, and the timer of the next one.
-        self._acked: str | None = None
+        # The event handed out last, and the failure reported for it or an earlier one
+        # (event id, error) until a later event is applied.
+        self._handing: str | None = None
+        self._failure: tuple[str, str] | None = None
+        # This connection's Acks: the answer sent last, when, and the timer of the next one.
+        self._acked: tuple[str, str | None] | None = None
         self._acked_at = float("-inf")
         self._ack_timer: asyncio.TimerHandle | None = None
 
@@ -366,8 +385,23 @@ class Subscription:
     async def __aenter__(self) -> Subscription:
         return self
 
-    async def __aexit__(self, *exc: Any) -> None:
+    async def __aexit__(self, exc_type: Any, exc: BaseException | None, tb: Any) -> None:
+        if isinstance(exc, Exception) and self._handing is not None:
+            # The body raised while handling an event: say so before the connection closes.
+            self.failed(exc)
+            if self._ack_timer is not None:
+                self._ack_timer.cancel()
+            self._send_ack()  # now, not after ack_interval: the connection closes next
         await self.aclose()
+
+    def failed(self, error: BaseException | str) -> None:
+        """The event handed out last could not be applied: answer it with an ``Ack`` carrying
+        ``error`` (an exception is sent as ``"<type>: <message>"``), not as applied."""
+        event_id = self._handing
+        if event_id is None:
+            return
+        self._failure = (event_id, ack_error(error))
+        self._ack_soon()
 
     async def aclose(self) -> None:
         """Stop: close the connection; the ``async for`` ends."""
@@ -391,6 +425,7 @@ class Subscription:
                             async for item, ack in session:
                                 welcomed_at = welcomed_at or time.monotonic()
                                 if item is not None:
+                                    self._handing = ack
                                     if self.files is not None:
                                         item = await self._with_content(item)
                                     yield item
@@ -496,7 +531,7 @@ class Subscription:
         else:
             if self.yield_welcome:
                 yield welcome, None
-            if self.last_event_id:
+            if self.last_event_id or self._failure:
                 self._ack_soon()  # convergence is per connection: say where we are
         last_seen = next_ping = loop.time()
         next_ping += interval
@@ -612,6 +647,9 @@ class Subscription:
     def _applied(self, event_id: str | None) -> None:
         if event_id is None:
             return
+        if self._failure is not None and self._failure[0] == event_id:
+            return  # the body said it failed: not applied
+        self._failure = None
         self.last_event_id = event_id
         self._ack_soon()
 
@@ -629,11 +667,14 @@ class Subscription:
 
     def _send_ack(self) -> None:
         self._ack_timer = None
-        event_id = self.last_event_id
-        if self._conn is None or event_id is None or event_id == self._acked:
+        answer: tuple[str, str | None] | None = self._failure or (
+            (self.last_event_id, None) if self.last_event_id is not None else None
+        )
+        if self._conn is None or answer is None or answer == self._acked:
             return
-        self._acked, self._acked_at = event_id, asyncio.get_running_loop().time()
-        self._send({"Ack": {"event_id": event_id}})
+        self._acked, self._acked_at = answer, asyncio.get_running_loop().time()
+        event_id, error = answer
+        self._send({"Ack": {"event_id": event_id} if error is None else {"event_id": event_id, "error": error}})
 
     def _send(self, message: Any) -> None:
         conn = self._conn
@@ -681,6 +722,19 @@ class Subscription:
                 self.on_status(state, info)
             except Exception:
                 log.exception("on_status failed")
+
+
+def ack_error(error: BaseException | str) -> str:
+    """An ``Ack``'s ``error``: ``"<type>: <message>"`` of an exception (or the text), its first
+    line, at most ``ACK_ERROR_MAX`` characters, valid Unicode (the wire rule)."""
+    if isinstance(error, BaseException):
+        text = f"{type(error).__name__}: {error}" if str(error) else type(error).__name__
+    else:
+        text = str(error)
+    lines = text.strip().splitlines()
+    text = (lines[0].strip() if lines else "") or "failed"
+    text = text.encode("utf-8", "replace").decode("utf-8")  # a lone surrogate becomes "?"
+    return text if len(text) <= ACK_ERROR_MAX else text[: ACK_ERROR_MAX - 1] + "…"
 
 
 def _error_reason(exc: HTTPClientError) -> str:

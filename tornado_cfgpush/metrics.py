@@ -25,7 +25,7 @@ from prometheus_client.registry import Collector
 
 from . import __version__
 from .loop_health import LAG_BUCKETS
-from .summary import count_by_transport
+from .summary import count_by_transport, failing, is_observer, top_reasons
 
 if TYPE_CHECKING:  # pragma: no cover
     from .events import Event
@@ -164,6 +164,15 @@ class _ServiceCollector(Collector):
         if not m.tenant_labels:
             counts = {(t,): 0 for t in TRANSPORTS}
         tenants = 0
+        # Clients whose latest Ack says they could not apply an event (summary.py's ``failing``
+        # without the newest event, which only the broker knows, asynchronously).
+        failed = GaugeMetricFamily(
+            "cfgpush_apply_failed_clients",
+            "Clients whose latest Ack reports that applying an event failed"
+            + (" (tenant labels: by tenant, with its most common reasons)" if m.tenant_labels else ""),
+            labels=["tenant", "reason"] if m.tenant_labels else None,
+        )
+        failed_total = 0
         for tenant_id in list(hub.tenants()):
             conns = hub.connections(tenant_id)
             if conns:
@@ -172,9 +181,17 @@ class _ServiceCollector(Collector):
             for transport, count in count_by_transport(conns).items():
                 key = (transport, tenant_id) if m.tenant_labels else (transport,)
                 counts[key] = counts.get(key, 0) + count
+            errors = [e for e in (failing(sub) for sub in conns if not is_observer(sub)) if e is not None]
+            failed_total += len(errors)
+            if m.tenant_labels and errors:
+                for why, n in top_reasons(errors):
+                    failed.add_metric([tenant_id, why], n)
         for series, value in sorted(counts.items()):
             connections.add_metric(list(series), value)
         yield connections
+        if not m.tenant_labels:
+            failed.add_metric([], failed_total)
+        yield failed
         yield GaugeMetricFamily(
             "cfgpush_tenants_with_clients", "Tenants with at least one open connection", value=tenants
         )

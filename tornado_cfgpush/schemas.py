@@ -239,8 +239,15 @@ class PingSchema(Schema):
     id = JsonScalar(allow_none=True)
 
 
+# Characters of an Ack's ``error``: a short reason (an exception's message), never a report.
+ACK_ERROR_MAX = 200
+
+
 class AckSchema(Schema):
+    """``{"event_id": ...}``: applied up to that event; with ``error``: could not apply it."""
+
     event_id = EventId(required=True)
+    error = WireString(validate=validate.Length(min=1, max=ACK_ERROR_MAX))
 
 
 class RefreshSchema(Schema):

@@ -92,7 +92,9 @@ export interface CfgPushOptions {
   /** Called before every connection and, for a JWT, before it expires; wins over `token`. */
   getToken?: () => string | Promise<string>;
   /** One call per change, in order; the event is acknowledged once the returned promise resolves
-   * (coalesced: the newest applied event, at most once per `ackInterval`). */
+   * (coalesced: the newest applied event, at most once per `ackInterval`). When it throws or
+   * rejects, the event is answered with `{"Ack": {"event_id", "error"}}` (the error's first line,
+   * at most 200 characters: `ackError`), shown on the dashboard until a later event applies. */
   onChange?: (
     event: ConfigChanged,
     value?: FileVersion | { content: null; document: null },
@@ -130,6 +132,8 @@ export interface CfgPushOptions {
   fetchJitterMs?: number;
 }
 
+/** The `error` of an `Ack` for what a callback threw: `"<name>: <message>"`, first line, at most 200 characters. */
+export declare function ackError(error: unknown): string;
 /** RFC 8785 canonical JSON of a value parsed from JSON. */
 export declare function canonicalJson(value: unknown): string;
 /** `sha256:<hex>` of bytes, or of a string's UTF-8. */

@@ -8,7 +8,8 @@
 // What it does for you: reconnects with full-jitter exponential backoff (0.5 s doubling to
 // 20 s), resumes from the last event it received (nothing missed, nothing twice, or an explicit
 // onResync), sends "Ping" every heartbeat interval and treats two silent intervals as a dead
-// connection, acknowledges events once onChange's promise resolves, refreshes the token
+// connection, acknowledges events once onChange's promise resolves (and, when it throws or
+// rejects, answers the event with an Ack carrying the error), refreshes the token
 // before it expires, falls back to Server-Sent Events where WebSockets are blocked, and stops
 // on close().
 //
@@ -155,6 +156,22 @@ function decodeExp(token) {
 }
 
 /** Full jitter (AWS architecture blog): a uniform delay in [0, min(max, min * 2^attempt)]. */
+/** An Ack's `error`: the first line of what a callback threw, within the protocol's 200 characters. */
+export function ackError(error) {
+  let text;
+  try {
+    text = error instanceof Error ? `${error.name}: ${error.message}` : String(error);
+  } catch {
+    text = "";
+  }
+  text = (text.split("\n")[0] || "").trim() || "callback failed";
+  // A lone surrogate would break the wire rule (the server refuses the Ack): replace it.
+  text = text.replace(/[\uD800-\uDBFF](?![\uDC00-\uDFFF])|(?<![\uD800-\uDBFF])[\uDC00-\uDFFF]/g, "\uFFFD");
+  // Whole code points only: a lone surrogate would break the wire rule.
+  const points = Array.from(text);
+  return points.length <= 200 ? text : points.slice(0, 199).join("") + "…";
+}
+
 export function backoffDelay(attempt, min = DEFAULTS.backoffMin, max = DEFAULTS.backoffMax, random = Math.random) {
   return random() * Math.min(max, min * 2 ** Math.min(attempt, 30));
 }
@@ -189,6 +206,7 @@ export class CfgPush {
     this._chain = Promise.resolve();
     this.files = new Map(); // content: path -> {checksum, content (text or null), document}
     this._fetching = new Map(); // path -> the fetch under way
+    this._failure = null; // {event_id, error}: the newest event a callback failed on, until one applies
     queueMicrotask(() => this._connect());
   }
 
@@ -421,30 +439,36 @@ export class CfgPush {
       } else {
         this._apply(() => this.options.onWelcome?.(welcome), newest);
       }
-    } else if (this.lastEventId) {
+    } else if (this.lastEventId || this._failure) {
       this._ackSoon(); // convergence counts per connection: say where we are
     }
   }
 
-  /** Run one callback after the previous ones (events apply in order), then Ack its id. */
+  /** Run one callback after the previous ones (events apply in order), then Ack its id; a
+   * callback that throws or rejects is answered with an Ack carrying the error instead. */
   _apply(callback, eventId) {
     this._chain = this._chain.then(async () => {
       if (this._closed) return;
       try {
         await callback();
       } catch (error) {
-        console.error("cfgpush: a callback failed; the event is not acknowledged", error);
+        console.error("cfgpush: a callback failed; the event is reported as not applied", error);
+        if (this._closed || eventId === null || eventId === undefined) return;
+        this._failure = { event_id: eventId, error: ackError(error) };
+        this._ackSoon();
         return;
       }
       if (this._closed || eventId === null || eventId === undefined) return;
+      this._failure = null;
       this.lastEventId = eventId;
       this._save(eventId);
       this._ackSoon();
     });
   }
 
-  /** Acknowledge lastEventId on this connection: now if no Ack went out for ackInterval, else
-   * when the interval is over (the newest id then; the ones in between are implied). */
+  /** Send this client's latest answer on this connection (the newest applied id, or the
+   * failure of a later event): now if no Ack went out for ackInterval, else when the interval
+   * is over (the newest answer then; the ones in between are implied). */
   _ackSoon() {
     const conn = this._conn;
     if (!conn || !conn.welcomed || conn.kind !== "ws" || conn.ackTimer) return;
@@ -455,11 +479,14 @@ export class CfgPush {
 
   _sendAck(conn) {
     conn.ackTimer = null;
-    const eventId = this.lastEventId;
-    if (conn !== this._conn || this._closed || !eventId || eventId === conn.acked) return;
-    conn.acked = eventId;
+    const failure = this._failure;
+    const ack = failure ?? (this.lastEventId ? { event_id: this.lastEventId } : null);
+    if (conn !== this._conn || this._closed || !ack) return;
+    const key = failure ? `${failure.event_id} ${failure.error}` : ack.event_id;
+    if (key === conn.acked) return;
+    conn.acked = key;
     conn.ackedAt = Date.now();
-    this._send(conn, { Ack: { event_id: eventId } });
+    this._send(conn, { Ack: ack });
   }
 
   _send(conn, message) {
