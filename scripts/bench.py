@@ -15,6 +15,10 @@ asyncio clients, ``bench/loadgen.py``), is pinned to core 1. Scenarios:
 * burst    10 000 files written at once (distinct, then identical contents) with 1 000 clients
            over 100 tenants: last write to last delivery, each event once, the loop's lag; and a
            50 MB file rewritten beside another tenant's small save (issue #12)
+* herd     5 000 clients of one tenant, a 20 KB JSON file changes one value: each GETs it from a
+           plain Tornado StaticFileHandler, or from cfgpush's files API (If-None-Match), or
+           applies the event's patch: time to the last client holding it, server CPU, bytes
+           (issue #14)
 
 Servers: ``seed`` (the original design's Tornado handler), ``websockets`` (the library's
 server with ``broadcast()``), ``floor`` (a bare asyncio server writing one prepared frame to
@@ -42,11 +46,11 @@ import traceback
 
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 
-from bench import burst, report, scale, scenarios, targets
+from bench import burst, herd, report, scale, scenarios, targets
 from bench.loadgen import raise_nofile
 from bench.procs import Resources, pin_self
 
-SCENARIOS = ("fanout", "latency", "memory", "idle", "e2e", "storm", "burst", "scale")
+SCENARIOS = ("fanout", "latency", "memory", "idle", "e2e", "storm", "burst", "scale", "herd")
 
 
 def _list(text: str) -> list[str]:
@@ -124,6 +128,9 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     )
     g.add_argument("--big-mb", type=float, default=50.0, help="the large file's size in MB (default 50)")
     g.add_argument("--big-rounds", type=int, default=5, help="rounds of the large-file case (default 5; 0: skip)")
+    g = p.add_argument_group("herd")
+    g.add_argument("--herd-clients", type=int, default=5000, help="clients of the tenant (default 5000)")
+    g.add_argument("--herd-kb", type=float, default=20.0, help="size of the changed JSON file in KB (default 20)")
     g = p.add_argument_group("servers and generator")
     g.add_argument(
         "--gen-loop",
@@ -203,6 +210,7 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
         args.burst_files, args.burst_clients, args.burst_tenants, args.burst_timeout = 200, 20, 4, 60.0
         args.big_mb, args.big_rounds = 1.0, 2
         args.scale_files, args.scale_idle_tenants, args.scale_timeout = [100, 300], 200, 60.0
+        args.herd_clients, args.herd_kb = 20, 4.0
     if args.gen_loop == "auto":
         try:
             import uvloop  # noqa: F401
@@ -229,7 +237,7 @@ def preflight(args: argparse.Namespace) -> str | None:
     if args.server_loop != "asyncio":
         wanted.append("--loop")
     uses_cfgpush = "cfgpush" in args.server_list or bool(
-        {"idle", "e2e", "storm", "burst", "scale"} & set(args.scenarios)
+        {"idle", "e2e", "storm", "burst", "scale", "herd"} & set(args.scenarios)
     )
     if wanted and uses_cfgpush:
         flags = targets.cfgpush_flags()
@@ -405,6 +413,20 @@ async def run(args: argparse.Namespace, res: Resources, results: dict) -> None:
         if found:
             note(found.pop("failures"))
             results["scale"] = found
+    if "herd" in chosen:
+        found = await attempt(
+            "herd",
+            herd.run(
+                res,
+                opts,
+                clients=args.herd_clients,
+                size=int(args.herd_kb * 1000),
+                concurrency=args.concurrency,
+                timeout=20.0 if args.smoke else 120.0,
+            ),
+        )
+        if found:
+            results["herd"] = found
     if args.chart:
         found = await attempt(
             "chart",
@@ -467,7 +489,7 @@ def main(argv: list[str] | None = None) -> int:
         "args": {k: v for k, v in vars(args).items() if k not in ("scenarios", "server_list")},
         "errors": {},
     }
-    needed = max(args.connections, args.storm_clients, args.clients) + 200
+    needed = max(args.connections, args.storm_clients, args.clients, 2 * args.herd_clients) + 200
     if nofile < needed:
         report.warn(f"RLIMIT_NOFILE is {nofile}, under the {needed} sockets this run may open")
     res = Resources(keep_logs=args.keep_logs)

@@ -19,7 +19,7 @@ from tornado_cfgpush.testing import need_program
 from .scriptrun import SCRIPTS, run_script
 
 SERVERS = ("seed", "websockets", "floor", "cfgpush")
-SCENARIOS = ("fanout", "latency", "memory", "idle", "e2e", "storm", "burst", "scale")
+SCENARIOS = ("fanout", "latency", "memory", "idle", "e2e", "storm", "burst", "scale", "herd")
 # The smoke run takes 15 to 25 s on two busy cores; pytest's own timeout is 120 s.
 RUN_TIMEOUT = 100
 
@@ -91,6 +91,12 @@ def test_bench_smoke_runs_every_scenario_and_accounts_for_every_delivery(tmp_pat
         assert row["written"] > 0 and row["ready_s"] > 0 and row["rss_mb"] > 0 and row["diff"] is True, row
         assert row["tenants"] * scale["files_per_tenant"] == row["files"]
     assert scale["empty"]["rss_mb"] > 0 and scale["idle_tenants"]["tenants"] == args["scale_idle_tenants"]
+    herd = result["herd"]  # every client held the new value, in each of the three ways
+    assert set(herd["modes"]) == {"static", "cfgpush", "patch"}
+    for mode, m in herd["modes"].items():
+        assert (m["all_hold"], m["failures"]) == (True, 0), (mode, m)
+    assert herd["modes"]["patch"]["patch_checked"] is True and herd["modes"]["patch"]["http_bytes"] == 0
+    assert herd["modes"]["cfgpush"]["statuses"] == {"200": args["herd_clients"]}
 
     names = {t["name"] for t in result["targets"]}
     assert any("cfgpush / floor" in n for n in names) and any("storm" in n for n in names)

@@ -502,3 +502,52 @@ async def test_dashboard_pages_10000_tenants_and_shows_the_failure_view(
         write(target, '{"a": 3}')  # good again: the refusal is cleared
         await expect(page.locator("#invalid-box")).to_be_hidden(timeout=WAIT_MS)
         await expect(page.locator("#events li.event")).to_have_count(2, timeout=WAIT_MS)
+
+
+# -- configuration content (--serve-content, issue #14) ----------------------------------------------
+
+CONTENT_PAGE = """async () => {
+  const { CfgPush } = await import("/cfgpush.js");
+  window.shown = [];
+  const push = window.contentPush = new CfgPush(location.origin, { tenantId: "acme", content: true,
+    onChange: (event, value) => {
+      if (event.path === "ui/theme.json" && value.document) {
+        document.body.dataset.color = value.document.color;
+        window.shown.push({ color: value.document.color, fromPatch: value.content === null });
+      }
+    } });
+  const theme = await push.file("ui/theme.json");
+  document.body.dataset.color = theme.document.color;
+}"""
+
+
+@pytest.mark.settings(serve_content=("ui/*.json",))
+@pytest.mark.gen_test(timeout=90)
+async def test_a_page_shows_the_new_value_from_the_patch_without_a_request(http_url, core, config_dir, tmp_path):
+    theme = {"color": "blue", "sizes": [1, 2.5, 1e21, 1e-7], "labels": {"\u20ac": "x", "\U0001f600": "y"}}
+    (config_dir / "acme" / "ui").mkdir()
+    write(config_dir / "acme" / "ui" / "theme.json", json.dumps(theme))
+    await wait_for(lambda: "ui/theme.json" in (core.manifest("acme") or {}))
+    async with shot.chromium(tmp_path / "profile") as context:
+        page = await context.new_page()
+        await page.goto(http_url + "/example.html")
+        await page.evaluate(CONTENT_PAGE)
+        await page_wait(page, "document.body.dataset.color === 'blue' && window.contentPush.state === 'open'")
+        asked = dict(core.metrics.file_requests)
+        assert asked == {"200": 1}  # the page's first load
+        write(config_dir / "acme" / "ui" / "theme.json", json.dumps({**theme, "color": "red"}, indent=1))
+        await page_wait(page, "document.body.dataset.color === 'red'")
+        assert await page.evaluate("window.shown") == [{"color": "red", "fromPatch": True}]
+        assert core.metrics.file_requests == asked  # the new value came with the event
+        # Canonical JSON agrees with the server's to the byte (numbers, key order, escapes).
+        from tornado_cfgpush.patching import canonical
+
+        docs = [theme, {"n": [0.1, 100, 333333333.3333333, 5e-324, -0.0, 2**60], "s": '\u00e9\x1f\n"\\'}]
+        for doc in docs:
+            text = await page.evaluate("(d) => import('/cfgpush.js').then(m => m.canonicalJson(d))", doc)
+            assert text.encode() == canonical(doc)
+        # A change whose patch is over --max-patch-bytes comes without one: fetched, once.
+        write(config_dir / "acme" / "ui" / "theme.json", json.dumps({"color": "green", "pad": "x" * 20_000}))
+        await page_wait(page, "document.body.dataset.color === 'green'")
+        assert (await page.evaluate("window.shown"))[-1] == {"color": "green", "fromPatch": False}
+        assert core.metrics.file_requests == {"200": 2}

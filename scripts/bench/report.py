@@ -187,6 +187,19 @@ def targets(results: dict) -> list[dict]:
                     " ms",
                     text=text,
                 )
+    hd = results.get("herd") or {}
+    add(
+        "herd: bytes for the change, StaticFileHandler GETs / patch in the event",
+        hd.get("bytes_ratio"),
+        ">= 20x",
+        lambda x: x >= 20,
+    )
+    add(
+        "herd: time to the last client holding the new value, StaticFileHandler GETs / patch",
+        hd.get("time_ratio"),
+        ">= 5x",
+        lambda x: x >= 5,
+    )
     big = _get(results, "burst", "large_file")
     if big:
         add(
@@ -557,6 +570,30 @@ def render(results: dict, markdown: bool = False) -> str:
                     f"{_f(b.get('last_delivery_after_last_write_s'), '.1f')} s after the last write; "
                     f"connections closed by the server, by code: {b.get('closes_by_code')}"
                 )
+    hd = results.get("herd")
+    if hd and hd.get("modes"):
+        head(
+            f"herd: {hd['clients']} clients of one tenant, a {hd['file_bytes'] / 1000:.0f} KB JSON file changes one "
+            f"value; from the save to the last client holding the new value"
+        )
+        names = {
+            "static": "GET from Tornado StaticFileHandler",
+            "cfgpush": "GET from cfgpush (If-None-Match, gzip)",
+            "patch": "patch in the event",
+        }
+        rows = []
+        for mode, m in hd["modes"].items():
+            rows.append(
+                [
+                    names.get(mode, mode),
+                    f"{m['holding']}/{hd['clients']}",
+                    _f((m["last_client_s"] or 0) * 1000, ".0f"),
+                    _f(m["server_cpu_s"], ".2f"),
+                    _f(m["bytes"] / 1e6, ".2f"),
+                    str(m["failures"]),
+                ]
+            )
+        out += _table(["each client", "holding", "last client ms", "server CPU s", "MB sent", "failed"], rows, markdown)
     big = (bu or {}).get("large_file")
     if big:
         head(
