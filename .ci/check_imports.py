@@ -126,6 +126,8 @@ LAYERS: tuple[tuple[str, ...], ...] = tuple(
             "proxies",
             "proxy_protocol",
             "workerinfo",
+            "content",
+            "patching",
         ),
         ("ws.protocol",),
         ("ws.connection", "ws.iostream"),

@@ -77,7 +77,7 @@ async def test_two_workers_share_a_port_ids_resume_metrics_restart_and_drain(sta
     server = start(
         "--port", "0", "--config-dir", str(config_dir), *shared, "--workers", "2",
         "--heartbeat-interval", "1", "--heartbeat-timeout", "3", "--publish-token", TOKEN,
-        "--admin-token", ADMIN,
+        "--admin-token", ADMIN, "--serve-content", "*.json",
     )  # fmt: skip
     await wait_for(lambda: len(_listening(server)) == 2 or server.proc.poll() is not None, 60)
     ports = set(_listening(server).values())
@@ -111,6 +111,14 @@ async def test_two_workers_share_a_port_ids_resume_metrics_restart_and_drain(sta
         assert len({e["event_id"] for e in events}) == 1 and events[0]["path"] == "app.json"
         for client in clients:
             await client.expect_nothing(0.3)
+        # The files API, one connection per request (whichever worker: a follower asks its
+        # leader): the list and the file's announced version, the same each time.
+        for _ in range(6):
+            listing = json.loads((await http.fetch(f"http://127.0.0.1:{port}/api/v1/tenants/acme/files")).body)
+            assert listing["files"] == {"app.json": events[0]["checksum"]}, listing
+            served = await http.fetch(f"http://127.0.0.1:{port}/api/v1/tenants/acme/files/app.json")
+            assert json.loads(served.body) == {"a": 2}
+
         # The publish API, one connection per request (whichever worker takes it: a follower
         # publishes through the leader): every client gets the three in one order, one id each.
         for n in range(3):

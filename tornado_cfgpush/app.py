@@ -7,6 +7,8 @@ pytest-tornado's ``http_server`` and the CLI under its own ``HTTPServer``.
 from __future__ import annotations
 
 import asyncio
+import base64
+import functools
 import gc
 import logging
 import os
@@ -21,17 +23,32 @@ from tornado import httpserver, netutil, web
 from tornado.httputil import HTTPServerRequest
 from tornado.iostream import IOStream, StreamClosedError, UnsatisfiableReadError
 
+from . import structured
 from .auth import Decision, decide
 from .broker import SOURCE_GAP, Broker, BrokerUnavailable
 from .broker.link import FollowerBroker, LeaderLink
 from .broker.memory import MemoryBroker
+from .content import (
+    CONTENT_FIELDS,
+    MAX_SERVED_BYTES,
+    ContentChanging,
+    ContentRefused,
+    EmittedStore,
+    Version,
+    VersionCache,
+    checksum_of,
+    keep_served,
+    served,
+)
 from .events import Event
+from .gate import Gate, parse_schema_rule
 from .handlers import default_handlers
 from .handlers.health import NotFoundHandler
 from .hub import Hub
 from .limits import ConnectionLimits
 from .loop_health import LoopLag
-from .metrics import BROKER_UNAVAILABLE, INVALID, Metrics
+from .metrics import BROKER_UNAVAILABLE, INVALID, INVALID_CONTENT, Metrics
+from .patching import patch_between
 from .plugins import get_plugin_manager
 from .proxies import TrustedProxies, parse_address
 from .proxy_protocol import V1_MAX, V1_PREFIX, V2_SIGNATURE, ProxyHeaderError, parse_v1, parse_v2, v2_length
@@ -39,7 +56,7 @@ from .schemas import config_changed_schema
 from .settings import Settings
 from .signals import install as install_signal_handlers
 from .sources.runner import SourceRunner
-from .summary import summarize
+from .summary import refused_files, summarize
 from .tls import CertificateReloader, TLSError
 from .worker_peers import Peers
 from .workerinfo import Worker
@@ -49,6 +66,14 @@ log = logging.getLogger("cfgpush")
 # A source whose oldest change has waited this long to be published makes the node "degraded"
 # (/readyz): clients are served, but changes reach them late.
 PUBLISH_LAG_DEGRADED = 10.0
+
+
+# A served file read from disk whose bytes are not the announced version (saved again since):
+# read again this many times, a little later each time, before answering 503 (its event, with
+# the new checksum, is on the way; what was read was never announced: it may be half-written,
+# or refused by the validation gate, so it is never served).
+CONTENT_READS = 4
+CONTENT_RETRY_DELAY = 0.05
 
 
 class StartupError(Exception):
@@ -79,6 +104,10 @@ class CfgPush:
         self.runner: SourceRunner | None = None
         self._background: set[asyncio.Task] = set()
         self.peers: Peers | None = None  # under --workers: the other workers (app.serve sets it)
+        self.versions = VersionCache()  # served files' versions, prepared once (content.py)
+        self.emitted = EmittedStore()  # content sources handed with their events
+        self.gate = Gate(settings.validate, [parse_schema_rule(rule) for rule in settings.json_schemas])
+        self._reading: dict[tuple[str, str, str], asyncio.Future[Version | None]] = {}
 
     def _make_broker(self, worker: Worker | None = None) -> Broker:
         settings = self.settings
@@ -90,7 +119,7 @@ class CfgPush:
         if not settings.broker:
             deliver = self.hub.deliver
             if worker is not None:  # the leader: what it delivers, its followers deliver too
-                self.link = LeaderLink(str(worker.broker_socket()), self.manifest)
+                self.link = LeaderLink(str(worker.broker_socket()), self.manifest, self._file_for_follower)
                 deliver = self._deliver_and_share
             return MemoryBroker(
                 deliver,
@@ -177,22 +206,84 @@ class CfgPush:
             loop.time() - sources,
         )
 
-    async def publish(self, payload: dict[str, Any], source: str | None = None, *, version: int | None = None) -> str:
+    async def publish(
+        self,
+        payload: dict[str, Any],
+        source: str | None = None,
+        *,
+        version: int | None = None,
+        content: bytes | None = None,
+    ) -> str:
         """The one path of every event: schema, then broker (which delivers).
 
         Raises ``marshmallow.ValidationError`` for a bad payload; nothing is published then.
         ``version`` orders observations of one path by several nodes (the broker drops a
         change older than the one it recorded; sources/filesystem/settle.py says what it is).
+        ``content``: the new bytes of the path (a source that is not the filesystem): checked
+        by the validation gate (``ContentRefused`` when it refuses: nothing is published,
+        counted as ``invalid_content``), and for a served path kept (the files API answers
+        them) and the event given its patch from the previous kept version.
         """
         counted = source or "unknown"  # the publisher, not a payload field: bounded label values
         fields = self._validated(payload, source, counted)
+        kept: Version | None = None
+        if content is not None:
+            kept = await self._with_content(fields, content, counted)
         try:
             event_id = await self.broker.publish(fields, version=version)
         except BrokerUnavailable:
             self.metrics.rejected(counted, BROKER_UNAVAILABLE)
             raise
+        if kept is not None:
+            self.emitted.put(fields["tenant_id"], fields["path"], kept)
+        elif self.emitted:
+            self._forget_emitted(fields)
         self.metrics.published(counted, fields["tenant_id"])
         return event_id
+
+    def _forget_emitted(self, fields: dict[str, Any]) -> None:
+        """An event without content: what was kept of its path (and a moved file's old path)
+        is no longer the announced version."""
+        if isinstance(fields.get("path"), str):
+            self.emitted.drop(fields["tenant_id"], fields["path"])
+        old_path = (fields.get("meta") or {}).get("old_path")
+        if fields["change_type"] == "moved" and isinstance(old_path, str):
+            self.emitted.drop(fields["tenant_id"], old_path)
+
+    async def _with_content(self, fields: dict[str, Any], content: bytes, counted: str) -> Version | None:
+        """Check ``content`` (checksum, gate) off the loop; for a served path, prepare its
+        version and put the patch from the previous kept one into ``fields``."""
+        path = fields.get("path")
+        if not isinstance(content, bytes) or not isinstance(path, str) or fields.get("checksum") is None:
+            raise ContentRefused("", "content goes with an event of a path that has a checksum (not deleted)")
+        if len(content) > MAX_SERVED_BYTES:
+            raise ContentRefused("", f"content is over {MAX_SERVED_BYTES} bytes")
+        serve = self.settings.serve_content if served(path, self.settings.serve_content) else ()
+        previous = self.emitted.get(fields["tenant_id"], path) if serve else None
+        loop = asyncio.get_running_loop()
+        try:
+            kept, extra = await loop.run_in_executor(
+                None,
+                _check_content,
+                path,
+                content,
+                fields["checksum"],
+                self.gate,
+                bool(serve),
+                previous,
+                self.settings.max_patch_bytes,
+            )
+        except ContentRefused:
+            self.metrics.rejected(counted, INVALID_CONTENT)
+            raise
+        for name in CONTENT_FIELDS:  # a patch here is one made from the kept content, or none
+            fields.pop(name, None)
+        if fields["change_type"] == "modified":
+            meta = extra.pop("meta", None)
+            if meta:
+                fields["meta"] = {**fields.get("meta", {}), **meta}
+            fields.update(extra)
+        return kept
 
     async def publish_many(
         self, payloads: list[dict[str, Any]], source: str, versions: list[int | None] | None = None
@@ -228,7 +319,7 @@ class CfgPush:
             raise
         if source is not None:
             fields.setdefault("source", source)
-        return fields
+        return keep_served(fields, self.settings.serve_content)
 
     async def source_gap(self, tenant_ids: Iterable[str] | None, source: str, reason: str = SOURCE_GAP) -> None:
         """``Resync`` (``source_gap`` by default) to the clients of ``tenant_ids`` (None: every tenant)."""
@@ -314,7 +405,9 @@ class CfgPush:
 
     def local_summary(self, tenant_id: str, last_event_id: str | None) -> dict[str, Any]:
         """The tenant's connections on this process (the status API's answer)."""
-        return summarize(tenant_id, self.hub.connections(tenant_id), last_event_id).as_json()
+        return summarize(
+            tenant_id, self.hub.connections(tenant_id), last_event_id, refused_files(self.sources, tenant_id)
+        ).as_json()
 
     async def tenant_summary(self, tenant_id: str) -> dict[str, Any]:
         """``GET /api/v1/tenants/<id>``: the tenant's connections and convergence, over every
@@ -335,6 +428,129 @@ class CfgPush:
             if found is not None:
                 manifest = {**(manifest or {}), **found}
         return manifest
+
+    # -- served content (--serve-content; content.py) ------------------------------------------------
+
+    def served_files(self, tenant_id: str) -> dict[str, str]:
+        """``{path: checksum}`` of the tenant's files whose content may be served (the manifest
+        filtered by ``--serve-content``)."""
+        patterns = self.settings.serve_content
+        if not patterns:
+            return {}
+        files = {**(self.manifest(tenant_id) or {}), **(self.emitted.files(tenant_id) if self.emitted else {})}
+        return {path: c for path, c in sorted(files.items()) if served(path, patterns)}
+
+    async def file_content(self, tenant_id: str, path: str) -> Version | None:
+        """The announced version of a served file, or None (no such file, or not served: the
+        caller answers both alike). Many requests for one new version share one read.
+        ``ContentChanging`` when the disk keeps holding bytes that were not announced."""
+        if not self.settings.serve_content or not served(path, self.settings.serve_content):
+            return None
+        if self.emitted:
+            emitted = self.emitted.get(tenant_id, path)
+            if emitted is not None:
+                return emitted  # handed with its event: the announced version itself
+        for attempt in range(CONTENT_READS):
+            checksum = (self.manifest(tenant_id) or {}).get(path)
+            if checksum is None:
+                return None
+            version = self.versions.get(tenant_id, path, checksum)
+            if version is not None:
+                return version
+            key = (tenant_id, path, checksum)
+            reading = self._reading.get(key)
+            if reading is None:
+                reading = self._reading[key] = asyncio.ensure_future(self._read_version(tenant_id, path))
+                reading.add_done_callback(functools.partial(self._read_ended, key))
+            version = await asyncio.shield(reading)
+            if version is None:
+                return None
+            if version.checksum == checksum:
+                return version
+            if version.checksum == (self.manifest(tenant_id) or {}).get(path):
+                return version  # announced meanwhile
+            await asyncio.sleep(CONTENT_RETRY_DELAY * (attempt + 1))
+        raise ContentChanging(path)
+
+    async def refresh_manifest(self, tenant_id: str) -> None:
+        """On a follower of ``--workers`` (broker/link.py): the leader's manifest of the tenant,
+        fetched now, for the files API to list and serve from; nothing elsewhere."""
+        if self.follower is not None:
+            await self.follower.refresh_manifest(tenant_id)
+
+    async def _file_for_follower(self, tenant_id: str, path: str) -> dict[str, Any]:
+        """The leader's answer to a follower's files API request (base64 of the bytes)."""
+        try:
+            version = await self.file_content(tenant_id, path)
+        except ContentChanging:
+            return {"changing": True}
+        return {"body": base64.b64encode(version.body).decode()} if version is not None else {}
+
+    def _read_ended(self, key: tuple[str, str, str], _: object) -> None:
+        self._reading.pop(key, None)
+
+    async def _read_version(self, tenant_id: str, path: str) -> Version | None:
+        """Read the file from the first source that has it, prepare it off the loop, and keep it
+        when it is the announced version."""
+        loop = asyncio.get_running_loop()
+        if self.follower is not None:  # no source here: the leader reads it
+            answer = await self.follower.file(tenant_id, path)
+            if answer.get("changing"):
+                raise ContentChanging(path)
+            if "body" not in answer:
+                return None
+            version = await loop.run_in_executor(None, Version.prepare, path, base64.b64decode(answer["body"]))
+            if version.checksum == (self.manifest(tenant_id) or {}).get(path):
+                self.versions.put(tenant_id, path, version)
+            return version
+        for source in self.sources:
+            reader = getattr(source, "content", None)
+            if reader is None:
+                continue
+            try:
+                data = await reader(tenant_id, path)
+            except Exception as exc:  # too large, unreadable: not served; said in the log
+                log.warning("not serving %s of tenant %s: %s", path, tenant_id, type(exc).__name__)
+                return None
+            if data is None:
+                continue
+            version = await loop.run_in_executor(None, Version.prepare, path, data)
+            if version.checksum == (self.manifest(tenant_id) or {}).get(path):
+                self.versions.put(tenant_id, path, version)
+            return version
+        return None
+
+
+def _check_content(
+    path: str,
+    content: bytes,
+    checksum: str,
+    gate: Gate,
+    serve: bool,
+    previous: Version | None,
+    max_patch_bytes: int,
+) -> tuple[Version | None, dict[str, Any]]:
+    """In an executor's thread: ``ContentRefused`` for content that is not the announced
+    checksum's or that the gate refuses; else the version to keep (a served path) and the
+    event's patch fields from ``previous``."""
+    if checksum_of(content) != checksum:
+        raise ContentRefused("", "checksum is not the sha256 of the content")
+    refused = gate.check(path, content) if gate else None
+    if refused is not None:
+        raise ContentRefused(refused.pointer, refused.reason)
+    if not serve:
+        return None, {}
+    kept = Version.prepare(path, content)
+    extra: dict[str, Any] = {}
+    if previous is not None and max_patch_bytes and structured.parser_for(path) is not None:
+        old, new = structured.parse(path, previous.body), structured.parse(path, content)
+        if not isinstance(old, structured.Unparsed) and not isinstance(new, structured.Unparsed):
+            made = patch_between(old, new, max_patch_bytes)
+            if isinstance(made, str):
+                extra["meta"] = {"patch_skipped": made}
+            else:
+                extra = {"patch": made[0], "base_checksum": previous.checksum, "document_checksum": made[1]}
+    return kept, extra
 
 
 class ProxiedApplication(web.Application):
@@ -455,7 +671,7 @@ def server_options(settings: Settings) -> dict[str, Any]:
         "idle_connection_timeout": settings.handshake_timeout,
         "body_timeout": settings.handshake_timeout,
         "max_header_size": settings.max_header_size,
-        "max_body_size": 1024 * 1024,  # the publish API answers 413 past 64 KiB itself
+        "max_body_size": 1024 * 1024,  # the publish API answers 413 past 64 KiB (and its content) itself
     }
 
 

@@ -362,6 +362,17 @@ SETTING_FLAGS: dict[str, tuple[str, Callable[[str], Any], str]] = {
         "processes serving --port together (SO_REUSEPORT), each a node of --broker (which it needs); "
         "auto: one per core",
     ),
+    "--serve-content": (
+        "serve_content",
+        _names,
+        "tenant-relative glob (fnmatch, as --validate) of files whose content may leave the server: "
+        "GET /api/v1/tenants/<tenant>/files/<path> and JSON Patches in events; repeatable or comma-separated",
+    ),
+    "--max-patch-bytes": (
+        "max_patch_bytes",
+        _int_in(0, None, "max patch bytes"),
+        "largest JSON Patch an event of a served file carries (bytes of its JSON); over it none (0: never)",
+    ),
     "--loop": ("event_loop", _event_loop, "the event loop: asyncio, or uvloop (pip install 'tornado_cfgpush[fast]')"),
 }
 # Settings that are secrets: never logged, and readable from a file named by CFGPUSH_<FLAG>_FILE.
@@ -374,6 +385,7 @@ REPEATABLE_FIELDS = {
     "validate",
     "json_schemas",
     "trusted_proxies",
+    "serve_content",
 }
 # Settings that are switches: the flag alone means true (--metrics-tenant-labels [true|false]).
 BOOLEAN_FIELDS = {"metrics_tenant_labels", "metrics_public", "ws_compression", "proxy_protocol"}

@@ -104,6 +104,13 @@ class Settings:
     # Schema (draft 2020-12).
     validate: tuple[str, ...] = ()
     json_schemas: tuple[str, ...] = ()
+    # Configuration content (issue #14; off by default: values may be secrets): tenant-relative
+    # globs (the gate's matching rule, rules.path_matches) of the files whose content may leave
+    # the server, by GET /api/v1/tenants/<t>/files/<path> and as JSON Patches in events.
+    serve_content: tuple[str, ...] = ()
+    # The largest patch an event carries (its JSON text, in bytes); over it no patch: the
+    # client fetches the file (one conditional GET). 0: no patches at all.
+    max_patch_bytes: int = 16 * 1024
     # The event loop: "asyncio" (the standard library's) or "uvloop" (pip install
     # 'tornado_cfgpush[fast]'): cheaper I/O per delivery.
     event_loop: str = "asyncio"
@@ -148,6 +155,9 @@ class Settings:
         object.__setattr__(self, "allowed_origins", tuple(self.allowed_origins))
         object.__setattr__(self, "validate", tuple(self.validate))
         object.__setattr__(self, "json_schemas", tuple(self.json_schemas))
+        object.__setattr__(self, "serve_content", tuple(self.serve_content))
+        if self.max_patch_bytes < 0:
+            raise ValueError("max_patch_bytes must not be negative")
         object.__setattr__(self, "allowed_hosts", tuple(self.allowed_hosts))
         object.__setattr__(self, "trusted_proxies", tuple(self.trusted_proxies))
         if self.keyfile and not self.certfile:

@@ -20,7 +20,7 @@ from collections.abc import Sequence
 from pathlib import Path
 from typing import NoReturn
 
-from .client import SubscribeError, Subscription
+from .client import ConfigChanged, FileVersion, Resync, SubscribeError, Subscription
 
 PROG = "cfgpush-tail"
 
@@ -49,6 +49,16 @@ def build_parser() -> argparse.ArgumentParser:
     )
     parser.add_argument("--manifest", action="store_true", help="ask for the manifest in Welcome")
     parser.add_argument("--welcome", action="store_true", help="print Welcome messages too")
+    parser.add_argument(
+        "--content",
+        action="store_true",
+        help="keep the served files (--serve-content on the server) and print each new value "
+        '(after the event, a line {"File": {"path", "checksum", "document", "text"}}); '
+        "--file PATH fetches one at start",
+    )
+    parser.add_argument(
+        "--file", action="append", default=[], metavar="PATH", help="with --content: a served file to follow"
+    )
     parser.add_argument("--quiet", "-q", action="store_true", help="no connection news on stderr")
     return parser
 
@@ -111,11 +121,31 @@ async def tail(args: argparse.Namespace, environ: dict[str, str]) -> int:
         welcome=args.welcome,
         on_status=_news(args.quiet),
         ssl_context=_ssl_context(args, environ),
+        content=args.content,
     )
 
+    def show(path: str, version: FileVersion | None) -> None:
+        shown: dict = {"path": path, "checksum": None, "document": None, "text": None}
+        if version is not None:
+            shown["checksum"] = version.checksum
+            shown["text"] = version.content.decode("utf-8", "replace") if version.content is not None else None
+            try:
+                json.dumps(version.document)
+                shown["document"] = version.document
+            except (TypeError, ValueError):  # a TOML date: text only
+                pass
+        sys.stdout.write(json.dumps({"File": shown}, separators=(",", ":")) + "\n")
+
     async def pump() -> None:
+        for path in args.file if args.content else ():
+            show(path, await subscription.file(path))
         async for event in subscription:
             sys.stdout.write(json.dumps(event.to_json(), separators=(",", ":")) + "\n")
+            if isinstance(event, ConfigChanged) and args.content and event.path and event.value is not None:
+                show(event.path, event.value)
+            elif isinstance(event, Resync) and event.files:
+                for path, version in sorted(event.files.items()):
+                    show(path, version)
             sys.stdout.flush()
 
     task = asyncio.ensure_future(pump())

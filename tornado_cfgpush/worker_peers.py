@@ -27,6 +27,7 @@ from prometheus_client.parser import text_string_to_metric_families
 from prometheus_client.registry import Collector
 
 from .metrics import Metrics
+from .summary import TOP_REASONS
 from .workerinfo import Worker
 
 log = logging.getLogger("cfgpush.workers")
@@ -102,15 +103,28 @@ class Peers:
 
 
 def merge_summaries(summaries: list[dict[str, Any]]) -> dict[str, Any]:
-    """One tenant's summaries of several workers (same tenant and newest id) summed."""
+    """One tenant's summaries of several workers (same tenant and newest id) together: counts
+    summed, apply-failure reasons counted over all (the most common first), the gate's refused
+    files once each (every worker with sources lists the same)."""
     merged = dict(summaries[0])
     by_transport: dict[str, int] = {}
+    reasons: dict[str, int] = {}
+    invalid: dict[tuple[Any, Any], dict[str, Any]] = {}
     for summary in summaries:
         for transport, n in summary["connections_by_transport"].items():
             by_transport[transport] = by_transport.get(transport, 0) + n
+        for failure in summary.get("failures", ()):
+            reasons[failure["reason"]] = reasons.get(failure["reason"], 0) + failure["clients"]
+        for entry in summary.get("invalid", ()):
+            invalid.setdefault((entry.get("path"), entry.get("pointer")), entry)
     merged["connections_by_transport"] = by_transport
-    for key in ("connections", "observers", "clients", "converged"):
-        merged[key] = sum(summary[key] for summary in summaries)
+    for key in ("connections", "observers", "clients", "converged", "failed"):
+        merged[key] = sum(summary.get(key, 0) for summary in summaries)
+    if "failures" in merged:
+        top = sorted(reasons.items(), key=lambda item: -item[1])[:TOP_REASONS]
+        merged["failures"] = [{"reason": reason, "clients": n} for reason, n in top]
+    if "invalid" in merged:
+        merged["invalid"] = list(invalid.values())
     return merged
 
 

@@ -14,7 +14,8 @@ The link is newline-delimited JSON, one stream per follower:
   follower's requests (``{"id": n, "ok": result}``, ``"unavailable"`` or ``"error"``);
 * follower to leader: ``catch_up`` (the answer carries the tenant's manifest, which only the
   leader's sources know; the follower keeps the latest per tenant for its ``Welcome`` and
-  ``Resync``), ``publish`` and ``publish_many`` (the publish API on a follower).
+  ``Resync``), ``publish`` and ``publish_many`` (the publish API on a follower), ``manifest``
+  and ``file`` (the files API on a follower: the leader's list, and the bytes of a served file).
 
 One stream carries both events and answers, in the order the leader wrote them, so a
 subscriber's catch-up and the live events around it are ordered as within one process.
@@ -32,7 +33,7 @@ import itertools
 import json
 import logging
 import os
-from collections.abc import Callable, Iterable
+from collections.abc import Awaitable, Callable, Iterable
 from typing import Any
 
 from ..events import Event, encode_json
@@ -50,9 +51,15 @@ CONNECT_TIMEOUT = 120.0  # the leader starts its sources before it serves anyone
 class LeaderLink:
     """The leader's side: events and gaps out to every follower, their requests answered."""
 
-    def __init__(self, path: str, manifest: Callable[[str], dict[str, str] | None]):
+    def __init__(
+        self,
+        path: str,
+        manifest: Callable[[str], dict[str, str] | None],
+        files: Callable[[str, str], Awaitable[dict[str, Any]]] | None = None,
+    ):
         self.path = path
         self.manifest = manifest
+        self.files = files  # (tenant, path) -> {"body": base64} | {"changing": True} | {}: the files API
         self.broker: Broker | None = None
         self.followers: set[asyncio.StreamWriter] = set()
         self._server: asyncio.AbstractServer | None = None
@@ -124,6 +131,10 @@ class LeaderLink:
                     "resync": catchup.resync,
                     "manifest": self.manifest(tenant_id),
                 }
+            elif op == "manifest":
+                answer["ok"] = self.manifest(request["t"])
+            elif op == "file" and self.files is not None:
+                answer["ok"] = await self.files(request["t"], request["p"])
             elif op == "publish":
                 answer["ok"] = await broker.publish(request["f"], version=request.get("v"))
             elif op == "publish_many":
@@ -241,8 +252,15 @@ class FollowerBroker(Broker):
         return Catchup(found["last"], [Event(i, body) for i, body in found["events"]], found["resync"])
 
     def manifest(self, tenant_id: str) -> dict[str, str] | None:
-        """The tenant's manifest as of the last catch-up (the leader's sources know it)."""
+        """The tenant's manifest as of the last catch-up or refresh (the leader's sources know it)."""
         return self._manifests.get(tenant_id)
+
+    async def refresh_manifest(self, tenant_id: str) -> None:
+        self._manifests[tenant_id] = await self._call("manifest", t=tenant_id)
+
+    async def file(self, tenant_id: str, path: str) -> dict[str, Any]:
+        """The leader's files API answer for a served file (see ``LeaderLink.files``)."""
+        return await self._call("file", t=tenant_id, p=path)
 
     def readiness(self) -> str | None:
         return None if self._writer is not None else "the leader worker (worker 0) is unreachable"

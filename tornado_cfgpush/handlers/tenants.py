@@ -1,4 +1,5 @@
-"""``GET /api/v1/tenants/<id>``: a tenant's connections and convergence (admin token)."""
+"""``GET /api/v1/tenants/<id>``: a tenant's connections, convergence, apply failures and what
+the validation gate refuses (admin token)."""
 
 from __future__ import annotations
 

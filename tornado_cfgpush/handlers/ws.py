@@ -251,7 +251,7 @@ class WebSocketSink(WebSocketConnection):
         if kind == "Ping":
             self._send({"Pong": {"id": body["id"]}} if "id" in body else "Pong")
         elif kind == "Ack":
-            self.owner.ack(body["event_id"])
+            self.owner.ack(body["event_id"], body.get("error"))
         elif kind == "Refresh":
             refused = self.owner.refresh(body["token"])
             if refused is not None:
