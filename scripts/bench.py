@@ -150,6 +150,19 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
         action="store_true",
         help="also run cfgpush with --ws-compression (permessage-deflate), offered by the clients",
     )
+    g.add_argument(
+        "--tls",
+        action="store_true",
+        help="also run cfgpush with --certfile/--keyfile (a private CA's certificate), its clients on "
+        "wss:// (fanout and latency: beside plain cfgpush, as cfgpush+tls; storm: run again over wss://)",
+    )
+    g.add_argument(
+        "--workers",
+        type=int,
+        default=0,
+        help="also run cfgpush on a private Redis as one process (cfgpush+redis) and with --workers N "
+        "(cfgpush+Nw, on every core) in fanout and latency",
+    )
     g.add_argument("--heartbeat", type=float, default=5.0, help="servers' ping interval (default 5)")
     g.add_argument("--concurrency", type=int, default=100, help="handshakes in flight (default 100)")
     g = p.add_argument_group("output")
@@ -217,6 +230,10 @@ def preflight(args: argparse.Namespace) -> str | None:
     wanted = []
     if args.ws_compression:
         wanted.append("--ws-compression")
+    if args.tls:
+        wanted.append("--certfile")
+    if args.workers > 1:
+        wanted.append("--workers")
     if args.server_loop != "asyncio":
         wanted.append("--loop")
     uses_cfgpush = "cfgpush" in args.server_list or bool(
@@ -240,6 +257,10 @@ async def run(args: argparse.Namespace, res: Resources, results: dict) -> None:
     servers = list(args.server_list)
     if args.ws_compression and "cfgpush" in servers:
         servers.append(targets.DEFLATE)
+    if args.tls and "cfgpush" in servers:
+        servers.append(targets.TLS)
+    if args.workers > 1 and "cfgpush" in servers:
+        servers += [targets.REDIS_ONE, targets.workers_name(args.workers)]
     chosen = set(args.scenarios)
     errors = results["errors"]
 
@@ -340,6 +361,24 @@ async def run(args: argparse.Namespace, res: Resources, results: dict) -> None:
             )
             if found:
                 results["storm"] = found
+            if args.tls:
+                found = await attempt(
+                    "storm_tls",
+                    scenarios.storm(
+                        res,
+                        opts,
+                        clients=args.storm_clients,
+                        before=args.storm_before,
+                        down=args.storm_down,
+                        during=args.storm_during,
+                        concurrency=args.concurrency,
+                        redis_program=program,
+                        timeout=args.storm_timeout,
+                        tls=True,
+                    ),
+                )
+                if found:
+                    results["storm_tls"] = found
     if "burst" in chosen:
         found = await attempt(
             "burst",

@@ -76,15 +76,16 @@ HARNESS = """async () => {
 
 
 @contextlib.asynccontextmanager
-async def chromium(user_data_dir: Path) -> AsyncIterator[object]:
-    """A fresh headless Chromium (Playwright's async API) with its own profile folder."""
+async def chromium(user_data_dir: Path, extra_args: Sequence[str] = ()) -> AsyncIterator[object]:
+    """A fresh headless Chromium (Playwright's async API) with its own profile folder
+    (``extra_args``: more command-line switches, e.g. ``--ignore-certificate-errors``)."""
     from playwright.async_api import async_playwright
 
     async with async_playwright() as playwright:
         context = await playwright.chromium.launch_persistent_context(
             str(user_data_dir),
             executable_path=CHROMIUM,
-            args=CHROMIUM_ARGS,
+            args=[*CHROMIUM_ARGS, *extra_args],
             headless=True,
             viewport={"width": 1200, "height": 540},
         )

@@ -17,6 +17,8 @@ from typing import Any
 from marshmallow import ValidationError
 from pluggy import PluginManager
 from tornado import httpserver, netutil, web
+from tornado.httputil import HTTPServerRequest
+from tornado.iostream import IOStream, StreamClosedError, UnsatisfiableReadError
 
 from . import structured
 from .auth import Decision, decide
@@ -43,10 +45,15 @@ from .loop_health import LoopLag
 from .metrics import BROKER_UNAVAILABLE, INVALID, INVALID_CONTENT, Metrics
 from .patching import patch_between
 from .plugins import get_plugin_manager
+from .proxies import TrustedProxies, parse_address
+from .proxy_protocol import V1_MAX, V1_PREFIX, V2_SIGNATURE, ProxyHeaderError, parse_v1, parse_v2, v2_length
 from .schemas import config_changed_schema
 from .settings import Settings
 from .signals import install as install_signal_handlers
 from .sources.runner import SourceRunner
+from .tls import CertificateReloader, TLSError
+from .worker_metrics import serve_metrics
+from .workerinfo import Worker
 
 log = logging.getLogger("cfgpush")
 
@@ -140,6 +147,7 @@ class CfgPush:
     async def stop(self) -> None:
         loop = asyncio.get_running_loop()
         started = loop.time()
+        self.limits.close()  # from now on /ws and /events answer 503
         self.loop_lag.stop()
         self.hub.stop()
         # 1001 to every client; half the drain time for what they still have to read.
@@ -496,6 +504,56 @@ def _check_content(
     return kept, extra
 
 
+class ProxiedApplication(web.Application):
+    """Behind a ``--trusted-proxy``: a request from one carries its client's address and scheme
+    (proxies.py) before any handler, limit, hook or log line sees it."""
+
+    trusted_proxies: TrustedProxies
+
+    def find_handler(self, request: HTTPServerRequest, **kwargs: Any) -> Any:
+        if request.remote_ip:
+            request.remote_ip, scheme = self.trusted_proxies.client(request.remote_ip, request.headers)
+            if scheme is not None:
+                request.protocol = scheme
+        return super().find_handler(request, **kwargs)
+
+
+class ProxyProtocolServer(httpserver.HTTPServer):
+    """``--proxy-protocol``: a connection from a ``--trusted-proxy`` peer starts with a PROXY
+    header (proxy_protocol.py), read before any HTTP; the client it names is the peer from then
+    on. A missing, malformed or slow header closes the connection."""
+
+    trusted_proxies: TrustedProxies
+    header_timeout: float
+
+    # TCPServer.handle_stream may be a coroutine (Tornado waits on it); HTTPServer types it as not.
+    async def handle_stream(self, stream: IOStream, address: tuple) -> None:  # type: ignore[override]
+        if not self.trusted_proxies.trusts(parse_address(address[0])):
+            super().handle_stream(stream, address)
+            return
+        try:
+            async with asyncio.timeout(self.header_timeout):
+                client = await read_proxy_header(stream)
+        except (ProxyHeaderError, StreamClosedError, UnsatisfiableReadError, TimeoutError) as exc:
+            log.warning("closed a connection from %s: %s", address[0], exc or "no PROXY header in time")
+            stream.close()
+            return
+        super().handle_stream(stream, client or address)
+
+
+async def read_proxy_header(stream: IOStream) -> tuple[str, int] | None:
+    """The PROXY header at the start of ``stream`` (v1 or v2) -> the client's address, or None
+    when the balancer speaks for itself (``UNKNOWN``, ``LOCAL``)."""
+    first = await stream.read_bytes(5)
+    if first == V1_PREFIX:
+        return parse_v1(first + await stream.read_until(b"\r\n", max_bytes=V1_MAX - len(first)))
+    if first == V2_SIGNATURE[:5]:
+        head = first + await stream.read_bytes(11)
+        length = v2_length(head)
+        return parse_v2(head, await stream.read_bytes(length) if length else b"")
+    raise ProxyHeaderError("a trusted proxy's connection must start with a PROXY header (--proxy-protocol)")
+
+
 def make_app(core: CfgPush, **tornado_settings: Any) -> web.Application:
     settings = {
         "default_handler_class": NotFoundHandler,
@@ -506,7 +564,12 @@ def make_app(core: CfgPush, **tornado_settings: Any) -> web.Application:
     # Plugins' routes come after the built-in ones: Tornado takes the first match, so a
     # plugin cannot take over /ws, /metrics, ...
     plugin_routes = [r for found in core.pm.hook.cfgpush_register_routes(settings=core.settings) for r in found or ()]
-    app = web.Application(default_handlers(core) + plugin_routes, **settings)
+    app: web.Application
+    if core.settings.trusted_proxies:
+        app = ProxiedApplication(default_handlers(core) + plugin_routes, **settings)
+        app.trusted_proxies = TrustedProxies(core.settings.trusted_proxies)
+    else:  # no proxy to believe: not a step more per request
+        app = web.Application(default_handlers(core) + plugin_routes, **settings)
     app.cfgpush = core  # type: ignore[attr-defined]  # where plugins' route handlers find the service
     return app
 
@@ -533,9 +596,16 @@ def log_request(handler: web.RequestHandler) -> None:
 LISTEN_BACKLOG = 4096
 
 
-def bind(settings: Settings) -> list[socket.socket]:
-    """Bind before anything starts, so a taken port fails fast and cleanly."""
-    return netutil.bind_sockets(settings.port, settings.host, family=socket.AF_UNSPEC, backlog=LISTEN_BACKLOG)
+def bind(settings: Settings, port: int | None = None, reuse_port: bool = False) -> list[socket.socket]:
+    """Bind before anything starts, so a taken port fails fast and cleanly. ``reuse_port``:
+    one of ``--workers``, on the port they share (tornado_cfgpush.workers)."""
+    return netutil.bind_sockets(
+        settings.port if port is None else port,
+        settings.host,
+        family=socket.AF_UNSPEC,
+        backlog=LISTEN_BACKLOG,
+        reuse_port=reuse_port,
+    )
 
 
 def server_options(settings: Settings) -> dict[str, Any]:
@@ -555,12 +625,24 @@ async def serve(
     plugin_manager: PluginManager | None = None,
     stop: asyncio.Event | None = None,
     sockets: list[socket.socket] | None = None,
+    worker: Worker | None = None,
 ) -> None:
     """Run until SIGTERM/SIGINT (or ``stop`` is set); then close clients with 1001 and return."""
     stop = stop or asyncio.Event()
     loop = asyncio.get_running_loop()
     uninstall_signal_handlers = install_signal_handlers(loop, stop.set)
     sockets = sockets if sockets is not None else bind(settings)
+    certificates = None
+    if settings.certfile is not None:
+        try:
+            certificates = CertificateReloader(
+                settings.certfile, settings.keyfile, settings.keyfile_password, settings.tls_reload_interval
+            )
+        except TLSError as exc:
+            for sock in sockets:
+                sock.close()
+            uninstall_signal_handlers()
+            raise StartupError(f"--certfile/--keyfile: {exc}") from None
     core = CfgPush(settings, plugin_manager)
     try:
         await core.start()
@@ -583,12 +665,34 @@ async def serve(
         await core.wait_started(timeout=settings.drain_timeout * 6)
     except TimeoutError:
         log.warning("some sources have not started yet; listening anyway")
-    server = httpserver.HTTPServer(app, **server_options(settings))
+    peers = await serve_metrics(worker, core.metrics) if worker is not None else None
+    tls: dict[str, Any] = {}
+    if certificates is not None:
+        tls["ssl_options"] = certificates.context  # one context; new pairs reach it by SNI (tls.py)
+        certificates.start()
+    server: httpserver.HTTPServer
+    if settings.proxy_protocol:
+        server = ProxyProtocolServer(app, **server_options(settings), **tls)
+        server.trusted_proxies = TrustedProxies(settings.trusted_proxies)
+        server.header_timeout = settings.handshake_timeout
+    else:
+        server = httpserver.HTTPServer(app, **server_options(settings), **tls)
     server.add_sockets(sockets)
+    http, ws = ("https", "wss") if certificates is not None else ("http", "ws")
+    which = f", worker {worker.index} of {worker.count}" if worker is not None else ""
     for sock in sockets:
         host, port = sock.getsockname()[:2]
         shown = f"[{host}]" if ":" in host else host
-        log.info("listening on http://%s:%d (WebSocket ws://%s:%d/ws?tenant_id=...)", shown, port, shown, port)
+        log.info(
+            "listening on %s://%s:%d (WebSocket %s://%s:%d/ws?tenant_id=...%s)",
+            http,
+            shown,
+            port,
+            ws,
+            shown,
+            port,
+            which,
+        )
     # Everything allocated so far lives as long as the process: keep it out of the
     # collector's generations, so collections do not rescan it during broadcasts.
     gc.collect()
@@ -598,6 +702,10 @@ async def serve(
     finally:
         log.info("shutting down: closing clients (1001), stopping sources")
         server.stop()
+        if certificates is not None:
+            await certificates.stop()
+        if peers is not None:
+            peers.close()
         drain = settings.drain_timeout
         try:
             await asyncio.wait_for(core.stop(), drain)

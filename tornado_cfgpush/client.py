@@ -60,6 +60,7 @@ import inspect
 import json
 import logging
 import random
+import ssl
 import time
 from collections.abc import AsyncGenerator, AsyncIterator, Awaitable, Callable
 from dataclasses import dataclass, field
@@ -156,11 +157,19 @@ class FileVersion:
 class Files:
     """The served files one subscription keeps (``content=True``), by path."""
 
-    def __init__(self, base: str, tenant_id: str, token: Callable[[], str | None], fetch_jitter: float = 0.25):
+    def __init__(
+        self,
+        base: str,
+        tenant_id: str,
+        token: Callable[[], str | None],
+        fetch_jitter: float = 0.25,
+        ssl_context: ssl.SSLContext | None = None,
+    ):
         self.base = base
         self.tenant_id = tenant_id
         self.token = token
         self.fetch_jitter = fetch_jitter
+        self.ssl_context = ssl_context  # the subscription's: the same server, the same CA
         self.held: dict[str, FileVersion] = {}
         self.fetches = 0  # requests made, for the curious (and the tests)
 
@@ -226,7 +235,7 @@ class Files:
             headers["If-None-Match"] = f'"{held.checksum}"'
         url = f"{self.base}/api/v1/tenants/{quote(self.tenant_id, safe='')}/files/{quote(path)}"
         self.fetches += 1
-        response = await AsyncHTTPClient().fetch(url, headers=headers, raise_error=False)
+        response = await AsyncHTTPClient().fetch(url, headers=headers, raise_error=False, ssl_options=self.ssl_context)
         if response.code == 304 and held is not None:
             return held
         if response.code != 200:
@@ -333,13 +342,14 @@ class Subscription:
         max_queue: int = 10_000,
         ack_interval: float = ACK_INTERVAL,
         on_status: Callable[[str, dict], None] | None = None,
+        ssl_context: ssl.SSLContext | None = None,
         content: bool = False,
         fetch_jitter: float = 0.25,
     ):
         self.url = ws_url(url)
         # content=True: the served files kept (Files), fetched over http(s) from the same server.
         http_base = self.url[: -len("/ws")].replace("ws", "http", 1)
-        self.files = Files(http_base, tenant_id, lambda: self.token, fetch_jitter) if content else None
+        self.files = Files(http_base, tenant_id, lambda: self.token, fetch_jitter, ssl_context) if content else None
         self.tenant_id = tenant_id
         self.last_event_id = last_event_id  # applied (acknowledged)
         self._cursor = last_event_id  # handed out: where a reconnect resumes
@@ -356,6 +366,9 @@ class Subscription:
         self.max_queue = max_queue
         self.ack_interval = ack_interval
         self.on_status = on_status
+        # wss:// (https://): None verifies the server against the system's CAs; a context of
+        # one's own trusts a private CA (ssl.create_default_context(cafile=...)).
+        self.ssl_context = ssl_context
         self.heartbeat_interval: float | None = None
         self.state = "idle"
         self.connections = 0  # successful subscriptions (Welcome received), for the curious
@@ -486,6 +499,7 @@ class Subscription:
             headers=self.headers,
             connect_timeout=self.connect_timeout,
             request_timeout=self.connect_timeout,
+            ssl_options=self.ssl_context,
         )
         inbox: asyncio.Queue[str | bytes | None] = asyncio.Queue()
         self._inbox = inbox

@@ -16,7 +16,7 @@ from __future__ import annotations
 
 import time
 from collections import OrderedDict
-from collections.abc import Iterator
+from collections.abc import Awaitable, Callable, Iterator
 from typing import TYPE_CHECKING
 
 from prometheus_client import CollectorRegistry, Histogram, PlatformCollector, ProcessCollector
@@ -54,6 +54,8 @@ class Metrics:
         self.tenant_labels = bool(core.settings.metrics_tenant_labels)
         self.tenant_ttl = core.settings.history_ttl
         self.clock = time.monotonic  # of the per-tenant series' expiry (a test may replace it)
+        # Under --workers: (this worker's exposition) -> every worker's, merged.
+        self.peers: Callable[[bytes], Awaitable[bytes]] | None = None
         # (source,) or (source, tenant) -> count; (source, reason) -> count.
         self.published_events: dict[tuple[str, ...], int] = {}
         self.rejected_events: dict[tuple[str, str], int] = {}
@@ -144,6 +146,12 @@ class Metrics:
         from prometheus_client import generate_latest
 
         return generate_latest(self.registry)
+
+    async def scrape(self) -> bytes:
+        """What ``/metrics`` answers: this process's exposition, or under ``--workers`` every
+        worker's (tornado_cfgpush.worker_metrics sets ``peers``)."""
+        own = self.exposition()
+        return own if self.peers is None else await self.peers(own)
 
 
 class _ServiceCollector(Collector):

@@ -14,6 +14,7 @@ import json
 import logging
 import os
 import signal
+import ssl
 import sys
 from collections.abc import Sequence
 from pathlib import Path
@@ -39,6 +40,12 @@ def build_parser() -> argparse.ArgumentParser:
         "--token",
         default=None,
         help="subscriber token (?token=); also CFGPUSH_TOKEN or CFGPUSH_TOKEN_FILE (safer: not in ps)",
+    )
+    parser.add_argument(
+        "--cafile",
+        default=None,
+        help="PEM file of the CA(s) that signed a wss:// server's certificate (default: the system's); "
+        "also CFGPUSH_CAFILE",
     )
     parser.add_argument("--manifest", action="store_true", help="ask for the manifest in Welcome")
     parser.add_argument("--welcome", action="store_true", help="print Welcome messages too")
@@ -67,6 +74,16 @@ def _token(args: argparse.Namespace, environ: dict[str, str]) -> str | None:
         except OSError as exc:
             raise SubscribeError(f"CFGPUSH_TOKEN_FILE: cannot read it: {exc.strerror or exc}") from None
     return None
+
+
+def _ssl_context(args: argparse.Namespace, environ: dict[str, str]) -> ssl.SSLContext | None:
+    cafile = args.cafile or environ.get("CFGPUSH_CAFILE")
+    if not cafile:
+        return None
+    try:
+        return ssl.create_default_context(cafile=cafile)
+    except (OSError, ssl.SSLError) as exc:
+        raise SubscribeError(f"--cafile: cannot use {cafile!r}: {getattr(exc, 'strerror', None) or exc}") from None
 
 
 def _news(quiet: bool):
@@ -103,6 +120,7 @@ async def tail(args: argparse.Namespace, environ: dict[str, str]) -> int:
         manifest=args.manifest,
         welcome=args.welcome,
         on_status=_news(args.quiet),
+        ssl_context=_ssl_context(args, environ),
         content=args.content,
     )
 

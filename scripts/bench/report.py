@@ -436,10 +436,12 @@ def render(results: dict, markdown: bool = False) -> str:
             ],
             markdown,
         )
-    st = results.get("storm")
-    if st:
+    for key, over in (("storm", ""), ("storm_tls", " over wss:// (--tls)")):
+        st = results.get(key)
+        if not st:
+            continue
         head(
-            f"storm: {st['clients']} clients on a Redis-backed node; SIGTERM, {st['events_while_down']} events "
+            f"storm: {st['clients']} clients on a Redis-backed node{over}; SIGTERM, {st['events_while_down']} events "
             f"through a second node while down, {st['events_during_reconnect']} more during the reconnect"
         )
         out += _table(
