@@ -8,6 +8,7 @@ from __future__ import annotations
 import base64
 import hashlib
 import json
+import os
 
 import pytest
 from tornado.httpclient import AsyncHTTPClient
@@ -163,3 +164,15 @@ async def test_content_handed_on_one_node_is_served_and_patched_on_the_other(clu
             f"http://127.0.0.1:{node.port}/api/v1/tenants/acme/files/ui/a.json", raise_error=False
         )
         assert gone.code == 404
+
+
+@pytest.mark.gen_test(timeout=60)
+async def test_a_schema_file_that_changes_applies_to_published_content(core, http_url, settings):
+    (schema_path,) = [rule.split("=", 1)[1] for rule in settings.json_schemas]
+    ok = b'{"rate": 3}'
+    assert (await post(http_url, "billing/limits.json", ok))[0] == 202
+    with open(schema_path, "w") as f:  # now rate must be at least 5
+        json.dump({"properties": {"rate": {"type": "integer", "minimum": 5}}}, f)
+    os.utime(schema_path, (1, 1))  # a new stamp, however coarse the clock
+    code, answer = await post(http_url, "billing/limits.json", b'{"rate": 4}')
+    assert code == 422 and answer["pointer"] == "/rate"

@@ -216,6 +216,8 @@ class CfgPush:
             raise ContentRefused("", "content goes with an event of a path that has a checksum (not deleted)")
         if len(content) > MAX_SERVED_BYTES:
             raise ContentRefused("", f"content is over {MAX_SERVED_BYTES} bytes")
+        for problem in self.gate.reload():  # a JSON Schema file that changed (one stat per file)
+            log.warning("validation gate: %s", problem)
         serve = self.settings.serve_content if served(path, self.settings.serve_content) else ()
         previous = self.emitted.get(fields["tenant_id"], path) if serve and not self.settings.broker else None
         if serve and self.settings.broker:  # a shared broker keeps what any node was handed
