@@ -142,6 +142,7 @@ export function applyPatch(doc, patch) {
 }
 
 const ignore = () => {};
+const FETCH_RETRIES = 3; // content: a 503 (the file is being changed) is asked again this often
 
 function decodeExp(token) {
   // A JWT's exp (seconds since the epoch), or null for anything else: tokens stay opaque.
@@ -572,7 +573,15 @@ export class CfgPush {
     const headers = {};
     if (this._token) headers.Authorization = `Bearer ${this._token}`;
     if (held) headers["If-None-Match"] = `"${held.checksum}"`;
-    const response = await fetch(url, { headers, cache: "no-store", credentials: "same-origin" });
+    let response;
+    for (let attempt = 0; ; attempt++) {
+      response = await fetch(url, { headers, cache: "no-store", credentials: "same-origin" });
+      // 503: the file is being changed (or this node has not read the new version yet): retry
+      // a few times after the server's Retry-After, at most 2 s.
+      if (response.status !== 503 || attempt >= FETCH_RETRIES) break;
+      const wait = Math.min(2, Number(response.headers.get("Retry-After")) || 1) * 1000;
+      await new Promise((resolve) => setTimeout(resolve, wait * (0.5 + Math.random() / 2)));
+    }
     if (response.status === 304 && held) return held;
     if (!response.ok) throw new Error(`GET ${path}: ${response.status}`);
     const bytes = await response.arrayBuffer();
