@@ -173,7 +173,7 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
         "--chart",
         default="",
         help="PNG: deliveries/s and last-client p99 against clients (and <name>-burst.png: the bursts' "
-        "deliveries over time; <name>-scale.png: ready time and RSS against files)",
+        "deliveries over time; <name>-scale.png: ready time and RSS against files; <name>-herd.png: the herd)",
     )
     g.add_argument("--chart-clients", type=_ints, default=[250, 500, 1000, 2000, 4000])
     g.add_argument("--chart-latency-events", type=int, default=10)
@@ -542,6 +542,11 @@ def main(argv: list[str] | None = None) -> int:
         scale_png = f"{stem}-scale.{ext}" if dot else f"{args.chart}-scale.png"
         report.scale_chart(results["scale"], scale_png, report.describe_machine(machine))
         print(f"bench: scale chart written to {scale_png}", file=sys.stderr)
+    if args.chart and (results.get("herd") or {}).get("modes"):
+        stem, dot, ext = args.chart.rpartition(".")
+        herd_png = f"{stem}-herd.{ext}" if dot else f"{args.chart}-herd.png"
+        report.herd_chart(results["herd"], herd_png, report.describe_machine(machine))
+        print(f"bench: herd chart written to {herd_png}", file=sys.stderr)
     if args.json:
         with open(args.json, "w") as f:
             json.dump(results, f, indent=2)

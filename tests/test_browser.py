@@ -551,3 +551,34 @@ async def test_a_page_shows_the_new_value_from_the_patch_without_a_request(http_
         await page_wait(page, "document.body.dataset.color === 'green'")
         assert (await page.evaluate("window.shown"))[-1] == {"color": "green", "fromPatch": False}
         assert core.metrics.file_requests == {"200": 2}
+
+
+@pytest.mark.settings(serve_content=("ui/*.json",))
+@pytest.mark.gen_test(timeout=90)
+async def test_a_resync_refreshes_only_the_files_whose_checksum_changed(http_url, core, config_dir, tmp_path):
+    (config_dir / "acme" / "ui").mkdir()
+    for name in ("a", "b"):
+        write(config_dir / "acme" / "ui" / f"{name}.json", json.dumps({"name": name}))
+    await wait_for(lambda: {"ui/a.json", "ui/b.json"} <= set(core.manifest("acme") or {}))
+    async with shot.chromium(tmp_path / "profile") as context:
+        page = await context.new_page()
+        await page.goto(http_url + "/example.html")
+        await page.evaluate(
+            """async () => {
+              const { CfgPush } = await import("/cfgpush.js");
+              window.resyncs = [];
+              const push = window.contentPush = new CfgPush(location.origin, { tenantId: "acme", content: true,
+                onResync: (resync, files) => { window.resyncs.push(files.changed); } });
+              await push.file("ui/a.json");
+              await push.file("ui/b.json");
+              // a.json as if an older version were held: the Resync's manifest says it changed.
+              push.files.set("ui/a.json", { checksum: "sha256:" + "0".repeat(64), content: "{}", document: {} });
+            }"""
+        )
+        await page_wait(page, "window.contentPush.state === 'open'")
+        assert core.metrics.file_requests == {"200": 2}
+        await core.source_gap(["acme"], "test")
+        await page_wait(page, "window.resyncs.length === 1")
+        changed = (await page.evaluate("window.resyncs"))[0]
+        assert list(changed) == ["ui/a.json"] and changed["ui/a.json"]["document"] == {"name": "a"}
+        assert core.metrics.file_requests == {"200": 3}  # b.json, unchanged, was not asked for

@@ -163,3 +163,54 @@ async def test_bytes_never_announced_are_never_served(config_dir, connect, core,
 async def test_nothing_is_served_unless_the_operator_opts_in(core, http_url):
     assert (await get(http_url, "/api/v1/tenants/acme/files/app.json")).code == 404
     assert json.loads((await get(http_url, "/api/v1/tenants/acme/files")).body)["files"] == {}
+
+
+@pytest.mark.gen_test(timeout=60)
+@pytest.mark.settings(
+    serve_content=SERVED, jwt_secret=SECRET, admin_token=ADMIN, allowed_origins=("https://app.example",)
+)
+async def test_an_allowed_page_of_another_origin_may_read_a_served_file(core, http_url):
+    """CORS: the preflight of a fetch with Authorization, then the GET, from an allowed origin;
+    any other origin is refused as on /ws."""
+    path = "/api/v1/tenants/acme/files/ui/theme.json"
+    preflight = await AsyncHTTPClient().fetch(
+        f"{http_url}{path}",
+        method="OPTIONS",
+        headers={"Origin": "https://app.example", "Access-Control-Request-Headers": "authorization"},
+        raise_error=False,
+    )
+    assert preflight.code == 204
+    assert preflight.headers["Access-Control-Allow-Origin"] == "https://app.example"
+    assert "Authorization" in preflight.headers["Access-Control-Allow-Headers"]
+    r = await get(http_url, path, Origin="https://app.example")
+    assert r.code == 200 and r.headers["Access-Control-Allow-Origin"] == "https://app.example"
+    assert "ETag" in r.headers["Access-Control-Expose-Headers"]
+    other = await AsyncHTTPClient().fetch(
+        f"{http_url}{path}", method="OPTIONS", headers={"Origin": "https://evil.example"}, raise_error=False
+    )
+    assert other.code == 403
+
+
+@pytest.mark.gen_test(timeout=60)
+@pytest.mark.settings(serve_content=SERVED)
+async def test_the_python_client_asks_again_after_a_503(config_dir, core, http_url):
+    """A node that has not read the new version yet answers 503: the client waits its
+    Retry-After and asks again."""
+    import asyncio
+
+    from tornado_cfgpush.client import Files
+
+    source = fs_source(core)
+    held = dict(source._by_tenant["acme"])
+    monkey = type(source)
+    original = monkey.manifest
+    monkey.manifest = lambda self, tenant_id: dict(held) if tenant_id == "acme" else original(self, tenant_id)
+    try:
+        (config_dir / "acme" / "app.json").write_bytes(b'{"a": "new"}')
+        files = Files(http_url, "acme", lambda: None, fetch_jitter=0)
+        fetching = asyncio.ensure_future(files.get("app.json"))
+        await wait_for(lambda: core.metrics.file_requests.get("503"), EXPECT)
+    finally:
+        monkey.manifest = original
+    version = await fetching
+    assert version.content == b'{"a": "new"}' and files.fetches >= 2

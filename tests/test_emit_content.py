@@ -8,6 +8,7 @@ from __future__ import annotations
 import base64
 import hashlib
 import json
+import os
 
 import pytest
 from tornado.httpclient import AsyncHTTPClient
@@ -131,3 +132,47 @@ async def test_a_sources_emit_hands_content_and_an_unserved_path_keeps_it_in(con
     )
     listing = await AsyncHTTPClient().fetch(f"{http_url}/api/v1/tenants/acme/files")
     assert json.loads(listing.body)["files"] == {"ui/x.json": sha(b"[1]")}
+
+
+# -- a cluster: content handed on one node is served by every node ----------------------------------
+
+
+@pytest.mark.gen_test(timeout=60)
+async def test_content_handed_on_one_node_is_served_and_patched_on_the_other(cluster, settings):
+    a, b = await cluster(), await cluster()
+    client = await subscribe(b.connect, "acme")
+    first = json.dumps({"rate": 5, "name": "a"}).encode()
+    payload = {"tenant_id": "acme", "change_type": "created", "path": "ui/a.json", "checksum": sha(first)}
+    await a.service.publish(payload, "api", content=first)
+    await client.expect("ConfigChanged")
+    got = await AsyncHTTPClient().fetch(f"http://127.0.0.1:{b.port}/api/v1/tenants/acme/files/ui/a.json")
+    assert got.body == first and got.headers["ETag"] == f'"{sha(first)}"'
+    listing = await AsyncHTTPClient().fetch(f"http://127.0.0.1:{b.port}/api/v1/tenants/acme/files")
+    assert json.loads(listing.body)["files"]["ui/a.json"] == sha(first)
+    # The next version handed on b is patched from what a handed.
+    second = json.dumps({"rate": 7, "name": "a"}).encode()
+    await b.service.publish({**payload, "change_type": "modified", "checksum": sha(second)}, "api", content=second)
+    event = await client.expect("ConfigChanged")
+    assert event["patch"] == [{"op": "replace", "path": "/rate", "value": 7}] and event["base_checksum"] == sha(first)
+    got = await AsyncHTTPClient().fetch(f"http://127.0.0.1:{a.port}/api/v1/tenants/acme/files/ui/a.json")
+    assert got.body == second
+    # An event of the path without content: what was kept is no longer the announced version.
+    await a.publish("acme", "ui/a.json", checksum=sha(b"third"))
+    await client.expect("ConfigChanged")
+    for node in (a, b):
+        gone = await AsyncHTTPClient().fetch(
+            f"http://127.0.0.1:{node.port}/api/v1/tenants/acme/files/ui/a.json", raise_error=False
+        )
+        assert gone.code == 404
+
+
+@pytest.mark.gen_test(timeout=60)
+async def test_a_schema_file_that_changes_applies_to_published_content(core, http_url, settings):
+    (schema_path,) = [rule.split("=", 1)[1] for rule in settings.json_schemas]
+    ok = b'{"rate": 3}'
+    assert (await post(http_url, "billing/limits.json", ok))[0] == 202
+    with open(schema_path, "w") as f:  # now rate must be at least 5
+        json.dump({"properties": {"rate": {"type": "integer", "minimum": 5}}}, f)
+    os.utime(schema_path, (1, 1))  # a new stamp, however coarse the clock
+    code, answer = await post(http_url, "billing/limits.json", b'{"rate": 4}')
+    assert code == 422 and answer["pointer"] == "/rate"

@@ -105,7 +105,9 @@ class CfgPush:
         self._background: set[asyncio.Task] = set()
         self.peers: Peers | None = None  # under --workers: the other workers (app.serve sets it)
         self.versions = VersionCache()  # served files' versions, prepared once (content.py)
-        self.emitted = EmittedStore()  # content sources handed with their events
+        # Content sources handed with their events: kept here with the embedded broker; a
+        # shared one (Redis) keeps it for every node (Broker.store_content).
+        self.emitted = EmittedStore()
         self.gate = Gate(settings.validate, [parse_schema_rule(rule) for rule in settings.json_schemas])
         self._reading: dict[tuple[str, str, str], asyncio.Future[Version | None]] = {}
 
@@ -234,7 +236,7 @@ class CfgPush:
         except BrokerUnavailable:
             self.metrics.rejected(counted, BROKER_UNAVAILABLE)
             raise
-        if kept is not None:
+        if kept is not None and not self.settings.broker:
             self.emitted.put(fields["tenant_id"], fields["path"], kept)
         elif self.emitted:
             self._forget_emitted(fields)
@@ -258,8 +260,12 @@ class CfgPush:
             raise ContentRefused("", "content goes with an event of a path that has a checksum (not deleted)")
         if len(content) > MAX_SERVED_BYTES:
             raise ContentRefused("", f"content is over {MAX_SERVED_BYTES} bytes")
+        for problem in self.gate.reload():  # a JSON Schema file that changed (one stat per file)
+            log.warning("validation gate: %s", problem)
         serve = self.settings.serve_content if served(path, self.settings.serve_content) else ()
-        previous = self.emitted.get(fields["tenant_id"], path) if serve else None
+        previous = self.emitted.get(fields["tenant_id"], path) if serve and not self.settings.broker else None
+        if serve and self.settings.broker:  # a shared broker keeps what any node was handed
+            previous = await self._read_stored(fields["tenant_id"], path)
         loop = asyncio.get_running_loop()
         try:
             kept, extra = await loop.run_in_executor(
@@ -283,6 +289,8 @@ class CfgPush:
             if meta:
                 fields["meta"] = {**fields.get("meta", {}), **meta}
             fields.update(extra)
+        if kept is not None:  # before the event: a client of any node that hears of it finds it
+            await self.broker.store_content(fields["tenant_id"], path, kept.checksum, content)
         return kept
 
     async def publish_many(
@@ -431,13 +439,17 @@ class CfgPush:
 
     # -- served content (--serve-content; content.py) ------------------------------------------------
 
-    def served_files(self, tenant_id: str) -> dict[str, str]:
-        """``{path: checksum}`` of the tenant's files whose content may be served (the manifest
-        filtered by ``--serve-content``)."""
+    async def served_files(self, tenant_id: str) -> dict[str, str]:
+        """``{path: checksum}`` of the tenant's files whose content may be served (the manifest,
+        and the content handed with events on any node, filtered by ``--serve-content``)."""
         patterns = self.settings.serve_content
         if not patterns:
             return {}
-        files = {**(self.manifest(tenant_id) or {}), **(self.emitted.files(tenant_id) if self.emitted else {})}
+        files = {
+            **(await self.broker.stored_files(tenant_id)),
+            **(self.emitted.files(tenant_id) if self.emitted else {}),
+            **(self.manifest(tenant_id) or {}),
+        }
         return {path: c for path, c in sorted(files.items()) if served(path, patterns)}
 
     async def file_content(self, tenant_id: str, path: str) -> Version | None:
@@ -446,10 +458,12 @@ class CfgPush:
         ``ContentChanging`` when the disk keeps holding bytes that were not announced."""
         if not self.settings.serve_content or not served(path, self.settings.serve_content):
             return None
-        if self.emitted:
+        if self.emitted:  # the embedded broker's node keeps what its publishers handed
             emitted = self.emitted.get(tenant_id, path)
             if emitted is not None:
                 return emitted  # handed with its event: the announced version itself
+        if (self.manifest(tenant_id) or {}).get(path) is None:
+            return await self._stored_version(tenant_id, path)  # handed on another node, or none
         for attempt in range(CONTENT_READS):
             checksum = (self.manifest(tenant_id) or {}).get(path)
             if checksum is None:
@@ -485,6 +499,31 @@ class CfgPush:
         except ContentChanging:
             return {"changing": True}
         return {"body": base64.b64encode(version.body).decode()} if version is not None else {}
+
+    async def _stored_version(self, tenant_id: str, path: str) -> Version | None:
+        """Content another node's publisher handed (a shared broker keeps it), prepared once
+        here; concurrent requests share one read of the broker."""
+        key = (tenant_id, path, "")
+        reading = self._reading.get(key)
+        if reading is None:
+            reading = self._reading[key] = asyncio.ensure_future(self._read_stored(tenant_id, path))
+            reading.add_done_callback(functools.partial(self._read_ended, key))
+        return await asyncio.shield(reading)
+
+    async def _read_stored(self, tenant_id: str, path: str) -> Version | None:
+        checksum = await self.broker.stored_checksum(tenant_id, path)
+        if checksum is None:
+            return None
+        version = self.versions.get(tenant_id, path, checksum)
+        if version is None:
+            data = await self.broker.stored_content(tenant_id, path)
+            if data is None:
+                return None
+            version = await asyncio.get_running_loop().run_in_executor(None, Version.prepare, path, data)
+            if version.checksum != checksum:
+                return None  # not what was announced (replaced meanwhile): never served
+            self.versions.put(tenant_id, path, version)
+        return version
 
     def _read_ended(self, key: tuple[str, str, str], _: object) -> None:
         self._reading.pop(key, None)

@@ -79,6 +79,8 @@ log = logging.getLogger("cfgpush.client")
 
 BACKOFF_MIN = 0.5
 BACKOFF_MAX = 20.0
+# content=True: a 503 of the files API (the file is being changed) is asked again this often.
+FETCH_RETRIES = 3
 # At most one Ack per interval (seconds): the newest applied event id.
 ACK_INTERVAL = 0.1
 ACK_ERROR_MAX = 200  # characters of an Ack's error (the server refuses more)
@@ -234,8 +236,20 @@ class Files:
         if held is not None:
             headers["If-None-Match"] = f'"{held.checksum}"'
         url = f"{self.base}/api/v1/tenants/{quote(self.tenant_id, safe='')}/files/{quote(path)}"
-        self.fetches += 1
-        response = await AsyncHTTPClient().fetch(url, headers=headers, raise_error=False, ssl_options=self.ssl_context)
+        for attempt in range(FETCH_RETRIES + 1):
+            self.fetches += 1
+            response = await AsyncHTTPClient().fetch(
+                url, headers=headers, raise_error=False, ssl_options=self.ssl_context
+            )
+            # 503: the file is being changed (or this node has not read the new version yet):
+            # asked again after the server's Retry-After (at most 2 s), a few times.
+            if response.code != 503 or attempt == FETCH_RETRIES:
+                break
+            try:
+                wait = min(2.0, float(response.headers.get("Retry-After") or 1))
+            except ValueError:
+                wait = 1.0
+            await asyncio.sleep(wait * random.uniform(0.5, 1.0))
         if response.code == 304 and held is not None:
             return held
         if response.code != 200:

@@ -747,3 +747,46 @@ def scale_chart(scale: dict, path: str, title: str) -> None:
 
 def warn(message: str) -> None:
     print(f"bench: {message}", file=sys.stderr, flush=True)
+
+
+def herd_chart(herd: dict, path: str, title: str) -> None:
+    """The herd's three ways side by side: time to the last client, server CPU, bytes sent."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    names = {
+        "static": "GET from\nStaticFileHandler",
+        "cfgpush": "GET from cfgpush\n(If-None-Match, gzip)",
+        "patch": "patch in\nthe event",
+    }
+    modes = [m for m in ("static", "cfgpush", "patch") if m in herd["modes"]]
+    labels = [names[m] for m in modes]
+    panels = [
+        ("last client holds the new value, s", [herd["modes"][m]["last_client_s"] or 0 for m in modes]),
+        ("server CPU, s", [herd["modes"][m]["server_cpu_s"] for m in modes]),
+        ("sent, MB", [herd["modes"][m]["bytes"] / 1e6 for m in modes]),
+    ]
+    fig, axes = plt.subplots(1, 3, figsize=(11, 3.6))
+    colors = ["#9aa3b5", "#5b7bd5", "#2f9e62"][: len(modes)]
+    for ax, (what, values) in zip(axes, panels, strict=True):
+        bars = ax.bar(labels, values, color=colors)
+        for bar, value in zip(bars, values, strict=True):
+            ax.annotate(
+                f"{value:.2f}",
+                (bar.get_x() + bar.get_width() / 2, bar.get_height()),
+                ha="center",
+                va="bottom",
+                fontsize=8,
+            )
+        ax.set_title(what, fontsize=9)
+        ax.tick_params(axis="x", labelsize=7)
+        ax.grid(True, axis="y", alpha=0.3)
+    fig.suptitle(
+        f"herd: {herd['clients']} clients of one tenant, a {herd['file_bytes'] / 1000:.0f} KB JSON file changes one value\n{title}",
+        fontsize=8,
+    )
+    fig.tight_layout()
+    fig.savefig(path, dpi=120)
+    plt.close(fig)

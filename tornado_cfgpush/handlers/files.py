@@ -17,6 +17,7 @@ from typing import TYPE_CHECKING
 from tornado import web
 
 from ..auth import cross_site_refused, host_refusal
+from ..broker import BrokerUnavailable
 from ..content import ContentChanging, accepts_gzip, none_match
 from ..rules import path_error, tenant_id_error
 from .base import JsonErrorsMixin, Refused, check_subscriber
@@ -76,12 +77,17 @@ class FilesHandler(JsonErrorsMixin, web.RequestHandler):
             return
         self._allow_origin()
         await self.core.refresh_manifest(tenant_id)  # a follower of --workers asks its leader
-        if path is None:
-            body = {"tenant_id": tenant_id, "files": self.core.served_files(tenant_id)}
-            self.core.metrics.file_request(200)
-            self.finish(body)
-            return
-        await self._file(tenant_id, path)
+        try:
+            if path is None:
+                body = {"tenant_id": tenant_id, "files": await self.core.served_files(tenant_id)}
+                self.core.metrics.file_request(200)
+                self.finish(body)
+                return
+            await self._file(tenant_id, path)
+        except BrokerUnavailable as exc:
+            log.warning("files API: %s", exc)
+            self.core.metrics.file_request(503)
+            self.refuse(Refused(503, "the broker is unavailable; retry later", {"Retry-After": "1"}))
 
     async def _file(self, tenant_id: str, path: str) -> None:
         try:

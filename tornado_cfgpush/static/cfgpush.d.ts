@@ -136,8 +136,9 @@ export interface CfgPushOptions {
 export declare function ackError(error: unknown): string;
 /** RFC 8785 canonical JSON of a value parsed from JSON. */
 export declare function canonicalJson(value: unknown): string;
-/** `sha256:<hex>` of bytes, or of a string's UTF-8. */
-export declare function sha256(data: string | ArrayBuffer | ArrayBufferView): Promise<string>;
+/** `sha256:<hex>` of bytes, or of a string's UTF-8; null without `crypto.subtle` (an insecure
+ * context: a plain-http page of a host other than localhost), where `content: true` skips its checks. */
+export declare function sha256(data: string | ArrayBuffer | ArrayBufferView): Promise<string | null>;
 /** A new document with an RFC 6902 patch applied; throws when an operation does not apply. */
 export declare function applyPatch<T = unknown>(doc: T, patch: PatchOperation[]): T;
 

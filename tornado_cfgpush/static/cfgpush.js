@@ -52,8 +52,10 @@ export function canonicalJson(value) {
   return "{" + Object.keys(value).sort().map((k) => JSON.stringify(k) + ":" + canonicalJson(value[k])).join(",") + "}";
 }
 
-/** "sha256:<hex>" of bytes (an ArrayBuffer or a typed array) or of a string's UTF-8. */
+/** "sha256:<hex>" of bytes (an ArrayBuffer or a typed array) or of a string's UTF-8; null where
+ * the page has no crypto.subtle (a plain-http page of a host other than localhost). */
 export async function sha256(data) {
+  if (!globalThis.crypto?.subtle) return null;
   const bytes = typeof data === "string" ? new TextEncoder().encode(data) : data;
   const digest = new Uint8Array(await crypto.subtle.digest("SHA-256", bytes));
   return "sha256:" + Array.from(digest, (b) => b.toString(16).padStart(2, "0")).join("");
@@ -140,6 +142,7 @@ export function applyPatch(doc, patch) {
 }
 
 const ignore = () => {};
+const FETCH_RETRIES = 3; // content: a 503 (the file is being changed) is asked again this often
 
 function decodeExp(token) {
   // A JWT's exp (seconds since the epoch), or null for anything else: tokens stay opaque.
@@ -518,7 +521,9 @@ export class CfgPush {
     if (held && event.patch && held.checksum === event.base_checksum && held.document !== null) {
       try {
         const document = applyPatch(held.document, event.patch);
-        if ((await sha256(canonicalJson(document))) === event.document_checksum) {
+        const sum = await sha256(canonicalJson(document));
+        // No crypto.subtle (an insecure context): base_checksum matched, the check is skipped.
+        if (sum === event.document_checksum || sum === null) {
           const version = { checksum: event.checksum, content: null, document };
           this.files.set(path, version);
           return version;
@@ -568,12 +573,20 @@ export class CfgPush {
     const headers = {};
     if (this._token) headers.Authorization = `Bearer ${this._token}`;
     if (held) headers["If-None-Match"] = `"${held.checksum}"`;
-    const response = await fetch(url, { headers, cache: "no-store", credentials: "same-origin" });
+    let response;
+    for (let attempt = 0; ; attempt++) {
+      response = await fetch(url, { headers, cache: "no-store", credentials: "same-origin" });
+      // 503: the file is being changed (or this node has not read the new version yet): retry
+      // a few times after the server's Retry-After, at most 2 s.
+      if (response.status !== 503 || attempt >= FETCH_RETRIES) break;
+      const wait = Math.min(2, Number(response.headers.get("Retry-After")) || 1) * 1000;
+      await new Promise((resolve) => setTimeout(resolve, wait * (0.5 + Math.random() / 2)));
+    }
     if (response.status === 304 && held) return held;
     if (!response.ok) throw new Error(`GET ${path}: ${response.status}`);
     const bytes = await response.arrayBuffer();
-    const checksum = await sha256(bytes);
     const tag = (response.headers.get("ETag") || "").replace(/^W\//, "").replace(/"/g, "");
+    const checksum = (await sha256(bytes)) ?? tag; // no crypto.subtle: the server's word for it
     if (checksum !== tag) throw new Error(`GET ${path}: the bytes are not the version the server named`);
     const content = new TextDecoder().decode(bytes);
     let document = null;
