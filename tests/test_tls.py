@@ -102,6 +102,10 @@ async def test_wss_and_https_on_one_port_then_rotation_and_a_bad_pair(start, con
         await wait_for(lambda: python_client.state == "open", 15)
         health = await http.fetch(f"https://localhost:{port}/healthz", ssl_options=trust)
         assert health.code == 200
+        expiry = ca.cert.not_valid_after_utc  # the leaf's is the CA's: both a day from now
+        metrics = (await http.fetch(f"https://localhost:{port}/metrics", ssl_options=trust)).body.decode()
+        served_expiry = float(metrics.split("\ncfgpush_tls_certificate_expiry_timestamp_seconds ")[1].split()[0])
+        assert abs(served_expiry - expiry.timestamp()) < 600, metrics
 
         (config_dir / "acme" / "app.json").write_text('{"a": 2}')
         assert json.loads(await asyncio.wait_for(other.recv(), 15))["ConfigChanged"]["path"] == "app.json"
@@ -118,6 +122,9 @@ async def test_wss_and_https_on_one_port_then_rotation_and_a_bad_pair(start, con
         _replace(certfile, (staged / "cert.pem").read_bytes())
         await server.wait_log(r"TLS certificate reloaded", timeout=30)
         assert await asyncio.to_thread(_served_serial, port, ca.cafile) == second
+        metrics = (await http.fetch(f"https://localhost:{port}/metrics", ssl_options=trust)).body.decode()
+        assert 'cfgpush_tls_reloads_total{result="loaded"} 1.0' in metrics
+        assert 'cfgpush_tls_reloads_total{result="refused"} 0.0' in metrics
 
         # A bad pair (a certificate without its key): logged, the previous pair stays.
         _pair(ca, staged)
@@ -131,6 +138,8 @@ async def test_wss_and_https_on_one_port_then_rotation_and_a_bad_pair(start, con
         assert (await sse.expect("ConfigChanged", timeout=15))["path"] == "app.json"
         await wait_for(lambda: len(received) == 2, 15)
         assert python_client.connections == 1  # never reconnected
+        metrics = (await http.fetch(f"https://localhost:{port}/metrics", ssl_options=trust)).body.decode()
+        assert 'cfgpush_tls_reloads_total{result="refused"} 1.0' in metrics
     finally:
         http.close()
         pumping.cancel()

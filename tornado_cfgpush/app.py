@@ -767,6 +767,7 @@ async def serve(
     if certificates is not None:
         tls["ssl_options"] = certificates.context  # one context; new pairs reach it by SNI (tls.py)
         certificates.start()
+        core.metrics.tls = certificates
     server: httpserver.HTTPServer
     if settings.proxy_protocol:
         server = ProxyProtocolServer(app, **server_options(settings), **tls)
