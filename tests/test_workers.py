@@ -105,6 +105,11 @@ async def test_two_workers_share_a_port_ids_resume_metrics_restart_and_drain(sta
             CLIENTS,
         ), status
 
+        listed = json.loads((await http.fetch(f"http://127.0.0.1:{port}/api/v1/tenants", headers=_admin())).body)
+        acme = next(t for t in listed["tenants"] if t["tenant_id"] == "acme")
+        assert (listed["connections"], acme["connections"], acme["converged"]) == (CLIENTS, CLIENTS, CLIENTS)
+        assert {t["tenant_id"] for t in listed["tenants"]} == {"acme", "globex"}
+
         # One change: every client gets it once, under one id, whichever worker serves it.
         (config_dir / "acme" / "app.json").write_text('{"a": 2}')
         events = [await client.expect("ConfigChanged", timeout=15) for client in clients]

@@ -56,7 +56,7 @@ from .schemas import config_changed_schema
 from .settings import Settings
 from .signals import install as install_signal_handlers
 from .sources.runner import SourceRunner
-from .summary import refused_files, summarize
+from .summary import is_observer, refused_files, summarize
 from .tls import CertificateReloader, TLSError
 from .worker_peers import Peers
 from .workerinfo import Worker
@@ -417,6 +417,34 @@ class CfgPush:
             tenant_id, self.hub.connections(tenant_id), last_event_id, refused_files(self.sources, tenant_id)
         ).as_json()
 
+    def local_tenants(self, with_clients: bool) -> list[str]:
+        """The tenants this process knows: connected (by a client, not only an observer, with
+        ``with_clients``), or named by a source that can list its tenants (``tenants()``)."""
+        hub = self.hub
+        if with_clients:  # only the hub knows who is connected: the sources need not be asked
+            return sorted(t for t in hub.tenants() if any(not is_observer(s) for s in hub.connections(t)))
+        names = set(hub.tenants())
+        for source in self.sources:
+            lister = getattr(source, "tenants", None)
+            if callable(lister):
+                try:
+                    names.update(lister() or ())
+                except Exception:  # a plugin's listing must not take the API down
+                    continue
+        return sorted(names)
+
+    async def known_tenants(self, with_clients: bool) -> list[str]:
+        """``GET /api/v1/tenants``' tenants: this process's, or every worker's under ``--workers``."""
+        own = self.local_tenants(with_clients)
+        return own if self.peers is None else await self.peers.known_tenants(own, with_clients)
+
+    async def page_summaries(self, tenants: list[str], last: list[str | None]) -> tuple[list[dict[str, Any]], int]:
+        """The summaries of a page of tenants (their newest ids ``last``) and the open
+        connections: this process's, or every worker's under ``--workers``."""
+        own = [self.local_summary(t, newest) for t, newest in zip(tenants, last, strict=True)]
+        connections = self.hub.connection_count()
+        return (own, connections) if self.peers is None else await self.peers.page(own, tenants, last, connections)
+
     async def tenant_summary(self, tenant_id: str) -> dict[str, Any]:
         """``GET /api/v1/tenants/<id>``: the tenant's connections and convergence, over every
         worker under ``--workers`` (worker_peers.py)."""
@@ -761,7 +789,9 @@ async def serve(
         log.warning("some sources have not started yet; listening anyway")
     peers = None
     if worker is not None:
-        peers = core.peers = Peers(worker, core.metrics, core.local_summary)
+        peers = core.peers = Peers(
+            worker, core.metrics, core.local_summary, core.local_tenants, core.hub.connection_count
+        )
         await peers.start()
     tls: dict[str, Any] = {}
     if certificates is not None:

@@ -9,7 +9,9 @@ back at the next request) and answers for all of them:
   (``sum without (worker) (...)`` gives the server's totals, as for the nodes of a cluster);
 * ``GET /api/v1/tenants/<id>``: the tenant's connections, observers, clients and converged
   clients summed over the workers (converged against the one newest event id, which every
-  worker shares).
+  worker shares);
+* ``GET /api/v1/tenants`` (the dashboard's list): the tenants any worker knows, each summed
+  likewise, and the connections of all.
 """
 
 from __future__ import annotations
@@ -38,10 +40,19 @@ PEER_TIMEOUT = 2.0
 class Peers:
     """This worker's answers to its siblings, and its questions to them."""
 
-    def __init__(self, worker: Worker, metrics: Metrics, tenant: Callable[[str, str | None], dict[str, Any]]):
+    def __init__(
+        self,
+        worker: Worker,
+        metrics: Metrics,
+        tenant: Callable[[str, str | None], dict[str, Any]],
+        tenants: Callable[[bool], list[str]],
+        connections: Callable[[], int],
+    ):
         self.worker = worker
         self.metrics = metrics
         self.tenant = tenant  # (tenant id, newest event id) -> this worker's summary (as_json)
+        self.tenants = tenants  # (with clients only) -> the tenants this worker knows
+        self.connections = connections  # -> this worker's open connections
         self._server: asyncio.AbstractServer | None = None
 
     async def start(self) -> None:
@@ -59,8 +70,14 @@ class Peers:
         try:
             async with asyncio.timeout(PEER_TIMEOUT):
                 question = json.loads(await reader.readline() or b"{}")
-            if question.get("q") == "tenant":
+            kind = question.get("q")
+            if kind == "tenant":
                 writer.write(json.dumps(self.tenant(question["t"], question.get("last"))).encode())
+            elif kind == "tenants":
+                writer.write(json.dumps(self.tenants(bool(question.get("c")))).encode())
+            elif kind == "page":
+                summaries = [self.tenant(t, last) for t, last in zip(question["t"], question["last"], strict=True)]
+                writer.write(json.dumps({"summaries": summaries, "connections": self.connections()}).encode())
             else:
                 writer.write(self.metrics.exposition())
             await writer.drain()
@@ -100,6 +117,28 @@ class Peers:
             with contextlib.suppress(ValueError):
                 summaries.append(json.loads(body))
         return merge_summaries(summaries)
+
+    async def known_tenants(self, own: list[str], with_clients: bool) -> list[str]:
+        """``own`` (this worker's tenants) and every other worker's, sorted, once each."""
+        names = set(own)
+        for _, body in await self._ask_all({"q": "tenants", "c": with_clients}):
+            with contextlib.suppress(ValueError):
+                names.update(json.loads(body))
+        return sorted(names)
+
+    async def page(
+        self, own: list[dict[str, Any]], tenants: list[str], last: list[str | None], connections: int
+    ) -> tuple[list[dict[str, Any]], int]:
+        """A page of the tenant list over every worker: each tenant's summaries merged, and the
+        open connections of all."""
+        pages = [own]
+        for _, body in await self._ask_all({"q": "page", "t": tenants, "last": last}):
+            with contextlib.suppress(ValueError, KeyError):
+                answer = json.loads(body)
+                if len(answer["summaries"]) == len(tenants):
+                    pages.append(answer["summaries"])
+                    connections += answer["connections"]
+        return [merge_summaries([page[i] for page in pages]) for i in range(len(tenants))], connections
 
 
 def merge_summaries(summaries: list[dict[str, Any]]) -> dict[str, Any]:
