@@ -140,6 +140,7 @@ LAYERS: tuple[tuple[str, ...], ...] = tuple(
         ("summary", "metrics"),
         ("worker_peers",),
         ("handlers",),
+        ("proxy_server",),
         ("app",),
         ("cli", "config_file", "client", "tail", "workers"),
         ("testing",),

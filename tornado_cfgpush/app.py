@@ -21,7 +21,6 @@ from marshmallow import ValidationError
 from pluggy import PluginManager
 from tornado import httpserver, netutil, web
 from tornado.httputil import HTTPServerRequest
-from tornado.iostream import IOStream, StreamClosedError, UnsatisfiableReadError
 
 from . import structured
 from .auth import Decision, decide
@@ -50,8 +49,8 @@ from .loop_health import LoopLag
 from .metrics import BROKER_UNAVAILABLE, INVALID, INVALID_CONTENT, Metrics
 from .patching import patch_between
 from .plugins import get_plugin_manager
-from .proxies import TrustedProxies, parse_address
-from .proxy_protocol import V1_MAX, V1_PREFIX, V2_SIGNATURE, ProxyHeaderError, parse_v1, parse_v2, v2_length
+from .proxies import TrustedProxies
+from .proxy_server import ProxyProtocolServer
 from .schemas import config_changed_schema
 from .settings import Settings
 from .signals import install as install_signal_handlers
@@ -634,42 +633,6 @@ class ProxiedApplication(web.Application):
         return super().find_handler(request, **kwargs)
 
 
-class ProxyProtocolServer(httpserver.HTTPServer):
-    """``--proxy-protocol``: a connection from a ``--trusted-proxy`` peer starts with a PROXY
-    header (proxy_protocol.py), read before any HTTP; the client it names is the peer from then
-    on. A missing, malformed or slow header closes the connection."""
-
-    trusted_proxies: TrustedProxies
-    header_timeout: float
-
-    # TCPServer.handle_stream may be a coroutine (Tornado waits on it); HTTPServer types it as not.
-    async def handle_stream(self, stream: IOStream, address: tuple) -> None:  # type: ignore[override]
-        if not self.trusted_proxies.trusts(parse_address(address[0])):
-            super().handle_stream(stream, address)
-            return
-        try:
-            async with asyncio.timeout(self.header_timeout):
-                client = await read_proxy_header(stream)
-        except (ProxyHeaderError, StreamClosedError, UnsatisfiableReadError, TimeoutError) as exc:
-            log.warning("closed a connection from %s: %s", address[0], exc or "no PROXY header in time")
-            stream.close()
-            return
-        super().handle_stream(stream, client or address)
-
-
-async def read_proxy_header(stream: IOStream) -> tuple[str, int] | None:
-    """The PROXY header at the start of ``stream`` (v1 or v2) -> the client's address, or None
-    when the balancer speaks for itself (``UNKNOWN``, ``LOCAL``)."""
-    first = await stream.read_bytes(5)
-    if first == V1_PREFIX:
-        return parse_v1(first + await stream.read_until(b"\r\n", max_bytes=V1_MAX - len(first)))
-    if first == V2_SIGNATURE[:5]:
-        head = first + await stream.read_bytes(11)
-        length = v2_length(head)
-        return parse_v2(head, await stream.read_bytes(length) if length else b"")
-    raise ProxyHeaderError("a trusted proxy's connection must start with a PROXY header (--proxy-protocol)")
-
-
 def _stop_this_process() -> None:
     """A follower without its leader: shut down as on SIGTERM (clients get 1001); the
     supervisor starts this worker again."""
@@ -799,10 +762,11 @@ async def serve(
         certificates.start()
         core.metrics.tls = certificates
     server: httpserver.HTTPServer
-    if settings.proxy_protocol:
-        server = ProxyProtocolServer(app, **server_options(settings), **tls)
+    if settings.proxy_protocol:  # TLS, if on, after the PROXY header (proxy_server.py)
+        server = ProxyProtocolServer(app, **server_options(settings))
         server.trusted_proxies = TrustedProxies(settings.trusted_proxies)
         server.header_timeout = settings.handshake_timeout
+        server.tls_context = tls.get("ssl_options")
     else:
         server = httpserver.HTTPServer(app, **server_options(settings), **tls)
     server.add_sockets(sockets)

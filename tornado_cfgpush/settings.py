@@ -166,11 +166,6 @@ class Settings:
             raise ValueError("--keyfile-password needs --certfile")
         if self.proxy_protocol and not self.trusted_proxies:
             raise ValueError("--proxy-protocol needs --trusted-proxy: the load balancers allowed to send the header")
-        if self.proxy_protocol and self.certfile:
-            raise ValueError(
-                "--proxy-protocol with --certfile is not supported: terminate TLS at the load balancer, "
-                "or pass TLS through without the PROXY header"
-            )
         if self.workers < 1:
             raise ValueError("workers must be at least 1")
         if self.tls_reload_interval < 0:
