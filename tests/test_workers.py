@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import asyncio
+import base64
+import hashlib
 import json
 import os
 import re
@@ -137,6 +139,32 @@ async def test_two_workers_share_a_port_ids_resume_metrics_restart_and_drain(sta
         orders = set()
         for client in clients:
             orders.add(tuple([(await client.expect("ConfigChanged", timeout=15))["event_id"] for _ in range(3)]))
+        assert len(orders) == 1
+
+        # Content handed with an event on whichever worker is served by every worker (the leader
+        # keeps it for its followers, as Redis does for nodes), and its next version replaces it.
+        for version in (b'{"rate": 1}', b'{"rate": 2}'):
+            answer = await http.fetch(
+                f"http://127.0.0.1:{port}/api/v1/events",
+                method="POST",
+                headers={"Authorization": f"Bearer {TOKEN}", "Content-Type": "application/json"},
+                body=json.dumps(
+                    {
+                        "tenant_id": "acme",
+                        "change_type": "modified",
+                        "path": "handed.json",
+                        "checksum": "sha256:" + hashlib.sha256(version).hexdigest(),
+                        "content": base64.b64encode(version).decode(),
+                    }
+                ),
+            )
+            assert answer.code in (200, 201, 202)
+            for _ in range(6):
+                served = await http.fetch(f"http://127.0.0.1:{port}/api/v1/tenants/acme/files/handed.json")
+                assert served.body == version
+        orders = set()
+        for client in clients:
+            orders.add(tuple([(await client.expect("ConfigChanged", timeout=15))["event_id"] for _ in range(2)]))
         assert len(orders) == 1
         first = orders.pop()[-1]
 

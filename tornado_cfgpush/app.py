@@ -120,7 +120,9 @@ class CfgPush:
         if not settings.broker:
             deliver = self.hub.deliver
             if worker is not None:  # the leader: what it delivers, its followers deliver too
-                self.link = LeaderLink(str(worker.broker_socket()), self.manifest, self._file_for_follower)
+                self.link = LeaderLink(
+                    str(worker.broker_socket()), self.manifest, self._file_for_follower, self._content_for_follower
+                )
                 deliver = self._deliver_and_share
             return MemoryBroker(
                 deliver,
@@ -139,10 +141,39 @@ class CfgPush:
             on_gap=self._history_lost,
         )
 
+    @property
+    def _content_shared(self) -> bool:
+        """Whether content handed with events is kept by the broker for every node (Redis, or
+        the leader of --workers for a follower) rather than by this process."""
+        return bool(self.settings.broker) or self.follower is not None
+
     def _deliver_and_share(self, event: Event) -> None:
         self.hub.deliver(event)
         assert self.link is not None
         self.link.event(event)
+        # The leader keeps the content handed on every worker (a follower's before its event):
+        # what an event of another checksum replaced is no longer the announced version.
+        path = event.body.get("path")
+        if self.emitted and isinstance(path, str):
+            kept = self.emitted.get(event.tenant_id, path)
+            if kept is not None and kept.checksum != event.body.get("checksum"):
+                self._forget_emitted(event.body)
+
+    async def _content_for_follower(self, op: str, request: dict[str, Any]) -> Any:
+        """The leader's side of a follower's Broker.store_content / stored_* (broker/link.py)."""
+        tenant_id, path = request["t"], str(request.get("p", ""))
+        if op == "store":
+            data = base64.b64decode(request["d"])
+            version = await asyncio.get_running_loop().run_in_executor(None, Version.prepare, path, data)
+            if version.checksum == request["c"]:
+                self.emitted.put(tenant_id, path, version)
+            return None
+        if op == "files":
+            return self.emitted.files(tenant_id)
+        kept = self.emitted.get(tenant_id, path)
+        if kept is None:
+            return None
+        return kept.checksum if op == "checksum" else base64.b64encode(kept.body).decode()
 
     def _gap_from_leader(self, tenant_ids: list[str] | None, source: str, reason: str) -> None:
         """A source gap on the leader: this follower's clients of those tenants resync too."""
@@ -235,7 +266,7 @@ class CfgPush:
         except BrokerUnavailable:
             self.metrics.rejected(counted, BROKER_UNAVAILABLE)
             raise
-        if kept is not None and not self.settings.broker:
+        if kept is not None and not self._content_shared:
             self.emitted.put(fields["tenant_id"], fields["path"], kept)
         elif self.emitted:
             self._forget_emitted(fields)
@@ -262,8 +293,8 @@ class CfgPush:
         for problem in self.gate.reload():  # a JSON Schema file that changed (one stat per file)
             log.warning("validation gate: %s", problem)
         serve = self.settings.serve_content if served(path, self.settings.serve_content) else ()
-        previous = self.emitted.get(fields["tenant_id"], path) if serve and not self.settings.broker else None
-        if serve and self.settings.broker:  # a shared broker keeps what any node was handed
+        previous = self.emitted.get(fields["tenant_id"], path) if serve and not self._content_shared else None
+        if serve and self._content_shared:  # a shared broker keeps what any node was handed
             previous = await self._read_stored(fields["tenant_id"], path)
         loop = asyncio.get_running_loop()
         try:

@@ -15,7 +15,9 @@ The link is newline-delimited JSON, one stream per follower:
 * follower to leader: ``catch_up`` (the answer carries the tenant's manifest, which only the
   leader's sources know; the follower keeps the latest per tenant for its ``Welcome`` and
   ``Resync``), ``publish`` and ``publish_many`` (the publish API on a follower), ``manifest``
-  and ``file`` (the files API on a follower: the leader's list, and the bytes of a served file).
+  and ``file`` (the files API on a follower: the leader's list, and the bytes of a served file),
+  ``content`` (content handed with an event on a follower, kept by the leader for every worker
+  as Redis keeps it for every node: ``Broker.store_content`` and ``stored_*``).
 
 One stream carries both events and answers, in the order the leader wrote them, so a
 subscriber's catch-up and the live events around it are ordered as within one process.
@@ -28,6 +30,7 @@ again, to follow the next leader.
 from __future__ import annotations
 
 import asyncio
+import base64
 import contextlib
 import itertools
 import json
@@ -56,9 +59,11 @@ class LeaderLink:
         path: str,
         manifest: Callable[[str], dict[str, str] | None],
         files: Callable[[str, str], Awaitable[dict[str, Any]]] | None = None,
+        content: Callable[[str, dict[str, Any]], Awaitable[Any]] | None = None,
     ):
         self.path = path
         self.manifest = manifest
+        self.content = content  # (store | checksum | body | files, request): handed content, kept here
         self.files = files  # (tenant, path) -> {"body": base64} | {"changing": True} | {}: the files API
         self.broker: Broker | None = None
         self.followers: set[asyncio.StreamWriter] = set()
@@ -135,6 +140,8 @@ class LeaderLink:
                 answer["ok"] = self.manifest(request["t"])
             elif op == "file" and self.files is not None:
                 answer["ok"] = await self.files(request["t"], request["p"])
+            elif op == "content" and self.content is not None:
+                answer["ok"] = await self.content(request["k"], request)
             elif op == "publish":
                 answer["ok"] = await broker.publish(request["f"], version=request.get("v"))
             elif op == "publish_many":
@@ -257,6 +264,22 @@ class FollowerBroker(Broker):
 
     async def refresh_manifest(self, tenant_id: str) -> None:
         self._manifests[tenant_id] = await self._call("manifest", t=tenant_id)
+
+    # Content handed with events (emit(..., content=), the publish API's content): the leader
+    # keeps it for every worker, as Redis does for every node.
+
+    async def store_content(self, tenant_id: str, path: str, checksum: str, data: bytes) -> None:
+        await self._call("content", k="store", t=tenant_id, p=path, c=checksum, d=base64.b64encode(data).decode())
+
+    async def stored_checksum(self, tenant_id: str, path: str) -> str | None:
+        return await self._call("content", k="checksum", t=tenant_id, p=path)
+
+    async def stored_content(self, tenant_id: str, path: str) -> bytes | None:
+        body = await self._call("content", k="body", t=tenant_id, p=path)
+        return base64.b64decode(body) if body is not None else None
+
+    async def stored_files(self, tenant_id: str) -> dict[str, str]:
+        return await self._call("content", k="files", t=tenant_id)
 
     async def file(self, tenant_id: str, path: str) -> dict[str, Any]:
         """The leader's files API answer for a served file (see ``LeaderLink.files``)."""
