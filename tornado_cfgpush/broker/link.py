@@ -36,6 +36,8 @@ import itertools
 import json
 import logging
 import os
+import time
+from collections import OrderedDict
 from collections.abc import Awaitable, Callable, Iterable
 from typing import Any
 
@@ -49,6 +51,8 @@ LINE_LIMIT = 64 * 1024 * 1024  # one catch-up answer: a whole history at most
 MAX_BACKLOG = 64 * 1024 * 1024
 CALL_TIMEOUT = 30.0
 CONNECT_TIMEOUT = 120.0  # the leader starts its sources before it serves anyone
+MANIFEST_TTL = 1.0
+MANIFESTS_KEPT = 1024  # tenants whose manifest the leader keeps ready, or a follower keeps
 
 
 class LeaderLink:
@@ -68,6 +72,21 @@ class LeaderLink:
         self.broker: Broker | None = None
         self.followers: set[asyncio.StreamWriter] = set()
         self._server: asyncio.AbstractServer | None = None
+        # A storm of subscribers on the followers asks for the same manifest thousands of times:
+        # computed once per tenant and newest event, for at most MANIFEST_TTL seconds.
+        self._manifests: OrderedDict[str, tuple[str | None, float, dict[str, str] | None]] = OrderedDict()
+
+    def _manifest(self, tenant_id: str, newest: str | None) -> dict[str, str] | None:
+        now = time.monotonic()
+        cached = self._manifests.get(tenant_id)
+        if cached is not None and cached[0] == newest and now - cached[1] < MANIFEST_TTL:
+            return cached[2]
+        manifest = self.manifest(tenant_id)
+        self._manifests[tenant_id] = (newest, now, manifest)
+        self._manifests.move_to_end(tenant_id)
+        while len(self._manifests) > MANIFESTS_KEPT:
+            self._manifests.popitem(last=False)
+        return manifest
 
     async def start(self, broker: Broker) -> None:
         self.broker = broker
@@ -134,7 +153,7 @@ class LeaderLink:
                     "last": catchup.last_event_id,
                     "events": [[e.event_id, e.body] for e in catchup.events],
                     "resync": catchup.resync,
-                    "manifest": self.manifest(tenant_id),
+                    "manifest": self._manifest(tenant_id, catchup.last_event_id),
                 }
             elif op == "manifest":
                 answer["ok"] = self.manifest(request["t"])
@@ -171,7 +190,7 @@ class FollowerBroker(Broker):
         self.path = path
         self.on_gap = on_gap
         self.on_lost = on_lost
-        self._manifests: dict[str, dict[str, str] | None] = {}
+        self._manifests: OrderedDict[str, dict[str, str] | None] = OrderedDict()  # the latest, LRU
         self._pending: dict[int, asyncio.Future] = {}
         self._ids = itertools.count(1)
         self._writer: asyncio.StreamWriter | None = None
@@ -255,7 +274,7 @@ class FollowerBroker(Broker):
 
     async def catch_up(self, tenant_id: str, since: str | None) -> Catchup:
         found = await self._call("catch_up", t=tenant_id, s=since)
-        self._manifests[tenant_id] = found["manifest"]
+        self._keep_manifest(tenant_id, found["manifest"])
         return Catchup(found["last"], [Event(i, body) for i, body in found["events"]], found["resync"])
 
     def manifest(self, tenant_id: str) -> dict[str, str] | None:
@@ -263,7 +282,13 @@ class FollowerBroker(Broker):
         return self._manifests.get(tenant_id)
 
     async def refresh_manifest(self, tenant_id: str) -> None:
-        self._manifests[tenant_id] = await self._call("manifest", t=tenant_id)
+        self._keep_manifest(tenant_id, await self._call("manifest", t=tenant_id))
+
+    def _keep_manifest(self, tenant_id: str, manifest: dict[str, str] | None) -> None:
+        self._manifests[tenant_id] = manifest
+        self._manifests.move_to_end(tenant_id)
+        while len(self._manifests) > MANIFESTS_KEPT:
+            self._manifests.popitem(last=False)
 
     # Content handed with events (emit(..., content=), the publish API's content): the leader
     # keeps it for every worker, as Redis does for every node.
