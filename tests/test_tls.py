@@ -256,3 +256,57 @@ async def test_proxy_protocol_before_tls(start, config_dir, ca, tmp_path):
     )
     await server.wait_log(r"101 GET /ws \(127\.0\.0\.2\)")
     assert "Traceback" not in server.text()
+
+
+@pytest.mark.gen_test(timeout=120)
+async def test_a_tls_client_that_stops_reading_is_closed_at_the_backlog_bound(start, config_dir, ca, tmp_path):
+    # The slow-client rule holds over TLS too (ws/iostream.py counts what the stream has not
+    # written): a client that stops reading is closed once its backlog passes the bound.
+    certfile, keyfile, _ = _pair(ca, tmp_path / "live")
+    token = "tls-publish-token"
+    server, port = await _start_tls(
+        start, config_dir, certfile, keyfile, "--max-backlog-bytes", "65536", "--publish-token", token,
+        "--publish-rate", "0", "--metrics-public",
+    )  # fmt: skip
+    raw = socket.socket()
+    raw.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 4096)
+    raw.connect(("127.0.0.1", port))
+    stuck = ca.client_context().wrap_socket(raw, server_hostname="localhost")
+    http = AsyncHTTPClient(force_instance=True)
+    try:
+        stuck.sendall(
+            b"GET /ws?tenant_id=acme HTTP/1.1\r\nHost: localhost\r\nUpgrade: websocket\r\nConnection: Upgrade\r\n"
+            b"Sec-WebSocket-Key: dGhlIHNhbXBsZSBub25jZQ==\r\nSec-WebSocket-Version: 13\r\n\r\n"
+        )
+        assert stuck.recv(4096).startswith(b"HTTP/1.1 101")
+        body = {"tenant_id": "acme", "change_type": "modified", "meta": {"blob": "x" * 3000}}
+        url = f"https://localhost:{port}"
+        trust = ca.client_context()
+
+        def post(n: int):
+            return http.fetch(
+                f"{url}/api/v1/events",
+                method="POST",
+                headers={"Authorization": f"Bearer {token}", "Content-Type": "application/json"},
+                body=json.dumps({**body, "path": f"f{n}.json"}),
+                ssl_options=trust,
+            )
+
+        # More than the kernel's send buffer takes (several MB on loopback) before a backlog forms.
+        for batch in range(0, 4000, 50):
+            await asyncio.gather(*(post(n) for n in range(batch, batch + 50)))
+            if server.find(r"unsent backlog over --max-backlog-bytes, closing \(1013\)"):
+                break
+
+        async def slow_closes() -> float:
+            text = (await http.fetch(f"{url}/metrics", ssl_options=ca.client_context())).body.decode()
+            return float(text.split("\ncfgpush_slow_client_disconnects_total ")[1].split()[0])
+
+        deadline = asyncio.get_running_loop().time() + 30
+        while await slow_closes() < 1:
+            assert asyncio.get_running_loop().time() < deadline, server.text()
+            await asyncio.sleep(0.1)  # wait-ok: polling a counter under a deadline
+    finally:
+        http.close()
+        stuck.close()
+    assert "Traceback" not in server.text()

@@ -30,6 +30,21 @@ def _retrieve(end: int, transport: StreamTransport, future: asyncio.Future[None]
 
 
 class StreamTransport(asyncio.Transport):
+    # Slots, and reads chained by callbacks rather than a Task per connection: thousands idle.
+    __slots__ = (
+        "_stream",
+        "_protocol",
+        "_high",
+        "_low",
+        "_queued",
+        "_flushed",
+        "_writing_paused",
+        "_closing",
+        "_lost",
+        "_reading",
+        "_read",
+    )
+
     def __init__(self, stream: IOStream, protocol: asyncio.Protocol):
         super().__init__()
         self._stream = stream
@@ -41,34 +56,42 @@ class StreamTransport(asyncio.Transport):
         self._writing_paused = False
         self._closing = False
         self._lost = False
-        self._reading = asyncio.Event()
-        self._reading.set()
+        self._reading = True
+        self._read: asyncio.Future[bytes] | None = None  # the read in flight
         stream.set_close_callback(self._on_stream_closed)
         protocol.connection_made(self)
-        self._reader = asyncio.ensure_future(self._read())
+        self._read_next()
 
     # -- reading --------------------------------------------------------------------------------
 
-    async def _read(self) -> None:
-        stream = self._stream
+    def _read_next(self) -> None:
+        if self._lost or not self._reading or self._read is not None:
+            return
         try:
-            while True:
-                if not self._reading.is_set():
-                    await self._reading.wait()
-                data = await stream.read_bytes(READ_CHUNK, partial=True)
-                if not self._lost:
-                    self._protocol.data_received(data)
+            read = self._stream.read_bytes(READ_CHUNK, partial=True)  # a Future (Tornado's are asyncio's)
         except StreamClosedError:
-            pass  # the close callback tells the protocol
+            return  # the close callback tells the protocol
+        assert isinstance(read, asyncio.Future)
+        self._read = read
+        read.add_done_callback(self._on_read)
+
+    def _on_read(self, future: asyncio.Future[bytes]) -> None:
+        self._read = None
+        if future.cancelled() or future.exception() is not None:
+            return  # closed: the close callback tells the protocol
+        if not self._lost:
+            self._protocol.data_received(future.result())
+        self._read_next()
 
     def pause_reading(self) -> None:
-        self._reading.clear()
+        self._reading = False  # a read in flight still delivers; no other follows
 
     def resume_reading(self) -> None:
-        self._reading.set()
+        self._reading = True
+        self._read_next()
 
     def is_reading(self) -> bool:
-        return self._reading.is_set()
+        return self._reading
 
     # -- writing --------------------------------------------------------------------------------
 
@@ -146,7 +169,6 @@ class StreamTransport(asyncio.Transport):
             return
         self._lost = True
         self._closing = True
-        self._reading.set()  # the reader sees the closed stream and ends
         error = self._stream.error
         self._protocol.connection_lost(error if isinstance(error, Exception) else None)
 
