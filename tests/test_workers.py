@@ -217,3 +217,41 @@ async def test_workers_end_with_a_killed_supervisor(start, config_dir):
     pids = _worker_pids(server)
     server.proc.kill()  # SIGKILL: no chance to stop them itself
     await wait_for(lambda: not any(_alive(pid) for pid in pids.values()), 30)
+
+
+def test_merging_workers_answers():
+    from tornado_cfgpush.worker_peers import merge_expositions, merge_summaries
+
+    a = b'# HELP x_total X\n# TYPE x_total counter\nx_total 2.0\n# HELP g G\n# TYPE g gauge\ng{t="ws"} 1.0\n'
+    b = b"# HELP x_total X\n# TYPE x_total counter\nx_total 3.0\n"
+    merged = merge_expositions([("0", a), ("1", b)]).decode()
+    assert 'x_total{worker="0"} 2.0' in merged and 'x_total{worker="1"} 3.0' in merged
+    assert 'g{t="ws",worker="0"} 1.0' in merged and merged.count("# TYPE x_total counter") == 1
+
+    def summary(ws: int, sse: int, converged: int, failures: list, invalid: list) -> dict:
+        return {
+            "tenant_id": "acme",
+            "connections": ws + sse,
+            "connections_by_transport": {k: v for k, v in (("ws", ws), ("sse", sse)) if v},
+            "observers": 0,
+            "clients": ws + sse,
+            "last_event_id": "1-1",
+            "converged": converged,
+            "failed": sum(f["clients"] for f in failures),
+            "failures": failures,
+            "invalid": invalid,
+        }
+
+    bad = {"path": "a.json", "pointer": "", "reason": "not JSON", "since": "2026-01-01T00:00:00.000Z"}
+    total = merge_summaries(
+        [
+            summary(2, 0, 1, [{"reason": "boom", "clients": 1}], [bad]),
+            summary(1, 1, 2, [{"reason": "boom", "clients": 1}, {"reason": "bang", "clients": 3}], [bad]),
+        ]
+    )
+    assert (total["connections"], total["connections_by_transport"], total["converged"]) == (4, {"ws": 3, "sse": 1}, 3)
+    assert total["failed"] == 5 and total["failures"] == [
+        {"reason": "bang", "clients": 3},
+        {"reason": "boom", "clients": 2},
+    ]
+    assert total["invalid"] == [bad] and total["last_event_id"] == "1-1"
