@@ -42,6 +42,10 @@ MAX_LINKS = 40  # as the kernel's own limit on links followed in one lookup
 # so that one large file never holds the others (bench: a 50 MB file beside a small one).
 SMALL_FILE = 256 * 1024
 _CHUNK = 1024 * 1024
+# At start, the structured files of a folder up to this size are compressed together, in
+# streams of this many bytes at most (``Packer``).
+PACK_FILE = 64 * 1024
+PACK_BYTES = 256 * 1024
 
 
 class Refused(Exception):
@@ -81,6 +85,81 @@ class Content(NamedTuple):
 class Opened(NamedTuple):
     fd: int
     info: os.stat_result
+
+
+def is_copy(copy: Any) -> bool:
+    """Whether ``copy`` (a ``Content``'s) holds a file's bytes (compressed alone, or ``Packed``)."""
+    return isinstance(copy, (bytes, Packed))
+
+
+class Packed:
+    """A file's copy compressed in one zlib stream with the files read beside it (the files of
+    a folder, at start): similar files compress together about three times smaller, and twice
+    as fast, as one by one. ``blob`` (shared) inflates to the files one after the other, this
+    one at ``start:end``; ``size`` is its share of the blob, what it counts for against the
+    copies' bound. A blob stays while any of its files keeps its copy: what the others' left
+    costs is at most the blobs of the start-up scan, never more as files change (a changed
+    file's new copy is its own)."""
+
+    __slots__ = ("blob", "start", "end", "size", "_raw")
+
+    def __init__(self, raw: bytes, start: int):
+        self.blob = b""
+        self.start = start
+        self.end = start + len(raw)
+        self.size = 0
+        self._raw: bytes | None = raw  # until the packer closes
+
+    def data(self) -> bytes:
+        if self._raw is not None:
+            return self._raw
+        return _inflated(self.blob)[self.start : self.end]
+
+
+class Packer:
+    """Files' bytes gathered to be compressed together (``Packed``)."""
+
+    def __init__(self) -> None:
+        self._packed: list[Packed] = []
+        self._bytes = 0
+
+    def add(self, raw: bytes) -> Packed:
+        packed = Packed(raw, self._bytes)
+        self._packed.append(packed)
+        self._bytes += len(raw)
+        return packed
+
+    def full(self) -> bool:
+        return self._bytes >= PACK_BYTES
+
+    def close(self) -> None:
+        """Compress what was added: the ``Packed`` copies get their blob and size. The packer
+        is empty again."""
+        if not self._packed:
+            return
+        raws = [p._raw or b"" for p in self._packed]
+        blob = compress(b"".join(raws))
+        total = max(1, self._bytes)
+        for p in self._packed:
+            p.blob = blob
+            p.size = max(1, len(blob) * (p.end - p.start) // total)
+            p._raw = None
+        self._packed = []
+        self._bytes = 0
+
+
+# The blob inflated last: a diff (or the gate, at start) reads the files of one blob together.
+_last_inflated: tuple[bytes, bytes] = (b"", b"")
+
+
+def _inflated(blob: bytes) -> bytes:
+    global _last_inflated
+    last = _last_inflated  # one read: the slow lane's thread may replace it meanwhile
+    if last[0] is blob:
+        return last[1]
+    data = zlib.decompress(blob)
+    _last_inflated = (blob, data)
+    return data
 
 
 class Tree:
@@ -199,9 +278,11 @@ class Tree:
         return opened.info.st_size <= SMALL_FILE
 
     @staticmethod
-    def read(key: Key, opened: Opened) -> Content:
+    def read(key: Key, opened: Opened, packer: Packer | None = None) -> Content:
         """Checksum (and, for a structured file within the parse limit, copy, compressed) an
-        opened file; closes it. Large files are hashed in chunks (``hashlib`` lets go of the GIL)."""
+        opened file; closes it. Large files are hashed in chunks (``hashlib`` lets go of the GIL).
+        With a ``packer``, a small file's copy is ``Packed`` with the packer's other files
+        (its ``size`` is 0 until the packer closes: ``Packed.size`` then)."""
         limit = structured.size_limit(key)
         size = opened.info.st_size
         if limit is not None and size <= limit:
@@ -222,6 +303,8 @@ class Tree:
             finally:
                 os.close(opened.fd)
             checksum = "sha256:" + hashlib.sha256(data).hexdigest()
+            if packer is not None and len(data) <= PACK_FILE:
+                return Content(checksum, packer.add(data), 0, signature(opened.info), time.time())
             compressed = compress(data)
             return Content(checksum, compressed, len(compressed), signature(opened.info), time.time())
         with open(opened.fd, "rb", closefd=True) as f:
@@ -234,9 +317,11 @@ class Tree:
     @staticmethod
     def parse(key: Key, copy: Any) -> Any:
         """The document in a ``copy`` (``structured.parse``), or the ``Unparsed`` it is."""
-        if not isinstance(copy, bytes):
-            return copy
-        return structured.parse(key, zlib.decompress(copy))
+        if isinstance(copy, bytes):
+            return structured.parse(key, zlib.decompress(copy))
+        if isinstance(copy, Packed):
+            return structured.parse(key, copy.data())
+        return copy
 
     # -- walking -------------------------------------------------------------------------------
 
