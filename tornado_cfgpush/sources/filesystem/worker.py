@@ -29,6 +29,7 @@ machine instead of queueing).
 
 from __future__ import annotations
 
+import gc
 import json
 import logging
 import os
@@ -245,7 +246,20 @@ class Worker:
         work is short steps that hold the GIL between system calls, and more threads here
         were slower (measured: 6.3 s for 100 000 files of 5 KB alone, 8.9 s with two readers,
         11.6 s with compression on a thread of its own). A folder's files are compressed
-        together (``tree.Packer``): what the server is told of them waits for that."""
+        together (``tree.Packer``): what the server is told of them waits for that.
+
+        The cyclic garbage collector is off meanwhile: the scan makes no cycles, and the
+        collector's passes over a few objects per file read cost a sixth of it (100 000 files:
+        1 s of 6)."""
+        collecting = gc.isenabled()
+        gc.disable()
+        try:
+            self._scan_all()
+        finally:
+            if collecting:
+                gc.enable()
+
+    def _scan_all(self) -> None:
         chunk: list[list[Any]] = []
         packer = Packer()
         packed: list[tuple[str, tuple[str, str], str, Read]] = []  # read, waiting for the packer
