@@ -282,7 +282,8 @@ class Tree:
         """Checksum (and, for a structured file within the parse limit, copy, compressed) an
         opened file; closes it. Large files are hashed in chunks (``hashlib`` lets go of the GIL).
         With a ``packer``, a small file's copy is ``Packed`` with the packer's other files
-        (its ``size`` is 0 until the packer closes: ``Packed.size`` then)."""
+        (the ``Content``'s ``size`` is 0 then: the copy's own ``size`` is its share, known once
+        the packer closes)."""
         limit = structured.size_limit(key)
         size = opened.info.st_size
         if limit is not None and size <= limit:
