@@ -10,9 +10,15 @@ asyncio clients, ``bench/loadgen.py``), is pinned to core 1. Scenarios:
 * idle     cfgpush's CPU at 10 000 idle connections with its 5 s heartbeat
 * e2e      a file saved in the config folder -> every client's receipt (cfgpush, filesystem source)
 * storm    10 000 clients of a Redis-backed node that restarts: reconnect and catch-up time
+* scale    ready time and RSS at 10 000, 50 000 and 100 000 files (5 KB of JSON, 10 per tenant)
+           against hashing the tree alone and an empty tree; memory per idle tenant at 10 000
 * burst    10 000 files written at once (distinct, then identical contents) with 1 000 clients
            over 100 tenants: last write to last delivery, each event once, the loop's lag; and a
            50 MB file rewritten beside another tenant's small save (issue #12)
+* herd     5 000 clients of one tenant, a 20 KB JSON file changes one value: each GETs it from a
+           plain Tornado StaticFileHandler, or from cfgpush's files API (If-None-Match), or
+           applies the event's patch: time to the last client holding it, server CPU, bytes
+           (issue #14)
 
 Servers: ``seed`` (the original design's Tornado handler), ``websockets`` (the library's
 server with ``broadcast()``), ``floor`` (a bare asyncio server writing one prepared frame to
@@ -40,11 +46,11 @@ import traceback
 
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 
-from bench import burst, report, scenarios, targets
+from bench import burst, herd, report, scale, scenarios, targets
 from bench.loadgen import raise_nofile
 from bench.procs import Resources, pin_self
 
-SCENARIOS = ("fanout", "latency", "memory", "idle", "e2e", "storm", "burst")
+SCENARIOS = ("fanout", "latency", "memory", "idle", "e2e", "storm", "burst", "scale", "herd")
 
 
 def _list(text: str) -> list[str]:
@@ -122,6 +128,9 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     )
     g.add_argument("--big-mb", type=float, default=50.0, help="the large file's size in MB (default 50)")
     g.add_argument("--big-rounds", type=int, default=5, help="rounds of the large-file case (default 5; 0: skip)")
+    g = p.add_argument_group("herd")
+    g.add_argument("--herd-clients", type=int, default=5000, help="clients of the tenant (default 5000)")
+    g.add_argument("--herd-kb", type=float, default=20.0, help="size of the changed JSON file in KB (default 20)")
     g = p.add_argument_group("servers and generator")
     g.add_argument(
         "--gen-loop",
@@ -141,6 +150,19 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
         action="store_true",
         help="also run cfgpush with --ws-compression (permessage-deflate), offered by the clients",
     )
+    g.add_argument(
+        "--tls",
+        action="store_true",
+        help="also run cfgpush with --certfile/--keyfile (a private CA's certificate), its clients on "
+        "wss:// (fanout and latency: beside plain cfgpush, as cfgpush+tls; storm: run again over wss://)",
+    )
+    g.add_argument(
+        "--workers",
+        type=int,
+        default=0,
+        help="also run cfgpush on a private Redis as one process (cfgpush+redis) and with --workers N "
+        "(cfgpush+Nw, on every core) in fanout and latency",
+    )
     g.add_argument("--heartbeat", type=float, default=5.0, help="servers' ping interval (default 5)")
     g.add_argument("--concurrency", type=int, default=100, help="handshakes in flight (default 100)")
     g = p.add_argument_group("output")
@@ -150,12 +172,17 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
         "--chart",
         default="",
         help="PNG: deliveries/s and last-client p99 against clients (and <name>-burst.png: the bursts' "
-        "deliveries over time)",
+        "deliveries over time; <name>-scale.png: ready time and RSS against files; <name>-herd.png: the herd)",
     )
     g.add_argument("--chart-clients", type=_ints, default=[250, 500, 1000, 2000, 4000])
     g.add_argument("--chart-latency-events", type=int, default=10)
     g.add_argument("--chart-interval", type=float, default=0.2)
     g.add_argument("--keep-logs", action="store_true", help="keep the servers' logs (their folder is printed)")
+    g = p.add_argument_group("scale")
+    g.add_argument("--scale-files", type=_ints, default=[10_000, 50_000, 100_000], help="tree sizes, in files")
+    g.add_argument("--scale-file-bytes", type=int, default=5000, help="bytes of JSON per file")
+    g.add_argument("--scale-idle-tenants", type=int, default=10_000, help="tenants of the idle-tenant memory figure")
+    g.add_argument("--scale-timeout", type=float, default=300.0, help="seconds a start may take")
     p.add_argument(
         "--smoke",
         action="store_true",
@@ -182,6 +209,8 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
         args.chart_clients, args.chart_latency_events, args.chart_interval = [10, 20], 2, 0.05
         args.burst_files, args.burst_clients, args.burst_tenants, args.burst_timeout = 200, 20, 4, 60.0
         args.big_mb, args.big_rounds = 1.0, 2
+        args.scale_files, args.scale_idle_tenants, args.scale_timeout = [100, 300], 200, 60.0
+        args.herd_clients, args.herd_kb = 20, 4.0
     if args.gen_loop == "auto":
         try:
             import uvloop  # noqa: F401
@@ -201,9 +230,15 @@ def preflight(args: argparse.Namespace) -> str | None:
     wanted = []
     if args.ws_compression:
         wanted.append("--ws-compression")
+    if args.tls:
+        wanted.append("--certfile")
+    if args.workers > 1:
+        wanted.append("--workers")
     if args.server_loop != "asyncio":
         wanted.append("--loop")
-    uses_cfgpush = "cfgpush" in args.server_list or bool({"idle", "e2e", "storm", "burst"} & set(args.scenarios))
+    uses_cfgpush = "cfgpush" in args.server_list or bool(
+        {"idle", "e2e", "storm", "burst", "scale", "herd"} & set(args.scenarios)
+    )
     if wanted and uses_cfgpush:
         flags = targets.cfgpush_flags()
         missing = [f for f in wanted if f not in flags]
@@ -222,6 +257,10 @@ async def run(args: argparse.Namespace, res: Resources, results: dict) -> None:
     servers = list(args.server_list)
     if args.ws_compression and "cfgpush" in servers:
         servers.append(targets.DEFLATE)
+    if args.tls and "cfgpush" in servers:
+        servers.append(targets.TLS)
+    if args.workers > 1 and "cfgpush" in servers:
+        servers += [targets.REDIS_ONE, targets.workers_name(args.workers)]
     chosen = set(args.scenarios)
     errors = results["errors"]
 
@@ -322,6 +361,24 @@ async def run(args: argparse.Namespace, res: Resources, results: dict) -> None:
             )
             if found:
                 results["storm"] = found
+            if args.tls:
+                found = await attempt(
+                    "storm_tls",
+                    scenarios.storm(
+                        res,
+                        opts,
+                        clients=args.storm_clients,
+                        before=args.storm_before,
+                        down=args.storm_down,
+                        during=args.storm_during,
+                        concurrency=args.concurrency,
+                        redis_program=program,
+                        timeout=args.storm_timeout,
+                        tls=True,
+                    ),
+                )
+                if found:
+                    results["storm_tls"] = found
     if "burst" in chosen:
         found = await attempt(
             "burst",
@@ -341,6 +398,35 @@ async def run(args: argparse.Namespace, res: Resources, results: dict) -> None:
         if found:
             note(found.pop("failures"))
             results["burst"] = found
+    if "scale" in chosen:
+        found = await attempt(
+            "scale",
+            scale.run(
+                res,
+                opts,
+                sizes=args.scale_files,
+                file_bytes=args.scale_file_bytes,
+                idle_tenants=args.scale_idle_tenants,
+                timeout=args.scale_timeout,
+            ),
+        )
+        if found:
+            note(found.pop("failures"))
+            results["scale"] = found
+    if "herd" in chosen:
+        found = await attempt(
+            "herd",
+            herd.run(
+                res,
+                opts,
+                clients=args.herd_clients,
+                size=int(args.herd_kb * 1000),
+                concurrency=args.concurrency,
+                timeout=20.0 if args.smoke else 120.0,
+            ),
+        )
+        if found:
+            results["herd"] = found
     if args.chart:
         found = await attempt(
             "chart",
@@ -403,7 +489,7 @@ def main(argv: list[str] | None = None) -> int:
         "args": {k: v for k, v in vars(args).items() if k not in ("scenarios", "server_list")},
         "errors": {},
     }
-    needed = max(args.connections, args.storm_clients, args.clients) + 200
+    needed = max(args.connections, args.storm_clients, args.clients, 2 * args.herd_clients) + 200
     if nofile < needed:
         report.warn(f"RLIMIT_NOFILE is {nofile}, under the {needed} sockets this run may open")
     res = Resources(keep_logs=args.keep_logs)
@@ -432,6 +518,16 @@ def main(argv: list[str] | None = None) -> int:
         burst_png = f"{stem}-burst.{ext}" if dot else f"{args.chart}-burst.png"
         report.burst_chart(results["burst"], burst_png, report.describe_machine(machine))
         print(f"bench: burst chart written to {burst_png}", file=sys.stderr)
+    if args.chart and (results.get("scale") or {}).get("sizes"):
+        stem, dot, ext = args.chart.rpartition(".")
+        scale_png = f"{stem}-scale.{ext}" if dot else f"{args.chart}-scale.png"
+        report.scale_chart(results["scale"], scale_png, report.describe_machine(machine))
+        print(f"bench: scale chart written to {scale_png}", file=sys.stderr)
+    if args.chart and (results.get("herd") or {}).get("modes"):
+        stem, dot, ext = args.chart.rpartition(".")
+        herd_png = f"{stem}-herd.{ext}" if dot else f"{args.chart}-herd.png"
+        report.herd_chart(results["herd"], herd_png, report.describe_machine(machine))
+        print(f"bench: herd chart written to {herd_png}", file=sys.stderr)
     if args.json:
         with open(args.json, "w") as f:
             json.dump(results, f, indent=2)

@@ -3,9 +3,10 @@
     .venv/bin/python scripts/dashboard_screenshot.py [--out docs/dashboard.png]
 
 It serves a copy of examples/config with ``cfgpush-serve`` on a free port (admin token on),
-opens two application pages that subscribe with ``/cfgpush.js``, opens the dashboard, types
-the admin token, watches ``acme``, saves a few files and waits until both applications have
-acknowledged the newest event; then it takes the picture.
+opens two application pages that subscribe with ``/cfgpush.js`` (and a third whose ``onChange``
+rejects), opens the dashboard, types the admin token, watches ``acme``, saves a few files and
+waits until the applications have answered the newest event, saves a file the validation gate
+(``--validate '*.json'``) refuses, and takes the picture once the dashboard lists both problems.
 
 The browser tests (tests/test_browser.py) use the same functions: ``chromium()`` to start the
 browser and ``capture_dashboard()`` for everything on the page, so the picture in the README is
@@ -53,12 +54,13 @@ HARNESS = """async () => {
   window.clients = [];
   window.startClient = (tenantId, options = {}) => {
     const record = { events: [], resyncs: [], welcomes: [], statuses: [] };
-    const { slowMs, ...rest } = options;
+    const { slowMs, failWith, ...rest } = options;
     record.push = new CfgPush(location.origin, {
       tenantId, ...rest,
       onChange: async (event) => {
         record.events.push(event);
         if (slowMs) await new Promise((resolve) => setTimeout(resolve, slowMs));
+        if (failWith) throw new RangeError(failWith); // a rejected onChange: reported in the Ack
       },
       onResync: (resync) => { record.resyncs.push(resync); },
       onWelcome: (welcome) => { record.welcomes.push(welcome); },
@@ -74,15 +76,16 @@ HARNESS = """async () => {
 
 
 @contextlib.asynccontextmanager
-async def chromium(user_data_dir: Path) -> AsyncIterator[object]:
-    """A fresh headless Chromium (Playwright's async API) with its own profile folder."""
+async def chromium(user_data_dir: Path, extra_args: Sequence[str] = ()) -> AsyncIterator[object]:
+    """A fresh headless Chromium (Playwright's async API) with its own profile folder
+    (``extra_args``: more command-line switches, e.g. ``--ignore-certificate-errors``)."""
     from playwright.async_api import async_playwright
 
     async with async_playwright() as playwright:
         context = await playwright.chromium.launch_persistent_context(
             str(user_data_dir),
             executable_path=CHROMIUM,
-            args=CHROMIUM_ARGS,
+            args=[*CHROMIUM_ARGS, *extra_args],
             headless=True,
             viewport={"width": 1200, "height": 540},
         )
@@ -116,12 +119,17 @@ async def capture_dashboard(
     edits: Sequence[tuple[Path, str]],
     out: Path,
     apps: int = 2,
+    failing: str | None = None,
+    broken: tuple[Path, str] | None = None,
 ) -> dict:
     """Applications subscribe, the dashboard watches ``tenant``, ``edits`` are saved one by one
     (each waited for on the page), convergence is awaited, and the page is saved to ``out``.
+    With ``failing``, one more application whose ``onChange`` rejects with that message (the
+    dashboard lists it among the clients that could not apply); with ``broken``, a save the
+    validation gate refuses (the server runs with ``--validate``), listed on the dashboard.
 
     Returns what the page shows: ``{"tenants": [...rows...], "events": [...], "convergence",
-    "health", "stream"}``.
+    "health", "stream", "invalid", "failures"}``.
     """
     from playwright.async_api import expect
 
@@ -129,6 +137,11 @@ async def capture_dashboard(
     app_pages = [await open_app_page(context, base_url, tenant) for _ in range(apps)]
     for app in app_pages:
         await expect(app.locator("#state")).to_have_attribute("data-state", "open", timeout=WAIT_MS)
+    if failing is not None:
+        failing_page = await open_app_page(context, base_url)
+        await start_client(failing_page, tenant, {"failWith": failing})
+        await failing_page.wait_for_function("window.clients[0].push.state === 'open'", timeout=WAIT_MS)
+        app_pages.append(failing_page)
 
     # The dashboard's Content-Security-Policy forbids eval: wait with locators, not functions.
     page = await context.new_page()
@@ -146,8 +159,17 @@ async def capture_dashboard(
     # Every application acknowledged the newest event, and the dashboard shows it.
     newest = await page.locator("#events li.event").first.get_attribute("data-event-id")
     convergence = page.locator("#convergence")
-    await expect(convergence).to_have_text(f"{apps} of {apps} clients on {newest}", timeout=WAIT_MS)
-    await expect(convergence).to_have_attribute("data-state", "converged", timeout=WAIT_MS)
+    if failing is None:
+        await expect(convergence).to_have_text(f"{apps} of {apps} clients on {newest}", timeout=WAIT_MS)
+        await expect(convergence).to_have_attribute("data-state", "converged", timeout=WAIT_MS)
+    else:
+        text = f"{apps} of {apps + 1} clients on {newest} · 1 failed"
+        await expect(convergence).to_have_text(text, timeout=WAIT_MS)
+        await expect(page.locator("#failures li")).to_have_count(1, timeout=WAIT_MS)
+    if broken is not None:
+        write_atomically(*broken)
+        await expect(page.locator("#invalid li")).to_have_count(1, timeout=WAIT_MS)
+        await expect(row.locator(".problems")).to_contain_text("refused", timeout=WAIT_MS)
     await expect(page.locator("#health")).to_have_attribute("data-state", "ok", timeout=WAIT_MS)
     out.parent.mkdir(parents=True, exist_ok=True)
     await page.screenshot(path=str(out))
@@ -163,6 +185,8 @@ async def capture_dashboard(
       convergence: document.querySelector('#convergence').textContent,
       health: document.querySelector('#health').textContent,
       stream: document.querySelector('#stream-status').textContent,
+      invalid: [...document.querySelectorAll('#invalid li')].map(li => li.textContent),
+      failures: [...document.querySelectorAll('#failures li')].map(li => li.textContent),
       url: location.href,
     })""")
     await page.close()
@@ -185,7 +209,7 @@ def write_atomically(path: Path, text: str) -> None:
 def _serve(config_dir: Path, admin_token: str) -> tuple[subprocess.Popen, str]:
     command = shutil.which("cfgpush-serve", path=str(Path(sys.executable).parent)) or "cfgpush-serve"
     proc = subprocess.Popen(
-        [command, "--config-dir", str(config_dir), "--port", "0", "--log-level", "INFO"],
+        [command, "--config-dir", str(config_dir), "--port", "0", "--log-level", "INFO", "--validate", "*.json"],
         env={**os.environ, "CFGPUSH_ADMIN_TOKEN": admin_token},
         stdin=subprocess.DEVNULL,
         stdout=subprocess.DEVNULL,
@@ -224,8 +248,17 @@ async def _main(out: Path) -> dict:
             (config / "acme" / "features" / "search.toml", 'enabled = true\nengine = "v2"\n'),
         ]
         async with chromium(work / "profile") as context:
+            # One application cannot apply the newest change, and a broken save is held back.
+            broken = (config / "acme" / "billing" / "limits.json", '{"rate": 100, "burst": }')
             return await capture_dashboard(
-                context, base_url, admin_token=admin_token, tenant="acme", edits=edits, out=out
+                context,
+                base_url,
+                admin_token=admin_token,
+                tenant="acme",
+                edits=edits,
+                out=out,
+                failing="feature flag 'search' needs engine v1",
+                broken=broken,
             )
     finally:
         if proc is not None:

@@ -10,51 +10,22 @@ from __future__ import annotations
 
 import importlib.util
 import json
-import os
-import signal
 import subprocess
 import sys
 from pathlib import Path
 
-import pytest
-
 from tornado_cfgpush.testing import need_program
 
-SCRIPTS = Path(__file__).resolve().parent.parent / "scripts"
+from .scriptrun import SCRIPTS, run_script
+
 SERVERS = ("seed", "websockets", "floor", "cfgpush")
-SCENARIOS = ("fanout", "latency", "memory", "idle", "e2e", "storm", "burst")
+SCENARIOS = ("fanout", "latency", "memory", "idle", "e2e", "storm", "burst", "scale", "herd")
 # The smoke run takes 15 to 25 s on two busy cores; pytest's own timeout is 120 s.
 RUN_TIMEOUT = 100
 
 
 def run_bench(args: list[str], cwd: Path) -> subprocess.CompletedProcess:
-    """The bench in its own process group: on a timeout, one killpg ends it and every
-    server it started (they stay in its group)."""
-    proc = subprocess.Popen(
-        [sys.executable, str(SCRIPTS / "bench.py"), *args],
-        cwd=cwd,
-        stdin=subprocess.DEVNULL,
-        stdout=subprocess.PIPE,
-        stderr=subprocess.PIPE,
-        text=True,
-        start_new_session=True,
-    )
-    try:
-        out, err = proc.communicate(timeout=RUN_TIMEOUT)
-    except subprocess.TimeoutExpired:
-        os.killpg(proc.pid, signal.SIGKILL)
-        out, err = proc.communicate()
-        pytest.fail(f"bench.py --smoke ran over {RUN_TIMEOUT} s; its stderr:\n{err[-4000:]}")
-    finally:
-        # Whatever happened, nothing of the run may survive it.
-        try:
-            os.killpg(proc.pid, 0)
-        except ProcessLookupError:
-            pass
-        else:
-            os.killpg(proc.pid, signal.SIGKILL)
-            pytest.fail("bench.py left processes running in its group")
-    return subprocess.CompletedProcess(proc.args, proc.returncode, out, err)
+    return run_script("bench.py", args, cwd, RUN_TIMEOUT)
 
 
 def test_bench_smoke_runs_every_scenario_and_accounts_for_every_delivery(tmp_path):
@@ -114,9 +85,23 @@ def test_bench_smoke_runs_every_scenario_and_accounts_for_every_delivery(tmp_pat
         assert b["lag_probe"]["samples"] > 0, variant
     assert len(burst["large_file"]["loaded_ms"]) == args["big_rounds"]
 
+    scale = result["scale"]  # every size started, was ready, and its change carried a diff
+    assert [row["files"] for row in scale["sizes"]] == args["scale_files"]
+    for row in scale["sizes"]:
+        assert row["written"] > 0 and row["ready_s"] > 0 and row["rss_mb"] > 0 and row["diff"] is True, row
+        assert row["tenants"] * scale["files_per_tenant"] == row["files"]
+    assert scale["empty"]["rss_mb"] > 0 and scale["idle_tenants"]["tenants"] == args["scale_idle_tenants"]
+    herd = result["herd"]  # every client held the new value, in each of the three ways
+    assert set(herd["modes"]) == {"static", "cfgpush", "patch"}
+    for mode, m in herd["modes"].items():
+        assert (m["all_hold"], m["failures"]) == (True, 0), (mode, m)
+    assert herd["modes"]["patch"]["patch_checked"] is True and herd["modes"]["patch"]["http_bytes"] == 0
+    assert herd["modes"]["cfgpush"]["statuses"] == {"200": args["herd_clients"]}
+
     names = {t["name"] for t in result["targets"]}
     assert any("cfgpush / floor" in n for n in names) and any("storm" in n for n in names)
     assert any("burst identical" in n for n in names) and any("MB rewrite" in n for n in names)
+    assert any(n.startswith("scale: ready after start") for n in names)
     assert "targets (issues #7 and #12)" in done.stdout and "| server |" in done.stdout  # the table and its Markdown
 
 

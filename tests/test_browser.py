@@ -96,6 +96,30 @@ async def test_page_receives_a_file_edit_pings_and_acknowledges(http_url, core, 
 
 
 @pytest.mark.gen_test(timeout=90)
+async def test_a_rejected_on_change_is_answered_with_an_ack_error(http_url, core, config_dir, tmp_path):
+    """issue #16.2: onChange rejects, so the event is answered ``{"Ack": {"event_id", "error"}}``
+    (the error's name and message); the page that applied it acknowledges as before."""
+    from tornado_cfgpush.events import AckFailure
+
+    async with shot.chromium(tmp_path / "profile") as context:
+        page = await shot.open_app_page(context, http_url)
+        await shot.start_client(page, "acme", {"failWith": "limits.rate must be a number\nat apply()"})
+        await shot.start_client(page, "acme")
+        await page_wait(page, "window.clients.every((c) => c.push.state === 'open')")
+        write(config_dir / "acme" / "app.json", '{"a": 3}')
+        await page_wait(page, "window.clients.every((c) => c.events.length === 1)")
+        event_id = (await client_state(page))["events"][0]["event_id"]
+        failure = AckFailure(event_id, "RangeError: limits.rate must be a number")
+        await wait_for(
+            lambda: (
+                sorted(map(str, (c.acked for c in core.hub.connections("acme"))))
+                == sorted(map(str, [failure, event_id]))
+            )
+        )
+        assert (await client_state(page, 0))["lastEventId"] != event_id  # not applied: not saved as applied
+
+
+@pytest.mark.gen_test(timeout=90)
 async def test_a_burst_of_2000_events_is_acknowledged_within_the_frame_budget(http_url, core, tmp_path):
     """Acks are coalesced (the newest, at most every 100 ms): a page that applies 2 000 events
     in a burst stays within the server's frame budget (20 frames a second) and is not closed."""
@@ -409,3 +433,152 @@ async def test_with_authentication_on(http_url, core, config_dir, tmp_path):
         unauthorised = await client_state(app, 1)
         assert unauthorised["events"] == [] and "open" not in [s["state"] for s in unauthorised["statuses"]]
         assert sorted(c.transport for c in core.hub.connections("acme")) == ["sse", "ws"]
+
+
+@pytest.fixture
+def ten_thousand_tenants(config_dir):
+    """10 000 tenants of one small file each, on disk before the server starts."""
+    for n in range(10_000):
+        folder = config_dir / f"t{n:05d}"
+        folder.mkdir()
+        (folder / "a.json").write_bytes(b"{}")
+
+
+@pytest.mark.settings(admin_token=ADMIN, validate=("*.json",))
+@pytest.mark.gen_test(timeout=120)
+async def test_dashboard_pages_10000_tenants_and_shows_the_failure_view(
+    ten_thousand_tenants, http_url, core, config_dir, tmp_path
+):
+    """issue #17.3: the list is paged by the server (50 rows whatever the count) with a search
+    box; issue #16: the watched tenant's problems, the gate's refusal (file, pointer, reason,
+    since when) and the clients that could not apply the newest event, cleared by a good save."""
+    from playwright.async_api import expect
+
+    async with shot.chromium(tmp_path / "profile") as context:
+        app = await shot.open_app_page(context, http_url)
+        await shot.start_client(app, "acme", {"failWith": "no such theme"})
+        await shot.start_client(app, "acme")
+        await page_wait(app, "window.clients.every((c) => c.push.state === 'open')")
+
+        page = await context.new_page()
+        await page.goto(http_url + "/")
+        await expect(page.locator("body")).to_have_attribute("data-ready", "1", timeout=WAIT_MS)
+        await page.fill("#token", ADMIN)
+        await page.click("#token-form button[type=submit]")
+        rows = page.locator("#tenants tbody tr")
+        await expect(page.locator("#total")).to_contain_text("10002 tenants", timeout=WAIT_MS)
+        await expect(rows).to_have_count(50)
+        await expect(page.locator("#page-info")).to_have_text("1\u201350 of 10002")
+        await page.click("#next-page")
+        await expect(page.locator("#page-info")).to_have_text("51\u2013100 of 10002", timeout=WAIT_MS)
+        await expect(rows.first).to_have_attribute("data-tenant", "t00048")  # acme, globex, t00000...
+        await page.click("#prev-page")
+        await expect(page.locator("#page-info")).to_have_text("1\u201350 of 10002", timeout=WAIT_MS)
+        await page.fill("#search", "t0999")
+        await expect(rows).to_have_count(10, timeout=WAIT_MS)
+        await expect(rows.last).to_have_attribute("data-tenant", "t09999")
+        await expect(page.locator("#pager")).to_be_hidden()
+        await page.fill("#search", "t/")
+        await expect(page.locator("#tenants-note")).to_contain_text("A-Z a-z 0-9", timeout=WAIT_MS)
+        await page.fill("#search", "acme")
+        await expect(rows).to_have_count(1, timeout=WAIT_MS)
+
+        await rows.first.click()
+        await expect(page.locator("#stream-status")).to_have_attribute("data-state", "open", timeout=WAIT_MS)
+        target = config_dir / "acme" / "app.json"
+        write(target, '{"a": 2}')
+        await expect(page.locator("#failures li")).to_have_text(
+            ["1 client: RangeError: no such theme"], timeout=WAIT_MS
+        )
+        await expect(page.locator("#convergence")).to_contain_text("1 failed")
+        await expect(rows.first.locator(".problems")).to_have_text("1 failed", timeout=WAIT_MS)
+        write(target, '{"a": ')
+        invalid = page.locator("#invalid li")
+        await expect(invalid).to_have_count(1, timeout=WAIT_MS)
+        await expect(invalid.locator(".path")).to_have_text("app.json")
+        await expect(invalid.locator(".reason")).to_contain_text("does not parse as JSON")
+        await expect(invalid.locator(".since")).to_contain_text("ago")
+        await expect(rows.first.locator(".problems")).to_have_text("1 failed · 1 refused", timeout=WAIT_MS)
+        write(target, '{"a": 3}')  # good again: the refusal is cleared
+        await expect(page.locator("#invalid-box")).to_be_hidden(timeout=WAIT_MS)
+        await expect(page.locator("#events li.event")).to_have_count(2, timeout=WAIT_MS)
+
+
+# -- configuration content (--serve-content, issue #14) ----------------------------------------------
+
+CONTENT_PAGE = """async () => {
+  const { CfgPush } = await import("/cfgpush.js");
+  window.shown = [];
+  const push = window.contentPush = new CfgPush(location.origin, { tenantId: "acme", content: true,
+    onChange: (event, value) => {
+      if (event.path === "ui/theme.json" && value.document) {
+        document.body.dataset.color = value.document.color;
+        window.shown.push({ color: value.document.color, fromPatch: value.content === null });
+      }
+    } });
+  const theme = await push.file("ui/theme.json");
+  document.body.dataset.color = theme.document.color;
+}"""
+
+
+@pytest.mark.settings(serve_content=("ui/*.json",))
+@pytest.mark.gen_test(timeout=90)
+async def test_a_page_shows_the_new_value_from_the_patch_without_a_request(http_url, core, config_dir, tmp_path):
+    theme = {"color": "blue", "sizes": [1, 2.5, 1e21, 1e-7], "labels": {"\u20ac": "x", "\U0001f600": "y"}}
+    (config_dir / "acme" / "ui").mkdir()
+    write(config_dir / "acme" / "ui" / "theme.json", json.dumps(theme))
+    await wait_for(lambda: "ui/theme.json" in (core.manifest("acme") or {}))
+    async with shot.chromium(tmp_path / "profile") as context:
+        page = await context.new_page()
+        await page.goto(http_url + "/example.html")
+        await page.evaluate(CONTENT_PAGE)
+        await page_wait(page, "document.body.dataset.color === 'blue' && window.contentPush.state === 'open'")
+        asked = dict(core.metrics.file_requests)
+        assert asked == {"200": 1}  # the page's first load
+        write(config_dir / "acme" / "ui" / "theme.json", json.dumps({**theme, "color": "red"}, indent=1))
+        await page_wait(page, "document.body.dataset.color === 'red'")
+        assert await page.evaluate("window.shown") == [{"color": "red", "fromPatch": True}]
+        assert core.metrics.file_requests == asked  # the new value came with the event
+        # Canonical JSON agrees with the server's to the byte (numbers, key order, escapes).
+        from tornado_cfgpush.patching import canonical
+
+        docs = [theme, {"n": [0.1, 100, 333333333.3333333, 5e-324, -0.0, 2**60], "s": '\u00e9\x1f\n"\\'}]
+        for doc in docs:
+            text = await page.evaluate("(d) => import('/cfgpush.js').then(m => m.canonicalJson(d))", doc)
+            assert text.encode() == canonical(doc)
+        # A change whose patch is over --max-patch-bytes comes without one: fetched, once.
+        write(config_dir / "acme" / "ui" / "theme.json", json.dumps({"color": "green", "pad": "x" * 20_000}))
+        await page_wait(page, "document.body.dataset.color === 'green'")
+        assert (await page.evaluate("window.shown"))[-1] == {"color": "green", "fromPatch": False}
+        assert core.metrics.file_requests == {"200": 2}
+
+
+@pytest.mark.settings(serve_content=("ui/*.json",))
+@pytest.mark.gen_test(timeout=90)
+async def test_a_resync_refreshes_only_the_files_whose_checksum_changed(http_url, core, config_dir, tmp_path):
+    (config_dir / "acme" / "ui").mkdir()
+    for name in ("a", "b"):
+        write(config_dir / "acme" / "ui" / f"{name}.json", json.dumps({"name": name}))
+    await wait_for(lambda: {"ui/a.json", "ui/b.json"} <= set(core.manifest("acme") or {}))
+    async with shot.chromium(tmp_path / "profile") as context:
+        page = await context.new_page()
+        await page.goto(http_url + "/example.html")
+        await page.evaluate(
+            """async () => {
+              const { CfgPush } = await import("/cfgpush.js");
+              window.resyncs = [];
+              const push = window.contentPush = new CfgPush(location.origin, { tenantId: "acme", content: true,
+                onResync: (resync, files) => { window.resyncs.push(files.changed); } });
+              await push.file("ui/a.json");
+              await push.file("ui/b.json");
+              // a.json as if an older version were held: the Resync's manifest says it changed.
+              push.files.set("ui/a.json", { checksum: "sha256:" + "0".repeat(64), content: "{}", document: {} });
+            }"""
+        )
+        await page_wait(page, "window.contentPush.state === 'open'")
+        assert core.metrics.file_requests == {"200": 2}
+        await core.source_gap(["acme"], "test")
+        await page_wait(page, "window.resyncs.length === 1")
+        changed = (await page.evaluate("window.resyncs"))[0]
+        assert list(changed) == ["ui/a.json"] and changed["ui/a.json"]["document"] == {"name": "a"}
+        assert core.metrics.file_requests == {"200": 3}  # b.json, unchanged, was not asked for

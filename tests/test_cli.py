@@ -88,6 +88,21 @@ def test_disable_plugin_environment_removes_it(tmp_path, variable):
     assert plugins == {}
 
 
+def test_serve_content_from_flags_environment_and_file_is_printed(tmp_path, config_dir):
+    """--serve-content: repeatable, comma-separated, CFGPUSH_SERVE_CONTENT, a TOML list."""
+    toml = tmp_path / "cfgpush.toml"
+    toml.write_text('serve-content = ["ui/*.json", "*.toml"]\nmax-patch-bytes = 100\n')
+    shown = run_cli("--config-dir", str(config_dir), "--config", str(toml), "--print-config", cwd=tmp_path)
+    assert shown.returncode == 0, shown.stderr
+    assert 'serve-content = ["ui/*.json", "*.toml"]' in shown.stdout and "max-patch-bytes = 100" in shown.stdout
+    env = clean_env(CFGPUSH_SERVE_CONTENT="a/*.json,b.yaml")
+    shown = run_cli("--config-dir", str(config_dir), "--print-config", cwd=tmp_path, env=env)
+    assert 'serve-content = ["a/*.json", "b.yaml"]  # CFGPUSH_SERVE_CONTENT' in shown.stdout
+    args = ("--config-dir", str(config_dir), "--serve-content", "x.json", "--serve-content", "y/*,z.toml")
+    shown = run_cli(*args, "--print-config", cwd=tmp_path, env=env)  # the flag wins
+    assert 'serve-content = ["x.json", "y/*", "z.toml"]' in shown.stdout
+
+
 def test_flags_win_over_environment(tmp_path):
     # Neither bad variable is even read when its flag is given.
     env = clean_env(CFGPUSH_PORT="notaport", CFGPUSH_DISABLE_PLUGIN="nosuch")
@@ -148,6 +163,11 @@ ERRORS = {
         "--history-max-bytes: history max bytes must be at least 1048576, not 65536",
     ),
     "bad compression switch": ([], {"CFGPUSH_WS_COMPRESSION": "maybe"}, "CFGPUSH_WS_COMPRESSION: "),
+    "negative patch bound": (
+        ["--max-patch-bytes", "-1"],
+        {},
+        "--max-patch-bytes: max patch bytes must be at least 0, not -1",
+    ),
     "missing secret file": (
         [],
         {"CFGPUSH_ADMIN_TOKEN_FILE": "{tmp}/no-such-file"},

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import json
+import logging
 import random
 import signal
 import socket
@@ -144,6 +145,38 @@ async def test_receives_a_file_edit_and_acknowledges_it(http_url, core, config_d
         await reader.close()
     assert reader.sub.state == "closed"
     await wait_for(lambda: core.hub.connection_count() == 0)
+
+
+@pytest.mark.gen_test(timeout=30)
+async def test_apply_failures_are_answered_with_an_ack_error(http_url, core, caplog):
+    """issue #16.2: ``failed(exc)`` in the loop's body answers the event with an Ack carrying
+    the error, until a later event applies; a body that raises out of ``async with`` reports
+    its exception before the connection closes."""
+    from tornado_cfgpush.events import AckFailure
+
+    caplog.set_level(logging.DEBUG, "cfgpush.subscription")
+    with pytest.raises(KeyError):
+        async with subscribe(http_url, "acme", welcome=True, **FAST) as events:
+            second = None
+            async for event in events:
+                if isinstance(event, Welcome):
+                    await publish(core)
+                elif second is None:
+                    assert isinstance(event, ConfigChanged)
+                    events.failed(ValueError("limits.rate: " + "x" * 300 + "\nmore"))
+                    expected = AckFailure(event.event_id, ("ValueError: limits.rate: " + "x" * 300)[:199] + "…")
+                    await wait_for(lambda e=expected: server_conn(core) is not None and server_conn(core).acked == e)
+                    assert events.last_event_id is None
+                    second = await publish(core, path="b.json")
+                elif event.event_id == second:
+                    break
+            third = await publish(core, path="c.json")
+            async for event in events:
+                if event.event_id == third:
+                    await wait_for(lambda: server_conn(core).acked == second)  # applied: replaces the failure
+                    raise KeyError("no such limit")
+    await wait_for(lambda: core.hub.connection_count() == 0)
+    assert f"could not apply {third}: KeyError: 'no such limit'" in caplog.text
 
 
 @pytest.mark.gen_test(timeout=30)

@@ -14,6 +14,8 @@ from tornado.httpclient import AsyncHTTPClient
 from tornado_cfgpush.handlers.dashboard import STATIC_DIR
 from tornado_cfgpush.testing import SSEClient, wait_for
 
+from .fshelpers import fs_source
+
 ADMIN = "dashboard-admin-token"
 ROOT = Path(__file__).resolve().parent.parent
 
@@ -100,6 +102,8 @@ async def test_tenant_list_counts_connections_and_convergence(http_url, core, co
     # Configured tenants are listed before anyone connects.
     assert body == {
         "connections": 0,
+        "total": 2,
+        "next": None,
         "tenants": [
             {
                 "tenant_id": t,
@@ -109,6 +113,9 @@ async def test_tenant_list_counts_connections_and_convergence(http_url, core, co
                 "clients": 0,
                 "last_event_id": None,
                 "converged": 0,
+                "failed": 0,
+                "failures": [],
+                "invalid": [],
             }
             for t in ("acme", "globex")
         ],
@@ -137,11 +144,65 @@ async def test_tenant_list_counts_connections_and_convergence(http_url, core, co
             "clients": 2,
             "last_event_id": event_id,
             "converged": 1,
+            "failed": 0,
+            "failures": [],
+            "invalid": [],
         }
         assert tenants["tenant-without-files"]["connections"] == 1  # connected, not configured
         assert tenants["globex"]["connections"] == 0  # configured, not connected
     finally:
         dashboard.close()
+
+
+@pytest.mark.settings(admin_token=ADMIN)
+@pytest.mark.gen_test(timeout=30)
+async def test_tenant_list_is_paged_and_filtered(http_url, core, connect, config_dir):
+    """issue #17.3: ``prefix``, ``with_clients``, ``limit`` and ``after`` (the previous page's
+    ``next``); every tenant exactly once over the pages; bad parameters are 400 with a reason."""
+    for n in range(25):
+        (config_dir / f"t{n:03d}").mkdir()
+        (config_dir / f"t{n:03d}" / "a.json").write_text("{}")
+    await wait_for(lambda: len(fs_source(core).tenants()) >= 27, 10)
+    auth = {"Authorization": f"Bearer {ADMIN}"}
+
+    async def page(query):
+        response = await get(f"{http_url}/api/v1/tenants?{query}", **auth)
+        return response.code, json.loads(response.body)
+
+    seen, after, pages = [], None, 0
+    while True:
+        code, body = await page("limit=10" + (f"&after={after}" if after else ""))
+        assert code == 200 and body["total"] == 27 and len(body["tenants"]) <= 10
+        seen += [t["tenant_id"] for t in body["tenants"]]
+        pages += 1
+        after = body["next"]
+        if after is None:
+            break
+        assert after == seen[-1]
+    assert pages == 3 and seen == sorted(seen) and len(set(seen)) == 27
+    code, body = await page("prefix=t01&limit=5")
+    assert [t["tenant_id"] for t in body["tenants"]] == [f"t01{n}" for n in range(5)]
+    assert (body["total"], body["next"]) == (10, "t014")
+    assert (await page("prefix=zzz"))[1] == {"tenants": [], "connections": 0, "total": 0, "next": None}
+    client = await connect("t007")
+    await client.expect("Welcome")
+    watcher = await connect("t008", headers={"X-CfgPush-Observer": "dashboard", **auth})
+    await watcher.expect("Welcome")
+    code, body = await page("with_clients=1")
+    assert [t["tenant_id"] for t in body["tenants"]] == ["t007"] and body["connections"] == 2
+    for query, fragment in [
+        ("limit=0", "limit"),
+        ("limit=1001", "limit"),
+        ("limit=ten", "limit"),
+        ("limit=5&limit=6", "once"),
+        ("prefix=", "prefix"),
+        ("prefix=a/b", "prefix"),
+        ("with_clients=yes", "with_clients"),
+        ("after=..", "after"),
+        ("lmit=5", "unknown query parameter"),
+    ]:
+        code, body = await page(query)
+        assert code == 400 and fragment in body["error"], (query, body)
 
 
 # -- packaging --------------------------------------------------------------------------------------

@@ -15,9 +15,6 @@ from __future__ import annotations
 import asyncio
 import json
 import os
-import signal
-import subprocess
-import sys
 from pathlib import Path
 
 import pytest
@@ -27,9 +24,9 @@ from tornado_cfgpush.testing import need_program, wait_for
 from tornado_cfgpush.testing.redisserver import WAIT
 
 from .redisnodes import read_ids
+from .scriptrun import run_script
 from .tcpproxy import FaultProxy
 
-FAULTS = Path(__file__).resolve().parent.parent / "scripts" / "faults.py"
 RUN_TIMEOUT = 150  # one quick scenario: about 20 s, more on two busy cores
 SUM = {n: "sha256:" + f"{n:064x}" for n in range(1, 10)}
 
@@ -38,38 +35,20 @@ def run_faults(scenario: str, tmp_path: Path, *extra: str) -> dict:
     """``faults.py --quick --scenario <scenario>``; its JSON summary of that scenario."""
     need_program("redis-server")
     out = tmp_path / "faults.json"
-    # Its own process group: on a timeout one killpg ends it and everything it started.
-    proc = subprocess.Popen(
-        [sys.executable, str(FAULTS), "--quick", "--scenario", scenario, "--json", str(out), *extra],
-        cwd=tmp_path,
-        stdin=subprocess.DEVNULL,
-        stdout=subprocess.PIPE,
-        stderr=subprocess.PIPE,
-        text=True,
-        start_new_session=True,
+    done = run_script(
+        "faults.py", ["--quick", "--scenario", scenario, "--json", str(out), *extra], tmp_path, RUN_TIMEOUT
     )
-    try:
-        stdout, stderr = proc.communicate(timeout=RUN_TIMEOUT)
-    except subprocess.TimeoutExpired:
-        os.killpg(proc.pid, signal.SIGKILL)
-        stdout, stderr = proc.communicate()
-        pytest.fail(f"faults.py ran over {RUN_TIMEOUT} s; its stderr:\n{stderr[-4000:]}")
-    finally:
-        try:
-            os.killpg(proc.pid, 0)
-        except ProcessLookupError:
-            pass
-        else:
-            os.killpg(proc.pid, signal.SIGKILL)
-            pytest.fail("faults.py left processes running in its group")
-    assert out.exists(), f"exit {proc.returncode}; stderr:\n{stderr[-4000:]}"
+    stdout, stderr = done.stdout, done.stderr
+    assert out.exists(), f"exit {done.returncode}; stderr:\n{stderr[-4000:]}"
     (result,) = json.loads(out.read_text())["scenarios"]
     assert not Path(result["workdir"]).exists()  # nodes' logs, Redis' folder, the config folder: gone
     print(stdout)
-    assert result["ok"] and proc.returncode == 0, stdout + stderr[-3000:]
+    assert result["ok"] and done.returncode == 0, stdout + stderr[-3000:]
     # The load really ran and everyone was there at the end.
     counts = result["verdict"]["counts"]
-    assert result["saves"] >= 30 and result["deliveries"] >= 3 * result["saves"], stdout
+    # Four clients a tenant: most saves reach all four, but those a Resync covers (an emptied
+    # Redis's new epoch) are not counted as deliveries.
+    assert result["saves"] >= 30 and result["deliveries"] >= 2 * result["saves"], stdout
     assert counts["clients"] == counts["clients_connected_at_end"] == 40 and result["quiesced"]
     return result
 

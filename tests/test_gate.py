@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import json
 import time
+from datetime import datetime
 
 import pytest
 from tornado.httpclient import AsyncHTTPClient
@@ -29,14 +30,16 @@ def schema_file(tmp_path):
 
 
 @pytest.fixture
-def settings(config_dir, schema_file):
+def settings(request, config_dir, schema_file):
     from tornado_cfgpush.settings import Settings
 
+    marker = request.node.get_closest_marker("settings")
     return Settings(
         config_dir=config_dir,
         debounce_ms=30,
         validate=("*.json", "*.yaml", "*.toml"),
         json_schemas=(f"billing/*.json={schema_file}",),
+        **(marker.kwargs if marker else {}),
     )
 
 
@@ -73,6 +76,38 @@ async def test_a_broken_save_is_never_announced_and_the_fix_is_a_change_from_the
     assert (event["change_type"], event["checksum"]) == ("modified", sha(b'{"a": 2, "b": 1}'))
     assert event["diff"] == {"added": ["/b"], "removed": [], "changed": ["/a"]}  # from {"a": 1}
     assert fs_source(core).invalid("acme") == []
+
+
+@pytest.mark.settings(admin_token="gate-admin")
+@pytest.mark.gen_test(timeout=60)
+async def test_the_status_api_lists_what_the_gate_refuses_until_a_good_version(connect, config_dir, core, http_url):
+    """issue #16.1's failure view: per tenant, the refused file, its JSON Pointer, the reason and
+    since when, in the status API and the dashboard's list; a good version clears it."""
+    headers = {"Authorization": "Bearer gate-admin"}
+
+    async def views():
+        one = json.loads((await AsyncHTTPClient().fetch(f"{http_url}/api/v1/tenants/acme", headers=headers)).body)
+        listed = json.loads((await AsyncHTTPClient().fetch(f"{http_url}/api/v1/tenants", headers=headers)).body)
+        assert one == next(t for t in listed["tenants"] if t["tenant_id"] == "acme")
+        return one["invalid"]
+
+    client = await subscribe(connect, "acme")
+    limits = config_dir / "acme" / "billing" / "limits.json"
+    limits.parent.mkdir(exist_ok=True)
+    limits.write_text('{"limits": {"rate": 5}}')
+    await change(client)
+    before = time.time()
+    limits.write_text('{"limits": {"rate": 0}}')
+    await wait_for(lambda: fs_source(core).invalid("acme"), EXPECT)
+    (entry,) = await views()
+    assert (entry["path"], entry["pointer"]) == ("billing/limits.json", "/limits/rate")
+    assert "minimum of 1" in entry["reason"] and "limits.schema.json" in entry["reason"]
+    since = datetime.fromisoformat(entry["since"].replace("Z", "+00:00")).timestamp()
+    assert before - 1 <= since <= time.time() + 1
+    limits.write_text('{"limits": {"rate": 7}}')
+    assert (await change(client))["path"] == "billing/limits.json"
+    await wait_for(lambda: not fs_source(core).invalid("acme"), EXPECT)
+    assert await views() == []
 
 
 @pytest.mark.gen_test(timeout=60)

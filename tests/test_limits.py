@@ -271,3 +271,22 @@ def test_server_options_follow_the_settings():
     assert options["idle_connection_timeout"] == 3.0
     assert options["body_timeout"] == 3.0
     assert options["max_header_size"] == 8192
+
+
+@pytest.mark.gen_test
+async def test_shutting_down_refuses_new_subscribers_with_503(server_port, core):
+    # A proxy's keep-alive connection, opened before the shutdown, can still carry an upgrade
+    # after the listener closed: it gets 503, not a subscription the shutdown would cut.
+    core.limits.close()
+    ws = await open_ws(server_port)
+    stream = await RawSSE.connect(server_port, "tenant_id=acme")
+    try:
+        assert (ws.status, json.loads(ws.body)) == (
+            503,
+            {"error": "the server is shutting down; retry later or elsewhere"},
+        )
+        assert stream.status == 503
+    finally:
+        ws.close()
+        stream.close()
+    assert counts_are_zero(core)

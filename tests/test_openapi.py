@@ -13,7 +13,7 @@ from pathlib import Path
 import pytest
 import requests
 import schemathesis
-from hypothesis import HealthCheck, assume, given, settings
+from hypothesis import HealthCheck, Phase, assume, given, settings
 from schemathesis import GenerationMode, checks
 
 from tornado_cfgpush.rules import PATH_MAX, SEGMENT_MAX
@@ -81,6 +81,9 @@ def test_publish_api_conforms_to_openapi(publish_server, mode, record_property):
     @given(case=operation.as_strategy(generation_mode=mode))
     def check(case):
         assume(not bytes_beyond_the_document(case.body.get("path") if isinstance(case.body, dict) else None))
+        # content must be the bytes of checksum (422 otherwise): a condition between two fields
+        # the document states in words; generated pairs never meet it.
+        assume(not (mode == GenerationMode.POSITIVE and isinstance(case.body, dict) and "content" in case.body))
         tried["n"] += 1
         token = TOKENS[tried["n"] % 2]  # either token is accepted
         response = case.call(
@@ -150,3 +153,119 @@ def test_budget_and_host_refusals_are_as_documented(start, config_dir, io_loop):
     assert misdirected.status_code == 421
     assert "Host" in misdirected.json()["error"]
     assert "Traceback" not in server.text()
+
+
+ADMIN = "openapi-admin-token"
+
+
+@pytest.mark.parametrize("mode", [GenerationMode.POSITIVE, GenerationMode.NEGATIVE])
+def test_tenant_list_conforms_to_openapi(start, config_dir, io_loop, mode):
+    """``GET /api/v1/tenants`` (paged, filtered; issue #17.3) against the document: every answer
+    documented, its body as described, bad parameters refused."""
+    for n in range(12):
+        (config_dir / f"t{n:02d}").mkdir()
+        (config_dir / f"t{n:02d}" / "a.json").write_text("{}")
+    server = start("--port", "0", "--config-dir", str(config_dir), "--admin-token", ADMIN)
+    port = int(io_loop.run_sync(lambda: server.wait_log(LISTENING), timeout=90).group(1))
+    base_url = f"http://127.0.0.1:{port}"
+    operation = schemathesis.openapi.from_path(OPENAPI)["/api/v1/tenants"]["GET"]
+    session = requests.Session()
+    statuses: dict[int, int] = {}
+    headers = {"Authorization": f"Bearer {ADMIN}"}
+
+    @settings(max_examples=60, deadline=None, database=None, suppress_health_check=list(HealthCheck))
+    @given(case=operation.as_strategy(generation_mode=mode))
+    def check(case):
+        response = case.call(base_url=base_url, session=session, headers=headers, timeout=10)
+        statuses[response.status_code] = statuses.get(response.status_code, 0) + 1
+        case.validate_response(response, headers=headers)
+
+    try:
+        check()
+    finally:
+        session.close()
+    assert statuses.get(200 if mode == GenerationMode.POSITIVE else 400, 0) > 0, statuses
+    assert not any(code >= 500 for code in statuses), statuses
+    assert "Traceback" not in server.text()
+
+
+# -- the files API (--serve-content, issue #14) ---------------------------------------------------
+
+FILES_ADMIN = "files-admin-token"
+FILES = ("/api/v1/tenants/{tenant}/files", "/api/v1/tenants/{tenant}/files/{path}")
+
+
+@pytest.fixture
+def files_server(start, config_dir, io_loop):
+    (config_dir / "acme" / "ui").mkdir()
+    (config_dir / "acme" / "ui" / "theme.json").write_text('{"color": "blue"}')
+    (config_dir / "acme" / "notes.txt").write_text("plain")
+    server = start(
+        "--port", "0", "--config-dir", str(config_dir), "--admin-token", FILES_ADMIN, "--serve-content", "ui/*,*.txt"
+    )
+    port = int(io_loop.run_sync(lambda: server.wait_log(LISTENING), timeout=90).group(1))
+    return server, f"http://127.0.0.1:{port}"
+
+
+@pytest.mark.parametrize("mode", [GenerationMode.POSITIVE, GenerationMode.NEGATIVE])
+@pytest.mark.parametrize("route", FILES)
+def test_files_api_conforms_to_openapi(files_server, route, mode):
+    server, base_url = files_server
+    operation = schemathesis.openapi.from_path(OPENAPI)[route]["GET"]
+    session = requests.Session()
+    statuses: dict[int, int] = {}
+    headers = {"Authorization": f"Bearer {FILES_ADMIN}"}
+
+    @settings(
+        max_examples=EXAMPLES // 3,
+        deadline=None,
+        database=None,
+        suppress_health_check=list(HealthCheck),
+        phases=[Phase.generate],  # no shrinking: a failure is reported as found
+    )
+    @given(case=operation.as_strategy(generation_mode=mode))
+    def check(case):
+        # A request head over --max-header-size has its connection closed (documented for every
+        # endpoint): percent-encoded, a character of a path is up to 12 bytes.
+        assume(len(json.dumps(case.path_parameters or {})) < 1000)
+        response = case.call(base_url=base_url, session=session, headers=headers, timeout=10)
+        statuses[response.status_code] = statuses.get(response.status_code, 0) + 1
+        # A generated path is never a negative case the server can see: any string names a
+        # file that is not served (404), which schemathesis' negative check does not expect.
+        case.validate_response(response, headers=headers, excluded_checks=[checks.negative_data_rejection])
+
+    try:
+        check()
+    finally:
+        session.close()
+    assert not any(code >= 500 for code in statuses), statuses
+    assert "Traceback" not in server.text()
+
+
+def test_files_api_answers_are_as_documented(files_server):
+    """The answers a generator rarely reaches: a served file, its 304, the listing."""
+    _, base_url = files_server
+    schema = schemathesis.openapi.from_path(OPENAPI)
+    one, listing = schema[FILES[1]]["GET"], schema[FILES[0]]["GET"]
+    headers = {"Authorization": f"Bearer {FILES_ADMIN}"}
+
+    def call(operation, **kwargs):
+        case = operation.Case(headers=kwargs.pop("headers", headers), **kwargs)
+        response = case.call(base_url=base_url, timeout=10)
+        case.validate_response(response, headers=case.headers)
+        return response
+
+    ok = call(one, path_parameters={"tenant": "acme", "path": "ui/theme.json"})
+    assert ok.status_code == 200 and ok.content == b'{"color": "blue"}'
+    held = call(
+        one,
+        path_parameters={"tenant": "acme", "path": "ui/theme.json"},
+        headers={**headers, "If-None-Match": ok.headers["etag"][0]},
+    )
+    assert held.status_code == 304
+    assert call(one, path_parameters={"tenant": "acme", "path": "notes.txt"}).status_code == 200
+    assert call(one, path_parameters={"tenant": "acme", "path": "app.json"}).status_code == 404
+    files = call(listing, path_parameters={"tenant": "acme"}).json()["files"]
+    assert sorted(files) == ["notes.txt", "ui/theme.json"]
+    assert call(listing, path_parameters={"tenant": "acme"}, headers={}).status_code == 200  # no JWT key: open
+    assert call(listing, path_parameters={"tenant": "-bad"}).status_code == 400

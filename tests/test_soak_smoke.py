@@ -8,17 +8,14 @@ asserts is the checker's verdict and that the load really happened, never a timi
 from __future__ import annotations
 
 import json
-import os
-import signal
-import subprocess
-import sys
 from pathlib import Path
 
 import pytest
 
 from tornado_cfgpush.testing import need_program
 
-SOAK = Path(__file__).resolve().parent.parent / "scripts" / "soak.py"
+from .scriptrun import run_script
+
 DURATION = 60
 # Setup, the minute, the catch-up at the end and the checker: about 75 s on two busy cores.
 RUN_TIMEOUT = 210
@@ -52,34 +49,12 @@ SMALL = [
 def test_soak_smoke_a_minute_of_churn_bursts_and_restarts_is_exact(tmp_path):
     need_program("redis-server")
     out = tmp_path / "soak.json"
-    # Its own process group: on a timeout one killpg ends it and everything it started.
-    proc = subprocess.Popen(
-        [sys.executable, str(SOAK), *SMALL, "--json", str(out)],
-        cwd=tmp_path,
-        stdin=subprocess.DEVNULL,
-        stdout=subprocess.PIPE,
-        stderr=subprocess.PIPE,
-        text=True,
-        start_new_session=True,
-    )
-    try:
-        stdout, stderr = proc.communicate(timeout=RUN_TIMEOUT)
-    except subprocess.TimeoutExpired:
-        os.killpg(proc.pid, signal.SIGKILL)
-        stdout, stderr = proc.communicate()
-        pytest.fail(f"soak.py ran over {RUN_TIMEOUT} s; its stderr:\n{stderr[-4000:]}")
-    finally:
-        try:
-            os.killpg(proc.pid, 0)
-        except ProcessLookupError:
-            pass
-        else:
-            os.killpg(proc.pid, signal.SIGKILL)
-            pytest.fail("soak.py left processes running in its group")
-    assert out.exists(), f"exit {proc.returncode}; stderr:\n{stderr[-4000:]}"
+    done = run_script("soak.py", [*SMALL, "--json", str(out)], tmp_path, RUN_TIMEOUT)
+    stdout, stderr = done.stdout, done.stderr
+    assert out.exists(), f"exit {done.returncode}; stderr:\n{stderr[-4000:]}"
     result = json.loads(out.read_text())
     verdict = result["verdict"]
-    assert verdict["ok"] and proc.returncode == 0, stdout + stderr[-3000:]
+    assert verdict["ok"] and done.returncode == 0, stdout + stderr[-3000:]
     assert not Path(result["workdir"]).exists()  # nodes' logs, Redis' folder, the config folder: gone
     assert result["quiesced"] and result["connected_at_end"] == 200
 

@@ -29,6 +29,9 @@ async def test_convergence_counts_clients_that_acked_the_newest_event(http_clien
         "clients": 0,
         "last_event_id": None,
         "converged": 0,
+        "failed": 0,
+        "failures": [],
+        "invalid": [],
     }
     clients = [await connect("acme") for _ in range(3)]
     for client in clients:
@@ -94,6 +97,9 @@ async def test_the_status_api_the_dashboard_and_the_metrics_agree(http_client, h
                 "clients": 3,
                 "last_event_id": None,
                 "converged": 3,
+                "failed": 0,
+                "failures": [],
+                "invalid": [],
             }
         )
         assert metrics == status_api["connections_by_transport"]
@@ -109,6 +115,70 @@ async def test_the_status_api_the_dashboard_and_the_metrics_agree(http_client, h
         assert status_api == dashboard
         assert (status_api["last_event_id"], status_api["clients"], status_api["converged"]) == (event_id, 3, 2)
         assert metrics == status_api["connections_by_transport"] == {"ws": 3, "sse": 1}
+    finally:
+        stream.close()
+
+
+def failed_clients(text: str) -> dict[tuple[str, str], int]:
+    return {
+        (sample.labels["tenant"], sample.labels["reason"]): int(sample.value)
+        for family in text_string_to_metric_families(text)
+        if family.name == "cfgpush_apply_failed_clients"
+        for sample in family.samples
+    }
+
+
+@pytest.mark.settings(admin_token=TOKEN, metrics_tenant_labels=True)
+@pytest.mark.gen_test(timeout=30)
+async def test_apply_failures_come_back_per_tenant_and_newest_event(http_client, http_url, connect, core):
+    """An Ack with ``error`` (issue #16.2): counted per tenant and newest event, the most common
+    reasons first and bounded, in the status API, the dashboard's list and /metrics; an SSE
+    client (which cannot Ack) counts as neither; a newer Ack replaces the failure."""
+    clients = [await connect("acme") for _ in range(5)]
+    for client in clients:
+        await client.expect("Welcome")
+    stream = await SSEClient.open(http_url, "acme")
+    try:
+        await stream.expect("Welcome")
+        event_id = await publish(core)
+        long_reason = "TypeError: " + "x" * 150 + "\nTraceback ..."
+        answers = [None, "SyntaxError: bad limits", "SyntaxError: bad limits", long_reason, "other"]
+        for client, error in zip(clients, answers, strict=True):
+            await client.expect("ConfigChanged")
+            await client.send({"Ack": {"event_id": event_id, **({"error": error} if error else {})}})
+        for client in clients:
+            await client.send("Ping")
+            assert await client.next() == "Pong"  # its Ack has been handled
+        status_api, dashboard, _ = await three_views(http_client, http_url)
+        assert status_api == dashboard
+        assert (status_api["clients"], status_api["converged"], status_api["failed"]) == (6, 1, 4)
+        failures = status_api["failures"]
+        assert failures[0] == {"reason": "SyntaxError: bad limits", "clients": 2}
+        assert len(failures) == 3 and all(len(f["reason"]) <= 80 for f in failures)
+        assert {"reason": "TypeError: " + "x" * 68 + "…", "clients": 1} in failures
+        assert len(json.dumps(failures)) < 400
+        headers = {"Authorization": f"Bearer {TOKEN}"}
+        text = (await http_client.fetch(f"{http_url}/metrics", headers=headers)).body.decode()
+        assert failed_clients(text)[("acme", "SyntaxError: bad limits")] == 2
+
+        # A reason over 200 characters, or not a string: refused, the connection stays.
+        await clients[0].send({"Ack": {"event_id": event_id, "error": "y" * 201}})
+        error = await clients[0].expect("Error")
+        assert error["code"] == "bad_message" and "error" in error["message"]
+        await clients[0].send({"Ack": {"event_id": event_id, "error": 7}})
+        assert (await clients[0].expect("Error"))["code"] == "bad_message"
+
+        # The failing clients apply the next event: no failure left.
+        newer = await publish(core, path="b.json")
+        for client in clients[1:]:
+            await client.expect("ConfigChanged")
+            await client.send({"Ack": {"event_id": newer}})
+            await client.send("Ping")
+            assert await client.next() == "Pong"
+        _, body = await status(http_client, http_url)
+        assert (body["last_event_id"], body["converged"], body["failed"], body["failures"]) == (newer, 4, 0, [])
+        text = (await http_client.fetch(f"{http_url}/metrics", headers=headers)).body.decode()
+        assert failed_clients(text) == {}
     finally:
         stream.close()
 

@@ -79,10 +79,16 @@ hookimpl = pluggy.HookimplMarker(PROJECT_NAME)
 class Emit(Protocol):
     """What a source's ``run`` receives (see the guide above)."""
 
-    async def __call__(self, payload: dict[str, Any], *, version: int | None = None) -> str:
+    async def __call__(
+        self, payload: dict[str, Any], *, version: int | None = None, content: bytes | None = None
+    ) -> str:
         """Validate ``payload``, publish it, return its event id. ``version`` (optional) orders
         what several nodes observe of one path: the broker drops a change older than the one
-        it recorded (``CfgPush.publish``)."""
+        it recorded (``CfgPush.publish``). ``content`` (optional): the path's new bytes, whose
+        sha256 is the payload's ``checksum``; the validation gate checks them
+        (``tornado_cfgpush.content.ContentRefused`` when it refuses: nothing is published), and
+        for a path the operator serves (``--serve-content``) the files API answers them and the
+        event carries the patch from the previous version handed."""
         ...  # pragma: no cover - a protocol
 
     async def gap(self, tenant_ids: Iterable[str] | None = None) -> None:

@@ -7,6 +7,7 @@ pytest-tornado's ``http_server`` and the CLI under its own ``HTTPServer``.
 from __future__ import annotations
 
 import asyncio
+import functools
 import gc
 import logging
 import socket
@@ -16,27 +17,57 @@ from typing import Any
 from marshmallow import ValidationError
 from pluggy import PluginManager
 from tornado import httpserver, netutil, web
+from tornado.httputil import HTTPServerRequest
+from tornado.iostream import IOStream, StreamClosedError, UnsatisfiableReadError
 
+from . import structured
 from .auth import Decision, decide
 from .broker import SOURCE_GAP, Broker, BrokerUnavailable
 from .broker.memory import MemoryBroker
+from .content import (
+    CONTENT_FIELDS,
+    MAX_SERVED_BYTES,
+    ContentChanging,
+    ContentRefused,
+    EmittedStore,
+    Version,
+    VersionCache,
+    checksum_of,
+    keep_served,
+    served,
+)
+from .gate import Gate, parse_schema_rule
 from .handlers import default_handlers
 from .handlers.health import NotFoundHandler
 from .hub import Hub
 from .limits import ConnectionLimits
 from .loop_health import LoopLag
-from .metrics import BROKER_UNAVAILABLE, INVALID, Metrics
+from .metrics import BROKER_UNAVAILABLE, INVALID, INVALID_CONTENT, Metrics
+from .patching import patch_between
 from .plugins import get_plugin_manager
+from .proxies import TrustedProxies, parse_address
+from .proxy_protocol import V1_MAX, V1_PREFIX, V2_SIGNATURE, ProxyHeaderError, parse_v1, parse_v2, v2_length
 from .schemas import config_changed_schema
 from .settings import Settings
 from .signals import install as install_signal_handlers
 from .sources.runner import SourceRunner
+from .tls import CertificateReloader, TLSError
+from .worker_metrics import serve_metrics
+from .workerinfo import Worker
 
 log = logging.getLogger("cfgpush")
 
 # A source whose oldest change has waited this long to be published makes the node "degraded"
 # (/readyz): clients are served, but changes reach them late.
 PUBLISH_LAG_DEGRADED = 10.0
+
+
+# A served file read from disk whose bytes are not the announced version (saved again since):
+# read again this many times, a little later each time, before answering 503 (its event, with
+# the new checksum, is on the way; what was read was never announced: it may be half-written,
+# or refused by the validation gate, so it is never served).
+CONTENT_READS = 4
+CONTENT_RETRY_DELAY = 0.05
 
 
 class StartupError(Exception):
@@ -55,6 +86,12 @@ class CfgPush:
         self.limits = ConnectionLimits.from_settings(settings)  # /ws + /events slots (limits.py)
         self.loop_lag = LoopLag(self.metrics.loop_lag.observe)
         self.runner: SourceRunner | None = None
+        self.versions = VersionCache()  # served files' versions, prepared once (content.py)
+        # Content sources handed with their events: kept here with the embedded broker; a
+        # shared one (Redis) keeps it for every node (Broker.store_content).
+        self.emitted = EmittedStore()
+        self.gate = Gate(settings.validate, [parse_schema_rule(rule) for rule in settings.json_schemas])
+        self._reading: dict[tuple[str, str, str], asyncio.Future[Version | None]] = {}
 
     def _make_broker(self) -> Broker:
         settings = self.settings
@@ -110,6 +147,7 @@ class CfgPush:
     async def stop(self) -> None:
         loop = asyncio.get_running_loop()
         started = loop.time()
+        self.limits.close()  # from now on /ws and /events answer 503
         self.loop_lag.stop()
         self.hub.stop()
         # 1001 to every client; half the drain time for what they still have to read.
@@ -126,22 +164,90 @@ class CfgPush:
             loop.time() - sources,
         )
 
-    async def publish(self, payload: dict[str, Any], source: str | None = None, *, version: int | None = None) -> str:
+    async def publish(
+        self,
+        payload: dict[str, Any],
+        source: str | None = None,
+        *,
+        version: int | None = None,
+        content: bytes | None = None,
+    ) -> str:
         """The one path of every event: schema, then broker (which delivers).
 
         Raises ``marshmallow.ValidationError`` for a bad payload; nothing is published then.
         ``version`` orders observations of one path by several nodes (the broker drops a
         change older than the one it recorded; sources/filesystem/settle.py says what it is).
+        ``content``: the new bytes of the path (a source that is not the filesystem): checked
+        by the validation gate (``ContentRefused`` when it refuses: nothing is published,
+        counted as ``invalid_content``), and for a served path kept (the files API answers
+        them) and the event given its patch from the previous kept version.
         """
         counted = source or "unknown"  # the publisher, not a payload field: bounded label values
         fields = self._validated(payload, source, counted)
+        kept: Version | None = None
+        if content is not None:
+            kept = await self._with_content(fields, content, counted)
         try:
             event_id = await self.broker.publish(fields, version=version)
         except BrokerUnavailable:
             self.metrics.rejected(counted, BROKER_UNAVAILABLE)
             raise
+        if kept is not None and not self.settings.broker:
+            self.emitted.put(fields["tenant_id"], fields["path"], kept)
+        elif self.emitted:
+            self._forget_emitted(fields)
         self.metrics.published(counted, fields["tenant_id"])
         return event_id
+
+    def _forget_emitted(self, fields: dict[str, Any]) -> None:
+        """An event without content: what was kept of its path (and a moved file's old path)
+        is no longer the announced version."""
+        if isinstance(fields.get("path"), str):
+            self.emitted.drop(fields["tenant_id"], fields["path"])
+        old_path = (fields.get("meta") or {}).get("old_path")
+        if fields["change_type"] == "moved" and isinstance(old_path, str):
+            self.emitted.drop(fields["tenant_id"], old_path)
+
+    async def _with_content(self, fields: dict[str, Any], content: bytes, counted: str) -> Version | None:
+        """Check ``content`` (checksum, gate) off the loop; for a served path, prepare its
+        version and put the patch from the previous kept one into ``fields``."""
+        path = fields.get("path")
+        if not isinstance(content, bytes) or not isinstance(path, str) or fields.get("checksum") is None:
+            raise ContentRefused("", "content goes with an event of a path that has a checksum (not deleted)")
+        if len(content) > MAX_SERVED_BYTES:
+            raise ContentRefused("", f"content is over {MAX_SERVED_BYTES} bytes")
+        for problem in self.gate.reload():  # a JSON Schema file that changed (one stat per file)
+            log.warning("validation gate: %s", problem)
+        serve = self.settings.serve_content if served(path, self.settings.serve_content) else ()
+        previous = self.emitted.get(fields["tenant_id"], path) if serve and not self.settings.broker else None
+        if serve and self.settings.broker:  # a shared broker keeps what any node was handed
+            previous = await self._read_stored(fields["tenant_id"], path)
+        loop = asyncio.get_running_loop()
+        try:
+            kept, extra = await loop.run_in_executor(
+                None,
+                _check_content,
+                path,
+                content,
+                fields["checksum"],
+                self.gate,
+                bool(serve),
+                previous,
+                self.settings.max_patch_bytes,
+            )
+        except ContentRefused:
+            self.metrics.rejected(counted, INVALID_CONTENT)
+            raise
+        for name in CONTENT_FIELDS:  # a patch here is one made from the kept content, or none
+            fields.pop(name, None)
+        if fields["change_type"] == "modified":
+            meta = extra.pop("meta", None)
+            if meta:
+                fields["meta"] = {**fields.get("meta", {}), **meta}
+            fields.update(extra)
+        if kept is not None:  # before the event: a client of any node that hears of it finds it
+            await self.broker.store_content(fields["tenant_id"], path, kept.checksum, content)
+        return kept
 
     async def publish_many(
         self, payloads: list[dict[str, Any]], source: str, versions: list[int | None] | None = None
@@ -177,7 +283,7 @@ class CfgPush:
             raise
         if source is not None:
             fields.setdefault("source", source)
-        return fields
+        return keep_served(fields, self.settings.serve_content)
 
     async def source_gap(self, tenant_ids: Iterable[str] | None, source: str, reason: str = SOURCE_GAP) -> None:
         """``Resync`` (``source_gap`` by default) to the clients of ``tenant_ids`` (None: every tenant)."""
@@ -269,6 +375,186 @@ class CfgPush:
                 manifest = {**(manifest or {}), **found}
         return manifest
 
+    # -- served content (--serve-content; content.py) ------------------------------------------------
+
+    async def served_files(self, tenant_id: str) -> dict[str, str]:
+        """``{path: checksum}`` of the tenant's files whose content may be served (the manifest,
+        and the content handed with events on any node, filtered by ``--serve-content``)."""
+        patterns = self.settings.serve_content
+        if not patterns:
+            return {}
+        files = {
+            **(await self.broker.stored_files(tenant_id)),
+            **(self.emitted.files(tenant_id) if self.emitted else {}),
+            **(self.manifest(tenant_id) or {}),
+        }
+        return {path: c for path, c in sorted(files.items()) if served(path, patterns)}
+
+    async def file_content(self, tenant_id: str, path: str) -> Version | None:
+        """The announced version of a served file, or None (no such file, or not served: the
+        caller answers both alike). Many requests for one new version share one read.
+        ``ContentChanging`` when the disk keeps holding bytes that were not announced."""
+        if not self.settings.serve_content or not served(path, self.settings.serve_content):
+            return None
+        if self.emitted:  # the embedded broker's node keeps what its publishers handed
+            emitted = self.emitted.get(tenant_id, path)
+            if emitted is not None:
+                return emitted  # handed with its event: the announced version itself
+        if (self.manifest(tenant_id) or {}).get(path) is None:
+            return await self._stored_version(tenant_id, path)  # handed on another node, or none
+        for attempt in range(CONTENT_READS):
+            checksum = (self.manifest(tenant_id) or {}).get(path)
+            if checksum is None:
+                return None
+            version = self.versions.get(tenant_id, path, checksum)
+            if version is not None:
+                return version
+            key = (tenant_id, path, checksum)
+            reading = self._reading.get(key)
+            if reading is None:
+                reading = self._reading[key] = asyncio.ensure_future(self._read_version(tenant_id, path))
+                reading.add_done_callback(functools.partial(self._read_ended, key))
+            version = await asyncio.shield(reading)
+            if version is None:
+                return None
+            if version.checksum == checksum:
+                return version
+            if version.checksum == (self.manifest(tenant_id) or {}).get(path):
+                return version  # announced meanwhile
+            await asyncio.sleep(CONTENT_RETRY_DELAY * (attempt + 1))
+        raise ContentChanging(path)
+
+    async def _stored_version(self, tenant_id: str, path: str) -> Version | None:
+        """Content another node's publisher handed (a shared broker keeps it), prepared once
+        here; concurrent requests share one read of the broker."""
+        key = (tenant_id, path, "")
+        reading = self._reading.get(key)
+        if reading is None:
+            reading = self._reading[key] = asyncio.ensure_future(self._read_stored(tenant_id, path))
+            reading.add_done_callback(functools.partial(self._read_ended, key))
+        return await asyncio.shield(reading)
+
+    async def _read_stored(self, tenant_id: str, path: str) -> Version | None:
+        checksum = await self.broker.stored_checksum(tenant_id, path)
+        if checksum is None:
+            return None
+        version = self.versions.get(tenant_id, path, checksum)
+        if version is None:
+            data = await self.broker.stored_content(tenant_id, path)
+            if data is None:
+                return None
+            version = await asyncio.get_running_loop().run_in_executor(None, Version.prepare, path, data)
+            if version.checksum != checksum:
+                return None  # not what was announced (replaced meanwhile): never served
+            self.versions.put(tenant_id, path, version)
+        return version
+
+    def _read_ended(self, key: tuple[str, str, str], _: object) -> None:
+        self._reading.pop(key, None)
+
+    async def _read_version(self, tenant_id: str, path: str) -> Version | None:
+        """Read the file from the first source that has it, prepare it off the loop, and keep it
+        when it is the announced version."""
+        loop = asyncio.get_running_loop()
+        for source in self.sources:
+            reader = getattr(source, "content", None)
+            if reader is None:
+                continue
+            try:
+                data = await reader(tenant_id, path)
+            except Exception as exc:  # too large, unreadable: not served; said in the log
+                log.warning("not serving %s of tenant %s: %s", path, tenant_id, type(exc).__name__)
+                return None
+            if data is None:
+                continue
+            version = await loop.run_in_executor(None, Version.prepare, path, data)
+            if version.checksum == (self.manifest(tenant_id) or {}).get(path):
+                self.versions.put(tenant_id, path, version)
+            return version
+        return None
+
+
+def _check_content(
+    path: str,
+    content: bytes,
+    checksum: str,
+    gate: Gate,
+    serve: bool,
+    previous: Version | None,
+    max_patch_bytes: int,
+) -> tuple[Version | None, dict[str, Any]]:
+    """In an executor's thread: ``ContentRefused`` for content that is not the announced
+    checksum's or that the gate refuses; else the version to keep (a served path) and the
+    event's patch fields from ``previous``."""
+    if checksum_of(content) != checksum:
+        raise ContentRefused("", "checksum is not the sha256 of the content")
+    refused = gate.check(path, content) if gate else None
+    if refused is not None:
+        raise ContentRefused(refused.pointer, refused.reason)
+    if not serve:
+        return None, {}
+    kept = Version.prepare(path, content)
+    extra: dict[str, Any] = {}
+    if previous is not None and max_patch_bytes and structured.parser_for(path) is not None:
+        old, new = structured.parse(path, previous.body), structured.parse(path, content)
+        if not isinstance(old, structured.Unparsed) and not isinstance(new, structured.Unparsed):
+            made = patch_between(old, new, max_patch_bytes)
+            if isinstance(made, str):
+                extra["meta"] = {"patch_skipped": made}
+            else:
+                extra = {"patch": made[0], "base_checksum": previous.checksum, "document_checksum": made[1]}
+    return kept, extra
+
+
+class ProxiedApplication(web.Application):
+    """Behind a ``--trusted-proxy``: a request from one carries its client's address and scheme
+    (proxies.py) before any handler, limit, hook or log line sees it."""
+
+    trusted_proxies: TrustedProxies
+
+    def find_handler(self, request: HTTPServerRequest, **kwargs: Any) -> Any:
+        if request.remote_ip:
+            request.remote_ip, scheme = self.trusted_proxies.client(request.remote_ip, request.headers)
+            if scheme is not None:
+                request.protocol = scheme
+        return super().find_handler(request, **kwargs)
+
+
+class ProxyProtocolServer(httpserver.HTTPServer):
+    """``--proxy-protocol``: a connection from a ``--trusted-proxy`` peer starts with a PROXY
+    header (proxy_protocol.py), read before any HTTP; the client it names is the peer from then
+    on. A missing, malformed or slow header closes the connection."""
+
+    trusted_proxies: TrustedProxies
+    header_timeout: float
+
+    # TCPServer.handle_stream may be a coroutine (Tornado waits on it); HTTPServer types it as not.
+    async def handle_stream(self, stream: IOStream, address: tuple) -> None:  # type: ignore[override]
+        if not self.trusted_proxies.trusts(parse_address(address[0])):
+            super().handle_stream(stream, address)
+            return
+        try:
+            async with asyncio.timeout(self.header_timeout):
+                client = await read_proxy_header(stream)
+        except (ProxyHeaderError, StreamClosedError, UnsatisfiableReadError, TimeoutError) as exc:
+            log.warning("closed a connection from %s: %s", address[0], exc or "no PROXY header in time")
+            stream.close()
+            return
+        super().handle_stream(stream, client or address)
+
+
+async def read_proxy_header(stream: IOStream) -> tuple[str, int] | None:
+    """The PROXY header at the start of ``stream`` (v1 or v2) -> the client's address, or None
+    when the balancer speaks for itself (``UNKNOWN``, ``LOCAL``)."""
+    first = await stream.read_bytes(5)
+    if first == V1_PREFIX:
+        return parse_v1(first + await stream.read_until(b"\r\n", max_bytes=V1_MAX - len(first)))
+    if first == V2_SIGNATURE[:5]:
+        head = first + await stream.read_bytes(11)
+        length = v2_length(head)
+        return parse_v2(head, await stream.read_bytes(length) if length else b"")
+    raise ProxyHeaderError("a trusted proxy's connection must start with a PROXY header (--proxy-protocol)")
+
 
 def make_app(core: CfgPush, **tornado_settings: Any) -> web.Application:
     settings = {
@@ -280,7 +566,12 @@ def make_app(core: CfgPush, **tornado_settings: Any) -> web.Application:
     # Plugins' routes come after the built-in ones: Tornado takes the first match, so a
     # plugin cannot take over /ws, /metrics, ...
     plugin_routes = [r for found in core.pm.hook.cfgpush_register_routes(settings=core.settings) for r in found or ()]
-    app = web.Application(default_handlers(core) + plugin_routes, **settings)
+    app: web.Application
+    if core.settings.trusted_proxies:
+        app = ProxiedApplication(default_handlers(core) + plugin_routes, **settings)
+        app.trusted_proxies = TrustedProxies(core.settings.trusted_proxies)
+    else:  # no proxy to believe: not a step more per request
+        app = web.Application(default_handlers(core) + plugin_routes, **settings)
     app.cfgpush = core  # type: ignore[attr-defined]  # where plugins' route handlers find the service
     return app
 
@@ -307,9 +598,16 @@ def log_request(handler: web.RequestHandler) -> None:
 LISTEN_BACKLOG = 4096
 
 
-def bind(settings: Settings) -> list[socket.socket]:
-    """Bind before anything starts, so a taken port fails fast and cleanly."""
-    return netutil.bind_sockets(settings.port, settings.host, family=socket.AF_UNSPEC, backlog=LISTEN_BACKLOG)
+def bind(settings: Settings, port: int | None = None, reuse_port: bool = False) -> list[socket.socket]:
+    """Bind before anything starts, so a taken port fails fast and cleanly. ``reuse_port``:
+    one of ``--workers``, on the port they share (tornado_cfgpush.workers)."""
+    return netutil.bind_sockets(
+        settings.port if port is None else port,
+        settings.host,
+        family=socket.AF_UNSPEC,
+        backlog=LISTEN_BACKLOG,
+        reuse_port=reuse_port,
+    )
 
 
 def server_options(settings: Settings) -> dict[str, Any]:
@@ -320,7 +618,7 @@ def server_options(settings: Settings) -> dict[str, Any]:
         "idle_connection_timeout": settings.handshake_timeout,
         "body_timeout": settings.handshake_timeout,
         "max_header_size": settings.max_header_size,
-        "max_body_size": 1024 * 1024,  # the publish API answers 413 past 64 KiB itself
+        "max_body_size": 1024 * 1024,  # the publish API answers 413 past 64 KiB (and its content) itself
     }
 
 
@@ -329,12 +627,24 @@ async def serve(
     plugin_manager: PluginManager | None = None,
     stop: asyncio.Event | None = None,
     sockets: list[socket.socket] | None = None,
+    worker: Worker | None = None,
 ) -> None:
     """Run until SIGTERM/SIGINT (or ``stop`` is set); then close clients with 1001 and return."""
     stop = stop or asyncio.Event()
     loop = asyncio.get_running_loop()
     uninstall_signal_handlers = install_signal_handlers(loop, stop.set)
     sockets = sockets if sockets is not None else bind(settings)
+    certificates = None
+    if settings.certfile is not None:
+        try:
+            certificates = CertificateReloader(
+                settings.certfile, settings.keyfile, settings.keyfile_password, settings.tls_reload_interval
+            )
+        except TLSError as exc:
+            for sock in sockets:
+                sock.close()
+            uninstall_signal_handlers()
+            raise StartupError(f"--certfile/--keyfile: {exc}") from None
     core = CfgPush(settings, plugin_manager)
     try:
         await core.start()
@@ -357,12 +667,34 @@ async def serve(
         await core.wait_started(timeout=settings.drain_timeout * 6)
     except TimeoutError:
         log.warning("some sources have not started yet; listening anyway")
-    server = httpserver.HTTPServer(app, **server_options(settings))
+    peers = await serve_metrics(worker, core.metrics) if worker is not None else None
+    tls: dict[str, Any] = {}
+    if certificates is not None:
+        tls["ssl_options"] = certificates.context  # one context; new pairs reach it by SNI (tls.py)
+        certificates.start()
+    server: httpserver.HTTPServer
+    if settings.proxy_protocol:
+        server = ProxyProtocolServer(app, **server_options(settings), **tls)
+        server.trusted_proxies = TrustedProxies(settings.trusted_proxies)
+        server.header_timeout = settings.handshake_timeout
+    else:
+        server = httpserver.HTTPServer(app, **server_options(settings), **tls)
     server.add_sockets(sockets)
+    http, ws = ("https", "wss") if certificates is not None else ("http", "ws")
+    which = f", worker {worker.index} of {worker.count}" if worker is not None else ""
     for sock in sockets:
         host, port = sock.getsockname()[:2]
         shown = f"[{host}]" if ":" in host else host
-        log.info("listening on http://%s:%d (WebSocket ws://%s:%d/ws?tenant_id=...)", shown, port, shown, port)
+        log.info(
+            "listening on %s://%s:%d (WebSocket %s://%s:%d/ws?tenant_id=...%s)",
+            http,
+            shown,
+            port,
+            ws,
+            shown,
+            port,
+            which,
+        )
     # Everything allocated so far lives as long as the process: keep it out of the
     # collector's generations, so collections do not rescan it during broadcasts.
     gc.collect()
@@ -372,6 +704,10 @@ async def serve(
     finally:
         log.info("shutting down: closing clients (1001), stopping sources")
         server.stop()
+        if certificates is not None:
+            await certificates.stop()
+        if peers is not None:
+            peers.close()
         drain = settings.drain_timeout
         try:
             await asyncio.wait_for(core.stop(), drain)

@@ -24,8 +24,11 @@ from . import __version__, auth, logs
 from .config_file import ConfigFile, PluginOption, add_plugin_options, parse_bool, plugin_values
 from .config_file import render as render_config
 from .plugins import PluginError, describe_plugins, get_plugin_manager, known_plugin_names
+from .proxies import parse_networks
 from .redaction import REDACTED, redact
 from .settings import EVENT_LOOPS, WATCH_FALLBACKS, Settings
+from .workerinfo import Worker
+from .workers import worker_count
 
 PROG = "cfgpush-serve"
 ENV_PREFIX = "CFGPUSH_"
@@ -112,6 +115,25 @@ def _secret(what: str) -> Callable[[str], str]:
         if len(text) < 8:
             raise ValueError(f"{what} must be at least 8 characters")
         return text
+
+    return parse
+
+
+def _password(text: str) -> str:
+    text = text.rstrip("\r\n")  # as read from CFGPUSH_KEYFILE_PASSWORD_FILE
+    if not text:
+        raise ValueError("keyfile password must not be empty")
+    return text
+
+
+def _readable_file(what: str) -> Callable[[str], Path]:
+    def parse(text: str) -> Path:
+        path = Path(text).expanduser()
+        if not path.is_file():
+            raise ValueError(f"{what} {text!r} is not a file")
+        if not os.access(path, os.R_OK):
+            raise ValueError(f"{what} {text!r} is not readable")
+        return path.absolute()  # the reloader re-reads it whatever the working folder
 
     return parse
 
@@ -309,14 +331,64 @@ SETTING_FLAGS: dict[str, tuple[str, Callable[[str], Any], str]] = {
         "GLOB=FILE: files matching GLOB must also satisfy that JSON Schema (draft 2020-12; "
         "pip install 'tornado_cfgpush[schema]'); repeatable or comma-separated",
     ),
+    "--certfile": (
+        "certfile",
+        _readable_file("certfile"),
+        "PEM certificate chain FILE (leaf first): serve HTTPS and wss:// on --port; reloaded when it changes",
+    ),
+    "--keyfile": ("keyfile", _readable_file("keyfile"), "PEM private key FILE of --certfile (default: in --certfile)"),
+    "--keyfile-password": ("keyfile_password", _password, "password of an encrypted --keyfile"),
+    "--tls-reload-interval": (
+        "tls_reload_interval",
+        _seconds_or_zero("tls reload interval"),
+        "seconds between checks of --certfile/--keyfile for a new pair (0: never)",
+    ),
+    "--trusted-proxy": (
+        "trusted_proxies",
+        parse_networks,
+        "address or CIDR network of a reverse proxy whose X-Forwarded-For / Forwarded / "
+        "X-Forwarded-Proto are believed (the right-most hop not in these networks is the client); "
+        "repeatable or comma-separated",
+    ),
+    "--proxy-protocol": (
+        "proxy_protocol",
+        parse_bool,
+        "connections from a --trusted-proxy start with a PROXY header (v1 or v2, as TCP load balancers "
+        "send) naming the client; one without it is closed",
+    ),
+    "--workers": (
+        "workers",
+        worker_count,
+        "processes serving --port together (SO_REUSEPORT), each a node of --broker (which it needs); "
+        "auto: one per core",
+    ),
+    "--serve-content": (
+        "serve_content",
+        _names,
+        "tenant-relative glob (fnmatch, as --validate) of files whose content may leave the server: "
+        "GET /api/v1/tenants/<tenant>/files/<path> and JSON Patches in events; repeatable or comma-separated",
+    ),
+    "--max-patch-bytes": (
+        "max_patch_bytes",
+        _int_in(0, None, "max patch bytes"),
+        "largest JSON Patch an event of a served file carries (bytes of its JSON); over it none (0: never)",
+    ),
     "--loop": ("event_loop", _event_loop, "the event loop: asyncio, or uvloop (pip install 'tornado_cfgpush[fast]')"),
 }
 # Settings that are secrets: never logged, and readable from a file named by CFGPUSH_<FLAG>_FILE.
-SECRET_FIELDS = {"admin_token", "publish_token", "jwt_secret"}
+SECRET_FIELDS = {"admin_token", "publish_token", "jwt_secret", "keyfile_password"}
 # Flags that may be given more than once; the values are joined by commas, as in the environment.
-REPEATABLE_FIELDS = {"allowed_origins", "allowed_hosts", "publish_token", "validate", "json_schemas"}
+REPEATABLE_FIELDS = {
+    "allowed_origins",
+    "allowed_hosts",
+    "publish_token",
+    "validate",
+    "json_schemas",
+    "trusted_proxies",
+    "serve_content",
+}
 # Settings that are switches: the flag alone means true (--metrics-tenant-labels [true|false]).
-BOOLEAN_FIELDS = {"metrics_tenant_labels", "metrics_public", "ws_compression"}
+BOOLEAN_FIELDS = {"metrics_tenant_labels", "metrics_public", "ws_compression", "proxy_protocol"}
 
 
 def env_name(flag: str) -> str:
@@ -500,16 +572,38 @@ def main(argv: Sequence[str] | None = None, environ: dict[str, str] | None = Non
                 problem = watch_limit_error(settings.config_dir)
                 if problem:
                     raise UsageError(problem)
+        if settings.certfile is not None:
+            from .tls import TLSError, make_context
+
+            try:  # a bad pair is a start-up error; serve() loads it again, and keeps watching it
+                make_context(settings.certfile, settings.keyfile, settings.keyfile_password)
+            except TLSError as exc:
+                raise UsageError(f"--certfile/--keyfile: {exc}") from None
         from .app import StartupError, bind, serve
 
+        worker = Worker.from_env(environ)
         try:
-            sockets = bind(settings)
+            if worker is not None:  # one of --workers: its own socket on the shared port
+                sockets = bind(settings, port=worker.port, reuse_port=True)
+            elif settings.workers > 1:
+                from .workers import reserve
+
+                sockets = reserve(settings.host, settings.port)
+            else:
+                sockets = bind(settings)
         except OSError as exc:
             raise UsageError(f"cannot listen on {settings.host}:{settings.port}: {exc.strerror or exc}") from None
     except (UsageError, PluginError) as exc:
         print(f"{PROG}: error: {exc}", file=sys.stderr)
         return 2
     configure_logging(settings.log_level, settings.log_format)
+    if worker is None and settings.workers > 1:
+        from .workers import supervise
+
+        logging.getLogger("cfgpush").info(
+            "cfgpush %s starting %d workers on port %d", __version__, settings.workers, sockets[0].getsockname()[1]
+        )
+        return supervise(sys.argv[1:] if argv is None else argv, environ, settings, sockets)
     logging.getLogger("cfgpush").info("cfgpush %s starting with %s", __version__, _shown(settings))
     raise_open_files_limit()
     run = asyncio.run
@@ -518,7 +612,7 @@ def main(argv: Sequence[str] | None = None, environ: dict[str, str] | None = Non
 
         run = uvloop.run
     try:
-        run(serve(settings, pm, sockets=sockets))
+        run(serve(settings, pm, sockets=sockets, worker=worker))
     except StartupError as exc:  # after logging started, still one line and status 2
         print(f"{PROG}: error: {exc}", file=sys.stderr)
         return 2

@@ -16,10 +16,33 @@ or a ``Resync``), sends ``"Ping"`` every heartbeat interval and treats two silen
 a dead connection, acknowledges events (``Ack``) once the loop's body for them has finished
 (when the next event is asked for), and refreshes a JWT before it expires.
 
+A failure comes back too (docs/protocol.md, Additions): call ``failed(error)`` in the loop's
+body for the event it could not apply, and the client answers that event with
+``{"Ack": {"event_id", "error"}}`` instead (the error's first line, at most 200 characters),
+until a later event is applied. In ``async with subscribe(...) as events:``, a body that raises
+out of the block reports the exception for the event it was handling before the connection
+closes::
+
+    async with subscribe(url, "acme") as events:
+        async for event in events:
+            try:
+                reload(event)
+            except ValueError as exc:
+                events.failed(exc)  # shown on the dashboard and in the status API
+
 An ``Ack`` means "applied up to this event", so the client sends the newest one, at once when
 it has sent none for ``ack_interval`` (0.1 s) and otherwise when that interval is over: a
 burst of thousands of events costs at most ten ``Ack`` frames a second, within the server's
 frame budget (``--max-client-rate``, 20 a second by default).
+
+With ``content=True`` it keeps the served files it has seen (``--serve-content`` on the
+server; ``await subscription.file(path)`` fetches one) and each ``ConfigChanged`` of a kept
+file, or with a patch, carries ``value``: a ``FileVersion`` (``checksum``, ``content`` bytes or
+None after a patch, ``document``). A patch is applied when the client holds ``base_checksum``,
+and the result checked against ``document_checksum`` (RFC 8785, ``patching.py``); otherwise the
+file is fetched with ``If-None-Match`` after a random wait of up to ``fetch_jitter`` seconds, and
+its bytes checked against their ETag. A ``Resync`` carries ``files``: the kept files whose
+checksum changed (None: gone).
 
 A refusal that retrying cannot cure (an invalid tenant id; 401/403 without ``get_token``)
 raises ``SubscribeError``. Use ``async with subscribe(...) as events:`` to close the
@@ -32,26 +55,35 @@ from __future__ import annotations
 import asyncio
 import base64
 import contextlib
+import dataclasses
 import inspect
 import json
 import logging
 import random
+import ssl
 import time
 from collections.abc import AsyncGenerator, AsyncIterator, Awaitable, Callable
 from dataclasses import dataclass, field
 from typing import Any
-from urllib.parse import urlencode, urlsplit, urlunsplit
+from urllib.parse import quote, urlencode, urlsplit, urlunsplit
 
-from tornado.httpclient import HTTPClientError, HTTPRequest
+from tornado.httpclient import AsyncHTTPClient, HTTPClientError, HTTPRequest
 from tornado.iostream import StreamClosedError
 from tornado.websocket import WebSocketClientConnection, WebSocketClosedError, WebSocketError, websocket_connect
+
+from . import structured
+from .content import checksum_of
+from .patching import NotJson, PatchFailed, apply_patch, document_checksum
 
 log = logging.getLogger("cfgpush.client")
 
 BACKOFF_MIN = 0.5
 BACKOFF_MAX = 20.0
+# content=True: a 503 of the files API (the file is being changed) is asked again this often.
+FETCH_RETRIES = 3
 # At most one Ack per interval (seconds): the newest applied event id.
 ACK_INTERVAL = 0.1
+ACK_ERROR_MAX = 200  # characters of an Ack's error (the server refuses more)
 
 
 @dataclass(frozen=True)
@@ -67,7 +99,12 @@ class ConfigChanged:
     source: str | None = None
     diff: dict | None = None
     meta: dict | None = None
+    patch: list | None = None
+    base_checksum: str | None = None
+    document_checksum: str | None = None
     raw: dict = field(default_factory=dict, repr=False, compare=False)
+    # content=True: the file's new version (None: not a kept file, or deleted).
+    value: FileVersion | None = field(default=None, compare=False)
 
     def to_json(self) -> dict:
         """The message as it came on the wire: ``{"ConfigChanged": {...}}``."""
@@ -87,6 +124,8 @@ class Resync:
     reason: str
     manifest: dict | None = None
     raw: dict = field(default_factory=dict, repr=False, compare=False)
+    # content=True: the kept files whose checksum changed ({path: FileVersion, or None: gone}).
+    files: dict[str, FileVersion | None] | None = field(default=None, compare=False)
 
     def to_json(self) -> dict:
         return {"Resync": self.raw}
@@ -105,6 +144,132 @@ class Welcome:
 
     def to_json(self) -> dict:
         return {"Welcome": self.raw}
+
+
+@dataclass(frozen=True)
+class FileVersion:
+    """A served file as the client holds it: ``content`` (its bytes; None when the version came
+    from a patch) and ``document`` (parsed: JSON, TOML, YAML; None when not structured)."""
+
+    checksum: str
+    content: bytes | None
+    document: Any = None
+
+
+class Files:
+    """The served files one subscription keeps (``content=True``), by path."""
+
+    def __init__(
+        self,
+        base: str,
+        tenant_id: str,
+        token: Callable[[], str | None],
+        fetch_jitter: float = 0.25,
+        ssl_context: ssl.SSLContext | None = None,
+    ):
+        self.base = base
+        self.tenant_id = tenant_id
+        self.token = token
+        self.fetch_jitter = fetch_jitter
+        self.ssl_context = ssl_context  # the subscription's: the same server, the same CA
+        self.held: dict[str, FileVersion] = {}
+        self.fetches = 0  # requests made, for the curious (and the tests)
+
+    async def get(self, path: str) -> FileVersion:
+        """The file at ``path``: kept, or fetched once; ``HTTPClientError`` (404) when not served."""
+        held = self.held.get(path)
+        if held is not None and held.content is not None:
+            return held
+        return await self._fetch(path, None)
+
+    async def changed(self, event: ConfigChanged) -> FileVersion | None:
+        path = event.path
+        if path is None:
+            return None
+        if event.change_type == "moved" and isinstance((event.meta or {}).get("old_path"), str):
+            self.held.pop(event.meta["old_path"], None)  # type: ignore[index]  # checked just above
+        if event.checksum is None:
+            self.held.pop(path, None)
+            return None
+        held = self.held.get(path)
+        if held is not None and held.checksum == event.checksum:
+            return held
+        if held is None and event.patch is None:
+            return None  # not a file it keeps
+        if held is not None and event.patch is not None and held.checksum == event.base_checksum:
+            try:
+                document = apply_patch(held.document, event.patch)
+                if document_checksum(document) == event.document_checksum:
+                    version = self.held[path] = FileVersion(event.checksum, None, document)
+                    return version
+            except (PatchFailed, NotJson):
+                pass  # fetched below
+        await asyncio.sleep(random.random() * self.fetch_jitter)
+        try:
+            return await self._fetch(path, held if held is not None and held.content is not None else None)
+        except (HTTPClientError, OSError, ValueError) as exc:
+            log.warning("fetching %s failed: %s", path, exc)
+            return None
+
+    async def resynced(self, resync: Resync) -> dict[str, FileVersion | None]:
+        changed: dict[str, FileVersion | None] = {}
+        for path, held in list(self.held.items()):
+            if resync.manifest is not None and resync.manifest.get(path) is None:
+                del self.held[path]
+                changed[path] = None
+            # Without a manifest every kept file is asked again (a 304 when it did not change).
+            elif resync.manifest is None or resync.manifest[path] != held.checksum:
+                try:
+                    version = await self._fetch(path, held if held.content is not None else None)
+                except (HTTPClientError, OSError, ValueError) as exc:
+                    log.warning("fetching %s failed: %s", path, exc)
+                    continue
+                if version is not held:
+                    changed[path] = version
+        return changed
+
+    async def _fetch(self, path: str, held: FileVersion | None) -> FileVersion:
+        headers = {}
+        token = self.token()
+        if token:
+            headers["Authorization"] = f"Bearer {token}"
+        if held is not None:
+            headers["If-None-Match"] = f'"{held.checksum}"'
+        url = f"{self.base}/api/v1/tenants/{quote(self.tenant_id, safe='')}/files/{quote(path)}"
+        for attempt in range(FETCH_RETRIES + 1):
+            self.fetches += 1
+            response = await AsyncHTTPClient().fetch(
+                url, headers=headers, raise_error=False, ssl_options=self.ssl_context
+            )
+            # 503: the file is being changed (or this node has not read the new version yet):
+            # asked again after the server's Retry-After (at most 2 s), a few times.
+            if response.code != 503 or attempt == FETCH_RETRIES:
+                break
+            try:
+                wait = min(2.0, float(response.headers.get("Retry-After") or 1))
+            except ValueError:
+                wait = 1.0
+            await asyncio.sleep(wait * random.uniform(0.5, 1.0))
+        if response.code == 304 and held is not None:
+            return held
+        if response.code != 200:
+            raise HTTPClientError(response.code, _error_reason_of(response.body), response)
+        data = response.body
+        checksum = checksum_of(data)
+        if f'"{checksum}"' != response.headers.get("ETag"):
+            raise ValueError(f"GET {path}: the bytes are not the version the server named")
+        document = structured.parse(path, data) if structured.parser_for(path) is not None else None
+        if isinstance(document, structured.Unparsed):
+            document = None
+        version = self.held[path] = FileVersion(checksum, data, document)
+        return version
+
+
+def _error_reason_of(body: bytes | None) -> str:
+    try:
+        return str(json.loads(body or b"").get("error") or "")
+    except (ValueError, AttributeError):
+        return ""
 
 
 Event = ConfigChanged | Resync | Welcome
@@ -191,8 +356,14 @@ class Subscription:
         max_queue: int = 10_000,
         ack_interval: float = ACK_INTERVAL,
         on_status: Callable[[str, dict], None] | None = None,
+        ssl_context: ssl.SSLContext | None = None,
+        content: bool = False,
+        fetch_jitter: float = 0.25,
     ):
         self.url = ws_url(url)
+        # content=True: the served files kept (Files), fetched over http(s) from the same server.
+        http_base = self.url[: -len("/ws")].replace("ws", "http", 1)
+        self.files = Files(http_base, tenant_id, lambda: self.token, fetch_jitter, ssl_context) if content else None
         self.tenant_id = tenant_id
         self.last_event_id = last_event_id  # applied (acknowledged)
         self._cursor = last_event_id  # handed out: where a reconnect resumes
@@ -209,6 +380,9 @@ class Subscription:
         self.max_queue = max_queue
         self.ack_interval = ack_interval
         self.on_status = on_status
+        # wss:// (https://): None verifies the server against the system's CAs; a context of
+        # one's own trusts a private CA (ssl.create_default_context(cafile=...)).
+        self.ssl_context = ssl_context
         self.heartbeat_interval: float | None = None
         self.state = "idle"
         self.connections = 0  # successful subscriptions (Welcome received), for the curious
@@ -219,8 +393,12 @@ class Subscription:
         self._conn: WebSocketClientConnection | None = None
         self._inbox: asyncio.Queue[str | bytes | None] = asyncio.Queue()  # None: closed
         self._iterator: AsyncGenerator[Event, None] | None = None
-        # This connection's Acks: the id sent last, when, and the timer of the next one.
-        self._acked: str | None = None
+        # The event handed out last, and the failure reported for it or an earlier one
+        # (event id, error) until a later event is applied.
+        self._handing: str | None = None
+        self._failure: tuple[str, str] | None = None
+        # This connection's Acks: the answer sent last, when, and the timer of the next one.
+        self._acked: tuple[str, str | None] | None = None
         self._acked_at = float("-inf")
         self._ack_timer: asyncio.TimerHandle | None = None
 
@@ -234,8 +412,23 @@ class Subscription:
     async def __aenter__(self) -> Subscription:
         return self
 
-    async def __aexit__(self, *exc: Any) -> None:
+    async def __aexit__(self, exc_type: Any, exc: BaseException | None, tb: Any) -> None:
+        if isinstance(exc, Exception) and self._handing is not None:
+            # The body raised while handling an event: say so before the connection closes.
+            self.failed(exc)
+            if self._ack_timer is not None:
+                self._ack_timer.cancel()
+            self._send_ack()  # now, not after ack_interval: the connection closes next
         await self.aclose()
+
+    def failed(self, error: BaseException | str) -> None:
+        """The event handed out last could not be applied: answer it with an ``Ack`` carrying
+        ``error`` (an exception is sent as ``"<type>: <message>"``), not as applied."""
+        event_id = self._handing
+        if event_id is None:
+            return
+        self._failure = (event_id, ack_error(error))
+        self._ack_soon()
 
     async def aclose(self) -> None:
         """Stop: close the connection; the ``async for`` ends."""
@@ -259,6 +452,9 @@ class Subscription:
                             async for item, ack in session:
                                 welcomed_at = welcomed_at or time.monotonic()
                                 if item is not None:
+                                    self._handing = ack
+                                    if self.files is not None:
+                                        item = await self._with_content(item)
                                     yield item
                                 if ack is not None:
                                     self._applied(ack)
@@ -283,6 +479,20 @@ class Subscription:
             self._drop(1000, "client closed")
             self._status("closed")
 
+    async def file(self, path: str) -> FileVersion:
+        """``content=True``: the served file at ``path``, fetched once and then kept up to date."""
+        if self.files is None:
+            raise RuntimeError("subscribe(..., content=True) keeps files; this subscription does not")
+        return await self.files.get(path)
+
+    async def _with_content(self, item: Event) -> Event:
+        assert self.files is not None
+        if isinstance(item, ConfigChanged):
+            return dataclasses.replace(item, value=await self.files.changed(item))
+        if isinstance(item, Resync):
+            return dataclasses.replace(item, files=await self.files.resynced(item))
+        return item
+
     async def _open(self) -> WebSocketClientConnection:
         self._status("connecting", attempt=self._attempt)
         if self.get_token is not None and not self._fresh_token:
@@ -303,6 +513,7 @@ class Subscription:
             headers=self.headers,
             connect_timeout=self.connect_timeout,
             request_timeout=self.connect_timeout,
+            ssl_options=self.ssl_context,
         )
         inbox: asyncio.Queue[str | bytes | None] = asyncio.Queue()
         self._inbox = inbox
@@ -348,7 +559,7 @@ class Subscription:
         else:
             if self.yield_welcome:
                 yield welcome, None
-            if self.last_event_id:
+            if self.last_event_id or self._failure:
                 self._ack_soon()  # convergence is per connection: say where we are
         last_seen = next_ping = loop.time()
         next_ping += interval
@@ -437,6 +648,9 @@ class Subscription:
                         "source",
                         "diff",
                         "meta",
+                        "patch",
+                        "base_checksum",
+                        "document_checksum",
                     )
                 },
                 raw=body,
@@ -461,6 +675,9 @@ class Subscription:
     def _applied(self, event_id: str | None) -> None:
         if event_id is None:
             return
+        if self._failure is not None and self._failure[0] == event_id:
+            return  # the body said it failed: not applied
+        self._failure = None
         self.last_event_id = event_id
         self._ack_soon()
 
@@ -478,11 +695,14 @@ class Subscription:
 
     def _send_ack(self) -> None:
         self._ack_timer = None
-        event_id = self.last_event_id
-        if self._conn is None or event_id is None or event_id == self._acked:
+        answer: tuple[str, str | None] | None = self._failure or (
+            (self.last_event_id, None) if self.last_event_id is not None else None
+        )
+        if self._conn is None or answer is None or answer == self._acked:
             return
-        self._acked, self._acked_at = event_id, asyncio.get_running_loop().time()
-        self._send({"Ack": {"event_id": event_id}})
+        self._acked, self._acked_at = answer, asyncio.get_running_loop().time()
+        event_id, error = answer
+        self._send({"Ack": {"event_id": event_id} if error is None else {"event_id": event_id, "error": error}})
 
     def _send(self, message: Any) -> None:
         conn = self._conn
@@ -530,6 +750,19 @@ class Subscription:
                 self.on_status(state, info)
             except Exception:
                 log.exception("on_status failed")
+
+
+def ack_error(error: BaseException | str) -> str:
+    """An ``Ack``'s ``error``: ``"<type>: <message>"`` of an exception (or the text), its first
+    line, at most ``ACK_ERROR_MAX`` characters, valid Unicode (the wire rule)."""
+    if isinstance(error, BaseException):
+        text = f"{type(error).__name__}: {error}" if str(error) else type(error).__name__
+    else:
+        text = str(error)
+    lines = text.strip().splitlines()
+    text = (lines[0].strip() if lines else "") or "failed"
+    text = text.encode("utf-8", "replace").decode("utf-8")  # a lone surrogate becomes "?"
+    return text if len(text) <= ACK_ERROR_MAX else text[: ACK_ERROR_MAX - 1] + "…"
 
 
 def _error_reason(exc: HTTPClientError) -> str:

@@ -8,12 +8,22 @@ written the very same bytes (encoding per recipient doubles the CPU per delivery
 from __future__ import annotations
 
 import json
-from typing import Any
+from typing import Any, NamedTuple
 
 from .ws.deflate import deflate_frame
 from .ws.frames import text_frame
 
 _compact = json.JSONEncoder(separators=(",", ":"), ensure_ascii=False, allow_nan=False).encode
+
+
+class AckFailure(NamedTuple):
+    """A client's answer that it could not apply ``event_id`` (an ``Ack`` with ``error``).
+
+    A subscription keeps it in its one ``acked`` slot instead of the applied id: reporting
+    failures costs no memory per connection, and a later answer replaces it."""
+
+    event_id: str
+    error: str
 
 
 def encode_json(value: Any) -> str:

@@ -19,7 +19,7 @@ from typing import Protocol
 from tornado.ioloop import PeriodicCallback
 
 from .closing import CloseReason
-from .events import Event
+from .events import AckFailure, Event
 
 log = logging.getLogger("cfgpush.hub")
 
@@ -31,7 +31,7 @@ class Subscriber(Protocol):
     """What the hub needs of a subscription (``/ws`` and ``/events``)."""
 
     tenant_id: str
-    acked: str | None  # the newest event the client applied (the status APIs read it)
+    acked: str | AckFailure | None  # the client's latest Ack: applied up to an id, or failed (summary.py)
 
     @property
     def transport(self) -> str: ...  # "ws" or "sse"

@@ -55,13 +55,23 @@ class ConnectionLimits:
         self.by_ip: dict[str, int] = {}
         self.by_tenant: dict[str, int] = {}
         self.refused: dict[str, int] = {"server": 0, "ip": 0, "tenant": 0}
+        self.closed = False  # shutting down: no new connection
 
     @classmethod
     def from_settings(cls, settings: Settings) -> ConnectionLimits:
         return cls(settings.max_connections, settings.max_connections_per_ip, settings.max_connections_per_tenant)
 
+    def close(self) -> None:
+        """No slot any more (the server is shutting down). A request can still arrive on a
+        connection that was open before (a proxy's keep-alive connection to us): it gets 503,
+        not a subscription that the shutdown would cut a moment later."""
+        self.closed = True
+
     def acquire(self, ip: str, tenant_id: str) -> Slot:
         """A slot for one connection, or ``LimitReached`` (nothing is counted then)."""
+        if self.closed:
+            self.refused["server"] += 1
+            raise LimitReached(503, "the server is shutting down; retry later or elsewhere", "server")
         if self.max_total and self.total >= self.max_total:
             self.refused["server"] += 1
             raise LimitReached(503, "the server has reached its connection limit; retry later or elsewhere", "server")

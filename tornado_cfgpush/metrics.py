@@ -16,7 +16,7 @@ from __future__ import annotations
 
 import time
 from collections import OrderedDict
-from collections.abc import Iterator
+from collections.abc import Awaitable, Callable, Iterator
 from typing import TYPE_CHECKING
 
 from prometheus_client import CollectorRegistry, Histogram, PlatformCollector, ProcessCollector
@@ -25,7 +25,7 @@ from prometheus_client.registry import Collector
 
 from . import __version__
 from .loop_health import LAG_BUCKETS
-from .summary import count_by_transport
+from .summary import count_by_transport, failing, is_observer, top_reasons
 
 if TYPE_CHECKING:  # pragma: no cover
     from .events import Event
@@ -43,6 +43,7 @@ MAX_TENANT_SERIES = 10_000
 INVALID = "invalid"
 BROKER_UNAVAILABLE = "broker_unavailable"
 RATE_LIMITED = "rate_limited"  # the publish API, past a token's budget (429)
+INVALID_CONTENT = "invalid_content"  # content the validation gate refused (or not the checksum's)
 
 
 class Metrics:
@@ -53,10 +54,15 @@ class Metrics:
         self.tenant_labels = bool(core.settings.metrics_tenant_labels)
         self.tenant_ttl = core.settings.history_ttl
         self.clock = time.monotonic  # of the per-tenant series' expiry (a test may replace it)
+        # Under --workers: (this worker's exposition) -> every worker's, merged.
+        self.peers: Callable[[bytes], Awaitable[bytes]] | None = None
         # (source,) or (source, tenant) -> count; (source, reason) -> count.
         self.published_events: dict[tuple[str, ...], int] = {}
         self.rejected_events: dict[tuple[str, str], int] = {}
         self.deliveries_by_tenant: dict[str, int] = {}
+        # The files API (--serve-content): answers by status code, and body bytes sent.
+        self.file_requests: dict[str, int] = {}
+        self.file_bytes = 0
         # With tenant labels: tenant -> (monotonic time its counters last moved, its sources),
         # least recently moved first: what expiry and the MAX_TENANT_SERIES bound drop.
         self._tenant_series: OrderedDict[str, tuple[float, set[str]]] = OrderedDict()
@@ -90,6 +96,12 @@ class Metrics:
     def rejected(self, source: str, reason: str) -> None:
         key = (source, reason)
         self.rejected_events[key] = self.rejected_events.get(key, 0) + 1
+
+    def file_request(self, status: int, body_bytes: int = 0) -> None:
+        """One answer of the files API."""
+        key = str(status)
+        self.file_requests[key] = self.file_requests.get(key, 0) + 1
+        self.file_bytes += body_bytes
 
     def delivered(self, event: Event, recipients: int, seconds: float) -> None:
         """The hub's observer: once per event that had at least one local recipient."""
@@ -135,6 +147,12 @@ class Metrics:
 
         return generate_latest(self.registry)
 
+    async def scrape(self) -> bytes:
+        """What ``/metrics`` answers: this process's exposition, or under ``--workers`` every
+        worker's (tornado_cfgpush.worker_metrics sets ``peers``)."""
+        own = self.exposition()
+        return own if self.peers is None else await self.peers(own)
+
 
 class _ServiceCollector(Collector):
     def __init__(self, metrics: Metrics):
@@ -154,6 +172,15 @@ class _ServiceCollector(Collector):
         if not m.tenant_labels:
             counts = {(t,): 0 for t in TRANSPORTS}
         tenants = 0
+        # Clients whose latest Ack says they could not apply an event (summary.py's ``failing``
+        # without the newest event, which only the broker knows, asynchronously).
+        failed = GaugeMetricFamily(
+            "cfgpush_apply_failed_clients",
+            "Clients whose latest Ack reports that applying an event failed"
+            + (" (tenant labels: by tenant, with its most common reasons)" if m.tenant_labels else ""),
+            labels=["tenant", "reason"] if m.tenant_labels else None,
+        )
+        failed_total = 0
         for tenant_id in list(hub.tenants()):
             conns = hub.connections(tenant_id)
             if conns:
@@ -162,9 +189,17 @@ class _ServiceCollector(Collector):
             for transport, count in count_by_transport(conns).items():
                 key = (transport, tenant_id) if m.tenant_labels else (transport,)
                 counts[key] = counts.get(key, 0) + count
+            errors = [e for e in (failing(sub) for sub in conns if not is_observer(sub)) if e is not None]
+            failed_total += len(errors)
+            if m.tenant_labels and errors:
+                for why, n in top_reasons(errors):
+                    failed.add_metric([tenant_id, why], n)
         for series, value in sorted(counts.items()):
             connections.add_metric(list(series), value)
         yield connections
+        if not m.tenant_labels:
+            failed.add_metric([], failed_total)
+        yield failed
         yield GaugeMetricFamily(
             "cfgpush_tenants_with_clients", "Tenants with at least one open connection", value=tenants
         )
@@ -208,6 +243,18 @@ class _ServiceCollector(Collector):
         for reason, value in hub.closes.items():
             closes.add_metric([reason.label], value)
         yield closes
+
+        files = CounterMetricFamily(
+            "cfgpush_file_requests",
+            "Requests of the files API (GET /api/v1/tenants/<tenant>/files...), by status",
+            labels=["status"],
+        )
+        for status, value in sorted(m.file_requests.items()):
+            files.add_metric([status], value)
+        yield files
+        yield CounterMetricFamily(
+            "cfgpush_file_bytes_sent", "Body bytes the files API sent (compressed where it was)", value=m.file_bytes
+        )
 
         runner = core.runner
         restarts = CounterMetricFamily(

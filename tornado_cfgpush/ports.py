@@ -16,6 +16,7 @@ if TYPE_CHECKING:  # pragma: no cover
     from .auth import Decision
     from .broker import Broker, Catchup
     from .closing import CloseReason
+    from .content import Version
     from .hub import Hub, Subscriber
     from .limits import Slot
     from .settings import Settings
@@ -52,7 +53,9 @@ class ServiceMetrics(Protocol):
     """What the handlers count and serve of ``/metrics``."""
 
     def rejected(self, source: str, reason: str) -> None: ...
+    def file_request(self, status: int, body_bytes: int = 0) -> None: ...
     def exposition(self) -> bytes: ...
+    async def scrape(self) -> bytes: ...
 
 
 class Configured(Protocol):
@@ -83,7 +86,9 @@ class Publishing(Configured, Protocol):
     @property
     def metrics(self) -> ServiceMetrics: ...
 
-    async def publish(self, payload: dict[str, Any], source: str | None = None) -> str: ...
+    async def publish(
+        self, payload: dict[str, Any], source: str | None = None, *, content: bytes | None = None
+    ) -> str: ...
 
 
 class Observing(Configured, Protocol):
@@ -105,7 +110,19 @@ class Observing(Configured, Protocol):
     def degraded_reasons(self) -> list[str]: ...
 
 
-class Service(Subscribing, Publishing, Observing, Protocol):
+class Serving(Configured, Protocol):
+    """The files API (``--serve-content``): authorize like ``/ws``, list a tenant's served
+    files, and hand out the announced version of one."""
+
+    @property
+    def metrics(self) -> ServiceMetrics: ...
+
+    def authorize(self, request: Any, tenant_id: str, token: str | None) -> Decision: ...
+    async def served_files(self, tenant_id: str) -> dict[str, str]: ...
+    async def file_content(self, tenant_id: str, path: str) -> Version | None: ...
+
+
+class Service(Subscribing, Publishing, Observing, Serving, Protocol):
     """Everything ``handlers.default_handlers`` serves: what ``app.CfgPush`` is to them."""
 
 

@@ -132,6 +132,40 @@ class DiffSchema(Schema):
     changed = _json_pointer_list()
 
 
+PATCH_OPS = ("add", "remove", "replace", "move", "copy", "test")
+PATCH_MAX_OPS = 10_000
+
+
+def _pointer(**kwargs: Any) -> WireString:
+    return WireString(validate=validate.Regexp(JSON_POINTER_RE, error="must be a JSON Pointer (RFC 6901)."), **kwargs)
+
+
+class PatchOperationSchema(Schema):
+    """One RFC 6902 operation: values are configuration (only ever sent for paths the operator
+    serves, ``--serve-content``), so every string in them holds to the wire rule."""
+
+    op = fields.String(
+        required=True, validate=validate.OneOf(PATCH_OPS, error="must be one of: " + ", ".join(PATCH_OPS) + ".")
+    )
+    path = _pointer(required=True)
+    value = WireJson(allow_none=True)
+    from_ = _pointer(data_key="from")
+
+    @validates_schema(pass_original=True)
+    def _operands(self, data, original, **kwargs):
+        kind = data.get("op")
+        if kind in ("add", "replace", "test") and not (isinstance(original, dict) and "value" in original):
+            raise ValidationError(f"{kind} needs a value.", "value")
+        if kind in ("move", "copy") and "from_" not in data:
+            raise ValidationError(f"{kind} needs from.", "from")
+
+    @post_load
+    def _named(self, data, **kwargs):
+        if "from_" in data:
+            data["from"] = data.pop("from_")
+        return data
+
+
 class ConfigChangedSchema(Schema):
     """The inside of ``ConfigChanged`` without ``event_id``: what ``emit`` accepts."""
 
@@ -149,6 +183,16 @@ class ConfigChangedSchema(Schema):
     source = WireString(validate=validate.Length(min=1, max=64))
     meta = fields.Dict(keys=WireString(), values=WireJson(allow_none=True))  # any JSON, null too
     diff = fields.Nested(DiffSchema, unknown=RAISE)
+    # Served files only (--serve-content; docs/protocol.md, Additions): the change as an
+    # RFC 6902 patch from the version ``base_checksum`` names, and the SHA-256 of the new
+    # document's RFC 8785 canonical JSON. All three or none.
+    patch = fields.List(fields.Nested(PatchOperationSchema, unknown=RAISE), validate=validate.Length(max=PATCH_MAX_OPS))
+    base_checksum = fields.String(
+        validate=validate.Regexp(CHECKSUM_RE, error="must be 'sha256:' and 64 lowercase hex digits.")
+    )
+    document_checksum = fields.String(
+        validate=validate.Regexp(CHECKSUM_RE, error="must be 'sha256:' and 64 lowercase hex digits.")
+    )
 
     @validates_schema
     def _consistent(self, data, **kwargs):
@@ -161,6 +205,11 @@ class ConfigChangedSchema(Schema):
                 data["timestamp"].astimezone(UTC)
             except (OverflowError, ValueError):
                 raise ValidationError("timestamp is out of range.", "timestamp") from None
+        given = [name for name in ("patch", "base_checksum", "document_checksum") if name in data]
+        if given and len(given) != 3:
+            raise ValidationError("patch, base_checksum and document_checksum go together.", given[0])
+        if given and data.get("change_type") != "modified":
+            raise ValidationError("only a modified event carries a patch.", "patch")
         if "meta" in data:
             try:
                 encoded = json.dumps(data["meta"], allow_nan=False)
@@ -190,8 +239,15 @@ class PingSchema(Schema):
     id = JsonScalar(allow_none=True)
 
 
+# Characters of an Ack's ``error``: a short reason (an exception's message), never a report.
+ACK_ERROR_MAX = 200
+
+
 class AckSchema(Schema):
+    """``{"event_id": ...}``: applied up to that event; with ``error``: could not apply it."""
+
     event_id = EventId(required=True)
+    error = WireString(validate=validate.Length(min=1, max=ACK_ERROR_MAX))
 
 
 class RefreshSchema(Schema):

@@ -104,9 +104,31 @@ class Settings:
     # Schema (draft 2020-12).
     validate: tuple[str, ...] = ()
     json_schemas: tuple[str, ...] = ()
+    # Configuration content (issue #14; off by default: values may be secrets): tenant-relative
+    # globs (the gate's matching rule, rules.path_matches) of the files whose content may leave
+    # the server, by GET /api/v1/tenants/<t>/files/<path> and as JSON Patches in events.
+    serve_content: tuple[str, ...] = ()
+    # The largest patch an event carries (its JSON text, in bytes); over it no patch: the
+    # client fetches the file (one conditional GET). 0: no patches at all.
+    max_patch_bytes: int = 16 * 1024
     # The event loop: "asyncio" (the standard library's) or "uvloop" (pip install
     # 'tornado_cfgpush[fast]'): cheaper I/O per delivery.
     event_loop: str = "asyncio"
+    # TLS (tornado_cfgpush.tls): HTTPS and wss:// on the one port when certfile is set; the key
+    # is in certfile when keyfile is None. The files are checked every tls_reload_interval
+    # seconds and a changed pair is used for new connections (0: never reloaded).
+    certfile: Path | None = None
+    keyfile: Path | None = None
+    keyfile_password: str | None = field(default=None, repr=False)
+    tls_reload_interval: float = 5.0
+    # Reverse proxies whose X-Forwarded-For / Forwarded / X-Forwarded-Proto are believed
+    # (tornado_cfgpush.proxies): addresses or CIDR networks. Empty: the peer is the client.
+    trusted_proxies: tuple[str, ...] = ()
+    # The PROXY protocol (v1, v2) from the trusted proxies: each of their connections starts
+    # with a header naming the client (tornado_cfgpush.proxy_protocol).
+    proxy_protocol: bool = False
+    # Processes serving the one port (tornado_cfgpush.workers): each a node of --broker.
+    workers: int = 1
     # Extra, plugin-owned settings (name -> value); never interpreted by the core.
     extra: dict = field(default_factory=dict, hash=False, compare=False)
 
@@ -127,13 +149,37 @@ class Settings:
             )
         if self.debounce_ms < 0:
             raise ValueError("debounce_ms must not be negative")
-        for name in ("jwt_public_key", "jwks"):
+        for name in ("jwt_public_key", "jwks", "certfile", "keyfile"):
             if isinstance(getattr(self, name), str):
                 object.__setattr__(self, name, Path(getattr(self, name)))
         object.__setattr__(self, "allowed_origins", tuple(self.allowed_origins))
         object.__setattr__(self, "validate", tuple(self.validate))
         object.__setattr__(self, "json_schemas", tuple(self.json_schemas))
+        object.__setattr__(self, "serve_content", tuple(self.serve_content))
+        if self.max_patch_bytes < 0:
+            raise ValueError("max_patch_bytes must not be negative")
         object.__setattr__(self, "allowed_hosts", tuple(self.allowed_hosts))
+        object.__setattr__(self, "trusted_proxies", tuple(self.trusted_proxies))
+        if self.keyfile and not self.certfile:
+            raise ValueError("--keyfile needs --certfile")
+        if self.keyfile_password and not self.certfile:
+            raise ValueError("--keyfile-password needs --certfile")
+        if self.proxy_protocol and not self.trusted_proxies:
+            raise ValueError("--proxy-protocol needs --trusted-proxy: the load balancers allowed to send the header")
+        if self.proxy_protocol and self.certfile:
+            raise ValueError(
+                "--proxy-protocol with --certfile is not supported: terminate TLS at the load balancer, "
+                "or pass TLS through without the PROXY header"
+            )
+        if self.workers < 1:
+            raise ValueError("workers must be at least 1")
+        if self.workers > 1 and not self.broker:
+            raise ValueError(
+                f"--workers {self.workers} needs --broker redis://...: the embedded broker keeps the events "
+                "in one process, and every worker must serve the same event ids and history"
+            )
+        if self.tls_reload_interval < 0:
+            raise ValueError("tls_reload_interval must not be negative")
         if self.publish_rate < 0 or self.publish_burst < 0:
             raise ValueError("publish_rate and publish_burst must not be negative")
         keys = [name for name in ("jwt_secret", "jwt_public_key", "jwks") if getattr(self, name)]

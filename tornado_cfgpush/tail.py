@@ -14,12 +14,13 @@ import json
 import logging
 import os
 import signal
+import ssl
 import sys
 from collections.abc import Sequence
 from pathlib import Path
 from typing import NoReturn
 
-from .client import SubscribeError, Subscription
+from .client import ConfigChanged, FileVersion, Resync, SubscribeError, Subscription
 
 PROG = "cfgpush-tail"
 
@@ -40,8 +41,24 @@ def build_parser() -> argparse.ArgumentParser:
         default=None,
         help="subscriber token (?token=); also CFGPUSH_TOKEN or CFGPUSH_TOKEN_FILE (safer: not in ps)",
     )
+    parser.add_argument(
+        "--cafile",
+        default=None,
+        help="PEM file of the CA(s) that signed a wss:// server's certificate (default: the system's); "
+        "also CFGPUSH_CAFILE",
+    )
     parser.add_argument("--manifest", action="store_true", help="ask for the manifest in Welcome")
     parser.add_argument("--welcome", action="store_true", help="print Welcome messages too")
+    parser.add_argument(
+        "--content",
+        action="store_true",
+        help="keep the served files (--serve-content on the server) and print each new value "
+        '(after the event, a line {"File": {"path", "checksum", "document", "text"}}); '
+        "--file PATH fetches one at start",
+    )
+    parser.add_argument(
+        "--file", action="append", default=[], metavar="PATH", help="with --content: a served file to follow"
+    )
     parser.add_argument("--quiet", "-q", action="store_true", help="no connection news on stderr")
     return parser
 
@@ -57,6 +74,16 @@ def _token(args: argparse.Namespace, environ: dict[str, str]) -> str | None:
         except OSError as exc:
             raise SubscribeError(f"CFGPUSH_TOKEN_FILE: cannot read it: {exc.strerror or exc}") from None
     return None
+
+
+def _ssl_context(args: argparse.Namespace, environ: dict[str, str]) -> ssl.SSLContext | None:
+    cafile = args.cafile or environ.get("CFGPUSH_CAFILE")
+    if not cafile:
+        return None
+    try:
+        return ssl.create_default_context(cafile=cafile)
+    except (OSError, ssl.SSLError) as exc:
+        raise SubscribeError(f"--cafile: cannot use {cafile!r}: {getattr(exc, 'strerror', None) or exc}") from None
 
 
 def _news(quiet: bool):
@@ -93,11 +120,32 @@ async def tail(args: argparse.Namespace, environ: dict[str, str]) -> int:
         manifest=args.manifest,
         welcome=args.welcome,
         on_status=_news(args.quiet),
+        ssl_context=_ssl_context(args, environ),
+        content=args.content,
     )
 
+    def show(path: str, version: FileVersion | None) -> None:
+        shown: dict = {"path": path, "checksum": None, "document": None, "text": None}
+        if version is not None:
+            shown["checksum"] = version.checksum
+            shown["text"] = version.content.decode("utf-8", "replace") if version.content is not None else None
+            try:
+                json.dumps(version.document)
+                shown["document"] = version.document
+            except (TypeError, ValueError):  # a TOML date: text only
+                pass
+        sys.stdout.write(json.dumps({"File": shown}, separators=(",", ":")) + "\n")
+
     async def pump() -> None:
+        for path in args.file if args.content else ():
+            show(path, await subscription.file(path))
         async for event in subscription:
             sys.stdout.write(json.dumps(event.to_json(), separators=(",", ":")) + "\n")
+            if isinstance(event, ConfigChanged) and args.content and event.path and event.value is not None:
+                show(event.path, event.value)
+            elif isinstance(event, Resync) and event.files:
+                for path, version in sorted(event.files.items()):
+                    show(path, version)
             sys.stdout.flush()
 
     task = asyncio.ensure_future(pump())

@@ -231,9 +231,18 @@ class LoadGen:
     """The clients of one server under test, and the sink their messages go to."""
 
     def __init__(
-        self, host: str, port: int, sink: Sink, *, tenant: str = "bench", deflate: bool = False, welcome: bool = False
+        self,
+        host: str,
+        port: int,
+        sink: Sink,
+        *,
+        tenant: str = "bench",
+        deflate: bool = False,
+        welcome: bool = False,
+        ssl: Any = None,
     ):
         self.loop = asyncio.get_running_loop()
+        self.ssl = ssl  # an ssl.SSLContext: wss:// (the server's certificate is for localhost)
         self.host, self.port, self.tenant, self.deflate = host, port, tenant, deflate
         # cfgpush subscribes after the upgrade (with Redis, after a round trip to it): events
         # reach a client from its Welcome on, so a connection counts as open once welcomed.
@@ -264,7 +273,16 @@ class LoadGen:
         clients each have a tenant and pick a node per connection)."""
         client = Client(self, self.request(last_event_id, tenant=tenant, port=port), vc)
         try:
-            await asyncio.wait_for(self.loop.create_connection(lambda: client, self.host, port or self.port), timeout)
+            await asyncio.wait_for(
+                self.loop.create_connection(
+                    lambda: client,
+                    self.host,
+                    port or self.port,
+                    ssl=self.ssl,
+                    server_hostname="localhost" if self.ssl else None,
+                ),
+                timeout,
+            )
             await asyncio.wait_for(client.opened, timeout)
             client.opened = None
         except BaseException:
@@ -427,14 +445,17 @@ class HttpClient(asyncio.Protocol):
 class Publisher:
     """``POST /api/v1/events`` (bearer token) and ``GET /healthz`` of one server."""
 
-    def __init__(self, host: str, port: int, token: str, tenant: str = "bench"):
+    def __init__(self, host: str, port: int, token: str, tenant: str = "bench", ssl: Any = None):
         self.host, self.port, self.token, self.tenant = host, port, token, tenant
+        self.ssl = ssl
         self.http: HttpClient | None = None
 
     async def _client(self) -> HttpClient:
         if self.http is None or self.http.closed:
             loop = asyncio.get_running_loop()
-            _, self.http = await loop.create_connection(HttpClient, self.host, self.port)
+            _, self.http = await loop.create_connection(
+                HttpClient, self.host, self.port, ssl=self.ssl, server_hostname="localhost" if self.ssl else None
+            )
         return self.http
 
     async def healthy(self, timeout: float) -> None:

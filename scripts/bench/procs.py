@@ -24,6 +24,7 @@ import time
 from pathlib import Path
 
 CLK_TCK = os.sysconf("SC_CLK_TCK")
+ALL_CPUS = -1  # a Proc's cpu: every core (cfgpush --workers)
 TWO_CORES = hasattr(os, "sched_setaffinity") and len(os.sched_getaffinity(0)) >= 2
 SERVER_CPU, GENERATOR_CPU = 0, 1
 
@@ -54,7 +55,8 @@ class Proc:
         # so every thread it creates later inherits the affinity.
         if cpu is not None and TWO_CORES:
             try:
-                os.sched_setaffinity(self.pid, {cpu})
+                # ALL_CPUS: not this process's own (the generator's core), which it would inherit.
+                os.sched_setaffinity(self.pid, set(range(os.cpu_count() or 1)) if cpu == ALL_CPUS else {cpu})
             except OSError:
                 pass
         try:
@@ -66,21 +68,44 @@ class Proc:
     def alive(self) -> bool:
         return self.popen.poll() is None
 
+    def pids(self) -> list[int]:
+        """The process and its live children (cfgpush --workers: the workers)."""
+        found = [self.pid]
+        try:
+            with open(f"/proc/{self.pid}/task/{self.pid}/children") as f:
+                found += [int(p) for p in f.read().split()]
+        except OSError:
+            pass
+        return found
+
     def cpu(self) -> tuple[float, float]:
-        """(user, sys) seconds of the whole process, all threads."""
-        with open(f"/proc/{self.pid}/stat") as f:
-            fields = f.read().rpartition(")")[2].split()
-        return int(fields[11]) / CLK_TCK, int(fields[12]) / CLK_TCK
+        """(user, sys) seconds of the whole process, all threads, and of its live children."""
+        user = sys_ = 0.0
+        for pid in self.pids():
+            try:
+                with open(f"/proc/{pid}/stat") as f:
+                    fields = f.read().rpartition(")")[2].split()
+            except OSError:
+                continue
+            user += int(fields[11]) / CLK_TCK
+            sys_ += int(fields[12]) / CLK_TCK
+        return user, sys_
 
     def run_ns(self) -> int:
-        """Nanoseconds on a CPU, summed over the live threads (finer than the 10 ms ticks)."""
+        """Nanoseconds on a CPU, summed over the live threads of the process and its live
+        children (finer than the 10 ms ticks)."""
         total = 0
-        for task in os.listdir(f"/proc/{self.pid}/task"):
+        for pid in self.pids():
             try:
-                with open(f"/proc/{self.pid}/task/{task}/schedstat") as f:
-                    total += int(f.read().split()[0])
-            except (OSError, ValueError, IndexError):
-                pass
+                tasks = os.listdir(f"/proc/{pid}/task")
+            except OSError:
+                continue
+            for task in tasks:
+                try:
+                    with open(f"/proc/{pid}/task/{task}/schedstat") as f:
+                        total += int(f.read().split()[0])
+                except (OSError, ValueError, IndexError):
+                    pass
         return total
 
     def rss_kb(self) -> int:

@@ -187,6 +187,19 @@ def targets(results: dict) -> list[dict]:
                     " ms",
                     text=text,
                 )
+    hd = results.get("herd") or {}
+    add(
+        "herd: bytes for the change, StaticFileHandler GETs / patch in the event",
+        hd.get("bytes_ratio"),
+        ">= 20x",
+        lambda x: x >= 20,
+    )
+    add(
+        "herd: time to the last client holding the new value, StaticFileHandler GETs / patch",
+        hd.get("time_ratio"),
+        ">= 5x",
+        lambda x: x >= 5,
+    )
     big = _get(results, "burst", "large_file")
     if big:
         add(
@@ -195,6 +208,28 @@ def targets(results: dict) -> list[dict]:
             "<= 50 ms",
             lambda x: x <= 50.0,
             " ms",
+        )
+    sizes = _get(results, "scale", "sizes") or []
+    if sizes:
+        largest = sizes[-1]
+        what = f"{largest['files']} files ({largest['tree_mb']:.0f} MB)"
+        add(f"scale: ready after start, {what} (s)", largest["ready_s"], "<= 10 s", lambda x: x <= 10.0, " s")
+        add(f"scale: RSS when ready, {what} (MB)", largest["rss_mb"], "<= 400 MB", lambda x: x <= 400.0, " MB")
+        add(
+            "scale: every size's change carries its diff",
+            float(sum(1 for row in sizes if row["diff"] is True)),
+            f"{len(sizes)} of {len(sizes)}",
+            lambda x: x == len(sizes),
+            "",
+        )
+    idle = _get(results, "scale", "idle_tenants")
+    if idle:
+        add(
+            f"scale: RSS per idle tenant at {idle['tenants']} tenants (KB)",
+            idle["kb_per_tenant"],
+            "<= 2 KB",
+            lambda x: x <= 2.0,
+            " KB",
         )
     return out
 
@@ -401,10 +436,12 @@ def render(results: dict, markdown: bool = False) -> str:
             ],
             markdown,
         )
-    st = results.get("storm")
-    if st:
+    for key, over in (("storm", ""), ("storm_tls", " over wss:// (--tls)")):
+        st = results.get(key)
+        if not st:
+            continue
         head(
-            f"storm: {st['clients']} clients on a Redis-backed node; SIGTERM, {st['events_while_down']} events "
+            f"storm: {st['clients']} clients on a Redis-backed node{over}; SIGTERM, {st['events_while_down']} events "
             f"through a second node while down, {st['events_during_reconnect']} more during the reconnect"
         )
         out += _table(
@@ -437,6 +474,51 @@ def render(results: dict, markdown: bool = False) -> str:
             ],
             markdown,
         )
+    sc = results.get("scale")
+    if sc and sc.get("sizes"):
+        empty = sc["empty"]
+        head(
+            f"scale: {sc['files_per_tenant']} files of {sc['file_bytes'] / 1000:.0f} KB JSON per tenant, default "
+            f"flags, page cache warm; baselines: hashing the tree alone (plain Python), and the server on an "
+            f"empty tree (ready {_f(empty['ready_s'], '.2f')} s, RSS {_f(empty['rss_mb'], '.0f')} MB)"
+        )
+        out += _table(
+            [
+                "files",
+                "tenants",
+                "tree MB",
+                "ready s",
+                "hash alone s",
+                "ready / hash",
+                "RSS MB",
+                "RSS - empty MB",
+                "RSS / tree",
+                "diff",
+            ],
+            [
+                [
+                    str(row["files"]),
+                    str(row["tenants"]),
+                    _f(row["tree_mb"], ".0f"),
+                    _f(row["ready_s"], ".2f"),
+                    _f(row["hash_s"], ".2f"),
+                    _f(row["ready_over_hash"], ".1f") + "x",
+                    _f(row["rss_mb"], ".0f"),
+                    _f(row["rss_over_empty_mb"], ".0f"),
+                    _f(row["rss_over_empty_mb"] / row["tree_mb"] if row["tree_mb"] else None, ".2f"),
+                    "yes" if row["diff"] is True else "NO" if row["diff"] is False else "timeout",
+                ]
+                for row in sc["sizes"]
+            ],
+            markdown,
+        )
+        idle = sc.get("idle_tenants")
+        if idle:
+            out.append(
+                f"idle tenants: {idle['tenants']} tenants with one event and no client: RSS "
+                f"{_f(idle['rss_before_mb'], '.0f')} -> {_f(idle['rss_after_mb'], '.0f')} MB, "
+                f"{_f(idle['kb_per_tenant'], '.2f')} KB per tenant"
+            )
     bu = results.get("burst")
     if bu and bu.get("variants"):
         head(
@@ -488,6 +570,30 @@ def render(results: dict, markdown: bool = False) -> str:
                     f"{_f(b.get('last_delivery_after_last_write_s'), '.1f')} s after the last write; "
                     f"connections closed by the server, by code: {b.get('closes_by_code')}"
                 )
+    hd = results.get("herd")
+    if hd and hd.get("modes"):
+        head(
+            f"herd: {hd['clients']} clients of one tenant, a {hd['file_bytes'] / 1000:.0f} KB JSON file changes one "
+            f"value; from the save to the last client holding the new value"
+        )
+        names = {
+            "static": "GET from Tornado StaticFileHandler",
+            "cfgpush": "GET from cfgpush (If-None-Match, gzip)",
+            "patch": "patch in the event",
+        }
+        rows = []
+        for mode, m in hd["modes"].items():
+            rows.append(
+                [
+                    names.get(mode, mode),
+                    f"{m['holding']}/{hd['clients']}",
+                    _f((m["last_client_s"] or 0) * 1000, ".0f"),
+                    _f(m["server_cpu_s"], ".2f"),
+                    _f(m["bytes"] / 1e6, ".2f"),
+                    str(m["failures"]),
+                ]
+            )
+        out += _table(["each client", "holding", "last client ms", "server CPU s", "MB sent", "failed"], rows, markdown)
     big = (bu or {}).get("large_file")
     if big:
         head(
@@ -607,5 +713,80 @@ def burst_chart(burst: dict, path: str, title: str) -> None:
     plt.close(fig)
 
 
+def scale_chart(scale: dict, path: str, title: str) -> None:
+    """Ready time and RSS against the tree's files, beside hashing the tree alone."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    rows = scale["sizes"]
+    files = [0] + [row["files"] for row in rows]
+    fig, (left, right) = plt.subplots(1, 2, figsize=(9, 3.8))
+    left.plot(files, [scale["empty"]["ready_s"]] + [row["ready_s"] for row in rows], "o-", label="cfgpush: /readyz 200")
+    left.plot(files[1:], [row["hash_s"] for row in rows], "o--", label="reading and hashing alone")
+    left.set_xlabel("files (5 KB JSON, 10 per tenant)")
+    left.set_ylabel("seconds after start")
+    left.legend()
+    right.plot(
+        files, [scale["empty"]["rss_mb"]] + [row["rss_mb"] for row in rows], "o-", label="cfgpush RSS when ready"
+    )
+    right.plot(files[1:], [row["tree_mb"] for row in rows], "o--", label="the tree on disk")
+    right.set_xlabel("files")
+    right.set_ylabel("MB")
+    right.legend()
+    for ax in (left, right):
+        ax.grid(True, alpha=0.3)
+        ax.set_xlim(left=0)
+        ax.set_ylim(bottom=0)
+    fig.suptitle(title, fontsize=8)
+    fig.tight_layout()
+    fig.savefig(path, dpi=120)
+    plt.close(fig)
+
+
 def warn(message: str) -> None:
     print(f"bench: {message}", file=sys.stderr, flush=True)
+
+
+def herd_chart(herd: dict, path: str, title: str) -> None:
+    """The herd's three ways side by side: time to the last client, server CPU, bytes sent."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    names = {
+        "static": "GET from\nStaticFileHandler",
+        "cfgpush": "GET from cfgpush\n(If-None-Match, gzip)",
+        "patch": "patch in\nthe event",
+    }
+    modes = [m for m in ("static", "cfgpush", "patch") if m in herd["modes"]]
+    labels = [names[m] for m in modes]
+    panels = [
+        ("last client holds the new value, s", [herd["modes"][m]["last_client_s"] or 0 for m in modes]),
+        ("server CPU, s", [herd["modes"][m]["server_cpu_s"] for m in modes]),
+        ("sent, MB", [herd["modes"][m]["bytes"] / 1e6 for m in modes]),
+    ]
+    fig, axes = plt.subplots(1, 3, figsize=(11, 3.6))
+    colors = ["#9aa3b5", "#5b7bd5", "#2f9e62"][: len(modes)]
+    for ax, (what, values) in zip(axes, panels, strict=True):
+        bars = ax.bar(labels, values, color=colors)
+        for bar, value in zip(bars, values, strict=True):
+            ax.annotate(
+                f"{value:.2f}",
+                (bar.get_x() + bar.get_width() / 2, bar.get_height()),
+                ha="center",
+                va="bottom",
+                fontsize=8,
+            )
+        ax.set_title(what, fontsize=9)
+        ax.tick_params(axis="x", labelsize=7)
+        ax.grid(True, axis="y", alpha=0.3)
+    fig.suptitle(
+        f"herd: {herd['clients']} clients of one tenant, a {herd['file_bytes'] / 1000:.0f} KB JSON file changes one value\n{title}",
+        fontsize=8,
+    )
+    fig.tight_layout()
+    fig.savefig(path, dpi=120)
+    plt.close(fig)

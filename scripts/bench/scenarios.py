@@ -182,7 +182,7 @@ class Session:
     @classmethod
     async def open(cls, target: Target, n: int, concurrency: int, sink: SeqSink | None = None) -> Session:
         sink = sink or SeqSink()
-        gen = LoadGen(HOST, target.ws_port, sink, deflate=target.deflate, welcome=target.welcomes)
+        gen = LoadGen(HOST, target.ws_port, sink, deflate=target.deflate, welcome=target.welcomes, ssl=target.tls)
         session = cls(target, gen, sink, n)
         started = perf_counter()
         await gen.connect(n, concurrency=concurrency)
@@ -699,18 +699,20 @@ async def storm(
     concurrency: int,
     redis_program: str,
     timeout: float,
+    tls: bool = False,
 ) -> dict:
     """A node with ``clients`` clients restarts (SIGTERM, then again on the same port) while a
     second node on the same Redis publishes ``down`` events (and ``during`` more as clients
     come back); every client must end with every event exactly once, in order."""
     _, broker = await targets.start_redis(res, redis_program)
     port = targets.free_port()
-    node = await targets.start("cfgpush", res, opts, port=port, broker=broker)
+    name = targets.TLS if tls else "cfgpush"  # TLS: the restarted node's clients on wss://
+    node = await targets.start(name, res, opts, port=port, broker=broker)
     # The publishing node runs beside the generator: it has no client, only the API.
     other = await targets.start("cfgpush", res, opts, broker=broker, cpu=GENERATOR_CPU)
     sink = StormSink()
     sink.n = clients
-    gen = LoadGen(HOST, port, sink, welcome=True)
+    gen = LoadGen(HOST, port, sink, welcome=True, ssl=node.tls)
     connector = Connector(gen, concurrency)
     sink.connector = connector
     virtual = [Virtual() for _ in range(clients)]
@@ -757,7 +759,7 @@ async def storm(
             published.append(await other.publisher.post(f"b{before + i + 1}.json"))
         node.publisher.close()
         t_restart = perf_counter()
-        node = await targets.start("cfgpush", res, opts, port=port, broker=broker, timeout=timeout)
+        node = await targets.start(name, res, opts, port=port, broker=broker, timeout=timeout)
         t_listening = perf_counter()
         node_cpu = ServerCPU(node)
         # Healthz answers once the node serves; a client may have been welcomed a moment earlier.

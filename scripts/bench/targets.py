@@ -10,13 +10,15 @@ from __future__ import annotations
 
 import asyncio
 import os
+import re
+import ssl
 import subprocess
 import sys
 from dataclasses import dataclass, field
 from pathlib import Path
 
 from .loadgen import Publisher
-from .procs import SERVER_CPU, Proc, Resources, free_port
+from .procs import ALL_CPUS, SERVER_CPU, Proc, Resources, free_port
 
 HERE = Path(__file__).resolve().parent
 SERVERS_DIR = HERE / "servers"
@@ -30,6 +32,31 @@ CFGPUSH = [sys.executable, "-c", CFGPUSH_MAIN]
 # Order of the tables: the seed first, the floor last before cfgpush, as in the issue.
 ALL_SERVERS = ("seed", "websockets", "floor", "cfgpush")
 DEFLATE = "cfgpush+deflate"
+# cfgpush with --certfile/--keyfile: every client on wss:// (bench.py --tls).
+TLS = "cfgpush+tls"
+# bench.py --workers N: cfgpush on a private Redis as one process ("cfgpush+redis", pinned to
+# the server core as the others) and as N workers ("cfgpush+<N>w", on every core: the
+# generator's included, which a real deployment would not share).
+REDIS_ONE = "cfgpush+redis"
+
+
+def workers_name(n: int) -> str:
+    return f"cfgpush+{n}w"
+
+
+def workers_of(name: str) -> int | None:
+    found = re.fullmatch(r"cfgpush\+(\d+)w", name)
+    return int(found.group(1)) if found else None
+
+
+_redis_urls: dict[int, str] = {}
+
+
+async def shared_redis(res: Resources) -> str:
+    """One private redis-server for the run's Redis-backed targets (started at first use)."""
+    if id(res) not in _redis_urls:
+        _, _redis_urls[id(res)] = await start_redis(res)
+    return _redis_urls[id(res)]
 
 
 @dataclass
@@ -48,10 +75,11 @@ class Target:
     ws_port: int
     publish_port: int
     deflate: bool = False
+    tls: ssl.SSLContext | None = None  # the clients' context when the server speaks TLS
     publisher: Publisher = field(init=False)
 
     def __post_init__(self) -> None:
-        self.publisher = Publisher(HOST, self.publish_port, TOKEN, TENANT)
+        self.publisher = Publisher(HOST, self.publish_port, TOKEN, TENANT, ssl=self.tls)
 
     @property
     def pid(self) -> int:
@@ -123,6 +151,19 @@ def cfgpush_command(
     return cmd + list(extra)
 
 
+def tls_pair(res: Resources) -> tuple[ssl.SSLContext, tuple[str, ...]]:
+    """A certificate for localhost from a private CA, made once per run (a restarted node
+    serves the same one): the clients' context that trusts it, and the cfgpush flags that
+    serve it (an ECDSA P-256 key, as certificate managers issue by default)."""
+    folder = res.mkdir("tls")
+    certfile, keyfile, cafile = folder / "cert.pem", folder / "key.pem", folder / "ca.pem"
+    if not certfile.exists():
+        from tornado_cfgpush.testing.certs import TestCA
+
+        TestCA.create(folder).issue(certfile, keyfile)
+    return ssl.create_default_context(cafile=str(cafile)), ("--certfile", str(certfile), "--keyfile", str(keyfile))
+
+
 def bench_config_dir(res: Resources) -> Path:
     """A config folder with the bench tenant and one file, as a deployment would have
     (the same folder each call; the e2e scenario saves ``bench/x.json`` in it)."""
@@ -170,8 +211,19 @@ async def start(
         target = Target(name, res.start(name, cmd, cpu), port, publish_port)
     else:
         deflate = name == DEFLATE
+        client_tls = None
+        if name == TLS:
+            client_tls, tls_flags = tls_pair(res)
+            extra = (*extra, *tls_flags)
+        workers = workers_of(name)
+        if name == REDIS_ONE or workers:
+            broker = broker or await shared_redis(res)
+        if workers:
+            extra = (*extra, "--workers", str(workers))
+            cpu = ALL_CPUS
         cmd = cfgpush_command(port, opts, config_dir=config_dir, broker=broker, deflate=deflate, extra=extra)
-        target = Target(name, res.start(name.replace("+", "-"), cmd, cpu, env=clean_env()), port, port, deflate)
+        proc = res.start(name.replace("+", "-"), cmd, cpu, env=clean_env())
+        target = Target(name, proc, port, port, deflate, client_tls)
     await wait_serving(target, timeout)
     return target
 

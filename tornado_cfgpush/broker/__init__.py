@@ -118,6 +118,25 @@ class Broker(abc.ABC):
         meanwhile are not lost."""
         return Published()
 
+    # -- content handed with events (``emit(..., content=)``, the publish API; --serve-content) --
+
+    async def store_content(self, tenant_id: str, path: str, checksum: str, data: bytes) -> None:
+        """Keep ``data`` (whose sha256 is ``checksum``) as the newest content handed for the
+        path, for every node to serve. The embedded broker has one node: the service keeps it."""
+
+    async def stored_checksum(self, tenant_id: str, path: str) -> str | None:
+        """The checksum of the content kept for the path, when it is the path's newest
+        published version (an event without content since makes it stale: None)."""
+        return None
+
+    async def stored_content(self, tenant_id: str, path: str) -> bytes | None:
+        """The bytes kept for the path (check ``stored_checksum`` first)."""
+        return None
+
+    async def stored_files(self, tenant_id: str) -> dict[str, str]:
+        """``{path: checksum}`` of the tenant's content handed on any node."""
+        return {}
+
     def state(self) -> BrokerState:
         return BrokerState()
 

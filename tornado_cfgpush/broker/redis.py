@@ -34,6 +34,7 @@ are trimmed). There is no epoch. Tested on Redis 7.0; uses nothing newer than 6.
 from __future__ import annotations
 
 import asyncio
+import base64
 import json
 import logging
 import random
@@ -363,6 +364,52 @@ class RedisBroker(Broker):
         if self._check_epoch(tenant_id, self._last_epoch, parse_event_id(newest) if newest else ZERO):
             entries = []  # read after a position of the old history: the Resync covers the new one
         return newest, _entry(first) if first else None, [_entry(e) for e in entries], int(now_ms)
+
+    # -- content (--serve-content) -----------------------------------------------------------------
+
+    async def store_content(self, tenant_id: str, path: str, checksum: str, data: bytes) -> None:
+        """The newest content of each path in two hashes of the tenant (``…:content``: path ->
+        base64, ``…:content_sums``: path -> checksum), expiring with the tenant's record
+        (``record_ttl`` after the last content handed): bounded by one version per path, each
+        bounded by the server's size caps. Written before the event is published, so a client
+        of any node that hears of it finds it."""
+        body, sums = self._key(tenant_id, "content"), self._key(tenant_id, "content_sums")
+        ttl = _ms(self.record_ttl)
+        try:
+            async with self._redis.pipeline(transaction=True) as pipe:
+                pipe.hset(body, path, base64.b64encode(data).decode("ascii"))
+                pipe.hset(sums, path, checksum)
+                pipe.pexpire(body, ttl)
+                pipe.pexpire(sums, ttl)
+                await pipe.execute()
+        except RedisError as exc:
+            raise BrokerUnavailable(f"redis unavailable: {exc}") from exc
+
+    async def stored_checksum(self, tenant_id: str, path: str) -> str | None:
+        try:
+            async with self._redis.pipeline(transaction=False) as pipe:
+                pipe.hget(self._key(tenant_id, "content_sums"), path)
+                pipe.hget(self._key(tenant_id, "paths"), path)
+                checksum, record = await pipe.execute()
+        except RedisError as exc:
+            raise BrokerUnavailable(f"redis unavailable: {exc}") from exc
+        if checksum is None or record is None or _state_and_source(record)[0] != checksum:
+            return None  # none kept, or the path's newest event came without content
+        return str(checksum)
+
+    async def stored_content(self, tenant_id: str, path: str) -> bytes | None:
+        try:
+            encoded = await self._redis.hget(self._key(tenant_id, "content"), path)
+        except RedisError as exc:
+            raise BrokerUnavailable(f"redis unavailable: {exc}") from exc
+        return None if encoded is None else base64.b64decode(encoded)
+
+    async def stored_files(self, tenant_id: str) -> dict[str, str]:
+        try:
+            found: dict[str, str] = await self._redis.hgetall(self._key(tenant_id, "content_sums"))  # type: ignore[assignment]
+            return found
+        except RedisError as exc:
+            raise BrokerUnavailable(f"redis unavailable: {exc}") from exc
 
     async def published_states(self, tenant_id: str, source: str) -> Published:
         try:

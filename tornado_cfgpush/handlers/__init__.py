@@ -5,6 +5,7 @@ from __future__ import annotations
 from typing import TYPE_CHECKING
 
 from .dashboard import dashboard_handlers
+from .files import FilesHandler
 from .health import HealthHandler, ReadyHandler
 from .metrics import MetricsHandler
 from .publish import PublishBudget, PublishHandler
@@ -24,6 +25,8 @@ def default_handlers(core: Service) -> list[tuple]:
         (r"/readyz", ReadyHandler, {"core": core}),
         (r"/metrics", MetricsHandler, {"core": core}),
         (r"/api/v1/tenants/([^/]*)", TenantStatusHandler, {"core": core}),
+        (r"/api/v1/tenants/([^/]*)/files", FilesHandler, {"core": core}),
+        (r"/api/v1/tenants/([^/]*)/files/(.+)", FilesHandler, {"core": core}),
         (r"/api/v1/events", PublishHandler, {"core": core, "budget": PublishBudget.from_settings(core.settings)}),
         *dashboard_handlers(core),  # /, /cfgpush.js, GET /api/v1/tenants
     ]

@@ -209,19 +209,7 @@ class AdmissionMixin:
 
     def admit(self, tenant_id: str) -> Lease:
         """Host, Origin, token, limits; or ``Refused``. Takes a slot on success."""
-        misdirected = host_refusal(self.request, self.core.settings.allowed_hosts)
-        if misdirected:
-            raise Refused(421, misdirected)
-        if cross_site_refused(self.request.headers, self.core.settings.allowed_origins):
-            raise Refused(403, "Origin not allowed")
-        decision = self.authorize_request(tenant_id)
-        if not decision.allowed:
-            headers = {}
-            if decision.status == 401:
-                headers["WWW-Authenticate"] = 'Bearer realm="cfgpush", error="invalid_token"'
-            elif decision.status == 503:
-                headers["Retry-After"] = "5"
-            raise Refused(decision.status, decision.reason, headers)
+        decision = check_subscriber(self.request, self.core, tenant_id)
         try:
             slot = self.core.limits.acquire(self.request.remote_ip or "", tenant_id)
         except LimitReached as limit:
@@ -237,14 +225,41 @@ class AdmissionMixin:
         return self.lease
 
     def authorize_request(self, tenant_id: str) -> Decision:
-        settings = self.core.settings
-        header_token = bearer(self.request)
-        if settings.admin_token and matches_any(header_token, [settings.admin_token]):
-            return Decision.allow(subject="admin")  # the dashboard, for any tenant
-        raw = self.request.query_arguments.get("token")
-        if raw and len(raw) > 1:
-            raise Refused(400, "token must be given once")
-        query_token = raw[0].decode("utf-8", "replace") if raw else None
-        if query_token and header_token and query_token != header_token:
-            raise Refused(400, "give the token once: in ?token= or in the Authorization header")
-        return self.core.authorize(self.request, tenant_id, query_token or header_token or None)
+        return authorize_request(self.request, self.core, tenant_id)
+
+
+def check_subscriber(request: Any, core: Any, tenant_id: str) -> Decision:
+    """Whether ``request`` may read ``tenant_id``'s configuration: Host (421,
+    ``--allowed-host``), Origin (403), authorization (401/403, ``cfgpush_authorize``), in this
+    order; the allowing ``Decision``, or ``Refused``. The one rule of ``/ws``, ``/events`` and
+    the files API."""
+    misdirected = host_refusal(request, core.settings.allowed_hosts)
+    if misdirected:
+        raise Refused(421, misdirected)
+    if cross_site_refused(request.headers, core.settings.allowed_origins):
+        raise Refused(403, "Origin not allowed")
+    decision = authorize_request(request, core, tenant_id)
+    if not decision.allowed:
+        headers = {}
+        if decision.status == 401:
+            headers["WWW-Authenticate"] = 'Bearer realm="cfgpush", error="invalid_token"'
+        elif decision.status == 503:
+            headers["Retry-After"] = "5"
+        raise Refused(decision.status, decision.reason, headers)
+    return decision
+
+
+def authorize_request(request: Any, core: Any, tenant_id: str) -> Decision:
+    """The admin token (any tenant), else the token of ``?token=`` or ``Authorization``
+    (both at once and different: 400) through ``cfgpush_authorize``."""
+    settings = core.settings
+    header_token = bearer(request)
+    if settings.admin_token and matches_any(header_token, [settings.admin_token]):
+        return Decision.allow(subject="admin")  # the dashboard, for any tenant
+    raw = request.query_arguments.get("token")
+    if raw and len(raw) > 1:
+        raise Refused(400, "token must be given once")
+    query_token = raw[0].decode("utf-8", "replace") if raw else None
+    if query_token and header_token and query_token != header_token:
+        raise Refused(400, "give the token once: in ?token= or in the Authorization header")
+    return core.authorize(request, tenant_id, query_token or header_token or None)

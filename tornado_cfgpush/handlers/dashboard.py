@@ -1,5 +1,5 @@
 """The dashboard at ``/``, the browser client ``/cfgpush.js`` (with ``/example.html``), and
-``GET /api/v1/tenants``.
+``GET /api/v1/tenants`` (paged).
 
 The pages are static files of the package (``tornado_cfgpush/static``): no template, no build
 step. The admin token is typed into the page and sent in an ``Authorization`` header only;
@@ -9,14 +9,17 @@ nothing the dashboard needs puts it in a URL.
 from __future__ import annotations
 
 import asyncio
+import bisect
+import re
 from pathlib import Path
 from typing import TYPE_CHECKING
 
 from tornado import web
 
 from ..broker import BrokerUnavailable
-from ..summary import summarize
-from .base import JsonErrorsMixin, Refused, check_token
+from ..rules import tenant_id_error
+from ..summary import is_observer, refused_files, summarize
+from .base import JsonErrorsMixin, Refused, check_token, single_query_argument
 
 if TYPE_CHECKING:  # pragma: no cover
     from ..ports import Observing
@@ -57,20 +60,33 @@ class StaticHandler(web.StaticFileHandler):
         return CONTENT_TYPES.get(suffix) or super().get_content_type()
 
 
+# Tenants per page of GET /api/v1/tenants: what ``limit`` may ask for at most.
+MAX_PAGE = 1000
+PREFIX_RE = re.compile(r"^[A-Za-z0-9._-]{1,64}\Z")
+PAGE_PARAMETERS = frozenset(("prefix", "with_clients", "limit", "after"))
+LIMIT_RE = re.compile(r"^[0-9]{1,4}\Z")
+
+
 class TenantListHandler(JsonErrorsMixin, web.RequestHandler):
-    """``GET /api/v1/tenants`` (admin token): every tenant with connections or configuration.
+    """``GET /api/v1/tenants`` (admin token): tenants with connections or configuration, by id.
 
     Tenants come from the hub (connected) and from every source that can name its tenants
     (``tenants()``, the filesystem source does). Per tenant, its summary (summary.py), as
-    ``GET /api/v1/tenants/<id>`` answers it: connections by transport, observers and clients,
-    the newest event id, and how many clients have acknowledged that event.
+    ``GET /api/v1/tenants/<id>`` answers it. Paged and filtered (docs/protocol.md, Additions):
+    ``prefix`` (ids starting with it), ``with_clients=1`` (only tenants with a connected client),
+    ``limit`` (1 to ``MAX_PAGE``) and ``after`` (the ``next`` of the previous page: ids after it).
+    Without ``limit``, every matching tenant, as before paging existed. Only the page's tenants
+    are looked up in the broker, so a page costs the same with 100 or 100 000 tenants known.
     """
 
     def initialize(self, core: Observing) -> None:
         self.core = core
 
-    def known_tenants(self) -> list[str]:
-        names = set(self.core.hub.tenants())
+    def known_tenants(self, with_clients: bool) -> list[str]:
+        hub = self.core.hub
+        if with_clients:  # only the hub knows who is connected: the sources need not be asked
+            return sorted(t for t in hub.tenants() if any(not is_observer(s) for s in hub.connections(t)))
+        names = set(hub.tenants())
         for source in self.core.sources:
             lister = getattr(source, "tenants", None)
             if callable(lister):
@@ -80,27 +96,76 @@ class TenantListHandler(JsonErrorsMixin, web.RequestHandler):
                     continue
         return sorted(names)
 
+    def page_query(self) -> tuple[str, bool, int | None, str | None]:
+        """``(prefix, with_clients, limit, after)`` of the request, or ``Refused(400)`` (an
+        unknown parameter too: a misspelt filter must not silently list everything)."""
+        unknown = sorted(set(self.request.query_arguments) - PAGE_PARAMETERS)
+        if unknown:
+            raise Refused(
+                400, f"unknown query parameter {unknown[0][:64]!r} (known: {', '.join(sorted(PAGE_PARAMETERS))})"
+            )
+        prefix = single_query_argument(self, "prefix")
+        if prefix is not None and not PREFIX_RE.match(prefix):
+            raise Refused(400, "prefix must be 1 to 64 of A-Z a-z 0-9 . _ -")
+        flag = single_query_argument(self, "with_clients")
+        if flag not in (None, "0", "1", "true", "false"):
+            raise Refused(400, "with_clients must be 1, 0, true or false")
+        text = single_query_argument(self, "limit")
+        limit = None
+        if text is not None:
+            if not LIMIT_RE.match(text) or not 1 <= int(text) <= MAX_PAGE:
+                raise Refused(400, f"limit must be a whole number from 1 to {MAX_PAGE}")
+            limit = int(text)
+        after = single_query_argument(self, "after")
+        if after is not None:
+            problem = tenant_id_error(after)
+            if problem:
+                raise Refused(400, f"after {problem}")
+        return prefix or "", flag in ("1", "true"), limit, after
+
     async def get(self) -> None:
         try:
             check_token(self, self.core.settings.admin_token, "admin")
+            prefix, with_clients, limit, after = self.page_query()
         except Refused as refused:
             self.refuse(refused)
             return
-        names = self.known_tenants()
+        names = self.known_tenants(with_clients)
+        if prefix:
+            start = bisect.bisect_left(names, prefix)
+            stop = start
+            while stop < len(names) and names[stop].startswith(prefix):
+                stop += 1
+            names = names[start:stop]
+        total = len(names)
+        if after is not None:
+            names = names[bisect.bisect_right(names, after) :]
+        more = limit is not None and len(names) > limit
+        page = names[:limit] if limit is not None else names
         try:
-            catchups = await asyncio.gather(*(self.core.broker.catch_up(t, None) for t in names))
+            catchups = await asyncio.gather(*(self.core.broker.catch_up(t, None) for t in page))
         except BrokerUnavailable:
             self.set_status(503)
             self.set_header("Retry-After", "1")
             self.finish({"error": "the broker is unavailable; retry later"})
             return
         hub = self.core.hub
+        sources = self.core.sources
         tenants = [
-            summarize(tenant_id, hub.connections(tenant_id), catchup.last_event_id).as_json()
-            for tenant_id, catchup in zip(names, catchups, strict=True)
+            summarize(
+                tenant_id, hub.connections(tenant_id), catchup.last_event_id, refused_files(sources, tenant_id)
+            ).as_json()
+            for tenant_id, catchup in zip(page, catchups, strict=True)
         ]
         self.set_header("Cache-Control", "no-store")
-        self.finish({"tenants": tenants, "connections": self.core.hub.connection_count()})
+        self.finish(
+            {
+                "tenants": tenants,
+                "connections": hub.connection_count(),
+                "total": total,
+                "next": page[-1] if more else None,
+            }
+        )
 
 
 def dashboard_handlers(core: Observing) -> list[tuple]:

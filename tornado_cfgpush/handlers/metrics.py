@@ -23,7 +23,7 @@ class MetricsHandler(JsonErrorsMixin, web.RequestHandler):
     def initialize(self, core: Observing) -> None:
         self.core = core
 
-    def get(self) -> None:
+    async def get(self) -> None:
         settings = self.core.settings
         try:
             if settings.admin_token and not settings.metrics_public:
@@ -35,4 +35,4 @@ class MetricsHandler(JsonErrorsMixin, web.RequestHandler):
             return
         self.set_header("Content-Type", CONTENT_TYPE_LATEST)
         self.set_header("Cache-Control", "no-store")
-        self.finish(self.core.metrics.exposition())
+        self.finish(await self.core.metrics.scrape())

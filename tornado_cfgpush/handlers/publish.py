@@ -7,6 +7,8 @@ costs the loop too. Past it: 429 with ``Retry-After``, and nothing is published.
 
 from __future__ import annotations
 
+import base64
+import binascii
 import json
 import logging
 import math
@@ -19,6 +21,7 @@ from tornado import web
 
 from ..auth import token_list
 from ..broker import BrokerUnavailable
+from ..content import ContentRefused
 from ..metrics import RATE_LIMITED
 from ..schemas import TOO_DEEP, wire_safe_messages
 from .base import JsonErrorsMixin, Refused, check_token
@@ -30,6 +33,10 @@ if TYPE_CHECKING:  # pragma: no cover
 log = logging.getLogger("cfgpush.publish")
 
 MAX_BODY_BYTES = 64 * 1024
+# ``content`` (the file's new bytes, base64): at most this many bytes decoded; a body that
+# carries it may be larger than MAX_BODY_BYTES by its encoding.
+MAX_CONTENT_BYTES = 256 * 1024
+MAX_BODY_WITH_CONTENT = MAX_BODY_BYTES + (MAX_CONTENT_BYTES + 2) // 3 * 4
 SOURCE_NAME = "api"
 
 
@@ -84,11 +91,22 @@ class PublishHandler(JsonErrorsMixin, web.RequestHandler):
                     {"Retry-After": str(max(1, math.ceil(wait)))},
                 )
             payload = self._payload()
+            content = self._content(payload)
         except Refused as refused:
             self.refuse(refused)
             return
         try:
-            event_id = await self.core.publish(payload, SOURCE_NAME)
+            if content is None:
+                event_id = await self.core.publish(payload, SOURCE_NAME)
+            else:
+                event_id = await self.core.publish(payload, SOURCE_NAME, content=content)
+        except ContentRefused as exc:
+            # The validation gate (or the checksum) refused the content: nothing was published.
+            self.set_status(422)
+            self.finish(
+                {"error": f"the content is refused: {exc.reason}", "pointer": exc.pointer, "reason": exc.reason}
+            )
+            return
         except ValidationError as exc:
             self.set_status(400)
             # Field names come from the body: written so that the answer is valid Unicode.
@@ -109,8 +127,10 @@ class PublishHandler(JsonErrorsMixin, web.RequestHandler):
         self.finish({"event_id": event_id})
 
     def _payload(self) -> dict:
-        if len(self.request.body) > MAX_BODY_BYTES:
-            raise Refused(413, f"the body must be at most {MAX_BODY_BYTES} bytes")
+        body = self.request.body
+        # Past 64 KiB only a body with content is read at all (a quick look before parsing).
+        if len(body) > MAX_BODY_WITH_CONTENT or (len(body) > MAX_BODY_BYTES and b'"content"' not in body):
+            raise Refused(413, f"the body must be at most {MAX_BODY_BYTES} bytes (besides content)")
         content_type = self.request.headers.get("Content-Type", "application/json").split(";")[0].strip().lower()
         if content_type != "application/json":
             raise Refused(415, "the body must be JSON (Content-Type: application/json)")
@@ -122,4 +142,22 @@ class PublishHandler(JsonErrorsMixin, web.RequestHandler):
             raise Refused(400, f"the body is {TOO_DEEP}") from None
         if not isinstance(payload, dict):
             raise Refused(400, "the body must be a JSON object: the inside of ConfigChanged without event_id")
+        if "content" not in payload and len(self.request.body) > MAX_BODY_BYTES:
+            raise Refused(413, f"the body must be at most {MAX_BODY_BYTES} bytes (besides content)")
         return payload
+
+    @staticmethod
+    def _content(payload: dict) -> bytes | None:
+        """``content`` taken out of the body: the file's new bytes, standard base64 (RFC 4648)."""
+        if "content" not in payload:
+            return None
+        encoded = payload.pop("content")
+        if not isinstance(encoded, str):
+            raise Refused(400, "content must be a base64 string (RFC 4648) of the file's bytes")
+        try:
+            data = base64.b64decode(encoded, validate=True)
+        except (binascii.Error, ValueError):
+            raise Refused(400, "content is not valid base64 (RFC 4648, standard alphabet, padded)") from None
+        if len(data) > MAX_CONTENT_BYTES:
+            raise Refused(413, f"content must be at most {MAX_CONTENT_BYTES} bytes")
+        return data

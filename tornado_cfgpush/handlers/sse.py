@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import ssl
 import time
 from typing import TYPE_CHECKING, Any
 
@@ -131,10 +132,10 @@ class EventStreamSink:
         if stream.closed():
             self.owner.close(CloseReason.PEER_CLOSED)
             return False
-        if not stream.writing() and type(stream) is IOStream:  # not TLS: SSLIOStream must write itself
+        if not stream.writing():  # TLS too: the SSLSocket encrypts, as SSLIOStream's own write does
             try:
                 sent = stream.socket.send(data)
-            except BlockingIOError:
+            except (BlockingIOError, ssl.SSLWantWriteError, ssl.SSLWantReadError):
                 sent = 0
             except OSError as exc:  # ECONNRESET, EPIPE: the peer is gone
                 stream.close(exc_info=exc)

@@ -29,7 +29,7 @@ from tornado import web
 
 from ..broker import SOURCE_GAP, BrokerUnavailable
 from ..closing import CloseReason
-from ..events import Event
+from ..events import AckFailure, Event
 from ..logs import bind as bind_log_context
 from ..rules import EVENT_ID_RE, parse_event_id
 from .base import JsonErrorsMixin, Lease, Refused, single_query_argument, tenant_from_query
@@ -81,7 +81,9 @@ class Subscription:
         self.conn_id = conn_id
         self.sink = sink
         self.lease = lease
-        self.acked: str | None = None  # the newest event the client says it applied
+        # The client's latest answer: the id it applied up to, or the AckFailure of the event
+        # it could not apply (summary.py counts both).
+        self.acked: str | AckFailure | None = None
         self._pending: list[Event] | None = None  # live events held back while catching up
         self._held_gap: tuple[str | None, dict[str, str] | None, str] | None = None  # a gap during it
         self._closed = False
@@ -203,9 +205,14 @@ class Subscription:
 
     # -- from the client -------------------------------------------------------------------------------
 
-    def ack(self, event_id: str) -> None:
-        """The client applied the configuration up to ``event_id`` (convergence)."""
-        self.acked = event_id
+    def ack(self, event_id: str, error: str | None = None) -> None:
+        """The client applied the configuration up to ``event_id`` (convergence), or, with
+        ``error``, could not apply that event (why, in its words)."""
+        if error is None:
+            self.acked = event_id
+        else:
+            self.acked = AckFailure(event_id, error)
+            log.debug("%s tenant %s: could not apply %s: %s", self.conn_id, self.tenant_id, event_id, error)
 
     def refresh(self, token: str) -> str | None:
         """A ``Refresh``: None when the new token is taken, else why it is refused."""

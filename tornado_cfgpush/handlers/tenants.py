@@ -1,4 +1,5 @@
-"""``GET /api/v1/tenants/<id>``: a tenant's connections and convergence (admin token)."""
+"""``GET /api/v1/tenants/<id>``: a tenant's connections, convergence, apply failures and what
+the validation gate refuses (admin token)."""
 
 from __future__ import annotations
 
@@ -7,7 +8,7 @@ from typing import TYPE_CHECKING
 from tornado import web
 
 from ..rules import tenant_id_error
-from ..summary import summarize
+from ..summary import refused_files, summarize
 from .base import JsonErrorsMixin, Refused, check_token
 
 if TYPE_CHECKING:  # pragma: no cover
@@ -28,6 +29,11 @@ class TenantStatusHandler(JsonErrorsMixin, web.RequestHandler):
             self.refuse(refused)
             return
         catchup = await self.core.broker.catch_up(tenant_id, None)
-        summary = summarize(tenant_id, self.core.hub.connections(tenant_id), catchup.last_event_id)
+        summary = summarize(
+            tenant_id,
+            self.core.hub.connections(tenant_id),
+            catchup.last_event_id,
+            refused_files(self.core.sources, tenant_id),
+        )
         self.set_header("Cache-Control", "no-store")
         self.finish(summary.as_json())

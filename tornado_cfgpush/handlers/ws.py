@@ -26,7 +26,7 @@ from typing import TYPE_CHECKING, Any
 from marshmallow import ValidationError
 from tornado import web
 from tornado.httputil import HTTPHeaders, HTTPServerRequest
-from tornado.iostream import StreamClosedError
+from tornado.iostream import SSLIOStream, StreamClosedError
 from tornado.websocket import WebSocketProtocol13
 
 from ..closing import CloseReason, Linger
@@ -36,6 +36,7 @@ from ..settings import Settings
 from ..ws.connection import WebSocketConnection
 from ..ws.deflate import Deflate
 from ..ws.frames import PING_FRAME, text_frame
+from ..ws.iostream import StreamTransport
 from ..ws.protocol import FrameLimits, ServerProtocol
 from .base import AdmissionMixin, JsonErrorsMixin, Refused, check_query_size
 from .subscription import Subscription, next_conn_id, read_subscription_query, refuse_with_log
@@ -106,6 +107,11 @@ class ConfigWebSocket(AdmissionMixin, JsonErrorsMixin, web.RequestHandler):
         )
         self.finish()
         stream = self.detach()
+        if isinstance(stream, SSLIOStream):
+            # TLS: the session stays in Tornado's stream (ws/iostream.py), which also still
+            # holds any bytes the client sent after its request.
+            await self._serve_on_stream(stream, tenant_id, since, want_manifest, deflate)
+            return
         # Bytes the client sent right after its request (it may, before reading our 101)
         # are in Tornado's read buffer: the new owner reads them first. _read_buffer is
         # private to Tornado, but it is the only place they are.
@@ -131,11 +137,30 @@ class ConfigWebSocket(AdmissionMixin, JsonErrorsMixin, web.RequestHandler):
             sock.close()
             sub.close(CloseReason.PEER_CLOSED)
             return
-        lease.schedule_expiry(sub.token_expired)
+        await self._subscribe(sub, sink, since, want_manifest)
+
+    async def _serve_on_stream(
+        self, stream: SSLIOStream, tenant_id: str, since: str | None, want_manifest: bool, deflate: Deflate | None
+    ) -> None:
+        settings = self.core.settings
+        lease, self.lease = self.lease, None
+        assert lease is not None
+        lease.request = HandshakeRequest(self.request)
+        sink_class = CompressingWebSocketSink if deflate is not None else WebSocketSink
+        sink = sink_class(ServerProtocol(frame_limits(settings), deflate), settings.max_backlog_bytes)
+        sub = sink.owner = Subscription(self.core, tenant_id, self.conn_id, sink, lease)
+        if stream.closed():  # the peer left meanwhile
+            sub.close(CloseReason.PEER_CLOSED)
+            return
+        StreamTransport(stream, sink)
+        await self._subscribe(sub, sink, since, want_manifest)
+
+    async def _subscribe(self, sub: Subscription, sink: WebSocketSink, since: str | None, want_manifest: bool) -> None:
+        sub.lease.schedule_expiry(sub.token_expired)
         try:
             subscribed = await sub.subscribe(since, want_manifest)
         except Exception:  # a bug in the catch-up: this connection only, and say so (1011)
-            log.exception("%s tenant %s: subscribing failed", self.conn_id, tenant_id)
+            log.exception("%s tenant %s: subscribing failed", self.conn_id, sub.tenant_id)
             sub.close(CloseReason.INTERNAL_ERROR)
             return
         if subscribed:
@@ -226,7 +251,7 @@ class WebSocketSink(WebSocketConnection):
         if kind == "Ping":
             self._send({"Pong": {"id": body["id"]}} if "id" in body else "Pong")
         elif kind == "Ack":
-            self.owner.ack(body["event_id"])
+            self.owner.ack(body["event_id"], body.get("error"))
         elif kind == "Refresh":
             refused = self.owner.refresh(body["token"])
             if refused is not None:

@@ -21,6 +21,7 @@ from marshmallow import ValidationError
 
 from .. import EventSource
 from ..broker import BrokerUnavailable, Published
+from ..content import ContentRefused
 from ..logs import bind as bind_log_context
 from ..schemas import flatten_messages
 
@@ -40,7 +41,9 @@ class SourceEmit:
     """What a source's ``run`` receives.
 
     ``await emit(payload)`` validates, publishes and returns the event id (or raises
-    ``marshmallow.ValidationError``); ``await emit.gap(tenant_ids)`` says the source may have
+    ``marshmallow.ValidationError``); ``await emit(payload, content=data)`` hands the path's new
+    bytes too (checked by the validation gate: ``content.ContentRefused``, nothing published;
+    served by the files API and patched when the path matches ``--serve-content``); ``await emit.gap(tenant_ids)`` says the source may have
     lost events of those tenants (None: of any tenant), and their clients get ``Resync``
     with reason ``source_gap``; ``await emit.skipped(tenant_id, what, reason)`` says it met a
     change it cannot publish (logged once, counted, and that tenant's clients get ``Resync``).
@@ -56,11 +59,17 @@ class SourceEmit:
         self._runner = runner
         self.source_name = source_name
 
-    async def __call__(self, payload: dict[str, Any], *, version: int | None = None) -> str:
+    async def __call__(
+        self, payload: dict[str, Any], *, version: int | None = None, content: bytes | None = None
+    ) -> str:
         runner = self._runner
         await asyncio.sleep(0)
         with runner.emitting(self.source_name):
-            return await self._retrying(lambda: runner._publish(payload, self.source_name, version=version))
+            if content is None:  # the publish of a source that hands no content stays as it was
+                return await self._retrying(lambda: runner._publish(payload, self.source_name, version=version))
+            return await self._retrying(
+                lambda: runner._publish(payload, self.source_name, version=version, content=content)
+            )
 
     async def many(
         self, payloads: list[dict[str, Any]], *, versions: list[int | None] | None = None
@@ -99,6 +108,15 @@ class SourceEmit:
                 return await attempt()
             except ValidationError as exc:
                 self._refused(exc)
+                raise
+            except ContentRefused as exc:
+                self._runner.log_once(
+                    logging.WARNING,
+                    (name, "invalid_content", str(exc)),
+                    "source %s: content refused by the validation gate: %s",
+                    name,
+                    exc,
+                )
                 raise
             except BrokerUnavailable as exc:
                 # A shared broker's outage is usually short: wait it out (jittered, bounded)

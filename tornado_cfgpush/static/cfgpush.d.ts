@@ -17,6 +17,32 @@ export interface ConfigChanged {
   /** For JSON, TOML and YAML files: what changed, as JSON Pointers (never the values). */
   diff?: { added: string[]; removed: string[]; changed: string[] };
   meta?: Record<string, unknown>;
+  /** Served files only (`--serve-content`): RFC 6902 patch from the version `base_checksum` names. */
+  patch?: PatchOperation[];
+  base_checksum?: string;
+  /** `sha256:<hex>` of the new document's RFC 8785 canonical JSON. */
+  document_checksum?: string;
+}
+
+export interface PatchOperation {
+  op: "add" | "remove" | "replace" | "move" | "copy" | "test";
+  path: string;
+  from?: string;
+  value?: unknown;
+}
+
+/** A served file as the client holds it (`content: true`). */
+export interface FileVersion {
+  checksum: string;
+  /** The file's text; null when the version came from a patch (call `file()` for it) or is gone. */
+  content: string | null;
+  /** The parsed document: for `.json` files, and whatever a patch made; null otherwise. */
+  document: unknown | null;
+}
+
+/** What a Resync changed of the files held (`content: true`): a file gone is `{content: null, document: null}`. */
+export interface ResyncedFiles {
+  changed: Record<string, FileVersion | { content: null; document: null }>;
 }
 
 /** The server cannot prove nothing was missed: reload, then go on from `last_event_id`. */
@@ -66,10 +92,15 @@ export interface CfgPushOptions {
   /** Called before every connection and, for a JWT, before it expires; wins over `token`. */
   getToken?: () => string | Promise<string>;
   /** One call per change, in order; the event is acknowledged once the returned promise resolves
-   * (coalesced: the newest applied event, at most once per `ackInterval`). */
-  onChange?: (event: ConfigChanged) => unknown | Promise<unknown>;
+   * (coalesced: the newest applied event, at most once per `ackInterval`). When it throws or
+   * rejects, the event is answered with `{"Ack": {"event_id", "error"}}` (the error's first line,
+   * at most 200 characters: `ackError`), shown on the dashboard until a later event applies. */
+  onChange?: (
+    event: ConfigChanged,
+    value?: FileVersion | { content: null; document: null },
+  ) => unknown | Promise<unknown>;
   /** Reload the configuration; the client then goes on from `resync.last_event_id`. */
-  onResync?: (resync: Resync) => unknown | Promise<unknown>;
+  onResync?: (resync: Resync, files?: ResyncedFiles) => unknown | Promise<unknown>;
   /** Called on the first Welcome when there was no id to resume from: load the configuration here. */
   onWelcome?: (welcome: Welcome) => unknown | Promise<unknown>;
   onStatus?: (status: Status) => void;
@@ -94,7 +125,22 @@ export interface CfgPushOptions {
   wsFailuresBeforeFallback?: number;
   /** Milliseconds: at most one `Ack` (of the newest applied event) per interval (default 100). */
   ackInterval?: number;
+  /** Keep the served files seen (`file(path)`, patched events) and hand `onChange` their new
+   * value: from a patch when it holds `base_checksum`, else by a conditional GET. Default false. */
+  content?: boolean;
+  /** Milliseconds: a fetch after a change waits a random time in [0, fetchJitterMs] (default 250). */
+  fetchJitterMs?: number;
 }
+
+/** The `error` of an `Ack` for what a callback threw: `"<name>: <message>"`, first line, at most 200 characters. */
+export declare function ackError(error: unknown): string;
+/** RFC 8785 canonical JSON of a value parsed from JSON. */
+export declare function canonicalJson(value: unknown): string;
+/** `sha256:<hex>` of bytes, or of a string's UTF-8; null without `crypto.subtle` (an insecure
+ * context: a plain-http page of a host other than localhost), where `content: true` skips its checks. */
+export declare function sha256(data: string | ArrayBuffer | ArrayBufferView): Promise<string | null>;
+/** A new document with an RFC 6902 patch applied; throws when an operation does not apply. */
+export declare function applyPatch<T = unknown>(doc: T, patch: PatchOperation[]): T;
 
 export declare function backoffDelay(attempt: number, min?: number, max?: number, random?: () => number): number;
 
@@ -110,6 +156,10 @@ export declare class CfgPush {
   readonly lastEventId: string | null;
   readonly heartbeatInterval: number | null;
   readonly welcome: Welcome | null;
+  /** `content: true`: the served files held, by path. */
+  readonly files: Map<string, FileVersion>;
+  /** The served file at `path`, fetched once and then kept up to date; rejects when not served. */
+  file(path: string): Promise<FileVersion>;
   /** Stop for good: no reconnect and no callback afterwards. */
   close(): void;
 }

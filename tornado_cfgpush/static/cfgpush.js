@@ -8,9 +8,19 @@
 // What it does for you: reconnects with full-jitter exponential backoff (0.5 s doubling to
 // 20 s), resumes from the last event it received (nothing missed, nothing twice, or an explicit
 // onResync), sends "Ping" every heartbeat interval and treats two silent intervals as a dead
-// connection, acknowledges events once onChange's promise resolves, refreshes the token
+// connection, acknowledges events once onChange's promise resolves (and, when it throws or
+// rejects, answers the event with an Ack carrying the error), refreshes the token
 // before it expires, falls back to Server-Sent Events where WebSockets are blocked, and stops
 // on close().
+//
+// With content: true it also keeps the served files it has seen (--serve-content on the server),
+// by checksum, and hands onChange the new value: onChange(event, {content, document}). A change
+// that comes with a JSON Patch (RFC 6902) is applied to the document it holds, and the result
+// checked against the event's document_checksum (SHA-256 of its RFC 8785 canonical JSON);
+// otherwise, or when the check fails, the file is fetched (a conditional GET, after a random
+// wait of up to fetchJitterMs, so that ten thousand pages do not ask at the same instant) and
+// its bytes checked against the event's checksum. push.file(path) fetches a file once (and
+// keeps it); a Resync refreshes only the files whose checksum changed.
 //
 // An Ack means "applied up to this event": the newest one is sent at once when none went out
 // for ackInterval, else when the interval is over. A burst of thousands of events costs at most
@@ -28,9 +38,111 @@ const DEFAULTS = {
   refreshLead: 30000, // ms before a token's exp to fetch a new one (at most a fifth of its life)
   wsFailuresBeforeFallback: 2, // WebSocket attempts that never opened before SSE is tried
   ackInterval: 100, // ms: at most one Ack (of the newest applied event) per interval
+  content: false, // true: keep served files, apply patches, hand onChange {content, document}
+  fetchJitterMs: 250, // ms: a fetch after a change waits a random time in [0, fetchJitterMs]
 };
 
+// -- canonical JSON (RFC 8785), SHA-256 and JSON Patch (RFC 6902): the server's patching.py ----
+
+/** RFC 8785 canonical JSON of a value parsed from JSON: members sorted by UTF-16 code units (what
+ * Array.prototype.sort does with strings), strings and numbers as JSON.stringify writes them. */
+export function canonicalJson(value) {
+  if (value === null || typeof value !== "object") return JSON.stringify(value);
+  if (Array.isArray(value)) return "[" + value.map(canonicalJson).join(",") + "]";
+  return "{" + Object.keys(value).sort().map((k) => JSON.stringify(k) + ":" + canonicalJson(value[k])).join(",") + "}";
+}
+
+/** "sha256:<hex>" of bytes (an ArrayBuffer or a typed array) or of a string's UTF-8; null where
+ * the page has no crypto.subtle (a plain-http page of a host other than localhost). */
+export async function sha256(data) {
+  if (!globalThis.crypto?.subtle) return null;
+  const bytes = typeof data === "string" ? new TextEncoder().encode(data) : data;
+  const digest = new Uint8Array(await crypto.subtle.digest("SHA-256", bytes));
+  return "sha256:" + Array.from(digest, (b) => b.toString(16).padStart(2, "0")).join("");
+}
+
+function pointerParts(pointer) {
+  if (pointer === "") return [];
+  if (!pointer.startsWith("/")) throw new Error(`not a JSON Pointer: ${pointer}`);
+  return pointer.slice(1).split("/").map((s) => s.replace(/~1/g, "/").replace(/~0/g, "~"));
+}
+
+function arrayIndex(array, segment, adding) {
+  if (adding && segment === "-") return array.length;
+  if (!/^(0|[1-9][0-9]*)$/.test(segment)) throw new Error(`not an array index: ${segment}`);
+  const i = Number(segment);
+  if (i > array.length || (i === array.length && !adding)) throw new Error(`index out of range: ${i}`);
+  return i;
+}
+
+function child(target, segment) {
+  if (Array.isArray(target)) return target[arrayIndex(target, segment, false)];
+  if (target && typeof target === "object" && Object.hasOwn(target, segment)) return target[segment];
+  throw new Error(`no member ${segment}`);
+}
+
+function locate(doc, pointer) {
+  const parts = pointerParts(pointer);
+  if (!parts.length) throw new Error("the whole document has no parent");
+  let target = doc;
+  for (const segment of parts.slice(0, -1)) target = child(target, segment);
+  return [target, parts[parts.length - 1]];
+}
+
+function removeAt(doc, pointer) {
+  const [parent, last] = locate(doc, pointer);
+  if (Array.isArray(parent)) return parent.splice(arrayIndex(parent, last, false), 1)[0];
+  if (parent && typeof parent === "object" && Object.hasOwn(parent, last)) {
+    const value = parent[last];
+    delete parent[last];
+    return value;
+  }
+  throw new Error(`nothing to remove at ${pointer}`);
+}
+
+function addAt(doc, pointer, value) {
+  if (pointer === "") return value;
+  const [parent, last] = locate(doc, pointer);
+  if (Array.isArray(parent)) parent.splice(arrayIndex(parent, last, true), 0, value);
+  else if (parent && typeof parent === "object") parent[last] = value;
+  else throw new Error(`cannot add below ${pointer}`);
+  return doc;
+}
+
+/** A new document: doc with an RFC 6902 patch applied (doc is left as it was); throws when an
+ * operation does not apply. */
+export function applyPatch(doc, patch) {
+  let out = structuredClone(doc);
+  for (const op of patch) {
+    const value = "value" in op ? structuredClone(op.value) : undefined;
+    switch (op.op) {
+      case "add": out = addAt(out, op.path, value); break;
+      case "remove": removeAt(out, op.path); break;
+      case "replace":
+        if (op.path === "") { out = value; break; }
+        removeAt(out, op.path);
+        out = addAt(out, op.path, value);
+        break;
+      case "move": {
+        if (op.path === op.from) break;
+        if (op.path.startsWith(op.from + "/")) throw new Error("cannot move a value into itself");
+        out = addAt(out, op.path, removeAt(out, op.from));
+        break;
+      }
+      case "copy": out = addAt(out, op.path, structuredClone(pointerParts(op.from).reduce(child, out))); break;
+      case "test":
+        if (canonicalJson(pointerParts(op.path).reduce(child, out)) !== canonicalJson(op.value)) {
+          throw new Error(`test failed at ${op.path}`);
+        }
+        break;
+      default: throw new Error(`unknown operation ${op.op}`);
+    }
+  }
+  return out;
+}
+
 const ignore = () => {};
+const FETCH_RETRIES = 3; // content: a 503 (the file is being changed) is asked again this often
 
 function decodeExp(token) {
   // A JWT's exp (seconds since the epoch), or null for anything else: tokens stay opaque.
@@ -47,6 +159,22 @@ function decodeExp(token) {
 }
 
 /** Full jitter (AWS architecture blog): a uniform delay in [0, min(max, min * 2^attempt)]. */
+/** An Ack's `error`: the first line of what a callback threw, within the protocol's 200 characters. */
+export function ackError(error) {
+  let text;
+  try {
+    text = error instanceof Error ? `${error.name}: ${error.message}` : String(error);
+  } catch {
+    text = "";
+  }
+  text = (text.split("\n")[0] || "").trim() || "callback failed";
+  // A lone surrogate would break the wire rule (the server refuses the Ack): replace it.
+  text = text.replace(/[\uD800-\uDBFF](?![\uDC00-\uDFFF])|(?<![\uD800-\uDBFF])[\uDC00-\uDFFF]/g, "\uFFFD");
+  // Whole code points only: a lone surrogate would break the wire rule.
+  const points = Array.from(text);
+  return points.length <= 200 ? text : points.slice(0, 199).join("") + "…";
+}
+
 export function backoffDelay(attempt, min = DEFAULTS.backoffMin, max = DEFAULTS.backoffMax, random = Math.random) {
   return random() * Math.min(max, min * 2 ** Math.min(attempt, 30));
 }
@@ -79,6 +207,9 @@ export class CfgPush {
     this._freshToken = false;
     this._everWelcomed = false;
     this._chain = Promise.resolve();
+    this.files = new Map(); // content: path -> {checksum, content (text or null), document}
+    this._fetching = new Map(); // path -> the fetch under way
+    this._failure = null; // {event_id, error}: the newest event a callback failed on, until one applies
     queueMicrotask(() => this._connect());
   }
 
@@ -249,12 +380,20 @@ export class CfgPush {
       case "ConfigChanged":
         if (!conn.welcomed) return;
         this._cursor = body.event_id;
-        this._apply(() => this.options.onChange?.(body), body.event_id);
+        if (this.options.content) {
+          this._apply(async () => this.options.onChange?.(body, await this._changed(body)), body.event_id);
+        } else {
+          this._apply(() => this.options.onChange?.(body), body.event_id);
+        }
         break;
       case "Resync":
         if (!conn.welcomed) return;
         this._cursor = body.last_event_id ?? null;
-        this._apply(() => this.options.onResync?.(body), body.last_event_id ?? null);
+        if (this.options.content) {
+          this._apply(async () => this.options.onResync?.(body, await this._resynced(body)), body.last_event_id ?? null);
+        } else {
+          this._apply(() => this.options.onResync?.(body), body.last_event_id ?? null);
+        }
         break;
       case "Pong":
       case "Refreshed":
@@ -303,30 +442,36 @@ export class CfgPush {
       } else {
         this._apply(() => this.options.onWelcome?.(welcome), newest);
       }
-    } else if (this.lastEventId) {
+    } else if (this.lastEventId || this._failure) {
       this._ackSoon(); // convergence counts per connection: say where we are
     }
   }
 
-  /** Run one callback after the previous ones (events apply in order), then Ack its id. */
+  /** Run one callback after the previous ones (events apply in order), then Ack its id; a
+   * callback that throws or rejects is answered with an Ack carrying the error instead. */
   _apply(callback, eventId) {
     this._chain = this._chain.then(async () => {
       if (this._closed) return;
       try {
         await callback();
       } catch (error) {
-        console.error("cfgpush: a callback failed; the event is not acknowledged", error);
+        console.error("cfgpush: a callback failed; the event is reported as not applied", error);
+        if (this._closed || eventId === null || eventId === undefined) return;
+        this._failure = { event_id: eventId, error: ackError(error) };
+        this._ackSoon();
         return;
       }
       if (this._closed || eventId === null || eventId === undefined) return;
+      this._failure = null;
       this.lastEventId = eventId;
       this._save(eventId);
       this._ackSoon();
     });
   }
 
-  /** Acknowledge lastEventId on this connection: now if no Ack went out for ackInterval, else
-   * when the interval is over (the newest id then; the ones in between are implied). */
+  /** Send this client's latest answer on this connection (the newest applied id, or the
+   * failure of a later event): now if no Ack went out for ackInterval, else when the interval
+   * is over (the newest answer then; the ones in between are implied). */
   _ackSoon() {
     const conn = this._conn;
     if (!conn || !conn.welcomed || conn.kind !== "ws" || conn.ackTimer) return;
@@ -337,15 +482,121 @@ export class CfgPush {
 
   _sendAck(conn) {
     conn.ackTimer = null;
-    const eventId = this.lastEventId;
-    if (conn !== this._conn || this._closed || !eventId || eventId === conn.acked) return;
-    conn.acked = eventId;
+    const failure = this._failure;
+    const ack = failure ?? (this.lastEventId ? { event_id: this.lastEventId } : null);
+    if (conn !== this._conn || this._closed || !ack) return;
+    const key = failure ? `${failure.event_id} ${failure.error}` : ack.event_id;
+    if (key === conn.acked) return;
+    conn.acked = key;
     conn.ackedAt = Date.now();
-    this._send(conn, { Ack: { event_id: eventId } });
+    this._send(conn, { Ack: ack });
   }
 
   _send(conn, message) {
     if (conn.ws && conn.ws.readyState === 1) conn.ws.send(JSON.stringify(message));
+  }
+
+  // -- content (--serve-content) -----------------------------------------------------------------
+
+  /** The served file at path: {checksum, content, document}, fetched once and then kept up to
+   * date by the events (content is the text; document the parsed JSON, for .json files, or
+   * what patches made; null where unknown). Rejects when the file is not served (404). */
+  async file(path) {
+    const held = this.files.get(path);
+    if (held && held.content !== null) return held;
+    return this._fetch(path, null);
+  }
+
+  async _changed(event) {
+    const path = event.path;
+    if (event.change_type === "deleted" || event.checksum === null) {
+      this.files.delete(path);
+      if (event.change_type === "moved") this.files.delete(event.meta?.old_path);
+      return { content: null, document: null };
+    }
+    if (event.change_type === "moved") this.files.delete(event.meta?.old_path);
+    const held = this.files.get(path);
+    if (held && held.checksum === event.checksum) return held;
+    if (!held && !event.patch) return { content: null, document: null }; // not a file it keeps
+    if (held && event.patch && held.checksum === event.base_checksum && held.document !== null) {
+      try {
+        const document = applyPatch(held.document, event.patch);
+        const sum = await sha256(canonicalJson(document));
+        // No crypto.subtle (an insecure context): base_checksum matched, the check is skipped.
+        if (sum === event.document_checksum || sum === null) {
+          const version = { checksum: event.checksum, content: null, document };
+          this.files.set(path, version);
+          return version;
+        }
+      } catch { /* does not apply: fetch */ }
+    }
+    await new Promise((resolve) => setTimeout(resolve, Math.random() * this.options.fetchJitterMs));
+    try {
+      return await this._fetch(path, held && held.content !== null ? held : null, event.checksum);
+    } catch (error) {
+      console.warn(`cfgpush: fetching ${path} failed`, error);
+      return { content: null, document: null };
+    }
+  }
+
+  async _resynced(resync) {
+    const changed = {};
+    const manifest = resync.manifest;
+    for (const [path, held] of [...this.files]) {
+      const now = manifest ? manifest[path] ?? null : undefined;
+      if (now === null) {
+        this.files.delete(path);
+        changed[path] = { content: null, document: null };
+      } else if (now !== held.checksum) {
+        try {
+          changed[path] = await this._fetch(path, held.content !== null ? held : null, now);
+        } catch (error) {
+          console.warn(`cfgpush: fetching ${path} failed`, error);
+        }
+      }
+    }
+    return { changed };
+  }
+
+  async _fetch(path, held, expected = undefined) {
+    const key = `${path}\n${expected}`;
+    if (!this._fetching.has(key)) {
+      const done = this._fetchNow(path, held, expected).finally(() => this._fetching.delete(key));
+      this._fetching.set(key, done);
+    }
+    return this._fetching.get(key);
+  }
+
+  async _fetchNow(path, held, expected) {
+    const url = `${this.base}/api/v1/tenants/${encodeURIComponent(this.tenantId)}/files/`
+      + path.split("/").map(encodeURIComponent).join("/");
+    const headers = {};
+    if (this._token) headers.Authorization = `Bearer ${this._token}`;
+    if (held) headers["If-None-Match"] = `"${held.checksum}"`;
+    let response;
+    for (let attempt = 0; ; attempt++) {
+      response = await fetch(url, { headers, cache: "no-store", credentials: "same-origin" });
+      // 503: the file is being changed (or this node has not read the new version yet): retry
+      // a few times after the server's Retry-After, at most 2 s.
+      if (response.status !== 503 || attempt >= FETCH_RETRIES) break;
+      const wait = Math.min(2, Number(response.headers.get("Retry-After")) || 1) * 1000;
+      await new Promise((resolve) => setTimeout(resolve, wait * (0.5 + Math.random() / 2)));
+    }
+    if (response.status === 304 && held) return held;
+    if (!response.ok) throw new Error(`GET ${path}: ${response.status}`);
+    const bytes = await response.arrayBuffer();
+    const tag = (response.headers.get("ETag") || "").replace(/^W\//, "").replace(/"/g, "");
+    const checksum = (await sha256(bytes)) ?? tag; // no crypto.subtle: the server's word for it
+    if (checksum !== tag) throw new Error(`GET ${path}: the bytes are not the version the server named`);
+    const content = new TextDecoder().decode(bytes);
+    let document = null;
+    if (/\.json$/i.test(path)) {
+      try { document = JSON.parse(content); } catch { /* not JSON after all */ }
+    }
+    const version = { checksum, content, document };
+    // An older version than the newest event's (a change raced the fetch) is not kept over it.
+    if (expected === undefined || checksum === expected || !this.files.has(path)) this.files.set(path, version);
+    return version;
   }
 
   // -- liveness and reconnecting ---------------------------------------------------------------

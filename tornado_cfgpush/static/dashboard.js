@@ -1,6 +1,12 @@
 // The cfgpush dashboard: tenants, connections, convergence, the server's health, and the live
 // events of one tenant. Plain DOM and the browser client; no framework, no build step.
 //
+// The tenant list is paged by the server (GET /api/v1/tenants?limit=&after=&prefix=): the page
+// holds PAGE_SIZE rows whatever the number of tenants (10 000 or more), and the search box asks
+// the server for the ids starting with what is typed. The watched tenant's own status (its
+// convergence, the clients that could not apply the newest event and why, the files the
+// validation gate refuses) comes from GET /api/v1/tenants/<id>, whichever page is shown.
+//
 // The admin token is typed into the page and kept in memory (or, when asked, in this tab's
 // sessionStorage); it travels only in Authorization headers, never in a URL.
 import { CfgPush } from "./cfgpush.js";
@@ -9,13 +15,21 @@ const TOKEN_KEY = "cfgpush:dashboard:admin_token";
 const MAX_EVENTS = 200;
 const TENANTS_EVERY = 2000;
 const HEALTH_EVERY = 5000;
+const PAGE_SIZE = 50;
+const SEARCH_DELAY = 200; // ms after the last key before the list is asked for
+const PREFIX_RE = /^[A-Za-z0-9._-]{1,64}$/;
 
 const $ = (selector) => document.querySelector(selector);
 let adminToken = readStoredToken();
 let watched = null;
 let push = null;
-let tenants = new Map();
+let watchedStatus = null; // GET /api/v1/tenants/<watched>, or null
 let tenantsTimer = null;
+let searchTimer = null;
+// Paging: the `after` of the page shown (null: the first) and those of the pages before it.
+let pageAfter = null;
+let pagesBefore = [];
+let nextAfter = null;
 let healthTimer = null;
 
 function readStoredToken() {
@@ -71,38 +85,95 @@ async function refreshHealth() {
 
 // -- tenants -----------------------------------------------------------------------------------
 
+function listQuery() {
+  const params = new URLSearchParams({ limit: String(PAGE_SIZE) });
+  const prefix = $("#search").value.trim();
+  if (prefix) params.set("prefix", prefix);
+  if ($("#with-clients").checked) params.set("with_clients", "1");
+  if (pageAfter) params.set("after", pageAfter);
+  return params;
+}
+
+let refreshes = 0; // the latest refreshTenants() call: an older one's answer is dropped
+
 async function refreshTenants() {
   clearTimeout(tenantsTimer);
   tenantsTimer = null;
+  const mine = ++refreshes;
   const note = $("#tenants-note");
+  const prefix = $("#search").value.trim();
   if (!adminToken) {
     note.textContent = "Enter the admin token to list tenants and convergence; any tenant can still be watched by name.";
     renderTenants([]);
+    renderPager(null);
+    watchedStatus = null;
+  } else if (prefix && !PREFIX_RE.test(prefix)) {
+    note.textContent = "A tenant id has only A-Z a-z 0-9 . _ - (at most 64).";
+    renderTenants([]);
+    renderPager(null);
   } else {
     try {
-      const { status, body } = await getJson("/api/v1/tenants", authHeaders());
+      const { status, body } = await getJson(`/api/v1/tenants?${listQuery()}`, authHeaders());
+      if (mine !== refreshes) return; // a newer search or page was asked for meanwhile
       if (status === 200) {
-        note.textContent = "";
+        note.textContent = body.total === 0 ? (prefix ? `No tenant id starts with “${prefix}”.` : "No tenant yet.") : "";
         renderTenants(body.tenants);
-        $("#total").textContent = `${body.connections} connection${body.connections === 1 ? "" : "s"}`;
+        renderPager(body);
+        $("#total").textContent = `${body.total} tenant${body.total === 1 ? "" : "s"} · `
+          + `${body.connections} connection${body.connections === 1 ? "" : "s"}`;
       } else {
         note.textContent = status === 401 ? "The admin token was not accepted."
           : status === 403 ? (body?.error || "Forbidden.")
             : `The tenant list failed: ${status} ${body?.error || ""}`;
         renderTenants([]);
+        renderPager(null);
       }
+      await refreshWatched();
+      if (mine !== refreshes) return;
     } catch {
+      if (mine !== refreshes) return;
       note.textContent = "The server cannot be reached.";
     }
   }
   renderConvergence();
+  renderProblems();
   tenantsTimer = setTimeout(refreshTenants, TENANTS_EVERY);
 }
 
+async function refreshWatched() {
+  if (!watched || !adminToken) {
+    watchedStatus = null;
+    return;
+  }
+  const tenantId = watched;
+  const { status, body } = await getJson(`/api/v1/tenants/${encodeURIComponent(tenantId)}`, authHeaders());
+  if (tenantId === watched) watchedStatus = status === 200 ? body : null;
+}
+
+function renderPager(body) {
+  const pager = $("#pager");
+  nextAfter = body?.next ?? null;
+  pager.hidden = !body || (!pageAfter && !nextAfter);
+  $("#prev-page").disabled = !pageAfter;
+  $("#next-page").disabled = !nextAfter;
+  if (body) {
+    const first = pagesBefore.length * PAGE_SIZE + 1;
+    const last = first + body.tenants.length - 1;
+    $("#page-info").textContent = body.tenants.length ? `${first}–${last} of ${body.total}` : "";
+  }
+}
+
+function problemsText(t) {
+  const parts = [];
+  if (t.failed) parts.push(`${t.failed} failed`);
+  if (t.invalid?.length) parts.push(`${t.invalid.length} refused`);
+  return parts.join(" · ");
+}
+
 function renderTenants(list) {
-  tenants = new Map(list.map((t) => [t.tenant_id, t]));
   const rows = list.map((t) => {
     const converged = t.last_event_id === null || t.converged === t.clients;
+    const problems = problemsText(t);
     const row = el("tr", { dataset: { tenant: t.tenant_id }, class: t.tenant_id === watched ? "selected" : "" },
       el("td", { class: "tenant" }, t.tenant_id),
       el("td", { class: "clients" }, String(t.clients)),
@@ -110,7 +181,8 @@ function renderTenants(list) {
       el("td", { class: "sse" }, String(t.connections_by_transport.sse || 0)),
       el("td", { class: "newest", title: t.last_event_id || "" }, t.last_event_id || "—"),
       el("td", { class: "converged", dataset: { state: converged ? "converged" : "behind" } },
-        `${t.converged}/${t.clients}`));
+        `${t.converged}/${t.clients}`),
+      el("td", { class: "problems", dataset: { state: problems ? "bad" : "ok" } }, problems || "—"));
     row.addEventListener("click", () => watch(t.tenant_id));
     return row;
   });
@@ -120,20 +192,49 @@ function renderTenants(list) {
 
 function renderConvergence() {
   const pill = $("#convergence");
-  const t = watched && tenants.get(watched);
+  const t = watched && watchedStatus;
   if (!watched) {
     pill.textContent = "";
     pill.dataset.state = "unknown";
   } else if (!t) {
     pill.dataset.state = "unknown";
-    pill.textContent = adminToken ? "convergence: unknown tenant" : "convergence: needs the admin token";
+    pill.textContent = adminToken ? "convergence: unknown" : "convergence: needs the admin token";
   } else if (t.last_event_id === null) {
     pill.dataset.state = "converged";
     pill.textContent = `no event yet · ${t.clients} client${t.clients === 1 ? "" : "s"}`;
   } else {
-    pill.dataset.state = t.converged === t.clients ? "converged" : "behind";
-    pill.textContent = `${t.converged} of ${t.clients} client${t.clients === 1 ? "" : "s"} on ${t.last_event_id}`;
+    pill.dataset.state = t.failed ? "bad" : t.converged === t.clients ? "converged" : "behind";
+    pill.textContent = `${t.converged} of ${t.clients} client${t.clients === 1 ? "" : "s"} on ${t.last_event_id}`
+      + (t.failed ? ` · ${t.failed} failed` : "");
   }
+}
+
+function since(iso) {
+  const when = new Date(iso);
+  if (Number.isNaN(when.getTime())) return "";
+  const seconds = Math.max(0, Math.round((Date.now() - when.getTime()) / 1000));
+  const ago = seconds < 90 ? `${seconds} s` : seconds < 5400 ? `${Math.round(seconds / 60)} min` : `${Math.round(seconds / 3600)} h`;
+  return `since ${when.toLocaleString()} (${ago} ago)`;
+}
+
+function renderProblems() {
+  const t = watched && watchedStatus;
+  const invalid = t?.invalid || [];
+  const failures = t?.failures || [];
+  $("#invalid").replaceChildren(...invalid.map((f) => el("li", { class: "invalid", dataset: { path: f.path } },
+    el("span", { class: "path" }, f.path), " ",
+    el("span", { class: "pointer" }, f.pointer ? `at ${f.pointer}` : "(whole file)"), ": ",
+    el("span", { class: "reason" }, f.reason), " ",
+    el("span", { class: "since", title: f.since }, since(f.since)))));
+  $("#failures").replaceChildren(...failures.map((f) => el("li", { class: "failure" },
+    el("span", { class: "count" }, `${f.clients} client${f.clients === 1 ? "" : "s"}: `),
+    el("span", { class: "reason" }, f.reason))));
+  const others = t ? t.failed - failures.reduce((sum, f) => sum + f.clients, 0) : 0;
+  if (others > 0) $("#failures").append(el("li", { class: "failure muted" }, `${others} more with other reasons`));
+  $("#failed-event").textContent = t?.failed ? `${t.last_event_id} (${t.failed} of ${t.clients})` : "";
+  $("#invalid-box").hidden = !invalid.length;
+  $("#failures-box").hidden = !failures.length;
+  $("#problems").hidden = !invalid.length && !failures.length;
 }
 
 // -- the live stream ---------------------------------------------------------------------------
@@ -141,6 +242,7 @@ function renderConvergence() {
 function watch(tenantId) {
   if (push) push.close();
   watched = tenantId;
+  watchedStatus = null;
   $("#watched").textContent = tenantId;
   $("#events").replaceChildren();
   for (const row of document.querySelectorAll("#tenants tbody tr")) {
@@ -157,13 +259,20 @@ function watch(tenantId) {
     onStatus: showStreamStatus,
   });
   renderConvergence();
+  renderProblems();
+  refreshTenantsSoon(0);
 }
 
-function refreshTenantsSoon() {
+function refreshTenantsSoon(delay = 150) {
   if (adminToken && tenantsTimer !== null) {
     clearTimeout(tenantsTimer);
-    tenantsTimer = setTimeout(refreshTenants, 150);
+    tenantsTimer = setTimeout(refreshTenants, delay);
   }
+}
+
+function firstPage() {
+  pageAfter = null;
+  pagesBefore = [];
 }
 
 function showStreamStatus(status) {
@@ -242,6 +351,27 @@ $("#token-form").addEventListener("submit", (event) => {
   useToken($("#token").value.trim(), $("#remember").checked);
 });
 $("#forget").addEventListener("click", () => useToken("", false));
+$("#search-form").addEventListener("submit", (event) => {
+  event.preventDefault();
+  firstPage();
+  refreshTenants();
+});
+$("#search").addEventListener("input", () => {
+  clearTimeout(searchTimer);
+  searchTimer = setTimeout(() => { firstPage(); refreshTenants(); }, SEARCH_DELAY);
+});
+$("#with-clients").addEventListener("change", () => { firstPage(); refreshTenants(); });
+$("#next-page").addEventListener("click", () => {
+  if (!nextAfter) return;
+  pagesBefore.push(pageAfter);
+  pageAfter = nextAfter;
+  refreshTenants();
+});
+$("#prev-page").addEventListener("click", () => {
+  if (!pagesBefore.length) return;
+  pageAfter = pagesBefore.pop();
+  refreshTenants();
+});
 $("#watch-form").addEventListener("submit", (event) => {
   event.preventDefault();
   const tenantId = $("#tenant-input").value.trim();

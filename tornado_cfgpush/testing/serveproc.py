@@ -14,7 +14,7 @@ from .waiting import wait_for
 SCRIPT = Path(sys.executable).with_name("cfgpush-serve")
 COMMAND = [str(SCRIPT)] if SCRIPT.exists() else [sys.executable, "-m", "tornado_cfgpush.cli"]
 ERROR_PREFIX = "cfgpush-serve: error:"
-LISTENING = r"listening on http://127\.0\.0\.1:(\d+) "
+LISTENING = r"listening on https?://127\.0\.0\.1:(\d+) "
 # Waits are generous: two cores, and other test runs beside this one.
 START_TIMEOUT = 60.0
 

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import asyncio
 import json
+import ssl
 from dataclasses import dataclass
 from urllib.parse import urlencode
 
@@ -40,7 +41,15 @@ class SSEClient:
         self._fetch: asyncio.Future | None = None
 
     @classmethod
-    async def open(cls, http_url: str, tenant_id: str = "acme", *, headers: dict | None = None, **query) -> SSEClient:
+    async def open(
+        cls,
+        http_url: str,
+        tenant_id: str = "acme",
+        *,
+        headers: dict | None = None,
+        ssl_options: ssl.SSLContext | None = None,
+        **query,
+    ) -> SSEClient:
         self = cls()
         params = {"tenant_id": tenant_id, **query}
         request = HTTPRequest(
@@ -49,6 +58,7 @@ class SSEClient:
             streaming_callback=self._feed,
             header_callback=self._header,
             request_timeout=120,
+            ssl_options=ssl_options,
         )
         self._fetch = asyncio.ensure_future(self._client.fetch(request, raise_error=False))
         self._fetch.add_done_callback(lambda _: self.events.put_nowait(None))

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import json
+import ssl
 from typing import Any
 from urllib.parse import urlencode
 
@@ -30,13 +31,14 @@ class WebSocketClient:
         *,
         headers: dict | None = None,
         ping_interval: float | None = None,
+        ssl_options: ssl.SSLContext | None = None,
         **query: Any,
     ) -> WebSocketClient:
         params = dict(query)
         if tenant_id is not None:
             params = {"tenant_id": tenant_id, **params}
         url = f"{ws_url}?{urlencode(params)}" if params else ws_url
-        request = HTTPRequest(url, headers=headers or {})
+        request = HTTPRequest(url, headers=headers or {}, ssl_options=ssl_options)
         conn = await asyncio.wait_for(websocket_connect(request, ping_interval=ping_interval), 5)
         return cls(conn)
 

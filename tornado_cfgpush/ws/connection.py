@@ -68,11 +68,15 @@ class WebSocketConnection(asyncio.Protocol):
             return
         if out:
             transport.write(out)  # pongs and close frames first, as the core queued them
+        # A message read together with the peer's close frame, before it, counts as if it had
+        # been read alone (a client's last Ack, then its close); answers to it go nowhere.
+        before_peer_close = protocol.state == CLOSED and any(isinstance(e, Close) for e in events)
         for event in events:
             if isinstance(event, Message):
-                if protocol.state == OPEN:  # not after a close from either side
+                if protocol.state == OPEN or before_peer_close:  # not after a close from either side
                     self.on_message(event.data)
             elif isinstance(event, Close):
+                before_peer_close = False
                 self.on_peer_close(event.code)
                 self.finish()  # after what is buffered (the echo): the server closes TCP first
             elif isinstance(event, Failure):

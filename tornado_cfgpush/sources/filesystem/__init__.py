@@ -61,6 +61,8 @@ def cfgpush_register_sources(settings) -> list[FilesystemSource]:
             canary=settings.watch_canary,
             fallback=settings.watch_fallback,
             validate=settings.validate,
+            serve_content=settings.serve_content,
+            max_patch_bytes=settings.max_patch_bytes,
             schemas=tuple(parse_schema_rule(rule) for rule in settings.json_schemas),
         )
     ]

@@ -57,7 +57,19 @@ class Read:
     microseconds: set by the kernel, the same for every reader), or, for a file found gone,
     the time it was found so (before any later re-creation's ctime)."""
 
-    __slots__ = ("checksum", "copy", "size", "diff", "skip", "extra", "version", "refused")
+    __slots__ = (
+        "checksum",
+        "copy",
+        "size",
+        "diff",
+        "skip",
+        "extra",
+        "version",
+        "refused",
+        "patch",
+        "document_checksum",
+        "patch_skip",
+    )
 
     def __init__(
         self,
@@ -77,6 +89,11 @@ class Read:
         self.extra = extra  # the reader's own (tree.Content, for rescans)
         self.version = version
         self.refused: Any = None  # the gate's Failure: this version may not be announced
+        # A served file (--serve-content): the RFC 6902 patch from the copy the read was asked
+        # with, and the new document's canonical checksum; or why there is none.
+        self.patch: list[dict[str, Any]] | None = None
+        self.document_checksum: str | None = None
+        self.patch_skip: str | None = None
 
 
 GONE = Read(None)
@@ -392,6 +409,13 @@ class Settler:
                 payload["diff"] = read.diff
             elif read.skip is not None:
                 payload["meta"] = {"diff_skipped": read.skip}
+            if read.patch is not None:
+                # The copy the patch was made from is the version the server was last told.
+                payload["patch"] = read.patch
+                payload["base_checksum"] = f.sent
+                payload["document_checksum"] = read.document_checksum
+            elif read.patch_skip is not None:
+                payload.setdefault("meta", {})["patch_skipped"] = read.patch_skip
         version = read.version
         self._taken(key, f)
         return payload, None, version

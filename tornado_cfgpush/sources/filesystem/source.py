@@ -31,8 +31,10 @@ from typing import Any
 from marshmallow import ValidationError
 
 from ... import Emit
+from ...content import CONTENT_FIELDS, MAX_SERVED_BYTES
 from ...schemas import flatten_messages
 from .settle import NOT_REPRESENTABLE
+from .tree import Refused, Tree
 from .watch import inotify_watch_limit
 
 log = logging.getLogger("cfgpush.sources.filesystem")
@@ -71,6 +73,8 @@ class FilesystemSource:
         fallback: str = "poll",
         validate: tuple[str, ...] = (),
         schemas: tuple[tuple[str, str], ...] = (),
+        serve_content: tuple[str, ...] = (),
+        max_patch_bytes: int = 16 * 1024,
     ):
         self.config_dir = Path(config_dir)
         self.debounce = debounce
@@ -81,6 +85,8 @@ class FilesystemSource:
         self.fallback = fallback  # when the kernel allows too few watches: "poll" or "error"
         self.validate = validate  # the validation gate (tornado_cfgpush.gate): globs that must parse
         self.schemas = schemas  # and (glob, JSON Schema file) pairs
+        self.serve_content = serve_content  # files whose events carry patches (content.served)
+        self.max_patch_bytes = max_patch_bytes
         self._polling_because = ""  # why it polls though it was not asked to (degraded)
         self.observer_kind = ""
         self.root = ""
@@ -134,6 +140,8 @@ class FilesystemSource:
                 "fallback": self.fallback,
                 "validate": list(self.validate),
                 "schemas": [list(rule) for rule in self.schemas],
+                "serve_content": list(self.serve_content),
+                "max_patch_bytes": self.max_patch_bytes,
                 "log_level": logging.getLogger("cfgpush").getEffectiveLevel(),
             }
             proc.stdin.write(json.dumps(config).encode() + b"\n")
@@ -284,7 +292,7 @@ class FilesystemSource:
         diff the wire cannot carry goes out without it."""
         payload, version = item[1], item[3]
         if "diff" in payload:
-            trimmed = {k: v for k, v in payload.items() if k != "diff"}
+            trimmed = {k: v for k, v in payload.items() if k not in ("diff", *CONTENT_FIELDS)}
             trimmed["meta"] = {**payload.get("meta", {}), "diff_skipped": NOT_REPRESENTABLE}
             try:
                 await (emit(trimmed, version=version) if hasattr(emit, "many") else emit(trimmed))
@@ -383,6 +391,26 @@ class FilesystemSource:
             return None
         return dict(self._by_tenant.get(tenant_id, {}))
 
+    async def content(self, tenant_id: str, path: str) -> bytes | None:
+        """The bytes of ``tenant_id``'s file ``path`` as they are on disk now (None: no such
+        file here), read off the event loop by the worker's own safe-open rule
+        (``tree.Tree.open``: below its tenant's folder, links resolved by hand, never out of
+        it). The caller compares their checksum with the announced one. ``ContentTooLarge``
+        past ``content.MAX_SERVED_BYTES``."""
+        key = self._key(tenant_id, path)
+        if key is None or not self.root:
+            return None
+        return await asyncio.get_running_loop().run_in_executor(None, _read_file, self.root, key)
+
+    def _key(self, tenant_id: str, path: str) -> str | None:
+        """The worker's key of a file the server was told about (a folder tenant's
+        ``tenant/path``, or a single-file tenant's ``tenant.ext``)."""
+        for key in (f"{tenant_id}/{path}", path):
+            found = self._files.get(key)
+            if found is not None and found[:2] == (tenant_id, path):
+                return key
+        return None
+
     def tenants(self) -> list[str]:
         """The tenants with files here: whose clients resync when this source restarts."""
         return sorted(self._by_tenant)
@@ -413,6 +441,32 @@ class FilesystemSource:
             files.pop(rel, None)
             if not files:
                 del self._by_tenant[tenant_id]
+
+
+class ContentTooLarge(Exception):
+    """A served file over ``content.MAX_SERVED_BYTES``: not read."""
+
+
+def _read_file(root: str, key: str) -> bytes | None:
+    """``key``'s bytes (in an executor's thread), or None: gone, not a regular file, or refused
+    by the link rules (the same answer: nothing from outside its tenant)."""
+    tree = Tree(root)
+    try:
+        try:
+            opened = tree.open(key)
+        except Refused:
+            return None
+        if opened is None:
+            return None
+        with open(opened.fd, "rb", closefd=True) as f:
+            if opened.info.st_size > MAX_SERVED_BYTES:
+                raise ContentTooLarge(key)
+            data = f.read(MAX_SERVED_BYTES + 1)
+        if len(data) > MAX_SERVED_BYTES:
+            raise ContentTooLarge(key)
+        return data
+    finally:
+        tree.close()
 
 
 def _unchanged_since(version: int | None, since: int | None) -> bool:

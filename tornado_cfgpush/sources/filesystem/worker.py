@@ -44,7 +44,9 @@ from collections.abc import Callable, Iterable
 from typing import Any
 
 from ... import structured
+from ...content import served
 from ...gate import Failure, Gate
+from ...patching import patch_between
 from ...rules import wire_string_error
 from .names import Unpublishable, classify, shown, split
 from .settle import MEMORY_CAP, NO_PREVIOUS, NOT_REPRESENTABLE, Read, Settler
@@ -194,6 +196,8 @@ class Worker:
         self.tree = Tree(self.root)
         self.settler = Settler(config["debounce"], config["max_delay"])
         self.gate = Gate(config.get("validate") or (), [tuple(rule) for rule in config.get("schemas") or ()])
+        self.serve_content = tuple(config.get("serve_content") or ())
+        self.max_patch_bytes = int(config.get("max_patch_bytes") or 0)
         self._invalid: dict[str, tuple[Failure, float]] = {}  # key -> (why refused, since: Unix time)
         self.lane = Lane(inbox, self._finish)
         self.observer: Any = None
@@ -576,9 +580,19 @@ class Worker:
         diff = structured.diff(old_doc, doc)
         if _representable(diff.values()):
             read.diff = diff
+            if self.serve_content and self.max_patch_bytes and served(_rel(key), self.serve_content):
+                self._patch(read, old_doc, doc)
         else:
             read.skip = NOT_REPRESENTABLE
         return read
+
+    def _patch(self, read: Read, old_doc: Any, doc: Any) -> None:
+        """A served file's patch from the previous document, made once here, for every client."""
+        made = patch_between(old_doc, doc, self.max_patch_bytes)
+        if isinstance(made, str):
+            read.patch_skip = made
+        else:
+            read.patch, read.document_checksum = made
 
     def _read_done(self, key: str, read: Read, now: float) -> None:
         """A read's result to the settle machine, through the gate: a refused version is not a
