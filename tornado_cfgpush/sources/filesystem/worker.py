@@ -60,6 +60,10 @@ LINE_BYTES = 256 * 1024  # a line the server parses in a few milliseconds (one e
 IN_FLIGHT = 2_000  # events written and not yet read by the server, at most
 ALIVE_EVERY = 2.0  # seconds
 SCAN_CHUNK = 2_000  # files per ``known`` line
+# Files read at start and waiting for their folder's compression (``tree.Packer``), at most: a
+# folder of many files that are not structured (nothing to compress) still goes out in lines
+# of about ``SCAN_CHUNK``.
+SCAN_PACKED = 256
 REFUSED_AGAIN_AFTER = 1.0  # seconds: the events of one save of an unpublishable file are one refusal
 # Overflows come in floods (a tenant renaming in a loop): one rescan per this many seconds at
 # most; the events that still arrive meanwhile are handled as usual.
@@ -270,7 +274,7 @@ class Worker:
         folder = ""
         for key, folder_fd, name in self.tree.found():
             here = key.rpartition("/")[0]
-            if packed and (here != folder or packer.full()):
+            if packed and (here != folder or packer.full() or len(packed) >= SCAN_PACKED):
                 self._scan_packed(packer, packed, chunk)
             folder = here
             target = self._target(key)
