@@ -160,8 +160,9 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
         "--workers",
         type=int,
         default=0,
-        help="also run cfgpush on a private Redis as one process (cfgpush+redis) and with --workers N "
-        "(cfgpush+Nw, on every core) in fanout and latency",
+        help="also run cfgpush with --workers N (cfgpush+Nw, on every core), and on a private Redis as one "
+        "process (cfgpush+redis) and with --workers N (cfgpush+Nw+redis) in fanout and latency; storm: run "
+        "again with the restarted node as N workers",
     )
     g.add_argument("--heartbeat", type=float, default=5.0, help="servers' ping interval (default 5)")
     g.add_argument("--concurrency", type=int, default=100, help="handshakes in flight (default 100)")
@@ -260,7 +261,7 @@ async def run(args: argparse.Namespace, res: Resources, results: dict) -> None:
     if args.tls and "cfgpush" in servers:
         servers.append(targets.TLS)
     if args.workers > 1 and "cfgpush" in servers:
-        servers += [targets.REDIS_ONE, targets.workers_name(args.workers)]
+        servers += [targets.workers_name(args.workers), targets.REDIS_ONE, targets.workers_name(args.workers, True)]
     chosen = set(args.scenarios)
     errors = results["errors"]
 
@@ -379,6 +380,24 @@ async def run(args: argparse.Namespace, res: Resources, results: dict) -> None:
                 )
                 if found:
                     results["storm_tls"] = found
+            if args.workers > 1:
+                found = await attempt(
+                    "storm_workers",
+                    scenarios.storm(
+                        res,
+                        opts,
+                        clients=args.storm_clients,
+                        before=args.storm_before,
+                        down=args.storm_down,
+                        during=args.storm_during,
+                        concurrency=args.concurrency,
+                        redis_program=program,
+                        timeout=args.storm_timeout,
+                        workers=args.workers,
+                    ),
+                )
+                if found:
+                    results["storm_workers"] = found
     if "burst" in chosen:
         found = await attempt(
             "burst",

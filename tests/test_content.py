@@ -214,3 +214,31 @@ async def test_the_python_client_asks_again_after_a_503(config_dir, core, http_u
         monkey.manifest = original
     version = await fetching
     assert version.content == b'{"a": "new"}' and files.fetches >= 2
+
+
+@pytest.mark.gen_test(timeout=60)
+@pytest.mark.settings(serve_content=SERVED)
+async def test_the_python_client_asks_again_when_a_node_answers_an_older_version(config_dir, core, http_url):
+    """A node of a shared folder that has not read the new version yet answers the old one
+    (304 to the client that holds it): the client, told of the new checksum, asks again."""
+    import asyncio
+
+    from tornado_cfgpush.client import ConfigChanged, Files
+
+    files = Files(http_url, "acme", lambda: None, fetch_jitter=0)
+    old = await files.get("app.json")
+    source = fs_source(core)
+    held = dict(source._by_tenant["acme"])
+    monkey = type(source)
+    original = monkey.manifest
+    monkey.manifest = lambda self, tenant_id: dict(held) if tenant_id == "acme" else original(self, tenant_id)
+    new = b'{"a": "newer"}'
+    try:
+        (config_dir / "acme" / "app.json").write_bytes(new)
+        event = ConfigChanged("acme", "modified", "1-1", path="app.json", checksum=sha(new))
+        changing = asyncio.ensure_future(files.changed(event))
+        await wait_for(lambda: core.metrics.file_requests.get("304"), EXPECT)
+    finally:
+        monkey.manifest = original
+    version = await changing
+    assert old.content != new and version.content == new and version.checksum == sha(new)

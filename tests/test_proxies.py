@@ -230,8 +230,11 @@ async def _raw_upgrade(port: int, prefix: bytes, source: str = "127.0.0.1") -> b
             "Connection: Upgrade\r\nSec-WebSocket-Key: dGhlIHNhbXBsZSBub25jZQ==\r\nSec-WebSocket-Version: 13\r\n\r\n"
         )
         await loop.sock_sendall(sock, prefix + request.encode())
-        async with asyncio.timeout(15):
-            answer = await loop.sock_recv(sock, 4096)
+        try:
+            async with asyncio.timeout(15):
+                answer = await loop.sock_recv(sock, 4096)
+        except ConnectionResetError:  # closed with our bytes unread: a reset, no answer either
+            return b""
         return answer.split(b"\r\n", 1)[0]
     finally:
         sock.close()

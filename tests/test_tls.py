@@ -10,6 +10,7 @@ from __future__ import annotations
 import asyncio
 import json
 import os
+import re
 import socket
 import ssl
 import subprocess
@@ -20,6 +21,7 @@ import pytest
 from tornado.httpclient import AsyncHTTPClient
 
 from tornado_cfgpush.client import ConfigChanged, subscribe
+from tornado_cfgpush.proxy_protocol import v1_header, v2_header
 from tornado_cfgpush.testing import ERROR_PREFIX, LISTENING, SSEClient, WebSocketClient, need_program, wait_for
 from tornado_cfgpush.testing.certs import TestCA, peer_serial
 
@@ -102,6 +104,10 @@ async def test_wss_and_https_on_one_port_then_rotation_and_a_bad_pair(start, con
         await wait_for(lambda: python_client.state == "open", 15)
         health = await http.fetch(f"https://localhost:{port}/healthz", ssl_options=trust)
         assert health.code == 200
+        expiry = ca.cert.not_valid_after_utc  # the leaf's is the CA's: both a day from now
+        metrics = (await http.fetch(f"https://localhost:{port}/metrics", ssl_options=trust)).body.decode()
+        served_expiry = float(metrics.split("\ncfgpush_tls_certificate_expiry_timestamp_seconds ")[1].split()[0])
+        assert abs(served_expiry - expiry.timestamp()) < 600, metrics
 
         (config_dir / "acme" / "app.json").write_text('{"a": 2}')
         assert json.loads(await asyncio.wait_for(other.recv(), 15))["ConfigChanged"]["path"] == "app.json"
@@ -118,6 +124,9 @@ async def test_wss_and_https_on_one_port_then_rotation_and_a_bad_pair(start, con
         _replace(certfile, (staged / "cert.pem").read_bytes())
         await server.wait_log(r"TLS certificate reloaded", timeout=30)
         assert await asyncio.to_thread(_served_serial, port, ca.cafile) == second
+        metrics = (await http.fetch(f"https://localhost:{port}/metrics", ssl_options=trust)).body.decode()
+        assert 'cfgpush_tls_reloads_total{result="loaded"} 1.0' in metrics
+        assert 'cfgpush_tls_reloads_total{result="refused"} 0.0' in metrics
 
         # A bad pair (a certificate without its key): logged, the previous pair stays.
         _pair(ca, staged)
@@ -131,6 +140,8 @@ async def test_wss_and_https_on_one_port_then_rotation_and_a_bad_pair(start, con
         assert (await sse.expect("ConfigChanged", timeout=15))["path"] == "app.json"
         await wait_for(lambda: len(received) == 2, 15)
         assert python_client.connections == 1  # never reconnected
+        metrics = (await http.fetch(f"https://localhost:{port}/metrics", ssl_options=trust)).body.decode()
+        assert 'cfgpush_tls_reloads_total{result="refused"} 1.0' in metrics
     finally:
         http.close()
         pumping.cancel()
@@ -209,4 +220,39 @@ async def test_chromium_page_over_https_receives_over_wss_and_sse(start, config_
         assert [s["transport"] for s in states] == ["ws", "sse"]
         assert {s["events"][0]["path"] for s in states} == {"app.json"}
     await server.wait_log(r"101 GET /ws")
+    assert "Traceback" not in server.text()
+
+
+def _tls_upgrade(port: int, cafile: Path, prefix: bytes, source: str = "127.0.0.1") -> bytes:
+    """A PROXY header in clear (``prefix``), then TLS and a WebSocket upgrade: the status line."""
+    context = ssl.create_default_context(cafile=str(cafile))
+    with socket.create_connection(("127.0.0.1", port), timeout=10, source_address=(source, 0)) as raw:
+        raw.sendall(prefix)
+        with context.wrap_socket(raw, server_hostname="localhost") as tls:
+            tls.sendall(
+                b"GET /ws?tenant_id=acme HTTP/1.1\r\nHost: localhost\r\nUpgrade: websocket\r\nConnection: Upgrade\r\n"
+                b"Sec-WebSocket-Key: dGhlIHNhbXBsZSBub25jZQ==\r\nSec-WebSocket-Version: 13\r\n\r\n"
+            )
+            return tls.recv(4096).split(b"\r\n", 1)[0]
+
+
+@pytest.mark.gen_test(timeout=90)
+async def test_proxy_protocol_before_tls(start, config_dir, ca, tmp_path):
+    # A TCP load balancer that passes TLS through sends its PROXY header in clear first.
+    certfile, keyfile, _ = _pair(ca, tmp_path / "live")
+    server, port = await _start_tls(
+        start, config_dir, certfile, keyfile, "--trusted-proxy", "127.0.0.1", "--proxy-protocol"
+    )
+    here = ("127.0.0.1", port)
+    for header, client in (
+        (v1_header(("198.51.100.1", 40000), here), "198.51.100.1"),
+        (v2_header(("2001:db8::7", 40001), here), "2001:db8::7"),
+    ):
+        assert await asyncio.to_thread(_tls_upgrade, port, ca.cafile, header) == b"HTTP/1.1 101 Switching Protocols"
+        await server.wait_log(rf"101 GET /ws \({re.escape(client)}\)")
+    # Another peer: TLS at once, no header, its own address.
+    assert (
+        await asyncio.to_thread(_tls_upgrade, port, ca.cafile, b"", "127.0.0.2") == b"HTTP/1.1 101 Switching Protocols"
+    )
+    await server.wait_log(r"101 GET /ws \(127\.0\.0\.2\)")
     assert "Traceback" not in server.text()

@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import asyncio
+import base64
+import hashlib
 import json
 import os
 import re
@@ -15,6 +17,8 @@ from tornado_cfgpush.testing import ERROR_PREFIX, WebSocketClient, wait_for
 
 WORKER_LISTENING = r"listening on http://127\.0\.0\.1:(\d+) .*worker (\d) of 2\)"
 CLIENTS = 24
+TOKEN = "workers-publish-token"
+ADMIN = "workers-admin-token"
 
 
 def _alive(pid: int) -> bool:
@@ -49,6 +53,10 @@ def _worker_pids(server) -> dict[int, int]:
     return pids
 
 
+def _admin() -> dict[str, str]:
+    return {"Authorization": f"Bearer {ADMIN}"}
+
+
 def _series(text: str, name: str) -> dict[str, float]:
     """worker -> value of an unlabelled-but-for-worker (or transport=ws) series."""
     values = {}
@@ -59,11 +67,19 @@ def _series(text: str, name: str) -> dict[str, float]:
     return values
 
 
+@pytest.fixture(params=["embedded", "redis"])
+def shared(request) -> list[str]:
+    """Embedded: worker 0 runs the broker and the sources, worker 1 follows it over the link
+    (killed below: a follower). Redis: both are nodes of a private one."""
+    return ["--broker", request.getfixturevalue("redis_server").url] if request.param == "redis" else []
+
+
 @pytest.mark.gen_test(timeout=180)
-async def test_two_workers_share_a_port_ids_resume_metrics_restart_and_drain(start, redis_server, config_dir):
+async def test_two_workers_share_a_port_ids_resume_metrics_restart_and_drain(start, config_dir, shared):
     server = start(
-        "--port", "0", "--config-dir", str(config_dir), "--broker", redis_server.url, "--workers", "2",
-        "--metrics-public", "--heartbeat-interval", "1", "--heartbeat-timeout", "3",
+        "--port", "0", "--config-dir", str(config_dir), *shared, "--workers", "2",
+        "--heartbeat-interval", "1", "--heartbeat-timeout", "3", "--publish-token", TOKEN,
+        "--admin-token", ADMIN, "--serve-content", "*.json",
     )  # fmt: skip
     await wait_for(lambda: len(_listening(server)) == 2 or server.proc.poll() is not None, 60)
     ports = set(_listening(server).values())
@@ -71,16 +87,30 @@ async def test_two_workers_share_a_port_ids_resume_metrics_restart_and_drain(sta
     port = ports.pop()
     url = f"ws://127.0.0.1:{port}/ws"
     http = AsyncHTTPClient(force_instance=True)
-    clients = [await WebSocketClient.open(url, "acme") for _ in range(CLIENTS)]
+    clients = [await WebSocketClient.open(url, "acme", manifest="1") for _ in range(CLIENTS)]
     try:
         for client in clients:
-            await client.expect("Welcome", timeout=10)
+            # The manifest too, whichever worker answers (a follower asks the leader for it).
+            assert set((await client.expect("Welcome", timeout=10))["manifest"]) == {"app.json"}
         # Both workers have clients (the kernel spreads connections by their addresses), and
         # /metrics from whichever worker answers shows both.
-        metrics = (await http.fetch(f"http://127.0.0.1:{port}/metrics")).body.decode()
+        metrics = (await http.fetch(f"http://127.0.0.1:{port}/metrics", headers=_admin())).body.decode()
         connections = _series(metrics, "cfgpush_connections")
         assert set(connections) == {"0", "1"} and sum(connections.values()) == CLIENTS, metrics
         assert min(connections.values()) > 0, connections
+
+        # The tenant's status from whichever worker answers counts every worker's clients.
+        status = json.loads((await http.fetch(f"http://127.0.0.1:{port}/api/v1/tenants/acme", headers=_admin())).body)
+        assert (status["connections"], status["connections_by_transport"], status["converged"]) == (
+            CLIENTS,
+            {"ws": CLIENTS},
+            CLIENTS,
+        ), status
+
+        listed = json.loads((await http.fetch(f"http://127.0.0.1:{port}/api/v1/tenants", headers=_admin())).body)
+        acme = next(t for t in listed["tenants"] if t["tenant_id"] == "acme")
+        assert (listed["connections"], acme["connections"], acme["converged"]) == (CLIENTS, CLIENTS, CLIENTS)
+        assert {t["tenant_id"] for t in listed["tenants"]} == {"acme", "globex"}
 
         # One change: every client gets it once, under one id, whichever worker serves it.
         (config_dir / "acme" / "app.json").write_text('{"a": 2}')
@@ -88,7 +118,55 @@ async def test_two_workers_share_a_port_ids_resume_metrics_restart_and_drain(sta
         assert len({e["event_id"] for e in events}) == 1 and events[0]["path"] == "app.json"
         for client in clients:
             await client.expect_nothing(0.3)
-        first = events[0]["event_id"]
+        # The files API, one connection per request (whichever worker: a follower asks its
+        # leader): the list and the file's announced version, the same each time.
+        for _ in range(6):
+            listing = json.loads((await http.fetch(f"http://127.0.0.1:{port}/api/v1/tenants/acme/files")).body)
+            assert listing["files"] == {"app.json": events[0]["checksum"]}, listing
+            served = await http.fetch(f"http://127.0.0.1:{port}/api/v1/tenants/acme/files/app.json")
+            assert json.loads(served.body) == {"a": 2}
+
+        # The publish API, one connection per request (whichever worker takes it: a follower
+        # publishes through the leader): every client gets the three in one order, one id each.
+        for n in range(3):
+            answer = await http.fetch(
+                f"http://127.0.0.1:{port}/api/v1/events",
+                method="POST",
+                headers={"Authorization": f"Bearer {TOKEN}", "Content-Type": "application/json"},
+                body=json.dumps({"tenant_id": "acme", "change_type": "modified", "path": f"api{n}.json"}),
+            )
+            assert answer.code in (200, 201, 202)
+        orders = set()
+        for client in clients:
+            orders.add(tuple([(await client.expect("ConfigChanged", timeout=15))["event_id"] for _ in range(3)]))
+        assert len(orders) == 1
+
+        # Content handed with an event on whichever worker is served by every worker (the leader
+        # keeps it for its followers, as Redis does for nodes), and its next version replaces it.
+        for version in (b'{"rate": 1}', b'{"rate": 2}'):
+            answer = await http.fetch(
+                f"http://127.0.0.1:{port}/api/v1/events",
+                method="POST",
+                headers={"Authorization": f"Bearer {TOKEN}", "Content-Type": "application/json"},
+                body=json.dumps(
+                    {
+                        "tenant_id": "acme",
+                        "change_type": "modified",
+                        "path": "handed.json",
+                        "checksum": "sha256:" + hashlib.sha256(version).hexdigest(),
+                        "content": base64.b64encode(version).decode(),
+                    }
+                ),
+            )
+            assert answer.code in (200, 201, 202)
+            for _ in range(6):
+                served = await http.fetch(f"http://127.0.0.1:{port}/api/v1/tenants/acme/files/handed.json")
+                assert served.body == version
+        orders = set()
+        for client in clients:
+            orders.add(tuple([(await client.expect("ConfigChanged", timeout=15))["event_id"] for _ in range(2)]))
+        assert len(orders) == 1
+        first = orders.pop()[-1]
 
         # A worker killed: the supervisor starts it again, on the same port; its clients
         # reconnect (to either worker) and resume from their last event with nothing missed.
@@ -126,13 +204,16 @@ async def test_two_workers_share_a_port_ids_resume_metrics_restart_and_drain(sta
 
 
 @pytest.mark.gen_test(timeout=60)
-async def test_workers_need_a_shared_broker_and_a_count(start, config_dir):
-    alone = start("--port", "0", "--config-dir", str(config_dir), "--workers", "2")
-    assert await alone.wait_exit(60) == 2
-    assert alone.log == [
-        f"{ERROR_PREFIX} --workers 2 needs --broker redis://...: the embedded broker keeps the events in one "
-        "process, and every worker must serve the same event ids and history"
-    ]
+async def test_a_bad_worker_count_is_one_line(start, config_dir):
     bad = start("--port", "0", "--config-dir", str(config_dir), "--workers", "many")
     assert await bad.wait_exit(60) == 2
     assert bad.log == [f"{ERROR_PREFIX} --workers: workers must be a whole number or auto, not 'many'"]
+
+
+@pytest.mark.gen_test(timeout=90)
+async def test_workers_end_with_a_killed_supervisor(start, config_dir):
+    server = start("--port", "0", "--config-dir", str(config_dir), "--workers", "2")
+    await wait_for(lambda: len(_listening(server)) == 2 or server.proc.poll() is not None, 60)
+    pids = _worker_pids(server)
+    server.proc.kill()  # SIGKILL: no chance to stop them itself
+    await wait_for(lambda: not any(_alive(pid) for pid in pids.values()), 30)

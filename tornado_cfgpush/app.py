@@ -7,9 +7,12 @@ pytest-tornado's ``http_server`` and the CLI under its own ``HTTPServer``.
 from __future__ import annotations
 
 import asyncio
+import base64
 import functools
 import gc
 import logging
+import os
+import signal
 import socket
 from collections.abc import Iterable
 from typing import Any
@@ -18,11 +21,11 @@ from marshmallow import ValidationError
 from pluggy import PluginManager
 from tornado import httpserver, netutil, web
 from tornado.httputil import HTTPServerRequest
-from tornado.iostream import IOStream, StreamClosedError, UnsatisfiableReadError
 
 from . import structured
 from .auth import Decision, decide
 from .broker import SOURCE_GAP, Broker, BrokerUnavailable
+from .broker.link import FollowerBroker, LeaderLink
 from .broker.memory import MemoryBroker
 from .content import (
     CONTENT_FIELDS,
@@ -36,6 +39,7 @@ from .content import (
     keep_served,
     served,
 )
+from .events import Event
 from .gate import Gate, parse_schema_rule
 from .handlers import default_handlers
 from .handlers.health import NotFoundHandler
@@ -45,14 +49,15 @@ from .loop_health import LoopLag
 from .metrics import BROKER_UNAVAILABLE, INVALID, INVALID_CONTENT, Metrics
 from .patching import patch_between
 from .plugins import get_plugin_manager
-from .proxies import TrustedProxies, parse_address
-from .proxy_protocol import V1_MAX, V1_PREFIX, V2_SIGNATURE, ProxyHeaderError, parse_v1, parse_v2, v2_length
+from .proxies import TrustedProxies
+from .proxy_server import ProxyProtocolServer
 from .schemas import config_changed_schema
 from .settings import Settings
 from .signals import install as install_signal_handlers
 from .sources.runner import SourceRunner
+from .summary import is_observer, refused_files, summarize
 from .tls import CertificateReloader, TLSError
-from .worker_metrics import serve_metrics
+from .worker_peers import Peers
 from .workerinfo import Worker
 
 log = logging.getLogger("cfgpush")
@@ -77,15 +82,27 @@ class StartupError(Exception):
 class CfgPush:
     """One node's service: validate -> publish -> deliver, for every source."""
 
-    def __init__(self, settings: Settings, plugin_manager: PluginManager | None = None, broker: Broker | None = None):
+    def __init__(
+        self,
+        settings: Settings,
+        plugin_manager: PluginManager | None = None,
+        broker: Broker | None = None,
+        worker: Worker | None = None,
+    ):
         self.settings = settings
         self.pm = plugin_manager if plugin_manager is not None else get_plugin_manager(settings.disabled_plugins)
         self.hub = Hub(heartbeat_interval=settings.heartbeat_interval, heartbeat_timeout=settings.heartbeat_timeout)
-        self.broker = broker if broker is not None else self._make_broker()
+        # Under --workers without a shared broker (broker/link.py): the leader's link to the
+        # other workers, or this follower's broker (which then runs no source).
+        self.link: LeaderLink | None = None
+        self.follower: FollowerBroker | None = None
+        self.broker = broker if broker is not None else self._make_broker(worker)
         self.metrics = Metrics(self)  # /metrics; counts per event, reads the hub's counters
         self.limits = ConnectionLimits.from_settings(settings)  # /ws + /events slots (limits.py)
         self.loop_lag = LoopLag(self.metrics.loop_lag.observe)
         self.runner: SourceRunner | None = None
+        self._background: set[asyncio.Task] = set()
+        self.peers: Peers | None = None  # under --workers: the other workers (app.serve sets it)
         self.versions = VersionCache()  # served files' versions, prepared once (content.py)
         # Content sources handed with their events: kept here with the embedded broker; a
         # shared one (Redis) keeps it for every node (Broker.store_content).
@@ -93,11 +110,22 @@ class CfgPush:
         self.gate = Gate(settings.validate, [parse_schema_rule(rule) for rule in settings.json_schemas])
         self._reading: dict[tuple[str, str, str], asyncio.Future[Version | None]] = {}
 
-    def _make_broker(self) -> Broker:
+    def _make_broker(self, worker: Worker | None = None) -> Broker:
         settings = self.settings
+        if not settings.broker and worker is not None and worker.index > 0:
+            self.follower = FollowerBroker(
+                self.hub.deliver, str(worker.broker_socket()), on_gap=self._gap_from_leader, on_lost=_stop_this_process
+            )
+            return self.follower
         if not settings.broker:
+            deliver = self.hub.deliver
+            if worker is not None:  # the leader: what it delivers, its followers deliver too
+                self.link = LeaderLink(
+                    str(worker.broker_socket()), self.manifest, self._file_for_follower, self._content_for_follower
+                )
+                deliver = self._deliver_and_share
             return MemoryBroker(
-                self.hub.deliver,
+                deliver,
                 history_size=settings.history_size,
                 history_ttl=settings.history_ttl,
                 history_max_bytes=settings.history_max_bytes,
@@ -113,6 +141,46 @@ class CfgPush:
             on_gap=self._history_lost,
         )
 
+    @property
+    def _content_shared(self) -> bool:
+        """Whether content handed with events is kept by the broker for every node (Redis, or
+        the leader of --workers for a follower) rather than by this process."""
+        return bool(self.settings.broker) or self.follower is not None
+
+    def _deliver_and_share(self, event: Event) -> None:
+        self.hub.deliver(event)
+        assert self.link is not None
+        self.link.event(event)
+        # The leader keeps the content handed on every worker (a follower's before its event):
+        # what an event of another checksum replaced is no longer the announced version.
+        path = event.body.get("path")
+        if self.emitted and isinstance(path, str):
+            kept = self.emitted.get(event.tenant_id, path)
+            if kept is not None and kept.checksum != event.body.get("checksum"):
+                self._forget_emitted(event.body)
+
+    async def _content_for_follower(self, op: str, request: dict[str, Any]) -> Any:
+        """The leader's side of a follower's Broker.store_content / stored_* (broker/link.py)."""
+        tenant_id, path = request["t"], str(request.get("p", ""))
+        if op == "store":
+            data = base64.b64decode(request["d"])
+            version = await asyncio.get_running_loop().run_in_executor(None, Version.prepare, path, data)
+            if version.checksum == request["c"]:
+                self.emitted.put(tenant_id, path, version)
+            return None
+        if op == "files":
+            return self.emitted.files(tenant_id)
+        kept = self.emitted.get(tenant_id, path)
+        if kept is None:
+            return None
+        return kept.checksum if op == "checksum" else base64.b64encode(kept.body).decode()
+
+    def _gap_from_leader(self, tenant_ids: list[str] | None, source: str, reason: str) -> None:
+        """A source gap on the leader: this follower's clients of those tenants resync too."""
+        task = asyncio.ensure_future(self.source_gap(tenant_ids, source, reason))
+        self._background.add(task)
+        task.add_done_callback(self._background.discard)
+
     def _history_lost(self, tenant_id: str, reason: str, newest: str) -> None:
         """The shared history dropped events before this node delivered them (an outage
         longer than the history), or was emptied or replaced (``unknown_epoch``): its clients
@@ -126,7 +194,11 @@ class CfgPush:
 
     async def start(self) -> None:
         await self.broker.start()
+        if self.link is not None:
+            await self.link.start(self.broker)
         sources = [s for found in self.pm.hook.cfgpush_register_sources(settings=self.settings) for s in found or ()]
+        if self.follower is not None:
+            sources = []  # the leader runs them; this worker delivers what it publishes
         names = [s.name for s in sources]
         duplicates = {n for n in names if names.count(n) > 1}
         if duplicates:
@@ -156,6 +228,8 @@ class CfgPush:
         if self.runner is not None:
             await self.runner.stop()
         sources = loop.time()
+        if self.link is not None:
+            await self.link.stop()
         await self.broker.stop()
         log.info(
             "stopped: clients closed in %.2f s, sources in %.2f s, broker in %.2f s",
@@ -192,7 +266,7 @@ class CfgPush:
         except BrokerUnavailable:
             self.metrics.rejected(counted, BROKER_UNAVAILABLE)
             raise
-        if kept is not None and not self.settings.broker:
+        if kept is not None and not self._content_shared:
             self.emitted.put(fields["tenant_id"], fields["path"], kept)
         elif self.emitted:
             self._forget_emitted(fields)
@@ -219,8 +293,8 @@ class CfgPush:
         for problem in self.gate.reload():  # a JSON Schema file that changed (one stat per file)
             log.warning("validation gate: %s", problem)
         serve = self.settings.serve_content if served(path, self.settings.serve_content) else ()
-        previous = self.emitted.get(fields["tenant_id"], path) if serve and not self.settings.broker else None
-        if serve and self.settings.broker:  # a shared broker keeps what any node was handed
+        previous = self.emitted.get(fields["tenant_id"], path) if serve and not self._content_shared else None
+        if serve and self._content_shared:  # a shared broker keeps what any node was handed
             previous = await self._read_stored(fields["tenant_id"], path)
         loop = asyncio.get_running_loop()
         try:
@@ -287,6 +361,9 @@ class CfgPush:
 
     async def source_gap(self, tenant_ids: Iterable[str] | None, source: str, reason: str = SOURCE_GAP) -> None:
         """``Resync`` (``source_gap`` by default) to the clients of ``tenant_ids`` (None: every tenant)."""
+        if self.link is not None:
+            tenant_ids = None if tenant_ids is None else list(tenant_ids)
+            self.link.gap(tenant_ids, source, reason)  # the followers' clients too
         targets = list(self.hub.tenants()) if tenant_ids is None else sorted(set(tenant_ids))
         for n, tenant_id in enumerate(targets):
             if n:
@@ -364,9 +441,52 @@ class CfgPush:
         hook's answer (``auth.decide``)."""
         return decide(self.pm.hook.cfgpush_authorize, self.settings, request, tenant_id, token)
 
+    def local_summary(self, tenant_id: str, last_event_id: str | None) -> dict[str, Any]:
+        """The tenant's connections on this process (the status API's answer)."""
+        return summarize(
+            tenant_id, self.hub.connections(tenant_id), last_event_id, refused_files(self.sources, tenant_id)
+        ).as_json()
+
+    def local_tenants(self, with_clients: bool) -> list[str]:
+        """The tenants this process knows: connected (by a client, not only an observer, with
+        ``with_clients``), or named by a source that can list its tenants (``tenants()``)."""
+        hub = self.hub
+        if with_clients:  # only the hub knows who is connected: the sources need not be asked
+            return sorted(t for t in hub.tenants() if any(not is_observer(s) for s in hub.connections(t)))
+        names = set(hub.tenants())
+        for source in self.sources:
+            lister = getattr(source, "tenants", None)
+            if callable(lister):
+                try:
+                    names.update(lister() or ())
+                except Exception:  # a plugin's listing must not take the API down
+                    continue
+        return sorted(names)
+
+    async def known_tenants(self, with_clients: bool) -> list[str]:
+        """``GET /api/v1/tenants``' tenants: this process's, or every worker's under ``--workers``."""
+        own = self.local_tenants(with_clients)
+        return own if self.peers is None else await self.peers.known_tenants(own, with_clients)
+
+    async def page_summaries(self, tenants: list[str], last: list[str | None]) -> tuple[list[dict[str, Any]], int]:
+        """The summaries of a page of tenants (their newest ids ``last``) and the open
+        connections: this process's, or every worker's under ``--workers``."""
+        own = [self.local_summary(t, newest) for t, newest in zip(tenants, last, strict=True)]
+        connections = self.hub.connection_count()
+        return (own, connections) if self.peers is None else await self.peers.page(own, tenants, last, connections)
+
+    async def tenant_summary(self, tenant_id: str) -> dict[str, Any]:
+        """``GET /api/v1/tenants/<id>``: the tenant's connections and convergence, over every
+        worker under ``--workers`` (worker_peers.py)."""
+        last_event_id = (await self.broker.catch_up(tenant_id, None)).last_event_id
+        own = self.local_summary(tenant_id, last_event_id)
+        return own if self.peers is None else await self.peers.tenant_summary(own)
+
     def manifest(self, tenant_id: str) -> dict[str, str] | None:
         """``{path: checksum}`` of the tenant's files, from every source that can list them
         (the filesystem and a database may both hold some); None when none can."""
+        if self.follower is not None:
+            return self.follower.manifest(tenant_id)
         manifest: dict[str, str] | None = None
         for source in self.sources:
             lister = getattr(source, "manifest", None)
@@ -424,6 +544,20 @@ class CfgPush:
             await asyncio.sleep(CONTENT_RETRY_DELAY * (attempt + 1))
         raise ContentChanging(path)
 
+    async def refresh_manifest(self, tenant_id: str) -> None:
+        """On a follower of ``--workers`` (broker/link.py): the leader's manifest of the tenant,
+        fetched now, for the files API to list and serve from; nothing elsewhere."""
+        if self.follower is not None:
+            await self.follower.refresh_manifest(tenant_id)
+
+    async def _file_for_follower(self, tenant_id: str, path: str) -> dict[str, Any]:
+        """The leader's answer to a follower's files API request (base64 of the bytes)."""
+        try:
+            version = await self.file_content(tenant_id, path)
+        except ContentChanging:
+            return {"changing": True}
+        return {"body": base64.b64encode(version.body).decode()} if version is not None else {}
+
     async def _stored_version(self, tenant_id: str, path: str) -> Version | None:
         """Content another node's publisher handed (a shared broker keeps it), prepared once
         here; concurrent requests share one read of the broker."""
@@ -456,6 +590,16 @@ class CfgPush:
         """Read the file from the first source that has it, prepare it off the loop, and keep it
         when it is the announced version."""
         loop = asyncio.get_running_loop()
+        if self.follower is not None:  # no source here: the leader reads it
+            answer = await self.follower.file(tenant_id, path)
+            if answer.get("changing"):
+                raise ContentChanging(path)
+            if "body" not in answer:
+                return None
+            version = await loop.run_in_executor(None, Version.prepare, path, base64.b64decode(answer["body"]))
+            if version.checksum == (self.manifest(tenant_id) or {}).get(path):
+                self.versions.put(tenant_id, path, version)
+            return version
         for source in self.sources:
             reader = getattr(source, "content", None)
             if reader is None:
@@ -520,40 +664,10 @@ class ProxiedApplication(web.Application):
         return super().find_handler(request, **kwargs)
 
 
-class ProxyProtocolServer(httpserver.HTTPServer):
-    """``--proxy-protocol``: a connection from a ``--trusted-proxy`` peer starts with a PROXY
-    header (proxy_protocol.py), read before any HTTP; the client it names is the peer from then
-    on. A missing, malformed or slow header closes the connection."""
-
-    trusted_proxies: TrustedProxies
-    header_timeout: float
-
-    # TCPServer.handle_stream may be a coroutine (Tornado waits on it); HTTPServer types it as not.
-    async def handle_stream(self, stream: IOStream, address: tuple) -> None:  # type: ignore[override]
-        if not self.trusted_proxies.trusts(parse_address(address[0])):
-            super().handle_stream(stream, address)
-            return
-        try:
-            async with asyncio.timeout(self.header_timeout):
-                client = await read_proxy_header(stream)
-        except (ProxyHeaderError, StreamClosedError, UnsatisfiableReadError, TimeoutError) as exc:
-            log.warning("closed a connection from %s: %s", address[0], exc or "no PROXY header in time")
-            stream.close()
-            return
-        super().handle_stream(stream, client or address)
-
-
-async def read_proxy_header(stream: IOStream) -> tuple[str, int] | None:
-    """The PROXY header at the start of ``stream`` (v1 or v2) -> the client's address, or None
-    when the balancer speaks for itself (``UNKNOWN``, ``LOCAL``)."""
-    first = await stream.read_bytes(5)
-    if first == V1_PREFIX:
-        return parse_v1(first + await stream.read_until(b"\r\n", max_bytes=V1_MAX - len(first)))
-    if first == V2_SIGNATURE[:5]:
-        head = first + await stream.read_bytes(11)
-        length = v2_length(head)
-        return parse_v2(head, await stream.read_bytes(length) if length else b"")
-    raise ProxyHeaderError("a trusted proxy's connection must start with a PROXY header (--proxy-protocol)")
+def _stop_this_process() -> None:
+    """A follower without its leader: shut down as on SIGTERM (clients get 1001); the
+    supervisor starts this worker again."""
+    os.kill(os.getpid(), signal.SIGTERM)
 
 
 def make_app(core: CfgPush, **tornado_settings: Any) -> web.Application:
@@ -645,7 +759,7 @@ async def serve(
                 sock.close()
             uninstall_signal_handlers()
             raise StartupError(f"--certfile/--keyfile: {exc}") from None
-    core = CfgPush(settings, plugin_manager)
+    core = CfgPush(settings, plugin_manager, worker=worker)
     try:
         await core.start()
         app = make_app(core, log_function=log_request)  # plugins' routes are asked for here
@@ -667,16 +781,23 @@ async def serve(
         await core.wait_started(timeout=settings.drain_timeout * 6)
     except TimeoutError:
         log.warning("some sources have not started yet; listening anyway")
-    peers = await serve_metrics(worker, core.metrics) if worker is not None else None
+    peers = None
+    if worker is not None:
+        peers = core.peers = Peers(
+            worker, core.metrics, core.local_summary, core.local_tenants, core.hub.connection_count
+        )
+        await peers.start()
     tls: dict[str, Any] = {}
     if certificates is not None:
         tls["ssl_options"] = certificates.context  # one context; new pairs reach it by SNI (tls.py)
         certificates.start()
+        core.metrics.tls = certificates
     server: httpserver.HTTPServer
-    if settings.proxy_protocol:
-        server = ProxyProtocolServer(app, **server_options(settings), **tls)
+    if settings.proxy_protocol:  # TLS, if on, after the PROXY header (proxy_server.py)
+        server = ProxyProtocolServer(app, **server_options(settings))
         server.trusted_proxies = TrustedProxies(settings.trusted_proxies)
         server.header_timeout = settings.handshake_timeout
+        server.tls_context = tls.get("ssl_options")
     else:
         server = httpserver.HTTPServer(app, **server_options(settings), **tls)
     server.add_sockets(sockets)

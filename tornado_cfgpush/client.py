@@ -206,7 +206,9 @@ class Files:
                 pass  # fetched below
         await asyncio.sleep(random.random() * self.fetch_jitter)
         try:
-            return await self._fetch(path, held if held is not None and held.content is not None else None)
+            return await self._fetch(
+                path, held if held is not None and held.content is not None else None, event.checksum
+            )
         except (HTTPClientError, OSError, ValueError) as exc:
             log.warning("fetching %s failed: %s", path, exc)
             return None
@@ -220,7 +222,9 @@ class Files:
             # Without a manifest every kept file is asked again (a 304 when it did not change).
             elif resync.manifest is None or resync.manifest[path] != held.checksum:
                 try:
-                    version = await self._fetch(path, held if held.content is not None else None)
+                    version = await self._fetch(
+                        path, held if held.content is not None else None, (resync.manifest or {}).get(path)
+                    )
                 except (HTTPClientError, OSError, ValueError) as exc:
                     log.warning("fetching %s failed: %s", path, exc)
                     continue
@@ -228,7 +232,7 @@ class Files:
                     changed[path] = version
         return changed
 
-    async def _fetch(self, path: str, held: FileVersion | None) -> FileVersion:
+    async def _fetch(self, path: str, held: FileVersion | None, expected: str | None = None) -> FileVersion:
         headers = {}
         token = self.token()
         if token:
@@ -241,9 +245,13 @@ class Files:
             response = await AsyncHTTPClient().fetch(
                 url, headers=headers, raise_error=False, ssl_options=self.ssl_context
             )
-            # 503: the file is being changed (or this node has not read the new version yet):
-            # asked again after the server's Retry-After (at most 2 s), a few times.
-            if response.code != 503 or attempt == FETCH_RETRIES:
+            # 503: the file is being changed; or an answer of an older version than the event's
+            # (a node of a shared folder that has not read the new one yet): asked again after
+            # the server's Retry-After (at most 2 s), a few times.
+            older = (
+                expected is not None and response.code in (200, 304) and response.headers.get("ETag") != f'"{expected}"'
+            )
+            if (response.code != 503 and not older) or attempt == FETCH_RETRIES:
                 break
             try:
                 wait = min(2.0, float(response.headers.get("Retry-After") or 1))

@@ -30,6 +30,7 @@ from .summary import count_by_transport, failing, is_observer, top_reasons
 if TYPE_CHECKING:  # pragma: no cover
     from .events import Event
     from .ports import Metered
+    from .tls import CertificateReloader
 
 TRANSPORTS = ("ws", "sse")
 # Fan-out of one event to every local connection of its tenant: microseconds for a few
@@ -54,6 +55,8 @@ class Metrics:
         self.tenant_labels = bool(core.settings.metrics_tenant_labels)
         self.tenant_ttl = core.settings.history_ttl
         self.clock = time.monotonic  # of the per-tenant series' expiry (a test may replace it)
+        # With --certfile: the pair in use and its reloads (tls.CertificateReloader; app.serve sets it).
+        self.tls: CertificateReloader | None = None
         # Under --workers: (this worker's exposition) -> every worker's, merged.
         self.peers: Callable[[bytes], Awaitable[bytes]] | None = None
         # (source,) or (source, tenant) -> count; (source, reason) -> count.
@@ -149,7 +152,7 @@ class Metrics:
 
     async def scrape(self) -> bytes:
         """What ``/metrics`` answers: this process's exposition, or under ``--workers`` every
-        worker's (tornado_cfgpush.worker_metrics sets ``peers``)."""
+        worker's (tornado_cfgpush.worker_peers sets ``peers``)."""
         own = self.exposition()
         return own if self.peers is None else await self.peers(own)
 
@@ -229,6 +232,22 @@ class _ServiceCollector(Collector):
             yield deliveries
         else:
             yield CounterMetricFamily("cfgpush_deliveries", "Events handed to a connection", value=hub.deliveries)
+        tls = m.tls
+        if tls is not None:
+            if tls.not_after is not None:
+                yield GaugeMetricFamily(
+                    "cfgpush_tls_certificate_expiry_timestamp_seconds",
+                    "When the TLS certificate in use expires (Unix time): alert well before it",
+                    value=tls.not_after,
+                )
+            reloads = CounterMetricFamily(
+                "cfgpush_tls_reloads",
+                "Changed --certfile/--keyfile pairs: loaded, or refused (the previous pair kept)",
+                labels=["result"],
+            )
+            reloads.add_metric(["loaded"], tls.reloads)
+            reloads.add_metric(["refused"], tls.failures)
+            yield reloads
         yield CounterMetricFamily(
             "cfgpush_slow_client_disconnects",
             "Connections closed with 1013: unsent backlog over --max-backlog-bytes",

@@ -166,18 +166,8 @@ class Settings:
             raise ValueError("--keyfile-password needs --certfile")
         if self.proxy_protocol and not self.trusted_proxies:
             raise ValueError("--proxy-protocol needs --trusted-proxy: the load balancers allowed to send the header")
-        if self.proxy_protocol and self.certfile:
-            raise ValueError(
-                "--proxy-protocol with --certfile is not supported: terminate TLS at the load balancer, "
-                "or pass TLS through without the PROXY header"
-            )
         if self.workers < 1:
             raise ValueError("workers must be at least 1")
-        if self.workers > 1 and not self.broker:
-            raise ValueError(
-                f"--workers {self.workers} needs --broker redis://...: the embedded broker keeps the events "
-                "in one process, and every worker must serve the same event ids and history"
-            )
         if self.tls_reload_interval < 0:
             raise ValueError("tls_reload_interval must not be negative")
         if self.publish_rate < 0 or self.publish_burst < 0:

@@ -62,6 +62,17 @@ def make_context(certfile: Path, keyfile: Path | None = None, password: str | No
     return context
 
 
+def certificate_expiry(certfile: Path) -> float | None:
+    """When the leaf certificate of ``certfile`` expires (Unix seconds), for
+    ``cfgpush_tls_certificate_expiry_timestamp_seconds``; None when it cannot be read."""
+    try:
+        from cryptography import x509
+
+        return x509.load_pem_x509_certificate(Path(certfile).read_bytes()).not_valid_after_utc.timestamp()
+    except (OSError, ValueError):
+        return None
+
+
 def _reason(exc: ssl.SSLError) -> str:
     reason = (exc.reason or str(exc)).replace("_", " ").lower()
     if "key values mismatch" in reason:
@@ -95,6 +106,7 @@ class CertificateReloader:
         self._paths = (certfile,) if keyfile is None else (certfile, keyfile)
         self._seen = _signature(self._paths)
         self.context = make_context(certfile, keyfile, password)  # raises TLSError: a start-up error
+        self.not_after = certificate_expiry(certfile)  # of the pair in use
         self.context.sni_callback = self._choose
         self.current = self.context
         self.reloads = 0  # pairs loaded after the first
@@ -135,11 +147,13 @@ class CertificateReloader:
         self._seen = seen
         try:
             context = await loop.run_in_executor(None, make_context, self.certfile, self.keyfile, self.password)
+            not_after = await loop.run_in_executor(None, certificate_expiry, self.certfile)
         except TLSError as exc:
             self.failures += 1
             log.error("new TLS certificate not loaded, the previous one stays in use: %s", exc)
             return False
         self.current = context
+        self.not_after = not_after
         self.reloads += 1
         log.info("TLS certificate reloaded from %s", self.certfile)
         return True

@@ -33,3 +33,7 @@ class Worker:
 
     def metrics_socket(self, index: int | None = None) -> Path:
         return Path(self.folder) / f"metrics-{self.index if index is None else index}.sock"
+
+    def broker_socket(self) -> Path:
+        """Where the leader (worker 0) serves the embedded broker to the others (broker/link.py)."""
+        return Path(self.folder) / "broker.sock"

@@ -46,6 +46,17 @@ RESTART_MIN, RESTART_MAX, STABLE_AFTER = 0.5, 10.0, 10.0
 COMMAND = [sys.executable, "-c", "import sys; from tornado_cfgpush.cli import main; sys.exit(main())"]
 
 
+def _die_with_parent() -> None:
+    """In the worker, before it runs: SIGTERM when the supervisor dies, even by SIGKILL (Linux's
+    PR_SET_PDEATHSIG), so no worker outlives it and keeps the port."""
+    try:
+        import ctypes
+
+        ctypes.CDLL(None, use_errno=True).prctl(1, signal.SIGTERM)  # PR_SET_PDEATHSIG
+    except (OSError, AttributeError):  # pragma: no cover - not Linux
+        pass
+
+
 def worker_count(text: str) -> int:
     """``--workers``: a number from 1 to 256, or ``auto`` (the cores this process may use)."""
     if text.strip().lower() == "auto":
@@ -102,7 +113,7 @@ class Supervisor:
     def start(self, index: int) -> None:
         env = dict(self.environ)
         env[WORKER_ENV] = Worker(index, self.count, self.port, self.folder).to_env()
-        proc = subprocess.Popen([*COMMAND, *self.argv], env=env, stdin=subprocess.DEVNULL)
+        proc = subprocess.Popen([*COMMAND, *self.argv], env=env, stdin=subprocess.DEVNULL, preexec_fn=_die_with_parent)
         self.procs[index] = proc
         self.started[index] = time.monotonic()
         log.info("worker %d of %d started (pid %d)", index, self.count, proc.pid)

@@ -436,7 +436,7 @@ def render(results: dict, markdown: bool = False) -> str:
             ],
             markdown,
         )
-    for key, over in (("storm", ""), ("storm_tls", " over wss:// (--tls)")):
+    for key, over in (("storm", ""), ("storm_tls", " over wss:// (--tls)"), ("storm_workers", " of --workers")):
         st = results.get(key)
         if not st:
             continue

@@ -700,13 +700,15 @@ async def storm(
     redis_program: str,
     timeout: float,
     tls: bool = False,
+    workers: int = 0,
 ) -> dict:
     """A node with ``clients`` clients restarts (SIGTERM, then again on the same port) while a
     second node on the same Redis publishes ``down`` events (and ``during`` more as clients
     come back); every client must end with every event exactly once, in order."""
     _, broker = await targets.start_redis(res, redis_program)
     port = targets.free_port()
-    name = targets.TLS if tls else "cfgpush"  # TLS: the restarted node's clients on wss://
+    # TLS: the restarted node's clients on wss://; workers: the node is cfgpush --workers N.
+    name = targets.workers_name(workers, redis=True) if workers > 1 else targets.TLS if tls else "cfgpush"
     node = await targets.start(name, res, opts, port=port, broker=broker)
     # The publishing node runs beside the generator: it has no client, only the API.
     other = await targets.start("cfgpush", res, opts, broker=broker, cpu=GENERATOR_CPU)

@@ -34,18 +34,19 @@ ALL_SERVERS = ("seed", "websockets", "floor", "cfgpush")
 DEFLATE = "cfgpush+deflate"
 # cfgpush with --certfile/--keyfile: every client on wss:// (bench.py --tls).
 TLS = "cfgpush+tls"
-# bench.py --workers N: cfgpush on a private Redis as one process ("cfgpush+redis", pinned to
-# the server core as the others) and as N workers ("cfgpush+<N>w", on every core: the
-# generator's included, which a real deployment would not share).
+# bench.py --workers N: cfgpush as N workers ("cfgpush+<N>w": worker 0 holds the embedded
+# broker, the others follow it), and on a private Redis as one process ("cfgpush+redis", pinned
+# to the server core as the others) and as N workers ("cfgpush+<N>w+redis"). The workers run on
+# every core: the generator's included, which a real deployment would not share.
 REDIS_ONE = "cfgpush+redis"
 
 
-def workers_name(n: int) -> str:
-    return f"cfgpush+{n}w"
+def workers_name(n: int, redis: bool = False) -> str:
+    return f"cfgpush+{n}w" + ("+redis" if redis else "")
 
 
 def workers_of(name: str) -> int | None:
-    found = re.fullmatch(r"cfgpush\+(\d+)w", name)
+    found = re.fullmatch(r"cfgpush\+(\d+)w(\+redis)?", name)
     return int(found.group(1)) if found else None
 
 
@@ -216,7 +217,7 @@ async def start(
             client_tls, tls_flags = tls_pair(res)
             extra = (*extra, *tls_flags)
         workers = workers_of(name)
-        if name == REDIS_ONE or workers:
+        if name == REDIS_ONE or name.endswith("w+redis"):
             broker = broker or await shared_redis(res)
         if workers:
             extra = (*extra, "--workers", str(workers))

@@ -18,7 +18,6 @@ from tornado import web
 
 from ..broker import BrokerUnavailable
 from ..rules import tenant_id_error
-from ..summary import is_observer, refused_files, summarize
 from .base import JsonErrorsMixin, Refused, check_token, single_query_argument
 
 if TYPE_CHECKING:  # pragma: no cover
@@ -82,20 +81,6 @@ class TenantListHandler(JsonErrorsMixin, web.RequestHandler):
     def initialize(self, core: Observing) -> None:
         self.core = core
 
-    def known_tenants(self, with_clients: bool) -> list[str]:
-        hub = self.core.hub
-        if with_clients:  # only the hub knows who is connected: the sources need not be asked
-            return sorted(t for t in hub.tenants() if any(not is_observer(s) for s in hub.connections(t)))
-        names = set(hub.tenants())
-        for source in self.core.sources:
-            lister = getattr(source, "tenants", None)
-            if callable(lister):
-                try:
-                    names.update(lister() or ())
-                except Exception:  # a plugin's listing must not take the API down
-                    continue
-        return sorted(names)
-
     def page_query(self) -> tuple[str, bool, int | None, str | None]:
         """``(prefix, with_clients, limit, after)`` of the request, or ``Refused(400)`` (an
         unknown parameter too: a misspelt filter must not silently list everything)."""
@@ -130,7 +115,7 @@ class TenantListHandler(JsonErrorsMixin, web.RequestHandler):
         except Refused as refused:
             self.refuse(refused)
             return
-        names = self.known_tenants(with_clients)
+        names = await self.core.known_tenants(with_clients)  # every worker's, under --workers
         if prefix:
             start = bisect.bisect_left(names, prefix)
             stop = start
@@ -149,19 +134,12 @@ class TenantListHandler(JsonErrorsMixin, web.RequestHandler):
             self.set_header("Retry-After", "1")
             self.finish({"error": "the broker is unavailable; retry later"})
             return
-        hub = self.core.hub
-        sources = self.core.sources
-        tenants = [
-            summarize(
-                tenant_id, hub.connections(tenant_id), catchup.last_event_id, refused_files(sources, tenant_id)
-            ).as_json()
-            for tenant_id, catchup in zip(page, catchups, strict=True)
-        ]
+        tenants, connections = await self.core.page_summaries(page, [c.last_event_id for c in catchups])
         self.set_header("Cache-Control", "no-store")
         self.finish(
             {
                 "tenants": tenants,
-                "connections": hub.connection_count(),
+                "connections": connections,
                 "total": total,
                 "next": page[-1] if more else None,
             }

@@ -76,6 +76,7 @@ class FilesHandler(JsonErrorsMixin, web.RequestHandler):
             self.refuse(refused)
             return
         self._allow_origin()
+        await self.core.refresh_manifest(tenant_id)  # a follower of --workers asks its leader
         try:
             if path is None:
                 body = {"tenant_id": tenant_id, "files": await self.core.served_files(tenant_id)}

@@ -8,7 +8,6 @@ from typing import TYPE_CHECKING
 from tornado import web
 
 from ..rules import tenant_id_error
-from ..summary import refused_files, summarize
 from .base import JsonErrorsMixin, Refused, check_token
 
 if TYPE_CHECKING:  # pragma: no cover
@@ -28,12 +27,6 @@ class TenantStatusHandler(JsonErrorsMixin, web.RequestHandler):
         except Refused as refused:
             self.refuse(refused)
             return
-        catchup = await self.core.broker.catch_up(tenant_id, None)
-        summary = summarize(
-            tenant_id,
-            self.core.hub.connections(tenant_id),
-            catchup.last_event_id,
-            refused_files(self.core.sources, tenant_id),
-        )
+        summary = await self.core.tenant_summary(tenant_id)  # every worker's, under --workers
         self.set_header("Cache-Control", "no-store")
-        self.finish(summary.as_json())
+        self.finish(summary)

@@ -574,18 +574,21 @@ export class CfgPush {
     if (this._token) headers.Authorization = `Bearer ${this._token}`;
     if (held) headers["If-None-Match"] = `"${held.checksum}"`;
     let response;
+    let tag;
     for (let attempt = 0; ; attempt++) {
       response = await fetch(url, { headers, cache: "no-store", credentials: "same-origin" });
-      // 503: the file is being changed (or this node has not read the new version yet): retry
-      // a few times after the server's Retry-After, at most 2 s.
-      if (response.status !== 503 || attempt >= FETCH_RETRIES) break;
+      tag = (response.headers.get("ETag") || "").replace(/^W\//, "").replace(/"/g, "");
+      // 503: the file is being changed; or an answer of an older version than the event's (a
+      // node of a shared folder that has not read the new one yet): asked again a few times
+      // after the server's Retry-After (at most 2 s).
+      const older = expected !== undefined && (response.ok || response.status === 304) && tag !== expected;
+      if ((response.status !== 503 && !older) || attempt >= FETCH_RETRIES) break;
       const wait = Math.min(2, Number(response.headers.get("Retry-After")) || 1) * 1000;
       await new Promise((resolve) => setTimeout(resolve, wait * (0.5 + Math.random() / 2)));
     }
     if (response.status === 304 && held) return held;
     if (!response.ok) throw new Error(`GET ${path}: ${response.status}`);
     const bytes = await response.arrayBuffer();
-    const tag = (response.headers.get("ETag") || "").replace(/^W\//, "").replace(/"/g, "");
     const checksum = (await sha256(bytes)) ?? tag; // no crypto.subtle: the server's word for it
     if (checksum !== tag) throw new Error(`GET ${path}: the bytes are not the version the server named`);
     const content = new TextDecoder().decode(bytes);
