@@ -1182,6 +1182,59 @@ async def test_a_file_there_at_start_gets_its_diff_at_its_first_change(connect, 
     assert event["diff"] == {"added": ["/b"], "removed": [], "changed": ["/a"]}
 
 
+def _wide(key: str, value: int) -> bytes:
+    """A JSON document of about 60 KB: under tree.PACK_FILE, five of them over PACK_BYTES."""
+    return json.dumps({key: value, "rows": [f"row {i} of {key}" for i in range(4000)]}).encode()
+
+
+class TestAFolderThereAtStart:
+    """At start the files of a folder are compressed together, in streams of up to 256 KB
+    (tree.Packer): the first change of each, whatever its format, neighbours or size, still
+    says what changed."""
+
+    @pytest.fixture
+    def config_dir(self, tmp_path: Path) -> Path:
+        root = tmp_path / "config"
+        files = {
+            "acme/a.json": b'{"a": 1, "x": "same"}',
+            "acme/b.yaml": b"b: 1\nx: same\n",
+            "acme/c.toml": b'c = 1\nx = "same"\n',
+            "acme/broken.json": b'{"a": ',
+            "acme/notes.txt": b"text",
+            "acme/deep/d.json": b'{"d": 1}',
+            "acme/big.json": json.dumps({"big": 1, "pad": "x" * 100_000}).encode(),
+            "globex/app.json": b'{"g": 1}',
+            **{f"acme/wide/w{i}.json": _wide(f"w{i}", 1) for i in range(5)},
+        }
+        for rel, data in files.items():
+            (root / rel).parent.mkdir(parents=True, exist_ok=True)
+            (root / rel).write_bytes(data)
+        return root
+
+    @pytest.mark.gen_test(timeout=TEST_TIMEOUT)
+    async def test_each_first_change_says_what_changed(self, connect, config_dir):
+        client = await subscribe(connect, "acme")
+        changed = {"added": [], "removed": [], "changed": []}
+        for rel, after, diff in [
+            ("c.toml", b'c = 2\nx = "same"\n', {**changed, "changed": ["/c"]}),
+            ("a.json", b'{"a": 2, "x": "same"}', {**changed, "changed": ["/a"]}),
+            ("wide/w4.json", _wide("w4", 2), {**changed, "changed": ["/w4"]}),
+            ("b.yaml", b"b: 1\nx: same\nnew: 1\n", {**changed, "added": ["/new"]}),
+            ("deep/d.json", b"{}", {**changed, "removed": ["/d"]}),
+            ("wide/w0.json", _wide("w0", 2), {**changed, "changed": ["/w0"]}),
+            ("big.json", json.dumps({"big": 2, "pad": "x" * 100_000}).encode(), {**changed, "changed": ["/big"]}),
+            ("a.json", b'{"a": 3, "x": "same"}', {**changed, "changed": ["/a"]}),
+        ]:
+            (config_dir / "acme" / rel).write_bytes(after)
+            event = await change(client)
+            assert (event["change_type"], event["path"], event.get("diff")) == ("modified", rel, diff)
+        (config_dir / "acme" / "broken.json").write_bytes(b'{"a": 1}')
+        fixed = await change(client)
+        assert "diff" not in fixed and fixed["meta"] == {"diff_skipped": "no_previous_version"}
+        (config_dir / "acme" / "notes.txt").write_bytes(b"more text")
+        assert "diff" not in await change(client)
+
+
 @pytest.mark.gen_test(timeout=30)
 async def test_a_file_that_does_not_parse_still_gets_its_event_without_diff(connect, config_dir):
     path = config_dir / "acme" / "app.json"

@@ -371,3 +371,94 @@ def test_any_name_and_any_content_of_one_tenant_reach_its_clients_only(io_loop, 
     io_loop.run_sync(lambda: globex.expect_nothing(QUIET))
     assert core.runner.restarts["filesystem"] == 0
     print(f"\n[hostile] {tried} files of any name and content written by one tenant")
+
+
+# -- the start-up scan ----------------------------------------------------------------------------
+
+
+def _hostile_tree(root) -> None:
+    """Every kind of name a tenant can make, there before the server starts."""
+    acme, globex = root / "acme", root / "globex"
+    (acme / "sub" / "deep").mkdir(parents=True)
+    (globex / "g").mkdir(parents=True)
+    (root / "elsewhere").mkdir()
+    (acme / "app.json").write_bytes(b'{"a": 1}')
+    (acme / "sub" / "deep" / "d.yaml").write_bytes(b"d: 1\n")
+    (globex / "app.json").write_bytes(b'{"g": 1}')
+    (globex / "g" / "secret.json").write_bytes(b'{"secret": 1}')
+    os.symlink("app.json", acme / "alias.json")  # inside: followed
+    os.symlink("../globex/app.json", acme / "theirs.json")  # out of the tenant
+    os.symlink(globex / "app.json", acme / "abs.json")
+    os.symlink("missing.json", acme / "dangling.json")
+    os.symlink("../globex/g", acme / "linked-dir")  # a link to a folder: not walked
+    os.symlink("sub", acme / "inner-dir")  # even inside
+    os.mkfifo(acme / "pipe.json")
+    os.link(globex / "g" / "secret.json", acme / "hard.json")
+    os.symlink("globex", root / "linked-tenant")
+    os.symlink("globex/app.json", root / "top.json")
+    (acme / ".hidden.json").write_bytes(b"{}")
+    (acme / "app.json.swp").write_bytes(b"{}")
+    (root / "elsewhere" / "x.json").write_bytes(b"{}")
+
+
+def test_the_start_up_scan_lists_and_opens_by_the_rules_of_a_change(tmp_path):
+    """The scan opens each file in the folder the walk found it in (``Tree.open_found``), not
+    by its path (``Tree.open``, what a change does): what it lists is what ``os.fwalk`` lists,
+    and every file reads as the same file, or is refused for the same reason."""
+    from tornado_cfgpush.sources.filesystem.tree import Refused, Tree
+
+    root = tmp_path / "config"
+    root.mkdir()
+    _hostile_tree(root)
+    tree = Tree(str(root))
+    try:
+        fwalked = []
+        for folder, dirs, files, _ in os.fwalk(".", dir_fd=tree.root_fd, follow_symlinks=False):
+            dirs[:] = [d for d in dirs if not is_ignored_name(d)]
+            prefix = "" if folder == "." else os.path.normpath(folder) + "/"
+            fwalked += [prefix + name for name in files if not is_ignored_name(name)]
+        assert list(tree.walk()) == fwalked
+        assert not {"acme/linked-dir", "acme/linked-dir/secret.json", "linked-tenant/app.json"} & set(fwalked)
+
+        def outcome(open_it, *args):
+            try:
+                opened = open_it(*args)
+            except Refused as why:
+                return f"refused: {why}"
+            if opened is None:
+                return None
+            os.close(opened.fd)
+            return opened.info.st_ino
+
+        outcomes = {}
+        for key, folder_fd, name in tree.found():
+            outcomes[key] = outcome(tree.open_found, key, folder_fd, name)
+            assert outcomes[key] == outcome(tree.open, key), key
+        inode = os.stat(root / "acme" / "app.json").st_ino
+        assert outcomes["acme/app.json"] == outcomes["acme/alias.json"] == inode
+        assert outcomes["acme/pipe.json"] is None
+        for key in ("acme/theirs.json", "acme/abs.json", "acme/hard.json", "top.json"):
+            assert str(outcomes[key]).startswith("refused"), key
+    finally:
+        tree.close()
+
+
+class TestHostileNamesThereAtStart:
+    @pytest.fixture
+    def config_dir(self, tmp_path):
+        root = tmp_path / "config"
+        root.mkdir()
+        _hostile_tree(root)
+        return root
+
+    @pytest.mark.gen_test(timeout=30)
+    async def test_the_start_up_scan_announces_only_what_a_change_would(self, connect, core):
+        await subscribe(connect, "acme")
+        source = fs_source(core)
+        assert source.manifest("acme") == {
+            "app.json": sha(b'{"a": 1}'),
+            "alias.json": sha(b'{"a": 1}'),
+            "sub/deep/d.yaml": sha(b"d: 1\n"),
+        }
+        assert source.manifest("globex") == {"app.json": sha(b'{"g": 1}')}
+        assert set(source.tenants()) == {"acme", "globex", "elsewhere"}

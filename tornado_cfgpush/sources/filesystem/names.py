@@ -12,6 +12,7 @@ tenant).
 
 from __future__ import annotations
 
+import functools
 import os
 from typing import NamedTuple
 
@@ -81,23 +82,39 @@ def classify_parts(parts: list[str]) -> Target | Unpublishable | str | None:
     ``Unpublishable`` for a file of a valid tenant whose name cannot be announced; a string
     (the tenant name) when the first part is not a valid tenant id; None when the file is
     never configuration (ignored names, a file at the top without an extension)."""
-    if any(is_ignored_name(part) for part in parts):
-        return None
     if len(parts) == 1:
+        if is_ignored_name(parts[0]):
+            return None
         stem, dot, _ = parts[0].rpartition(".")
         if not dot:
             return None
         tenant_id, rel = stem, parts[0]
+        if tenant_id_error(tenant_id):
+            return tenant_id
     else:
-        tenant_id, rel = parts[0], "/".join(parts[1:])
-    if tenant_id_error(tenant_id):
-        return tenant_id
+        folder = _folder(tuple(parts[:-1]))
+        if folder is None or is_ignored_name(parts[-1]):
+            return None
+        tenant_id, valid = folder
+        if not valid:
+            return tenant_id
+        rel = "/".join(parts[1:])
     problem = path_error(rel)
     if problem:
         # os.fsdecode keeps bytes that are not UTF-8 as lone surrogates: say it in those words.
         why = "the file name is not valid UTF-8" if wire_string_error(rel) else f"its path {problem}"
         return Unpublishable(tenant_id, shown(rel), why)
     return tenant_id, rel
+
+
+@functools.lru_cache(maxsize=4096)
+def _folder(parts: tuple[str, ...]) -> tuple[str, bool] | None:
+    """What a folder's files are (its parts: the tenant's folder first): None when it is
+    ignored (a part is an ignored name), else ``(tenant, whether it is a valid tenant id)``.
+    Cached: the files of a folder come together (a start-up scan asks once per file)."""
+    if any(is_ignored_name(part) for part in parts):
+        return None
+    return parts[0], not tenant_id_error(parts[0])
 
 
 def key_of(parts: list[str]) -> Key:

@@ -29,6 +29,7 @@ machine instead of queueing).
 
 from __future__ import annotations
 
+import gc
 import json
 import logging
 import os
@@ -49,7 +50,7 @@ from ...patching import patch_between
 from ...rules import wire_string_error
 from .names import Unpublishable, classify, shown, split
 from .settle import MEMORY_CAP, NO_PREVIOUS, NOT_REPRESENTABLE, Read, Settler
-from .tree import Content, Refused, Tree, signature
+from .tree import Content, Opened, Packed, Packer, Refused, Tree, is_copy, signature
 from .watch import POLL_INTERVAL, Inbox, OverflowWatch, ToInbox, adjust_watchdog, observer_alive, start_observer
 
 log = logging.getLogger("cfgpush.sources.filesystem")
@@ -59,6 +60,10 @@ LINE_BYTES = 256 * 1024  # a line the server parses in a few milliseconds (one e
 IN_FLIGHT = 2_000  # events written and not yet read by the server, at most
 ALIVE_EVERY = 2.0  # seconds
 SCAN_CHUNK = 2_000  # files per ``known`` line
+# Files read at start and waiting for their folder's compression (``tree.Packer``), at most: a
+# folder of many files that are not structured (nothing to compress) still goes out in lines
+# of about ``SCAN_CHUNK``.
+SCAN_PACKED = 256
 REFUSED_AGAIN_AFTER = 1.0  # seconds: the events of one save of an unpublishable file are one refusal
 # Overflows come in floods (a tenant renaming in a loop): one rescan per this many seconds at
 # most; the events that still arrive meanwhile are handled as usual.
@@ -248,24 +253,61 @@ class Worker:
         """Every file read, hashed and (a structured one) copied, compressed. One thread: the
         work is short steps that hold the GIL between system calls, and more threads here
         were slower (measured: 6.3 s for 100 000 files of 5 KB alone, 8.9 s with two readers,
-        11.6 s with compression on a thread of its own)."""
+        11.6 s with compression on a thread of its own). A folder's files are compressed
+        together (``tree.Packer``): what the server is told of them waits for that.
+
+        The cyclic garbage collector is off meanwhile: the scan makes no cycles, and the
+        collector's passes over a few objects per file read cost a sixth of it (100 000 files:
+        1 s of 6)."""
+        collecting = gc.isenabled()
+        gc.disable()
+        try:
+            self._scan_all()
+        finally:
+            if collecting:
+                gc.enable()
+
+    def _scan_all(self) -> None:
         chunk: list[list[Any]] = []
-        for key in self.tree.walk():
+        packer = Packer()
+        packed: list[tuple[str, tuple[str, str], Content]] = []  # read, waiting for the packer
+        folder = ""
+        for key, folder_fd, name in self.tree.found():
+            here = key.rpartition("/")[0]
+            if packed and (here != folder or packer.full() or len(packed) >= SCAN_PACKED):
+                self._scan_packed(packer, packed, chunk)
+            folder = here
             target = self._target(key)
             if target is None:
                 continue
-            read = self._read_now(key, None, None)
-            if read is None or read.checksum is None:
+            opened = self._open(key, (folder_fd, name))
+            content = self._read_opened(key, opened, packer) if opened is not None else None
+            if content is None:  # gone, refused by the link rules, or unreadable: said so
                 continue
-            if read.refused is not None:  # not announced, at start either: no good version known
-                self._note_refused(key, read.refused)
-                continue
-            self.settler.baseline(key, target, read.checksum, read.copy, read.size, read.extra)
-            chunk.append([key, target[0], target[1], read.checksum, read.version])
-            if len(chunk) >= SCAN_CHUNK:
-                self.output.send({"t": "known", "files": chunk})
-                chunk = []
+            if self.gate:  # what the gate refuses is not announced, at start either
+                refused = self._finish(key, content, None).refused
+                if refused is not None:
+                    self._note_refused(key, refused)
+                    continue
+            packed.append((key, target, content))
+        self._scan_packed(packer, packed, chunk)
         self.output.send({"t": "known", "files": chunk})
+
+    def _scan_packed(
+        self, packer: Packer, packed: list[tuple[str, tuple[str, str], Content]], chunk: list[list[Any]]
+    ) -> None:
+        """The files read since the packer last closed: compressed, and known (as a read of
+        ``_finish`` would have them, without making one: at start, once per file)."""
+        packer.close()
+        baseline = self.settler.baseline
+        for key, target, content in packed:
+            copy = content.copy
+            baseline(key, target, content.checksum, copy, _copy_size(content), content)
+            chunk.append([key, target[0], target[1], content.checksum, content.sig.ctime_ns // 1000])
+        packed.clear()
+        if len(chunk) >= SCAN_CHUNK:
+            self.output.send({"t": "known", "files": chunk[:]})
+            chunk.clear()
 
     def _touch_all(self, now: float) -> None:
         """Every file on disk and every file the settle machine knows: read again at once
@@ -486,14 +528,7 @@ class Worker:
     def _read_now(self, key: str, old_copy: Any, cached: Content | None, *, inline: bool = True) -> Read | None:
         """Read ``key`` here, or hand it to the slow lane (None then: its result comes later)."""
         looked = _now_us()  # a file found gone was gone at this time at the latest
-        try:
-            opened = self.tree.open(key)
-        except Refused as why:
-            self._log_refusal(key, str(why))
-            return _gone(looked)
-        except OSError as exc:
-            log.warning("cannot read %s: %s", shown(key), exc)
-            return _gone(looked)
+        opened = self._open(key)
         if opened is None:
             return _gone(looked)
         if cached is not None and cached.still_valid(signature(opened.info)):
@@ -502,20 +537,37 @@ class Worker:
         if not inline and not Tree.is_small(opened):
             self.lane.submit(key, opened, old_copy)
             return None
+        content = self._read_opened(key, opened)
+        return _gone(looked) if content is None else self._finish(key, content, old_copy)
+
+    def _open(self, key: str, found: tuple[int, str] | None = None) -> Opened | None:
+        """``key`` opened (``found``: by the folder descriptor and name the walk found it by,
+        ``Tree.open_found``), or None: no such file, or not read (said why)."""
         try:
-            return self._finish(key, Tree.read(key, opened), old_copy)
+            return self.tree.open(key) if found is None else self.tree.open_found(key, *found)
+        except Refused as why:
+            self._log_refusal(key, str(why))
         except OSError as exc:
             log.warning("cannot read %s: %s", shown(key), exc)
-            return _gone(looked)
+        return None
+
+    @staticmethod
+    def _read_opened(key: str, opened: Opened, packer: Packer | None = None) -> Content | None:
+        """``Tree.read`` (with its ``packer``), or None when the read failed (said why)."""
+        try:
+            return Tree.read(key, opened, packer)
+        except OSError as exc:
+            log.warning("cannot read %s: %s", shown(key), exc)
+            return None
 
     def _finish(self, key: str, content: Content, old_copy: Any) -> Read:
         """A read's ``Read``: refused by the gate, or with its diff against ``old_copy`` (both
         parsed here, only now that a change asks for it), or why there is none. Runs on the
         settle loop or the slow lane: reads shared state only (the gate's validators)."""
         copy = content.copy
-        read = Read(content.checksum, copy, content.size, extra=content, version=content.sig.ctime_ns // 1000)
+        read = Read(content.checksum, copy, _copy_size(content), extra=content, version=content.sig.ctime_ns // 1000)
         gated = bool(self.gate) and self.gate.applies(_rel(key))
-        if copy is None or (old_copy is None and isinstance(copy, bytes) and not gated):
+        if copy is None or (old_copy is None and is_copy(copy) and not gated):
             return read  # not structured, or new: no diff to make
         doc = Tree.parse(key, copy)
         if gated:
@@ -603,6 +655,13 @@ def _rel(key: str) -> str:
     """The tenant-relative path of a key ("acme/ui/a.json" -> "ui/a.json"; "globex.json" stays)."""
     tenant, sep, rel = key.partition("/")
     return rel if sep else tenant
+
+
+def _copy_size(content: Content) -> int:
+    """What a read's copy counts for against the copies' bound (a ``Packed`` one knows its
+    share only once its packer closed)."""
+    copy = content.copy
+    return copy.size if isinstance(copy, Packed) else content.size
 
 
 def _now_us() -> int:
