@@ -36,6 +36,8 @@ from .content import (
     Version,
     VersionCache,
     checksum_of,
+    document_form,
+    document_key,
     keep_served,
     served,
 )
@@ -109,6 +111,7 @@ class CfgPush:
         self.emitted = EmittedStore()
         self.gate = Gate(settings.validate, [parse_schema_rule(rule) for rule in settings.json_schemas])
         self._reading: dict[tuple[str, str, str], asyncio.Future[Version | None]] = {}
+        self._documents: dict[tuple[str, str, str], asyncio.Future[Version]] = {}  # being parsed
 
     def _make_broker(self, worker: Worker | None = None) -> Broker:
         settings = self.settings
@@ -543,6 +546,26 @@ class CfgPush:
                 return version  # announced meanwhile
             await asyncio.sleep(CONTENT_RETRY_DELAY * (attempt + 1))
         raise ContentChanging(path)
+
+    async def file_document(self, tenant_id: str, path: str) -> tuple[Version, Version] | None:
+        """The announced version of a served file and its document form (``?form=document``):
+        read by ``file_content`` (only the announced bytes are ever parsed), parsed off the
+        loop with structured.py's bounds, and kept in the same cache, once per version.
+        None as ``file_content``; ``NoDocument`` for a file with no JSON document."""
+        raw = await self.file_content(tenant_id, path)
+        if raw is None:
+            return None
+        key = (tenant_id, path, document_key(raw.checksum))
+        found = self.versions.get(*key)
+        if found is None:
+            preparing = self._documents.get(key)
+            if preparing is None:
+                loop = asyncio.get_running_loop()
+                preparing = self._documents[key] = loop.run_in_executor(None, document_form, path, raw)
+                preparing.add_done_callback(lambda _: self._documents.pop(key, None))
+            found = await asyncio.shield(preparing)
+            self.versions.put(tenant_id, path, found, key[2])
+        return raw, found
 
     async def refresh_manifest(self, tenant_id: str) -> None:
         """On a follower of ``--workers`` (broker/link.py): the leader's manifest of the tenant,
