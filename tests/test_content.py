@@ -289,7 +289,19 @@ async def test_the_document_form_is_canonical_json_under_the_events_document_che
 
 @pytest.mark.gen_test(timeout=60)
 @pytest.mark.settings(serve_content=DOCUMENT_SERVED, jwt_secret=SECRET, admin_token=ADMIN)
-async def test_a_file_with_no_document_answers_422_and_a_bad_form_400(config_dir, core, http_url):
+async def test_a_file_with_no_document_answers_422_and_a_bad_form_400(config_dir, core, http_url, monkeypatch):
+    import asyncio
+
+    from tornado_cfgpush import app
+
+    parsed = []
+    original = app.document_form
+
+    def counted(path, raw):
+        parsed.append(path)
+        return original(path, raw)
+
+    monkeypatch.setattr(app, "document_form", counted)
     acme = config_dir / "acme"
     (acme / "broken.yaml").write_text("a: [1, 2\n")
     (acme / "dates.toml").write_text("when = 1979-05-27\n")  # a TOML date: no JSON value
@@ -302,6 +314,10 @@ async def test_a_file_with_no_document_answers_422_and_a_bad_form_400(config_dir
         answers[name] = json.loads(r.body)["reason"]
         assert (await get(http_url, f"/api/v1/tenants/acme/files/{name}")).code == 200  # raw still served
     assert answers == {"broken.yaml": "does_not_parse", "dates.toml": "not_json", "notes.txt": "not_structured"}
+    # Once per version, failures too, however many ask at once.
+    herd = [f"/api/v1/tenants/acme/files/{name}?form=document" for name in ("broken.yaml", "limits.toml")] * 10
+    assert sorted({r.code for r in await asyncio.gather(*(get(http_url, p) for p in herd))}) == [200, 422]
+    assert sorted(parsed) == ["broken.yaml", "dates.toml", "limits.toml", "notes.txt"]
     bad = await get(http_url, "/api/v1/tenants/acme/files/ui/theme.json?form=parsed")
     assert bad.code == 400 and json.loads(bad.body) == {"error": "form must be 'raw' or 'document'"}
     # Missing, not served and outside the tenant: the raw form's one 404.
