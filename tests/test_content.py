@@ -185,6 +185,7 @@ async def test_an_allowed_page_of_another_origin_may_read_a_served_file(core, ht
     r = await get(http_url, path, Origin="https://app.example")
     assert r.code == 200 and r.headers["Access-Control-Allow-Origin"] == "https://app.example"
     assert "ETag" in r.headers["Access-Control-Expose-Headers"]
+    assert "Cfgpush-Checksum" in r.headers["Access-Control-Expose-Headers"]  # ?form=document's
     other = await AsyncHTTPClient().fetch(
         f"{http_url}{path}", method="OPTIONS", headers={"Origin": "https://evil.example"}, raise_error=False
     )
