@@ -582,3 +582,28 @@ async def test_a_resync_refreshes_only_the_files_whose_checksum_changed(http_url
         changed = (await page.evaluate("window.resyncs"))[0]
         assert list(changed) == ["ui/a.json"] and changed["ui/a.json"]["document"] == {"name": "a"}
         assert core.metrics.file_requests == {"200": 3}  # b.json, unchanged, was not asked for
+
+
+@pytest.mark.settings(serve_content=("ui/*.yaml",))
+@pytest.mark.gen_test(timeout=90)
+async def test_a_page_holds_a_yaml_files_document_from_the_server_and_patches_it(http_url, core, config_dir, tmp_path):
+    """A page cannot parse YAML: it gets the document from ?form=document on the first load,
+    then applies the next save's patch to it with no request."""
+    (config_dir / "acme" / "ui").mkdir()
+    target = config_dir / "acme" / "ui" / "theme.yaml"
+    write(target, "color: blue\nsizes: [1, 2.5]\nlabels: {a: x}\n")
+    await wait_for(lambda: "ui/theme.yaml" in (core.manifest("acme") or {}))
+    async with shot.chromium(tmp_path / "profile") as context:
+        page = await context.new_page()
+        await page.goto(http_url + "/example.html")
+        await page.evaluate(CONTENT_PAGE.replace("ui/theme.json", "ui/theme.yaml"))
+        await page_wait(page, "document.body.dataset.color === 'blue' && window.contentPush.state === 'open'")
+        held = await page.evaluate("window.contentPush.files.get('ui/theme.yaml')")
+        assert held["document"] == {"color": "blue", "sizes": [1, 2.5], "labels": {"a": "x"}}
+        assert held["content"] == target.read_text()
+        asked = dict(core.metrics.file_requests)
+        assert asked == {"200": 2}  # the first load: the text and the document
+        write(target, "color: red\nsizes: [1, 2.5]\nlabels: {a: x}\n")
+        await page_wait(page, "document.body.dataset.color === 'red'")
+        assert await page.evaluate("window.shown") == [{"color": "red", "fromPatch": True}]
+        assert core.metrics.file_requests == asked  # the new value came with the event

@@ -185,6 +185,7 @@ async def test_an_allowed_page_of_another_origin_may_read_a_served_file(core, ht
     r = await get(http_url, path, Origin="https://app.example")
     assert r.code == 200 and r.headers["Access-Control-Allow-Origin"] == "https://app.example"
     assert "ETag" in r.headers["Access-Control-Expose-Headers"]
+    assert "Cfgpush-Checksum" in r.headers["Access-Control-Expose-Headers"]  # ?form=document's
     other = await AsyncHTTPClient().fetch(
         f"{http_url}{path}", method="OPTIONS", headers={"Origin": "https://evil.example"}, raise_error=False
     )
@@ -242,3 +243,96 @@ async def test_the_python_client_asks_again_when_a_node_answers_an_older_version
         monkey.manifest = original
     version = await changing
     assert old.content != new and version.content == new and version.checksum == sha(new)
+
+
+# -- the document form (?form=document): a structured file's parsed document as canonical JSON ------
+
+DOCUMENT_SERVED = (*SERVED, "*.yaml", "notes.txt")
+
+
+@pytest.mark.gen_test(timeout=60)
+@pytest.mark.settings(serve_content=DOCUMENT_SERVED, jwt_secret=SECRET, admin_token=ADMIN)
+async def test_the_document_form_is_canonical_json_under_the_events_document_checksum(
+    config_dir, connect, core, http_url
+):
+    from tornado_cfgpush.patching import canonical, document_checksum
+
+    client = await subscribe(connect, "acme", token=token())
+    target = config_dir / "acme" / "theme.yaml"
+    target.write_text("color: blue\nsizes: [1, 2.5]\nlabel: " + "x" * 400 + "\n")
+    await change(client)
+    path = "/api/v1/tenants/acme/files/theme.yaml"
+    raw = await get(http_url, path)
+    doc = await get(http_url, f"{path}?form=document")
+    expected = canonical({"color": "blue", "sizes": [1, 2.5], "label": "x" * 400})
+    assert doc.code == 200 and doc.body == expected
+    assert doc.headers["Content-Type"] == "application/json"
+    assert doc.headers["ETag"] == f'"{sha(expected)}"' == f'"{document_checksum(json.loads(expected))}"'
+    assert doc.headers["Cfgpush-Checksum"] == raw.headers["ETag"].strip('"')  # the raw version it is of
+    assert doc.headers["Cache-Control"] == "no-cache"
+    assert (await get(http_url, f"{path}?form=raw")).body == raw.body  # raw stays the default
+    held = await get(http_url, f"{path}?form=document", **{"If-None-Match": doc.headers["ETag"]})
+    assert held.code == 304 and held.body == b""
+    assert (await get(http_url, f"{path}?form=document", **{"If-None-Match": raw.headers["ETag"]})).code == 200
+    zipped = await get(http_url, f"{path}?form=document", **{"Accept-Encoding": "gzip"})
+    assert zipped.headers["Content-Encoding"] == "gzip" and gzip.decompress(zipped.body) == expected
+    toml = await get(http_url, "/api/v1/tenants/acme/files/limits.toml?form=document")
+    assert (toml.code, toml.body) == (200, b'{"rate":5}')
+    # A save: the event's patch names the new document's checksum, the document form's ETag.
+    target.write_text("color: red\nsizes: [1, 2.5]\nlabel: " + "x" * 400 + "\n")
+    event = await change(client)
+    assert event["base_checksum"] == raw.headers["ETag"].strip('"') and event["patch"]
+    new = await get(http_url, f"{path}?form=document", **{"If-None-Match": doc.headers["ETag"]})
+    assert new.code == 200 and new.headers["ETag"] == f'"{event["document_checksum"]}"'
+    assert json.loads(new.body)["color"] == "red"
+    assert new.headers["Cfgpush-Checksum"] == event["checksum"]
+
+
+@pytest.mark.gen_test(timeout=60)
+@pytest.mark.settings(serve_content=DOCUMENT_SERVED, jwt_secret=SECRET, admin_token=ADMIN)
+async def test_a_file_with_no_document_answers_422_and_a_bad_form_400(config_dir, core, http_url, monkeypatch):
+    import asyncio
+
+    from tornado_cfgpush import app
+
+    parsed = []
+    original = app.document_form
+
+    def counted(path, raw):
+        parsed.append(path)
+        return original(path, raw)
+
+    monkeypatch.setattr(app, "document_form", counted)
+    acme = config_dir / "acme"
+    (acme / "broken.yaml").write_text("a: [1, 2\n")
+    (acme / "dates.toml").write_text("when = 1979-05-27\n")  # a TOML date: no JSON value
+    (acme / "notes.txt").write_text("plain text\n")
+    await wait_for(lambda: {"broken.yaml", "dates.toml", "notes.txt"} <= set(core.manifest("acme") or {}), EXPECT)
+    answers = {}
+    for name in ("broken.yaml", "dates.toml", "notes.txt"):
+        r = await get(http_url, f"/api/v1/tenants/acme/files/{name}?form=document")
+        assert r.code == 422 and r.headers["Content-Type"].startswith("application/json"), (name, r.code)
+        answers[name] = json.loads(r.body)["reason"]
+        assert (await get(http_url, f"/api/v1/tenants/acme/files/{name}")).code == 200  # raw still served
+    assert answers == {"broken.yaml": "does_not_parse", "dates.toml": "not_json", "notes.txt": "not_structured"}
+    # Once per version, failures too, however many ask at once.
+    herd = [f"/api/v1/tenants/acme/files/{name}?form=document" for name in ("broken.yaml", "limits.toml")] * 10
+    assert sorted({r.code for r in await asyncio.gather(*(get(http_url, p) for p in herd))}) == [200, 422]
+    assert sorted(parsed) == ["broken.yaml", "dates.toml", "limits.toml", "notes.txt"]
+    bad = await get(http_url, "/api/v1/tenants/acme/files/ui/theme.json?form=parsed")
+    assert bad.code == 400 and json.loads(bad.body) == {"error": "form must be 'raw' or 'document'"}
+    # Missing, not served and outside the tenant: the raw form's one 404.
+    for name in ("nope.yaml", "secret.json", "ui/stolen.json"):
+        r = await get(http_url, f"/api/v1/tenants/acme/files/{name}?form=document")
+        assert (r.code, r.body) == (404, b'{"error": "no such served file"}'), name
+
+
+@pytest.mark.gen_test(timeout=60)
+async def test_the_document_form_is_authorized_as_the_raw_form(core, http_url):
+    path = "/api/v1/tenants/acme/files/ui/theme.json?form=document"
+    assert (await get(http_url, path, auth=None)).code == 401
+    assert (await get(http_url, path, auth=token("globex"))).code == 403
+    assert (await get(http_url, path, auth=ADMIN)).code == 200
+    assert (await get(http_url, f"{path}&token={token()}", auth=None)).code == 200
+    assert (await get(http_url, path, Origin="https://evil.example")).code == 403
+    assert (await get(http_url, "/api/v1/tenants/acme/files/ui/theme.json?form=bad", auth=None)).code == 401

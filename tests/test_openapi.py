@@ -264,6 +264,16 @@ def test_files_api_answers_are_as_documented(files_server):
     )
     assert held.status_code == 304
     assert call(one, path_parameters={"tenant": "acme", "path": "notes.txt"}).status_code == 200
+    theme = {"tenant": "acme", "path": "ui/theme.json"}
+    document = call(one, path_parameters=theme, query={"form": "document"})
+    assert document.status_code == 200 and document.content == b'{"color":"blue"}'
+    assert document.headers["cfgpush-checksum"][0] == ok.headers["etag"][0].strip('"')
+    tag = document.headers["etag"][0]
+    held = call(one, path_parameters=theme, query={"form": "document"}, headers={**headers, "If-None-Match": tag})
+    assert held.status_code == 304
+    plain = call(one, path_parameters={"tenant": "acme", "path": "notes.txt"}, query={"form": "document"})
+    assert plain.status_code == 422 and plain.json()["reason"] == "not_structured"
+    assert call(one, path_parameters=theme, query={"form": "bytes"}).status_code == 400
     assert call(one, path_parameters={"tenant": "acme", "path": "app.json"}).status_code == 404
     files = call(listing, path_parameters={"tenant": "acme"}).json()["files"]
     assert sorted(files) == ["notes.txt", "ui/theme.json"]

@@ -125,6 +125,8 @@ async def test_two_workers_share_a_port_ids_resume_metrics_restart_and_drain(sta
             assert listing["files"] == {"app.json": events[0]["checksum"]}, listing
             served = await http.fetch(f"http://127.0.0.1:{port}/api/v1/tenants/acme/files/app.json")
             assert json.loads(served.body) == {"a": 2}
+            document = await http.fetch(f"http://127.0.0.1:{port}/api/v1/tenants/acme/files/app.json?form=document")
+            assert document.body == b'{"a":2}' and document.headers["Cfgpush-Checksum"] == events[0]["checksum"]
 
         # The publish API, one connection per request (whichever worker takes it: a follower
         # publishes through the leader): every client gets the three in one order, one id each.

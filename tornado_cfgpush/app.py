@@ -14,6 +14,7 @@ import logging
 import os
 import signal
 import socket
+from collections import OrderedDict
 from collections.abc import Iterable
 from typing import Any
 
@@ -33,9 +34,12 @@ from .content import (
     ContentChanging,
     ContentRefused,
     EmittedStore,
+    NoDocument,
     Version,
     VersionCache,
     checksum_of,
+    document_form,
+    document_key,
     keep_served,
     served,
 )
@@ -73,6 +77,9 @@ PUBLISH_LAG_DEGRADED = 10.0
 # or refused by the validation gate, so it is never served).
 CONTENT_READS = 4
 CONTENT_RETRY_DELAY = 0.05
+# Versions of served files remembered as having no document form (?form=document answers 422
+# for them without parsing again).
+NO_DOCUMENT_KEPT = 1024
 
 
 class StartupError(Exception):
@@ -109,6 +116,9 @@ class CfgPush:
         self.emitted = EmittedStore()
         self.gate = Gate(settings.validate, [parse_schema_rule(rule) for rule in settings.json_schemas])
         self._reading: dict[tuple[str, str, str], asyncio.Future[Version | None]] = {}
+        self._documents: dict[tuple[str, str, str], asyncio.Future[Version]] = {}  # being parsed
+        # Versions with no document form, and why (NoDocument's reason): the newest few.
+        self._no_document: OrderedDict[tuple[str, str, str], str] = OrderedDict()
 
     def _make_broker(self, worker: Worker | None = None) -> Broker:
         settings = self.settings
@@ -543,6 +553,37 @@ class CfgPush:
                 return version  # announced meanwhile
             await asyncio.sleep(CONTENT_RETRY_DELAY * (attempt + 1))
         raise ContentChanging(path)
+
+    async def file_document(self, tenant_id: str, path: str) -> tuple[Version, Version] | None:
+        """The announced version of a served file and its document form (``?form=document``):
+        read by ``file_content`` (only the announced bytes are ever parsed), parsed off the
+        loop with structured.py's bounds, and kept in the same cache, once per version.
+        None as ``file_content``; ``NoDocument`` for a file with no JSON document."""
+        raw = await self.file_content(tenant_id, path)
+        if raw is None:
+            return None
+        key = (tenant_id, path, document_key(raw.checksum))
+        found = self.versions.get(*key)
+        if found is None:
+            reason = self._no_document.get(key)
+            if reason is not None:
+                raise NoDocument(reason)  # parsed once per version, failures too
+            preparing = self._documents.get(key)
+            if preparing is None:
+                loop = asyncio.get_running_loop()
+                preparing = self._documents[key] = loop.run_in_executor(None, document_form, path, raw)
+                preparing.add_done_callback(functools.partial(self._document_ended, key))
+            found = await asyncio.shield(preparing)
+            self.versions.put(tenant_id, path, found, key[2])
+        return raw, found
+
+    def _document_ended(self, key: tuple[str, str, str], done: asyncio.Future[Version]) -> None:
+        self._documents.pop(key, None)
+        failed = None if done.cancelled() else done.exception()
+        if isinstance(failed, NoDocument):
+            self._no_document[key] = failed.reason
+            while len(self._no_document) > NO_DOCUMENT_KEPT:
+                self._no_document.popitem(last=False)
 
     async def refresh_manifest(self, tenant_id: str) -> None:
         """On a follower of ``--workers`` (broker/link.py): the leader's manifest of the tenant,

@@ -7,6 +7,11 @@ announced version: ``ETag`` its checksum, ``If-None-Match`` -> 304, ``Cache-Cont
 no-cache``, gzip when accepted (compressed once per version). Authorized as ``/ws`` is
 (``base.check_subscriber``: the tenant's token, or the admin token). A path that does not exist
 and one that is not served get the same 404, so the patterns do not leak.
+
+``?form=document`` answers a structured file's parsed document instead (``content.document_form``:
+RFC 8785 canonical JSON, ``ETag`` its SHA-256, the events' ``document_checksum``), for pages
+that cannot parse TOML or YAML; ``Cfgpush-Checksum`` names the raw version it is of. A file
+with no such document answers 422 with its ``reason``; ``?form=raw`` is the default.
 """
 
 from __future__ import annotations
@@ -18,7 +23,7 @@ from tornado import web
 
 from ..auth import cross_site_refused, host_refusal
 from ..broker import BrokerUnavailable
-from ..content import ContentChanging, accepts_gzip, none_match
+from ..content import DOCUMENT_FORM, ContentChanging, NoDocument, Version, accepts_gzip, none_match
 from ..rules import path_error, tenant_id_error
 from .base import JsonErrorsMixin, Refused, check_subscriber
 
@@ -28,6 +33,9 @@ if TYPE_CHECKING:  # pragma: no cover
 log = logging.getLogger("cfgpush.files")
 
 NOT_FOUND = "no such served file"
+RAW_FORM = "raw"
+# The raw version a document form is of (its ETag is the document's own checksum).
+SOURCE_HEADER = "Cfgpush-Checksum"
 
 
 class FilesHandler(JsonErrorsMixin, web.RequestHandler):
@@ -46,7 +54,7 @@ class FilesHandler(JsonErrorsMixin, web.RequestHandler):
         if origin and self.core.settings.allowed_origins:
             # check_subscriber refused a foreign Origin already: this one is allowed.
             self.set_header("Access-Control-Allow-Origin", origin)
-            self.set_header("Access-Control-Expose-Headers", "ETag")
+            self.set_header("Access-Control-Expose-Headers", f"ETag, {SOURCE_HEADER}")
             self.set_header("Vary", "Origin, Accept-Encoding")
 
     def options(self, tenant_id: str, path: str | None = None) -> None:
@@ -71,6 +79,9 @@ class FilesHandler(JsonErrorsMixin, web.RequestHandler):
             check_subscriber(self.request, self.core, tenant_id)
             if path is not None and path_error(path):
                 raise Refused(404, NOT_FOUND)  # not a path a file can have: not one either
+            form = self.get_query_argument("form", RAW_FORM)
+            if path is not None and form not in (RAW_FORM, DOCUMENT_FORM):
+                raise Refused(400, f"form must be {RAW_FORM!r} or {DOCUMENT_FORM!r}")
         except Refused as refused:
             self.core.metrics.file_request(refused.status)
             self.refuse(refused)
@@ -83,18 +94,31 @@ class FilesHandler(JsonErrorsMixin, web.RequestHandler):
                 self.core.metrics.file_request(200)
                 self.finish(body)
                 return
-            await self._file(tenant_id, path)
+            await self._file(tenant_id, path, form == DOCUMENT_FORM)
         except BrokerUnavailable as exc:
             log.warning("files API: %s", exc)
             self.core.metrics.file_request(503)
             self.refuse(Refused(503, "the broker is unavailable; retry later", {"Retry-After": "1"}))
 
-    async def _file(self, tenant_id: str, path: str) -> None:
+    async def _file(self, tenant_id: str, path: str, document: bool) -> None:
+        version: Version | None
         try:
-            version = await self.core.file_content(tenant_id, path)
+            if document:
+                both = await self.core.file_document(tenant_id, path)
+                version = None if both is None else both[1]
+                if both is not None:
+                    self.set_header(SOURCE_HEADER, both[0].checksum)
+            else:
+                version = await self.core.file_content(tenant_id, path)
         except ContentChanging:
             self.core.metrics.file_request(503)
             self.refuse(Refused(503, "the file is being changed; retry", {"Retry-After": "1"}))
+            return
+        except NoDocument as none:
+            self.core.metrics.file_request(422)
+            self.set_status(422)
+            self.set_header("Content-Type", "application/json; charset=UTF-8")
+            self.finish({"error": f"the file has no JSON document ({none.reason})", "reason": none.reason})
             return
         if version is None:
             self.core.metrics.file_request(404)

@@ -36,7 +36,9 @@ export interface FileVersion {
   checksum: string;
   /** The file's text; null when the version came from a patch (call `file()` for it) or is gone. */
   content: string | null;
-  /** The parsed document: for `.json` files, and whatever a patch made; null otherwise. */
+  /** The parsed document: for `.json` files, for `.toml`/`.yaml`/`.yml` files the server's
+   * (`?form=document`, canonical JSON), and whatever a patch made; null otherwise (a file
+   * that does not parse, or holds a value JSON cannot). */
   document: unknown | null;
 }
 

@@ -19,8 +19,10 @@
 // checked against the event's document_checksum (SHA-256 of its RFC 8785 canonical JSON);
 // otherwise, or when the check fails, the file is fetched (a conditional GET, after a random
 // wait of up to fetchJitterMs, so that ten thousand pages do not ask at the same instant) and
-// its bytes checked against the event's checksum. push.file(path) fetches a file once (and
-// keeps it); a Resync refreshes only the files whose checksum changed.
+// its bytes checked against the event's checksum. For a TOML or YAML file the page cannot parse,
+// the document is the server's (?form=document, canonical JSON checked against its ETag), so
+// later patches apply to it too. push.file(path) fetches a file once (and keeps it); a Resync
+// refreshes only the files whose checksum changed.
 //
 // An Ack means "applied up to this event": the newest one is sent at once when none went out
 // for ackInterval, else when the interval is over. A burst of thousands of events costs at most
@@ -499,8 +501,9 @@ export class CfgPush {
   // -- content (--serve-content) -----------------------------------------------------------------
 
   /** The served file at path: {checksum, content, document}, fetched once and then kept up to
-   * date by the events (content is the text; document the parsed JSON, for .json files, or
-   * what patches made; null where unknown). Rejects when the file is not served (404). */
+   * date by the events (content is the text; document the parsed document, for .json files
+   * and, from the server's ?form=document, for .toml, .yaml and .yml files, or what patches
+   * made; null where unknown). Rejects when the file is not served (404). */
   async file(path) {
     const held = this.files.get(path);
     if (held && held.content !== null) return held;
@@ -595,11 +598,33 @@ export class CfgPush {
     let document = null;
     if (/\.json$/i.test(path)) {
       try { document = JSON.parse(content); } catch { /* not JSON after all */ }
+    } else if (/\.(toml|ya?ml)$/i.test(path)) {
+      document = await this._fetchDocument(url, headers.Authorization, checksum);
     }
     const version = { checksum, content, document };
     // An older version than the newest event's (a change raced the fetch) is not kept over it.
     if (expected === undefined || checksum === expected || !this.files.has(path)) this.files.set(path, version);
     return version;
+  }
+
+  /** The parsed document of a TOML or YAML file, which a page cannot parse itself: the server's
+   * ?form=document (canonical JSON) of the raw version checksum names, its bytes checked against
+   * its ETag; null when the file has none (422), or the server answered another version (a
+   * change raced this fetch: its event brings the document). */
+  async _fetchDocument(url, authorization, checksum) {
+    try {
+      const headers = authorization ? { Authorization: authorization } : {};
+      const response = await fetch(url + "?form=document", { headers, cache: "no-store", credentials: "same-origin" });
+      if (!response.ok || response.headers.get("Cfgpush-Checksum") !== checksum) return null;
+      const tag = (response.headers.get("ETag") || "").replace(/^W\//, "").replace(/"/g, "");
+      const bytes = await response.arrayBuffer();
+      const sum = await sha256(bytes);
+      if (sum !== null && sum !== tag) return null; // not the document the server named
+      return JSON.parse(new TextDecoder().decode(bytes));
+    } catch (error) {
+      console.warn("cfgpush: fetching a document failed", error);
+      return null;
+    }
   }
 
   // -- liveness and reconnecting ---------------------------------------------------------------
