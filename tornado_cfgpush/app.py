@@ -69,6 +69,11 @@ log = logging.getLogger("cfgpush")
 # A source whose oldest change has waited this long to be published makes the node "degraded"
 # (/readyz): clients are served, but changes reach them late.
 PUBLISH_LAG_DEGRADED = 10.0
+# publish_many checks this many events against the schema (about 50 µs each), then lets the
+# loop run: a source's batch of 500 in one go held every delivery and heartbeat for 50 ms (the
+# burst bench's loop-lag probe, distinct files: p99 82 to 120 ms; 24.5 ms in slices of 32,
+# 15.5 ms in slices of 16, and the burst delivered sooner, 2.8 -> 0.5 s).
+VALIDATE_SLICE = 16
 
 
 # A served file read from disk whose bytes are not the announced version (saved again since):
@@ -342,6 +347,8 @@ class CfgPush:
         results: list[str | ValidationError] = []
         batch: list[tuple[int, dict[str, Any], int | None]] = []
         for i, payload in enumerate(payloads):
+            if i and not i % VALIDATE_SLICE:
+                await asyncio.sleep(0)  # let the loop run between slices of the schema's work
             try:
                 fields = self._validated(payload, source, source)
             except ValidationError as exc:
