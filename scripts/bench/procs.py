@@ -109,11 +109,22 @@ class Proc:
         return total
 
     def rss_kb(self) -> int:
-        with open(f"/proc/{self.pid}/status") as f:
-            for line in f:
-                if line.startswith("VmRSS:"):
-                    return int(line.split()[1])
-        raise RuntimeError(f"no VmRSS for pid {self.pid}")
+        return _rss_kb(self.pid)
+
+    def children_rss_kb(self) -> int:
+        """The RSS of this process's children (cfgpush-serve's filesystem worker), together."""
+        total = 0
+        for entry in os.listdir("/proc"):
+            if not entry.isdigit():
+                continue
+            try:
+                with open(f"/proc/{entry}/stat") as f:
+                    parent = int(f.read().rsplit(")", 1)[1].split()[1])
+                if parent == self.pid:
+                    total += _rss_kb(int(entry))
+            except (OSError, ValueError, IndexError, RuntimeError):  # gone meanwhile
+                continue
+        return total
 
     def tail(self, lines: int = 30) -> str:
         try:
@@ -186,3 +197,11 @@ class Resources:
                 atexit.unregister(self.cleanup)  # said once
             else:
                 shutil.rmtree(self.dir, ignore_errors=True)
+
+
+def _rss_kb(pid: int) -> int:
+    with open(f"/proc/{pid}/status") as f:
+        for line in f:
+            if line.startswith("VmRSS:"):
+                return int(line.split()[1])
+    raise RuntimeError(f"no VmRSS for pid {pid}")

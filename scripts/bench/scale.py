@@ -204,6 +204,7 @@ async def run(
         proc = started["proc"]
         try:
             rss_mb = proc.rss_kb() / 1024
+            worker_rss_mb = proc.children_rss_kb() / 1024  # the filesystem worker process
             diff = await diff_arrives(started["port"], root, f"t{tenants - 1:05d}", file_bytes, min(timeout, 60))
         finally:
             started["publisher"].close()
@@ -217,6 +218,7 @@ async def run(
             "serving_s": started["serving_s"],
             "ready_s": started["ready_s"],
             "rss_mb": rss_mb,
+            "worker_rss_mb": worker_rss_mb,
             "rss_over_empty_mb": rss_mb - out["empty"]["rss_mb"],
             "diff": diff,
             "hash_s": baseline["hash_s"],
@@ -226,7 +228,8 @@ async def run(
         out["sizes"].append(row)
         print(
             f"bench: scale {files} files: ready {row['ready_s']:.2f} s (hashing alone {row['hash_s']:.2f} s), "
-            f"RSS {rss_mb:.0f} MB (empty tree {out['empty']['rss_mb']:.0f} MB), diff {diff}",
+            f"RSS {rss_mb:.0f} MB (empty tree {out['empty']['rss_mb']:.0f} MB) and its worker's {worker_rss_mb:.0f} MB, "
+            f"diff {diff}",
             file=sys.stderr,
         )
         if diff is not True:
