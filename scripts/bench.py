@@ -269,6 +269,12 @@ async def run(args: argparse.Namespace, res: Resources, results: dict) -> None:
         for line in failures:
             errors[line.split(":", 1)[0]] = line.split(":", 1)[1].strip()
 
+    def keep(key: str, found: dict | None) -> None:
+        """A scenario's results under ``key``, its failures among the run's errors."""
+        if found:
+            note(found.pop("failures"))
+            results[key] = found
+
     async def attempt(name: str, body):
         try:
             return await body
@@ -346,58 +352,25 @@ async def run(args: argparse.Namespace, res: Resources, results: dict) -> None:
         if program is None:
             errors["storm"] = f"{args.redis_server} not found: the storm needs a private Redis"
         else:
-            found = await attempt(
-                "storm",
-                scenarios.storm(
-                    res,
-                    opts,
-                    clients=args.storm_clients,
-                    before=args.storm_before,
-                    down=args.storm_down,
-                    during=args.storm_during,
-                    concurrency=args.concurrency,
-                    redis_program=program,
-                    timeout=args.storm_timeout,
-                ),
-            )
-            if found:
-                results["storm"] = found
+            storm_args = {
+                "clients": args.storm_clients,
+                "before": args.storm_before,
+                "down": args.storm_down,
+                "during": args.storm_during,
+                "concurrency": args.concurrency,
+                "redis_program": program,
+                "timeout": args.storm_timeout,
+            }
+            # The plain storm, then again over wss:// (--tls) and with workers (--workers N).
+            storms: list[tuple[str, dict]] = [("storm", {})]
             if args.tls:
-                found = await attempt(
-                    "storm_tls",
-                    scenarios.storm(
-                        res,
-                        opts,
-                        clients=args.storm_clients,
-                        before=args.storm_before,
-                        down=args.storm_down,
-                        during=args.storm_during,
-                        concurrency=args.concurrency,
-                        redis_program=program,
-                        timeout=args.storm_timeout,
-                        tls=True,
-                    ),
-                )
-                if found:
-                    results["storm_tls"] = found
+                storms.append(("storm_tls", {"tls": True}))
             if args.workers > 1:
-                found = await attempt(
-                    "storm_workers",
-                    scenarios.storm(
-                        res,
-                        opts,
-                        clients=args.storm_clients,
-                        before=args.storm_before,
-                        down=args.storm_down,
-                        during=args.storm_during,
-                        concurrency=args.concurrency,
-                        redis_program=program,
-                        timeout=args.storm_timeout,
-                        workers=args.workers,
-                    ),
-                )
+                storms.append(("storm_workers", {"workers": args.workers}))
+            for key, variant in storms:
+                found = await attempt(key, scenarios.storm(res, opts, **storm_args, **variant))
                 if found:
-                    results["storm_workers"] = found
+                    results[key] = found
     if "burst" in chosen:
         found = await attempt(
             "burst",
@@ -414,9 +387,7 @@ async def run(args: argparse.Namespace, res: Resources, results: dict) -> None:
                 timeout=args.burst_timeout,
             ),
         )
-        if found:
-            note(found.pop("failures"))
-            results["burst"] = found
+        keep("burst", found)
     if "scale" in chosen:
         found = await attempt(
             "scale",
@@ -429,9 +400,7 @@ async def run(args: argparse.Namespace, res: Resources, results: dict) -> None:
                 timeout=args.scale_timeout,
             ),
         )
-        if found:
-            note(found.pop("failures"))
-            results["scale"] = found
+        keep("scale", found)
     if "herd" in chosen:
         found = await attempt(
             "herd",
