@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import json
 from pathlib import Path
+from urllib.parse import parse_qs, urlsplit
 
 import pytest
 import requests
@@ -22,6 +23,7 @@ from tornado_cfgpush.testing import LISTENING
 OPENAPI = Path(__file__).resolve().parent.parent / "docs" / "openapi.yaml"
 TOKENS = ("first-publish-token", "second-publish-token")
 EXAMPLES = 150
+BODY_CAP = 1024 * 1024  # app.py's max_body_size
 
 
 def serve(start, config_dir, io_loop, *flags: str):
@@ -81,6 +83,9 @@ def test_publish_api_conforms_to_openapi(publish_server, mode, record_property):
     @given(case=operation.as_strategy(generation_mode=mode))
     def check(case):
         assume(not bytes_beyond_the_document(case.body.get("path") if isinstance(case.body, dict) else None))
+        # Over the server's body cap (1 MiB) Tornado's HTTP layer answers an empty 400 before any
+        # handler runs: not the API's answer. A long enough `patch` array gets there.
+        assume(not (isinstance(case.body, dict | list) and len(json.dumps(case.body)) > BODY_CAP))
         # content must be the bytes of checksum (422 otherwise): a condition between two fields
         # the document states in words; generated pairs never meet it.
         assume(not (mode == GenerationMode.POSITIVE and isinstance(case.body, dict) and "content" in case.body))
@@ -156,6 +161,7 @@ def test_budget_and_host_refusals_are_as_documented(start, config_dir, io_loop):
 
 
 ADMIN = "openapi-admin-token"
+QUERY_NAMES = {"prefix", "with_clients", "limit", "after"}  # GET /api/v1/tenants's parameters
 
 
 @pytest.mark.parametrize("mode", [GenerationMode.POSITIVE, GenerationMode.NEGATIVE])
@@ -178,7 +184,13 @@ def test_tenant_list_conforms_to_openapi(start, config_dir, io_loop, mode):
     def check(case):
         response = case.call(base_url=base_url, session=session, headers=headers, timeout=10)
         statuses[response.status_code] = statuses.get(response.status_code, 0) + 1
-        case.validate_response(response, headers=headers)
+        # A negative case whose only violations are in its headers (the Authorization it drops,
+        # extra ones) is sent with the admin token all the same: what reaches the server is a
+        # valid request, and its 200 is no accepted negative data.
+        sent = parse_qs(urlsplit(response.request.url).query, keep_blank_values=True)
+        valid_query = set(sent) <= QUERY_NAMES and all(len(values) == 1 for values in sent.values())
+        excluded = [checks.negative_data_rejection] if response.status_code == 200 and valid_query else None
+        case.validate_response(response, headers=headers, excluded_checks=excluded)
 
     try:
         check()
