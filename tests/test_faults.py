@@ -4,7 +4,9 @@ Each runs two real ``cfgpush-serve`` nodes on a private Redis, each through its 
 both watching one folder (10 tenants x 3 files), 20 clients per node, 5 atomic saves a second,
 a few seconds of load around the fault; the checker's verdict on every client (exactly once,
 in order, no rollback, nothing lost, Resync only where the fault explains it) is asserted,
-with evidence that the fault happened and the load ran, never a timing. About 15 to 20 s each.
+with evidence that the fault happened and the load ran, never a timing. About 15 to 20 s each,
+run two at a time from the first of these tests on (``fault_runs``): they mostly wait (5 saves
+a second, faults of seconds), so the eight take about a minute and a half instead of three.
 
 Below them, minimal reproductions of what the suite found in the server, in-process
 (the ``cluster`` fixture of tests/conftest.py), each fixed since.
@@ -15,6 +17,7 @@ from __future__ import annotations
 import asyncio
 import json
 import os
+from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
 import pytest
@@ -29,15 +32,47 @@ from .tcpproxy import FaultProxy
 
 RUN_TIMEOUT = 150  # one quick scenario: about 20 s, more on two busy cores
 SUM = {n: "sha256:" + f"{n:064x}" for n in range(1, 10)}
+# Each scenario's extra arguments: a hang and a cut last longer than the 7 s in which a node
+# notices a silent Redis, so that /readyz shows it.
+EXTRA = {"hang": ("--hang-s", "10"), "cut-hold": ("--cut-s", "10"), "cut-drop": ("--cut-s", "10")}
+PARALLEL = 2
 
 
-def run_faults(scenario: str, tmp_path: Path, *extra: str) -> dict:
-    """``faults.py --quick --scenario <scenario>``; its JSON summary of that scenario."""
+def _scenario_of(item: pytest.Item) -> str | None:
+    """The faults.py scenario a test of this module asserts on, if any."""
+    params = item.callspec.params if hasattr(item, "callspec") else {}
+    return {
+        "test_a_redis_that_hangs_loses_nothing_and_doubles_nothing": "hang",
+        "test_a_node_cut_off_from_redis_catches_up_exactly": f"cut-{params.get('how')}",
+        "test_a_slow_link_delays_but_stays_exact": "slow",
+        "test_an_emptied_redis_resyncs_its_clients_and_loses_nothing": params.get("scenario"),
+        "test_a_restarted_node_loses_nothing_and_doubles_nothing": "node-restart",
+    }.get(getattr(item, "originalname", ""))
+
+
+def _run(scenario: str, folder: Path):
+    out = folder / "faults.json"
+    args = ["--quick", "--scenario", scenario, "--json", str(out), *EXTRA.get(scenario, ())]
+    return run_script("faults.py", args, folder, RUN_TIMEOUT), out
+
+
+@pytest.fixture(scope="module")
+def fault_runs(request, tmp_path_factory):
+    """The selected tests' faults.py runs, started together (``PARALLEL`` at a time), by scenario."""
     need_program("redis-server")
-    out = tmp_path / "faults.json"
-    done = run_script(
-        "faults.py", ["--quick", "--scenario", scenario, "--json", str(out), *extra], tmp_path, RUN_TIMEOUT
-    )
+    wanted = [_scenario_of(item) for item in request.session.items if item.module is request.module]
+    pool = ThreadPoolExecutor(PARALLEL)
+    runs = {
+        scenario: pool.submit(_run, scenario, tmp_path_factory.mktemp(scenario))
+        for scenario in dict.fromkeys(s for s in wanted if s)
+    }
+    yield runs
+    pool.shutdown(wait=True)  # every process of every run has ended (run_script checks it)
+
+
+def run_faults(fault_runs: dict, scenario: str) -> dict:
+    """``faults.py --quick --scenario <scenario>``'s JSON summary of that scenario, checked."""
+    done, out = fault_runs[scenario].result()
     stdout, stderr = done.stdout, done.stderr
     assert out.exists(), f"exit {done.returncode}; stderr:\n{stderr[-4000:]}"
     (result,) = json.loads(out.read_text())["scenarios"]
@@ -61,24 +96,24 @@ def not_ready(rows: list[dict]) -> list[dict]:
     return [r for r in rows if r.get("readyz") == 503]
 
 
-def test_a_redis_that_hangs_loses_nothing_and_doubles_nothing(tmp_path):
-    result = run_faults("hang", tmp_path, "--hang-s", "10")
+def test_a_redis_that_hangs_loses_nothing_and_doubles_nothing(fault_runs):
+    result = run_faults(fault_runs, "hang")
     for node in ("a", "b"):  # both saw Redis go (the listener notices a silent Redis within 7 s)
         assert any("redis" in " ".join(r.get("reasons", [])) for r in not_ready(samples(result, node)))
     assert result["resyncs"] == {}
 
 
 @pytest.mark.parametrize("how", ["hold", "drop"])
-def test_a_node_cut_off_from_redis_catches_up_exactly(tmp_path, how):
-    result = run_faults(f"cut-{how}", tmp_path, "--cut-s", "10")
+def test_a_node_cut_off_from_redis_catches_up_exactly(fault_runs, how):
+    result = run_faults(fault_runs, f"cut-{how}")
     assert not_ready(samples(result, "b")) and not not_ready(samples(result, "a"))
     assert result["resyncs"] == {}
     if how == "drop":
         assert result["proxies"]["b"]["resets"] > 0
 
 
-def test_a_slow_link_delays_but_stays_exact(tmp_path):
-    result = run_faults("slow", tmp_path)
+def test_a_slow_link_delays_but_stays_exact(fault_runs):
+    result = run_faults(fault_runs, "slow")
     for node in ("a", "b"):
         rows = samples(result, node)
         assert not not_ready(rows)  # slow is not down
@@ -87,14 +122,14 @@ def test_a_slow_link_delays_but_stays_exact(tmp_path):
 
 
 @pytest.mark.parametrize("scenario", ["flush", "flush-behind", "restart-empty"])
-def test_an_emptied_redis_resyncs_its_clients_and_loses_nothing(tmp_path, scenario):
-    result = run_faults(scenario, tmp_path)
+def test_an_emptied_redis_resyncs_its_clients_and_loses_nothing(fault_runs, scenario):
+    result = run_faults(fault_runs, scenario)
     assert result["resyncs"].get("unknown_epoch", 0) > 0
     assert set(result["resyncs"]) <= {"unknown_epoch", "unknown_event_id", "history_expired"}
 
 
-def test_a_restarted_node_loses_nothing_and_doubles_nothing(tmp_path):
-    result = run_faults("node-restart", tmp_path)
+def test_a_restarted_node_loses_nothing_and_doubles_nothing(fault_runs):
+    result = run_faults(fault_runs, "node-restart")
     stopped = next(i for i in result["incidents"] if i["what"].startswith("node b stopped"))
     assert stopped["exit_status"] == 0
     assert result["closes"].get("1001", 0) > 0  # b's clients were sent away, and came back elsewhere
