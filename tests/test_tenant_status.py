@@ -7,6 +7,8 @@ from prometheus_client.parser import text_string_to_metric_families
 
 from tornado_cfgpush.testing import SSEClient, publish
 
+from .statushelpers import quiet_status
+
 TOKEN = "s3cret-admin-token"
 
 
@@ -21,18 +23,7 @@ async def status(http_client, http_url, tenant="acme", token=TOKEN):
 async def test_convergence_counts_clients_that_acked_the_newest_event(http_client, http_url, connect, core):
     code, body = await status(http_client, http_url)
     assert code == 200
-    assert body == {
-        "tenant_id": "acme",
-        "connections": 0,
-        "connections_by_transport": {},
-        "observers": 0,
-        "clients": 0,
-        "last_event_id": None,
-        "converged": 0,
-        "failed": 0,
-        "failures": [],
-        "invalid": [],
-    }
+    assert body == quiet_status("acme")
     clients = [await connect("acme") for _ in range(3)]
     for client in clients:
         await client.expect("Welcome")
